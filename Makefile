@@ -1,0 +1,41 @@
+# Quick start: `make demo` then `make test`. Everything runs inside .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+JOBS ?= 2
+
+.PHONY: demo test lint conformance bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+# Test dependencies; torch is pinned to the CPU wheel (an unpinned torch pulls CUDA).
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q torch==2.13.0 || echo "torch not installed: torch frontend tests will skip"
+	touch $@
+
+demo: $(TEST_STAMP)
+	$(PY) examples/demo.py
+
+test: $(TEST_STAMP)
+	$(PY) -m ruff check src tests bench examples
+	$(PY) -m pytest -q -n $(JOBS) tests
+
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check src tests bench examples
+
+conformance: $(TEST_STAMP)
+	$(PY) tests/conformance/run_conformance.py
+
+bench: $(TEST_STAMP)
+	$(PY) bench/models.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

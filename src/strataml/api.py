@@ -1,0 +1,75 @@
+"""compile() / load() / CompiledModel: the user's contract, as glue over the levels."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strataml.options import CompileOptions, Target, resolve_target
+from strataml.runtime.artifact import load_artifact, save_artifact
+from strataml.runtime.devices import get_device
+from strataml.runtime.executor import Executor
+from strataml.runtime.hal import Executable, ExecutionPlan
+
+
+class CompiledModel:
+    """A model ready to run: a static plan, its native code and its weights."""
+
+    def __init__(self, plan: ExecutionPlan, executable: Executable,
+                 weights: Mapping[str, np.ndarray], info: dict[str, Any] | None = None,
+                 program: Any = None) -> None:
+        self.plan = plan
+        self.executable = executable
+        self.weights = dict(weights)
+        self.info = info or {}
+        self.program = program  # the compiler's IR of every level (None after load)
+        self._executor = Executor(plan, executable, self.weights, get_device("cpu"))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.plan.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.plan.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in graph-output order. Inputs are checked before native code runs and are
+        never modified."""
+        return self._executor.run(feeds)
+
+    def save(self, path: str | Path) -> None:
+        save_artifact(path, self.plan, self.executable, self.weights, {"info": self.info})
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel(inputs={self.input_names}, outputs={self.output_names}, "
+                f"kernels={len(self.plan.kernels)})")
+
+
+def compile(model: Any, target: str | Target = "cpu", options: CompileOptions | None = None,
+            **option_fields: Any) -> CompiledModel:
+    """Compile an ONNX model (path, bytes or ModelProto) for `target`."""
+    from strataml.frontends.onnx import import_model
+    from strataml.passes.pipelines import compile_graph
+
+    if options is None:
+        options = CompileOptions(**option_fields)
+    elif option_fields:
+        raise TypeError("pass either options= or individual option keywords, not both")
+    resolved = resolve_target(target)
+    start = time.perf_counter()
+    graph = import_model(model, options)
+    program = compile_graph(graph, resolved, options)
+    info = {"target": resolved.to_json(), "compile_seconds": time.perf_counter() - start,
+            "timings": program.timings}
+    return CompiledModel(program.plan, program.executable, program.weights, info, program)
+
+
+def load(path: str | Path) -> CompiledModel:
+    """Load a saved .smod artifact; links its object code, never recompiles."""
+    plan, executable, weights, manifest = load_artifact(path)
+    return CompiledModel(plan, executable, weights, manifest.get("info", {}))

@@ -1,0 +1,1 @@
+"""Code generation: loop dialect -> LLVM IR -> object code."""

@@ -1,0 +1,339 @@
+"""Loop dialect -> LLVM IR (llvmlite) -> optimised object code for a Target.
+
+One LLVM function per kernel (`void k(ptr noalias p0, ...)`), plus an entry function that
+runs the static execution plan: `void entry(ptr arena, ptr weights)` calls each kernel with
+buffer addresses computed from fixed offsets into the two regions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from strataml.errors import CodegenError
+from strataml.ir.dialects.loop import Assign, Declare, For, LoopFunction, Stmt, Store
+from strataml.ir.expr import Binary, Cast, Compare, Const, Expr, Load, Select, Unary, Var
+from strataml.ir.types import FLOAT_DTYPES, UNSIGNED_DTYPES, is_float, itemsize
+from strataml.options import Target
+
+_INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16,
+             "uint32": 32, "uint64": 64}
+_LIBM_UNARY = {"tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh",
+               "atanh", "erf"}
+_INTRINSIC_UNARY = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
+                    "sin": "llvm.sin", "cos": "llvm.cos", "floor": "llvm.floor",
+                    "ceil": "llvm.ceil", "trunc": "llvm.trunc", "round": "llvm.roundeven",
+                    "abs": "llvm.fabs"}
+_FLOAT_SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16"}
+_FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+I64 = ir.IntType(64)
+PTR = ir.PointerType(ir.IntType(8))
+
+
+def value_type(dtype: str) -> ir.Type:
+    """Register type: bool is i1."""
+    if dtype == "bool":
+        return ir.IntType(1)
+    return memory_type(dtype)
+
+
+def memory_type(dtype: str) -> ir.Type:
+    if dtype == "float32":
+        return ir.FloatType()
+    if dtype == "float64":
+        return ir.DoubleType()
+    if dtype == "float16":
+        return ir.HalfType()
+    if dtype == "bool":
+        return ir.IntType(8)
+    return ir.IntType(_INT_BITS[dtype])
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """One kernel call of the execution plan: (region, byte offset) per parameter.
+    Region 0 is the arena (activations), region 1 the weights blob."""
+
+    kernel: str
+    args: tuple[tuple[int, int], ...]
+
+
+class _FunctionEmitter:
+    def __init__(self, module: ir.Module, fn: LoopFunction) -> None:
+        self.module = module
+        self.loop_fn = fn
+        ptr_types = [ir.PointerType(memory_type(p.dtype)) for p in fn.params]
+        self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), ptr_types), name=fn.name)
+        self.fn.attributes.add("nounwind")
+        self.params: dict[str, ir.Value] = {}
+        for arg, p in zip(self.fn.args, fn.params, strict=True):
+            arg.name = p.name if p.name.isidentifier() else f"p{len(self.params)}"
+            arg.add_attribute("noalias")
+            self.params[p.name] = arg
+        self.dtypes = {p.name: p.dtype for p in fn.params}
+        entry = self.fn.append_basic_block("entry")
+        self.alloca_builder = ir.IRBuilder(entry)
+        body = self.fn.append_basic_block("body")
+        self.builder = ir.IRBuilder(body)
+        self.vars: dict[Var, ir.Value] = {}
+
+    def emit(self) -> None:
+        self.stmts(self.loop_fn.body)
+        self.builder.ret_void()
+        self.alloca_builder.branch(self.fn.basic_blocks[1])
+
+    def slot(self, v: Var) -> ir.Value:
+        if v not in self.vars:
+            self.vars[v] = self.alloca_builder.alloca(value_type(v.dtype), name=v.name)
+        return self.vars[v]
+
+    # ------------------------------------------------------------ statements
+
+    def stmts(self, body: Sequence[Stmt]) -> None:
+        for s in body:
+            if isinstance(s, For):
+                self.loop(s)
+            elif isinstance(s, Store):
+                self.store(s)
+            elif isinstance(s, Declare):
+                self.builder.store(self.expr(s.init), self.slot(s.var))
+            elif isinstance(s, Assign):
+                self.builder.store(self.expr(s.value), self.slot(s.var))
+            else:
+                raise CodegenError(f"unknown statement {type(s).__name__}")
+
+    def loop(self, s: For) -> None:
+        b = self.builder
+        iv = self.slot(s.var)
+        b.store(ir.Constant(I64, 0), iv)
+        cond_bb = self.fn.append_basic_block(f"{s.var.name}.cond")
+        body_bb = self.fn.append_basic_block(f"{s.var.name}.body")
+        exit_bb = self.fn.append_basic_block(f"{s.var.name}.exit")
+        b.branch(cond_bb)
+        b.position_at_end(cond_bb)
+        cur = b.load(iv)
+        b.cbranch(b.icmp_signed("<", cur, ir.Constant(I64, s.extent)), body_bb, exit_bb)
+        b.position_at_end(body_bb)
+        self.stmts(s.body)
+        b.store(b.add(b.load(iv), ir.Constant(I64, 1), flags=["nsw"]), iv)
+        b.branch(cond_bb)
+        b.position_at_end(exit_bb)
+
+    def address(self, buffer: str, index: Expr) -> ir.Value:
+        return self.builder.gep(self.params[buffer], [self.expr(index)], inbounds=True)
+
+    def store(self, s: Store) -> None:
+        value = self.expr(s.value)
+        if s.value.dtype == "bool":
+            value = self.builder.zext(value, ir.IntType(8))
+        self.builder.store(value, self.address(s.buffer, s.index))
+
+    # ------------------------------------------------------------ expressions
+
+    def expr(self, e: Expr) -> ir.Value:
+        b = self.builder
+        if isinstance(e, Const):
+            return self.const(e)
+        if isinstance(e, Var):
+            return b.load(self.slot(e))
+        if isinstance(e, Load):
+            v = b.load(self.address(e.buffer, e.indices[0]))
+            return b.icmp_unsigned("!=", v, ir.Constant(ir.IntType(8), 0)) \
+                if e.dtype == "bool" else v
+        if isinstance(e, Unary):
+            return self.unary(e.op, e.x.dtype, self.expr(e.x))
+        if isinstance(e, Binary):
+            return self.binary(e.op, e.a.dtype, self.expr(e.a), self.expr(e.b))
+        if isinstance(e, Compare):
+            a, c = self.expr(e.a), self.expr(e.b)
+            if is_float(e.a.dtype):
+                if e.op == "ne":
+                    return b.fcmp_unordered("!=", a, c)
+                return b.fcmp_ordered(_FCMP[e.op], a, c)
+            if e.a.dtype in UNSIGNED_DTYPES or e.a.dtype == "bool":
+                return b.icmp_unsigned(_FCMP[e.op], a, c)
+            return b.icmp_signed(_FCMP[e.op], a, c)
+        if isinstance(e, Select):
+            return b.select(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
+        if isinstance(e, Cast):
+            return self.cast(self.expr(e.x), e.x.dtype, e.dtype)
+        raise CodegenError(f"{self.loop_fn.name}: cannot generate code for {type(e).__name__}")
+
+    def const(self, c: Const) -> ir.Value:
+        t = value_type(c.dtype)
+        if c.dtype == "bool":
+            return ir.Constant(t, int(bool(c.value)))
+        if c.dtype in FLOAT_DTYPES:
+            return ir.Constant(t, float(c.value))
+        bits = _INT_BITS[c.dtype]
+        return ir.Constant(t, int(c.value) & ((1 << bits) - 1))
+
+    def intrinsic(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
+        t = value_type(dtype)
+        suffix = _FLOAT_SUFFIX.get(dtype) or f"i{t.width}"
+        full = f"{name}.{suffix}"
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(t, [t] * len(args)), name=full)
+        return self.builder.call(fn, args)
+
+    def libm(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
+        if dtype == "float16":
+            wide = [self.builder.fpext(a, ir.FloatType()) for a in args]
+            return self.builder.fptrunc(self.libm(name, "float32", wide), ir.HalfType())
+        full = name + ("f" if dtype == "float32" else "")
+        t = value_type(dtype)
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(t, [t] * len(args)), name=full)
+        return self.builder.call(fn, args)
+
+    def unary(self, op: str, dtype: str, x: ir.Value) -> ir.Value:
+        b = self.builder
+        if op == "neg":
+            return b.fneg(x) if is_float(dtype) else b.neg(x)
+        if op == "not":
+            return b.not_(x)
+        if is_float(dtype):
+            if op in _INTRINSIC_UNARY:
+                return self.intrinsic(_INTRINSIC_UNARY[op], dtype, [x])
+            if op in _LIBM_UNARY:
+                return self.libm(op, dtype, [x])
+        elif op == "abs":
+            if dtype in UNSIGNED_DTYPES:
+                return x
+            return b.select(b.icmp_signed("<", x, ir.Constant(x.type, 0)), b.neg(x), x)
+        elif op in ("floor", "ceil", "round", "trunc"):
+            return x
+        raise CodegenError(f"{self.loop_fn.name}: unary {op} on {dtype} is not supported")
+
+    def binary(self, op: str, dtype: str, a: ir.Value, c: ir.Value) -> ir.Value:
+        b = self.builder
+        if is_float(dtype):
+            simple = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv,
+                      "fmod": b.frem}
+            if op in simple:
+                return simple[op](a, c)
+            if op == "min":
+                return self.intrinsic("llvm.minimum", dtype, [a, c])
+            if op == "max":
+                return self.intrinsic("llvm.maximum", dtype, [a, c])
+            if op == "pow":
+                return self.intrinsic("llvm.pow", dtype, [a, c])
+            if op == "mod":  # Python-style: result takes the divisor's sign
+                r = b.frem(a, c)
+                zero = ir.Constant(a.type, 0.0)
+                fix = b.and_(b.fcmp_ordered("!=", r, zero),
+                             b.xor(b.fcmp_ordered("<", r, zero), b.fcmp_ordered("<", c, zero)))
+                return b.select(fix, b.fadd(r, c), r)
+            raise CodegenError(f"{self.loop_fn.name}: binary {op} on {dtype} is not supported")
+        unsigned = dtype in UNSIGNED_DTYPES or dtype == "bool"
+        simple = {"add": b.add, "sub": b.sub, "mul": b.mul, "and": b.and_, "or": b.or_,
+                  "xor": b.xor, "shl": b.shl}
+        if op in simple:
+            return simple[op](a, c)
+        if op == "shr":
+            return b.lshr(a, c) if unsigned else b.ashr(a, c)
+        if op in ("min", "max"):
+            cmp = "<" if op == "min" else ">"
+            test = b.icmp_unsigned(cmp, a, c) if unsigned else b.icmp_signed(cmp, a, c)
+            return b.select(test, a, c)
+        if op in ("div", "truncdiv", "floordiv", "mod", "fmod"):
+            # Division by zero would trap: a zero divisor divides by one instead.
+            zero = ir.Constant(a.type, 0)
+            safe = b.select(b.icmp_unsigned("==", c, zero), ir.Constant(a.type, 1), c)
+            if unsigned:
+                return b.urem(a, safe) if op in ("mod", "fmod") else b.udiv(a, safe)
+            if op in ("div", "truncdiv"):
+                return b.sdiv(a, safe)
+            if op == "fmod":
+                return b.srem(a, safe)
+            r = b.srem(a, safe)
+            adjust = b.and_(b.icmp_signed("!=", r, zero),
+                            b.xor(b.icmp_signed("<", r, zero), b.icmp_signed("<", safe, zero)))
+            if op == "mod":
+                return b.select(adjust, b.add(r, safe), r)
+            q = b.sdiv(a, safe)
+            return b.select(adjust, b.sub(q, ir.Constant(a.type, 1)), q)
+        if op == "pow":
+            fa, fc = (b.sitofp(v, ir.DoubleType()) for v in (a, c))
+            return b.fptosi(self.intrinsic("llvm.pow", "float64", [fa, fc]), a.type)
+        raise CodegenError(f"{self.loop_fn.name}: binary {op} on {dtype} is not supported")
+
+    def cast(self, x: ir.Value, src: str, dst: str) -> ir.Value:
+        b = self.builder
+        t = value_type(dst)
+        if src == dst:
+            return x
+        if dst == "bool":
+            if is_float(src):
+                return b.fcmp_unordered("!=", x, ir.Constant(x.type, 0.0))
+            return b.icmp_unsigned("!=", x, ir.Constant(x.type, 0))
+        if is_float(src) and is_float(dst):
+            return b.fpext(x, t) if itemsize(dst) > itemsize(src) else b.fptrunc(x, t)
+        if is_float(dst):
+            return b.uitofp(x, t) if src in UNSIGNED_DTYPES or src == "bool" else b.sitofp(x, t)
+        if is_float(src):
+            # Saturating conversion: NaN and out-of-range values give defined results.
+            name = "llvm.fptoui.sat" if dst in UNSIGNED_DTYPES else "llvm.fptosi.sat"
+            full = f"{name}.i{t.width}.{_FLOAT_SUFFIX[src]}"
+            fn = self.module.globals.get(full) or ir.Function(
+                self.module, ir.FunctionType(t, [x.type]), name=full)
+            return b.call(fn, [x])
+        if t.width < x.type.width:
+            return b.trunc(x, t)
+        if t.width > x.type.width:
+            return b.zext(x, t) if src in UNSIGNED_DTYPES or src == "bool" else b.sext(x, t)
+        return x
+
+
+def build_module(functions: Sequence[LoopFunction], plan: Sequence[PlannedCall],
+                 entry_name: str = "strataml_entry") -> ir.Module:
+    module = ir.Module(name="strataml")
+    emitted: dict[str, ir.Function] = {}
+    for fn in functions:
+        emitter = _FunctionEmitter(module, fn)
+        emitter.emit()
+        emitted[fn.name] = emitter.fn
+    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name=entry_name)
+    b = ir.IRBuilder(entry.append_basic_block("entry"))
+    regions = entry.args
+    for call in plan:
+        callee = emitted[call.kernel]
+        args = []
+        for (region, offset), ptype in zip(call.args, callee.function_type.args, strict=True):
+            raw = b.gep(regions[region], [ir.Constant(I64, offset)], inbounds=True)
+            args.append(b.bitcast(raw, ptype))
+        b.call(callee, args)
+    b.ret_void()
+    return module
+
+
+def target_machine(target: Target, opt_level: int = 3) -> llvm.TargetMachine:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    return llvm.Target.from_triple(target.triple).create_target_machine(
+        cpu=target.cpu, features=target.features, opt=opt_level, reloc="pic",
+        codemodel="default")
+
+
+def compile_module(module: ir.Module, target: Target, opt_level: int = 3) -> tuple[bytes, str]:
+    """Optimise and emit object code. Returns (object bytes, optimised LLVM IR text)."""
+    tm = target_machine(target, opt_level)
+    try:
+        parsed = llvm.parse_assembly(str(module))
+        parsed.triple = tm.triple
+        parsed.data_layout = str(tm.target_data)
+        parsed.verify()
+    except RuntimeError as exc:
+        raise CodegenError(f"LLVM rejected the generated module: {exc}") from exc
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+    pto.loop_vectorization = opt_level >= 2
+    pto.slp_vectorization = opt_level >= 2
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(parsed, pb)
+    return tm.emit_object(parsed), str(parsed)
+

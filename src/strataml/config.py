@@ -1,0 +1,24 @@
+"""The one module that reads environment variables."""
+
+from __future__ import annotations
+
+import os
+
+
+def num_threads_from_env() -> int | None:
+    """STRATAML_NUM_THREADS, if set to a positive integer."""
+    raw = os.environ.get("STRATAML_NUM_THREADS", "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"STRATAML_NUM_THREADS={raw!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"STRATAML_NUM_THREADS={raw!r} must be at least 1")
+    return value
+
+
+def debug_from_env() -> bool:
+    """STRATAML_DEBUG=1 turns on the verifier between passes."""
+    return os.environ.get("STRATAML_DEBUG", "") not in ("", "0")

@@ -1,0 +1,1 @@
+"""Frontends: turn a model from a framework into the graph dialect."""

@@ -1,0 +1,448 @@
+"""Per-op conversion from ONNX nodes to graph-dialect nodes.
+
+Each converter normalises one ONNX op across opsets: attributes get explicit defaults,
+shape-like tensor operands that must be compile-time constants become attributes, and
+auto_pad is resolved. A converter raises `Unsupported(reason)` for what it cannot take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from strataml.ir.dialects.graph import Node, make_attrs
+from strataml.ir.types import TensorType
+
+
+class Unsupported(Exception):
+    """A node (or one of its attributes) this frontend cannot take; collected, not fatal."""
+
+
+@dataclass
+class ConvertContext:
+    """What a converter may ask about its node's operands."""
+
+    opset: int
+    types: dict[str, TensorType]
+    constants: dict[str, np.ndarray]
+    fresh: Callable[[str], str]
+
+    def const(self, value: str) -> np.ndarray | None:
+        return self.constants.get(value) if value else None
+
+    def require_const(self, value: str, what: str) -> np.ndarray:
+        arr = self.const(value)
+        if arr is None:
+            raise Unsupported(f"{what} must be a constant known at compile time "
+                              "(data-dependent shapes are not supported)")
+        return arr
+
+    def type(self, value: str) -> TensorType:
+        return self.types[value]
+
+
+@dataclass
+class OnnxNode:
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any]
+    name: str
+
+    def node(self, op: str | None = None, inputs: tuple[str, ...] | None = None,
+             outputs: tuple[str, ...] | None = None, **attrs: Any) -> Node:
+        return Node(op or self.op, self.inputs if inputs is None else inputs,
+                    self.outputs if outputs is None else outputs, make_attrs(attrs), self.name)
+
+
+Converter = Callable[[ConvertContext, OnnxNode], list[Node]]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*ops: str) -> Callable[[Converter], Converter]:
+    def register(fn: Converter) -> Converter:
+        for op in ops:
+            CONVERTERS[op] = fn
+        return fn
+    return register
+
+
+def _strip_inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
+    out = list(inputs)
+    while out and not out[-1]:
+        out.pop()
+    return tuple(out)
+
+
+def _check_attrs(n: OnnxNode, allowed: set[str]) -> None:
+    extra = sorted(set(n.attrs) - allowed)
+    if extra:
+        raise Unsupported(f"attribute(s) {', '.join(extra)} are not supported")
+
+
+# ---------------------------------------------------------------- ops taken as they are
+
+PASSTHROUGH: dict[str, set[str]] = {
+    **{op: set() for op in (
+        "Add", "Sub", "Mul", "Div", "Pow", "PRelu", "And", "Or", "Xor", "Equal", "Less",
+        "LessOrEqual", "Greater", "GreaterOrEqual", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+        "Where", "Sum", "Mean", "Max", "Min", "Neg", "Abs", "Relu", "Sigmoid", "Tanh", "Exp",
+        "Log", "Sqrt", "Reciprocal", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh",
+        "Cosh", "Asinh", "Acosh", "Atanh", "Erf", "Floor", "Ceil", "Round", "Sign", "Not",
+        "Identity", "Softsign", "Softplus", "Mish", "IsNaN", "MatMul", "GlobalAveragePool",
+        "GlobalMaxPool", "Size")},
+    "Mod": {"fmod"},
+    "Gelu": {"approximate"},
+    "HardSigmoid": {"alpha", "beta"},
+    "HardSwish": set(),
+    "LeakyRelu": {"alpha"},
+    "Elu": {"alpha"},
+    "Selu": {"alpha", "gamma"},
+    "Celu": {"alpha"},
+    "ThresholdedRelu": {"alpha"},
+    "IsInf": {"detect_positive", "detect_negative"},
+    "Gemm": {"alpha", "beta", "transA", "transB"},
+    "LRN": {"size", "alpha", "beta", "bias"},
+    "Shape": {"start", "end"},
+    "Concat": {"axis"},
+    "Gather": {"axis"},
+    "LayerNormalization": {"axis", "epsilon", "stash_type"},
+}
+
+
+def _passthrough(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, PASSTHROUGH[n.op])
+    attrs = {k: v for k, v in n.attrs.items() if k != "stash_type"}
+    if n.op == "LayerNormalization":
+        attrs["num_outputs"] = len([o for o in n.outputs if o])
+        if any(not o for o in n.outputs):
+            raise Unsupported("skipped (empty) LayerNormalization outputs")
+    return [n.node(inputs=_strip_inputs(n.inputs), **attrs)]
+
+
+for _op in PASSTHROUGH:
+    CONVERTERS[_op] = _passthrough
+
+
+# ---------------------------------------------------------------- element types
+
+
+@converter("Cast")
+def convert_cast(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    from onnx import helper
+
+    _check_attrs(n, {"to", "saturate", "round_mode"})
+    to = n.attrs["to"]
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to)).name
+    except Exception:  # noqa: BLE001
+        raise Unsupported(f"cast to ONNX type {to}") from None
+    from strataml.ir.types import DTYPES
+
+    if dtype not in DTYPES:
+        raise Unsupported(f"cast to {dtype}")
+    return [n.node(to=dtype)]
+
+
+@converter("Constant")
+def convert_constant(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    raise AssertionError("Constant nodes are handled by the importer")
+
+
+# ---------------------------------------------------------------- windows
+
+
+def _resolve_auto_pad(n: OnnxNode, in_shape: tuple[int, ...], kernel: list[int],
+                      strides: list[int], dilations: list[int]) -> list[int]:
+    nsp = len(kernel)
+    auto_pad = n.attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        return list(n.attrs.get("pads", [0] * (2 * nsp)))
+    if auto_pad == "VALID":
+        return [0] * (2 * nsp)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad={auto_pad}")
+    begin, end = [], []
+    for i in range(nsp):
+        size = in_shape[2 + i]
+        if not isinstance(size, int):
+            raise Unsupported("auto_pad SAME with a symbolic spatial dim")
+        out = -(-size // strides[i])
+        total = max(0, (out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else big)
+        end.append(big if auto_pad == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _window_attrs(ctx: ConvertContext, n: OnnxNode, kernel: list[int]) -> dict[str, Any]:
+    x = ctx.type(n.inputs[0])
+    nsp = x.rank - 2
+    if nsp < 1:
+        raise Unsupported(f"input must have spatial dims, got {x}")
+    strides = list(n.attrs.get("strides", [1] * nsp))
+    dilations = list(n.attrs.get("dilations", [1] * nsp))
+    pads = _resolve_auto_pad(n, x.shape, kernel, strides, dilations)
+    return {"kernel_shape": tuple(kernel), "strides": tuple(strides),
+            "dilations": tuple(dilations), "pads": tuple(pads)}
+
+
+@converter("Conv")
+def convert_conv(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})
+    w = ctx.type(n.inputs[1])
+    kernel = list(n.attrs.get("kernel_shape", w.shape[2:]))
+    attrs = _window_attrs(ctx, n, kernel)
+    attrs["group"] = n.attrs.get("group", 1)
+    return [n.node(inputs=_strip_inputs(n.inputs), **attrs)]
+
+
+@converter("MaxPool", "AveragePool")
+def convert_pool(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"auto_pad", "ceil_mode", "count_include_pad", "dilations",
+                     "kernel_shape", "pads", "storage_order", "strides"})
+    if len([o for o in n.outputs if o]) > 1:
+        raise Unsupported("the Indices output of MaxPool")
+    if "kernel_shape" not in n.attrs:
+        raise Unsupported("missing kernel_shape")
+    attrs = _window_attrs(ctx, n, list(n.attrs["kernel_shape"]))
+    attrs["ceil_mode"] = n.attrs.get("ceil_mode", 0)
+    if n.op == "AveragePool":
+        attrs["count_include_pad"] = n.attrs.get("count_include_pad", 0)
+    return [n.node(outputs=n.outputs[:1], **attrs)]
+
+
+@converter("BatchNormalization")
+def convert_batchnorm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"epsilon", "momentum", "training_mode", "spatial", "is_test",
+                     "consumed_inputs"})
+    if n.attrs.get("training_mode", 0) or len([o for o in n.outputs if o]) > 1:
+        raise Unsupported("training mode (running statistics outputs)")
+    if n.attrs.get("spatial", 1) != 1:
+        raise Unsupported("spatial=0")
+    return [n.node(outputs=n.outputs[:1], epsilon=n.attrs.get("epsilon", 1e-5))]
+
+
+@converter("Dropout")
+def convert_dropout(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"ratio", "seed", "is_test"})
+    if len(n.inputs) > 2 and n.inputs[2]:
+        mode = ctx.const(n.inputs[2])
+        if mode is None or bool(mode):
+            raise Unsupported("training_mode=True (inference only)")
+    nodes = [n.node("Identity", inputs=n.inputs[:1], outputs=n.outputs[:1])]
+    if len(n.outputs) > 1 and n.outputs[1]:
+        shape = ctx.type(n.inputs[0]).shape
+        nodes.append(Node("ConstantOfShape", (), (n.outputs[1],), make_attrs({
+            "shape": tuple(shape), "value": np.array([True])}), n.name + "/mask"))
+    return nodes
+
+
+@converter("Softmax", "LogSoftmax")
+def convert_softmax(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axis"})
+    x = ctx.type(n.inputs[0])
+    if ctx.opset >= 13:
+        return [n.node(axis=n.attrs.get("axis", -1) % max(x.rank, 1))]
+    axis = n.attrs.get("axis", 1) % max(x.rank, 1)
+    if axis == x.rank - 1:
+        return [n.node(axis=axis)]
+    # Before opset 13 the input is coerced to 2-D at `axis`.
+    flat = (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
+    a, b = ctx.fresh(n.outputs[0] + "_2d"), ctx.fresh(n.outputs[0] + "_2d_out")
+    return [n.node("Reshape", inputs=n.inputs[:1], outputs=(a,), shape=flat),
+            n.node(inputs=(a,), outputs=(b,), axis=1),
+            n.node("Reshape", inputs=(b,), outputs=n.outputs, shape=tuple(x.shape))]
+
+
+# ---------------------------------------------------------------- reductions
+
+
+def _axes_operand(ctx: ConvertContext, n: OnnxNode, attr_until: int) -> tuple[int, ...]:
+    if ctx.opset < attr_until or "axes" in n.attrs:
+        return tuple(n.attrs.get("axes", ()))
+    if len(n.inputs) > 1 and n.inputs[1]:
+        return tuple(int(a) for a in ctx.require_const(n.inputs[1], "axes").reshape(-1))
+    return ()
+
+
+@converter("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+           "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+def convert_reduce(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axes", "keepdims", "noop_with_empty_axes"})
+    attr_until = 13 if n.op == "ReduceSum" else 18
+    axes = _axes_operand(ctx, n, attr_until)
+    rank = ctx.type(n.inputs[0]).rank
+    return [n.node(inputs=n.inputs[:1], axes=tuple(sorted(a % rank for a in axes)),
+                   keepdims=n.attrs.get("keepdims", 1),
+                   noop_with_empty_axes=n.attrs.get("noop_with_empty_axes", 0))]
+
+
+@converter("ArgMax", "ArgMin")
+def convert_arg(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axis", "keepdims", "select_last_index"})
+    rank = ctx.type(n.inputs[0]).rank
+    return [n.node(axes=(n.attrs.get("axis", 0) % rank,), keepdims=n.attrs.get("keepdims", 1),
+                   select_last_index=n.attrs.get("select_last_index", 0))]
+
+
+# ---------------------------------------------------------------- shapes and movement
+
+
+@converter("Reshape")
+def convert_reshape(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"allowzero", "shape"})
+    x = ctx.type(n.inputs[0])
+    if ctx.opset < 5:
+        target = list(n.attrs["shape"])
+    else:
+        target = [int(v) for v in ctx.require_const(n.inputs[1], "the target shape")]
+    allowzero = n.attrs.get("allowzero", 0)
+    shape: list[Any] = []
+    for i, d in enumerate(target):
+        if d == 0 and not allowzero:
+            if i >= x.rank:
+                raise Unsupported(f"shape {target}: 0 at position {i} beyond input rank")
+            shape.append(x.shape[i])
+        else:
+            shape.append(d)
+    if shape.count(-1) > 1:
+        raise Unsupported(f"shape {target} has more than one -1")
+    if -1 in shape:
+        known = int(np.prod([d for d in shape if d != -1]))
+        total = x.numel if x.is_static else None
+        if total is None:
+            raise Unsupported("-1 in the target shape of a symbolic input")
+        if known == 0 or total % known:
+            raise Unsupported(f"cannot reshape {x} to {target}")
+        shape[shape.index(-1)] = total // known
+    return [n.node(inputs=n.inputs[:1], shape=tuple(shape))]
+
+
+@converter("Flatten")
+def convert_flatten(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axis"})
+    return [n.node(axis=n.attrs.get("axis", 1))]
+
+
+@converter("Transpose")
+def convert_transpose(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"perm"})
+    rank = ctx.type(n.inputs[0]).rank
+    return [n.node(perm=tuple(n.attrs.get("perm", range(rank - 1, -1, -1))))]
+
+
+@converter("Squeeze", "Unsqueeze")
+def convert_squeeze(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axes"})
+    axes = _axes_operand(ctx, n, 13)
+    if n.op == "Unsqueeze" and not axes:
+        raise Unsupported("Unsqueeze without axes")
+    return [n.node(inputs=n.inputs[:1], axes=axes)]
+
+
+@converter("Split")
+def convert_split(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axis", "split", "num_outputs"})
+    x = ctx.type(n.inputs[0])
+    axis = n.attrs.get("axis", 0) % x.rank
+    dim = x.shape[axis]
+    if "split" in n.attrs:
+        split = list(n.attrs["split"])
+    elif len(n.inputs) > 1 and n.inputs[1]:
+        split = [int(s) for s in ctx.require_const(n.inputs[1], "split")]
+    else:
+        parts = n.attrs.get("num_outputs", len(n.outputs))
+        size = -(-dim // parts)
+        split = [min(size, dim - i * size) for i in range(parts)]
+    if len(split) != len(n.outputs):
+        raise Unsupported(f"split {split} does not match {len(n.outputs)} outputs")
+    return [n.node(inputs=n.inputs[:1], axis=axis, split=tuple(split))]
+
+
+@converter("Slice")
+def convert_slice(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"starts", "ends", "axes"})
+    if ctx.opset < 10:
+        starts, ends = list(n.attrs["starts"]), list(n.attrs["ends"])
+        axes = list(n.attrs.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        def operand(i: int, what: str) -> list[int] | None:
+            if len(n.inputs) > i and n.inputs[i]:
+                return [int(v) for v in ctx.require_const(n.inputs[i], what).reshape(-1)]
+            return None
+        starts, ends = operand(1, "starts"), operand(2, "ends")
+        axes = operand(3, "axes") or list(range(len(starts)))
+        steps = operand(4, "steps") or [1] * len(starts)
+    rank = ctx.type(n.inputs[0]).rank
+    return [n.node(inputs=n.inputs[:1], starts=tuple(starts), ends=tuple(ends),
+                   axes=tuple(a % rank for a in axes), steps=tuple(steps))]
+
+
+@converter("Expand")
+def convert_expand(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    shape = tuple(int(v) for v in ctx.require_const(n.inputs[1], "the target shape"))
+    return [n.node(inputs=n.inputs[:1], shape=shape)]
+
+
+@converter("Tile")
+def convert_tile(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    reps = tuple(int(v) for v in ctx.require_const(n.inputs[1], "repeats"))
+    return [n.node(inputs=n.inputs[:1], repeats=reps)]
+
+
+@converter("Pad")
+def convert_pad(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"mode", "pads", "value", "paddings"})
+    x = ctx.type(n.inputs[0])
+    mode = n.attrs.get("mode", "constant")
+    if ctx.opset < 11:
+        pads, value = list(n.attrs.get("pads", n.attrs.get("paddings", []))), \
+            n.attrs.get("value", 0.0)
+    else:
+        pads = [int(v) for v in ctx.require_const(n.inputs[1], "pads")]
+        value = 0
+        if len(n.inputs) > 2 and n.inputs[2]:
+            value = ctx.require_const(n.inputs[2], "constant_value").reshape(-1)[0].item()
+        if len(n.inputs) > 3 and n.inputs[3]:
+            axes = [int(a) % x.rank for a in ctx.require_const(n.inputs[3], "axes")]
+            full = [0] * (2 * x.rank)
+            for k, a in enumerate(axes):
+                full[a], full[x.rank + a] = pads[k], pads[len(axes) + k]
+            pads = full
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise Unsupported(f"mode={mode}")
+    return [n.node(inputs=n.inputs[:1], pads=tuple(pads), mode=mode, value=value)]
+
+
+@converter("Clip")
+def convert_clip(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"min", "max"})
+    if ctx.opset >= 11:
+        return [n.node(inputs=n.inputs)]
+    dtype = ctx.type(n.inputs[0]).dtype
+    names = []
+    for key, default in (("min", -np.inf), ("max", np.inf)):
+        name = ctx.fresh(f"{n.name}_{key}")
+        ctx.constants[name] = np.array(n.attrs.get(key, default), dtype=dtype)
+        ctx.types[name] = TensorType(dtype, ())
+        names.append(name)
+    return [n.node(inputs=(n.inputs[0], *names))]
+
+
+@converter("ConstantOfShape")
+def convert_constant_of_shape(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    shape = tuple(int(v) for v in ctx.require_const(n.inputs[0], "shape"))
+    value = n.attrs.get("value", np.zeros(1, dtype=np.float32))
+    return [n.node(inputs=(), shape=shape, value=np.asarray(value).reshape(1))]
+
+
+@converter("Range")
+def convert_range(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    for v in n.inputs:
+        ctx.require_const(v, "Range's start, limit and delta")
+    return [n.node()]

@@ -1,0 +1,263 @@
+"""ONNX ModelProto -> graph dialect.
+
+The importer checks the model, binds symbolic dims (from CompileOptions, else 1), converts
+node by node through `converters.CONVERTERS`, infers types as it goes and folds nodes
+whose inputs are all constants, so shape computations are resolved before the converters
+that need them (Reshape's target shape, Slice's starts...). Every unsupported op or
+attribute is collected and reported together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strataml.errors import ModelLoadError, ShapeError, StrataError, UnsupportedOpError
+from strataml.frontends.onnx.converters import (
+    CONVERTERS,
+    ConvertContext,
+    OnnxNode,
+    Unsupported,
+)
+from strataml.ir.dialects.graph import Graph, Node, get_op, infer_node
+from strataml.ir.types import DTYPES, Dim, TensorType
+from strataml.options import CompileOptions
+from strataml.passes.graph.fold_constants import try_fold
+
+MIN_OPSET = 7
+
+
+def load_model_proto(model: Any) -> Any:
+    """Accept a path, bytes or a ModelProto; check it with ONNX's checker."""
+    import onnx
+
+    if isinstance(model, str | Path):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such model file")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+            raise ModelLoadError(f"{path}: not a readable ONNX model ({exc})") from None
+    elif isinstance(model, bytes | bytearray):
+        try:
+            model = onnx.load_from_string(bytes(model))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"bytes are not a readable ONNX model ({exc})") from None
+    if not isinstance(model, onnx.ModelProto):
+        raise ModelLoadError(f"expected a path, bytes or onnx.ModelProto, got "
+                             f"{type(model).__name__}")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - ValidationError and protobuf errors
+        raise ModelLoadError(f"the model fails ONNX's checker: {exc}") from None
+    opset = _default_opset(model)
+    if opset < MIN_OPSET:
+        try:
+            from onnx import version_converter
+
+            model = version_converter.convert_version(model, 9)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"opset {opset} is older than {MIN_OPSET} and could not "
+                                 f"be upgraded: {exc}") from None
+    return model
+
+
+def _default_opset(model: Any) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def _dtype(elem_type: int, where: str) -> str:
+    from onnx import helper
+
+    try:
+        name = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:  # noqa: BLE001
+        name = f"ONNX type {elem_type}"
+    if name not in DTYPES:
+        raise UnsupportedOpError([f"{where}: element type {name} is not supported"])
+    return name
+
+
+def _attr_value(attr: Any) -> Any:
+    from onnx import AttributeProto, helper, numpy_helper
+
+    if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+        raise Unsupported(f"attribute {attr.name} holds a subgraph (control flow)")
+    if attr.type == AttributeProto.TENSOR:
+        return numpy_helper.to_array(attr.t)
+    if attr.type == AttributeProto.SPARSE_TENSOR:
+        raise Unsupported(f"sparse tensor attribute {attr.name}")
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return tuple(v.decode() if isinstance(v, bytes) else v for v in value)
+    return value
+
+
+def _constant_value(n: OnnxNode) -> np.ndarray:
+    a = n.attrs
+    if "value" in a:
+        return np.asarray(a["value"])
+    if "value_float" in a:
+        return np.array(a["value_float"], dtype=np.float32)
+    if "value_floats" in a:
+        return np.array(a["value_floats"], dtype=np.float32)
+    if "value_int" in a:
+        return np.array(a["value_int"], dtype=np.int64)
+    if "value_ints" in a:
+        return np.array(a["value_ints"], dtype=np.int64)
+    raise Unsupported(f"Constant with attributes {sorted(a)}")
+
+
+class _Importer:
+    def __init__(self, model: Any, options: CompileOptions) -> None:
+        self.model = model
+        self.options = options
+        self.opset = _default_opset(model)
+        self.types: dict[str, TensorType] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.nodes: list[Node] = []
+        self.problems: list[str] = []
+        self.unknown: set[str] = set()  # values downstream of an unsupported node
+        self._fresh = 0
+
+    def fresh(self, hint: str) -> str:
+        self._fresh += 1
+        return f"{hint}__{self._fresh}"
+
+    def run(self) -> Graph:
+        from onnx import numpy_helper
+
+        g = self.model.graph
+        for imp in self.model.opset_import:
+            if imp.domain not in ("", "ai.onnx"):
+                used = [n for n in g.node if n.domain == imp.domain]
+                if used:
+                    self.problems.extend(
+                        f"{n.op_type} node '{n.name}': domain '{n.domain}' is not supported"
+                        for n in used)
+        for init in g.initializer:
+            arr = numpy_helper.to_array(init)
+            self._check_dtype(arr.dtype, f"initializer '{init.name}'")
+            self.constants[init.name] = arr
+            self.types[init.name] = TensorType.of(arr)
+        inputs = []
+        for vi in g.input:
+            if vi.name in self.constants:
+                continue  # an initializer listed as an input (IR < 4 style): a constant
+            self.types[vi.name] = self._input_type(vi)
+            inputs.append(vi.name)
+        for index, proto in enumerate(g.node):
+            self._convert(proto, index)
+        if self.problems:
+            raise UnsupportedOpError(self.problems)
+        outputs = tuple(o.name for o in g.output)
+        for o in outputs:
+            if o not in self.types:
+                raise ModelLoadError(f"graph output '{o}' is never produced")
+        return Graph(g.name or "main", tuple(inputs), outputs, tuple(self.nodes), self.types,
+                     self.constants)
+
+    def _check_dtype(self, dtype: np.dtype, where: str) -> None:
+        if dtype.name not in DTYPES:
+            self.problems.append(f"{where}: element type {dtype.name} is not supported")
+
+    def _input_type(self, vi: Any) -> TensorType:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise UnsupportedOpError([f"input '{vi.name}': only tensor inputs are supported"])
+        dtype = _dtype(tt.elem_type, f"input '{vi.name}'")
+        override = self.options.input_shapes.get(vi.name)
+        if override is not None:
+            return TensorType(dtype, tuple(int(d) for d in override))
+        if not tt.HasField("shape"):
+            raise ShapeError(f"input '{vi.name}' has no shape; pass input_shapes="
+                             f"{{'{vi.name}': (...)}} to compile()")
+        dims: list[Dim] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            else:
+                # Symbolic dims are bound at compile time: from options, else 1.
+                dims.append(int(self.options.dim_values.get(d.dim_param, 1)))
+        return TensorType(dtype, tuple(dims))
+
+    def _convert(self, proto: Any, index: int) -> None:
+        name = proto.name or f"{proto.op_type}_{index}"
+        where = f"{proto.op_type} node '{name}'"
+        inputs = tuple(proto.input)
+        outputs = tuple(proto.output)
+        while len(outputs) > 1 and not outputs[-1]:
+            outputs = outputs[:-1]
+        if proto.domain not in ("", "ai.onnx"):
+            self.unknown.update(outputs)
+            return  # reported with the domain check
+        if any(i and i in self.unknown for i in inputs):
+            self.unknown.update(outputs)
+            if proto.op_type not in CONVERTERS and proto.op_type != "Constant":
+                self.problems.append(f"{where}: op {proto.op_type} is not supported")
+            return
+        try:
+            attrs = {a.name: _attr_value(a) for a in proto.attribute}
+            n = OnnxNode(proto.op_type, inputs, outputs, attrs, name)
+            for i in inputs:
+                if i and i not in self.types:
+                    raise ModelLoadError(f"{where}: input '{i}' is not defined")
+            if proto.op_type == "Constant":
+                value = _constant_value(n)
+                self._check_dtype(value.dtype, where)
+                self.constants[outputs[0]] = value
+                self.types[outputs[0]] = TensorType.of(value)
+                return
+            conv = CONVERTERS.get(proto.op_type)
+            if conv is None:
+                raise Unsupported(f"op {proto.op_type} is not supported")
+            ctx = ConvertContext(self.opset, self.types, self.constants, self.fresh)
+            for node in conv(ctx, n):
+                self._add(node)
+        except Unsupported as exc:
+            self.problems.append(f"{where}: {exc}")
+            self.unknown.update(outputs)
+        except UnsupportedOpError as exc:
+            self.problems.extend(exc.problems)
+            self.unknown.update(outputs)
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{where}: cannot import ({type(exc).__name__}: {exc})"
+                                 ) from exc
+
+    def _add(self, node: Node) -> None:
+        opdef = get_op(node.op)
+        lo, hi = opdef.inputs
+        present = len(node.inputs)
+        if present < lo or (hi >= 0 and present > hi):
+            raise ShapeError(f"{node.where}: takes {lo}..{hi if hi >= 0 else 'n'} inputs, "
+                             f"got {present}")
+        in_types = [self.types[i] if i else None for i in node.inputs]
+        values = [self.constants.get(i) if i else None for i in node.inputs]
+        out_types = infer_node(node, in_types, values)
+        if len(out_types) < len(node.outputs):
+            raise ShapeError(f"{node.where}: produces {len(out_types)} outputs, "
+                             f"{len(node.outputs)} requested")
+        for o, t in zip(node.outputs, out_types, strict=False):
+            self.types[o] = t
+        folded = try_fold(node, self.types, self.constants)
+        if folded is not None:
+            for o, v in zip(node.outputs, folded, strict=True):
+                self.constants[o] = v
+                self.types[o] = TensorType.of(v)
+            return
+        self.nodes.append(node)
+
+
+def import_model(model: Any, options: CompileOptions | None = None) -> Graph:
+    proto = load_model_proto(model)
+    return _Importer(proto, options or CompileOptions()).run()

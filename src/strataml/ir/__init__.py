@@ -1,0 +1,1 @@
+"""Core IR: types, scalar expressions and the three dialects (graph, kernel, loop)."""

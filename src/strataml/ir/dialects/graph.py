@@ -1,0 +1,284 @@
+"""Graph dialect: a typed SSA graph of tensor ops (ONNX-like op set, attributes normalised).
+
+An op's definition (`OpDef`) carries its shape rule and numpy reference semantics; the op
+families live in `strataml.ir.ops`. Reference semantics power constant folding and the
+interpreter that is the test oracle for every level.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from strataml.errors import ShapeError, UnsupportedOpError, VerifyError
+from strataml.ir.types import TensorType
+
+AttrValue = Any  # int | float | str | tuple[...] | np.ndarray | tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One op application. `name` is the source location (the ONNX node name)."""
+
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: tuple[tuple[str, AttrValue], ...] = ()
+    name: str = ""
+
+    def attr(self, key: str, default: AttrValue = None) -> AttrValue:
+        for k, v in self.attrs:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def attr_dict(self) -> dict[str, AttrValue]:
+        return dict(self.attrs)
+
+    def with_attrs(self, **updates: AttrValue) -> Node:
+        merged = dict(self.attrs)
+        merged.update(updates)
+        return replace(self, attrs=make_attrs(merged))
+
+    @property
+    def where(self) -> str:
+        return f"{self.op} node '{self.name or self.outputs[0]}'"
+
+    @property
+    def body(self) -> tuple[Node, ...]:
+        """The nodes of a fused group (empty for ordinary ops)."""
+        return self.attr("body", ())
+
+    def cse_key(self) -> tuple[Any, ...]:
+        return (self.op, self.inputs, tuple((k, _hashable(v)) for k, v in self.attrs))
+
+
+def _hashable(v: AttrValue) -> Any:
+    if isinstance(v, np.ndarray):
+        return (v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, tuple):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, Node):
+        return (*v.cse_key(), v.outputs)
+    return v
+
+
+def make_attrs(attrs: Mapping[str, AttrValue]) -> tuple[tuple[str, AttrValue], ...]:
+    out = []
+    for k in sorted(attrs):
+        v = attrs[k]
+        if isinstance(v, list):
+            v = tuple(v)
+        out.append((k, v))
+    return tuple(out)
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A whole model at the graph level. Constants are values with data, not nodes."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    nodes: tuple[Node, ...]
+    types: Mapping[str, TensorType]
+    constants: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def with_nodes(self, nodes: Iterable[Node], **changes: Any) -> Graph:
+        return replace(self, nodes=tuple(nodes), **changes)
+
+    def producers(self) -> dict[str, Node]:
+        return {o: n for n in self.nodes for o in n.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        out: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i:
+                    out.setdefault(i, []).append(n)
+        return out
+
+    def __str__(self) -> str:
+        return print_graph(self)
+
+
+# ---------------------------------------------------------------- op registry
+
+InferFn = Callable[[Node, list[TensorType], list["np.ndarray | None"]], list[TensorType]]
+ReferenceFn = Callable[[Node, list[np.ndarray]], list[np.ndarray]]
+
+OP_KINDS = ("elementwise", "reduction", "contraction", "window", "movement", "opaque")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """What an op is: shape rule, numpy semantics and its structural kind (used by fusion)."""
+
+    name: str
+    kind: str
+    infer: InferFn
+    reference: ReferenceFn
+    inputs: tuple[int, int] = (1, 1)  # min, max number of inputs (-1: unbounded)
+    outputs: int = 1
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register_op(name: str, kind: str, infer: InferFn, reference: ReferenceFn,
+                inputs: tuple[int, int] = (1, 1), outputs: int = 1) -> OpDef:
+    assert kind in OP_KINDS, kind
+    assert name not in OPS, f"op {name} registered twice"
+    opdef = OpDef(name, kind, infer, reference, inputs, outputs)
+    OPS[name] = opdef
+    return opdef
+
+
+def get_op(name: str) -> OpDef:
+    _load_op_families()
+    try:
+        return OPS[name]
+    except KeyError:
+        raise UnsupportedOpError([f"op {name} is not defined in the graph dialect"]) from None
+
+
+def _load_op_families() -> None:
+    # Imported lazily: the families import this module to register themselves.
+    import strataml.ir.ops  # noqa: F401
+
+
+def infer_node(node: Node, in_types: list[TensorType],
+               in_values: list[np.ndarray | None]) -> list[TensorType]:
+    """Run an op's shape rule, turning any failure into a ShapeError naming the node."""
+    opdef = get_op(node.op)
+    try:
+        return opdef.infer(node, in_types, in_values)
+    except (ShapeError, UnsupportedOpError):
+        raise
+    except Exception as exc:
+        shapes = ", ".join(str(t) for t in in_types)
+        raise ShapeError(f"{node.where}: {exc} (inputs: {shapes})") from exc
+
+
+def evaluate_node(node: Node, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    if node.op == "fused":
+        env = dict(zip(node.inputs, inputs, strict=True))
+        for inner in node.body:
+            for name, value in zip(inner.outputs, evaluate_node(
+                    inner, [env[i] if i else None for i in inner.inputs]), strict=True):
+                env[name] = value
+        return [env[o] for o in node.outputs]
+    return get_op(node.op).reference(node, inputs)
+
+
+def interpret(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The numpy reference interpreter: the oracle every level is tested against."""
+    env: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in graph.constants.items()}
+    env.update({k: np.asarray(v) for k, v in feeds.items()})
+    for node in graph.nodes:
+        outs = evaluate_node(node, [env[i] if i else None for i in node.inputs])
+        env.update(zip(node.outputs, outs, strict=True))
+    return [env[o] for o in graph.outputs]
+
+
+# ---------------------------------------------------------------- verifier
+
+
+def verify_graph(graph: Graph) -> None:
+    """SSA, types and shape rules; raises VerifyError naming the node and the bad value."""
+    defined: set[str] = set(graph.inputs) | set(graph.constants)
+    for name in defined:
+        if name not in graph.types:
+            raise VerifyError(f"value %{name} has no type")
+    for name, arr in graph.constants.items():
+        t = graph.types[name]
+        if TensorType.of(np.asarray(arr)) != t:
+            raise VerifyError(f"constant %{name}: data is {TensorType.of(arr)} but typed {t}")
+
+    def check(nodes: Iterable[Node], scope: set[str]) -> None:
+        for node in nodes:
+            for i in node.inputs:
+                if i and i not in scope:
+                    raise VerifyError(f"{node.where}: input %{i} is used before it is defined")
+            for o in node.outputs:
+                if o in scope:
+                    raise VerifyError(f"{node.where}: value %{o} is defined twice")
+                if o not in graph.types:
+                    raise VerifyError(f"{node.where}: output %{o} has no type")
+            if node.op == "fused":
+                inner_scope = set(node.inputs) | set(graph.constants)
+                check(node.body, inner_scope)
+                missing = set(node.outputs) - inner_scope
+                if missing:
+                    raise VerifyError(f"{node.where}: body does not define {sorted(missing)}")
+            else:
+                in_types = [graph.types[i] if i else None for i in node.inputs]
+                values = [graph.constants.get(i) if i else None for i in node.inputs]
+                expected = infer_node(node, in_types, values)
+                got = [graph.types[o] for o in node.outputs]
+                if expected != got:
+                    raise VerifyError(f"{node.where}: outputs typed {[str(t) for t in got]} "
+                                      f"but the shape rule gives {[str(t) for t in expected]}")
+            scope.update(node.outputs)
+
+    check(graph.nodes, defined)
+    for o in graph.outputs:
+        if o not in defined:
+            raise VerifyError(f"graph output %{o} is never defined")
+
+
+# ---------------------------------------------------------------- text form
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def value_ref(name: str) -> str:
+    if not name:
+        return "%none"
+    return f"%{name}" if _IDENT.match(name) else f'%"{name}"'
+
+
+def format_attr(v: AttrValue) -> str:
+    if isinstance(v, np.ndarray):
+        return f"tensor<{TensorType.of(v)}>{v.ravel().tolist() if v.size <= 16 else '...'}"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(format_attr(x) for x in v) + "]"
+    if isinstance(v, str):
+        return repr(v)
+    return repr(v)
+
+
+def print_graph(graph: Graph, indent: str = "") -> str:
+    args = ", ".join(f"{value_ref(i)}: {graph.types[i]}" for i in graph.inputs)
+    outs = ", ".join(value_ref(o) for o in graph.outputs)
+    lines = [f"{indent}graph @{graph.name}({args}) -> ({outs}) {{"]
+    for name, arr in graph.constants.items():
+        preview = np.asarray(arr).ravel()[:4].tolist()
+        lines.append(f"{indent}  {value_ref(name)}: {graph.types[name]} = constant "
+                     f"{preview}{'...' if np.asarray(arr).size > 4 else ''}")
+    lines.extend(_print_nodes(graph, graph.nodes, indent + "  "))
+    lines.append(f"{indent}}}")
+    return "\n".join(lines)
+
+
+def _print_nodes(graph: Graph, nodes: Iterable[Node], indent: str) -> list[str]:
+    lines = []
+    for node in nodes:
+        results = ", ".join(f"{value_ref(o)}: {graph.types.get(o, '?')}" for o in node.outputs)
+        operands = ", ".join(value_ref(i) for i in node.inputs)
+        attrs = {k: v for k, v in node.attrs if k != "body"}
+        attr_text = (" {" + ", ".join(f"{k}={format_attr(v)}" for k, v in attrs.items()) + "}"
+                     if attrs else "")
+        loc = f' loc("{node.name}")' if node.name else ""
+        if node.op == "fused":
+            lines.append(f"{indent}{results} = fused({operands}){attr_text}{loc} {{")
+            lines.extend(_print_nodes(graph, node.body, indent + "  "))
+            lines.append(f"{indent}}}")
+        else:
+            lines.append(f"{indent}{results} = {node.op}({operands}){attr_text}{loc}")
+    return lines

@@ -1,0 +1,128 @@
+"""Kernel dialect: one fused group = one kernel, described by index computations.
+
+A kernel owns buffers (inputs, outputs, temporaries) and an ordered list of stages; a stage
+says what each element of one buffer is: `buf[axes] = body`, where `body` is an expression
+over loads of other buffers and may contain reductions. The schedule (how to compute it)
+is separate: `strataml.schedule` attaches one to each stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from strataml.errors import VerifyError
+from strataml.ir.expr import Expr, Load, Reduce, Var, format_expr
+
+BUFFER_ROLES = ("input", "output", "temp")
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    role: str
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.role} %{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """`buffer[axes] = body` for every index in the buffer's shape."""
+
+    buffer: str
+    axes: tuple[Var, ...]
+    body: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    name: str
+    buffers: tuple[Buffer, ...]
+    stages: tuple[Stage, ...]
+    source: tuple[str, ...] = ()  # names of the graph nodes it implements (locations)
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    @property
+    def params(self) -> tuple[Buffer, ...]:
+        """Buffers passed in by the caller, in ABI order: inputs, outputs, then temps."""
+        order = {r: i for i, r in enumerate(BUFFER_ROLES)}
+        return tuple(sorted(self.buffers, key=lambda b: order[b.role]))
+
+    @property
+    def where(self) -> str:
+        return f"kernel {self.name} (from {', '.join(self.source) or '?'})"
+
+
+def print_kernel(kernel: Kernel) -> str:
+    lines = [f"kernel @{kernel.name} loc({', '.join(repr(s) for s in kernel.source)}) {{"]
+    lines += [f"  {b}" for b in kernel.buffers]
+    for st in kernel.stages:
+        axes = ", ".join(a.name for a in st.axes)
+        lines.append(f"  %{st.buffer}[{axes}] = {format_expr(st.body)}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def verify_kernel(kernel: Kernel) -> None:
+    """Every load names a known buffer with the right rank, every var is bound, each
+    stage's axes match its buffer, outputs are written and inputs never are."""
+    buffers = {b.name: b for b in kernel.buffers}
+    if len(buffers) != len(kernel.buffers):
+        raise VerifyError(f"{kernel.where}: duplicate buffer names")
+    written: set[str] = set()
+    for st in kernel.stages:
+        buf = buffers.get(st.buffer)
+        if buf is None:
+            raise VerifyError(f"{kernel.where}: stage writes unknown buffer %{st.buffer}")
+        if buf.role == "input":
+            raise VerifyError(f"{kernel.where}: stage writes input buffer %{st.buffer}")
+        if len(st.axes) != len(buf.shape):
+            raise VerifyError(f"{kernel.where}: stage for %{st.buffer} has {len(st.axes)} "
+                              f"axes, buffer has rank {len(buf.shape)}")
+        if st.body.dtype != buf.dtype:
+            raise VerifyError(f"{kernel.where}: stage for %{st.buffer} computes "
+                              f"{st.body.dtype}, buffer is {buf.dtype}")
+        _check_expr(kernel, st.body, set(st.axes), buffers, written | _inputs(buffers))
+        written.add(st.buffer)
+    for b in kernel.buffers:
+        if b.role == "output" and b.name not in written:
+            raise VerifyError(f"{kernel.where}: output %{b.name} is never written")
+
+
+def _inputs(buffers: dict[str, Buffer]) -> set[str]:
+    return {n for n, b in buffers.items() if b.role == "input"}
+
+
+def _check_expr(kernel: Kernel, e: Expr, bound: set[Var], buffers: dict[str, Buffer],
+                readable: set[str]) -> None:
+    if isinstance(e, Var) and e not in bound:
+        raise VerifyError(f"{kernel.where}: variable {e.name} is not bound")
+    if isinstance(e, Load):
+        buf = buffers.get(e.buffer)
+        if buf is None or e.buffer not in readable:
+            raise VerifyError(f"{kernel.where}: load of %{e.buffer} before it is written "
+                              "or of an unknown buffer")
+        if len(e.indices) != len(buf.shape):
+            raise VerifyError(f"{kernel.where}: load %{e.buffer} with {len(e.indices)} "
+                              f"indices, buffer has rank {len(buf.shape)}")
+        if e.dtype != buf.dtype:
+            raise VerifyError(f"{kernel.where}: load %{e.buffer} typed {e.dtype}, "
+                              f"buffer is {buf.dtype}")
+    if isinstance(e, Reduce):
+        _check_expr(kernel, e.init, bound, buffers, readable)
+        _check_expr(kernel, e.body, bound | set(e.axes), buffers, readable)
+        return
+    for c in e.children():
+        _check_expr(kernel, c, bound, buffers, readable)

@@ -1,0 +1,106 @@
+"""Element types and tensor types with symbolic dims."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+DTYPES: tuple[str, ...] = (
+    "float32", "float64", "float16",
+    "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64",
+    "bool",
+)
+FLOAT_DTYPES = frozenset({"float32", "float64", "float16"})
+SIGNED_DTYPES = frozenset({"int8", "int16", "int32", "int64"})
+UNSIGNED_DTYPES = frozenset({"uint8", "uint16", "uint32", "uint64"})
+INT_DTYPES = SIGNED_DTYPES | UNSIGNED_DTYPES
+
+Dim = int | str
+"""A dimension: a known size, or the name of a symbolic size ("batch")."""
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES
+
+
+def is_int(dtype: str) -> bool:
+    return dtype in INT_DTYPES
+
+
+def to_numpy(dtype: str) -> np.dtype:
+    return np.dtype(dtype)
+
+
+def from_numpy(dtype: np.dtype | type) -> str:
+    name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise TypeError(f"dtype {name} is not supported (supported: {', '.join(DTYPES)})")
+    return name
+
+
+def itemsize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class TensorType:
+    """dtype and shape; a str dim is symbolic until bound at compile time."""
+
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def static_shape(self) -> tuple[int, ...]:
+        if not self.is_static:
+            raise ValueError(f"shape {self.shape} has symbolic dims")
+        return tuple(int(d) for d in self.shape)
+
+    @property
+    def numel(self) -> int:
+        return prod(self.static_shape())
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * itemsize(self.dtype)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+    @staticmethod
+    def of(array: np.ndarray) -> TensorType:
+        return TensorType(from_numpy(array.dtype), tuple(int(d) for d in array.shape))
+
+
+def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    """numpy broadcasting over possibly symbolic dims; raises ValueError when incompatible."""
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[Dim] = []
+    for axis in range(rank):
+        dim: Dim = 1
+        for shape in shapes:
+            offset = axis - (rank - len(shape))
+            if offset < 0:
+                continue
+            d = shape[offset]
+            if d == 1 or d == dim:
+                continue
+            if dim == 1:
+                dim = d
+            elif isinstance(d, str) or isinstance(dim, str):
+                # A symbolic dim meeting a different dim: trust the concrete one.
+                dim = d if isinstance(dim, str) else dim
+            else:
+                raise ValueError(f"shapes {' and '.join(str(list(s)) for s in shapes)} "
+                                 "do not broadcast")
+        out.append(dim)
+    return tuple(out)

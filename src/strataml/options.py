@@ -1,0 +1,83 @@
+"""CompileOptions and Target: the explicit configuration passed down through every level."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from strataml import config
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the code is generated for; capabilities are data, never discovered by reflection."""
+
+    name: str
+    triple: str
+    cpu: str
+    features: str
+    vector_bits: int
+
+    @property
+    def vector_lanes_f32(self) -> int:
+        return max(1, self.vector_bits // 32)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "triple": self.triple,
+            "cpu": self.cpu,
+            "features": self.features,
+            "vector_bits": self.vector_bits,
+        }
+
+
+@lru_cache(maxsize=1)
+def host_target() -> Target:
+    """The CPU this process runs on, with its native features (AVX-512, AVX2, NEON...)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    features = llvm.get_host_cpu_features()
+    enabled = {k for k, v in features.items() if v}
+    if "avx512f" in enabled:
+        bits = 512
+    elif "avx2" in enabled or "avx" in enabled:
+        bits = 256
+    else:
+        bits = 128
+    return Target(
+        name="cpu",
+        triple=llvm.get_process_triple(),
+        cpu=llvm.get_host_cpu_name(),
+        features=features.flatten(),
+        vector_bits=bits,
+    )
+
+
+def resolve_target(target: str | Target) -> Target:
+    if isinstance(target, Target):
+        return target
+    if target in ("cpu", "host", "llvm"):
+        return host_target()
+    raise ValueError(f"unknown target {target!r}; available: 'cpu'")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes how a model compiles. Frozen so it can key caches."""
+
+    num_threads: int | None = None
+    # Values for symbolic dims, by dim name ("batch": 1) or by input name ({"x": (1, 3, 8, 8)}).
+    dim_values: dict[str, int] = field(default_factory=dict)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    verify: bool = field(default_factory=config.debug_from_env)
+    dump_ir_dir: str | None = None
+    opt_level: int = 3
+
+    def threads(self) -> int:
+        if self.num_threads is not None:
+            return self.num_threads
+        return config.num_threads_from_env() or (os.cpu_count() or 1)

@@ -1,0 +1,1 @@
+"""Passes: graph-level rewrites, lowerings between levels, loop-level clean-ups."""

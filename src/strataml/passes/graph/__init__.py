@@ -1,0 +1,11 @@
+"""Graph-level passes, one file each. Importing registers them in PASSES."""
+
+from strataml.passes.graph import (  # noqa: F401
+    cse,
+    dce,
+    fold_batchnorm,
+    fold_constants,
+    fuse,
+    infer_shapes,
+    simplify,
+)

@@ -1,0 +1,75 @@
+"""Constant folding: any node whose inputs are all constants becomes a constant, using the
+op's numpy reference semantics. Shape and Size fold from static types alone, so whole
+shape-computation subgraphs (Shape -> Gather -> Concat -> Reshape) disappear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from strataml.errors import StrataError
+from strataml.ir.dialects.graph import Graph, Node, evaluate_node
+from strataml.ir.types import TensorType
+from strataml.passes.manager import GraphPass, register_pass
+
+# Folding never materialises constants larger than this (elements), to keep artifacts small.
+MAX_FOLDED_ELEMENTS = 1 << 24
+
+
+def try_fold(node: Node, types: dict[str, TensorType],
+             constants: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    """Values of the node's outputs if computable at compile time, else None."""
+    if node.op in ("Shape", "Size") and types[node.inputs[0]].is_static:
+        shape = types[node.inputs[0]].static_shape()
+        data = np.empty(shape, dtype=np.uint8) if np.prod(shape) < 1 << 20 else None
+        if data is not None:
+            return evaluate_node(node, [data])
+        start, end = node.attr("start", 0), node.attr("end", None)
+        if node.op == "Size":
+            return [np.array(int(np.prod(shape)), dtype=np.int64)]
+        return [np.array(shape[start:end], dtype=np.int64)]
+    if node.op == "fused" or not all(i == "" or i in constants for i in node.inputs):
+        return None
+    outs = [types.get(o) for o in node.outputs]
+    if any(t is None or not t.is_static or t.numel > MAX_FOLDED_ELEMENTS for t in outs):
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            values = evaluate_node(node, [constants[i] if i else None for i in node.inputs])
+    except StrataError:
+        raise
+    except Exception:  # noqa: BLE001 - an op that cannot fold stays in the graph
+        return None
+    return [np.asarray(v).astype(t.dtype, copy=False) if t is not None else np.asarray(v)
+            for v, t in zip(values, outs, strict=True)]
+
+
+def fold_graph(graph: Graph) -> Graph:
+    constants = dict(graph.constants)
+    types = dict(graph.types)
+    kept: list[Node] = []
+    for node in graph.nodes:
+        values = try_fold(node, types, constants)
+        if values is None:
+            kept.append(node)
+            continue
+        for name, value in zip(node.outputs, values, strict=True):
+            constants[name] = value
+            types[name] = TensorType.of(value)
+    # Drop constants nothing reads any more.
+    used = {i for n in kept for i in n.inputs} | set(graph.outputs)
+    for n in kept:
+        used.update(i for inner in n.body for i in inner.inputs)
+    constants = {k: v for k, v in constants.items() if k in used}
+    return Graph(graph.name, graph.inputs, graph.outputs, tuple(kept), types, constants)
+
+
+@register_pass
+@dataclass(frozen=True)
+class FoldConstants(GraphPass):
+    name: ClassVar[str] = "fold-constants"
+
+    def run(self, graph: Graph) -> Graph:
+        return fold_graph(graph)

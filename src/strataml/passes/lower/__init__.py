@@ -1,0 +1,1 @@
+"""Lowerings from one level to the next."""

@@ -1,0 +1,138 @@
+"""Graph dialect -> kernel dialect: each fused group (or lone node) becomes one kernel.
+
+Lowering rules live in `passes.lower.ops`, one module per op family, keyed by op name:
+`rule(ctx, node, inputs: list[TensorRef | None]) -> list[TensorRef]`. A rule builds
+index expressions; it never emits loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+
+import numpy as np
+
+from strataml.errors import PassError, StrataError, UnsupportedOpError
+from strataml.ir.dialects.graph import Graph, Node
+from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
+from strataml.ir.expr import Expr, Var, reduce
+from strataml.passes.lower.tensor_ref import TensorRef
+
+LowerRule = Callable[["LowerContext", Node, list["TensorRef | None"]], list[TensorRef]]
+LOWERINGS: dict[str, LowerRule] = {}
+
+
+def lowering(*ops: str) -> Callable[[LowerRule], LowerRule]:
+    def register(rule: LowerRule) -> LowerRule:
+        for op in ops:
+            assert op not in LOWERINGS, f"lowering for {op} registered twice"
+            LOWERINGS[op] = rule
+        return rule
+    return register
+
+
+def load_rules() -> dict[str, LowerRule]:
+    import strataml.passes.lower.ops  # noqa: F401  (registers the rules)
+
+    return LOWERINGS
+
+
+# Constants with at most this many elements are inlined into expressions as literals.
+INLINE_CONSTANT_LIMIT = 1
+
+
+@dataclass
+class LowerContext:
+    """Builds one kernel: its buffers, stages and fresh variable names."""
+
+    graph: Graph
+    name: str
+    buffers: list[Buffer] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    values: dict[str, str] = field(default_factory=dict)  # kernel buffer -> graph value
+    _ids: count = field(default_factory=count)
+
+    def fresh_var(self, prefix: str = "v") -> Var:
+        return Var("int64", f"{prefix}{next(self._ids)}")
+
+    def fresh_vars(self, n: int, prefix: str = "v") -> tuple[Var, ...]:
+        return tuple(self.fresh_var(prefix) for _ in range(n))
+
+    def constant_value(self, value_name: str) -> np.ndarray | None:
+        return self.graph.constants.get(value_name)
+
+    def input_ref(self, value_name: str) -> TensorRef:
+        t = self.graph.types[value_name]
+        shape = t.static_shape()
+        data = self.graph.constants.get(value_name)
+        if data is not None and data.size <= INLINE_CONSTANT_LIMIT:
+            flat = np.asarray(data).reshape(-1)
+            return TensorRef.constant(flat[0].item() if flat.size else 0, t.dtype, shape)
+        for buf, val in self.values.items():
+            if val == value_name:
+                return TensorRef.load(buf, t.dtype, shape)
+        name = f"in{len(self.buffers)}"
+        self.buffers.append(Buffer(name, t.dtype, shape, "input"))
+        self.values[name] = value_name
+        return TensorRef.load(name, t.dtype, shape)
+
+    def materialize(self, ref: TensorRef, hint: str = "t") -> TensorRef:
+        """Compute `ref` into a kernel-local temporary buffer and read it back from there."""
+        if ref.buffer is not None or ref.scalar is not None:
+            return ref
+        name = f"{hint}{next(self._ids)}"
+        self.buffers.append(Buffer(name, ref.dtype, ref.shape, "temp"))
+        self._stage(name, ref)
+        return TensorRef.load(name, ref.dtype, ref.shape)
+
+    def output(self, value_name: str, ref: TensorRef) -> None:
+        t = self.graph.types[value_name]
+        name = f"out{len(self.buffers)}"
+        self.buffers.append(Buffer(name, t.dtype, t.static_shape(), "output"))
+        self.values[name] = value_name
+        self._stage(name, ref)
+
+    def _stage(self, name: str, ref: TensorRef) -> None:
+        axes = self.fresh_vars(ref.rank, "i")
+        self.stages.append(Stage(name, axes, ref(*axes)))
+
+    def reduce(self, combiner: str, extents: tuple[int, ...],
+               body: Callable[..., Expr], init: Expr | None = None) -> Expr:
+        """Reduce `body(*reduction_vars)` over `extents` with `combiner`."""
+        axes = self.fresh_vars(len(extents), "r")
+        return reduce(combiner, axes, extents, body(*axes), init)
+
+
+def lower_group(graph: Graph, node: Node, name: str) -> Kernel:
+    """Lower a fused node (or a single node) to one kernel."""
+    rules = load_rules()
+    ctx = LowerContext(graph, name)
+    body = node.body if node.op == "fused" else (node,)
+    env: dict[str, TensorRef] = {}
+
+    def ref_of(value: str) -> TensorRef | None:
+        if not value:
+            return None
+        return env[value] if value in env else ctx.input_ref(value)
+
+    for inner in body:
+        rule = rules.get(inner.op)
+        if rule is None:
+            raise UnsupportedOpError([f"{inner.where}: no CPU lowering for {inner.op}"])
+        try:
+            outs = rule(ctx, inner, [ref_of(i) for i in inner.inputs])
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise PassError(f"lowering {inner.where}: {type(exc).__name__}: {exc}") from exc
+        for value, ref in zip(inner.outputs, outs, strict=False):
+            want = graph.types[value]
+            if ref.shape != want.static_shape() or ref.dtype != want.dtype:
+                raise PassError(f"lowering {inner.where}: rule produced {ref.dtype}"
+                                f"{list(ref.shape)} for %{value}, expected {want}")
+            env[value] = ref
+    for value in node.outputs:
+        ctx.output(value, ref_of(value))
+    sources = tuple(n.name or n.outputs[0] for n in body)
+    return Kernel(name, tuple(ctx.buffers), tuple(ctx.stages), sources), ctx.values

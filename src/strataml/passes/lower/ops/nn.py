@@ -1,0 +1,292 @@
+"""Lowering of contractions, windows and normalisations to index computations."""
+
+from __future__ import annotations
+
+from strataml.ir.dialects.graph import Node
+from strataml.ir.expr import (
+    Expr,
+    binary,
+    cast,
+    compare,
+    const,
+    idx,
+    logical_and,
+    maximum,
+    select,
+    unary,
+)
+from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
+from strataml.passes.lower.ops.common import out_shape
+from strataml.passes.lower.tensor_ref import TensorRef
+
+
+@lowering("MatMul")
+def lower_matmul(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                 ) -> list[TensorRef]:
+    a, b = inputs[0], inputs[1]
+    shape = out_shape(ctx, node)
+    k = a.shape[-1]
+    a_vec, b_vec = a.rank == 1, b.rank == 1
+    batch_rank = len(shape) - (0 if a_vec else 1) - (0 if b_vec else 1)
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        batch, rest = ix[:batch_rank], ix[batch_rank:]
+        i = None if a_vec else rest[0]
+        j = None if b_vec else rest[-1]
+
+        def body(r: Expr) -> Expr:
+            a_ix = (r,) if a_vec else (*_bcast(batch, a.shape[:-2]), i, r)
+            b_ix = (r,) if b_vec else (*_bcast(batch, b.shape[:-2]), r, j)
+            return a(*a_ix) * b(*b_ix)
+
+        return ctx.reduce("sum", (k,), body)
+
+    return [TensorRef(a.dtype, shape, fn)]
+
+
+def _bcast(batch: tuple[Expr, ...], dims: tuple[int, ...]) -> tuple[Expr, ...]:
+    """Index a (possibly shorter, size-1) batch shape with the output's batch indices."""
+    lead = len(batch) - len(dims)
+    return tuple(idx(0) if d == 1 else i for d, i in zip(dims, batch[lead:], strict=True))
+
+
+@lowering("Gemm")
+def lower_gemm(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+               ) -> list[TensorRef]:
+    a, b = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    ta, tb = node.attr("transA", 0), node.attr("transB", 0)
+    alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
+    shape = out_shape(ctx, node)
+    k = a.shape[0] if ta else a.shape[1]
+    bias_b = bias.broadcast_to(shape) if bias is not None else None
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        i, j = ix
+
+        def body(r: Expr) -> Expr:
+            return (a(r, i) if ta else a(i, r)) * (b(j, r) if tb else b(r, j))
+
+        acc = ctx.reduce("sum", (k,), body)
+        if alpha != 1.0:
+            acc = acc * const(alpha, acc.dtype)
+        if bias_b is not None and beta != 0.0:
+            term = bias_b.fn(ix)
+            acc = acc + (term if beta == 1.0 else term * const(beta, acc.dtype))
+        return acc
+
+    return [TensorRef(a.dtype, shape, fn)]
+
+
+def _window_index(node: Node, x: TensorRef, out_sp: tuple[Expr, ...],
+                  taps: tuple[Expr, ...]) -> tuple[tuple[Expr, ...], Expr]:
+    """Input spatial indices for output position + kernel tap, and whether they are inside
+    the (unpadded) input."""
+    nsp = x.rank - 2
+    strides = node.attr("strides", (1,) * nsp)
+    pads = node.attr("pads", (0,) * (2 * nsp))
+    dil = node.attr("dilations", (1,) * nsp)
+    coords, conds = [], []
+    for d in range(nsp):
+        pos = out_sp[d] * strides[d] + taps[d] * dil[d] - pads[d]
+        coords.append(pos)
+        if pads[d] or node.attr("ceil_mode", 0):
+            conds += [compare("ge", pos, 0), compare("lt", pos, x.shape[2 + d])]
+    return tuple(coords), logical_and(*conds)
+
+
+@lowering("Conv")
+def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+               ) -> list[TensorRef]:
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    shape = out_shape(ctx, node)
+    group = node.attr("group", 1)
+    cin_g, cout_g = w.shape[1], w.shape[0] // group
+    kernel = w.shape[2:]
+    zero = const(0, x.dtype)
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        n, co, out_sp = ix[0], ix[1], ix[2:]
+        g = co // cout_g if group > 1 else idx(0)
+
+        def body(ci: Expr, *taps: Expr) -> Expr:
+            coords, inside = _window_index(node, x, out_sp, taps)
+            value = x(n, g * cin_g + ci, *coords)
+            return select(inside, value, zero) * w(co, ci, *taps)
+
+        acc = ctx.reduce("sum", (cin_g, *kernel), body)
+        return acc + bias(co) if bias is not None else acc
+
+    return [TensorRef(x.dtype, shape, fn)]
+
+
+@lowering("MaxPool")
+def lower_max_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                   ) -> list[TensorRef]:
+    x = inputs[0]
+    shape = out_shape(ctx, node)
+    from strataml.ir.expr import reduce_identity
+
+    lowest = reduce_identity("max", x.dtype)
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        def body(*taps: Expr) -> Expr:
+            coords, inside = _window_index(node, x, ix[2:], taps)
+            return select(inside, x(ix[0], ix[1], *coords), lowest)
+
+        return ctx.reduce("max", tuple(node.attr("kernel_shape")), body)
+
+    return [TensorRef(x.dtype, shape, fn)]
+
+
+@lowering("AveragePool")
+def lower_avg_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                   ) -> list[TensorRef]:
+    x = inputs[0]
+    shape = out_shape(ctx, node)
+    kernel = tuple(node.attr("kernel_shape"))
+    nsp = x.rank - 2
+    pads = node.attr("pads", (0,) * (2 * nsp))
+    include_pad = node.attr("count_include_pad", 0)
+    zero = const(0, x.dtype)
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        def body(*taps: Expr) -> Expr:
+            coords, inside = _window_index(node, x, ix[2:], taps)
+            return select(inside, x(ix[0], ix[1], *coords), zero)
+
+        def count_body(*taps: Expr) -> Expr:
+            coords, inside = _window_index(node, x, ix[2:], taps)
+            if include_pad:  # padding counts, the ceil_mode overhang past it does not
+                inside = logical_and(*(c for d, p in enumerate(coords) for c in (
+                    compare("ge", p, -pads[d]), compare("lt", p, x.shape[2 + d] + pads[nsp + d]))))
+            return cast(inside, x.dtype)
+
+        total = ctx.reduce("sum", kernel, body)
+        count = ctx.reduce("sum", kernel, count_body)
+        return total / maximum(count, const(1, x.dtype))
+
+    return [TensorRef(x.dtype, shape, fn)]
+
+
+@lowering("GlobalAveragePool", "GlobalMaxPool")
+def lower_global_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                      ) -> list[TensorRef]:
+    x = inputs[0]
+    spatial = x.shape[2:]
+    size = 1
+    for d in spatial:
+        size *= d
+    combiner = "sum" if node.op == "GlobalAveragePool" else "max"
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        acc = ctx.reduce(combiner, spatial, lambda *sp: x(ix[0], ix[1], *sp))
+        return acc / const(size, x.dtype) if combiner == "sum" else acc
+
+    return [TensorRef(x.dtype, out_shape(ctx, node), fn)]
+
+
+@lowering("LRN")
+def lower_lrn(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]) -> list[TensorRef]:
+    x = inputs[0]
+    size = node.attr("size")
+    alpha, beta, bias = node.attr("alpha", 1e-4), node.attr("beta", 0.75), node.attr("bias", 1.0)
+    channels = x.shape[1]
+    lo = (size - 1) // 2
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        def body(r: Expr) -> Expr:
+            ch = ix[1] + r - lo
+            inside = logical_and(compare("ge", ch, 0), compare("lt", ch, channels))
+            v = x(ix[0], ch, *ix[2:])
+            return select(inside, v * v, const(0, x.dtype))
+
+        sq = ctx.reduce("sum", (size,), body)
+        scale = const(bias, x.dtype) + const(alpha / size, x.dtype) * sq
+        return x.fn(ix) / binary("pow", scale, const(beta, x.dtype))
+
+    return [TensorRef(x.dtype, x.shape, fn)]
+
+
+def _with_axis(ix: tuple[Expr, ...], axis: int, value: Expr) -> tuple[Expr, ...]:
+    return (*ix[:axis], value, *ix[axis + 1:])
+
+
+def _keep_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+
+@lowering("Softmax", "LogSoftmax")
+def lower_softmax(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                  ) -> list[TensorRef]:
+    x = ctx.materialize(inputs[0], "x")
+    axis = node.attr("axis", -1) % x.rank
+    n = x.shape[axis]
+    stat_shape = _keep_shape(x.shape, (axis,))
+
+    m = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: ctx.reduce(
+        "max", (n,), lambda r: x(*_with_axis(ix, axis, r)))), "max")
+
+    def shifted(ix: tuple[Expr, ...]) -> Expr:
+        return x.fn(ix) - m.fn(_with_axis(ix, axis, idx(0)))
+
+    s = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: ctx.reduce(
+        "sum", (n,), lambda r: unary("exp", shifted(_with_axis(ix, axis, r))))), "sum")
+
+    if node.op == "LogSoftmax":
+        def fn(ix: tuple[Expr, ...]) -> Expr:
+            return shifted(ix) - unary("log", s.fn(_with_axis(ix, axis, idx(0))))
+    else:
+        def fn(ix: tuple[Expr, ...]) -> Expr:
+            return unary("exp", shifted(ix)) / s.fn(_with_axis(ix, axis, idx(0)))
+
+    return [TensorRef(x.dtype, x.shape, fn)]
+
+
+@lowering("LayerNormalization")
+def lower_layernorm(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                    ) -> list[TensorRef]:
+    x = ctx.materialize(inputs[0], "x")
+    scale = inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    axis = node.attr("axis", -1) % x.rank
+    axes = tuple(range(axis, x.rank))
+    extents = x.shape[axis:]
+    count = 1
+    for d in extents:
+        count *= d
+    stat_shape = _keep_shape(x.shape, axes)
+    eps = const(node.attr("epsilon", 1e-5), x.dtype)
+    n = const(count, x.dtype)
+
+    def over(ix: tuple[Expr, ...], rs: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        return (*ix[:axis], *rs)
+
+    def stat(ix: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        return (*ix[:axis], *(idx(0) for _ in axes))
+
+    mean = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: ctx.reduce(
+        "sum", extents, lambda *rs: x(*over(ix, rs))) / n), "mean")
+
+    def centered(ix: tuple[Expr, ...]) -> Expr:
+        return x.fn(ix) - mean.fn(stat(ix))
+
+    inv_std = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: const(1, x.dtype) / unary(
+        "sqrt", ctx.reduce("sum", extents, lambda *rs: _square(centered(over(ix, rs)))) / n + eps
+    )), "invstd")
+
+    tail = x.shape[axis:]
+    scale_b = scale.broadcast_to(tail)
+    bias_b = bias.broadcast_to(tail) if bias is not None else None
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        y = centered(ix) * inv_std.fn(stat(ix)) * scale_b.fn(ix[axis:])
+        return y + bias_b.fn(ix[axis:]) if bias_b is not None else y
+
+    outs = [TensorRef(x.dtype, x.shape, fn), mean, inv_std]
+    return outs[:len(node.outputs)]
+
+
+def _square(e: Expr) -> Expr:
+    return e * e

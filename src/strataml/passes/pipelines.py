@@ -1,0 +1,166 @@
+"""Named pipelines per target and the phases that take a graph down to object code.
+
+graph passes -> kernels (one per fused group) -> loop functions -> LLVM object code,
+with the static execution plan decided along the way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from strataml.codegen.llvm import PlannedCall, build_module, compile_module
+from strataml.errors import StrataError, UnsupportedOpError
+from strataml.ir.dialects.graph import Graph, print_graph
+from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
+from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
+from strataml.options import CompileOptions, Target
+from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
+from strataml.passes.lower.kernel_to_loop import lower_kernel
+from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
+from strataml.passes.manager import GraphPass, PassManager, parse_pipeline
+from strataml.runtime.hal import Executable, ExecutionPlan, TensorSlot
+
+# Order matters: simplification exposes constants (fold again after it), BatchNorm folding
+# needs constant conv weights (after the first fold) and fusion must come last, when the
+# graph no longer changes shape.
+CPU_GRAPH_PIPELINE = ("infer-shapes,fold-constants,simplify,fold-batchnorm,fold-constants,"
+                      "cse,dce,fuse")
+
+
+def cpu_pipeline(target: Target) -> list[GraphPass]:
+    del target  # the same graph pipeline serves every CPU today; schedules will differ
+    return parse_pipeline(CPU_GRAPH_PIPELINE)
+
+
+@dataclass
+class CompiledProgram:
+    """Everything the runtime needs, plus the IR of each level for inspection."""
+
+    plan: ExecutionPlan
+    executable: Executable
+    weights: dict[str, np.ndarray]
+    graph: Graph
+    kernels: list[Kernel]
+    loops: list[LoopFunction]
+    llvm_ir: str
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+
+def check_supported(graph: Graph) -> None:
+    """Collect every op without a CPU lowering, so the user sees the whole list at once."""
+    rules = load_rules()
+    problems = []
+    for node in graph.nodes:
+        for inner in node.body or (node,):
+            if inner.op not in rules:
+                problems.append(f"{inner.where}: {inner.op} has no CPU implementation")
+    if problems:
+        raise UnsupportedOpError(problems)
+
+
+def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> CompiledProgram:
+    dump = Path(options.dump_ir_dir) if options.dump_ir_dir else None
+    manager = PassManager(cpu_pipeline(target), verify=options.verify, dump_dir=dump)
+    graph = manager.run(graph)
+    timings = list(manager.timings)
+    check_supported(graph)
+    for name in graph.outputs:
+        if not graph.types[name].is_static:
+            raise StrataError(f"output %{name} has symbolic shape {graph.types[name]}")
+
+    start = time.perf_counter()
+    kernels: list[Kernel] = []
+    bindings: list[dict[str, str]] = []  # kernel buffer -> graph value (or temp)
+    for i, node in enumerate(graph.nodes):
+        kernel, values = lower_group(graph, node, f"k{i}_{_slug(node)}")
+        if options.verify:
+            verify_kernel(kernel)
+        kernels.append(kernel)
+        bindings.append(values)
+    loops = [lower_kernel(k) for k in kernels]
+    if options.verify:
+        for fn in loops:
+            verify_function(fn)
+    timings.append(("lower", time.perf_counter() - start))
+
+    plan, calls, weights = _plan(graph, kernels, bindings)
+    start = time.perf_counter()
+    module = build_module(loops, calls, plan.entry)
+    obj, llvm_ir = compile_module(module, target, options.opt_level)
+    timings.append(("llvm", time.perf_counter() - start))
+    if dump is not None:
+        dump.mkdir(parents=True, exist_ok=True)
+        (dump / "90-graph-final.mlir").write_text(print_graph(graph) + "\n")
+        (dump / "91-kernel.mlir").write_text("\n\n".join(print_kernel(k) for k in kernels) + "\n")
+        (dump / "92-loop.mlir").write_text("\n\n".join(print_function(f) for f in loops) + "\n")
+        (dump / "93-llvm.ll").write_text(llvm_ir)
+    executable = Executable("object", target.triple, obj)
+    return CompiledProgram(plan, executable, weights, graph, kernels, loops, llvm_ir, timings)
+
+
+def _slug(node) -> str:
+    ops = [n.op for n in (node.body or (node,))]
+    text = "_".join(ops[:3]).lower()
+    return "".join(ch for ch in text if ch.isalnum() or ch == "_")
+
+
+def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]]
+          ) -> tuple[ExecutionPlan, list[PlannedCall], dict[str, np.ndarray]]:
+    steps = len(kernels)
+    first_write: dict[str, int] = {v: -1 for v in graph.inputs}
+    last_read: dict[str, int] = {}
+    temps: list[Interval] = []
+    for s, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
+        for buf in kernel.buffers:
+            if buf.role == "temp":
+                temps.append(Interval(f"{kernel.name}/{buf.name}", buf.numel *
+                                      np.dtype(buf.dtype).itemsize, s, s))
+                continue
+            value = values[buf.name]
+            if buf.role == "output":
+                first_write.setdefault(value, s)
+                last_read.setdefault(value, s)
+            else:
+                last_read[value] = s
+    for v in graph.outputs:
+        last_read[v] = steps
+    for v in graph.inputs:
+        last_read.setdefault(v, -1)
+    activations = [Interval(v, graph.types[v].nbytes, first_write[v], last_read[v])
+                   for v in first_write if v not in graph.constants]
+    offsets, arena_bytes = plan_arena(activations + temps, steps)
+
+    used_weights = [v for v in graph.constants if any(
+        v in values.values() for values in bindings) or v in graph.outputs]
+    w_offsets, weights_bytes = pack_weights(
+        [(v, graph.constants[v].nbytes) for v in used_weights])
+
+    def slot(value: str) -> TensorSlot:
+        t = graph.types[value]
+        if value in graph.constants:
+            return TensorSlot(value, t.dtype, t.static_shape(), "weights", w_offsets[value])
+        return TensorSlot(value, t.dtype, t.static_shape(), "arena", offsets[value])
+
+    calls = []
+    for kernel, values in zip(kernels, bindings, strict=True):
+        args = []
+        for buf in kernel.params:
+            if buf.role == "temp":
+                args.append((0, offsets[f"{kernel.name}/{buf.name}"]))
+            else:
+                s = slot(values[buf.name])
+                args.append((0 if s.region == "arena" else 1, s.offset))
+        calls.append(PlannedCall(kernel.name, tuple(args)))
+    plan = ExecutionPlan(
+        entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
+        inputs=tuple(slot(v) for v in graph.inputs),
+        outputs=tuple(slot(v) for v in graph.outputs),
+        weights=tuple(slot(v) for v in used_weights),
+        kernels=tuple(k.name for k in kernels))
+    weights = {v: np.ascontiguousarray(graph.constants[v]) for v in used_weights}
+    return plan, calls, weights
+

@@ -1,0 +1,68 @@
+"""The host CPU device: loads relocatable object code with LLVM's JIT linker.
+
+Loading links the object file; it never runs LLVM's optimiser or code generator again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+
+import llvmlite.binding as llvm
+import numpy as np
+
+from strataml.runtime.hal import Executable, aligned_empty
+
+_INIT_LOCK = threading.Lock()
+_initialised = False
+
+
+def _init_llvm() -> None:
+    global _initialised
+    with _INIT_LOCK:
+        if _initialised:
+            return
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        libm = ctypes.util.find_library("m")
+        if libm:
+            llvm.load_library_permanently(libm)
+        _initialised = True
+
+
+_ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class CpuEntry:
+    """A callable entry point; keeps its execution engine alive."""
+
+    def __init__(self, engine: llvm.ExecutionEngine, address: int) -> None:
+        self._engine = engine
+        self._fn = _ENTRY_TYPE(address)
+
+    def __call__(self, arena: int, weights: int) -> None:
+        self._fn(arena, weights)
+
+
+class CpuDevice:
+    name = "cpu"
+
+    def allocate(self, nbytes: int) -> np.ndarray:
+        return aligned_empty(nbytes)
+
+    def load(self, executable: Executable, entry: str) -> CpuEntry:
+        _init_llvm()
+        if executable.format != "object":
+            raise ValueError(f"the cpu device cannot load {executable.format!r} executables")
+        host = llvm.get_process_triple()
+        if executable.triple.split("-")[0] != host.split("-")[0]:
+            raise ValueError(f"executable is for {executable.triple}, this host is {host}")
+        tm = llvm.Target.from_default_triple().create_target_machine(reloc="pic")
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        engine.add_object_file(llvm.ObjectFileRef.from_data(executable.data))
+        engine.finalize_object()
+        address = engine.get_function_address(entry)
+        if not address:
+            raise ValueError(f"entry point {entry!r} not found in the executable")
+        return CpuEntry(engine, address)

@@ -1,0 +1,92 @@
+"""Hardware abstraction layer vocabulary: what the compiler hands the runtime.
+
+KERNEL_ABI_VERSION changes whenever the calling convention of generated code changes; an
+artifact with another version is refused at load time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+KERNEL_ABI_VERSION = 1
+ALIGNMENT = 64  # bytes; every planned buffer starts on a cache line (and an AVX-512 vector)
+
+REGIONS = ("arena", "weights")
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """Where one tensor lives: a region and a byte offset in it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    region: str
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> TensorSlot:
+        return TensorSlot(d["name"], d["dtype"], tuple(d["shape"]), d["region"], d["offset"])
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """The static plan decided at compile time: the runtime only binds and launches."""
+
+    entry: str
+    arena_bytes: int
+    weights_bytes: int
+    inputs: tuple[TensorSlot, ...]
+    outputs: tuple[TensorSlot, ...]
+    weights: tuple[TensorSlot, ...]
+    kernels: tuple[str, ...]
+    abi_version: int = KERNEL_ABI_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> ExecutionPlan:
+        return ExecutionPlan(
+            entry=d["entry"], arena_bytes=d["arena_bytes"], weights_bytes=d["weights_bytes"],
+            inputs=tuple(TensorSlot.from_json(s) for s in d["inputs"]),
+            outputs=tuple(TensorSlot.from_json(s) for s in d["outputs"]),
+            weights=tuple(TensorSlot.from_json(s) for s in d["weights"]),
+            kernels=tuple(d["kernels"]), abi_version=d["abi_version"])
+
+
+@dataclass(frozen=True)
+class Executable:
+    """Compiled code for one device: a format name and its bytes."""
+
+    format: str  # "object" (relocatable object file for the host CPU)
+    triple: str
+    data: bytes
+
+
+class Device(Protocol):
+    """A place to run executables: allocates buffers and resolves entry points."""
+
+    name: str
+
+    def allocate(self, nbytes: int) -> np.ndarray: ...
+
+    def load(self, executable: Executable, entry: str) -> LoadedEntry: ...
+
+
+class LoadedEntry(Protocol):
+    def __call__(self, arena: int, weights: int) -> None: ...
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """A byte buffer whose data pointer is ALIGNMENT-aligned."""
+    raw = np.empty(max(nbytes, 1) + ALIGNMENT, dtype=np.uint8)
+    start = (-raw.ctypes.data) % ALIGNMENT
+    return raw[start:start + max(nbytes, 1)]
