@@ -14,7 +14,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 from strataml.errors import CodegenError
-from strataml.ir.dialects.loop import Assign, Declare, For, LoopFunction, Stmt, Store
+from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, LoopFunction, Stmt, Store
 from strataml.ir.expr import Binary, Cast, Compare, Const, Expr, Load, Select, Unary, Var
 from strataml.ir.types import FLOAT_DTYPES, UNSIGNED_DTYPES, is_float, itemsize
 from strataml.options import Target
@@ -102,6 +102,11 @@ class _FunctionEmitter:
                 self.builder.store(self.expr(s.init), self.slot(s.var))
             elif isinstance(s, Assign):
                 self.builder.store(self.expr(s.value), self.slot(s.var))
+            elif isinstance(s, Allocate):
+                array = self.alloca_builder.alloca(memory_type(s.dtype), size=s.size,
+                                                   name=s.buffer)
+                array.align = 64
+                self.params[s.buffer] = array
             else:
                 raise CodegenError(f"unknown statement {type(s).__name__}")
 

@@ -52,7 +52,10 @@ def load_model_proto(model: Any) -> Any:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - ValidationError and protobuf errors
-        raise ModelLoadError(f"the model fails ONNX's checker: {exc}") from None
+        # Outputs declared without a shape are common in exported models and ONNX Runtime
+        # accepts them; strataml infers every shape itself, so only that complaint is waived.
+        if "Field 'shape' of 'type' is required but missing" not in str(exc):
+            raise ModelLoadError(f"the model fails ONNX's checker: {exc}") from None
     opset = _default_opset(model)
     if opset < MIN_OPSET:
         try:

@@ -50,6 +50,15 @@ class Assign(Stmt):
 
 
 @dataclass(frozen=True, slots=True)
+class Allocate(Stmt):
+    """A scratch buffer local to the function (on the stack), e.g. a row accumulator."""
+
+    buffer: str
+    dtype: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Param:
     name: str
     dtype: str
@@ -85,6 +94,8 @@ def _print_body(body: tuple[Stmt, ...], indent: str, lines: list[str]) -> None:
             lines.append(f"{indent}var {s.var.name}: {s.var.dtype} = {format_expr(s.init)}")
         elif isinstance(s, Assign):
             lines.append(f"{indent}{s.var.name} = {format_expr(s.value)}")
+        elif isinstance(s, Allocate):
+            lines.append(f"{indent}alloc %{s.buffer}: {s.dtype}[{s.size}]")
         else:
             raise TypeError(type(s).__name__)
 
@@ -93,6 +104,9 @@ def verify_function(fn: LoopFunction) -> None:
     """Vars bound, buffers known, dtypes consistent, no Reduce left, constant indices in
     bounds (symbolic ones were clamped or proven by the lowering)."""
     params = {p.name: p for p in fn.params}
+    for s in fn.body:
+        if isinstance(s, Allocate):
+            params[s.buffer] = Param(s.buffer, s.dtype, s.size)
     where = f"loop function {fn.name} (from {', '.join(fn.source) or '?'})"
 
     def check_expr(e: Expr, scope: set[Var]) -> None:
@@ -128,6 +142,9 @@ def verify_function(fn: LoopFunction) -> None:
             elif isinstance(s, Declare):
                 check_expr(s.init, scope)
                 scope.add(s.var)
+            elif isinstance(s, Allocate):
+                if s not in fn.body:
+                    raise VerifyError(f"{where}: alloc %{s.buffer} must be at function level")
             elif isinstance(s, Assign):
                 if s.var not in scope:
                     raise VerifyError(f"{where}: assignment to undeclared {s.var.name}")
