@@ -86,12 +86,14 @@ class LowerContext:
         self._stage(name, ref)
         return TensorRef.load(name, ref.dtype, ref.shape)
 
-    def output(self, value_name: str, ref: TensorRef) -> None:
+    def output(self, value_name: str, ref: TensorRef) -> TensorRef:
+        """Write `ref` to the kernel output bound to `value_name`; returns a load of it."""
         t = self.graph.types[value_name]
         name = f"out{len(self.buffers)}"
         self.buffers.append(Buffer(name, t.dtype, t.static_shape(), "output"))
         self.values[name] = value_name
         self._stage(name, ref)
+        return TensorRef.load(name, t.dtype, t.static_shape())
 
     def _stage(self, name: str, ref: TensorRef) -> None:
         axes = self.fresh_vars(ref.rank, "i")
@@ -104,12 +106,25 @@ class LowerContext:
         return reduce(combiner, axes, extents, body(*axes), init)
 
 
-def lower_group(graph: Graph, node: Node, name: str) -> Kernel:
-    """Lower a fused node (or a single node) to one kernel."""
+# A value read more than once inside a kernel is computed once into a buffer when its
+# expression is bigger than this (in nodes); smaller ones are cheaper to recompute inline.
+RECOMPUTE_LIMIT = 12
+
+
+def lower_group(graph: Graph, node: Node, name: str) -> tuple[Kernel, dict[str, str]]:
+    """Lower a fused node (or a single node) to one kernel.
+
+    Returns the kernel and, for each of its input/output buffers, the graph value bound to it.
+    """
     rules = load_rules()
     ctx = LowerContext(graph, name)
     body = node.body if node.op == "fused" else (node,)
     env: dict[str, TensorRef] = {}
+    uses: dict[str, int] = {}
+    for inner in body:
+        for i in inner.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    emitted: set[str] = set()
 
     def ref_of(value: str) -> TensorRef | None:
         if not value:
@@ -131,8 +146,23 @@ def lower_group(graph: Graph, node: Node, name: str) -> Kernel:
             if ref.shape != want.static_shape() or ref.dtype != want.dtype:
                 raise PassError(f"lowering {inner.where}: rule produced {ref.dtype}"
                                 f"{list(ref.shape)} for %{value}, expected {want}")
+            if value in node.outputs and uses.get(value, 0):
+                # Needed outside and inside the kernel: compute once, read it back.
+                ref = ctx.output(value, ref)
+                emitted.add(value)
+            elif uses.get(value, 0) > 1 and _expr_size(ref) > RECOMPUTE_LIMIT:
+                ref = ctx.materialize(ref)
             env[value] = ref
     for value in node.outputs:
-        ctx.output(value, ref_of(value))
+        if value not in emitted:
+            ctx.output(value, ref_of(value))
     sources = tuple(n.name or n.outputs[0] for n in body)
     return Kernel(name, tuple(ctx.buffers), tuple(ctx.stages), sources), ctx.values
+
+
+def _expr_size(ref: TensorRef) -> int:
+    if ref.buffer is not None or ref.scalar is not None:
+        return 0
+    from strataml.ir.expr import idx
+
+    return sum(1 for _ in ref.fn(tuple(idx(0) for _ in ref.shape)).walk())

@@ -90,7 +90,7 @@ def _window_index(node: Node, x: TensorRef, out_sp: tuple[Expr, ...],
     for d in range(nsp):
         pos = out_sp[d] * strides[d] + taps[d] * dil[d] - pads[d]
         coords.append(pos)
-        if pads[d] or node.attr("ceil_mode", 0):
+        if pads[d] or pads[nsp + d] or node.attr("ceil_mode", 0):
             conds += [compare("ge", pos, 0), compare("lt", pos, x.shape[2 + d])]
     return tuple(coords), logical_and(*conds)
 
