@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# pytest-xdist already runs one worker per core: compiled models default to one thread each,
+# so the suite does not oversubscribe the cores. Tests of the thread pool pass num_threads.
+os.environ.setdefault("STRATAML_NUM_THREADS", "1")
 
 
 @pytest.fixture

@@ -21,13 +21,14 @@ class CompiledModel:
 
     def __init__(self, plan: ExecutionPlan, executable: Executable,
                  weights: Mapping[str, np.ndarray], info: dict[str, Any] | None = None,
-                 program: Any = None) -> None:
+                 program: Any = None, num_threads: int | None = None) -> None:
         self.plan = plan
         self.executable = executable
         self.weights = dict(weights)
         self.info = info or {}
         self.program = program  # the compiler's IR of every level (None after load)
-        self._executor = Executor(plan, executable, self.weights, get_device("cpu"))
+        self._executor = Executor(plan, executable, self.weights, get_device("cpu"),
+                                  num_threads)
 
     @property
     def input_names(self) -> list[str]:
@@ -66,10 +67,14 @@ def compile(model: Any, target: str | Target = "cpu", options: CompileOptions | 
     program = compile_graph(graph, resolved, options)
     info = {"target": resolved.to_json(), "compile_seconds": time.perf_counter() - start,
             "timings": program.timings}
-    return CompiledModel(program.plan, program.executable, program.weights, info, program)
+    return CompiledModel(program.plan, program.executable, program.weights, info, program,
+                         num_threads=program.plan.num_threads)
 
 
-def load(path: str | Path) -> CompiledModel:
-    """Load a saved .smod artifact; links its object code, never recompiles."""
+def load(path: str | Path, num_threads: int | None = None) -> CompiledModel:
+    """Load a saved .smod artifact; links its object code, never recompiles.
+
+    Threads: `num_threads`, else STRATAML_NUM_THREADS, else the count it was compiled for."""
     plan, executable, weights, manifest = load_artifact(path)
-    return CompiledModel(plan, executable, weights, manifest.get("info", {}))
+    return CompiledModel(plan, executable, weights, manifest.get("info", {}),
+                         num_threads=num_threads)

@@ -3,6 +3,12 @@
 One LLVM function per kernel (`void k(ptr noalias p0, ...)`), plus an entry function that
 runs the static execution plan: `void entry(ptr arena, ptr weights)` calls each kernel with
 buffer addresses computed from fixed offsets into the two regions.
+
+A `parallel` loop is outlined into `void k.parN(ptr noalias p0, ..., i64 begin, i64 end)`
+and a worker `void k.parN.worker(ptr ctx)` (ctx: the kernel's buffer pointers) that picks its
+share of the iterations and calls it; the kernel hands the worker to libgomp's thread pool
+(`GOMP_parallel`, a plain C ABI) with the thread count read from the module global
+`strataml_num_threads`, which the runtime sets. With one thread the loop runs directly.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ _INTRINSIC_UNARY = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
 _FLOAT_SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16"}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 I64 = ir.IntType(64)
+I32 = ir.IntType(32)
 PTR = ir.PointerType(ir.IntType(8))
+NUM_THREADS_GLOBAL = "strataml_num_threads"
+WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR])
 
 
 def value_type(dtype: str) -> ir.Type:
@@ -62,26 +71,44 @@ class PlannedCall:
 
 
 class _FunctionEmitter:
-    def __init__(self, module: ir.Module, fn: LoopFunction) -> None:
+    """Emits one loop function (or one outlined parallel worker of it)."""
+
+    def __init__(self, module: ir.Module, fn: LoopFunction,
+                 worker_of: _FunctionEmitter | None = None) -> None:
         self.module = module
         self.loop_fn = fn
-        ptr_types = [ir.PointerType(memory_type(p.dtype)) for p in fn.params]
-        self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), ptr_types), name=fn.name)
-        self.fn.attributes.add("nounwind")
         self.params: dict[str, ir.Value] = {}
-        for arg, p in zip(self.fn.args, fn.params, strict=True):
-            arg.name = p.name if p.name.isidentifier() else f"p{len(self.params)}"
-            arg.add_attribute("noalias")
-            self.params[p.name] = arg
-        self.dtypes = {p.name: p.dtype for p in fn.params}
+        self.workers = 0
+        arg_types: list[ir.Type] = [ir.PointerType(memory_type(p.dtype)) for p in fn.params]
+        if worker_of is None:
+            self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types),
+                                  name=fn.name)
+        else:
+            # An outlined parallel loop: the buffers plus its [begin, end) iteration range.
+            worker_of.workers += 1
+            self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [*arg_types, I64, I64]),
+                                  name=f"{worker_of.fn.name}.par{worker_of.workers}")
+            self.fn.linkage = "internal"
+        self.fn.attributes.add("nounwind")
         entry = self.fn.append_basic_block("entry")
         self.alloca_builder = ir.IRBuilder(entry)
         body = self.fn.append_basic_block("body")
         self.builder = ir.IRBuilder(body)
         self.vars: dict[Var, ir.Value] = {}
+        for arg, p in zip(self.fn.args, fn.params, strict=False):
+            arg.name = p.name if p.name.isidentifier() else f"p{len(self.params)}"
+            arg.add_attribute("noalias")
+            self.params[p.name] = arg
+        if worker_of is not None:
+            for s in fn.body:  # scratch rows are per thread
+                if isinstance(s, Allocate):
+                    self.stmts([s])
 
     def emit(self) -> None:
         self.stmts(self.loop_fn.body)
+        self.finish()
+
+    def finish(self) -> None:
         self.builder.ret_void()
         self.alloca_builder.branch(self.fn.basic_blocks[1])
 
@@ -94,7 +121,9 @@ class _FunctionEmitter:
 
     def stmts(self, body: Sequence[Stmt]) -> None:
         for s in body:
-            if isinstance(s, For):
+            if isinstance(s, For) and s.kind == "parallel":
+                self.parallel_loop(s)
+            elif isinstance(s, For):
                 self.loop(s)
             elif isinstance(s, Store):
                 self.store(s)
@@ -110,17 +139,57 @@ class _FunctionEmitter:
             else:
                 raise CodegenError(f"unknown statement {type(s).__name__}")
 
-    def loop(self, s: For) -> None:
+    def parallel_loop(self, s: For) -> None:
+        """Outline the loop, and run it on the thread pool through a worker trampoline."""
+        body = _FunctionEmitter(self.module, self.loop_fn, worker_of=self)
+        body.loop(s, body.fn.args[-2], body.fn.args[-1])
+        body.finish()
+        n = len(self.loop_fn.params)
+        extent = ir.Constant(I64, s.extent)
+
+        worker = ir.Function(self.module, WORKER_TYPE, name=f"{body.fn.name}.worker")
+        worker.linkage = "internal"
+        wb = ir.IRBuilder(worker.append_basic_block("entry"))
+        table = wb.bitcast(worker.args[0], ir.PointerType(PTR))
+        ptrs = [wb.bitcast(wb.load(wb.gep(table, [ir.Constant(I32, k)], inbounds=True)), t)
+                for k, t in enumerate(body.fn.function_type.args[:n])]
+        tid = wb.sext(wb.call(_declare(self.module, "omp_get_thread_num", I32, []), []), I64)
+        nth = wb.sext(wb.call(_declare(self.module, "omp_get_num_threads", I32, []), []), I64)
+        chunk = wb.sdiv(wb.add(extent, wb.sub(nth, ir.Constant(I64, 1))), nth)
+        begin = wb.mul(tid, chunk)
+        end = wb.add(begin, chunk)
+        end = wb.select(wb.icmp_signed("<", end, extent), end, extent)
+        wb.call(body.fn, [*ptrs, begin, end])
+        wb.ret_void()
+
+        b = self.builder
+        ctx = self.alloca_builder.alloca(PTR, size=len(self.loop_fn.params), name="ctx")
+        for k, p in enumerate(self.loop_fn.params):
+            b.store(b.bitcast(self.params[p.name], PTR),
+                    b.gep(ctx, [ir.Constant(I32, k)], inbounds=True))
+        ctx_ptr = b.bitcast(ctx, PTR)
+        threads = b.load(_threads_global(self.module))
+        with b.if_else(b.icmp_signed(">", threads, ir.Constant(I32, 1))) as (pool, inline):
+            with pool:
+                gomp = _declare(self.module, "GOMP_parallel", ir.VoidType(),
+                                [ir.PointerType(WORKER_TYPE), PTR, I32, I32])
+                b.call(gomp, [worker, ctx_ptr, threads, ir.Constant(I32, 0)])
+            with inline:
+                args = [self.params[p.name] for p in self.loop_fn.params]
+                b.call(body.fn, [*args, ir.Constant(I64, 0), extent])
+
+    def loop(self, s: For, begin: ir.Value | None = None, end: ir.Value | None = None) -> None:
         b = self.builder
         iv = self.slot(s.var)
-        b.store(ir.Constant(I64, 0), iv)
+        b.store(begin if begin is not None else ir.Constant(I64, 0), iv)
         cond_bb = self.fn.append_basic_block(f"{s.var.name}.cond")
         body_bb = self.fn.append_basic_block(f"{s.var.name}.body")
         exit_bb = self.fn.append_basic_block(f"{s.var.name}.exit")
         b.branch(cond_bb)
         b.position_at_end(cond_bb)
         cur = b.load(iv)
-        b.cbranch(b.icmp_signed("<", cur, ir.Constant(I64, s.extent)), body_bb, exit_bb)
+        limit = end if end is not None else ir.Constant(I64, s.extent)
+        b.cbranch(b.icmp_signed("<", cur, limit), body_bb, exit_bb)
         b.position_at_end(body_bb)
         self.stmts(s.body)
         b.store(b.add(b.load(iv), ir.Constant(I64, 1), flags=["nsw"]), iv)
@@ -295,9 +364,36 @@ class _FunctionEmitter:
         return x
 
 
+def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
+    return fn
+
+
+def _threads_global(module: ir.Module) -> ir.GlobalVariable:
+    gv = module.globals.get(NUM_THREADS_GLOBAL)
+    if gv is None:
+        gv = ir.GlobalVariable(module, I32, name=NUM_THREADS_GLOBAL)
+        gv.initializer = ir.Constant(I32, 1)
+    return gv
+
+
+def uses_thread_pool(module: ir.Module) -> bool:
+    return "GOMP_parallel" in module.globals
+
+
+def thread_pool_available() -> bool:
+    """libgomp's pool runs parallel loops; without it code is generated single-threaded."""
+    import ctypes.util
+
+    return ctypes.util.find_library("gomp") is not None
+
+
 def build_module(functions: Sequence[LoopFunction], plan: Sequence[PlannedCall],
                  entry_name: str = "strataml_entry") -> ir.Module:
     module = ir.Module(name="strataml")
+    _threads_global(module)  # always present, so the runtime can set it
     emitted: dict[str, ir.Function] = {}
     for fn in functions:
         emitter = _FunctionEmitter(module, fn)

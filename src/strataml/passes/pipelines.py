@@ -7,12 +7,18 @@ with the static execution plan decided along the way.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from strataml.codegen.llvm import PlannedCall, build_module, compile_module
+from strataml.codegen.llvm import (
+    PlannedCall,
+    build_module,
+    compile_module,
+    thread_pool_available,
+    uses_thread_pool,
+)
 from strataml.errors import StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, print_graph
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
@@ -81,7 +87,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
             verify_kernel(kernel)
         kernels.append(kernel)
         bindings.append(values)
-    loops = [lower_kernel(k) for k in kernels]
+    threads = options.threads() if thread_pool_available() else 1
+    loops = [lower_kernel(k, threads=threads) for k in kernels]
     if options.verify:
         for fn in loops:
             verify_function(fn)
@@ -90,6 +97,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
     plan, calls, weights = _plan(graph, kernels, bindings)
     start = time.perf_counter()
     module = build_module(loops, calls, plan.entry)
+    plan = replace(plan, num_threads=threads,
+                   native_libs=("gomp",) if uses_thread_pool(module) else ())
     obj, llvm_ir = compile_module(module, target, options.opt_level)
     timings.append(("llvm", time.perf_counter() - start))
     if dump is not None:

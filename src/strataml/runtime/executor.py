@@ -7,15 +7,19 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from strataml.config import num_threads_from_env
 from strataml.errors import InputError
 from strataml.runtime.hal import Device, Executable, ExecutionPlan, TensorSlot
 
 
 class Executor:
     def __init__(self, plan: ExecutionPlan, executable: Executable,
-                 weights: Mapping[str, np.ndarray], device: Device) -> None:
+                 weights: Mapping[str, np.ndarray], device: Device,
+                 num_threads: int | None = None) -> None:
         self.plan = plan
-        self._entry = device.load(executable, plan.entry)
+        self._entry = device.load(executable, plan.entry, plan.native_libs)
+        # An explicit count wins; else STRATAML_NUM_THREADS; else what the plan was built for.
+        self._entry.set_num_threads(num_threads or num_threads_from_env() or plan.num_threads)
         self._arena = device.allocate(plan.arena_bytes)
         self._weights = device.allocate(plan.weights_bytes)
         self._lock = threading.Lock()

@@ -47,6 +47,8 @@ class ExecutionPlan:
     outputs: tuple[TensorSlot, ...]
     weights: tuple[TensorSlot, ...]
     kernels: tuple[str, ...]
+    num_threads: int = 1  # the compile-time default; STRATAML_NUM_THREADS overrides at load
+    native_libs: tuple[str, ...] = ()  # shared libraries the code calls ("gomp": thread pool)
     abi_version: int = KERNEL_ABI_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -59,7 +61,8 @@ class ExecutionPlan:
             inputs=tuple(TensorSlot.from_json(s) for s in d["inputs"]),
             outputs=tuple(TensorSlot.from_json(s) for s in d["outputs"]),
             weights=tuple(TensorSlot.from_json(s) for s in d["weights"]),
-            kernels=tuple(d["kernels"]), abi_version=d["abi_version"])
+            kernels=tuple(d["kernels"]), num_threads=d.get("num_threads", 1),
+            native_libs=tuple(d.get("native_libs", ())), abi_version=d["abi_version"])
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,14 @@ class Device(Protocol):
 
     def allocate(self, nbytes: int) -> np.ndarray: ...
 
-    def load(self, executable: Executable, entry: str) -> LoadedEntry: ...
+    def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
+             ) -> LoadedEntry: ...
 
 
 class LoadedEntry(Protocol):
     def __call__(self, arena: int, weights: int) -> None: ...
+
+    def set_num_threads(self, n: int) -> None: ...
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:

@@ -9,6 +9,10 @@ mutate and store it. Today each stage chooses between two loop-nest strategies:
   outside it accumulating a whole row at once. Each row element is an independent
   accumulator, so the innermost loop vectorises without reassociating floating-point sums.
 
+Either strategy can run its outermost non-unit loop on the thread pool (`parallel`); a row
+stage whose other axes are all unit can instead cut its row into `split` blocks and run
+those in parallel.
+
 The richer primitives (split, reorder, tile, vectorize, parallel, pack...) extend this data.
 """
 
@@ -24,11 +28,17 @@ from strataml.ir.expr import Expr, Reduce
 STRATEGIES = ("elementwise", "row")
 # A row accumulator lives on the stack; longer rows keep the elementwise strategy.
 MAX_ROW = 4096
+# Below this much work (multiply-adds or elements) a parallel region costs more than it saves.
+PARALLEL_MIN_WORK = 1 << 15
+# A row block narrower than this no longer fills the vector units.
+MIN_ROW_BLOCK = 16
 
 
 @dataclass(frozen=True)
 class StageSchedule:
     strategy: str = "elementwise"
+    parallel: bool = False
+    split: int = 1
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,9 @@ class Schedule:
         return Schedule(tuple(StageSchedule(**d) for d in json.loads(text)))
 
     def __str__(self) -> str:
-        return "schedule(" + ", ".join(s.strategy for s in self.stages) + ")"
+        parts = [s.strategy + (" parallel" if s.parallel else "")
+                 + (f" split={s.split}" if s.split > 1 else "") for s in self.stages]
+        return "schedule(" + ", ".join(parts) + ")"
 
 
 def top_reduces(body: Expr) -> list[Reduce]:
@@ -80,10 +92,40 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> None:
             reason = row_applicable(kernel, stage)
             if reason is not None:
                 raise ScheduleError(f"{kernel.where}: row strategy on %{stage.buffer}: {reason}")
+        length = kernel.buffer(stage.buffer).shape[-1] if stage.axes else 1
+        if s.split < 1 or length % s.split or (s.split > 1 and s.strategy != "row"):
+            raise ScheduleError(f"{kernel.where}: split={s.split} must divide the row "
+                                f"({length}) of a row-strategy stage")
 
 
-def default_schedule(kernel: Kernel) -> Schedule:
-    """Row strategy wherever a reduction feeds a vectorisable last axis; else elementwise."""
-    return Schedule(tuple(
-        StageSchedule("row" if row_applicable(kernel, st) is None else "elementwise")
-        for st in kernel.stages))
+def _work(kernel: Kernel, stage: Stage) -> int:
+    size = kernel.buffer(stage.buffer).numel
+    for r in top_reduces(stage.body):
+        for n in r.extents:
+            size *= n
+    return size
+
+
+def _row_split(length: int, threads: int) -> int:
+    """Blocks to cut a row into: a multiple of the thread count if possible."""
+    for blocks in (threads, 2 * threads, *range(4 * threads, 1, -1)):
+        if blocks > 1 and length % blocks == 0 and length // blocks >= MIN_ROW_BLOCK:
+            return blocks
+    return 1
+
+
+def default_schedule(kernel: Kernel, threads: int = 1) -> Schedule:
+    """Row strategy wherever a reduction feeds a vectorisable last axis, else elementwise;
+    parallel over the outermost non-unit loop when there is enough work for `threads`."""
+    out = []
+    for st in kernel.stages:
+        shape = kernel.buffer(st.buffer).shape
+        row = row_applicable(kernel, st) is None
+        big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
+        outer = shape[:-1] if row else shape
+        split = 1
+        if row and big and all(d == 1 for d in outer):
+            split = _row_split(shape[-1], threads)
+        has_loop = any(d > 1 for d in outer) or split > 1
+        out.append(StageSchedule("row" if row else "elementwise", big and has_loop, split))
+    return Schedule(tuple(out))

@@ -37,7 +37,13 @@ from strataml.ir.expr import (
     substitute,
 )
 from strataml.passes.lower.bounds import Interval, interval
-from strataml.schedule.schedule import Schedule, check_schedule, default_schedule, top_reduces
+from strataml.schedule.schedule import (
+    Schedule,
+    StageSchedule,
+    check_schedule,
+    default_schedule,
+    top_reduces,
+)
 
 
 @dataclass
@@ -86,28 +92,56 @@ class _Lowering:
         inner: list[Stmt] = []
         value = self.expr(body_expr, inner_env, inner)
         inner.append(Assign(acc, _combine(r.combiner, acc, value)))
-        out.extend(_nest(fresh_axes, r.extents, inner))
+        out.extend(_nest(list(zip(fresh_axes, r.extents, strict=True)), inner))
         return acc
 
-    def stage(self, buffer: str, axes: tuple[Var, ...], body: Expr) -> tuple[Stmt, ...]:
+    def axis_vars(self, axes: tuple[Var, ...], shape: tuple[int, ...]
+                  ) -> tuple[dict[Var, Expr], list[tuple[Var, int]]]:
+        """Loop variables for the output axes; unit axes need no loop and read index 0."""
+        mapping: dict[Var, Expr] = {}
+        loops: list[tuple[Var, int]] = []
+        for a, n in zip(axes, shape, strict=True):
+            if n == 1:
+                mapping[a] = idx(0)
+            else:
+                v = self.fresh("i")
+                mapping[a] = v
+                loops.append((v, n))
+        return mapping, loops
+
+    def stage(self, buffer: str, axes: tuple[Var, ...], body: Expr,
+              how: StageSchedule) -> tuple[Stmt, ...]:
         buf = self.buffers[buffer]
-        loop_vars = [self.fresh("i") for _ in axes]
-        body = substitute(body, dict(zip(axes, loop_vars, strict=True)))
-        env = {v: (0, n - 1) for v, n in zip(loop_vars, buf.shape, strict=True)}
+        mapping, loops = self.axis_vars(axes, buf.shape)
+        body = substitute(body, mapping)
+        env = {v: (0, n - 1) for v, n in loops}
         stmts: list[Stmt] = []
         value = self.expr(body, env, stmts)
-        target = self.flat_index(Load(buf.dtype, buffer, tuple(loop_vars)), env)
+        target = self.flat_index(Load(buf.dtype, buffer, tuple(mapping[a] for a in axes)), env)
         stmts.append(Store(buffer, target, value))
-        return _nest(loop_vars, buf.shape, stmts)
+        return _nest(loops, stmts, parallel=how.parallel)
 
-    def row_stage(self, buffer: str, axes: tuple[Var, ...], body: Expr) -> tuple[Stmt, ...]:
-        """Reduction loops outside, the output's last axis innermost over a stack row."""
+    def row_stage(self, buffer: str, axes: tuple[Var, ...], body: Expr,
+                  how: StageSchedule) -> tuple[Stmt, ...]:
+        """Reduction loops outside, the output's last axis innermost over a stack row.
+
+        With `how.split` > 1 the row is cut into that many blocks (a loop that can run in
+        parallel when the other axes give no parallelism, e.g. a batch-1 Gemm)."""
         buf = self.buffers[buffer]
-        loop_vars = [self.fresh("i") for _ in axes]
-        body = substitute(body, dict(zip(axes, loop_vars, strict=True)))
-        env = {v: (0, n - 1) for v, n in zip(loop_vars, buf.shape, strict=True)}
+        mapping, loops = self.axis_vars(axes[:-1], buf.shape[:-1])
+        length = buf.shape[-1]
+        width = length // how.split
+        j = self.fresh("j")
+        if how.split > 1:
+            block = self.fresh("jb")
+            loops.append((block, how.split))
+            mapping[axes[-1]] = block * width + j
+        else:
+            mapping[axes[-1]] = j
+        body = substitute(body, mapping)
+        env = {v: (0, n - 1) for v, n in loops}
+        env[j] = (0, width - 1)
         (r,) = top_reduces(body)
-        j, width = loop_vars[-1], buf.shape[-1]
         row = f"row{next(self.names)}"
         self.scratch.append(Allocate(row, r.dtype, width))
         row_j = Load(r.dtype, row, (j,))
@@ -124,20 +158,23 @@ class _Lowering:
         acc = self.fresh("acc", r.dtype)
         finish: list[Stmt] = [Declare(acc, row_j)]
         result = self.expr(rewrite(body, lambda x: acc if x is r else None), env, finish)
-        target = self.flat_index(Load(buf.dtype, buffer, tuple(loop_vars)), env)
+        target = self.flat_index(Load(buf.dtype, buffer, tuple(mapping[a] for a in axes)), env)
         finish.append(Store(buffer, target, result))
 
         per_row: list[Stmt] = [For(j, width, tuple(init), "vector")]
-        per_row.extend(_nest(fresh_axes, r.extents, [For(j, width, tuple(update), "vector")]))
+        per_row.extend(_nest(list(zip(fresh_axes, r.extents, strict=True)),
+                             [For(j, width, tuple(update), "vector")]))
         per_row.append(For(j, width, tuple(finish), "vector"))
-        return _nest(loop_vars[:-1], buf.shape[:-1], per_row)
+        return _nest(loops, per_row, parallel=how.parallel)
 
 
-def _nest(loop_vars: list[Var], extents: tuple[int, ...], body: list[Stmt]
+def _nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False
           ) -> tuple[Stmt, ...]:
+    """Wrap `body` in loops, outermost first; the outermost one parallel if asked."""
     nest: tuple[Stmt, ...] = tuple(body)
-    for v, n in reversed(list(zip(loop_vars, extents, strict=True))):
-        nest = (For(v, n, nest),)
+    for k in range(len(loops) - 1, -1, -1):
+        v, n = loops[k]
+        nest = (For(v, n, nest, "parallel" if parallel and k == 0 else "serial"),)
     return nest
 
 
@@ -146,14 +183,15 @@ def _combine(combiner: str, acc: Expr, value: Expr) -> Expr:
     return Binary(acc.dtype, op, acc, value)
 
 
-def lower_kernel(kernel: Kernel, schedule: Schedule | None = None) -> LoopFunction:
-    schedule = schedule or default_schedule(kernel)
+def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1
+                 ) -> LoopFunction:
+    schedule = schedule or default_schedule(kernel, threads)
     check_schedule(kernel, schedule)
     lowering = _Lowering(kernel, {b.name: b for b in kernel.buffers})
     body: list[Stmt] = []
     for st, how in zip(kernel.stages, schedule.stages, strict=True):
         build = lowering.row_stage if how.strategy == "row" else lowering.stage
-        body.extend(build(st.buffer, st.axes, st.body))
+        body.extend(build(st.buffer, st.axes, st.body, how))
     params = tuple(Param(b.name, b.dtype, b.numel) for b in kernel.params)
     return LoopFunction(kernel.name, params, (*lowering.scratch, *body), kernel.source)
 

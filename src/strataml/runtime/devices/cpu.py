@@ -32,6 +32,21 @@ def _init_llvm() -> None:
 
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+NUM_THREADS_SYMBOL = "strataml_num_threads"
+_loaded_libs: set[str] = set()
+
+
+def load_native_lib(name: str) -> None:
+    """Make a shared library's symbols visible to the JIT linker, or say what is missing."""
+    if name in _loaded_libs:
+        return
+    path = ctypes.util.find_library(name)
+    if path is None:
+        raise RuntimeError(f"the compiled code needs lib{name}, which is not installed here "
+                           f"(for libgomp: install your distribution's libgomp1 package, or "
+                           f"compile with num_threads=1)")
+    llvm.load_library_permanently(path)
+    _loaded_libs.add(name)
 
 
 class CpuEntry:
@@ -40,9 +55,15 @@ class CpuEntry:
     def __init__(self, engine: llvm.ExecutionEngine, address: int) -> None:
         self._engine = engine
         self._fn = _ENTRY_TYPE(address)
+        threads_at = engine.get_global_value_address(NUM_THREADS_SYMBOL)
+        self._threads = ctypes.c_int32.from_address(threads_at) if threads_at else None
 
     def __call__(self, arena: int, weights: int) -> None:
         self._fn(arena, weights)
+
+    def set_num_threads(self, n: int) -> None:
+        if self._threads is not None:
+            self._threads.value = max(1, int(n))
 
 
 class CpuDevice:
@@ -51,8 +72,11 @@ class CpuDevice:
     def allocate(self, nbytes: int) -> np.ndarray:
         return aligned_empty(nbytes)
 
-    def load(self, executable: Executable, entry: str) -> CpuEntry:
+    def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
+             ) -> CpuEntry:
         _init_llvm()
+        for lib in native_libs:
+            load_native_lib(lib)
         if executable.format != "object":
             raise ValueError(f"the cpu device cannot load {executable.format!r} executables")
         host = llvm.get_process_triple()
