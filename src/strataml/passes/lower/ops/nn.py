@@ -95,11 +95,32 @@ def _window_index(node: Node, x: TensorRef, out_sp: tuple[Expr, ...],
     return tuple(coords), logical_and(*conds)
 
 
+def _zero_padded(ctx: LowerContext, node: Node, x: TensorRef) -> tuple[TensorRef, Node]:
+    """Copy the input into a zero-padded temporary so the window loop needs no bounds tests:
+    every load then has an affine, in-range index and the innermost loop vectorises."""
+    nsp = x.rank - 2
+    pads = node.attr("pads", (0,) * (2 * nsp))
+    if not any(pads):
+        return x, node
+    shape = (*x.shape[:2], *(x.shape[2 + d] + pads[d] + pads[nsp + d] for d in range(nsp)))
+    zero = const(0, x.dtype)
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        src = [ix[2 + d] - pads[d] for d in range(nsp)]
+        inside = logical_and(*(c for d, s in enumerate(src) for c in (
+            compare("ge", s, 0), compare("lt", s, x.shape[2 + d]))))
+        return select(inside, x(ix[0], ix[1], *src), zero)
+
+    padded = ctx.materialize(TensorRef(x.dtype, shape, fn), "pad")
+    return padded, node.with_attrs(pads=(0,) * (2 * nsp))
+
+
 @lowering("Conv")
 def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                ) -> list[TensorRef]:
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
+    x, node = _zero_padded(ctx, node, x)
     shape = out_shape(ctx, node)
     group = node.attr("group", 1)
     cin_g, cout_g = w.shape[1], w.shape[0] // group
