@@ -21,8 +21,26 @@ from llvmlite import ir
 
 from strataml.errors import CodegenError
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, LoopFunction, Stmt, Store
-from strataml.ir.expr import Binary, Cast, Compare, Const, Expr, Load, Select, Unary, Var
-from strataml.ir.types import FLOAT_DTYPES, UNSIGNED_DTYPES, is_float, itemsize
+from strataml.ir.expr import (
+    Binary,
+    Broadcast,
+    Cast,
+    Compare,
+    Const,
+    Expr,
+    Load,
+    Select,
+    Unary,
+    Var,
+)
+from strataml.ir.types import (
+    FLOAT_DTYPES,
+    UNSIGNED_DTYPES,
+    is_float,
+    itemsize,
+    scalar_dtype,
+    split_vector,
+)
 from strataml.options import Target
 
 _INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16,
@@ -44,12 +62,18 @@ WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR])
 
 def value_type(dtype: str) -> ir.Type:
     """Register type: bool is i1."""
+    base, lanes = split_vector(dtype)
+    if lanes > 1:
+        return ir.VectorType(value_type(base), lanes)
     if dtype == "bool":
         return ir.IntType(1)
     return memory_type(dtype)
 
 
 def memory_type(dtype: str) -> ir.Type:
+    base, lanes = split_vector(dtype)
+    if lanes > 1:
+        return ir.VectorType(memory_type(base), lanes)
     if dtype == "float32":
         return ir.FloatType()
     if dtype == "float64":
@@ -196,14 +220,18 @@ class _FunctionEmitter:
         b.branch(cond_bb)
         b.position_at_end(exit_bb)
 
-    def address(self, buffer: str, index: Expr) -> ir.Value:
-        return self.builder.gep(self.params[buffer], [self.expr(index)], inbounds=True)
+    def address(self, buffer: str, index: Expr, dtype: str) -> ir.Value:
+        ptr = self.builder.gep(self.params[buffer], [self.expr(index)], inbounds=True)
+        if split_vector(dtype)[1] > 1:  # a vector access of consecutive elements
+            ptr = self.builder.bitcast(ptr, ir.PointerType(memory_type(dtype)))
+        return ptr
 
     def store(self, s: Store) -> None:
         value = self.expr(s.value)
         if s.value.dtype == "bool":
             value = self.builder.zext(value, ir.IntType(8))
-        self.builder.store(value, self.address(s.buffer, s.index))
+        st = self.builder.store(value, self.address(s.buffer, s.index, s.value.dtype))
+        st.align = itemsize(scalar_dtype(s.value.dtype))
 
     # ------------------------------------------------------------ expressions
 
@@ -214,7 +242,8 @@ class _FunctionEmitter:
         if isinstance(e, Var):
             return b.load(self.slot(e))
         if isinstance(e, Load):
-            v = b.load(self.address(e.buffer, e.indices[0]))
+            v = b.load(self.address(e.buffer, e.indices[0], e.dtype),
+                       align=itemsize(scalar_dtype(e.dtype)))
             return b.icmp_unsigned("!=", v, ir.Constant(ir.IntType(8), 0)) \
                 if e.dtype == "bool" else v
         if isinstance(e, Unary):
@@ -234,9 +263,19 @@ class _FunctionEmitter:
             return b.select(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
         if isinstance(e, Cast):
             return self.cast(self.expr(e.x), e.x.dtype, e.dtype)
+        if isinstance(e, Broadcast):
+            t = value_type(e.dtype)
+            one = b.insert_element(ir.Constant(t, ir.Undefined), self.expr(e.x),
+                                   ir.Constant(I32, 0))
+            return b.shuffle_vector(one, ir.Constant(t, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, t.count), [0] * t.count))
         raise CodegenError(f"{self.loop_fn.name}: cannot generate code for {type(e).__name__}")
 
     def const(self, c: Const) -> ir.Value:
+        base, lanes = split_vector(c.dtype)
+        if lanes > 1:
+            scalar = self.const(Const(base, c.value))
+            return ir.Constant(value_type(c.dtype), [scalar.constant] * lanes)
         t = value_type(c.dtype)
         if c.dtype == "bool":
             return ir.Constant(t, int(bool(c.value)))
@@ -287,8 +326,11 @@ class _FunctionEmitter:
     def binary(self, op: str, dtype: str, a: ir.Value, c: ir.Value) -> ir.Value:
         b = self.builder
         if is_float(dtype):
-            simple = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv,
-                      "fmod": b.frem}
+            if op in ("add", "sub", "mul"):
+                # `contract` lets LLVM fuse a*b+c into one FMA (one rounding instead of two).
+                fn = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul}[op]
+                return fn(a, c, flags=["contract"])
+            simple = {"div": b.fdiv, "fmod": b.frem}
             if op in simple:
                 return simple[op](a, c)
             if op == "min":

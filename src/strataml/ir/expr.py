@@ -133,6 +133,13 @@ class Cast(Expr):
 
 
 @dataclass(frozen=True, slots=True)
+class Broadcast(Expr):
+    """A scalar repeated across the lanes of a vector dtype (loop dialect)."""
+
+    x: Expr
+
+
+@dataclass(frozen=True, slots=True)
 class Reduce(Expr):
     """combiner over `axes` (each 0..extent-1) of `body`, starting from `init`."""
 
@@ -329,6 +336,8 @@ def rewrite(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
         return select(rewrite(e.cond, fn), rewrite(e.a, fn), rewrite(e.b, fn))
     if isinstance(e, Cast):
         return cast(rewrite(e.x, fn), e.dtype)
+    if isinstance(e, Broadcast):
+        return Broadcast(e.dtype, rewrite(e.x, fn))
     if isinstance(e, Reduce):
         return Reduce(e.dtype, e.combiner, e.axes, e.extents, rewrite(e.body, fn),
                       rewrite(e.init, fn))
@@ -363,6 +372,8 @@ def format_expr(e: Expr) -> str:
         return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
     if isinstance(e, Cast):
         return f"cast<{e.dtype}>({format_expr(e.x)})"
+    if isinstance(e, Broadcast):
+        return f"broadcast<{e.dtype}>({format_expr(e.x)})"
     if isinstance(e, Reduce):
         axes = ", ".join(f"{a.name}<{n}" for a, n in zip(e.axes, e.extents, strict=True))
         return (f"reduce_{e.combiner}[{axes}](init={format_expr(e.init)}, "

@@ -22,12 +22,29 @@ Dim = int | str
 """A dimension: a known size, or the name of a symbolic size ("batch")."""
 
 
+def vector_dtype(dtype: str, lanes: int) -> str:
+    """The loop dialect's vector types: "float32x16" is 16 float32 lanes."""
+    return f"{dtype}x{lanes}"
+
+
+def split_vector(dtype: str) -> tuple[str, int]:
+    """(element dtype, lanes); a scalar dtype has 1 lane."""
+    base, sep, lanes = dtype.rpartition("x")
+    if sep and lanes.isdigit() and base in DTYPES:
+        return base, int(lanes)
+    return dtype, 1
+
+
+def scalar_dtype(dtype: str) -> str:
+    return split_vector(dtype)[0]
+
+
 def is_float(dtype: str) -> bool:
-    return dtype in FLOAT_DTYPES
+    return scalar_dtype(dtype) in FLOAT_DTYPES
 
 
 def is_int(dtype: str) -> bool:
-    return dtype in INT_DTYPES
+    return scalar_dtype(dtype) in INT_DTYPES
 
 
 def to_numpy(dtype: str) -> np.dtype:

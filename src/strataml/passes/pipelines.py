@@ -88,7 +88,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         kernels.append(kernel)
         bindings.append(values)
     threads = options.threads() if thread_pool_available() else 1
-    loops = [lower_kernel(k, threads=threads) for k in kernels]
+    loops = [lower_kernel(k, threads=threads, vector_lanes=target.vector_lanes_f32)
+             for k in kernels]
     if options.verify:
         for fn in loops:
             verify_function(fn)

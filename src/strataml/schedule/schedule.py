@@ -25,7 +25,7 @@ from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Expr, Reduce
 
-STRATEGIES = ("elementwise", "row")
+STRATEGIES = ("elementwise", "row", "gemm")
 # A row accumulator lives on the stack; longer rows keep the elementwise strategy.
 MAX_ROW = 4096
 # Below this much work (multiply-adds or elements) a parallel region costs more than it saves.
@@ -39,6 +39,10 @@ class StageSchedule:
     strategy: str = "elementwise"
     parallel: bool = False
     split: int = 1
+    # gemm only: register tile of mr rows x nr columns, vectors of `lanes` elements
+    mr: int = 0
+    nr: int = 0
+    lanes: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,14 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> None:
             reason = row_applicable(kernel, stage)
             if reason is not None:
                 raise ScheduleError(f"{kernel.where}: row strategy on %{stage.buffer}: {reason}")
+        if s.strategy == "gemm":
+            from strataml.schedule.contraction import match_contraction
+
+            found = match_contraction(kernel, stage)
+            if isinstance(found, str):
+                raise ScheduleError(f"{kernel.where}: gemm strategy on %{stage.buffer}: {found}")
+            if s.lanes < 1 or s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes:
+                raise ScheduleError(f"{kernel.where}: bad gemm tile {s.mr}x{s.nr}/{s.lanes}")
         length = kernel.buffer(stage.buffer).shape[-1] if stage.axes else 1
         if s.split < 1 or length % s.split or (s.split > 1 and s.strategy != "row"):
             raise ScheduleError(f"{kernel.where}: split={s.split} must divide the row "
@@ -114,12 +126,29 @@ def _row_split(length: int, threads: int) -> int:
     return 1
 
 
-def default_schedule(kernel: Kernel, threads: int = 1) -> Schedule:
-    """Row strategy wherever a reduction feeds a vectorisable last axis, else elementwise;
-    parallel over the outermost non-unit loop when there is enough work for `threads`."""
+def gemm_tile(vector_lanes: int) -> tuple[int, int]:
+    """(mr, nr) register tile: mr*nr/lanes accumulators + nr/lanes B vectors + 1 broadcast
+    must fit the register file (32 vector registers with AVX-512, 16 otherwise)."""
+    if vector_lanes >= 16:
+        return 12, 2 * vector_lanes
+    return 6, 2 * vector_lanes
+
+
+def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8) -> Schedule:
+    """gemm where the stage is a contraction wide enough for the register tile, else the row
+    strategy wherever a reduction feeds a vectorisable last axis, else elementwise; parallel
+    over the outermost non-unit loop when there is enough work for `threads`."""
+    from strataml.schedule.contraction import match_contraction
+
     out = []
     for st in kernel.stages:
         shape = kernel.buffer(st.buffer).shape
+        mr, nr = gemm_tile(vector_lanes)
+        if len(shape) >= 2 and shape[-1] >= nr and not isinstance(
+                match_contraction(kernel, st), str):
+            big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
+            out.append(StageSchedule("gemm", big, 1, mr, nr, vector_lanes))
+            continue
         row = row_applicable(kernel, st) is None
         big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
         outer = shape[:-1] if row else shape

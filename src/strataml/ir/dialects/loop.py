@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from strataml.errors import VerifyError
 from strataml.ir.expr import Expr, Load, Reduce, Var, format_expr
+from strataml.ir.types import scalar_dtype
 
 LOOP_KINDS = ("serial", "parallel", "vector", "unroll")
 
@@ -119,7 +120,7 @@ def verify_function(fn: LoopFunction) -> None:
                 p = params.get(sub.buffer)
                 if p is None or len(sub.indices) != 1:
                     raise VerifyError(f"{where}: bad load of %{sub.buffer}")
-                if p.dtype != sub.dtype:
+                if p.dtype != scalar_dtype(sub.dtype):
                     raise VerifyError(f"{where}: load %{sub.buffer} typed {sub.dtype}, "
                                       f"buffer is {p.dtype}")
 
@@ -134,7 +135,7 @@ def verify_function(fn: LoopFunction) -> None:
                 p = params.get(s.buffer)
                 if p is None:
                     raise VerifyError(f"{where}: store to unknown buffer %{s.buffer}")
-                if s.value.dtype != p.dtype:
+                if scalar_dtype(s.value.dtype) != p.dtype:
                     raise VerifyError(f"{where}: store of {s.value.dtype} into %{s.buffer} "
                                       f"({p.dtype})")
                 check_expr(s.index, scope)

@@ -37,6 +37,8 @@ from strataml.ir.expr import (
     substitute,
 )
 from strataml.passes.lower.bounds import Interval, interval
+from strataml.passes.lower.contraction import gemm_stage
+from strataml.schedule.contraction import match_contraction
 from strataml.schedule.schedule import (
     Schedule,
     StageSchedule,
@@ -47,7 +49,7 @@ from strataml.schedule.schedule import (
 
 
 @dataclass
-class _Lowering:
+class StageLowering:
     kernel: Kernel
     buffers: dict[str, Buffer]
     names: count = field(default_factory=count)
@@ -92,7 +94,7 @@ class _Lowering:
         inner: list[Stmt] = []
         value = self.expr(body_expr, inner_env, inner)
         inner.append(Assign(acc, _combine(r.combiner, acc, value)))
-        out.extend(_nest(list(zip(fresh_axes, r.extents, strict=True)), inner))
+        out.extend(nest(list(zip(fresh_axes, r.extents, strict=True)), inner))
         return acc
 
     def axis_vars(self, axes: tuple[Var, ...], shape: tuple[int, ...]
@@ -119,7 +121,7 @@ class _Lowering:
         value = self.expr(body, env, stmts)
         target = self.flat_index(Load(buf.dtype, buffer, tuple(mapping[a] for a in axes)), env)
         stmts.append(Store(buffer, target, value))
-        return _nest(loops, stmts, parallel=how.parallel)
+        return nest(loops, stmts, parallel=how.parallel)
 
     def row_stage(self, buffer: str, axes: tuple[Var, ...], body: Expr,
                   how: StageSchedule) -> tuple[Stmt, ...]:
@@ -162,13 +164,13 @@ class _Lowering:
         finish.append(Store(buffer, target, result))
 
         per_row: list[Stmt] = [For(j, width, tuple(init), "vector")]
-        per_row.extend(_nest(list(zip(fresh_axes, r.extents, strict=True)),
+        per_row.extend(nest(list(zip(fresh_axes, r.extents, strict=True)),
                              [For(j, width, tuple(update), "vector")]))
         per_row.append(For(j, width, tuple(finish), "vector"))
-        return _nest(loops, per_row, parallel=how.parallel)
+        return nest(loops, per_row, parallel=how.parallel)
 
 
-def _nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False
+def nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False
           ) -> tuple[Stmt, ...]:
     """Wrap `body` in loops, outermost first; the outermost one parallel if asked."""
     nest: tuple[Stmt, ...] = tuple(body)
@@ -183,13 +185,18 @@ def _combine(combiner: str, acc: Expr, value: Expr) -> Expr:
     return Binary(acc.dtype, op, acc, value)
 
 
-def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1
-                 ) -> LoopFunction:
-    schedule = schedule or default_schedule(kernel, threads)
+def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
+                 vector_lanes: int = 8) -> LoopFunction:
+    schedule = schedule or default_schedule(kernel, threads, vector_lanes)
     check_schedule(kernel, schedule)
-    lowering = _Lowering(kernel, {b.name: b for b in kernel.buffers})
+    lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers})
     body: list[Stmt] = []
     for st, how in zip(kernel.stages, schedule.stages, strict=True):
+        if how.strategy == "gemm":
+            found = match_contraction(kernel, st)
+            assert not isinstance(found, str)  # check_schedule proved it
+            body.extend(gemm_stage(lowering, st.buffer, st.axes, st.body, how, found))
+            continue
         build = lowering.row_stage if how.strategy == "row" else lowering.stage
         body.extend(build(st.buffer, st.axes, st.body, how))
     params = tuple(Param(b.name, b.dtype, b.numel) for b in kernel.params)

@@ -1,0 +1,55 @@
+"""Recognise matrix-product structure in a stage, from its index expressions alone.
+
+A stage is a contraction when its value is `epilogue(sum_r A[..] * B[..])` where B is read
+with the output's last axis `j` as its last, contiguous index, A does not depend on `j`, and
+some other output axis `i` indexes A but not B. MatMul, Gemm (with constant weights in
+k-major layout), batched MatMul and 1x1 convolutions all have this shape; which op produced
+the stage never matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from strataml.ir.dialects.kernel import Kernel, Stage
+from strataml.ir.expr import Binary, Expr, Load, Reduce, Var
+from strataml.schedule.schedule import top_reduces
+
+
+@dataclass(frozen=True)
+class Contraction:
+    reduce: Reduce
+    a: Load  # the operand broadcast across j (one scalar per row i)
+    b: Load  # the operand read as vectors along j
+    i_axis: int  # position of i among the stage's axes
+
+
+def _mentions(e: Expr, v: Var) -> bool:
+    return any(x == v for x in e.walk())
+
+
+def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
+    """The contraction structure of `stage`, or the reason it has none."""
+    reduces = top_reduces(stage.body)
+    if len(reduces) != 1 or reduces[0].combiner != "sum":
+        return "not a single sum reduction"
+    r = reduces[0]
+    if not isinstance(r.body, Binary) or r.body.op != "mul" or r.dtype != "float32":
+        return "reduction body is not a float32 product"
+    operands = (r.body.a, r.body.b)
+    if not all(isinstance(x, Load) for x in operands) or len(stage.axes) < 2:
+        return "product operands are not plain loads"
+    j = stage.axes[-1]
+    for b, a in (operands, operands[::-1]):
+        if not b.indices or b.indices[-1] != j or any(_mentions(x, j) for x in b.indices[:-1]):
+            continue
+        if any(_mentions(x, j) for x in a.indices):
+            continue
+        if kernel.buffer(b.buffer).shape[-1] != kernel.buffer(stage.buffer).shape[-1]:
+            continue
+        for pos in range(len(stage.axes) - 2, -1, -1):
+            i = stage.axes[pos]
+            if any(_mentions(x, i) for x in a.indices) and not any(
+                    _mentions(x, i) for x in b.indices):
+                return Contraction(r, a, b, pos)
+    return "no operand is contiguous along the output's last axis with the other row-wise"
