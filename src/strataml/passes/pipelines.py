@@ -88,14 +88,23 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         kernels.append(kernel)
         bindings.append(values)
     threads = options.threads() if thread_pool_available() else 1
-    loops = [lower_kernel(k, threads=threads, vector_lanes=target.vector_lanes_f32)
-             for k in kernels]
+    # Structurally identical kernels (same shapes and maths, other weights) share one
+    # function: repeated blocks of a network compile once.
+    function_of: dict[tuple, str] = {}
+    loops: list[LoopFunction] = []
+    functions: list[str] = []
+    for k in kernels:
+        key = (k.buffers, k.stages)
+        if key not in function_of:
+            function_of[key] = k.name
+            loops.append(lower_kernel(k, threads=threads, vector_lanes=target.vector_lanes_f32))
+        functions.append(function_of[key])
     if options.verify:
         for fn in loops:
             verify_function(fn)
     timings.append(("lower", time.perf_counter() - start))
 
-    plan, calls, weights = _plan(graph, kernels, bindings)
+    plan, calls, weights = _plan(graph, kernels, bindings, functions)
     start = time.perf_counter()
     module = build_module(loops, calls, plan.entry)
     plan = replace(plan, num_threads=threads,
@@ -118,7 +127,8 @@ def _slug(node) -> str:
     return "".join(ch for ch in text if ch.isalnum() or ch == "_")
 
 
-def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]]
+def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
+          functions: list[str]
           ) -> tuple[ExecutionPlan, list[PlannedCall], dict[str, np.ndarray]]:
     steps = len(kernels)
     first_write: dict[str, int] = {v: -1 for v in graph.inputs}
@@ -156,7 +166,7 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]]
         return TensorSlot(value, t.dtype, t.static_shape(), "arena", offsets[value])
 
     calls = []
-    for kernel, values in zip(kernels, bindings, strict=True):
+    for kernel, values, function in zip(kernels, bindings, functions, strict=True):
         args = []
         for buf in kernel.params:
             if buf.role == "temp":
@@ -164,7 +174,7 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]]
             else:
                 s = slot(values[buf.name])
                 args.append((0 if s.region == "arena" else 1, s.offset))
-        calls.append(PlannedCall(kernel.name, tuple(args)))
+        calls.append(PlannedCall(function, tuple(args)))
     plan = ExecutionPlan(
         entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
         inputs=tuple(slot(v) for v in graph.inputs),

@@ -126,12 +126,13 @@ def _row_split(length: int, threads: int) -> int:
     return 1
 
 
-def gemm_tile(vector_lanes: int) -> tuple[int, int]:
+def gemm_tile(vector_lanes: int, rows: int) -> tuple[int, int]:
     """(mr, nr) register tile: mr*nr/lanes accumulators + nr/lanes B vectors + 1 broadcast
-    must fit the register file (32 vector registers with AVX-512, 16 otherwise)."""
-    if vector_lanes >= 16:
-        return 12, 2 * vector_lanes
-    return 6, 2 * vector_lanes
+    must fit the register file (32 vector registers with AVX-512, 16 otherwise). Among the
+    row counts that fit, one dividing `rows` avoids a second, partial tile."""
+    candidates = (12, 8, 10, 6, 4) if vector_lanes >= 16 else (6, 4, 3)
+    mr = next((c for c in candidates if rows % c == 0), candidates[0])
+    return mr, 2 * vector_lanes
 
 
 def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8) -> Schedule:
@@ -143,9 +144,10 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8) ->
     out = []
     for st in kernel.stages:
         shape = kernel.buffer(st.buffer).shape
-        mr, nr = gemm_tile(vector_lanes)
-        if len(shape) >= 2 and shape[-1] >= nr and not isinstance(
-                match_contraction(kernel, st), str):
+        found = match_contraction(kernel, st) if len(shape) >= 2 else "rank < 2"
+        mr, nr = gemm_tile(vector_lanes, shape[found.i_axis] if not isinstance(
+            found, str) else 1)
+        if not isinstance(found, str) and shape[-1] >= nr:
             big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
             out.append(StageSchedule("gemm", big, 1, mr, nr, vector_lanes))
             continue

@@ -73,13 +73,13 @@ class _Gemm:
         out.extend(Store(self.tile, idx(ii * nr + q * lanes), accs[ii][q])
                    for ii in range(mr) for q in range(q_count))
 
-        jj = low.fresh("jj")
-        fenv = {**env, jj: (0, nr - 1)}
-        for ii in range(mr):
-            point = {**self.mapping, i_var: row0 + ii, j_var: col0 + jj}
-            acc = low.fresh("sum", c.reduce.dtype)
-            read = Declare(acc, Load(c.reduce.dtype, self.tile, (idx(ii * nr) + jj,)))
-            out.append(For(jj, nr, (read, *self.store(point, acc, fenv)), "vector"))
+        # The epilogue: one loop nest over the tile (not unrolled: it is not the hot part).
+        ii, jj = low.fresh("ii"), low.fresh("jj")
+        fenv = {**env, ii: (0, mr - 1), jj: (0, nr - 1)}
+        point = {**self.mapping, i_var: row0 + ii, j_var: col0 + jj}
+        acc = low.fresh("sum", c.reduce.dtype)
+        read = Declare(acc, Load(c.reduce.dtype, self.tile, (ii * nr + jj,)))
+        out.append(For(ii, mr, (For(jj, nr, (read, *self.store(point, acc, fenv)), "vector"),)))
         return out
 
     def store(self, point: dict[Var, Expr], acc: Expr, env: dict[Var, Interval]

@@ -16,7 +16,7 @@ import numpy as np
 from strataml.errors import PassError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
-from strataml.ir.expr import Expr, Var, reduce
+from strataml.ir.expr import Expr, Var, idx, reduce
 from strataml.passes.lower.tensor_ref import TensorRef
 
 LowerRule = Callable[["LowerContext", Node, list["TensorRef | None"]], list[TensorRef]]
@@ -101,9 +101,15 @@ class LowerContext:
 
     def reduce(self, combiner: str, extents: tuple[int, ...],
                body: Callable[..., Expr], init: Expr | None = None) -> Expr:
-        """Reduce `body(*reduction_vars)` over `extents` with `combiner`."""
+        """Reduce `body(*reduction_vars)` over `extents` with `combiner`.
+
+        Unit extents get no variable (their index is 0), so e.g. a 1x1 convolution reads
+        its input with the plain output index and is recognised as a matrix product."""
         axes = self.fresh_vars(len(extents), "r")
-        return reduce(combiner, axes, extents, body(*axes), init)
+        args = [idx(0) if n == 1 else a for a, n in zip(axes, extents, strict=True)]
+        kept = [(a, n) for a, n in zip(axes, extents, strict=True) if n != 1]
+        return reduce(combiner, tuple(a for a, _ in kept), tuple(n for _, n in kept),
+                      body(*args), init)
 
 
 # A value read more than once inside a kernel is computed once into a buffer when its

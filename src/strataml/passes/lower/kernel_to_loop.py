@@ -39,6 +39,7 @@ from strataml.ir.expr import (
 from strataml.passes.lower.bounds import Interval, interval
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.schedule.contraction import match_contraction
+from strataml.schedule.fuse_axes import fuse_trailing_axes
 from strataml.schedule.schedule import (
     Schedule,
     StageSchedule,
@@ -187,7 +188,9 @@ def _combine(combiner: str, acc: Expr, value: Expr) -> Expr:
 
 def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
                  vector_lanes: int = 8) -> LoopFunction:
-    schedule = schedule or default_schedule(kernel, threads, vector_lanes)
+    if schedule is None:
+        kernel = fuse_trailing_axes(kernel)
+        schedule = default_schedule(kernel, threads, vector_lanes)
     check_schedule(kernel, schedule)
     lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers})
     body: list[Stmt] = []
