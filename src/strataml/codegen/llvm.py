@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from strataml.codegen.vector_math import VECTOR_MATH
 from strataml.errors import CodegenError
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, LoopFunction, Stmt, Store
 from strataml.ir.expr import (
@@ -310,6 +311,8 @@ class _FunctionEmitter:
             return b.fneg(x) if is_float(dtype) else b.neg(x)
         if op == "not":
             return b.not_(x)
+        if dtype == "float32" and op in VECTOR_MATH:
+            return VECTOR_MATH[op](b, x)
         if is_float(dtype):
             if op in _INTRINSIC_UNARY:
                 return self.intrinsic(_INTRINSIC_UNARY[op], dtype, [x])

@@ -1,0 +1,65 @@
+"""The inline float32 exp/tanh/erf against numpy in float64, over the whole float32 range
+(subnormals, huge values, +-inf, nan), with the error bounds codegen/vector_math.py states."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import strataml
+
+
+def _unary_model(op: str, n: int):
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _probe_values() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    mags = np.logspace(-45, 38.5, 4000)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 88.72, 88.73, -87.3, -103.9,
+               -104.0, -150.0, 7.9, 7.91, 4.0, 4.01, 0.0004, -0.0004]
+    dense = rng.uniform(-20, 20, 20000)
+    return np.concatenate([mags, -mags, special, dense]).astype(np.float32)
+
+
+def _run(op: str, x: np.ndarray) -> np.ndarray:
+    (y,) = strataml.compile(_unary_model(op, x.size)).run({"x": x})
+    return y
+
+
+def test_exp_relative_error_below_two_ulp():
+    x = _probe_values()
+    got = _run("Exp", x).astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64))
+    finite = np.isfinite(want) & (want < np.finfo(np.float32).max)
+    normal = finite & (want >= np.finfo(np.float32).tiny)
+    ulp = np.spacing(want[normal].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got[normal] - want[normal]) / ulp) < 2.0
+    # Subnormal results: absolute error within one subnormal step (2**-149).
+    sub = finite & ~normal
+    assert np.max(np.abs(got[sub] - want[sub])) <= 2.0**-149
+    assert np.all(np.isinf(got[~finite & ~np.isnan(x)]) == (x[~finite & ~np.isnan(x)] > 0))
+    assert np.isnan(got[np.isnan(x)]).all()
+
+
+@pytest.mark.parametrize(("op", "ref", "bound"), [
+    ("Tanh", np.tanh, 3e-7),
+    ("Erf", np.vectorize(math.erf), 4e-7),
+])
+def test_tanh_erf_absolute_error(op, ref, bound):
+    x = _probe_values()
+    got = _run(op, x).astype(np.float64)
+    ok = ~np.isnan(x)
+    want = ref(x[ok].astype(np.float64))
+    assert np.max(np.abs(got[ok] - want)) < bound
+    assert np.isnan(got[~ok]).all()
+    # Odd functions, exactly.
+    assert np.array_equal(_run(op, -x[ok]), -_run(op, x[ok]))
