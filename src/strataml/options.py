@@ -18,6 +18,7 @@ class Target:
     cpu: str
     features: str
     vector_bits: int
+    l2_bytes: int = 1 << 20
 
     @property
     def vector_lanes_f32(self) -> int:
@@ -30,6 +31,7 @@ class Target:
             "cpu": self.cpu,
             "features": self.features,
             "vector_bits": self.vector_bits,
+            "l2_bytes": self.l2_bytes,
         }
 
 
@@ -54,7 +56,23 @@ def host_target() -> Target:
         cpu=llvm.get_host_cpu_name(),
         features=features.flatten(),
         vector_bits=bits,
+        l2_bytes=_l2_bytes(),
     )
+
+
+def _l2_bytes() -> int:
+    """Per-core L2 size from Linux sysfs; 1 MiB where it cannot be read."""
+    from pathlib import Path
+
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                text = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
+                return int(text.rstrip("KM")) * scale
+        except (OSError, ValueError):
+            continue
+    return 1 << 20
 
 
 def resolve_target(target: str | Target) -> Target:

@@ -1,8 +1,9 @@
 """Loop dialect -> LLVM IR (llvmlite) -> optimised object code for a Target.
 
 One LLVM function per kernel (`void k(ptr noalias p0, ...)`), plus an entry function that
-runs the static execution plan: `void entry(ptr arena, ptr weights)` calls each kernel with
-buffer addresses computed from fixed offsets into the two regions.
+runs the static execution plan: `void entry(ptr arena, ptr weights, ptr io)` calls each
+kernel with buffer addresses at fixed offsets into the arena or the weights, or taken from
+the io table (the caller's input arrays and result arrays, one pointer each).
 
 A `parallel` loop is outlined into `void k.parN(ptr noalias p0, ..., i64 begin, i64 end)`
 and a worker `void k.parN.worker(ptr ctx)` (ctx: the kernel's buffer pointers) that picks its
@@ -88,8 +89,9 @@ def memory_type(dtype: str) -> ir.Type:
 
 @dataclass(frozen=True)
 class PlannedCall:
-    """One kernel call of the execution plan: (region, byte offset) per parameter.
-    Region 0 is the arena (activations), region 1 the weights blob."""
+    """One kernel call of the execution plan: (region, offset) per parameter. Region 0 is
+    the arena and 1 the weights blob (offsets in bytes); region 2 is the io table (offset =
+    index of the pointer)."""
 
     kernel: str
     args: tuple[tuple[int, int], ...]
@@ -444,14 +446,20 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[PlannedCall],
         emitter = _FunctionEmitter(module, fn)
         emitter.emit()
         emitted[fn.name] = emitter.fn
-    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name=entry_name)
+    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]),
+                        name=entry_name)
     b = ir.IRBuilder(entry.append_basic_block("entry"))
-    regions = entry.args
+    arena, weights, io = entry.args
+    io_table = b.bitcast(io, ir.PointerType(PTR))
     for call in plan:
         callee = emitted[call.kernel]
         args = []
         for (region, offset), ptype in zip(call.args, callee.function_type.args, strict=True):
-            raw = b.gep(regions[region], [ir.Constant(I64, offset)], inbounds=True)
+            if region == 2:
+                raw = b.load(b.gep(io_table, [ir.Constant(I64, offset)], inbounds=True))
+            else:
+                base = arena if region == 0 else weights
+                raw = b.gep(base, [ir.Constant(I64, offset)], inbounds=True)
             args.append(b.bitcast(raw, ptype))
         b.call(callee, args)
     b.ret_void()

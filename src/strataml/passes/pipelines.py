@@ -97,7 +97,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         key = (k.buffers, k.stages)
         if key not in function_of:
             function_of[key] = k.name
-            loops.append(lower_kernel(k, threads=threads, vector_lanes=target.vector_lanes_f32))
+            loops.append(lower_kernel(k, threads=threads, vector_lanes=target.vector_lanes_f32,
+                                      l2_bytes=target.l2_bytes))
         functions.append(function_of[key])
     if options.verify:
         for fn in loops:
@@ -130,8 +131,21 @@ def _slug(node) -> str:
 def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
           functions: list[str]
           ) -> tuple[ExecutionPlan, list[PlannedCall], dict[str, np.ndarray]]:
+    """Decide where every tensor lives. Graph inputs are read in place from the caller's
+    arrays and kernel-produced outputs are written straight into fresh result arrays (the
+    "io" region: a table of pointers passed per call); intermediates share the arena."""
     steps = len(kernels)
-    first_write: dict[str, int] = {v: -1 for v in graph.inputs}
+    io_index = {v: k for k, v in enumerate(graph.inputs)}
+    produced = {values[b.name] for kernel, values in zip(kernels, bindings, strict=True)
+                for b in kernel.buffers if b.role == "output"}
+    outputs: list[TensorSlot] = []
+    for v in graph.outputs:
+        t = graph.types[v]
+        if v in produced and v not in io_index:
+            io_index[v] = len(graph.inputs) + len(outputs)
+        outputs.append(TensorSlot(v, t.dtype, t.static_shape(), "", 0))  # placed below
+
+    first_write: dict[str, int] = {}
     last_read: dict[str, int] = {}
     temps: list[Interval] = []
     for s, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
@@ -146,12 +160,8 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
                 last_read.setdefault(value, s)
             else:
                 last_read[value] = s
-    for v in graph.outputs:
-        last_read[v] = steps
-    for v in graph.inputs:
-        last_read.setdefault(v, -1)
     activations = [Interval(v, graph.types[v].nbytes, first_write[v], last_read[v])
-                   for v in first_write if v not in graph.constants]
+                   for v in first_write if v not in io_index]
     offsets, arena_bytes = plan_arena(activations + temps, steps)
 
     used_weights = [v for v in graph.constants if any(
@@ -162,9 +172,14 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     def slot(value: str) -> TensorSlot:
         t = graph.types[value]
         if value in graph.constants:
-            return TensorSlot(value, t.dtype, t.static_shape(), "weights", w_offsets[value])
-        return TensorSlot(value, t.dtype, t.static_shape(), "arena", offsets[value])
+            region, offset = "weights", w_offsets[value]
+        elif value in io_index:
+            region, offset = "io", io_index[value]
+        else:
+            region, offset = "arena", offsets[value]
+        return TensorSlot(value, t.dtype, t.static_shape(), region, offset)
 
+    region_ids = {"arena": 0, "weights": 1, "io": 2}
     calls = []
     for kernel, values, function in zip(kernels, bindings, functions, strict=True):
         args = []
@@ -173,14 +188,13 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
                 args.append((0, offsets[f"{kernel.name}/{buf.name}"]))
             else:
                 s = slot(values[buf.name])
-                args.append((0 if s.region == "arena" else 1, s.offset))
+                args.append((region_ids[s.region], s.offset))
         calls.append(PlannedCall(function, tuple(args)))
     plan = ExecutionPlan(
         entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
         inputs=tuple(slot(v) for v in graph.inputs),
-        outputs=tuple(slot(v) for v in graph.outputs),
+        outputs=tuple(slot(o.name) for o in outputs),
         weights=tuple(slot(v) for v in used_weights),
         kernels=tuple(k.name for k in kernels))
     weights = {v: np.ascontiguousarray(graph.constants[v]) for v in used_weights}
     return plan, calls, weights
-

@@ -1,7 +1,11 @@
-"""Runs a static execution plan: check inputs, copy them in, one native call, copy out."""
+"""Runs a static execution plan: check inputs, one native call, return the results.
+
+Inputs are read in place (a copy only when an array is not C-contiguous) and kernel-made
+outputs are written straight into fresh result arrays, through the per-call io table."""
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Mapping
 
@@ -25,8 +29,11 @@ class Executor:
         self._lock = threading.Lock()
         for slot in plan.weights:
             self._view(slot)[...] = np.asarray(weights[slot.name]).reshape(slot.shape)
-        self._in_views = [(s, self._view(s)) for s in plan.inputs]
-        self._out_views = [self._view(s) for s in plan.outputs]
+        n_in = len(plan.inputs)
+        self._io_size = n_in + len(plan.outputs)
+        # Outputs written by kernels own an io entry; the rest copy an input or a weight.
+        self._direct = [s.region == "io" and s.offset >= n_in and s.offset == n_in + k
+                        for k, s in enumerate(plan.outputs)]
 
     def _view(self, slot: TensorSlot) -> np.ndarray:
         region = self._arena if slot.region == "arena" else self._weights
@@ -35,8 +42,11 @@ class Executor:
 
     def check_inputs(self, feeds: Mapping[str, object]) -> None:
         expected = {s.name for s in self.plan.inputs}
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"feeds must be a dict of input name -> numpy array, got "
+                             f"{type(feeds).__name__}; the model takes {sorted(expected)}")
         missing = sorted(expected - set(feeds))
-        extra = sorted(set(feeds) - expected)
+        extra = sorted((k for k in feeds if k not in expected), key=str)
         if missing or extra:
             raise InputError(f"inputs do not match the model: missing {missing}, "
                              f"unexpected {extra}; the model takes {sorted(expected)}")
@@ -59,8 +69,18 @@ class Executor:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         self.check_inputs(feeds)
+        arrays: list[np.ndarray] = [np.ascontiguousarray(feeds[s.name]) for s in self.plan.inputs]
+        arrays += [np.empty(s.shape, s.dtype) for s in self.plan.outputs]
+        table = (ctypes.c_void_p * max(self._io_size, 1))(*(a.ctypes.data for a in arrays))
         with self._lock:  # one arena per model: calls are serialised
-            for slot, view in self._in_views:
-                np.copyto(view, feeds[slot.name])
-            self._entry(self._arena.ctypes.data, self._weights.ctypes.data)
-            return [view.copy() for view in self._out_views]
+            self._entry(self._arena.ctypes.data, self._weights.ctypes.data,
+                        ctypes.addressof(table))
+        results = []
+        for k, slot in enumerate(self.plan.outputs):
+            if self._direct[k]:
+                results.append(arrays[slot.offset])
+            elif slot.region == "io":
+                results.append(arrays[slot.offset].copy())
+            else:
+                results.append(self._view(slot).copy())
+        return results

@@ -11,15 +11,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-KERNEL_ABI_VERSION = 1
+KERNEL_ABI_VERSION = 2
 ALIGNMENT = 64  # bytes; every planned buffer starts on a cache line (and an AVX-512 vector)
 
-REGIONS = ("arena", "weights")
+REGIONS = ("arena", "weights", "io")
 
 
 @dataclass(frozen=True)
 class TensorSlot:
-    """Where one tensor lives: a region and a byte offset in it."""
+    """Where one tensor lives: a region and a byte offset in it ("io": the index of its
+    pointer in the per-call io table)."""
 
     name: str
     dtype: str
@@ -86,7 +87,7 @@ class Device(Protocol):
 
 
 class LoadedEntry(Protocol):
-    def __call__(self, arena: int, weights: int) -> None: ...
+    def __call__(self, arena: int, weights: int, io: int) -> None: ...
 
     def set_num_threads(self, n: int) -> None: ...
 

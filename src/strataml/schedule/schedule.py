@@ -39,10 +39,12 @@ class StageSchedule:
     strategy: str = "elementwise"
     parallel: bool = False
     split: int = 1
-    # gemm only: register tile of mr rows x nr columns, vectors of `lanes` elements
+    # gemm only: register tile of mr rows x nr columns, vectors of `lanes` elements, and
+    # row blocks of mc tiles whose A rows fit in half the L2 cache
     mr: int = 0
     nr: int = 0
     lanes: int = 0
+    mc: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,16 @@ def gemm_tile(vector_lanes: int, rows: int) -> tuple[int, int]:
     return mr, 2 * vector_lanes
 
 
-def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8) -> Schedule:
+def _row_block(rows: int, mr: int, depth: int, l2_bytes: int) -> int:
+    """Tiles per row block: the largest divisor of the tile count whose A rows (mr * depth
+    floats per tile) fit in half of L2."""
+    tiles = rows // mr
+    budget = max(1, (l2_bytes // 2) // max(1, mr * depth * 4))
+    return max((d for d in range(1, tiles + 1) if tiles % d == 0 and d <= budget), default=1)
+
+
+def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
+                     l2_bytes: int = 1 << 20) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
     strategy wherever a reduction feeds a vectorisable last axis, else elementwise; parallel
     over the outermost non-unit loop when there is enough work for `threads`."""
@@ -149,7 +160,11 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8) ->
             found, str) else 1)
         if not isinstance(found, str) and shape[-1] >= nr:
             big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
-            out.append(StageSchedule("gemm", big, 1, mr, nr, vector_lanes))
+            depth = 1
+            for e in found.reduce.extents:
+                depth *= e
+            mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes)
+            out.append(StageSchedule("gemm", big, 1, mr, nr, vector_lanes, mc))
             continue
         row = row_applicable(kernel, st) is None
         big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK

@@ -61,6 +61,20 @@ class OnnxNode:
 Converter = Callable[[ConvertContext, OnnxNode], list[Node]]
 CONVERTERS: dict[str, Converter] = {}
 
+# Operand positions that must be compile-time constants (shapes, axes, counts...). A caller
+# that only learns them at run time (ONNX's backend API feeds them as graph inputs) can
+# specialise the model on their values; see `strataml.onnx_backend`.
+_REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+               "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,),
+    "Pad": (1, 2, 3), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,),
+    "Range": (0, 1, 2), "TopK": (1,), "OneHot": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
+    "CumSum": (1,), "CumProd": (1,), "Trilu": (1,), "Dropout": (1, 2), "CenterCropPad": (1,),
+    "Col2Im": (1, 2), "DFT": (1, 2), "GridSample": (), "AffineGrid": (1,),
+    **{op: (1,) for op in _REDUCE_OPS},
+}
+
 
 def converter(*ops: str) -> Callable[[Converter], Converter]:
     def register(fn: Converter) -> Converter:
@@ -110,6 +124,15 @@ PASSTHROUGH: dict[str, set[str]] = {
     "Concat": {"axis"},
     "Gather": {"axis"},
     "LayerNormalization": {"axis", "epsilon", "stash_type"},
+    "GatherElements": {"axis"},
+    "GatherND": {"batch_dims"},
+    "ScatterElements": {"axis", "reduction"},
+    "ScatterND": {"reduction"},
+    "BitShift": {"direction"},
+    "Einsum": {"equation"},
+    "Shrink": {"bias", "lambd"},
+    "Swish": {"alpha"},
+    "BitwiseNot": set(),
 }
 
 
@@ -145,6 +168,13 @@ def convert_cast(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     if dtype not in DTYPES:
         raise Unsupported(f"cast to {dtype}")
     return [n.node(to=dtype)]
+
+
+@converter("CastLike")
+def convert_cast_like(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    """CastLike is Cast to the dtype of its second operand (which is otherwise unused)."""
+    _check_attrs(n, {"saturate", "round_mode"})
+    return [n.node("Cast", inputs=n.inputs[:1], to=ctx.type(n.inputs[1]).dtype)]
 
 
 @converter("Constant")
@@ -241,7 +271,7 @@ def convert_dropout(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     return nodes
 
 
-@converter("Softmax", "LogSoftmax")
+@converter("Softmax", "LogSoftmax", "Hardmax")
 def convert_softmax(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"axis"})
     x = ctx.type(n.inputs[0])
@@ -446,3 +476,223 @@ def convert_range(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     for v in n.inputs:
         ctx.require_const(v, "Range's start, limit and delta")
     return [n.node()]
+
+
+# ---------------------------------------------------------------- indexing
+
+
+@converter("Scatter")
+def convert_scatter(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    """Scatter (deprecated in opset 11) is ScatterElements without reduction."""
+    _check_attrs(n, {"axis"})
+    return [n.node("ScatterElements", axis=n.attrs.get("axis", 0), reduction="none")]
+
+
+def _scalar_operand(ctx: ConvertContext, n: OnnxNode, i: int, what: str,
+                    default: int | None = None) -> int:
+    if len(n.inputs) > i and n.inputs[i]:
+        return int(ctx.require_const(n.inputs[i], what).reshape(-1)[0])
+    if default is None:
+        raise Unsupported(f"missing {what}")
+    return default
+
+
+@converter("OneHot")
+def convert_one_hot(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axis"})
+    depth = ctx.require_const(n.inputs[1], "depth").reshape(-1)[0]
+    return [n.node(inputs=(n.inputs[0], n.inputs[2]), depth=int(depth),
+                   axis=n.attrs.get("axis", -1))]
+
+
+@converter("Trilu")
+def convert_trilu(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"upper"})
+    k = _scalar_operand(ctx, n, 1, "k", 0)
+    return [n.node(inputs=n.inputs[:1], k=k, upper=n.attrs.get("upper", 1))]
+
+
+@converter("EyeLike")
+def convert_eye_like(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    from onnx import helper
+
+    _check_attrs(n, {"dtype", "k"})
+    dtype = ctx.type(n.inputs[0]).dtype
+    if "dtype" in n.attrs:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs["dtype"])).name
+    return [n.node(dtype=dtype, k=n.attrs.get("k", 0))]
+
+
+@converter("CumSum", "CumProd")
+def convert_cumulative(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"exclusive", "reverse"})
+    rank = ctx.type(n.inputs[0]).rank
+    axis = _scalar_operand(ctx, n, 1, "axis") % rank
+    return [n.node(inputs=n.inputs[:1], axis=axis, exclusive=n.attrs.get("exclusive", 0),
+                   reverse=n.attrs.get("reverse", 0))]
+
+
+# ---------------------------------------------------------------- decompositions
+
+
+class _Builder:
+    """Emits a small graph of core ops for one ONNX node (fresh names, constant operands)."""
+
+    def __init__(self, ctx: ConvertContext, n: OnnxNode) -> None:
+        self.ctx, self.n = ctx, n
+        self.nodes: list[Node] = []
+
+    def const(self, value: Any, dtype: str) -> str:
+        name = self.ctx.fresh(f"{self.n.name}_const")
+        arr = np.asarray(value, dtype=dtype)
+        self.ctx.constants[name] = arr
+        self.ctx.types[name] = TensorType.of(arr)
+        return name
+
+    def op(self, op: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
+        name = out or self.ctx.fresh(f"{self.n.outputs[0]}_{op.lower()}")
+        self.nodes.append(Node(op, tuple(inputs), (name,), make_attrs(attrs), self.n.name))
+        return name
+
+
+@converter("RMSNormalization")
+def convert_rms_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    """x / sqrt(mean(x^2 over axis..) + eps) * scale, computed in the stash type."""
+    from onnx import helper
+
+    _check_attrs(n, {"axis", "epsilon", "stash_type"})
+    x = ctx.type(n.inputs[0])
+    axis = n.attrs.get("axis", -1) % x.rank
+    stash = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs.get("stash_type", 1))).name
+    b = _Builder(ctx, n)
+    xs = b.op("Cast", n.inputs[0], to=stash) if stash != x.dtype else n.inputs[0]
+    ms = b.op("ReduceMean", b.op("Mul", xs, xs), axes=tuple(range(axis, x.rank)), keepdims=1,
+              noop_with_empty_axes=0)
+    rms = b.op("Sqrt", b.op("Add", ms, b.const(n.attrs.get("epsilon", 1e-5), stash)))
+    y = b.op("Div", xs, rms)
+    if stash != x.dtype:
+        y = b.op("Cast", y, to=x.dtype)
+    b.op("Mul", y, n.inputs[1], out=n.outputs[0])
+    return b.nodes
+
+
+@converter("LpNormalization")
+def convert_lp_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axis", "p"})
+    x = ctx.type(n.inputs[0])
+    p = n.attrs.get("p", 2)
+    if p not in (1, 2):
+        raise Unsupported(f"p={p} (only 1 and 2)")
+    b = _Builder(ctx, n)
+    norm = b.op("ReduceL2" if p == 2 else "ReduceL1", n.inputs[0],
+                axes=(n.attrs.get("axis", -1) % x.rank,), keepdims=1, noop_with_empty_axes=0)
+    # A zero-norm slice normalises to zeros rather than NaN (ONNX's reference).
+    zero = b.const(0, x.dtype)
+    b.op("Where", b.op("Equal", norm, zero), zero, b.op("Div", n.inputs[0], norm),
+         out=n.outputs[0])
+    return b.nodes
+
+
+@converter("InstanceNormalization")
+def convert_instance_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"epsilon"})
+    x = ctx.type(n.inputs[0])
+    axes = tuple(range(2, x.rank))
+    b = _Builder(ctx, n)
+    mean = b.op("ReduceMean", n.inputs[0], axes=axes, keepdims=1, noop_with_empty_axes=0)
+    xc = b.op("Sub", n.inputs[0], mean)
+    var = b.op("ReduceMean", b.op("Mul", xc, xc), axes=axes, keepdims=1,
+               noop_with_empty_axes=0)
+    std = b.op("Sqrt", b.op("Add", var, b.const(n.attrs.get("epsilon", 1e-5), x.dtype)))
+    spread = tuple(range(1, x.rank - 1))
+    scale = b.op("Unsqueeze", n.inputs[1], axes=spread)
+    bias = b.op("Unsqueeze", n.inputs[2], axes=spread)
+    b.op("Add", b.op("Mul", b.op("Div", xc, std), scale), bias, out=n.outputs[0])
+    return b.nodes
+
+
+@converter("NegativeLogLikelihoodLoss")
+def convert_nll(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"ignore_index", "reduction"})
+    attrs: dict[str, Any] = {"reduction": n.attrs.get("reduction", "mean")}
+    if "ignore_index" in n.attrs:
+        attrs["ignore_index"] = n.attrs["ignore_index"]
+    return [n.node(inputs=_strip_inputs(n.inputs), **attrs)]
+
+
+@converter("SoftmaxCrossEntropyLoss")
+def convert_softmax_cross_entropy(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    """LogSoftmax over the class axis, then NegativeLogLikelihoodLoss."""
+    _check_attrs(n, {"ignore_index", "reduction"})
+    b = _Builder(ctx, n)
+    log_prob = n.outputs[1] if len(n.outputs) > 1 and n.outputs[1] else None
+    lp = b.op("LogSoftmax", n.inputs[0], out=log_prob, axis=1)
+    attrs: dict[str, Any] = {"reduction": n.attrs.get("reduction", "mean")}
+    if "ignore_index" in n.attrs:
+        attrs["ignore_index"] = n.attrs["ignore_index"]
+    b.op("NegativeLogLikelihoodLoss", lp, *_strip_inputs(n.inputs[1:]), out=n.outputs[0],
+         **attrs)
+    return b.nodes
+
+
+@converter("CenterCropPad")
+def convert_center_crop_pad(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    """Crop (Slice) the axes that shrink and pad (Pad) the ones that grow, both centred."""
+    _check_attrs(n, {"axes"})
+    x = ctx.type(n.inputs[0])
+    sizes = [int(v) for v in ctx.require_const(n.inputs[1], "shape").reshape(-1)]
+    axes = [a % x.rank for a in n.attrs.get("axes", range(x.rank))]
+    starts, ends, crop_axes = [], [], []
+    pads = [0] * (2 * x.rank)
+    for a, size in zip(axes, sizes, strict=True):
+        dim = x.shape[a]
+        if size < dim:
+            start = (dim - size) // 2
+            starts.append(start)
+            ends.append(start + size)
+            crop_axes.append(a)
+        elif size > dim:
+            pads[a] = (size - dim) // 2
+            pads[x.rank + a] = size - dim - pads[a]
+    b = _Builder(ctx, n)
+    cur = n.inputs[0]
+    if crop_axes:
+        cur = b.op("Slice", cur, starts=tuple(starts), ends=tuple(ends), axes=tuple(crop_axes),
+                   steps=(1,) * len(crop_axes))
+    b.op("Pad", cur, out=n.outputs[0], pads=tuple(pads), mode="constant", value=0)
+    return b.nodes
+
+
+@converter("ConvTranspose")
+def convert_conv_transpose(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"auto_pad", "dilations", "group", "kernel_shape", "output_padding",
+                     "output_shape", "pads", "strides"})
+    x, w = ctx.type(n.inputs[0]), ctx.type(n.inputs[1])
+    nsp = x.rank - 2
+    kernel = list(n.attrs.get("kernel_shape", w.shape[2:]))
+    strides = list(n.attrs.get("strides", [1] * nsp))
+    dil = list(n.attrs.get("dilations", [1] * nsp))
+    out_pad = list(n.attrs.get("output_padding", [0] * nsp))
+    auto_pad = n.attrs.get("auto_pad", "NOTSET")
+    if list(kernel) != list(w.shape[2:]):
+        raise Unsupported(f"kernel_shape {kernel} differs from the weight {w}")
+    span = [(kernel[d] - 1) * dil[d] + 1 for d in range(nsp)]
+    full = [strides[d] * (x.shape[2 + d] - 1) + out_pad[d] + span[d] for d in range(nsp)]
+    if "output_shape" in n.attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if "output_shape" in n.attrs:
+            out = list(n.attrs["output_shape"])[-nsp:]
+        else:
+            out = [x.shape[2 + d] * strides[d] for d in range(nsp)]
+        total = [full[d] - out[d] for d in range(nsp)]
+        if auto_pad == "SAME_UPPER":
+            begin = [t // 2 for t in total]
+        else:
+            begin = [t - t // 2 for t in total]
+        pads = begin + [t - b for t, b in zip(total, begin, strict=True)]
+    else:
+        pads = list(n.attrs.get("pads", [0] * (2 * nsp))) if auto_pad != "VALID" \
+            else [0] * (2 * nsp)
+        out = [full[d] - pads[d] - pads[nsp + d] for d in range(nsp)]
+    return [n.node(inputs=_strip_inputs(n.inputs), kernel_shape=tuple(kernel),
+                   strides=tuple(strides), dilations=tuple(dil), pads=tuple(pads),
+                   group=n.attrs.get("group", 1), output_spatial=tuple(out))]

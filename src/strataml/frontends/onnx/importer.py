@@ -57,7 +57,10 @@ def load_model_proto(model: Any) -> Any:
         if "Field 'shape' of 'type' is required but missing" not in str(exc):
             raise ModelLoadError(f"the model fails ONNX's checker: {exc}") from None
     opset = _default_opset(model)
-    if opset < MIN_OPSET:
+    # A model that imports no default-domain opset (ai.onnx.ml only, say) has nothing to
+    # upgrade; its other-domain ops are reported as unsupported by the importer.
+    has_default = any(imp.domain in ("", "ai.onnx") for imp in model.opset_import)
+    if opset < MIN_OPSET and has_default:
         try:
             from onnx import version_converter
 

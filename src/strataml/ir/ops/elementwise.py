@@ -90,7 +90,15 @@ UNARY: dict[str, Callable[[Node, np.ndarray], np.ndarray]] = {
     "IsInf": lambda n, x: _isinf(n, x),
     "Dropout": lambda n, x: x.copy(),
     "Cast": lambda n, x: _cast(n, x),
+    "Shrink": lambda n, x: _shrink(n, x),
+    "Swish": lambda n, x: (x / (1.0 + np.exp(-n.attr("alpha", 1.0) * x))).astype(x.dtype),
+    "BitwiseNot": lambda n, x: np.invert(x),
 }
+
+
+def _shrink(node: Node, x: np.ndarray) -> np.ndarray:
+    lambd, bias = node.attr("lambd", 0.5), node.attr("bias", 0.0)
+    return np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0)).astype(x.dtype)
 UNARY_BOOL_RESULT = frozenset({"IsNaN", "IsInf"})
 
 

@@ -327,3 +327,145 @@ def _layernorm(node: Node, ins: list) -> list[np.ndarray]:
 
 register_op("LayerNormalization", "reduction", _infer_layernorm, _layernorm,
             inputs=(2, 3), outputs=3)
+
+
+# ---------------------------------------------------------------- more normalisations, losses
+
+
+def _hardmax(node: Node, ins: list) -> list[np.ndarray]:
+    x = ins[0]
+    axis = node.attr("axis", -1) % x.ndim
+    first = np.expand_dims(np.argmax(x, axis=axis), axis)
+    hot = np.arange(x.shape[axis]).reshape((-1,) + (1,) * (x.ndim - axis - 1)) == first
+    return [hot.astype(x.dtype)]
+
+
+register_op("Hardmax", "reduction", _infer_softmax, _hardmax)
+
+
+def _infer_nll(node: Node, types: list[TensorType], values: list) -> list[TensorType]:
+    x, target = types[0], types[1]
+    if target.dtype not in ("int32", "int64"):
+        raise ShapeError(f"{node.where}: target must be int32/int64, got {target.dtype}")
+    if x.rank < 2 or target.shape != (x.shape[0], *x.shape[2:]):
+        raise ShapeError(f"{node.where}: target {target} does not match input {x} (N, d...)")
+    if len(types) > 2 and types[2] is not None and types[2].shape != (x.shape[1],):
+        raise ShapeError(f"{node.where}: weight {types[2]} must be [{x.shape[1]}]")
+    reduction = node.attr("reduction", "mean")
+    if reduction not in ("none", "sum", "mean"):
+        raise ShapeError(f"{node.where}: reduction {reduction!r} is not none/sum/mean")
+    return [TensorType(x.dtype, target.shape if reduction == "none" else ())]
+
+
+def _nll(node: Node, ins: list) -> list[np.ndarray]:
+    x, target = ins[0], ins[1].astype(np.int64)
+    weight = ins[2] if len(ins) > 2 and ins[2] is not None else None
+    ignore = node.attr("ignore_index", None)
+    valid = np.ones(target.shape, bool) if ignore is None else target != ignore
+    safe = np.where(valid, target, 0)
+    picked = np.take_along_axis(x, np.expand_dims(safe, 1), axis=1).squeeze(1)
+    w = (weight[safe] if weight is not None else np.ones_like(picked)) * valid
+    loss = -picked * w
+    reduction = node.attr("reduction", "mean")
+    if reduction == "sum":
+        loss = loss.sum()
+    elif reduction == "mean":
+        loss = loss.sum() / w.sum()
+    return [np.asarray(loss).astype(x.dtype)]
+
+
+register_op("NegativeLogLikelihoodLoss", "reduction", _infer_nll, _nll, inputs=(2, 3))
+
+
+def _infer_conv_transpose(node: Node, types: list[TensorType], values: list
+                          ) -> list[TensorType]:
+    x, w = types[0], types[1]
+    require_same_dtype(node, [x, w])
+    group = node.attr("group", 1)
+    if w.rank != x.rank or x.shape[1] != w.shape[0]:
+        raise ShapeError(f"{node.where}: weight {w} does not match input {x} (C_in first)")
+    if x.shape[1] % group:
+        raise ShapeError(f"{node.where}: group={group} does not divide input channels")
+    return [TensorType(x.dtype, (x.shape[0], w.shape[1] * group,
+                                 *node.attr("output_spatial")))]
+
+
+def _conv_transpose(node: Node, ins: list) -> list[np.ndarray]:
+    x, w = ins[0], ins[1]
+    nsp = x.ndim - 2
+    group = node.attr("group", 1)
+    strides, dil = node.attr("strides"), node.attr("dilations")
+    pads, out_sp = node.attr("pads"), node.attr("output_spatial")
+    cin_g, cout_g = x.shape[1] // group, w.shape[1]
+    kernel = w.shape[2:]
+    full = [max(pads[d] + out_sp[d], (x.shape[2 + d] - 1) * strides[d]
+                + (kernel[d] - 1) * dil[d] + 1) for d in range(nsp)]
+    out = np.zeros((x.shape[0], cout_g * group, *full), dtype=np.float64)
+    for taps in product(*(range(k) for k in kernel)):
+        region = tuple(slice(taps[d] * dil[d], taps[d] * dil[d]
+                             + (x.shape[2 + d] - 1) * strides[d] + 1, strides[d])
+                       for d in range(nsp))
+        for g in range(group):
+            xs = x[:, g * cin_g:(g + 1) * cin_g]
+            ws = w[(slice(g * cin_g, (g + 1) * cin_g), slice(None), *taps)]
+            out[(slice(None), slice(g * cout_g, (g + 1) * cout_g), *region)] += np.einsum(
+                "nc...,co->no...", xs, ws)
+    crop = tuple(slice(pads[d], pads[d] + out_sp[d]) for d in range(nsp))
+    out = out[(slice(None), slice(None), *crop)]
+    if len(ins) > 2 and ins[2] is not None:
+        out = out + ins[2].reshape((1, -1) + (1,) * nsp)
+    return [out.astype(x.dtype)]
+
+
+register_op("ConvTranspose", "contraction", _infer_conv_transpose, _conv_transpose,
+            inputs=(2, 3))
+
+
+def parse_einsum(equation: str, ranks: list[int]) -> tuple[list[str], str]:
+    """Operand subscripts and output subscripts with any '...' spelled out as letters."""
+    eq = equation.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise ValueError(f"equation has {len(terms)} operands, got {len(ranks)}")
+    used = set(eq)
+    spare = [ch for ch in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if ch not in used]
+    ell_rank = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks, strict=True)
+                    if "..." in t), default=0)
+    ell = "".join(spare[:ell_rank])
+    out_terms = []
+    for t, r in zip(terms, ranks, strict=True):
+        if "..." in t:
+            n = r - len(t.replace("...", ""))
+            t = t.replace("...", ell[ell_rank - n:])
+        if len(t) != r:
+            raise ValueError(f"subscripts {t!r} do not match rank {r}")
+        out_terms.append(t)
+    if "->" in eq:
+        out = rhs.replace("...", ell)
+    else:
+        letters = "".join(out_terms)
+        out = ell + "".join(sorted(ch for ch in set(letters) - set(ell)
+                                   if letters.count(ch) == 1))
+    return out_terms, out
+
+
+def _infer_einsum(node: Node, types: list[TensorType], values: list) -> list[TensorType]:
+    require_same_dtype(node, types)
+    terms, out = parse_einsum(node.attr("equation"), [t.rank for t in types])
+    sizes: dict[str, Dim] = {}
+    for term, t in zip(terms, types, strict=True):
+        for ch, d in zip(term, t.shape, strict=True):
+            if d != 1 or ch not in sizes:
+                if ch in sizes and sizes[ch] not in (1, d):
+                    raise ShapeError(f"{node.where}: subscript {ch} has sizes {sizes[ch]}, {d}")
+                sizes[ch] = d
+    return [TensorType(types[0].dtype, tuple(sizes[ch] for ch in out))]
+
+
+def _einsum(node: Node, ins: list) -> list[np.ndarray]:
+    terms, out = parse_einsum(node.attr("equation"), [x.ndim for x in ins])
+    return [np.asarray(np.einsum(",".join(terms) + "->" + out, *ins)).astype(ins[0].dtype)]
+
+
+register_op("Einsum", "contraction", _infer_einsum, _einsum, inputs=(1, -1))

@@ -112,14 +112,28 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
     low.scratch.append(Allocate(tile, c.reduce.dtype, mr * nr))
     g = _Gemm(low, buffer, axes, c, epilogue, hole, mapping, tile)
 
-    jb, ib = low.fresh("jb"), low.fresh("ib")
-    col_env = {**env, jb: (0, n_full // nr - 1)}
-    blocks: list[Stmt] = []
-    if m // mr:
-        blocks.append(For(ib, m // mr, tuple(g.tile_nest(
-            {**col_env, ib: (0, m // mr - 1)}, ib * mr, jb * nr, mr, nr, lanes))))
-    if m % mr:
-        blocks.extend(g.tile_nest(col_env, idx(m - m % mr), jb * nr, m % mr, nr, lanes))
+    # Loop order: row blocks of mc tiles (their A rows stay in L2) -> column tiles -> row
+    # tiles of the block. Parallel work is the row blocks, or the column tiles if only one.
+    jb, ib, ibb = low.fresh("jb"), low.fresh("ib"), low.fresh("ibb")
+    col_tiles, row_tiles = n_full // nr, m // mr
+    mc = how.mc if how.mc and row_tiles % how.mc == 0 else row_tiles
+    row_blocks = row_tiles // mc if row_tiles else 0
+    parallel_rows = how.parallel and not loops and row_blocks > 1
+    parallel_cols = how.parallel and not loops and not parallel_rows
+    full: list[Stmt] = []
+    if row_tiles and col_tiles:
+        row_block = ibb * mc if row_blocks > 1 else idx(0)
+        tile_env = {**env, jb: (0, col_tiles - 1), ib: (0, mc - 1), ibb: (0, row_blocks - 1)}
+        tiles = For(ib, mc, tuple(g.tile_nest(tile_env, (row_block + ib) * mr, jb * nr,
+                                              mr, nr, lanes)))
+        cols = For(jb, col_tiles, (tiles,), "parallel" if parallel_cols else "serial")
+        full.append(For(ibb, row_blocks, (cols,), "parallel" if parallel_rows else "serial")
+                    if row_blocks > 1 else cols)
+    if m % mr and col_tiles:
+        col_env = {**env, jb: (0, col_tiles - 1)}
+        full.append(For(jb, col_tiles, tuple(g.tile_nest(
+            col_env, idx(m - m % mr), jb * nr, m % mr, nr, lanes)),
+            "parallel" if parallel_cols else "serial"))
 
     # Columns past the last full tile: one element at a time, reduction innermost.
     i, jt = low.fresh("i"), low.fresh("jt")
@@ -127,10 +141,5 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
     point = {**mapping, axes[c.i_axis]: i, axes[-1]: jt + n_full}
     tail = nest([(i, m), (jt, n % nr)], g.store(point, substitute(c.reduce, point), tail_env))
 
-    body_stmts: list[Stmt] = []
-    if n_full:
-        kind = "parallel" if how.parallel and not loops else "serial"
-        body_stmts.append(For(jb, n_full // nr, tuple(blocks), kind))
-    if n % nr:
-        body_stmts.extend(tail)
+    body_stmts: list[Stmt] = full + (list(tail) if n % nr else [])
     return nest(loops, body_stmts, parallel=how.parallel and bool(loops))

@@ -187,10 +187,10 @@ def _combine(combiner: str, acc: Expr, value: Expr) -> Expr:
 
 
 def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
-                 vector_lanes: int = 8) -> LoopFunction:
+                 vector_lanes: int = 8, l2_bytes: int = 1 << 20) -> LoopFunction:
     if schedule is None:
         kernel = fuse_trailing_axes(kernel)
-        schedule = default_schedule(kernel, threads, vector_lanes)
+        schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes)
     check_schedule(kernel, schedule)
     lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers})
     body: list[Stmt] = []

@@ -31,7 +31,7 @@ def _init_llvm() -> None:
         _initialised = True
 
 
-_ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+_ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 NUM_THREADS_SYMBOL = "strataml_num_threads"
 _loaded_libs: set[str] = set()
 
@@ -58,8 +58,8 @@ class CpuEntry:
         threads_at = engine.get_global_value_address(NUM_THREADS_SYMBOL)
         self._threads = ctypes.c_int32.from_address(threads_at) if threads_at else None
 
-    def __call__(self, arena: int, weights: int) -> None:
-        self._fn(arena, weights)
+    def __call__(self, arena: int, weights: int, io: int) -> None:
+        self._fn(arena, weights, io)
 
     def set_num_threads(self, n: int) -> None:
         if self._threads is not None:

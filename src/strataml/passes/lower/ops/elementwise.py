@@ -78,6 +78,12 @@ def _hard_sigmoid(n: Node, x: Expr) -> Expr:
     return minimum(maximum(y, c(0, x)), c(1, x))
 
 
+def _shrink(n: Node, x: Expr) -> Expr:
+    lambd, bias = n.attr("lambd", 0.5), n.attr("bias", 0.0)
+    return select(compare("lt", x, c(-lambd, x)), x + c(bias, x),
+                  select(compare("gt", x, c(lambd, x)), x - c(bias, x), c(0, x)))
+
+
 def _abs(x: Expr) -> Expr:
     return unary("abs", x)
 
@@ -109,6 +115,9 @@ UNARY_RULES: dict[str, Callable[[Node, Expr], Expr]] = {
     "IsNaN": lambda n, x: compare("ne", x, x),
     "IsInf": _isinf,
     "Cast": lambda n, x: cast(x, n.attr("to")),
+    "Shrink": lambda n, x: _shrink(n, x),
+    "Swish": lambda n, x: x * _sigmoid(x * c(n.attr("alpha", 1.0), x)),
+    "BitwiseNot": lambda n, x: unary("not", x),
 }
 # Ops that are one math function of the same name.
 for _op, _fn in {"Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Sin": "sin", "Cos": "cos",

@@ -311,3 +311,116 @@ def lower_layernorm(ctx: LowerContext, node: Node, inputs: list[TensorRef | None
 
 def _square(e: Expr) -> Expr:
     return e * e
+
+
+@lowering("Hardmax")
+def lower_hardmax(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                  ) -> list[TensorRef]:
+    x = ctx.materialize(inputs[0], "x")
+    axis = node.attr("axis", -1) % x.rank
+    n = x.shape[axis]
+    stat_shape = _keep_shape(x.shape, (axis,))
+    best = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: ctx.reduce(
+        "max", (n,), lambda r: x(*_with_axis(ix, axis, r)))), "max")
+    # The first position holding the maximum wins ties, as ONNX's Hardmax says.
+    first = ctx.materialize(TensorRef("int64", stat_shape, lambda ix: ctx.reduce(
+        "min", (n,), lambda r: select(compare("eq", x(*_with_axis(ix, axis, r)), best.fn(ix)),
+                                      r, idx(n)), init=idx(n))), "first")
+    one, zero = const(1, x.dtype), const(0, x.dtype)
+    return [TensorRef(x.dtype, x.shape, lambda ix: select(
+        compare("eq", ix[axis], first.fn(_with_axis(ix, axis, idx(0)))), one, zero))]
+
+
+@lowering("NegativeLogLikelihoodLoss")
+def lower_nll(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+              ) -> list[TensorRef]:
+    x, target = inputs[0], inputs[1]
+    weight = inputs[2] if len(inputs) > 2 else None
+    ignore = node.attr("ignore_index", None)
+    reduction = node.attr("reduction", "mean")
+    zero = const(0, x.dtype)
+
+    def parts(ix: tuple[Expr, ...]) -> tuple[Expr, Expr]:
+        """(loss, weight) of one target element; ignored elements weigh 0."""
+        t = cast(target.fn(ix), "int64")
+        w = weight(t) if weight is not None else const(1, x.dtype)
+        if ignore is not None:
+            w = select(compare("eq", t, ignore), zero, w)
+        return -(x(ix[0], t, *ix[1:]) * w), w
+
+    if reduction == "none":
+        return [TensorRef(x.dtype, target.shape, lambda ix: parts(ix)[0])]
+    total = ctx.reduce("sum", target.shape, lambda *ix: parts(ix)[0])
+    if reduction == "mean":
+        total = total / ctx.reduce("sum", target.shape, lambda *ix: parts(ix)[1])
+    return [TensorRef(x.dtype, (), lambda ix: total)]
+
+
+@lowering("ConvTranspose")
+def lower_conv_transpose(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                         ) -> list[TensorRef]:
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    shape = out_shape(ctx, node)
+    nsp = x.rank - 2
+    group = node.attr("group", 1)
+    strides, dil, pads = node.attr("strides"), node.attr("dilations"), node.attr("pads")
+    cin_g, cout_g = x.shape[1] // group, w.shape[1]
+    kernel = w.shape[2:]
+    zero = const(0, x.dtype)
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        n, co, out_sp = ix[0], ix[1], ix[2:]
+        g = co // cout_g if group > 1 else idx(0)
+
+        def body(ci: Expr, *taps: Expr) -> Expr:
+            # Output o receives input i through tap t when o + pad = i * stride + t * dil.
+            coords, conds = [], []
+            for d in range(nsp):
+                num = out_sp[d] + pads[d] - taps[d] * dil[d]
+                pos = binary("floordiv", num, strides[d]) if strides[d] > 1 else num
+                coords.append(pos)
+                conds += [compare("ge", num, 0), compare("lt", pos, x.shape[2 + d])]
+                if strides[d] > 1:
+                    conds.append(compare("eq", binary("mod", num, strides[d]), 0))
+            cin = g * cin_g + ci
+            return select(logical_and(*conds), x(n, cin, *coords), zero) * w(
+                cin, co - g * cout_g if group > 1 else co, *taps)
+
+        acc = ctx.reduce("sum", (cin_g, *kernel), body)
+        return acc + bias(co) if bias is not None else acc
+
+    return [TensorRef(x.dtype, shape, fn)]
+
+
+@lowering("Einsum")
+def lower_einsum(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                 ) -> list[TensorRef]:
+    from strataml.ir.ops.nn import parse_einsum
+
+    refs = [r for r in inputs if r is not None]
+    terms, out = parse_einsum(node.attr("equation"), [r.rank for r in refs])
+    sizes: dict[str, int] = {}
+    for term, r in zip(terms, refs, strict=True):
+        for ch, d in zip(term, r.shape, strict=True):
+            if d != 1 or ch not in sizes:
+                sizes[ch] = d
+    summed = sorted({ch for t in terms for ch in t} - set(out))
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        env = dict(zip(out, ix, strict=True))
+
+        def product_at(*rs: Expr) -> Expr:
+            env.update(zip(summed, rs, strict=True))
+            value = None
+            for term, r in zip(terms, refs, strict=True):
+                here = r(*(idx(0) if d == 1 else env[ch]
+                           for ch, d in zip(term, r.shape, strict=True)))
+                value = here if value is None else value * here
+            return value
+
+        if not summed:
+            return product_at()
+        return ctx.reduce("sum", tuple(sizes[ch] for ch in summed), product_at)
+
+    return [TensorRef(refs[0].dtype, out_shape(ctx, node), fn)]

@@ -1,0 +1,1 @@
+"""The `strataml` command line: compile | run | inspect | opt."""

@@ -1,0 +1,367 @@
+"""`strataml compile | run | inspect | opt`: the compiler as commands.
+
+Every error strataml raises on purpose (a `StrataError`) becomes one clear line on stderr
+and exit status 2; a traceback here would mean a bug in strataml, not in the user's model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from strataml.errors import InputError, StrataError, UnsupportedOpError
+
+if TYPE_CHECKING:
+    from strataml.api import CompiledModel
+    from strataml.ir.dialects.graph import Graph
+    from strataml.options import CompileOptions
+
+LEVELS = ("graph", "fused", "kernel", "loop", "llvm")
+EXIT_ERROR = 2  # the status argparse uses for usage errors too
+
+
+class CliError(StrataError):
+    """A command-line argument that is well-formed for argparse but unusable."""
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """'x=1,3,224,224' -> ('x', (1, 3, 224, 224)); 'x=' is a scalar."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=D1,D2,..., got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dims of {name!r} must be integers: {dims!r}"
+                                         ) from None
+    if any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"dims of {name!r} must be non-negative: {dims!r}")
+    return name, shape
+
+
+def _parse_dim(text: str) -> tuple[str, int]:
+    name, sep, value = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"value of dim {name!r} must be an integer: "
+                                         f"{value!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"value of dim {name!r} must be non-negative")
+    return name, size
+
+
+def _parse_feed(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, path
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_compile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", type=_parse_shape, default=[],
+                   metavar="NAME=D1,D2,...", help="compile input NAME for this shape")
+    p.add_argument("--dim", action="append", type=_parse_dim, default=[],
+                   metavar="NAME=VALUE", help="bind symbolic dim NAME (default 1)")
+    p.add_argument("--num-threads", type=_positive, default=None, metavar="N")
+    p.add_argument("--verify", action="store_true",
+                   help="run the IR verifiers between passes and levels")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strataml", description="strataml: an ML compiler from ONNX to native code.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile an ONNX model to a .smod artifact")
+    p.add_argument("model", help="the .onnx model")
+    p.add_argument("-o", "--output", default=None, help="the .smod artifact (default: "
+                   "MODEL with a .smod suffix)")
+    p.add_argument("--dump-ir", default=None, metavar="DIR",
+                   help="write every level and the IR after each pass to DIR")
+    _add_compile_options(p)
+
+    p = sub.add_parser("run", help="run a .smod artifact or an .onnx model")
+    p.add_argument("model", help="a .smod artifact or an .onnx model (compiled first)")
+    p.add_argument("--input", action="append", type=_parse_feed, default=[],
+                   metavar="NAME=FILE.npy", help="feed input NAME from a .npy file")
+    p.add_argument("--random-inputs", action="store_true",
+                   help="feed every input not given with --input from a seeded RNG")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-inputs")
+    p.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="write each output to DIR/NAME.npy")
+    p.add_argument("--repeat", type=_positive, default=1, metavar="N",
+                   help="run N times and report the median latency")
+    _add_compile_options(p)
+
+    p = sub.add_parser("inspect", help="op histogram, unsupported ops and the IR of a level")
+    p.add_argument("model", help="the .onnx model")
+    p.add_argument("--level", choices=LEVELS, default="graph",
+                   help="graph: as imported; fused: after the graph pipeline; kernel, loop, "
+                   "llvm: the lower levels")
+    _add_compile_options(p)
+
+    p = sub.add_parser("opt", help="run a graph pass pipeline and print the result")
+    p.add_argument("model", help="the .onnx model")
+    p.add_argument("--passes", default=None, metavar="PIPELINE",
+                   help="e.g. 'fold-constants,cse,fuse{max-ops=8}' (default: the CPU "
+                   "pipeline)")
+    p.add_argument("--print-after-all", action="store_true",
+                   help="print the graph after every pass")
+    p.add_argument("--bisect", type=int, default=None, metavar="N",
+                   help="run only the first N passes")
+    p.add_argument("--list-passes", action="store_true", help="list the known passes")
+    _add_compile_options(p)
+    return parser
+
+
+def _options(args: argparse.Namespace, dump_ir: str | None = None) -> CompileOptions:
+    from strataml.options import CompileOptions
+
+    fields: dict[str, Any] = {"dim_values": dict(args.dim),
+                              "input_shapes": dict(args.input_shape),
+                              "num_threads": args.num_threads, "dump_ir_dir": dump_ir}
+    if args.verify:
+        fields["verify"] = True
+    return CompileOptions(**fields)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
+    import strataml
+
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(".smod")
+    model = strataml.compile(args.model, options=_options(args, args.dump_ir))
+    try:
+        model.save(output)
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
+    plan = model.plan
+    print(f"compiled {args.model} -> {output}: {len(plan.kernels)} kernels, arena "
+          f"{_kib(plan.arena_bytes)}, weights {_kib(plan.weights_bytes)}, "
+          f"{model.info['compile_seconds']:.3f} s", file=out)
+    if args.dump_ir:
+        print(f"IR of every level written to {args.dump_ir}", file=out)
+    return 0
+
+
+def _load_any(args: argparse.Namespace, out: TextIO) -> CompiledModel:
+    import strataml
+
+    path = Path(args.model)
+    if path.suffix == ".smod":
+        return strataml.load(path, num_threads=args.num_threads)
+    model = strataml.compile(args.model, options=_options(args))
+    print(f"compiled {args.model} in {model.info['compile_seconds']:.3f} s", file=out)
+    return model
+
+
+def random_feed(dtype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Values every op accepts: small non-negative integers stay valid indices and sizes."""
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if kind == "b":
+        return rng.random(shape) < 0.5
+    return rng.integers(0, 3, size=shape).astype(dtype)
+
+
+def _read_npy(name: str, path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"input '{name}': no such file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"input '{name}': {path} is not a readable .npy file ({exc})"
+                         ) from None
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    model = _load_any(args, out)
+    feeds = {name: _read_npy(name, path) for name, path in args.input}
+    rng = np.random.default_rng(args.seed)
+    for slot in model.plan.inputs:
+        if slot.name not in feeds and args.random_inputs:
+            feeds[slot.name] = random_feed(slot.dtype, slot.shape, rng)
+    missing = [s.name for s in model.plan.inputs if s.name not in feeds]
+    if missing:
+        raise InputError(f"no value for input(s) {missing}: pass --input NAME=FILE.npy or "
+                         "--random-inputs")
+    times = []
+    outputs: list[np.ndarray] = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        outputs = model.run(feeds)
+        times.append(time.perf_counter() - start)
+    for name, value in zip(model.output_names, outputs, strict=True):
+        print(f"output {name}: {value.dtype}{list(value.shape)}", file=out)
+    if args.output_dir:
+        directory = Path(args.output_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, value in zip(model.output_names, outputs, strict=True):
+                np.save(directory / f"{_file_name(name)}.npy", value)
+        except OSError as exc:
+            raise CliError(f"cannot write outputs to {directory}: {exc.strerror or exc}"
+                           ) from None
+        print(f"outputs written to {directory}", file=out)
+    ms = np.array(times) * 1e3
+    print(f"latency: median {np.median(ms):.3f} ms, min {ms.min():.3f} ms over "
+          f"{args.repeat} run(s)", file=out)
+    return 0
+
+
+def _file_name(value: str) -> str:
+    """Output names may hold '/' or ':' (exporters love them); files may not."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in value)
+
+
+def _print_ir(level: str, graph: Graph, options: CompileOptions, out: TextIO) -> None:
+    from strataml.ir.dialects.graph import print_graph
+
+    if level == "graph":
+        print(print_graph(graph), file=out)
+        return
+    from strataml.options import host_target
+    from strataml.passes.manager import PassManager
+    from strataml.passes.pipelines import compile_graph, cpu_pipeline
+
+    if level == "fused":
+        fused = PassManager(cpu_pipeline(host_target()), verify=options.verify).run(graph)
+        print(print_graph(fused), file=out)
+        return
+    from strataml.ir.dialects.kernel import print_kernel
+    from strataml.ir.dialects.loop import print_function
+
+    program = compile_graph(graph, host_target(), options)
+    if level == "kernel":
+        print("\n\n".join(print_kernel(k) for k in program.kernels), file=out)
+    elif level == "loop":
+        print("\n\n".join(print_function(f) for f in program.loops), file=out)
+    else:
+        print(program.llvm_ir, file=out)
+
+
+def unsupported_problems(graph: Graph, options: CompileOptions) -> list[str]:
+    """Ops that import but have no CPU lowering once the graph pipeline has run."""
+    from strataml.options import host_target
+    from strataml.passes.manager import PassManager
+    from strataml.passes.pipelines import check_supported, cpu_pipeline
+
+    try:
+        check_supported(PassManager(cpu_pipeline(host_target())).run(graph))
+    except UnsupportedOpError as exc:
+        return exc.problems
+    return []
+
+
+def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
+    from strataml.frontends.onnx import import_model
+    from strataml.frontends.onnx.importer import load_model_proto
+
+    proto = load_model_proto(args.model)
+    options = _options(args)
+    histogram = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                        for n in proto.graph.node)
+    opsets = ", ".join(f"{i.domain or 'ai.onnx'} {i.version}" for i in proto.opset_import)
+    print(f"model {args.model}: {len(proto.graph.node)} nodes, opset {opsets}", file=out)
+    print("op histogram:", file=out)
+    for op, n in sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {op:<28} {n}", file=out)
+    try:
+        graph = import_model(proto, options)
+    except UnsupportedOpError as exc:
+        problems = exc.problems
+    else:
+        problems = unsupported_problems(graph, options)
+    if problems:
+        print(f"unsupported ({len(problems)}):", file=out)
+        for p in problems:
+            print(f"  - {p}", file=out)
+        return 1
+    print("unsupported: none", file=out)
+    print(f"--- {args.level} ---", file=out)
+    _print_ir(args.level, graph, options, out)
+    return 0
+
+
+def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
+    from strataml.frontends.onnx import import_model
+    from strataml.ir.dialects.graph import print_graph
+    from strataml.passes.manager import PASSES, PassManager, parse_pipeline
+    from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
+
+    if args.list_passes:
+        parse_pipeline("")  # loads the pass table
+        for name in sorted(PASSES):
+            print(name, file=out)
+        return 0
+    try:
+        passes = parse_pipeline(args.passes if args.passes is not None else CPU_GRAPH_PIPELINE)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"bad pipeline {args.passes!r}: {exc}") from None
+    graph = import_model(args.model, _options(args))
+
+    def show(name: str, text: str) -> None:
+        print(f"// ----- after {name}\n{text}", file=out)
+
+    manager = PassManager(passes, verify=args.verify, bisect=args.bisect,
+                          print_after=show if args.print_after_all else None)
+    result = manager.run(graph)
+    if not args.print_after_all:
+        print(print_graph(result), file=out)
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect, "opt": cmd_opt}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 success, 1 the model has unsupported ops (inspect), 2 an error."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, sys.stdout)
+    except StrataError as exc:
+        print(f"strataml: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("strataml: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `strataml inspect m.onnx | head`: the reader left; stop quietly, as cat does.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
