@@ -1,0 +1,205 @@
+"""The `strataml` command line, in-process through main() and once as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import strataml
+from strataml.cli.main import main
+from tests.conftest import ort_run
+from tests.unit.graphs import onnx_model
+
+F32 = "float32"
+
+
+def _model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    return onnx_model(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+         helper.make_node("Add", ["h", "b"], ["h2"], name="bias"),
+         helper.make_node("Relu", ["h2"], ["y"], name="act")],
+        {"x": (F32, ["N", 4])}, {"y": (F32, ["N", 3])},
+        {"W": rng.standard_normal((4, 3)).astype(np.float32),
+         "b": rng.standard_normal(3).astype(np.float32)})
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(_model(), str(path))
+    return path
+
+
+def _errors(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_compile_then_run_with_npy_inputs(model_path, tmp_path, capsys):
+    out = tmp_path / "mlp.smod"
+    assert main(["compile", str(model_path), "-o", str(out), "--dim", "N=5"]) == 0
+    assert f"-> {out}: " in capsys.readouterr().out
+    assert strataml.load(out).plan.inputs[0].shape == (5, 4)
+
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(out), "--input", f"x={tmp_path / 'x.npy'}",
+                 "--output-dir", str(tmp_path / "outs"), "--repeat", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "output y: float32[5, 3]" in text
+    assert "latency: median" in text
+    assert "over 3 run(s)" in text
+    (want,) = ort_run(_model(), {"x": x})
+    np.testing.assert_allclose(np.load(tmp_path / "outs" / "y.npy"), want, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_compile_default_output_name_and_input_shape(model_path, capsys):
+    assert main(["compile", str(model_path), "--input-shape", "x=7,4"]) == 0
+    smod = model_path.with_suffix(".smod")
+    assert smod.is_file()
+    assert strataml.load(smod).plan.inputs[0].shape == (7, 4)
+    assert "kernels" in capsys.readouterr().out
+
+
+def test_compile_dump_ir_writes_every_level(model_path, tmp_path):
+    dump = tmp_path / "ir"
+    assert main(["compile", str(model_path), "-o", str(tmp_path / "m.smod"),
+                 "--dump-ir", str(dump)]) == 0
+    names = sorted(p.name for p in dump.iterdir())
+    assert names[0] == "00-graph-input.mlir"
+    assert any(n.endswith("-graph-after-fuse.mlir") for n in names)
+    for level in ("91-kernel.mlir", "92-loop.mlir", "93-llvm.ll"):
+        assert level in names
+    assert "kernel @" in (dump / "91-kernel.mlir").read_text()
+    assert "func @" in (dump / "92-loop.mlir").read_text()
+
+
+def test_run_onnx_with_random_inputs(model_path, capsys):
+    assert main(["run", str(model_path), "--random-inputs", "--dim", "N=2",
+                 "--num-threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled" in out
+    assert "output y: float32[2, 3]" in out
+
+
+def test_run_without_inputs_is_a_one_line_error(model_path, capsys):
+    assert main(["run", str(model_path)]) == 2
+    err = _errors(capsys)
+    assert err.startswith("strataml: error: no value for input(s) ['x']")
+    assert err.count("\n") == 1
+
+
+def test_run_with_a_wrong_npy_is_an_input_error(model_path, tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.zeros((1, 4), np.float64))
+    assert main(["run", str(model_path), "--input", f"x={tmp_path / 'bad.npy'}"]) == 2
+    assert "dtype float64" in _errors(capsys)
+    assert main(["run", str(model_path), "--input", f"x={tmp_path / 'none.npy'}"]) == 2
+    assert "no such file" in _errors(capsys)
+
+
+@pytest.mark.parametrize(("level", "marker"), [
+    ("graph", "= MatMul(%x, %W)"), ("fused", "= fused("), ("kernel", "kernel @"),
+    ("loop", "func @"), ("llvm", "define "),
+])
+def test_inspect_levels(model_path, capsys, level, marker):
+    assert main(["inspect", str(model_path), "--level", level]) == 0
+    out = capsys.readouterr().out
+    assert "op histogram:" in out
+    assert "MatMul" in out
+    assert "unsupported: none" in out
+    assert marker in out
+
+
+def test_inspect_lists_every_unsupported_node(tmp_path, capsys):
+    model = onnx_model([
+        helper.make_node("NonZero", ["x"], ["nz"], name="first_bad"),
+        helper.make_node("Unique", ["x"], ["u"], name="second_bad"),
+        helper.make_node("Relu", ["x"], ["y"], name="fine"),
+    ], {"x": (F32, [4])}, {"y": (F32, [4]), "u": (F32, [None]), "nz": ("int64", [1, None])})
+    path = tmp_path / "bad_ops.onnx"
+    onnx.save(model, str(path))
+    assert main(["inspect", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "unsupported (2):" in out
+    assert "NonZero node 'first_bad'" in out
+    assert "Unique node 'second_bad'" in out
+    assert "Relu" in out  # still in the histogram
+    assert main(["compile", str(path)]) == 2
+    err = _errors(capsys)
+    assert "first_bad" in err
+    assert "second_bad" in err
+
+
+def test_opt_runs_a_pipeline_string(model_path, capsys):
+    assert main(["opt", str(model_path), "--passes", "fold-constants,cse,fuse"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("graph @")
+    assert "fused(" in out
+    assert main(["opt", str(model_path), "--passes", "cse,dce", "--print-after-all"]) == 0
+    out = capsys.readouterr().out
+    assert "// ----- after cse" in out
+    assert "// ----- after dce" in out
+    assert main(["opt", str(model_path), "--list-passes"]) == 0
+    assert "fold-batchnorm" in capsys.readouterr().out.split()
+
+
+def test_opt_bisect_stops_early(model_path, capsys):
+    assert main(["opt", str(model_path), "--bisect", "0"]) == 0
+    assert "fused(" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pipeline", ["no-such-pass", "fuse{max-ops=8,bogus=1}"])
+def test_opt_bad_pipeline_is_a_one_line_error(model_path, capsys, pipeline):
+    assert main(["opt", str(model_path), "--passes", pipeline]) == 2
+    err = _errors(capsys)
+    assert err.startswith("strataml: error: bad pipeline")
+    assert err.count("\n") == 1
+
+
+def test_corrupt_model_is_a_clean_error(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    for command in ("compile", "run", "inspect", "opt"):
+        assert main([command, str(bad)]) == 2
+        err = _errors(capsys)
+        assert err.startswith(f"strataml: error: {bad}")
+
+
+def test_bad_artifact_is_a_clean_error(tmp_path, capsys):
+    smod = tmp_path / "broken.smod"
+    smod.write_bytes(b"not a zip")
+    assert main(["run", str(smod), "--random-inputs"]) == 2
+    assert "corrupt" in _errors(capsys)
+
+
+@pytest.mark.parametrize("args", [["compile", "m.onnx", "--input-shape", "x=1,a"],
+                                  ["compile", "m.onnx", "--dim", "N"],
+                                  ["run", "m.smod", "--repeat", "0"],
+                                  ["inspect", "m.onnx", "--level", "asm"]])
+def test_bad_arguments_exit_2_with_usage(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert "usage: strataml" in _errors(capsys)
+
+
+def test_python_dash_m_strataml(model_path, tmp_path):
+    """The real process: exit codes and stderr as a shell script sees them."""
+    out = tmp_path / "m.smod"
+    ok = subprocess.run([sys.executable, "-m", "strataml", "compile", str(model_path), "-o",
+                         str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert out.is_file()
+    bad = subprocess.run([sys.executable, "-m", "strataml", "run", str(tmp_path / "nope.smod")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("strataml: error:")
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,137 @@
+"""The static memory planner and the interval analysis that proves indices in bounds: both
+guard against generated code touching bytes it does not own, so both are property-tested."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strataml.ir.expr import Binary, Cast, Const, Expr, Select, Var, compare
+from strataml.passes.lower.bounds import interval
+from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
+from strataml.runtime.hal import ALIGNMENT
+
+# ---------------------------------------------------------------- memory plan
+
+
+@st.composite
+def _lifetimes(draw: st.DrawFn) -> tuple[list[Interval], int]:
+    steps = draw(st.integers(1, 12))
+    n = draw(st.integers(1, 25))
+    out = []
+    for k in range(n):
+        start = draw(st.integers(-1, steps - 1))  # -1: a graph input, written before step 0
+        end = draw(st.integers(start, steps))     # steps: a graph output, read after the end
+        out.append(Interval(f"t{k}", draw(st.integers(0, 5000)), start, end))
+    return out, steps
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_lifetimes())
+def test_plan_arena_never_overlaps_live_buffers(case):
+    intervals, steps = case
+    offsets, total = plan_arena(intervals, steps)
+    assert set(offsets) == {iv.name for iv in intervals}
+    assert total % ALIGNMENT == 0
+    for iv in intervals:
+        assert offsets[iv.name] % ALIGNMENT == 0
+        assert offsets[iv.name] + iv.size <= total
+    for a, b in itertools.combinations(intervals, 2):
+        live_together = a.start <= b.end and b.start <= a.end
+        if live_together and a.size and b.size:
+            oa, ob = offsets[a.name], offsets[b.name]
+            assert oa + a.size <= ob or ob + b.size <= oa, (a, b, oa, ob)
+
+
+def test_plan_arena_reuses_memory_of_dead_buffers():
+    """A chain a -> b -> c -> d: a's bytes are free again once b has been computed."""
+    chain = [Interval(n, 1024, s, s + 1) for s, n in enumerate("abcd")]
+    _, total = plan_arena(chain, 4)
+    assert total <= 2 * 1024 + 2 * ALIGNMENT
+    assert total < sum(iv.size for iv in chain)
+
+
+def test_pack_weights_is_aligned_and_disjoint():
+    offsets, total = pack_weights([("w0", 10), ("w1", 0), ("w2", 130)])
+    assert [offsets[k] % ALIGNMENT for k in offsets] == [0, 0, 0]
+    assert offsets["w0"] + 10 <= offsets["w1"] < offsets["w2"]
+    assert offsets["w2"] + 130 <= total
+
+
+# ---------------------------------------------------------------- interval analysis
+
+I64 = "int64"
+X, Y = Var(I64, "x"), Var(I64, "y")
+
+
+def _c(v: int) -> Const:
+    return Const(I64, v)
+
+
+def test_interval_of_index_arithmetic():
+    env = {X: (0, 3), Y: (2, 5)}
+    assert interval(Binary(I64, "add", X, Y), env) == (2, 8)
+    assert interval(Binary(I64, "sub", X, Y), env) == (-5, 1)
+    assert interval(Binary(I64, "mul", X, _c(-2)), env) == (-6, 0)
+    assert interval(Binary(I64, "floordiv", Y, _c(2)), env) == (1, 2)
+    assert interval(Binary(I64, "mod", Y, _c(3)), env) == (0, 2)
+    assert interval(Binary(I64, "mod", X, _c(8)), env) == (0, 3)   # already below 8
+    assert interval(Binary(I64, "min", X, Y), env) == (0, 3)
+    assert interval(Binary(I64, "max", X, Y), env) == (2, 5)
+    assert interval(Select(I64, compare("lt", X, Y), X, _c(9)), env) == (0, 9)
+    assert interval(Cast("int32", X), env) == (0, 3)
+
+
+def test_interval_unknown_is_none_not_a_guess():
+    env = {X: (0, 3)}
+    assert interval(Var(I64, "free"), env) is None
+    assert interval(Binary(I64, "floordiv", X, Y), env) is None      # divisor unknown
+    assert interval(Binary(I64, "floordiv", X, _c(-2)), env) is None  # negative divisor
+    assert interval(Const("float32", 1.5), env) is None
+    assert interval(Cast(I64, Var("float32", "f")), {}) is None
+
+
+_OPS = ("add", "sub", "mul", "floordiv", "mod", "min", "max")
+
+
+@st.composite
+def _index_expr(draw: st.DrawFn, depth: int = 0) -> Expr:
+    if depth >= 3 or draw(st.booleans()):
+        return draw(st.sampled_from([X, Y])) if draw(st.booleans()) else _c(
+            draw(st.integers(-6, 6)))
+    op = draw(st.sampled_from(_OPS))
+    a = draw(_index_expr(depth + 1))
+    b = _c(draw(st.integers(1, 5))) if op in ("floordiv", "mod") else draw(
+        _index_expr(depth + 1))
+    return Binary(I64, op, a, b)
+
+
+def _eval(e: Expr, env: dict[Var, int]) -> int:
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Var):
+        return env[e]
+    assert isinstance(e, Binary)
+    a, b = _eval(e.a, env), _eval(e.b, env)
+    return {"add": a + b, "sub": a - b, "mul": a * b, "min": min(a, b), "max": max(a, b),
+            "floordiv": a // b if b else 0, "mod": a % b if b else 0}[e.op]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_index_expr(), st.integers(-4, 4), st.integers(0, 6), st.integers(-4, 4),
+       st.integers(0, 6))
+def test_interval_contains_every_value(e, x_lo, x_len, y_lo, y_len):
+    """Soundness: whatever the analysis claims, no point of the box falls outside it."""
+    env = {X: (x_lo, x_lo + x_len), Y: (y_lo, y_lo + y_len)}
+    bounds = interval(e, env)
+    if bounds is None:
+        return
+    lo, hi = bounds
+    xs = np.arange(x_lo, x_lo + x_len + 1)
+    ys = np.arange(y_lo, y_lo + y_len + 1)
+    for xv, yv in itertools.product(xs, ys):
+        v = _eval(e, {X: int(xv), Y: int(yv)})
+        assert lo <= v <= hi, (str(e), (xv, yv), v, bounds)
