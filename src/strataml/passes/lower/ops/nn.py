@@ -115,13 +115,64 @@ def _zero_padded(ctx: LowerContext, node: Node, x: TensorRef) -> tuple[TensorRef
     return padded, node.with_attrs(pads=(0,) * (2 * nsp))
 
 
+# im2col copies each input pixel once per kernel tap; above this size (bytes) the direct
+# window loop is used instead.
+IM2COL_MAX_BYTES = 32 << 20
+
+
+def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
+            ) -> TensorRef | None:
+    """col[n, c, taps..., p] = x[n, c, window of output pixel p at the tap], pixels flattened
+    last, so the convolution becomes sum_{c,taps} w[co, c, taps] * col[n, c, taps, p]: a
+    matrix product the gemm strategy runs at full vector width."""
+    nsp = x.rank - 2
+    kernel = tuple(node.attr("kernel_shape"))
+    pixels = 1
+    for d in out_sp:
+        pixels *= d
+    shape = (x.shape[0], x.shape[1], *kernel, pixels)
+    size = 1
+    for d in shape:
+        size *= d
+    if size * 4 > IM2COL_MAX_BYTES or all(k == 1 for k in kernel):
+        return None
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        taps, p = ix[2:2 + nsp], ix[-1]
+        pos, rest = [], p
+        for d in range(nsp - 1, -1, -1):
+            pos.append(rest % out_sp[d] if d else rest)
+            rest = rest // out_sp[d]
+        pos.reverse()
+        # Padding is read as zeros here, so the input is copied only once.
+        coords, inside = _window_index(node, x, tuple(pos), taps)
+        return select(inside, x(ix[0], ix[1], *coords), const(0, x.dtype))
+
+    return ctx.materialize(TensorRef(x.dtype, shape, fn), "col")
+
+
+def _flat_pixel(out_sp: tuple[Expr, ...], dims: tuple[int, ...]) -> Expr:
+    flat: Expr = idx(0)
+    for o, d in zip(out_sp, dims, strict=True):
+        flat = flat * d + o
+    return flat
+
+
 @lowering("Conv")
 def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                ) -> list[TensorRef]:
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
-    x, node = _zero_padded(ctx, node, x)
     shape = out_shape(ctx, node)
+    col = _im2col(ctx, node, x, shape[2:]) if node.attr("group", 1) == 1 else None
+    if col is not None:
+        def gemm(ix: tuple[Expr, ...]) -> Expr:
+            n, co, pixel = ix[0], ix[1], _flat_pixel(ix[2:], shape[2:])
+            acc = ctx.reduce("sum", tuple(w.shape[1:]),
+                             lambda ci, *t: w(co, ci, *t) * col(n, ci, *t, pixel))
+            return acc + bias(co) if bias is not None else acc
+
+        return [TensorRef(x.dtype, shape, gemm)]
+    x, node = _zero_padded(ctx, node, x)
     group = node.attr("group", 1)
     cin_g, cout_g = w.shape[1], w.shape[0] // group
     kernel = w.shape[2:]
