@@ -43,6 +43,11 @@ class CompiledModel:
         never modified."""
         return self._executor.run(feeds)
 
+    def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
+                ) -> list[tuple[str, float]]:
+        """Median seconds per kernel, in plan order (kernels run one at a time)."""
+        return self._executor.profile(feeds, repeats)
+
     def save(self, path: str | Path) -> None:
         save_artifact(path, self.plan, self.executable, self.weights, {"info": self.info})
 

@@ -15,7 +15,6 @@ share of the iterations and calls it; the kernel hands the worker to libgomp's t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -44,6 +43,7 @@ from strataml.ir.types import (
     split_vector,
 )
 from strataml.options import Target
+from strataml.runtime.hal import KernelCall
 
 _INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16,
              "uint32": 32, "uint64": 64}
@@ -85,16 +85,6 @@ def memory_type(dtype: str) -> ir.Type:
     if dtype == "bool":
         return ir.IntType(8)
     return ir.IntType(_INT_BITS[dtype])
-
-
-@dataclass(frozen=True)
-class PlannedCall:
-    """One kernel call of the execution plan: (region, offset) per parameter. Region 0 is
-    the arena and 1 the weights blob (offsets in bytes); region 2 is the io table (offset =
-    index of the pointer)."""
-
-    kernel: str
-    args: tuple[tuple[int, int], ...]
 
 
 class _FunctionEmitter:
@@ -437,7 +427,7 @@ def thread_pool_available() -> bool:
     return ctypes.util.find_library("gomp") is not None
 
 
-def build_module(functions: Sequence[LoopFunction], plan: Sequence[PlannedCall],
+def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
                  entry_name: str = "strataml_entry") -> ir.Module:
     module = ir.Module(name="strataml")
     _threads_global(module)  # always present, so the runtime can set it
@@ -452,7 +442,7 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[PlannedCall],
     arena, weights, io = entry.args
     io_table = b.bitcast(io, ir.PointerType(PTR))
     for call in plan:
-        callee = emitted[call.kernel]
+        callee = emitted[call.function]
         args = []
         for (region, offset), ptype in zip(call.args, callee.function_type.args, strict=True):
             if region == 2:

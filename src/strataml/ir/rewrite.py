@@ -56,7 +56,7 @@ Pattern = Callable[[GraphView, Node], Rewrite | None]
 
 
 def apply_patterns(graph: Graph, patterns: Mapping[str, list[Pattern]],
-                   max_rounds: int = 50) -> Graph:
+                   max_rounds: int = 100_000) -> Graph:
     """Apply patterns until none matches; types of new values come from the shape rules."""
     for _ in range(max_rounds):
         view = GraphView(graph)

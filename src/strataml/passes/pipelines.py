@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from strataml.codegen.llvm import (
-    PlannedCall,
     build_module,
     compile_module,
     thread_pool_available,
@@ -28,7 +27,7 @@ from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
 from strataml.passes.lower.kernel_to_loop import lower_kernel
 from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
 from strataml.passes.manager import GraphPass, PassManager, parse_pipeline
-from strataml.runtime.hal import Executable, ExecutionPlan, TensorSlot
+from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
 
 # Order matters: simplification exposes constants (fold again after it), BatchNorm folding
 # needs constant conv weights (after the first fold) and fusion must come last, when the
@@ -130,7 +129,7 @@ def _slug(node) -> str:
 
 def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
           functions: list[str]
-          ) -> tuple[ExecutionPlan, list[PlannedCall], dict[str, np.ndarray]]:
+          ) -> tuple[ExecutionPlan, list[KernelCall], dict[str, np.ndarray]]:
     """Decide where every tensor lives. Graph inputs are read in place from the caller's
     arrays and kernel-produced outputs are written straight into fresh result arrays (the
     "io" region: a table of pointers passed per call); intermediates share the arena."""
@@ -189,12 +188,12 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
             else:
                 s = slot(values[buf.name])
                 args.append((region_ids[s.region], s.offset))
-        calls.append(PlannedCall(function, tuple(args)))
+        calls.append(KernelCall(kernel.name, function, tuple(args)))
     plan = ExecutionPlan(
         entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
         inputs=tuple(slot(v) for v in graph.inputs),
         outputs=tuple(slot(o.name) for o in outputs),
         weights=tuple(slot(v) for v in used_weights),
-        kernels=tuple(k.name for k in kernels))
+        kernels=tuple(k.name for k in kernels), calls=tuple(calls))
     weights = {v: np.ascontiguousarray(graph.constants[v]) for v in used_weights}
     return plan, calls, weights

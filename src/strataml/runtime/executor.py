@@ -67,11 +67,39 @@ class Executor:
                                  f"was compiled for {list(slot.shape)} (recompile with "
                                  "input_shapes to change it)")
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def _bind(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], ctypes.Array]:
         self.check_inputs(feeds)
         arrays: list[np.ndarray] = [np.ascontiguousarray(feeds[s.name]) for s in self.plan.inputs]
         arrays += [np.empty(s.shape, s.dtype) for s in self.plan.outputs]
         table = (ctypes.c_void_p * max(self._io_size, 1))(*(a.ctypes.data for a in arrays))
+        return arrays, table
+
+    def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
+                ) -> list[tuple[str, float]]:
+        """Median seconds of each kernel call of the plan, run one at a time in plan order."""
+        import time
+
+        arrays, table = self._bind(feeds)
+        bases = (self._arena.ctypes.data, self._weights.ctypes.data)
+        steps = []
+        for call in self.plan.calls:
+            fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(call.args)))(
+                self._entry.function_address(call.function))
+            args = [table[offset] if region == 2 else bases[region] + offset
+                    for region, offset in call.args]
+            steps.append((call.kernel, fn, args))
+        times: dict[str, list[float]] = {name: [] for name, _, _ in steps}
+        with self._lock:
+            for _ in range(repeats):
+                for name, fn, args in steps:
+                    start = time.perf_counter()
+                    fn(*args)
+                    times[name].append(time.perf_counter() - start)
+        del arrays  # kept alive until the kernels have run
+        return [(name, float(np.median(times[name]))) for name, _, _ in steps]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        arrays, table = self._bind(feeds)
         with self._lock:  # one arena per model: calls are serialised
             self._entry(self._arena.ctypes.data, self._weights.ctypes.data,
                         ctypes.addressof(table))

@@ -38,6 +38,21 @@ class TensorSlot:
 
 
 @dataclass(frozen=True)
+class KernelCall:
+    """One step of the plan: call `function` with one buffer per parameter, each given as
+    (region, offset): region 0 is the arena and 1 the weights blob (offsets in bytes),
+    region 2 the io table (offset = index of the pointer). `kernel` names the step."""
+
+    kernel: str
+    function: str
+    args: tuple[tuple[int, int], ...]
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> KernelCall:
+        return KernelCall(d["kernel"], d["function"], tuple(tuple(a) for a in d["args"]))
+
+
+@dataclass(frozen=True)
 class ExecutionPlan:
     """The static plan decided at compile time: the runtime only binds and launches."""
 
@@ -48,6 +63,7 @@ class ExecutionPlan:
     outputs: tuple[TensorSlot, ...]
     weights: tuple[TensorSlot, ...]
     kernels: tuple[str, ...]
+    calls: tuple[KernelCall, ...] = ()
     num_threads: int = 1  # the compile-time default; STRATAML_NUM_THREADS overrides at load
     native_libs: tuple[str, ...] = ()  # shared libraries the code calls ("gomp": thread pool)
     abi_version: int = KERNEL_ABI_VERSION
@@ -62,7 +78,9 @@ class ExecutionPlan:
             inputs=tuple(TensorSlot.from_json(s) for s in d["inputs"]),
             outputs=tuple(TensorSlot.from_json(s) for s in d["outputs"]),
             weights=tuple(TensorSlot.from_json(s) for s in d["weights"]),
-            kernels=tuple(d["kernels"]), num_threads=d.get("num_threads", 1),
+            kernels=tuple(d["kernels"]),
+            calls=tuple(KernelCall.from_json(c) for c in d.get("calls", ())),
+            num_threads=d.get("num_threads", 1),
             native_libs=tuple(d.get("native_libs", ())), abi_version=d["abi_version"])
 
 
@@ -90,6 +108,8 @@ class LoadedEntry(Protocol):
     def __call__(self, arena: int, weights: int, io: int) -> None: ...
 
     def set_num_threads(self, n: int) -> None: ...
+
+    def function_address(self, name: str) -> int: ...
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:

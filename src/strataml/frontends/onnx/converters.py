@@ -696,3 +696,7 @@ def convert_conv_transpose(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     return [n.node(inputs=_strip_inputs(n.inputs), kernel_shape=tuple(kernel),
                    strides=tuple(strides), dilations=tuple(dil), pads=tuple(pads),
                    group=n.attrs.get("group", 1), output_spatial=tuple(out))]
+
+
+# Decompositions of composite ops live in their own module; importing it registers them.
+from strataml.frontends.onnx import composite as _composite  # noqa: E402, F401

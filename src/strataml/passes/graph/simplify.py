@@ -151,7 +151,20 @@ def absorb_affine_into_layernorm(view: GraphView, node: Node) -> Rewrite | None:
     return None
 
 
+def weights_k_major(view: GraphView, node: Node) -> Rewrite | None:
+    """Gemm(A, B, transB=1) with constant B -> Gemm(A, B^T): the weights are transposed once
+    at compile time so the kernel reads them contiguously along the output columns."""
+    weights = view.const(node.inputs[1])
+    if not node.attr("transB", 0) or weights is None:
+        return None
+    name = view.fresh(f"{node.inputs[1]}_t")
+    return Rewrite(nodes=[Node("Gemm", (node.inputs[0], name, *node.inputs[2:]), node.outputs,
+                               make_attrs({**node.attr_dict, "transB": 0}), node.name)],
+                   constants={name: np.ascontiguousarray(weights.T)})
+
+
 PATTERNS: dict[str, list[Pattern]] = {
+    "Gemm": [weights_k_major],
     "Identity": [remove_identity],
     "Dropout": [remove_identity],
     "Cast": [remove_noop_cast_or_reshape],

@@ -135,11 +135,21 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             col_env, idx(m - m % mr), jb * nr, m % mr, nr, lanes)),
             "parallel" if parallel_cols else "serial"))
 
-    # Columns past the last full tile: one element at a time, reduction innermost.
+    # Columns past the last full tile: a narrower tile of whole vectors, then the last
+    # few columns one element at a time, reduction innermost.
+    n_vec = n_full + (n - n_full) // lanes * lanes
+    if n_vec > n_full:
+        width = n_vec - n_full
+        if row_tiles:
+            rows = For(ib, row_tiles, tuple(g.tile_nest(
+                {**env, ib: (0, row_tiles - 1)}, ib * mr, idx(n_full), mr, width, lanes)))
+            full.append(rows)
+        if m % mr:
+            full.extend(g.tile_nest(env, idx(m - m % mr), idx(n_full), m % mr, width, lanes))
     i, jt = low.fresh("i"), low.fresh("jt")
-    tail_env = {**env, i: (0, m - 1), jt: (0, n % nr - 1)}
-    point = {**mapping, axes[c.i_axis]: i, axes[-1]: jt + n_full}
-    tail = nest([(i, m), (jt, n % nr)], g.store(point, substitute(c.reduce, point), tail_env))
+    tail_env = {**env, i: (0, m - 1), jt: (0, n - n_vec - 1)}
+    point = {**mapping, axes[c.i_axis]: i, axes[-1]: jt + n_vec}
+    tail = nest([(i, m), (jt, n - n_vec)], g.store(point, substitute(c.reduce, point), tail_env))
 
-    body_stmts: list[Stmt] = full + (list(tail) if n % nr else [])
+    body_stmts: list[Stmt] = full + (list(tail) if n > n_vec else [])
     return nest(loops, body_stmts, parallel=how.parallel and bool(loops))

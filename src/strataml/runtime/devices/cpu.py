@@ -61,6 +61,10 @@ class CpuEntry:
     def __call__(self, arena: int, weights: int, io: int) -> None:
         self._fn(arena, weights, io)
 
+    def function_address(self, name: str) -> int:
+        """Address of one kernel function, for profiling kernels one at a time."""
+        return self._engine.get_function_address(name)
+
     def set_num_threads(self, n: int) -> None:
         if self._threads is not None:
             self._threads.value = max(1, int(n))

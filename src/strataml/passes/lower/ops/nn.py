@@ -134,8 +134,9 @@ def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
     size = 1
     for d in shape:
         size *= d
-    if size * 4 > IM2COL_MAX_BYTES or all(k == 1 for k in kernel):
-        return None
+    strided = any(s > 1 for s in node.attr("strides", (1,) * nsp))
+    if size * 4 > IM2COL_MAX_BYTES or (all(k == 1 for k in kernel) and not strided):
+        return None  # a stride-1 1x1 convolution is a matrix product already
     def fn(ix: tuple[Expr, ...]) -> Expr:
         taps, p = ix[2:2 + nsp], ix[-1]
         pos, rest = [], p
