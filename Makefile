@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 JOBS ?= 2
 
-.PHONY: demo test lint conformance bench clean
+.PHONY: demo test test-models lint conformance bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(TEST_STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m pytest -q -n $(JOBS) tests
+
+# Every end-to-end model, the slow ones included (compile, ONNX Runtime check, reload).
+test-models: $(TEST_STAMP)
+	$(PY) -m pytest -q -n $(JOBS) tests/models
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check src tests bench examples

@@ -26,6 +26,7 @@ from strataml.api import CompiledModel
 from strataml.api import compile as compile_model
 from strataml.errors import InputError, UnsupportedOpError
 from strataml.frontends.onnx.converters import SHAPE_OPERANDS
+from strataml.ir.types import DTYPES
 
 _MAX_SHAPE_VARIANTS = 8
 
@@ -52,6 +53,17 @@ def _check_tensor_inputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
     problems = [f"input '{n}': only tensor inputs are supported (got "
                 f"{by_name[n].type.WhichOneof('value')})"
                 for n in names if by_name[n].type.WhichOneof("value") != "tensor_type"]
+    if problems:
+        raise UnsupportedOpError(problems)
+    # Inputs bound to constants compile only at run time; reject their element types now.
+    for n in names:
+        elem = by_name[n].type.tensor_type.elem_type
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
+        except Exception:  # noqa: BLE001 - an ONNX type without a numpy twin
+            dtype = onnx.TensorProto.DataType.Name(elem).lower()
+        if dtype not in DTYPES:
+            problems.append(f"input '{n}': element type {dtype} is not supported")
     if problems:
         raise UnsupportedOpError(problems)
 

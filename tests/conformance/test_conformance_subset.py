@@ -57,6 +57,15 @@ CASES = (
     "test_conv_with_strides_and_asymmetric_padding", "test_convtranspose_pads",
     "test_einsum_transpose", "test_reduce_sum_keepdims_random",
     "test_argmax_keepdims_random_select_last_index",
+    "test_attention_4d_gqa_causal_nonpad_decode", "test_attention_3d_with_past_and_present",
+    "test_attention_4d_with_qk_matmul_softmax", "test_attention_local_window",
+    "test_resize_upsample_scales_linear_align_corners", "test_resize_downsample_scales_cubic",
+    "test_resize_upsample_sizes_nearest_floor_align_corners", "test_upsample_nearest",
+    "test_resize_tf_crop_and_resize", "test_lstm_with_peepholes", "test_gru_bidirectional",
+    "test_simple_rnn_batchwise", "test_lppool_2d_pads", "test_group_normalization_example",
+    "test_mvn", "test_depthtospace_crd_mode_example", "test_spacetodepth_example",
+    "test_rotary_embedding_interleaved", "test_swiglu", "test_quantizelinear_axis",
+    "test_dequantizelinear_blocked", "test_dynamicquantizelinear", "test_matmulinteger",
 )
 
 

@@ -14,6 +14,7 @@ share of the iterations and calls it; the kernel hands the worker to libgomp's t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import llvmlite.binding as llvm
@@ -91,7 +92,8 @@ class _FunctionEmitter:
     """Emits one loop function (or one outlined parallel worker of it)."""
 
     def __init__(self, module: ir.Module, fn: LoopFunction,
-                 worker_of: _FunctionEmitter | None = None) -> None:
+                 worker_of: _FunctionEmitter | None = None,
+                 captured: Sequence[Var] = ()) -> None:
         self.module = module
         self.loop_fn = fn
         self.params: dict[str, ir.Value] = {}
@@ -101,10 +103,13 @@ class _FunctionEmitter:
             self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types),
                                   name=fn.name)
         else:
-            # An outlined parallel loop: the buffers plus its [begin, end) iteration range.
+            # An outlined parallel loop: the buffers, the values of enclosing loop variables
+            # it reads, and its [begin, end) iteration range.
             worker_of.workers += 1
-            self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [*arg_types, I64, I64]),
-                                  name=f"{worker_of.fn.name}.par{worker_of.workers}")
+            self.fn = ir.Function(
+                module, ir.FunctionType(ir.VoidType(), [*arg_types, *(I64 for _ in captured),
+                                                        I64, I64]),
+                name=f"{worker_of.fn.name}.par{worker_of.workers}")
             self.fn.linkage = "internal"
         self.fn.attributes.add("nounwind")
         entry = self.fn.append_basic_block("entry")
@@ -120,6 +125,8 @@ class _FunctionEmitter:
             for s in fn.body:  # scratch rows are per thread
                 if isinstance(s, Allocate):
                     self.stmts([s])
+            for v, arg in zip(captured, self.fn.args[len(fn.params):], strict=False):
+                self.builder.store(arg, self.slot(v))
 
     def emit(self) -> None:
         self.stmts(self.loop_fn.body)
@@ -158,7 +165,12 @@ class _FunctionEmitter:
 
     def parallel_loop(self, s: For) -> None:
         """Outline the loop, and run it on the thread pool through a worker trampoline."""
-        body = _FunctionEmitter(self.module, self.loop_fn, worker_of=self)
+        captured = _free_index_vars(s)
+        for v in captured:
+            if v not in self.vars or v.dtype != "int64":
+                raise CodegenError(f"{self.loop_fn.name}: parallel loop {s.var.name} reads "
+                                   f"{v.name}, which is not an enclosing loop index")
+        body = _FunctionEmitter(self.module, self.loop_fn, worker_of=self, captured=captured)
         body.loop(s, body.fn.args[-2], body.fn.args[-1])
         body.finish()
         n = len(self.loop_fn.params)
@@ -170,6 +182,8 @@ class _FunctionEmitter:
         table = wb.bitcast(worker.args[0], ir.PointerType(PTR))
         ptrs = [wb.bitcast(wb.load(wb.gep(table, [ir.Constant(I32, k)], inbounds=True)), t)
                 for k, t in enumerate(body.fn.function_type.args[:n])]
+        ptrs += [wb.ptrtoint(wb.load(wb.gep(table, [ir.Constant(I32, n + k)], inbounds=True)),
+                             I64) for k in range(len(captured))]
         tid = wb.sext(wb.call(_declare(self.module, "omp_get_thread_num", I32, []), []), I64)
         nth = wb.sext(wb.call(_declare(self.module, "omp_get_num_threads", I32, []), []), I64)
         chunk = wb.sdiv(wb.add(extent, wb.sub(nth, ir.Constant(I64, 1))), nth)
@@ -180,10 +194,13 @@ class _FunctionEmitter:
         wb.ret_void()
 
         b = self.builder
-        ctx = self.alloca_builder.alloca(PTR, size=len(self.loop_fn.params), name="ctx")
+        ctx = self.alloca_builder.alloca(PTR, size=n + len(captured), name="ctx")
         for k, p in enumerate(self.loop_fn.params):
             b.store(b.bitcast(self.params[p.name], PTR),
                     b.gep(ctx, [ir.Constant(I32, k)], inbounds=True))
+        values = [b.load(self.slot(v)) for v in captured]
+        for k, value in enumerate(values):
+            b.store(b.inttoptr(value, PTR), b.gep(ctx, [ir.Constant(I32, n + k)], inbounds=True))
         ctx_ptr = b.bitcast(ctx, PTR)
         threads = b.load(_threads_global(self.module))
         with b.if_else(b.icmp_signed(">", threads, ir.Constant(I32, 1))) as (pool, inline):
@@ -193,7 +210,7 @@ class _FunctionEmitter:
                 b.call(gomp, [worker, ctx_ptr, threads, ir.Constant(I32, 0)])
             with inline:
                 args = [self.params[p.name] for p in self.loop_fn.params]
-                b.call(body.fn, [*args, ir.Constant(I64, 0), extent])
+                b.call(body.fn, [*args, *values, ir.Constant(I64, 0), extent])
 
     def loop(self, s: For, begin: ir.Value | None = None, end: ir.Value | None = None) -> None:
         b = self.builder
@@ -210,7 +227,9 @@ class _FunctionEmitter:
         b.position_at_end(body_bb)
         self.stmts(s.body)
         b.store(b.add(b.load(iv), ir.Constant(I64, 1), flags=["nsw"]), iv)
-        b.branch(cond_bb)
+        back = b.branch(cond_bb)
+        if s.kind == "rolled":
+            back.set_metadata("llvm.loop", _rolled_marker(self.module))
         b.position_at_end(exit_bb)
 
     def address(self, buffer: str, index: Expr, dtype: str) -> ir.Value:
@@ -401,6 +420,55 @@ class _FunctionEmitter:
         return x
 
 
+def _free_index_vars(loop: For) -> list[Var]:
+    """Variables a loop reads that it does not bind itself (in a stable order)."""
+    bound: set[Var] = set()
+    used: dict[Var, None] = {}
+
+    def visit(stmts: Sequence[Stmt]) -> None:
+        for s in stmts:
+            exprs: list[Expr] = []
+            if isinstance(s, For):
+                bound.add(s.var)
+                visit(s.body)
+            elif isinstance(s, Store):
+                exprs = [s.index, s.value]
+            elif isinstance(s, Declare):
+                bound.add(s.var)
+                exprs = [s.init]
+            elif isinstance(s, Assign):
+                exprs = [s.value]
+            for e in exprs:
+                for x in e.walk():
+                    if isinstance(x, Var):
+                        used.setdefault(x, None)
+
+    bound.add(loop.var)
+    visit(loop.body)
+    return [v for v in used if v not in bound]
+
+
+_ROLLED = "strataml.rolled."
+
+
+def _rolled_marker(module: ir.Module) -> ir.MDValue:
+    """A placeholder loop id; `_rolled_metadata` rewrites it into LLVM's distinct,
+    self-referencing `llvm.loop.unroll.disable` node (llvmlite cannot build those)."""
+    marker = getattr(module, "_rolled_count", 0)
+    module._rolled_count = marker + 1  # type: ignore[attr-defined]
+    return module.add_metadata([ir.MetaDataString(module, f"{_ROLLED}{marker}")])
+
+
+def _rolled_metadata(text: str) -> str:
+    pattern = re.compile(r'^(![0-9]+) = !\{ ?!"' + re.escape(_ROLLED) + r'[0-9]+" ?\}$',
+                         re.MULTILINE)
+    if not pattern.search(text):
+        return text
+    text = pattern.sub(r"\1 = distinct !{\1, !strataml.nounroll}", text)
+    text = text.replace("!strataml.nounroll}", "!9999999}")
+    return text + '\n!9999999 = !{!"llvm.loop.unroll.disable"}\n'
+
+
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
     fn = module.globals.get(name)
     if fn is None:
@@ -456,9 +524,23 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
     return module
 
 
+_options_set = False
+
+
+def _set_llvm_options() -> None:
+    """LLVM's pre-RA machine scheduler is quadratic in basic-block size and spent ~95% of
+    code-generation time on the unrolled micro-kernels (3 s for one 1x1 conv); out-of-order
+    cores schedule those instructions themselves, so it is turned off."""
+    global _options_set
+    if not _options_set:
+        llvm.set_option("strataml", "-enable-misched=false")
+        _options_set = True
+
+
 def target_machine(target: Target, opt_level: int = 3) -> llvm.TargetMachine:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    _set_llvm_options()
     return llvm.Target.from_triple(target.triple).create_target_machine(
         cpu=target.cpu, features=target.features, opt=opt_level, reloc="pic",
         codemodel="default")
@@ -468,7 +550,7 @@ def compile_module(module: ir.Module, target: Target, opt_level: int = 3) -> tup
     """Optimise and emit object code. Returns (object bytes, optimised LLVM IR text)."""
     tm = target_machine(target, opt_level)
     try:
-        parsed = llvm.parse_assembly(str(module))
+        parsed = llvm.parse_assembly(_rolled_metadata(str(module)))
         parsed.triple = tm.triple
         parsed.data_layout = str(tm.target_data)
         parsed.verify()
@@ -477,6 +559,7 @@ def compile_module(module: ir.Module, target: Target, opt_level: int = 3) -> tup
     pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
     pto.loop_vectorization = opt_level >= 2
     pto.slp_vectorization = opt_level >= 2
+    pto.loop_unrolling = True  # the micro-kernels are unrolled by construction
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(parsed, pb)
     return tm.emit_object(parsed), str(parsed)

@@ -45,6 +45,8 @@ class StageSchedule:
     nr: int = 0
     lanes: int = 0
     mc: int = 0
+    # packed gemm: the reduction's first axis in blocks of kc, B packed per block (0: off)
+    kc: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,24 @@ def _row_block(rows: int, mr: int, depth: int, l2_bytes: int) -> int:
     return max((d for d in range(1, tiles + 1) if tiles % d == 0 and d <= budget), default=1)
 
 
+# Reduction steps per packed B block: kc x nr floats (32 KiB at nr=32) stay in L1.
+PACK_DEPTH = 256
+
+
+def _pack_block(extents: tuple[int, ...], rows: int, mr: int) -> int:
+    """Blocks of the first reduction axis for the packed gemm, or 0 when packing cannot pay
+    for itself (few row tiles reuse each packed panel, or a short reduction)."""
+    depth = 1
+    for e in extents:
+        depth *= e
+    if len(extents) != 1 or rows < 4 * mr or depth < 128:
+        return 0  # (a multi-axis reduction would unroll into too much code)
+    inner = depth // extents[0]
+    fits = [d for d in range(1, extents[0] + 1)
+            if extents[0] % d == 0 and d * inner <= PACK_DEPTH]
+    return max(fits, default=0)
+
+
 def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                      l2_bytes: int = 1 << 20) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
@@ -163,8 +183,11 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             depth = 1
             for e in found.reduce.extents:
                 depth *= e
+            kc = _pack_block(found.reduce.extents, shape[found.i_axis], mr)
+            if kc:  # A rows of one packed reduction block per row block
+                depth = kc * depth // found.reduce.extents[0]
             mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes)
-            out.append(StageSchedule("gemm", big, 1, mr, nr, vector_lanes, mc))
+            out.append(StageSchedule("gemm", big, 1, mr, nr, vector_lanes, mc, kc))
             continue
         row = row_applicable(kernel, st) is None
         big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK

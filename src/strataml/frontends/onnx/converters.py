@@ -700,3 +700,4 @@ def convert_conv_transpose(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 
 # Decompositions of composite ops live in their own module; importing it registers them.
 from strataml.frontends.onnx import composite as _composite  # noqa: E402, F401
+from strataml.frontends.onnx import recurrent as _recurrent  # noqa: E402, F401

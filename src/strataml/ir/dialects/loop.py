@@ -13,7 +13,8 @@ from strataml.errors import VerifyError
 from strataml.ir.expr import Expr, Load, Reduce, Var, format_expr
 from strataml.ir.types import scalar_dtype
 
-LOOP_KINDS = ("serial", "parallel", "vector", "unroll")
+# "rolled": keep the loop rolled (a micro-kernel body that is already unrolled by hand).
+LOOP_KINDS = ("serial", "parallel", "vector", "unroll", "rolled")
 
 
 @dataclass(frozen=True, slots=True)

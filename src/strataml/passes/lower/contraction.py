@@ -69,7 +69,7 @@ class _Gemm:
                     "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
         from strataml.passes.lower.kernel_to_loop import nest
 
-        out.extend(nest(list(zip(raxes, c.reduce.extents, strict=True)), step))
+        out.extend(nest(list(zip(raxes, c.reduce.extents, strict=True)), step, kind="rolled"))
         out.extend(Store(self.tile, idx(ii * nr + q * lanes), accs[ii][q])
                    for ii in range(mr) for q in range(q_count))
 
@@ -82,15 +82,140 @@ class _Gemm:
         out.append(For(ii, mr, (For(jj, nr, (read, *self.store(point, acc, fenv)), "vector"),)))
         return out
 
+    def out_index(self, point: dict[Var, Expr], env: dict[Var, Interval]) -> Expr:
+        buf = self.low.buffers[self.buffer]
+        return self.low.flat_index(Load(buf.dtype, self.buffer, tuple(
+            point[a] for a in self.axes)), env)
+
+    def packed_nest(self, env: dict[Var, Interval], m: int, col_tiles: int, mr: int,
+                    nr: int, lanes: int, chunk: int, mc: int, panel: str, parallel: bool
+                    ) -> list[Stmt]:
+        """The packed gemm over all full column tiles (Goto's loop order). The reduction
+        runs in blocks of `chunk` steps of its first axis; within a block, row blocks of mc
+        tiles keep their A rows in L2 while every column panel of B is packed into a
+        contiguous stack buffer (one stream, no TLB misses) and swept by all row tiles of
+        the block. Partial sums live in the output, so the epilogue runs as a final sweep."""
+        from strataml.passes.lower.kernel_to_loop import nest
+
+        low, c = self.low, self.c
+        i_var, j_var = self.axes[c.i_axis], self.axes[-1]
+        extents = c.reduce.extents
+        vec = vector_dtype(c.reduce.dtype, lanes)
+        kind = "parallel" if parallel else "serial"
+        jb = low.fresh("jb")
+        env = {**env, jb: (0, col_tiles - 1)}
+        col0 = jb * nr
+
+        i, jj = low.fresh("i"), low.fresh("jj")
+        row_env = {**env, i: (0, m - 1), jj: (0, nr - 1)}
+        row_point = {**self.mapping, i_var: i, j_var: col0 + jj}
+        init = low.expr(c.reduce.init, env, [])
+        out: list[Stmt] = [For(jb, col_tiles, (For(i, m, (For(jj, nr, (Store(
+            self.buffer, self.out_index(row_point, row_env), init),), "vector"),)),), kind)]
+
+        kb = low.fresh("kb")
+        rs = [low.fresh("r") for _ in extents]
+        r_env = {**env, kb: (0, extents[0] // chunk - 1), rs[0]: (0, chunk - 1),
+                 **{v: (0, e - 1) for v, e in zip(rs[1:], extents[1:], strict=True)}}
+        rmap = {c.reduce.axes[0]: kb * chunk + rs[0],
+                **dict(zip(c.reduce.axes[1:], rs[1:], strict=True))}
+        step_index: Expr = rs[0]
+        for v, e in zip(rs[1:], extents[1:], strict=True):
+            step_index = step_index * e + v
+        loops = [(rs[0], chunk), *zip(rs[1:], extents[1:], strict=True)]
+
+        pack: list[Stmt] = []
+        pj = low.fresh("pj")
+        pack_env = {**r_env, pj: (0, nr - 1)}
+        value = low.expr(substitute(c.b, {**self.mapping, **rmap, j_var: col0 + pj}),
+                         pack_env, pack)
+        pack.append(Store(panel, step_index * nr + pj, value))
+        packing = nest(loops, [For(pj, nr, tuple(pack), "vector")])
+
+        def micro(row0: Expr, rows: int, tile_env: dict[Var, Interval]) -> list[Stmt]:
+            q_count = nr // lanes
+            accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)]
+                    for ii in range(rows)]
+            where = [[self.out_index({**self.mapping, i_var: row0 + ii,
+                                      j_var: col0 + q * lanes}, tile_env)
+                      for q in range(q_count)] for ii in range(rows)]
+            stmts: list[Stmt] = [Declare(accs[ii][q], Load(vec, self.buffer, (where[ii][q],)))
+                                 for ii in range(rows) for q in range(q_count)]
+            step: list[Stmt] = []
+            b_vecs = []
+            for q in range(q_count):
+                bv = low.fresh(f"b{q}_", vec)
+                step.append(Declare(bv, Load(vec, panel, (step_index * nr + q * lanes,))))
+                b_vecs.append(bv)
+            for ii in range(rows):
+                a_elem = low.expr(substitute(c.a, {**self.mapping, **rmap, i_var: row0 + ii}),
+                                  {**r_env, **tile_env}, step)
+                a = low.fresh(f"a{ii}_", vec)
+                step.append(Declare(a, Broadcast(vec, a_elem)))
+                for q in range(q_count):
+                    step.append(Assign(accs[ii][q], binary(
+                        "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
+            stmts.extend(nest(loops, step, kind="rolled"))
+            stmts.extend(Store(self.buffer, where[ii][q], accs[ii][q])
+                         for ii in range(rows) for q in range(q_count))
+            return stmts
+
+        block: list[Stmt] = []
+        row_tiles = m // mr
+        if row_tiles:
+            ibb, ib = low.fresh("ibb"), low.fresh("ib")
+            blocks = row_tiles // mc
+            tile_env = {**r_env, ibb: (0, blocks - 1), ib: (0, mc - 1)}
+            tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env)))
+            block.append(For(ibb, blocks, (For(jb, col_tiles, (*packing, tiles), kind),)))
+        if m % mr:
+            tail = micro(idx(m - m % mr), m % mr, r_env)
+            block.append(For(jb, col_tiles, (*packing, *tail), kind))
+        out.append(For(kb, extents[0] // chunk, tuple(block)))
+
+        if self.epilogue != self.hole:  # apply bias, activation... in place
+            acc = low.fresh("sum", c.reduce.dtype)
+            where = self.out_index(row_point, row_env)
+            sweep = (Declare(acc, Load(c.reduce.dtype, self.buffer, (where,))),
+                     *self.store(row_point, acc, row_env))
+            out.append(For(jb, col_tiles, (For(i, m, (For(jj, nr, sweep, "vector"),)),), kind))
+        return out
+
+    def row_tail(self, env: dict[Var, Interval], m: int, col0: int, width: int
+                 ) -> list[Stmt]:
+        """The last `width` (< one vector) columns: per row, the reduction loops outside and
+        the columns innermost, accumulating a small stack row (vectorises across columns)."""
+        from strataml.passes.lower.kernel_to_loop import nest
+
+        low, c = self.low, self.c
+        i_var, j_var = self.axes[c.i_axis], self.axes[-1]
+        i, jt = low.fresh("i"), low.fresh("jt")
+        row = f"tailrow{next(low.names)}"
+        low.scratch.append(Allocate(row, c.reduce.dtype, width))
+        row_env = {**env, i: (0, m - 1), jt: (0, width - 1)}
+        point = {**self.mapping, i_var: i, j_var: jt + col0}
+        rs = [low.fresh("r") for _ in c.reduce.axes]
+        r_env = {**row_env, **{v: (0, e - 1) for v, e in zip(rs, c.reduce.extents, strict=True)}}
+        update: list[Stmt] = []
+        term = low.expr(substitute(c.reduce.body, {**point, **dict(zip(
+            c.reduce.axes, rs, strict=True))}), r_env, update)
+        row_j = Load(c.reduce.dtype, row, (jt,))
+        update.append(Store(row, jt, binary("add", row_j, term)))
+        acc = low.fresh("sum", c.reduce.dtype)
+        body: list[Stmt] = [For(jt, width, (Store(row, jt, low.expr(
+            c.reduce.init, env, [])),), "vector")]
+        body.extend(nest(list(zip(rs, c.reduce.extents, strict=True)),
+                         [For(jt, width, tuple(update), "vector")]))
+        body.append(For(jt, width, (Declare(acc, row_j), *self.store(point, acc, row_env)),
+                        "vector"))
+        return [For(i, m, tuple(body))]
+
     def store(self, point: dict[Var, Expr], acc: Expr, env: dict[Var, Interval]
               ) -> list[Stmt]:
         """Statements computing the epilogue at `point` from the reduced value `acc`."""
         stmts: list[Stmt] = []
         value = self.low.expr(substitute(self.epilogue, {**point, self.hole: acc}), env, stmts)
-        buf = self.low.buffers[self.buffer]
-        dest = self.low.flat_index(Load(buf.dtype, self.buffer, tuple(
-            point[a] for a in self.axes)), env)
-        stmts.append(Store(self.buffer, dest, value))
+        stmts.append(Store(self.buffer, self.out_index(point, env), value))
         return stmts
 
 
@@ -121,7 +246,16 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
     parallel_rows = how.parallel and not loops and row_blocks > 1
     parallel_cols = how.parallel and not loops and not parallel_rows
     full: list[Stmt] = []
-    if row_tiles and col_tiles:
+    if how.kc and col_tiles:
+        panel = f"panel{next(low.names)}"
+        inner = 1
+        for e in c.reduce.extents[1:]:
+            inner *= e
+        low.scratch.append(Allocate(panel, c.reduce.dtype, how.kc * inner * nr))
+        mc_packed = how.mc if how.mc and row_tiles % how.mc == 0 else max(row_tiles, 1)
+        full.extend(g.packed_nest(env, m, col_tiles, mr, nr, lanes, how.kc, mc_packed, panel,
+                                  how.parallel and not loops))
+    elif row_tiles and col_tiles:
         row_block = ibb * mc if row_blocks > 1 else idx(0)
         tile_env = {**env, jb: (0, col_tiles - 1), ib: (0, mc - 1), ibb: (0, row_blocks - 1)}
         tiles = For(ib, mc, tuple(g.tile_nest(tile_env, (row_block + ib) * mr, jb * nr,
@@ -129,7 +263,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
         cols = For(jb, col_tiles, (tiles,), "parallel" if parallel_cols else "serial")
         full.append(For(ibb, row_blocks, (cols,), "parallel" if parallel_rows else "serial")
                     if row_blocks > 1 else cols)
-    if m % mr and col_tiles:
+    if m % mr and col_tiles and not how.kc:
         col_env = {**env, jb: (0, col_tiles - 1)}
         full.append(For(jb, col_tiles, tuple(g.tile_nest(
             col_env, idx(m - m % mr), jb * nr, m % mr, nr, lanes)),
@@ -146,10 +280,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             full.append(rows)
         if m % mr:
             full.extend(g.tile_nest(env, idx(m - m % mr), idx(n_full), m % mr, width, lanes))
-    i, jt = low.fresh("i"), low.fresh("jt")
-    tail_env = {**env, i: (0, m - 1), jt: (0, n - n_vec - 1)}
-    point = {**mapping, axes[c.i_axis]: i, axes[-1]: jt + n_vec}
-    tail = nest([(i, m), (jt, n - n_vec)], g.store(point, substitute(c.reduce, point), tail_env))
+    tail = g.row_tail(env, m, n_vec, n - n_vec) if n > n_vec else []
 
     body_stmts: list[Stmt] = full + (list(tail) if n > n_vec else [])
     return nest(loops, body_stmts, parallel=how.parallel and bool(loops))

@@ -62,16 +62,19 @@ class LowerContext:
     def constant_value(self, value_name: str) -> np.ndarray | None:
         return self.graph.constants.get(value_name)
 
-    def input_ref(self, value_name: str) -> TensorRef:
+    def input_ref(self, value_name: str, view: tuple[int, ...] | None = None) -> TensorRef:
+        """A kernel input bound to a graph value; `view` reads its (flat) memory with another
+        shape of the same size, e.g. conv weights [co, ci, kh, kw] as [co, ci*kh*kw]."""
         t = self.graph.types[value_name]
-        shape = t.static_shape()
+        shape = t.static_shape() if view is None else view
         data = self.graph.constants.get(value_name)
         if data is not None and data.size <= INLINE_CONSTANT_LIMIT:
             flat = np.asarray(data).reshape(-1)
             return TensorRef.constant(flat[0].item() if flat.size else 0, t.dtype, shape)
-        for buf, val in self.values.items():
-            if val == value_name:
-                return TensorRef.load(buf, t.dtype, shape)
+        for buf in self.buffers:
+            if self.values.get(buf.name) == value_name and buf.shape == shape \
+                    and buf.role == "input":
+                return TensorRef.load(buf.name, t.dtype, shape)
         name = f"in{len(self.buffers)}"
         self.buffers.append(Buffer(name, t.dtype, shape, "input"))
         self.values[name] = value_name

@@ -171,13 +171,13 @@ class StageLowering:
         return nest(loops, per_row, parallel=how.parallel)
 
 
-def nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False
-          ) -> tuple[Stmt, ...]:
-    """Wrap `body` in loops, outermost first; the outermost one parallel if asked."""
+def nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False,
+         kind: str = "serial") -> tuple[Stmt, ...]:
+    """Wrap `body` in loops of `kind`, outermost first; the outermost parallel if asked."""
     nest: tuple[Stmt, ...] = tuple(body)
     for k in range(len(loops) - 1, -1, -1):
         v, n = loops[k]
-        nest = (For(v, n, nest, "parallel" if parallel and k == 0 else "serial"),)
+        nest = (For(v, n, nest, "parallel" if parallel and k == 0 else kind),)
     return nest
 
 

@@ -122,15 +122,17 @@ IM2COL_MAX_BYTES = 32 << 20
 
 def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
             ) -> TensorRef | None:
-    """col[n, c, taps..., p] = x[n, c, window of output pixel p at the tap], pixels flattened
-    last, so the convolution becomes sum_{c,taps} w[co, c, taps] * col[n, c, taps, p]: a
-    matrix product the gemm strategy runs at full vector width."""
+    """col[n, r, p] = x[n, c, window of output pixel p at tap t] with r = (c, t) flattened,
+    so the convolution becomes sum_r w[co, r] * col[n, r, p]: a matrix product with one
+    reduction axis, which the gemm strategy runs at full vector width."""
     nsp = x.rank - 2
     kernel = tuple(node.attr("kernel_shape"))
-    pixels = 1
+    pixels, taps_n = 1, 1
     for d in out_sp:
         pixels *= d
-    shape = (x.shape[0], x.shape[1], *kernel, pixels)
+    for k in kernel:
+        taps_n *= k
+    shape = (x.shape[0], x.shape[1] * taps_n, pixels)
     size = 1
     for d in shape:
         size *= d
@@ -138,17 +140,28 @@ def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
     if size * 4 > IM2COL_MAX_BYTES or (all(k == 1 for k in kernel) and not strided):
         return None  # a stride-1 1x1 convolution is a matrix product already
     def fn(ix: tuple[Expr, ...]) -> Expr:
-        taps, p = ix[2:2 + nsp], ix[-1]
+        r, p = ix[1], ix[2]
+        channel, *taps = _unflatten(r, (x.shape[1], *kernel))
         pos, rest = [], p
         for d in range(nsp - 1, -1, -1):
             pos.append(rest % out_sp[d] if d else rest)
             rest = rest // out_sp[d]
         pos.reverse()
         # Padding is read as zeros here, so the input is copied only once.
-        coords, inside = _window_index(node, x, tuple(pos), taps)
-        return select(inside, x(ix[0], ix[1], *coords), const(0, x.dtype))
+        coords, inside = _window_index(node, x, tuple(pos), tuple(taps))
+        return select(inside, x(ix[0], channel, *coords), const(0, x.dtype))
 
     return ctx.materialize(TensorRef(x.dtype, shape, fn), "col")
+
+
+def _unflatten(flat: Expr, dims: tuple[int, ...]) -> list[Expr]:
+    """Row-major indices of `flat` over `dims` (the last len(dims) digits)."""
+    out: list[Expr] = []
+    for d in reversed(dims):
+        out.append(flat % d)
+        flat = flat // d
+    out.reverse()
+    return out
 
 
 def _flat_pixel(out_sp: tuple[Expr, ...], dims: tuple[int, ...]) -> Expr:
@@ -166,10 +179,14 @@ def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     shape = out_shape(ctx, node)
     col = _im2col(ctx, node, x, shape[2:]) if node.attr("group", 1) == 1 else None
     if col is not None:
+        depth = col.shape[1]
+        w2 = (ctx.input_ref(node.inputs[1], (w.shape[0], depth)) if w.buffer is not None
+              else TensorRef(w.dtype, (w.shape[0], depth), lambda ix: w(
+                  ix[0], *_unflatten(ix[1], w.shape[1:]))))
+
         def gemm(ix: tuple[Expr, ...]) -> Expr:
             n, co, pixel = ix[0], ix[1], _flat_pixel(ix[2:], shape[2:])
-            acc = ctx.reduce("sum", tuple(w.shape[1:]),
-                             lambda ci, *t: w(co, ci, *t) * col(n, ci, *t, pixel))
+            acc = ctx.reduce("sum", (depth,), lambda r: w2(co, r) * col(n, r, pixel))
             return acc + bias(co) if bias is not None else acc
 
         return [TensorRef(x.dtype, shape, gemm)]
