@@ -67,6 +67,12 @@ def test_attention_4d(rng, q_heads, kv_heads, causal, mask):
     _check(model, feeds, reference="onnx")
 
 
+def test_swiglu(rng):
+    a, b = (rng.standard_normal((3, 5)).astype(np.float32) for _ in range(2))
+    _check(_node_model("SwiGLU", {"a": a, "b": b}, 1, 28, alpha=1.5), {"a": a, "b": b},
+           reference="onnx")
+
+
 def test_attention_3d_past_present_and_qk_output(rng):
     q = rng.standard_normal((1, 3, 4 * 8)).astype(np.float32)
     k = rng.standard_normal((1, 3, 2 * 8)).astype(np.float32)
@@ -244,7 +250,7 @@ def test_depth_to_space_round_trip(rng, mode):
 
 
 @pytest.mark.parametrize("interleaved", [0, 1])
-def test_rotary_embedding_and_swiglu(rng, interleaved):
+def test_rotary_embedding(rng, interleaved):
     x = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)  # (batch, heads, seq, head)
     pos = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int64)
     feeds = {"x": x, "cos": rng.standard_normal((8, 2)).astype(np.float32),
@@ -252,6 +258,3 @@ def test_rotary_embedding_and_swiglu(rng, interleaved):
     model = _node_model("RotaryEmbedding", feeds, 1, 23, interleaved=interleaved,
                         rotary_embedding_dim=4)
     _check(model, feeds, reference="onnx")
-    a, b = (rng.standard_normal((3, 5)).astype(np.float32) for _ in range(2))
-    _check(_node_model("SwiGLU", {"a": a, "b": b}, 1, 24, alpha=1.5), {"a": a, "b": b},
-           reference="onnx")

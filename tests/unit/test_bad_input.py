@@ -209,3 +209,61 @@ def test_run_accepts_non_contiguous_and_read_only_inputs(mlp):
     readonly.flags.writeable = False
     np.testing.assert_array_equal(mlp.run({"x": strided})[0], want)
     np.testing.assert_array_equal(mlp.run({"x": readonly})[0], want)
+
+
+# ---------------------------------------------------------------- found by fuzzing the demo
+
+
+def test_checker_still_runs_when_an_output_has_no_shape():
+    # Two nodes write `y`: the checker must reject it even though `y` is declared shapeless.
+    model = onnx_model([helper.make_node("Relu", ["x"], ["y"], name="a"),
+                        helper.make_node("Neg", ["x"], ["y"], name="b")],
+                       {"x": (F32, [2])}, {"y": (F32, None)})
+    with pytest.raises(ModelLoadError, match="checker"):
+        strataml.compile(model)
+    assert not model.graph.output[0].type.tensor_type.HasField("shape")  # left as it was
+
+
+@pytest.mark.parametrize(("node", "shape"), [
+    (helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=5), [2, 3]),
+    (helper.make_node("ArgMax", ["x"], ["y"], name="am", axis=-4), [2, 3]),
+])
+def test_axis_out_of_range_is_an_error(node, shape):
+    model = onnx_model([node], {"x": (F32, shape)}, {"y": (F32, None)})
+    with pytest.raises(ShapeError, match=rf"node '{node.name}': axis .* out of range"):
+        strataml.compile(model)
+
+
+def test_constant_gather_index_out_of_range_is_an_error():
+    model = onnx_model([helper.make_node("Gather", ["x", "i"], ["y"], name="pick")],
+                       {"x": (F32, [3])}, {"y": (F32, [1])}, {"i": np.array([5], np.int64)})
+    with pytest.raises(ShapeError, match=r"Gather node 'pick': index 5 is out of range"):
+        strataml.compile(model)
+
+
+@pytest.mark.parametrize(("attrs", "message"), [
+    ({"kernel_shape": [0, 2]}, "must be positive"),
+    ({"kernel_shape": [2, 2], "pads": [2, 0, 0, 0]}, "smaller than the kernel"),
+])
+def test_invalid_pool_window_is_an_error(attrs, message):
+    model = onnx_model([helper.make_node("MaxPool", ["x"], ["y"], name="pool", **attrs)],
+                       {"x": (F32, [1, 1, 4, 4])}, {"y": (F32, None)})
+    with pytest.raises(ShapeError, match=message):
+        strataml.compile(model)
+
+
+def test_input_shapes_for_an_unknown_input_is_an_error():
+    with pytest.raises(ShapeError, match=r"input_shapes names \['nope'\]"):
+        strataml.compile(_mlp(), input_shapes={"nope": (1, 4)})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("fuse{max-ops=8", "closing"),
+    ("fuse{max-ops=abc}", "should be a int"),
+    ("fuse{depth=3}", "no option 'depth'"),
+])
+def test_bad_pipeline_strings_are_rejected_when_parsed(text, message):
+    from strataml.passes.manager import parse_pipeline
+
+    with pytest.raises(ValueError, match=message):
+        parse_pipeline(text)

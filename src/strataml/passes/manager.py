@@ -6,6 +6,7 @@ and stop after the first N (bisect): a miscompile is then a command, not an afte
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,11 +82,22 @@ def parse_pipeline(text: str) -> list[GraphPass]:
         if name not in PASSES:
             raise ValueError(f"unknown pass {name!r}; known: {', '.join(sorted(PASSES))}")
         options: dict[str, Any] = {}
-        if rest:
-            for kv in rest.rstrip("}").split(","):
-                if kv.strip():
-                    k, _, v = kv.partition("=")
-                    options[k.strip().replace("-", "_")] = _parse_value(v.strip())
+        if rest and not rest.endswith("}"):
+            raise ValueError(f"pass {name!r}: options {'{' + rest!r} are missing a closing '}}'")
+        defaults = {f.name: f.default for f in dataclasses.fields(PASSES[name])}
+        for kv in rest[:-1].split(",") if rest else ():
+            if not kv.strip():
+                continue
+            k, _, v = kv.partition("=")
+            key = k.strip().replace("-", "_")
+            if key not in defaults:
+                raise ValueError(f"pass {name!r} has no option {k.strip()!r} "
+                                 f"(options: {', '.join(defaults) or 'none'})")
+            value = _parse_value(v.strip())
+            if not isinstance(value, type(defaults[key])):
+                raise ValueError(f"pass {name!r}: option {k.strip()}={v.strip()!r} should be "
+                                 f"a {type(defaults[key]).__name__}")
+            options[key] = value
         out.append(PASSES[name](**options))
     return out
 

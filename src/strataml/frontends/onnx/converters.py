@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, make_attrs
 from strataml.ir.types import TensorType
 
@@ -82,6 +83,14 @@ def converter(*ops: str) -> Callable[[Converter], Converter]:
             CONVERTERS[op] = fn
         return fn
     return register
+
+
+def _axis(n: OnnxNode, axis: int, rank: int) -> int:
+    """A non-negative axis, or an error naming the node: ONNX allows [-rank, rank - 1]."""
+    if not -max(rank, 1) <= axis < max(rank, 1):
+        raise ShapeError(f"{n.op} node '{n.name}': axis {axis} is out of range for an input "
+                         f"of rank {rank}")
+    return axis % max(rank, 1)
 
 
 def _strip_inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
@@ -276,8 +285,8 @@ def convert_softmax(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"axis"})
     x = ctx.type(n.inputs[0])
     if ctx.opset >= 13:
-        return [n.node(axis=n.attrs.get("axis", -1) % max(x.rank, 1))]
-    axis = n.attrs.get("axis", 1) % max(x.rank, 1)
+        return [n.node(axis=_axis(n, n.attrs.get("axis", -1), x.rank))]
+    axis = _axis(n, n.attrs.get("axis", 1), x.rank)
     if axis == x.rank - 1:
         return [n.node(axis=axis)]
     # Before opset 13 the input is coerced to 2-D at `axis`.
@@ -306,7 +315,7 @@ def convert_reduce(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     attr_until = 13 if n.op == "ReduceSum" else 18
     axes = _axes_operand(ctx, n, attr_until)
     rank = ctx.type(n.inputs[0]).rank
-    return [n.node(inputs=n.inputs[:1], axes=tuple(sorted(a % rank for a in axes)),
+    return [n.node(inputs=n.inputs[:1], axes=tuple(sorted(_axis(n, a, rank) for a in axes)),
                    keepdims=n.attrs.get("keepdims", 1),
                    noop_with_empty_axes=n.attrs.get("noop_with_empty_axes", 0))]
 
@@ -315,7 +324,8 @@ def convert_reduce(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 def convert_arg(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"axis", "keepdims", "select_last_index"})
     rank = ctx.type(n.inputs[0]).rank
-    return [n.node(axes=(n.attrs.get("axis", 0) % rank,), keepdims=n.attrs.get("keepdims", 1),
+    return [n.node(axes=(_axis(n, n.attrs.get("axis", 0), rank),),
+                   keepdims=n.attrs.get("keepdims", 1),
                    select_last_index=n.attrs.get("select_last_index", 0))]
 
 
@@ -378,7 +388,7 @@ def convert_squeeze(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 def convert_split(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"axis", "split", "num_outputs"})
     x = ctx.type(n.inputs[0])
-    axis = n.attrs.get("axis", 0) % x.rank
+    axis = _axis(n, n.attrs.get("axis", 0), x.rank)
     dim = x.shape[axis]
     if "split" in n.attrs:
         split = list(n.attrs["split"])
@@ -410,7 +420,7 @@ def convert_slice(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
         steps = operand(4, "steps") or [1] * len(starts)
     rank = ctx.type(n.inputs[0]).rank
     return [n.node(inputs=n.inputs[:1], starts=tuple(starts), ends=tuple(ends),
-                   axes=tuple(a % rank for a in axes), steps=tuple(steps))]
+                   axes=tuple(_axis(n, a, rank) for a in axes), steps=tuple(steps))]
 
 
 @converter("Expand")
@@ -439,7 +449,7 @@ def convert_pad(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
         if len(n.inputs) > 2 and n.inputs[2]:
             value = ctx.require_const(n.inputs[2], "constant_value").reshape(-1)[0].item()
         if len(n.inputs) > 3 and n.inputs[3]:
-            axes = [int(a) % x.rank for a in ctx.require_const(n.inputs[3], "axes")]
+            axes = [_axis(n, int(a), x.rank) for a in ctx.require_const(n.inputs[3], "axes")]
             full = [0] * (2 * x.rank)
             for k, a in enumerate(axes):
                 full[a], full[x.rank + a] = pads[k], pads[len(axes) + k]
@@ -527,7 +537,7 @@ def convert_eye_like(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 def convert_cumulative(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"exclusive", "reverse"})
     rank = ctx.type(n.inputs[0]).rank
-    axis = _scalar_operand(ctx, n, 1, "axis") % rank
+    axis = _axis(n, _scalar_operand(ctx, n, 1, "axis"), rank)
     return [n.node(inputs=n.inputs[:1], axis=axis, exclusive=n.attrs.get("exclusive", 0),
                    reverse=n.attrs.get("reverse", 0))]
 
@@ -562,7 +572,7 @@ def convert_rms_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 
     _check_attrs(n, {"axis", "epsilon", "stash_type"})
     x = ctx.type(n.inputs[0])
-    axis = n.attrs.get("axis", -1) % x.rank
+    axis = _axis(n, n.attrs.get("axis", -1), x.rank)
     stash = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs.get("stash_type", 1))).name
     b = _Builder(ctx, n)
     xs = b.op("Cast", n.inputs[0], to=stash) if stash != x.dtype else n.inputs[0]
@@ -585,7 +595,8 @@ def convert_lp_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
         raise Unsupported(f"p={p} (only 1 and 2)")
     b = _Builder(ctx, n)
     norm = b.op("ReduceL2" if p == 2 else "ReduceL1", n.inputs[0],
-                axes=(n.attrs.get("axis", -1) % x.rank,), keepdims=1, noop_with_empty_axes=0)
+                axes=(_axis(n, n.attrs.get("axis", -1), x.rank),), keepdims=1,
+                noop_with_empty_axes=0)
     # A zero-norm slice normalises to zeros rather than NaN (ONNX's reference).
     zero = b.const(0, x.dtype)
     b.op("Where", b.op("Equal", norm, zero), zero, b.op("Div", n.inputs[0], norm),
@@ -641,7 +652,7 @@ def convert_center_crop_pad(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"axes"})
     x = ctx.type(n.inputs[0])
     sizes = [int(v) for v in ctx.require_const(n.inputs[1], "shape").reshape(-1)]
-    axes = [a % x.rank for a in n.attrs.get("axes", range(x.rank))]
+    axes = [_axis(n, a, x.rank) for a in n.attrs.get("axes", range(x.rank))]
     starts, ends, crop_axes = [], [], []
     pads = [0] * (2 * x.rank)
     for a, size in zip(axes, sizes, strict=True):

@@ -49,13 +49,7 @@ def load_model_proto(model: Any) -> Any:
     if not isinstance(model, onnx.ModelProto):
         raise ModelLoadError(f"expected a path, bytes or onnx.ModelProto, got "
                              f"{type(model).__name__}")
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001 - ValidationError and protobuf errors
-        # Outputs declared without a shape are common in exported models and ONNX Runtime
-        # accepts them; strataml infers every shape itself, so only that complaint is waived.
-        if "Field 'shape' of 'type' is required but missing" not in str(exc):
-            raise ModelLoadError(f"the model fails ONNX's checker: {exc}") from None
+    _check(model)
     opset = _default_opset(model)
     # A model that imports no default-domain opset (ai.onnx.ml only, say) has nothing to
     # upgrade; its other-domain ops are reported as unsupported by the importer.
@@ -69,6 +63,27 @@ def load_model_proto(model: Any) -> Any:
             raise ModelLoadError(f"opset {opset} is older than {MIN_OPSET} and could not "
                                  f"be upgraded: {exc}") from None
     return model
+
+
+def _check(model: Any) -> None:
+    """ONNX's checker, minus one complaint: values declared without a shape are common in
+    exported models and ONNX Runtime accepts them (strataml infers every shape itself). The
+    checker stops at its first complaint, so those values get an empty shape while it runs
+    (restored afterwards) and every other check still happens."""
+    import onnx
+
+    g = model.graph
+    shapeless = [vi.type.tensor_type for vi in (*g.input, *g.output, *g.value_info)
+                 if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")]
+    for tt in shapeless:
+        tt.shape.SetInParent()
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - ValidationError and protobuf errors
+        raise ModelLoadError(f"the model fails ONNX's checker: {exc}") from None
+    finally:
+        for tt in shapeless:
+            tt.ClearField("shape")
 
 
 def _default_opset(model: Any) -> int:
@@ -151,9 +166,16 @@ class _Importer:
                         for n in used)
         for init in g.initializer:
             arr = numpy_helper.to_array(init)
-            self._check_dtype(arr.dtype, f"initializer '{init.name}'")
+            if arr.dtype.name not in DTYPES:
+                self._check_dtype(arr.dtype, f"initializer '{init.name}'")
+                continue
             self.constants[init.name] = arr
             self.types[init.name] = TensorType.of(arr)
+        names = {vi.name for vi in g.input}
+        unknown = sorted(set(self.options.input_shapes) - names)
+        if unknown:
+            raise ShapeError(f"input_shapes names {unknown}, which are not inputs of the "
+                             f"model (its inputs: {sorted(names - set(self.constants))})")
         inputs = []
         for vi in g.input:
             if vi.name in self.constants:

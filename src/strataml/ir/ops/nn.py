@@ -108,6 +108,12 @@ def _spatial(node: Node, rank: int) -> tuple[list[int], list[int], list[int], li
         raise ShapeError(f"{node.where}: strides and dilations must be >= 1")
     if any(p < 0 for p in pads):
         raise ShapeError(f"{node.where}: negative pads {pads}")
+    if any(k < 1 for k in kernel):
+        raise ShapeError(f"{node.where}: kernel_shape {kernel} must be positive")
+    if node.op in ("MaxPool", "AveragePool", "LpPool") and any(
+            p >= k for k, p in zip(kernel * 2, pads, strict=True)):
+        raise ShapeError(f"{node.where}: pads {pads} must be smaller than the kernel {kernel} "
+                         "(a window would see only padding)")
     return kernel, strides, pads, dilations
 
 

@@ -125,6 +125,13 @@ def _infer_gather(node: Node, types: list[TensorType], values: list) -> list[Ten
     if ind.dtype not in ("int32", "int64"):
         raise ShapeError(f"{node.where}: indices must be int32/int64, got {ind.dtype}")
     axis = normalize_axis(node.attr("axis", 0), x.rank, node)
+    known = values[1] if len(values) > 1 else None
+    dim = x.shape[axis]
+    if known is not None and isinstance(dim, int) and known.size:
+        bad = known[(known < -dim) | (known >= dim)]
+        if bad.size:
+            raise ShapeError(f"{node.where}: index {int(bad.reshape(-1)[0])} is out of range "
+                             f"for axis {axis} of size {dim}")
     return [TensorType(x.dtype, (*x.shape[:axis], *ind.shape, *x.shape[axis + 1:]))]
 
 

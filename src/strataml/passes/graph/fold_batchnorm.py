@@ -21,6 +21,8 @@ def _bn_params(view: GraphView, bn: Node) -> tuple[np.ndarray, np.ndarray] | Non
     if any(p is None for p in params) or len(bn.outputs) != 1:
         return None
     scale, bias, mean, var = (p.astype(np.float64) for p in params)
+    if np.any(var + bn.attr("epsilon", 1e-5) < 0):
+        return None  # a negative variance: leave the node to compute what ONNX says (NaN)
     s = scale / np.sqrt(var + bn.attr("epsilon", 1e-5))
     return s, bias - mean * s
 
