@@ -15,10 +15,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
-from strataml.ir.expr import Broadcast, Expr, Load, Var, binary, idx, rewrite, substitute
+from strataml.ir.expr import (
+    Broadcast,
+    Expr,
+    Load,
+    Var,
+    binary,
+    compare,
+    const,
+    idx,
+    rewrite,
+    select,
+    substitute,
+)
 from strataml.ir.types import vector_dtype
 from strataml.passes.lower.bounds import Interval
 from strataml.schedule.contraction import Contraction
+
+# The partial last panel of a packed gemm accumulates in a stack scratch of m x nr floats.
+EDGE_SCRATCH_BYTES = 256 << 10
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -88,13 +103,17 @@ class _Gemm:
             point[a] for a in self.axes)), env)
 
     def packed_nest(self, env: dict[Var, Interval], m: int, col_tiles: int, mr: int,
-                    nr: int, lanes: int, chunk: int, mc: int, panel: str, parallel: bool
-                    ) -> list[Stmt]:
+                    nr: int, lanes: int, chunk: int, mc: int, panel: str, parallel: bool,
+                    edge: tuple[str, int] | None = None) -> list[Stmt]:
         """The packed gemm over all full column tiles (Goto's loop order). The reduction
         runs in blocks of `chunk` steps of its first axis; within a block, row blocks of mc
         tiles keep their A rows in L2 while every column panel of B is packed into a
         contiguous stack buffer (one stream, no TLB misses) and swept by all row tiles of
-        the block. Partial sums live in the output, so the epilogue runs as a final sweep."""
+        the block. Partial sums live in the output, so the epilogue runs as a final sweep.
+
+        `edge` = (scratch, width): also the last, partial panel of `width` columns, packed
+        with zeros past the end and accumulated in an m x nr scratch, so the columns past the
+        last full tile run at full vector width too."""
         from strataml.passes.lower.kernel_to_loop import nest
 
         low, c = self.low, self.c
@@ -111,7 +130,8 @@ class _Gemm:
         row_point = {**self.mapping, i_var: i, j_var: col0 + jj}
         init = low.expr(c.reduce.init, env, [])
         out: list[Stmt] = [For(jb, col_tiles, (For(i, m, (For(jj, nr, (Store(
-            self.buffer, self.out_index(row_point, row_env), init),), "vector"),)),), kind)]
+            self.buffer, self.out_index(row_point, row_env), init),), "vector"),)),), kind)
+        ] if col_tiles else []
 
         kb = low.fresh("kb")
         rs = [low.fresh("r") for _ in extents]
@@ -124,22 +144,27 @@ class _Gemm:
             step_index = step_index * e + v
         loops = [(rs[0], chunk), *zip(rs[1:], extents[1:], strict=True)]
 
-        pack: list[Stmt] = []
-        pj = low.fresh("pj")
-        pack_env = {**r_env, pj: (0, nr - 1)}
-        value = low.expr(substitute(c.b, {**self.mapping, **rmap, j_var: col0 + pj}),
-                         pack_env, pack)
-        pack.append(Store(panel, step_index * nr + pj, value))
-        packing = nest(loops, [For(pj, nr, tuple(pack), "vector")])
+        def packing(first: Expr, valid: int = 0) -> tuple[Stmt, ...]:
+            pack: list[Stmt] = []
+            pj = low.fresh("pj")
+            pack_env = {**r_env, pj: (0, nr - 1)}
+            value = low.expr(substitute(c.b, {**self.mapping, **rmap, j_var: first + pj}),
+                             pack_env, pack)
+            if valid:  # past the last column: zeros (the load index is clamped in bounds)
+                value = select(compare("lt", pj, valid), value, const(0, value.dtype))
+            pack.append(Store(panel, step_index * nr + pj, value))
+            return nest(loops, [For(pj, nr, tuple(pack), "vector")])
 
-        def micro(row0: Expr, rows: int, tile_env: dict[Var, Interval]) -> list[Stmt]:
+        def micro(row0: Expr, rows: int, tile_env: dict[Var, Interval],
+                  into_edge: bool = False) -> list[Stmt]:
             q_count = nr // lanes
             accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)]
                     for ii in range(rows)]
-            where = [[self.out_index({**self.mapping, i_var: row0 + ii,
-                                      j_var: col0 + q * lanes}, tile_env)
-                      for q in range(q_count)] for ii in range(rows)]
-            stmts: list[Stmt] = [Declare(accs[ii][q], Load(vec, self.buffer, (where[ii][q],)))
+            target = edge[0] if into_edge and edge else self.buffer
+            where = [[(row0 + ii) * nr + q * lanes if into_edge else self.out_index(
+                {**self.mapping, i_var: row0 + ii, j_var: col0 + q * lanes}, tile_env)
+                for q in range(q_count)] for ii in range(rows)]
+            stmts: list[Stmt] = [Declare(accs[ii][q], Load(vec, target, (where[ii][q],)))
                                  for ii in range(rows) for q in range(q_count)]
             step: list[Stmt] = []
             b_vecs = []
@@ -156,10 +181,13 @@ class _Gemm:
                     step.append(Assign(accs[ii][q], binary(
                         "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
             stmts.extend(nest(loops, step, kind="rolled"))
-            stmts.extend(Store(self.buffer, where[ii][q], accs[ii][q])
+            stmts.extend(Store(target, where[ii][q], accs[ii][q])
                          for ii in range(rows) for q in range(q_count))
             return stmts
 
+        edge_col = idx(col_tiles * nr)
+        if edge:
+            out.append(For(i, m, (For(jj, nr, (Store(edge[0], i * nr + jj, init),), "vector"),)))
         block: list[Stmt] = []
         row_tiles = m // mr
         if row_tiles:
@@ -167,10 +195,21 @@ class _Gemm:
             blocks = row_tiles // mc
             tile_env = {**r_env, ibb: (0, blocks - 1), ib: (0, mc - 1)}
             tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env)))
-            block.append(For(ibb, blocks, (For(jb, col_tiles, (*packing, tiles), kind),)))
+            per_block: list[Stmt] = []
+            if col_tiles:
+                per_block.append(For(jb, col_tiles, (*packing(col0), tiles), kind))
+            if edge:
+                per_block.extend(packing(edge_col, edge[1]))
+                per_block.append(For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env,
+                                                         into_edge=True))))
+            block.append(For(ibb, blocks, tuple(per_block)))
         if m % mr:
-            tail = micro(idx(m - m % mr), m % mr, r_env)
-            block.append(For(jb, col_tiles, (*packing, *tail), kind))
+            if col_tiles:
+                tail = micro(idx(m - m % mr), m % mr, r_env)
+                block.append(For(jb, col_tiles, (*packing(col0), *tail), kind))
+            if edge:
+                block.extend(packing(edge_col, edge[1]))
+                block.extend(micro(idx(m - m % mr), m % mr, r_env, into_edge=True))
         out.append(For(kb, extents[0] // chunk, tuple(block)))
 
         if self.epilogue != self.hole:  # apply bias, activation... in place
@@ -178,7 +217,16 @@ class _Gemm:
             where = self.out_index(row_point, row_env)
             sweep = (Declare(acc, Load(c.reduce.dtype, self.buffer, (where,))),
                      *self.store(row_point, acc, row_env))
-            out.append(For(jb, col_tiles, (For(i, m, (For(jj, nr, sweep, "vector"),)),), kind))
+            if col_tiles:
+                out.append(For(jb, col_tiles, (For(i, m, (For(jj, nr, sweep, "vector"),)),),
+                               kind))
+        if edge:
+            acc = low.fresh("sum", c.reduce.dtype)
+            edge_env = {**env, i: (0, m - 1), jj: (0, edge[1] - 1)}
+            point = {**self.mapping, i_var: i, j_var: edge_col + jj}
+            sweep = (Declare(acc, Load(c.reduce.dtype, edge[0], (i * nr + jj,))),
+                     *self.store(point, acc, edge_env))
+            out.append(For(i, m, (For(jj, edge[1], sweep, "vector"),)))
         return out
 
     def row_tail(self, env: dict[Var, Interval], m: int, col0: int, width: int
@@ -246,15 +294,21 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
     parallel_rows = how.parallel and not loops and row_blocks > 1
     parallel_cols = how.parallel and not loops and not parallel_rows
     full: list[Stmt] = []
-    if how.kc and col_tiles:
+    handled = n_full  # columns covered by whole tiles; the rest is the column tail
+    if how.kc and (col_tiles or n % nr):
         panel = f"panel{next(low.names)}"
         inner = 1
         for e in c.reduce.extents[1:]:
             inner *= e
         low.scratch.append(Allocate(panel, c.reduce.dtype, how.kc * inner * nr))
         mc_packed = how.mc if how.mc and row_tiles % how.mc == 0 else max(row_tiles, 1)
+        edge = None
+        if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:
+            edge = (f"edge{next(low.names)}", n % nr)
+            low.scratch.append(Allocate(edge[0], c.reduce.dtype, m * nr))
+            handled = n
         full.extend(g.packed_nest(env, m, col_tiles, mr, nr, lanes, how.kc, mc_packed, panel,
-                                  how.parallel and not loops))
+                                  how.parallel and not loops, edge))
     elif row_tiles and col_tiles:
         row_block = ibb * mc if row_blocks > 1 else idx(0)
         tile_env = {**env, jb: (0, col_tiles - 1), ib: (0, mc - 1), ibb: (0, row_blocks - 1)}
@@ -271,6 +325,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
 
     # Columns past the last full tile: a narrower tile of whole vectors, then the last
     # few columns one element at a time, reduction innermost.
+    n_full = handled
     n_vec = n_full + (n - n_full) // lanes * lanes
     if n_vec > n_full:
         width = n_vec - n_full

@@ -1,0 +1,46 @@
+"""The gemm strategy's every path (full tiles, row and column tails, the packed nest and its
+zero-padded edge panel, parallel column panels) against float64 numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import strataml
+from strataml.schedule import default_schedule
+from strataml.schedule.fuse_axes import fuse_trailing_axes
+
+
+def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator):
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["h2"]),
+             helper.make_node("Relu", ["h2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w, b
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [
+    (48, 128, 49),    # packed, one full panel + edge panel of 17
+    (100, 300, 33),   # packed, row tail of 4 (or 100 % mr) + edge of 1
+    (64, 256, 17),    # packed, edge panel only
+    (13, 37, 75),     # unpacked: short reduction, row and column tails
+    (200, 1000, 1),   # a single column
+    (5, 64, 40),      # unpacked, fewer rows than a tile
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_paths_match_numpy(m, k, n, threads, rng):
+    model, w, b = _dense_relu(m, k, n, rng)
+    compiled = strataml.compile(model, num_threads=threads, verify=True)
+    strategies = {s.strategy for kernel in compiled.program.kernels
+                  for s in default_schedule(fuse_trailing_axes(kernel), threads, 16).stages}
+    assert "gemm" in strategies or n < 32
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    (y,) = compiled.run({"x": x})
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)
