@@ -154,7 +154,8 @@ class _FunctionEmitter:
             elif isinstance(s, Declare):
                 self.builder.store(self.expr(s.init), self.slot(s.var))
             elif isinstance(s, Assign):
-                self.builder.store(self.expr(s.value), self.slot(s.var))
+                self.builder.store(self.accumulate(s) if s.reassociate else self.expr(s.value),
+                                   self.slot(s.var))
             elif isinstance(s, Allocate):
                 array = self.alloca_builder.alloca(memory_type(s.dtype), size=s.size,
                                                    name=s.buffer)
@@ -282,6 +283,15 @@ class _FunctionEmitter:
             return b.shuffle_vector(one, ir.Constant(t, ir.Undefined),
                                     ir.Constant(ir.VectorType(I32, t.count), [0] * t.count))
         raise CodegenError(f"{self.loop_fn.name}: cannot generate code for {type(e).__name__}")
+
+    def accumulate(self, s: Assign) -> ir.Value:
+        """acc + x (or acc * x) with `reassoc`: LLVM may keep several partial sums, which
+        is what lets it vectorise a reduction loop."""
+        v = s.value
+        if isinstance(v, Binary) and v.op in ("add", "mul") and is_float(v.dtype):
+            fn = self.builder.fadd if v.op == "add" else self.builder.fmul
+            return fn(self.expr(v.a), self.expr(v.b), flags=["reassoc", "contract"])
+        return self.expr(v)
 
     def const(self, c: Const) -> ir.Value:
         base, lanes = split_vector(c.dtype)

@@ -178,7 +178,9 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
         found = match_contraction(kernel, st) if len(shape) >= 2 else "rank < 2"
         mr, nr = gemm_tile(vector_lanes, shape[found.i_axis] if not isinstance(
             found, str) else 1)
-        if not isinstance(found, str) and shape[-1] >= nr:
+        # With a handful of rows (a batch-1 classifier) a register tile has too few
+        # independent accumulators; the row strategy streams the weights at full width.
+        if not isinstance(found, str) and shape[-1] >= nr and shape[found.i_axis] >= 4:
             big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
             depth = 1
             for e in found.reduce.extents:

@@ -47,8 +47,12 @@ class Declare(Stmt):
 
 @dataclass(frozen=True, slots=True)
 class Assign(Stmt):
+    """`var = value`. `reassociate` marks a sum/product accumulation whose order may
+    change, so the loop around it vectorises with partial sums."""
+
     var: Var
     value: Expr
+    reassociate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,8 @@ def _print_body(body: tuple[Stmt, ...], indent: str, lines: list[str]) -> None:
         elif isinstance(s, Declare):
             lines.append(f"{indent}var {s.var.name}: {s.var.dtype} = {format_expr(s.init)}")
         elif isinstance(s, Assign):
-            lines.append(f"{indent}{s.var.name} = {format_expr(s.value)}")
+            op = " +=~" if s.reassociate else " ="
+            lines.append(f"{indent}{s.var.name}{op} {format_expr(s.value)}")
         elif isinstance(s, Allocate):
             lines.append(f"{indent}alloc %{s.buffer}: {s.dtype}[{s.size}]")
         else:

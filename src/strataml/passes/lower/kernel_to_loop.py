@@ -94,7 +94,8 @@ class StageLowering:
         inner_env.update({v: (0, n - 1) for v, n in zip(fresh_axes, r.extents, strict=True)})
         inner: list[Stmt] = []
         value = self.expr(body_expr, inner_env, inner)
-        inner.append(Assign(acc, _combine(r.combiner, acc, value)))
+        inner.append(Assign(acc, _combine(r.combiner, acc, value),
+                            reassociate=r.combiner in ("sum", "prod")))
         out.extend(nest(list(zip(fresh_axes, r.extents, strict=True)), inner))
         return acc
 
