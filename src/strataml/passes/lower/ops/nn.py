@@ -95,15 +95,23 @@ def _window_index(node: Node, x: TensorRef, out_sp: tuple[Expr, ...],
     return tuple(coords), logical_and(*conds)
 
 
-def _zero_padded(ctx: LowerContext, node: Node, x: TensorRef) -> tuple[TensorRef, Node]:
-    """Copy the input into a zero-padded temporary so the window loop needs no bounds tests:
-    every load then has an affine, in-range index and the innermost loop vectorises."""
+def _zero_padded(ctx: LowerContext, node: Node, x: TensorRef,
+                 fill: Expr | None = None) -> tuple[TensorRef, Node]:
+    """Copy the input into a padded temporary (zeros, or `fill`) so the window loop needs no
+    bounds tests: every load then has an affine, in-range index and the innermost loop
+    vectorises. The copy also covers windows that ceil_mode lets run past the end."""
     nsp = x.rank - 2
     pads = node.attr("pads", (0,) * (2 * nsp))
-    if not any(pads):
+    ceil = node.attr("ceil_mode", 0)
+    if not any(pads) and not ceil:
         return x, node
-    shape = (*x.shape[:2], *(x.shape[2 + d] + pads[d] + pads[nsp + d] for d in range(nsp)))
-    zero = const(0, x.dtype)
+    out_sp = out_shape(ctx, node)[2:]
+    kernel, strides = node.attr("kernel_shape"), node.attr("strides", (1,) * nsp)
+    dil = node.attr("dilations", (1,) * nsp)
+    shape = (*x.shape[:2], *(max(x.shape[2 + d] + pads[d] + pads[nsp + d],
+                                 (out_sp[d] - 1) * strides[d] + (kernel[d] - 1) * dil[d] + 1)
+                             for d in range(nsp)))
+    zero = const(0, x.dtype) if fill is None else fill
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
         src = [ix[2 + d] - pads[d] for d in range(nsp)]
@@ -112,7 +120,7 @@ def _zero_padded(ctx: LowerContext, node: Node, x: TensorRef) -> tuple[TensorRef
         return select(inside, x(ix[0], ix[1], *src), zero)
 
     padded = ctx.materialize(TensorRef(x.dtype, shape, fn), "pad")
-    return padded, node.with_attrs(pads=(0,) * (2 * nsp))
+    return padded, node.with_attrs(pads=(0,) * (2 * nsp), ceil_mode=0)
 
 
 # im2col copies each input pixel once per kernel tap; above this size (bytes) the direct
@@ -219,6 +227,7 @@ def lower_max_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     from strataml.ir.expr import reduce_identity
 
     lowest = reduce_identity("max", x.dtype)
+    x, node = _zero_padded(ctx, node, x, fill=lowest)
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
         def body(*taps: Expr) -> Expr:
