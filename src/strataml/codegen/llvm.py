@@ -99,6 +99,7 @@ class _FunctionEmitter:
         self.params: dict[str, ir.Value] = {}
         self.workers = 0
         arg_types: list[ir.Type] = [ir.PointerType(memory_type(p.dtype)) for p in fn.params]
+        shared = _shared_scratch(fn)
         if worker_of is None:
             self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types),
                                   name=fn.name)
@@ -107,8 +108,9 @@ class _FunctionEmitter:
             # it reads, and its [begin, end) iteration range.
             worker_of.workers += 1
             self.fn = ir.Function(
-                module, ir.FunctionType(ir.VoidType(), [*arg_types, *(I64 for _ in captured),
-                                                        I64, I64]),
+                module, ir.FunctionType(ir.VoidType(), [
+                    *arg_types, *(ir.PointerType(memory_type(s.dtype)) for s in shared),
+                    *(I64 for _ in captured), I64, I64]),
                 name=f"{worker_of.fn.name}.par{worker_of.workers}")
             self.fn.linkage = "internal"
         self.fn.attributes.add("nounwind")
@@ -123,9 +125,12 @@ class _FunctionEmitter:
             self.params[p.name] = arg
         if worker_of is not None:
             for s in fn.body:  # scratch rows are per thread
-                if isinstance(s, Allocate):
+                if isinstance(s, Allocate) and not s.shared:
                     self.stmts([s])
-            for v, arg in zip(captured, self.fn.args[len(fn.params):], strict=False):
+            rest = self.fn.args[len(fn.params):]
+            for s, arg in zip(shared, rest, strict=False):
+                self.params[s.buffer] = arg
+            for v, arg in zip(captured, rest[len(shared):], strict=False):
                 self.builder.store(arg, self.slot(v))
 
     def emit(self) -> None:
@@ -174,7 +179,10 @@ class _FunctionEmitter:
         body = _FunctionEmitter(self.module, self.loop_fn, worker_of=self, captured=captured)
         body.loop(s, body.fn.args[-2], body.fn.args[-1])
         body.finish()
-        n = len(self.loop_fn.params)
+        # Pointers passed to the workers: the buffers, then the shared scratch buffers.
+        pointers = [p.name for p in self.loop_fn.params]
+        pointers += [a.buffer for a in _shared_scratch(self.loop_fn)]
+        n = len(pointers)
         extent = ir.Constant(I64, s.extent)
 
         worker = ir.Function(self.module, WORKER_TYPE, name=f"{body.fn.name}.worker")
@@ -196,8 +204,8 @@ class _FunctionEmitter:
 
         b = self.builder
         ctx = self.alloca_builder.alloca(PTR, size=n + len(captured), name="ctx")
-        for k, p in enumerate(self.loop_fn.params):
-            b.store(b.bitcast(self.params[p.name], PTR),
+        for k, name in enumerate(pointers):
+            b.store(b.bitcast(self.params[name], PTR),
                     b.gep(ctx, [ir.Constant(I32, k)], inbounds=True))
         values = [b.load(self.slot(v)) for v in captured]
         for k, value in enumerate(values):
@@ -210,7 +218,7 @@ class _FunctionEmitter:
                                 [ir.PointerType(WORKER_TYPE), PTR, I32, I32])
                 b.call(gomp, [worker, ctx_ptr, threads, ir.Constant(I32, 0)])
             with inline:
-                args = [self.params[p.name] for p in self.loop_fn.params]
+                args = [self.params[name] for name in pointers]
                 b.call(body.fn, [*args, *values, ir.Constant(I64, 0), extent])
 
     def loop(self, s: For, begin: ir.Value | None = None, end: ir.Value | None = None) -> None:
@@ -428,6 +436,10 @@ class _FunctionEmitter:
         if t.width > x.type.width:
             return b.zext(x, t) if src in UNSIGNED_DTYPES or src == "bool" else b.sext(x, t)
         return x
+
+
+def _shared_scratch(fn: LoopFunction) -> list[Allocate]:
+    return [s for s in fn.body if isinstance(s, Allocate) and s.shared]
 
 
 def _free_index_vars(loop: For) -> list[Var]:

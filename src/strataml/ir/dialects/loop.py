@@ -57,11 +57,14 @@ class Assign(Stmt):
 
 @dataclass(frozen=True, slots=True)
 class Allocate(Stmt):
-    """A scratch buffer local to the function (on the stack), e.g. a row accumulator."""
+    """A scratch buffer local to the function (on the stack), e.g. a row accumulator. Each
+    thread of a parallel loop gets its own copy, unless `shared` (threads then write
+    disjoint parts of the one buffer)."""
 
     buffer: str
     dtype: str
     size: int
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)

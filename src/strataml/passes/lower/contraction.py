@@ -120,7 +120,12 @@ class _Gemm:
         i_var, j_var = self.axes[c.i_axis], self.axes[-1]
         extents = c.reduce.extents
         vec = vector_dtype(c.reduce.dtype, lanes)
-        kind = "parallel" if parallel else "serial"
+        row_tiles = m // mr
+        # Few column panels (a 7x7 feature map) leave threads idle: split the rows instead.
+        by_rows = parallel and col_tiles + (1 if edge else 0) < 4 and row_tiles >= 4
+        if by_rows:
+            mc = max(d for d in range(1, row_tiles // 4 + 1) if row_tiles % d == 0)
+        kind = "parallel" if parallel and not by_rows else "serial"
         jb = low.fresh("jb")
         env = {**env, jb: (0, col_tiles - 1)}
         col0 = jb * nr
@@ -189,7 +194,6 @@ class _Gemm:
         if edge:
             out.append(For(i, m, (For(jj, nr, (Store(edge[0], i * nr + jj, init),), "vector"),)))
         block: list[Stmt] = []
-        row_tiles = m // mr
         if row_tiles:
             ibb, ib = low.fresh("ibb"), low.fresh("ib")
             blocks = row_tiles // mc
@@ -202,7 +206,8 @@ class _Gemm:
                 per_block.extend(packing(edge_col, edge[1]))
                 per_block.append(For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env,
                                                          into_edge=True))))
-            block.append(For(ibb, blocks, tuple(per_block)))
+            block.append(For(ibb, blocks, tuple(per_block),
+                             "parallel" if by_rows else "serial"))
         if m % mr:
             if col_tiles:
                 tail = micro(idx(m - m % mr), m % mr, r_env)
@@ -305,7 +310,8 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
         edge = None
         if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:
             edge = (f"edge{next(low.names)}", n % nr)
-            low.scratch.append(Allocate(edge[0], c.reduce.dtype, m * nr))
+            # Shared: when row blocks run in parallel each thread fills its own rows.
+            low.scratch.append(Allocate(edge[0], c.reduce.dtype, m * nr, shared=True))
             handled = n
         full.extend(g.packed_nest(env, m, col_tiles, mr, nr, lanes, how.kc, mc_packed, panel,
                                   how.parallel and not loops, edge))
