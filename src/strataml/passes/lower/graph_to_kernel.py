@@ -172,6 +172,4 @@ def lower_group(graph: Graph, node: Node, name: str) -> tuple[Kernel, dict[str, 
 def _expr_size(ref: TensorRef) -> int:
     if ref.buffer is not None or ref.scalar is not None:
         return 0
-    from strataml.ir.expr import idx
-
     return sum(1 for _ in ref.fn(tuple(idx(0) for _ in ref.shape)).walk())
