@@ -121,10 +121,11 @@ class _Gemm:
         extents = c.reduce.extents
         vec = vector_dtype(c.reduce.dtype, lanes)
         row_tiles = m // mr
-        # Few column panels (a 7x7 feature map) leave threads idle: split the rows instead.
+        # Threads take column panels; with few of them (a 7x7 feature map) they take whole
+        # row blocks instead, each packing its own A rows and B panels.
         by_rows = parallel and col_tiles + (1 if edge else 0) < 4 and row_tiles >= 4
         if by_rows:
-            mc = max(d for d in range(1, row_tiles // 4 + 1) if row_tiles % d == 0)
+            mc = max(d for d in range(1, min(mc, row_tiles // 4) + 1) if row_tiles % d == 0)
         kind = "parallel" if parallel and not by_rows else "serial"
         jb = low.fresh("jb")
         env = {**env, jb: (0, col_tiles - 1)}
@@ -160,8 +161,25 @@ class _Gemm:
             pack.append(Store(panel, step_index * nr + pj, value))
             return nest(loops, [For(pj, nr, tuple(pack), "vector")])
 
+        depth = chunk
+        for e in extents[1:]:
+            depth *= e
+        apack = f"apack{next(low.names)}"
+
+        def pack_a(block_row0: Expr, block_env: dict[Var, Interval]) -> tuple[Stmt, ...]:
+            """A rows of one row block for this reduction block, tile-major and k-major
+            ([tile][k][mr]): the micro-kernel then reads one stream instead of mr rows."""
+            t, ii = low.fresh("ta"), low.fresh("ia")
+            a_env = {**r_env, **block_env, t: (0, mc - 1), ii: (0, mr - 1)}
+            body: list[Stmt] = []
+            value = low.expr(substitute(c.a, {**self.mapping, **rmap,
+                                              i_var: block_row0 + t * mr + ii}), a_env, body)
+            body.append(Store(apack, (t * depth + step_index) * mr + ii, value))
+            # Shared packed A is filled by all threads (a tile each), not by the caller alone.
+            return (For(t, mc, (For(ii, mr, nest(loops, body)),), kind),)
+
         def micro(row0: Expr, rows: int, tile_env: dict[Var, Interval],
-                  into_edge: bool = False) -> list[Stmt]:
+                  into_edge: bool = False, a_tile: Expr | None = None) -> list[Stmt]:
             q_count = nr // lanes
             accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)]
                     for ii in range(rows)]
@@ -178,8 +196,13 @@ class _Gemm:
                 step.append(Declare(bv, Load(vec, panel, (step_index * nr + q * lanes,))))
                 b_vecs.append(bv)
             for ii in range(rows):
-                a_elem = low.expr(substitute(c.a, {**self.mapping, **rmap, i_var: row0 + ii}),
-                                  {**r_env, **tile_env}, step)
+                if a_tile is not None:
+                    a_elem: Expr = Load(c.a.dtype, apack, ((a_tile * depth + step_index) * mr
+                                                           + ii,))
+                else:
+                    a_elem = low.expr(substitute(c.a, {**self.mapping, **rmap,
+                                                       i_var: row0 + ii}),
+                                      {**r_env, **tile_env}, step)
                 a = low.fresh(f"a{ii}_", vec)
                 step.append(Declare(a, Broadcast(vec, a_elem)))
                 for q in range(q_count):
@@ -198,14 +221,17 @@ class _Gemm:
             ibb, ib = low.fresh("ibb"), low.fresh("ib")
             blocks = row_tiles // mc
             tile_env = {**r_env, ibb: (0, blocks - 1), ib: (0, mc - 1)}
-            tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env)))
-            per_block: list[Stmt] = []
+            tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env, a_tile=ib)))
+            # Packed A is filled before the column loop: shared when that loop is parallel.
+            low.scratch.append(Allocate(apack, c.a.dtype, mc * mr * depth,
+                                        shared=kind == "parallel"))
+            per_block: list[Stmt] = list(pack_a(ibb * mc * mr, {ibb: (0, blocks - 1)}))
             if col_tiles:
                 per_block.append(For(jb, col_tiles, (*packing(col0), tiles), kind))
             if edge:
                 per_block.extend(packing(edge_col, edge[1]))
                 per_block.append(For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env,
-                                                         into_edge=True))))
+                                                         into_edge=True, a_tile=ib))))
             block.append(For(ibb, blocks, tuple(per_block),
                              "parallel" if by_rows else "serial"))
         if m % mr:
