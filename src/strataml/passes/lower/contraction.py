@@ -221,17 +221,24 @@ class _Gemm:
             ibb, ib = low.fresh("ibb"), low.fresh("ib")
             blocks = row_tiles // mc
             tile_env = {**r_env, ibb: (0, blocks - 1), ib: (0, mc - 1)}
-            tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env, a_tile=ib)))
-            # Packed A is filled before the column loop: shared when that loop is parallel.
-            low.scratch.append(Allocate(apack, c.a.dtype, mc * mr * depth,
-                                        shared=kind == "parallel"))
-            per_block: list[Stmt] = list(pack_a(ibb * mc * mr, {ibb: (0, blocks - 1)}))
+            # A rows a multiple of 4 KiB apart map to the same L1 sets: the micro-kernel's mr
+            # row streams then evict each other, so such A is packed per row block first
+            # (when there are enough rows for the packing to pay for its extra pass).
+            total = depth * (extents[0] // chunk)
+            a_tile = ib if (total * 4) % 4096 == 0 and m >= 256 else None
+            tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env, a_tile=a_tile)))
+            per_block: list[Stmt] = []
+            if a_tile is not None:
+                # Filled before the column loop: shared when that loop is parallel.
+                low.scratch.append(Allocate(apack, c.a.dtype, mc * mr * depth,
+                                            shared=kind == "parallel"))
+                per_block.extend(pack_a(ibb * mc * mr, {ibb: (0, blocks - 1)}))
             if col_tiles:
                 per_block.append(For(jb, col_tiles, (*packing(col0), tiles), kind))
             if edge:
                 per_block.extend(packing(edge_col, edge[1]))
                 per_block.append(For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env,
-                                                         into_edge=True, a_tile=ib))))
+                                                         into_edge=True, a_tile=a_tile))))
             block.append(For(ibb, blocks, tuple(per_block),
                              "parallel" if by_rows else "serial"))
         if m % mr:
