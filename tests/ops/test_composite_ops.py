@@ -9,7 +9,7 @@ import pytest
 from onnx import helper, numpy_helper, shape_inference
 
 import strataml
-from tests.ops.test_indexing_and_nn_ops import _reference
+from tests.ops.reference import assert_matches_reference
 
 
 def _node_model(op: str, feeds: dict[str, np.ndarray], n_out: int, opset: int,
@@ -35,18 +35,7 @@ def _node_model(op: str, feeds: dict[str, np.ndarray], n_out: int, opset: int,
 
 def _check(model, feeds: dict[str, np.ndarray], rtol: float = 1e-4, atol: float = 1e-5,
            reference: str = "auto") -> None:
-    if reference == "onnx":
-        from onnx.reference import ReferenceEvaluator
-
-        want = ReferenceEvaluator(model).run(None, feeds)
-    else:
-        want = _reference(model, feeds)
-    got = strataml.compile(model).run(feeds)
-    assert len(got) == len(want)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype
-        assert g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    assert_matches_reference(model, feeds, rtol, atol, reference)
 
 
 # ---------------------------------------------------------------- Attention

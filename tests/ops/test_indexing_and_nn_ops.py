@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import strataml
+from tests.ops.reference import assert_matches_reference
 
 F, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
 
@@ -26,25 +27,8 @@ def _model(op: str, inputs: dict[str, np.ndarray], out_type: int, opset: int,
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _reference(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    try:
-        from tests.conftest import ort_run
-
-        return ort_run(model, feeds)
-    except Exception:  # noqa: BLE001 - ORT lacks this opset: use ONNX's numpy reference
-        from onnx.reference import ReferenceEvaluator
-
-        return ReferenceEvaluator(model).run(None, feeds)
-
-
 def _check(model, feeds: dict[str, np.ndarray], rtol: float = 1e-5, atol: float = 1e-6):
-    want = _reference(model, feeds)
-    got = strataml.compile(model).run(feeds)
-    assert len(got) == len(want)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype
-        assert g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    assert_matches_reference(model, feeds, rtol, atol)
 
 
 @pytest.fixture
