@@ -28,6 +28,18 @@ def _mentions(e: Expr, v: Var) -> bool:
     return any(x == v for x in e.walk())
 
 
+def _shift_of(index: Expr, j: Var) -> bool | None:
+    """False if `index` is j itself, True if it is j plus an offset free of j (B read as a
+    shifted view, e.g. the shifted-plane convolution), None otherwise."""
+    if index == j:
+        return False
+    if isinstance(index, Binary) and index.op == "add":
+        for x, off in ((index.a, index.b), (index.b, index.a)):
+            if x == j and not _mentions(off, j):
+                return True
+    return None
+
+
 def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
     """The contraction structure of `stage`, or the reason it has none."""
     reduces = top_reduces(stage.body)
@@ -41,11 +53,13 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
         return "product operands are not plain loads"
     j = stage.axes[-1]
     for b, a in (operands, operands[::-1]):
-        if not b.indices or b.indices[-1] != j or any(_mentions(x, j) for x in b.indices[:-1]):
+        if not b.indices or any(_mentions(x, j) for x in b.indices[:-1]):
             continue
-        if any(_mentions(x, j) for x in a.indices):
+        shifted = _shift_of(b.indices[-1], j)
+        if shifted is None or any(_mentions(x, j) for x in a.indices):
             continue
-        if kernel.buffer(b.buffer).shape[-1] != kernel.buffer(stage.buffer).shape[-1]:
+        if not shifted and (kernel.buffer(b.buffer).shape[-1]
+                            != kernel.buffer(stage.buffer).shape[-1]):
             continue
         for pos in range(len(stage.axes) - 2, -1, -1):
             i = stage.axes[pos]

@@ -60,12 +60,26 @@ class StageLowering:
         return Var(dtype, f"{prefix}{next(self.names)}")
 
     def flat_index(self, load: Load, env: dict[Var, Interval]) -> Expr:
+        """One index into the flat buffer. An index that may leave its dimension is clamped
+        to it, unless the flat index provably stays inside the buffer: views that walk a
+        padded plane as one long row (the shifted-plane convolution) read past a row's end
+        into the next row on purpose."""
         buf = self.buffers[load.buffer]
+        ranges = [interval(i, env) for i in load.indices]
+        lo = hi = 0
+        stride = 1
+        for dim, rng in zip(reversed(buf.shape), reversed(ranges), strict=True):
+            if rng is None:
+                lo, hi = 0, buf.numel
+                break
+            lo, hi = lo + rng[0] * stride, hi + rng[1] * stride
+            stride *= dim
+        inside = lo >= 0 and hi <= buf.numel - 1
         flat: Expr = idx(0)
         stride = 1
-        for dim, index in zip(reversed(buf.shape), reversed(load.indices), strict=True):
-            rng = interval(index, env)
-            if rng is None or rng[0] < 0 or rng[1] > dim - 1:
+        for dim, index, rng in zip(reversed(buf.shape), reversed(load.indices),
+                                   reversed(ranges), strict=True):
+            if not inside and (rng is None or rng[0] < 0 or rng[1] > dim - 1):
                 index = minimum(maximum(index, 0), dim - 1)
             flat = binary("add", flat, binary("mul", index, stride))
             stride *= dim

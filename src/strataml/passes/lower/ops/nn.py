@@ -179,12 +179,74 @@ def _flat_pixel(out_sp: tuple[Expr, ...], dims: tuple[int, ...]) -> Expr:
     return flat
 
 
+# The shifted-plane convolution computes (kw - 1) * dilation junk columns per output row;
+# on narrower maps that waste outweighs the im2col copy it saves.
+SHIFTED_PLANE_MIN_WIDTH = 12
+# Columns a gemm may read past the last output column (its widest register tile), covered
+# by the padded plane's slack rows so that every read stays inside the buffer.
+SHIFTED_PLANE_OVERRUN = 64
+
+
+def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRef,
+                        bias: TensorRef | None, shape: tuple[int, ...]) -> TensorRef | None:
+    """A stride-1 2-D convolution as one matrix product without im2col.
+
+    The input is copied once into a zero-padded plane of width Wp = W + pads. Read as one
+    flat row, tap (a, b) of output pixel p = oh * Wp + ow is plane[p + a*Wp + b] (dilations
+    scale a and b): the matrix B[(c, a, b), p] is the plane shifted by a per-row offset, so
+    the gemm reads it as contiguous vectors, with no 9x copy. Output columns ow >= OW are
+    junk (they straddle two input rows) and are dropped by the final crop, which is where
+    the epilogue runs. Loads deliberately run past the plane's last column into the next
+    row: the flat index stays inside the buffer (slack rows at the end), which the lowering's
+    bounds analysis proves, so no index is clamped."""
+    if x.rank != 4 or node.attr("group", 1) != 1 or w.buffer is None:
+        return None
+    if any(s != 1 for s in node.attr("strides", (1, 1))):
+        return None
+    kh, kw = w.shape[2:]
+    if kh * kw == 1 or shape[3] < SHIFTED_PLANE_MIN_WIDTH:
+        return None
+    dh, dw = node.attr("dilations", (1, 1))
+    pt, pl, _, pr = node.attr("pads", (0, 0, 0, 0))
+    n, c, h, width = x.shape
+    oh = shape[2]
+    wp = width + pl + pr
+    span = oh * wp  # output columns computed, junk included
+    reach = (kh - 1) * dh * wp + (kw - 1) * dw + span + SHIFTED_PLANE_OVERRUN
+    rows = max(-(-reach // wp), h + pt)
+    zero = const(0, x.dtype)
+
+    def pad(ix: tuple[Expr, ...]) -> Expr:
+        row, col = ix[2] - pt, ix[3] - pl
+        inside = logical_and(compare("ge", row, 0), compare("lt", row, h),
+                             compare("ge", col, 0), compare("lt", col, width))
+        return select(inside, x(ix[0], ix[1], row, col), zero)
+
+    plane = ctx.materialize(TensorRef(x.dtype, (n, c, rows, wp), pad), "plane")
+    taps = kh * kw
+    w2 = ctx.input_ref(node.inputs[1], (w.shape[0], c * taps))
+
+    def gemm(ix: tuple[Expr, ...]) -> Expr:
+        def body(r: Expr) -> Expr:
+            ci, a, b = r // taps, r // kw % kh, r % kw
+            return w2(ix[1], r) * plane(ix[0], ci, a * dh, b * dw + ix[2])
+
+        acc = ctx.reduce("sum", (c * taps,), body)
+        return acc + bias(ix[1]) if bias is not None else acc
+
+    wide = ctx.materialize(TensorRef(x.dtype, (n, shape[1], span), gemm), "wide")
+    return TensorRef(x.dtype, shape, lambda ix: wide(ix[0], ix[1], ix[2] * wp + ix[3]))
+
+
 @lowering("Conv")
 def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                ) -> list[TensorRef]:
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     shape = out_shape(ctx, node)
+    shifted = _shifted_plane_conv(ctx, node, x, w, bias, shape)
+    if shifted is not None:
+        return [shifted]
     col = _im2col(ctx, node, x, shape[2:]) if node.attr("group", 1) == 1 else None
     if col is not None:
         depth = col.shape[1]

@@ -1,0 +1,74 @@
+"""Each convolution lowering path (shifted plane, im2col, 1x1 as a matrix product, direct
+window loop, depthwise) against ONNX Runtime, over the attribute combinations that change
+its index arithmetic: padding (asymmetric too), dilation, stride, batch, bias and a fused
+epilogue. Each case also checks which path the lowering took, so a rule change that sends
+a shape down another path is visible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import strataml
+from tests.ops.reference import reference_outputs
+
+F = TensorProto.FLOAT
+
+
+def _conv_model(x_shape: tuple[int, ...], w: np.ndarray, b: np.ndarray | None,
+                epilogue: bool, **attrs):
+    inputs = ["x", "w"] + (["b"] if b is not None else [])
+    nodes = [helper.make_node("Conv", inputs, ["c"], **attrs)]
+    out = "c"
+    if epilogue:  # relu(conv) + conv: an activation and a residual-style add
+        nodes += [helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Add", ["r", "c"],
+                                                                          ["y"])]
+        out = "y"
+    consts = [numpy_helper.from_array(w, "w")]
+    if b is not None:
+        consts.append(numpy_helper.from_array(b, "b"))
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", F, x_shape)],
+                              [helper.make_tensor_value_info(out, F, None)], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _temps(compiled: strataml.CompiledModel) -> set[str]:
+    """Kinds of kernel-local temporaries (their name without the number)."""
+    return {buf.name.rstrip("0123456789") for k in compiled.program.kernels
+            for buf in k.buffers if buf.role == "temp"}
+
+
+# (input shape, weight shape, attributes, the temporaries that mark the path)
+CASES = [
+    ((1, 8, 16, 16), (12, 8, 3, 3), {"pads": [1, 1, 1, 1]}, {"plane", "wide"}),
+    ((2, 5, 14, 15), (7, 5, 3, 3), {"pads": [0, 2, 1, 0]}, {"plane", "wide"}),
+    ((1, 4, 20, 20), (6, 4, 5, 5), {"pads": [2, 2, 2, 2], "dilations": [2, 1]},
+     {"plane", "wide"}),
+    ((1, 3, 13, 17), (8, 3, 1, 3), {}, {"plane", "wide"}),
+    ((1, 3, 13, 17), (8, 3, 3, 1), {"pads": [1, 0, 1, 0]}, {"plane", "wide"}),
+    ((1, 8, 7, 7), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}, {"col"}),
+    ((1, 3, 32, 32), (16, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, {"col"}),
+    ((1, 8, 16, 16), (16, 8, 1, 1), {}, set()),
+    ((1, 8, 16, 16), (16, 8, 1, 1), {"strides": [2, 2]}, {"col"}),
+    ((1, 8, 16, 16), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 8}, {"pad"}),
+    ((1, 8, 17, 17), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 8, "strides": [2, 2]},
+     {"pad"}),
+    ((1, 8, 12, 12), (8, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"pad"}),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "temps"), CASES,
+                         ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize("bias_and_epilogue", [False, True])
+def test_conv_path_matches_ort(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias_and_epilogue else None
+    model = _conv_model(x_shape, w, b, bias_and_epilogue, **attrs)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    compiled = strataml.compile(model)
+    (got,) = compiled.run({"x": x})
+    (want,) = reference_outputs(model, {"x": x})
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert _temps(compiled) & {"plane", "wide", "col", "pad"} == temps
