@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Binary, Expr, Load, Reduce, Var
+from strataml.passes.lower.bounds import interval
 from strataml.schedule.schedule import top_reduces
 
 
@@ -40,6 +41,25 @@ def _shift_of(index: Expr, j: Var) -> bool | None:
     return None
 
 
+def _reads_inside(kernel: Kernel, stage: Stage, r: Reduce, b: Load) -> bool:
+    """Every vector of B the micro-kernel reads lies inside B's buffer (flat), for the
+    whole output row and reduction: B's rows may be views that run past their own last
+    dimension (a plane walked as one row), never past the buffer."""
+    shape = kernel.buffer(stage.buffer).shape
+    env = {**{a: (0, n - 1) for a, n in zip(stage.axes, shape, strict=True)},
+           **{a: (0, n - 1) for a, n in zip(r.axes, r.extents, strict=True)}}
+    lo = hi = 0
+    stride = 1
+    buf = kernel.buffer(b.buffer)
+    for dim, index in zip(reversed(buf.shape), reversed(b.indices), strict=True):
+        rng = interval(index, env)
+        if rng is None:
+            return False
+        lo, hi = lo + rng[0] * stride, hi + rng[1] * stride
+        stride *= dim
+    return lo >= 0 and hi <= buf.numel - 1
+
+
 def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
     """The contraction structure of `stage`, or the reason it has none."""
     reduces = top_reduces(stage.body)
@@ -55,11 +75,9 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
     for b, a in (operands, operands[::-1]):
         if not b.indices or any(_mentions(x, j) for x in b.indices[:-1]):
             continue
-        shifted = _shift_of(b.indices[-1], j)
-        if shifted is None or any(_mentions(x, j) for x in a.indices):
+        if _shift_of(b.indices[-1], j) is None or any(_mentions(x, j) for x in a.indices):
             continue
-        if not shifted and (kernel.buffer(b.buffer).shape[-1]
-                            != kernel.buffer(stage.buffer).shape[-1]):
+        if not _reads_inside(kernel, stage, r, b):
             continue
         for pos in range(len(stage.axes) - 2, -1, -1):
             i = stage.axes[pos]

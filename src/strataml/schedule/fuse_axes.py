@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
-from strataml.ir.expr import Binary, Const, Expr, Load, Var, rewrite
+from strataml.ir.expr import Binary, Const, Expr, Load, Var, idx, rewrite
 
 
 def _mentions(e: Expr, v: Var) -> bool:
@@ -70,13 +70,21 @@ def _fuse_once(kernel: Kernel) -> Kernel | None:
             return None
         else:
             other.add(e.buffer)
-    if reshaped & (other | flat | earlier | earlier_reads):
-        return None  # a view change must be the only way the buffer is seen
+    # A buffer seen some other way too (a temporary an earlier stage writes) keeps its shape
+    # and is read as [.., 0, p]: the flat index is the same, and the lowering's bounds
+    # analysis lets an index run past its dimension while the flat one stays inside.
+    walked = reshaped & (other | flat | earlier | earlier_reads)
+    if out.name in walked:
+        return None
+    reshaped -= walked
     p = Var("int64", f"{u.name}_{v.name}")
 
     def visit(e: Expr) -> Expr | None:
         if isinstance(e, Load) and e.buffer in reshaped:
             return Load(e.dtype, e.buffer, (*(rewrite(i, visit) for i in e.indices[:-2]), p))
+        if isinstance(e, Load) and e.buffer in walked and e.indices[-2:] == (u, v):
+            return Load(e.dtype, e.buffer, (*(rewrite(i, visit) for i in e.indices[:-2]),
+                                            idx(0), p))
         if isinstance(e, Load) and e.buffer in flat and e.indices and _is_flat_pair(
                 e.indices[-1], u, v, width):
             return Load(e.dtype, e.buffer, (*(rewrite(i, visit) for i in e.indices[:-1]), p))

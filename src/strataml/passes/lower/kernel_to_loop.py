@@ -60,29 +60,29 @@ class StageLowering:
         return Var(dtype, f"{prefix}{next(self.names)}")
 
     def flat_index(self, load: Load, env: dict[Var, Interval]) -> Expr:
-        """One index into the flat buffer. An index that may leave its dimension is clamped
-        to it, unless the flat index provably stays inside the buffer: views that walk a
-        padded plane as one long row (the shifted-plane convolution) read past a row's end
-        into the next row on purpose."""
+        """One index into the flat buffer, never outside it.
+
+        An index may run past its own dimension into the next row on purpose: views that
+        walk a plane as one long row (the shifted-plane convolution, fused trailing axes of
+        a temporary) do. So when every index has a known range, only the flat index is
+        clamped, and only if it can leave the buffer; a lane that is actually used is then
+        read where it should be. Indices of unknown range are clamped to their dimension."""
         buf = self.buffers[load.buffer]
         ranges = [interval(i, env) for i in load.indices]
-        lo = hi = 0
-        stride = 1
-        for dim, rng in zip(reversed(buf.shape), reversed(ranges), strict=True):
-            if rng is None:
-                lo, hi = 0, buf.numel
-                break
-            lo, hi = lo + rng[0] * stride, hi + rng[1] * stride
-            stride *= dim
-        inside = lo >= 0 and hi <= buf.numel - 1
         flat: Expr = idx(0)
         stride = 1
+        lo = hi = 0
+        known = all(r is not None for r in ranges)
         for dim, index, rng in zip(reversed(buf.shape), reversed(load.indices),
                                    reversed(ranges), strict=True):
-            if not inside and (rng is None or rng[0] < 0 or rng[1] > dim - 1):
+            if rng is None:
                 index = minimum(maximum(index, 0), dim - 1)
+            else:
+                lo, hi = lo + rng[0] * stride, hi + rng[1] * stride
             flat = binary("add", flat, binary("mul", index, stride))
             stride *= dim
+        if known and (lo < 0 or hi > buf.numel - 1):
+            flat = minimum(maximum(flat, 0), buf.numel - 1)
         return flat
 
     def expr(self, e: Expr, env: dict[Var, Interval], out: list[Stmt]) -> Expr:

@@ -140,7 +140,7 @@ def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
         pixels *= d
     for k in kernel:
         taps_n *= k
-    shape = (x.shape[0], x.shape[1] * taps_n, pixels)
+    shape = (x.shape[0], x.shape[1] * taps_n, *out_sp)
     size = 1
     for d in shape:
         size *= d
@@ -148,15 +148,9 @@ def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
     if size * 4 > IM2COL_MAX_BYTES or (all(k == 1 for k in kernel) and not strided):
         return None  # a stride-1 1x1 convolution is a matrix product already
     def fn(ix: tuple[Expr, ...]) -> Expr:
-        r, p = ix[1], ix[2]
-        channel, *taps = _unflatten(r, (x.shape[1], *kernel))
-        pos, rest = [], p
-        for d in range(nsp - 1, -1, -1):
-            pos.append(rest % out_sp[d] if d else rest)
-            rest = rest // out_sp[d]
-        pos.reverse()
+        channel, *taps = _unflatten(ix[1], (x.shape[1], *kernel))
         # Padding is read as zeros here, so the input is copied only once.
-        coords, inside = _window_index(node, x, tuple(pos), tuple(taps))
+        coords, inside = _window_index(node, x, ix[2:], tuple(taps))
         return select(inside, x(ix[0], channel, *coords), const(0, x.dtype))
 
     return ctx.materialize(TensorRef(x.dtype, shape, fn), "col")
@@ -189,53 +183,54 @@ SHIFTED_PLANE_OVERRUN = 64
 
 def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRef,
                         bias: TensorRef | None, shape: tuple[int, ...]) -> TensorRef | None:
-    """A stride-1 2-D convolution as one matrix product without im2col.
+    """A 2-D convolution as one matrix product without im2col.
 
-    The input is copied once into a zero-padded plane of width Wp = W + pads. Read as one
-    flat row, tap (a, b) of output pixel p = oh * Wp + ow is plane[p + a*Wp + b] (dilations
-    scale a and b): the matrix B[(c, a, b), p] is the plane shifted by a per-row offset, so
-    the gemm reads it as contiguous vectors, with no 9x copy. Output columns ow >= OW are
-    junk (they straddle two input rows) and are dropped by the final crop, which is where
-    the epilogue runs. Loads deliberately run past the plane's last column into the next
-    row: the flat index stays inside the buffer (slack rows at the end), which the lowering's
-    bounds analysis proves, so no index is clamped."""
+    The input is copied once into zero-padded planes of width Wq: one plane per stride
+    phase (ph, pw), holding input rows s*q + ph and columns s*v + pw. Read as one flat row,
+    tap (a, b) of output pixel p = oh * Wq + ow is then phase plane (a % s, b % s) at
+    p + (a // s) * Wq + b // s (a, b scaled by the dilations): the matrix B[(c, a, b), p] is
+    a plane shifted by a per-row offset, so the gemm reads it as contiguous vectors with no
+    KxK copy. Output columns ow >= OW are junk (they straddle two rows) and the final crop,
+    where the epilogue runs, drops them. Loads deliberately run past a plane row's end into
+    the next row: the flat index stays inside the buffer (slack rows at the end), which the
+    lowering's bounds analysis proves, so no index is clamped."""
     if x.rank != 4 or node.attr("group", 1) != 1 or w.buffer is None:
         return None
-    if any(s != 1 for s in node.attr("strides", (1, 1))):
-        return None
+    sh, sw = node.attr("strides", (1, 1))
     kh, kw = w.shape[2:]
-    if kh * kw == 1 or shape[3] < SHIFTED_PLANE_MIN_WIDTH:
+    if kh * kw == 1 or shape[3] < SHIFTED_PLANE_MIN_WIDTH or sh != sw:
         return None
+    s = sh
     dh, dw = node.attr("dilations", (1, 1))
     pt, pl, _, pr = node.attr("pads", (0, 0, 0, 0))
     n, c, h, width = x.shape
     oh = shape[2]
-    wp = width + pl + pr
-    span = oh * wp  # output columns computed, junk included
-    reach = (kh - 1) * dh * wp + (kw - 1) * dw + span + SHIFTED_PLANE_OVERRUN
-    rows = max(-(-reach // wp), h + pt)
+    wq = -(-(width + pl + pr) // s)
+    span = oh * wq  # output columns computed, junk included
+    reach = ((kh - 1) * dh // s) * wq + (kw - 1) * dw // s + span + SHIFTED_PLANE_OVERRUN
+    rows = max(-(-reach // wq), -(-(h + pt) // s))
     zero = const(0, x.dtype)
 
     def pad(ix: tuple[Expr, ...]) -> Expr:
-        row, col = ix[2] - pt, ix[3] - pl
+        row, col = ix[4] * s + ix[2] - pt, ix[5] * s + ix[3] - pl
         inside = logical_and(compare("ge", row, 0), compare("lt", row, h),
                              compare("ge", col, 0), compare("lt", col, width))
         return select(inside, x(ix[0], ix[1], row, col), zero)
 
-    plane = ctx.materialize(TensorRef(x.dtype, (n, c, rows, wp), pad), "plane")
+    plane = ctx.materialize(TensorRef(x.dtype, (n, c, s, s, rows, wq), pad), "plane")
     taps = kh * kw
     w2 = ctx.input_ref(node.inputs[1], (w.shape[0], c * taps))
 
     def gemm(ix: tuple[Expr, ...]) -> Expr:
         def body(r: Expr) -> Expr:
-            ci, a, b = r // taps, r // kw % kh, r % kw
-            return w2(ix[1], r) * plane(ix[0], ci, a * dh, b * dw + ix[2])
+            ci, ta, tb = r // taps, r // kw % kh * dh, r % kw * dw
+            return w2(ix[1], r) * plane(ix[0], ci, ta % s, tb % s, ta // s, tb // s + ix[2])
 
         acc = ctx.reduce("sum", (c * taps,), body)
         return acc + bias(ix[1]) if bias is not None else acc
 
     wide = ctx.materialize(TensorRef(x.dtype, (n, shape[1], span), gemm), "wide")
-    return TensorRef(x.dtype, shape, lambda ix: wide(ix[0], ix[1], ix[2] * wp + ix[3]))
+    return TensorRef(x.dtype, shape, lambda ix: wide(ix[0], ix[1], ix[2] * wq + ix[3]))
 
 
 @lowering("Conv")
@@ -255,8 +250,8 @@ def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                   ix[0], *_unflatten(ix[1], w.shape[1:]))))
 
         def gemm(ix: tuple[Expr, ...]) -> Expr:
-            n, co, pixel = ix[0], ix[1], _flat_pixel(ix[2:], shape[2:])
-            acc = ctx.reduce("sum", (depth,), lambda r: w2(co, r) * col(n, r, pixel))
+            n, co = ix[0], ix[1]
+            acc = ctx.reduce("sum", (depth,), lambda r: w2(co, r) * col(n, r, *ix[2:]))
             return acc + bias(co) if bias is not None else acc
 
         return [TensorRef(x.dtype, shape, gemm)]
