@@ -6,6 +6,8 @@ a shape down another path is visible."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -47,7 +49,8 @@ CASES = [
      {"plane", "wide"}),
     ((1, 3, 13, 17), (8, 3, 1, 3), {}, {"plane", "wide"}),
     ((1, 3, 13, 17), (8, 3, 3, 1), {"pads": [1, 0, 1, 0]}, {"plane", "wide"}),
-    ((1, 8, 7, 7), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}, {"col"}),
+    ((1, 8, 7, 7), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}, {"plane", "wide"}),
+    ((1, 4, 5, 1), (6, 4, 3, 3), {"pads": [1, 1, 1, 1]}, {"col"}),
     ((1, 3, 32, 32), (16, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]},
      {"plane", "wide"}),
     ((1, 4, 33, 43), (8, 4, 3, 3),
@@ -76,3 +79,27 @@ def test_conv_path_matches_ort(rng, x_shape, w_shape, attrs, temps, bias_and_epi
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert _temps(compiled) & {"plane", "wide", "col", "pad"} == temps
+
+
+def test_channel_shuffle_is_plain_copies(rng):
+    """Reshape -> Transpose -> Reshape (ShuffleNet's channel shuffle) matches ONNX Runtime
+    and, once its index arithmetic is simplified, loops without a division or remainder."""
+    g, c, h, w = 4, 12, 6, 10
+    shapes = [numpy_helper.from_array(np.array(s, dtype=np.int64), n) for n, s in (
+        ("s1", (1, g, c // g, h, w)), ("s2", (1, c, h, w)))]
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["a"]),
+             helper.make_node("Transpose", ["a"], ["b"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["b", "s2"], ["y"])]
+    graph = helper.make_graph(nodes, "shuffle", [helper.make_tensor_value_info(
+        "x", F, (1, c, h, w))], [helper.make_tensor_value_info("y", F, None)], shapes)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    compiled = strataml.compile(model)
+    np.testing.assert_array_equal(compiled.run({"x": x})[0],
+                                  reference_outputs(model, {"x": x})[0])
+    from strataml.ir.dialects.loop import print_function
+
+    loops = "\n".join(print_function(f) for f in compiled.program.loops)
+    # Only the channel (the outer loop) is shuffled: no pixel index is divided.
+    divided = set(re.findall(r"(?:floordiv|mod)\((\w+),", loops))
+    assert len(divided) == 1, loops

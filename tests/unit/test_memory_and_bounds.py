@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from strataml.ir.expr import Binary, Cast, Const, Expr, Select, Var, compare
 from strataml.passes.lower.bounds import interval
+from strataml.passes.lower.index_simplify import simplify_expr
 from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
 from strataml.runtime.hal import ALIGNMENT
 
@@ -135,3 +136,28 @@ def test_interval_contains_every_value(e, x_lo, x_len, y_lo, y_len):
     for xv, yv in itertools.product(xs, ys):
         v = _eval(e, {X: int(xv), Y: int(yv)})
         assert lo <= v <= hi, (str(e), (xv, yv), v, bounds)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_index_expr(), st.integers(-4, 4), st.integers(0, 6), st.integers(-4, 4),
+       st.integers(0, 6))
+def test_index_simplification_keeps_every_value(e, x_lo, x_len, y_lo, y_len):
+    """The range-based // and % rewrites are exact at every point of the box."""
+    env = {X: (x_lo, x_lo + x_len), Y: (y_lo, y_lo + y_len)}
+    simple = simplify_expr(e, env)
+    for xv, yv in itertools.product(range(x_lo, x_lo + x_len + 1),
+                                    range(y_lo, y_lo + y_len + 1)):
+        point = {X: xv, Y: yv}
+        assert _eval(simple, point) == _eval(e, point), (str(e), str(simple), point)
+
+
+def test_index_simplification_removes_reshape_arithmetic():
+    flat = Binary(I64, "add", Binary(I64, "mul", X, _c(56)), Y)
+    env = {X: (0, 111), Y: (0, 55)}
+    assert simplify_expr(Binary(I64, "floordiv", flat, _c(56)), env) == X
+    assert simplify_expr(Binary(I64, "mod", flat, _c(56)), env) == Y
+    nested = Binary(I64, "floordiv", Binary(I64, "floordiv", flat, _c(8)), _c(7))
+    assert simplify_expr(nested, env) == X
+    # Y may reach 56 here: the remainder is not known to stay below the divisor.
+    wide = {X: (0, 111), Y: (0, 56)}
+    assert simplify_expr(Binary(I64, "mod", flat, _c(56)), wide) != Y

@@ -189,7 +189,8 @@ def binary(op: str, a: Expr | int | float, b: Expr | int | float) -> Expr:
     ea = _lift(a, b if isinstance(b, Expr) else None)
     eb = _lift(b, ea)
     dtype = ea.dtype
-    if isinstance(ea, Const) and isinstance(eb, Const) and is_int(dtype):
+    if isinstance(ea, Const) and isinstance(eb, Const) and is_int(dtype) and not (
+            op in ("floordiv", "truncdiv", "mod") and eb.value == 0):  # (zero-size dims)
         return const(_fold_int(op, int(ea.value), int(eb.value)), dtype)
     if op == "add":
         if _is(eb, 0):

@@ -34,6 +34,8 @@ from strataml.schedule.contraction import Contraction
 
 # The partial last panel of a packed gemm accumulates in a stack scratch of m x nr floats.
 EDGE_SCRATCH_BYTES = 256 << 10
+# Packing A at run time pays off only when this many column panels reuse it.
+MIN_PANELS_FOR_PACKED_A = 16
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -223,9 +225,11 @@ class _Gemm:
             tile_env = {**r_env, ibb: (0, blocks - 1), ib: (0, mc - 1)}
             # A rows a multiple of 4 KiB apart map to the same L1 sets: the micro-kernel's mr
             # row streams then evict each other, so such A is packed per row block first
-            # (when there are enough rows for the packing to pay for its extra pass).
+            # (when enough rows and column panels reuse it to pay for the extra pass: on a
+            # 7x7 feature map the packing cost more than the conflicts).
             total = depth * (extents[0] // chunk)
-            a_tile = ib if (total * 4) % 4096 == 0 and m >= 256 else None
+            a_tile = ib if ((total * 4) % 4096 == 0 and m >= 256
+                            and col_tiles >= MIN_PANELS_FOR_PACKED_A) else None
             tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env, a_tile=a_tile)))
             per_block: list[Stmt] = []
             if a_tile is not None:

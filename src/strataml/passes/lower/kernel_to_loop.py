@@ -38,6 +38,7 @@ from strataml.ir.expr import (
 )
 from strataml.passes.lower.bounds import Interval, interval
 from strataml.passes.lower.contraction import gemm_stage
+from strataml.passes.lower.index_simplify import simplify_indices
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.fuse_axes import fuse_trailing_axes
 from strataml.schedule.schedule import (
@@ -204,7 +205,7 @@ def _combine(combiner: str, acc: Expr, value: Expr) -> Expr:
 def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
                  vector_lanes: int = 8, l2_bytes: int = 1 << 20) -> LoopFunction:
     if schedule is None:
-        kernel = fuse_trailing_axes(kernel)
+        kernel = fuse_trailing_axes(simplify_indices(kernel))
         schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes)
     check_schedule(kernel, schedule)
     lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers})

@@ -1,0 +1,114 @@
+"""Integer index arithmetic simplified with the ranges of the loop variables.
+
+Reshapes and transposes compose into indices such as ((i * 56 + j) // 56) % 4: exact, but a
+division and a remainder per element, and an innermost loop that gathers instead of loading
+a vector. Knowing that j lies in [0, 56), (i * 56 + j) // 56 is i and (i * 56 + j) % 56 is j.
+Run before the loop nests are built, so a channel shuffle becomes plain row copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from strataml.ir.dialects.kernel import Kernel, Stage
+from strataml.ir.expr import (
+    Binary,
+    Broadcast,
+    Cast,
+    Compare,
+    Const,
+    Expr,
+    Load,
+    Reduce,
+    Select,
+    Unary,
+    Var,
+    binary,
+    cast,
+    select,
+)
+from strataml.ir.types import is_int
+from strataml.passes.lower.bounds import Interval, interval
+
+Affine = tuple[dict[Expr, int], int]  # sum of coefficient * atom, plus a constant
+
+
+def simplify_indices(kernel: Kernel) -> Kernel:
+    stages = []
+    for st in kernel.stages:
+        shape = kernel.buffer(st.buffer).shape
+        env = {a: (0, n - 1) for a, n in zip(st.axes, shape, strict=True)}
+        stages.append(Stage(st.buffer, st.axes, simplify_expr(st.body, env)))
+    return replace(kernel, stages=tuple(stages))
+
+
+def simplify_expr(e: Expr, env: dict[Var, Interval]) -> Expr:
+    """`e` with every integer // and % by a constant simplified where `env`'s ranges allow."""
+    if isinstance(e, Const | Var):
+        return e
+    if isinstance(e, Load):
+        return Load(e.dtype, e.buffer, tuple(simplify_expr(i, env) for i in e.indices))
+    if isinstance(e, Reduce):
+        inner = {**env, **{a: (0, n - 1) for a, n in zip(e.axes, e.extents, strict=True)}}
+        return Reduce(e.dtype, e.combiner, e.axes, e.extents, simplify_expr(e.body, inner),
+                      simplify_expr(e.init, env))
+    if isinstance(e, Unary):
+        return Unary(e.dtype, e.op, simplify_expr(e.x, env))
+    if isinstance(e, Compare):
+        return Compare(e.dtype, e.op, simplify_expr(e.a, env), simplify_expr(e.b, env))
+    if isinstance(e, Select):
+        return select(simplify_expr(e.cond, env), simplify_expr(e.a, env), simplify_expr(e.b, env))
+    if isinstance(e, Cast):
+        return cast(simplify_expr(e.x, env), e.dtype)
+    if isinstance(e, Broadcast):
+        return Broadcast(e.dtype, simplify_expr(e.x, env))
+    if isinstance(e, Binary):
+        a, b = simplify_expr(e.a, env), simplify_expr(e.b, env)
+        if e.dtype == "bool" and e.op in ("and", "or", "xor"):
+            return Binary(e.dtype, e.op, a, b)
+        if e.op in ("floordiv", "mod") and is_int(e.dtype) and isinstance(b, Const) \
+                and int(b.value) > 0:
+            return _divide(e.op, a, int(b.value), env)
+        return binary(e.op, a, b)
+    raise TypeError(f"unknown expression {type(e).__name__}")
+
+
+def _divide(op: str, x: Expr, c: int, env: dict[Var, Interval]) -> Expr:
+    """x // c or x % c, split into the multiples of c and a remainder known to be in [0, c)."""
+    if op == "floordiv" and isinstance(x, Binary) and x.op == "floordiv" \
+            and isinstance(x.b, Const) and int(x.b.value) > 0:
+        return _divide(op, x.a, int(x.b.value) * c, env)  # (y // a) // c == y // (a * c)
+    terms, k = _affine(x)
+    whole = {a: n // c for a, n in terms.items() if n % c == 0}
+    part = {a: n for a, n in terms.items() if n % c}
+    rest = _build(part, k % c, x.dtype)
+    rng = interval(rest, env)
+    if rng is not None and rng[0] >= 0 and rng[1] < c:
+        return _build(whole, k // c, x.dtype) if op == "floordiv" else rest
+    return binary(op, x, Const(x.dtype, c))
+
+
+def _affine(e: Expr) -> Affine:
+    if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, int):
+        return {}, e.value
+    if isinstance(e, Binary) and e.op in ("add", "sub"):
+        (ta, ka), (tb, kb) = _affine(e.a), _affine(e.b)
+        sign = 1 if e.op == "add" else -1
+        terms = dict(ta)
+        for atom, n in tb.items():
+            terms[atom] = terms.get(atom, 0) + sign * n
+        return {a: n for a, n in terms.items() if n}, ka + sign * kb
+    if isinstance(e, Binary) and e.op == "mul":
+        for s, other in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(s, Const) and isinstance(s.value, int) \
+                    and not isinstance(s.value, bool):
+                terms, k = _affine(other)
+                return {a: n * s.value for a, n in terms.items() if n * s.value}, k * s.value
+    return {e: 1}, 0
+
+
+def _build(terms: dict[Expr, int], k: int, dtype: str) -> Expr:
+    out: Expr = Const(dtype, 0)
+    for atom, n in terms.items():
+        out = binary("add", out, binary("mul", atom, Const(dtype, n)))
+    return binary("add", out, Const(dtype, k))
