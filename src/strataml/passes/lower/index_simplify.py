@@ -11,22 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from strataml.ir.dialects.kernel import Kernel, Stage
-from strataml.ir.expr import (
-    Binary,
-    Broadcast,
-    Cast,
-    Compare,
-    Const,
-    Expr,
-    Load,
-    Reduce,
-    Select,
-    Unary,
-    Var,
-    binary,
-    cast,
-    select,
-)
+from strataml.ir.expr import Binary, Const, Expr, Reduce, Var, binary, rewrite
 from strataml.ir.types import is_int
 from strataml.passes.lower.bounds import Interval, interval
 
@@ -44,33 +29,18 @@ def simplify_indices(kernel: Kernel) -> Kernel:
 
 def simplify_expr(e: Expr, env: dict[Var, Interval]) -> Expr:
     """`e` with every integer // and % by a constant simplified where `env`'s ranges allow."""
-    if isinstance(e, Const | Var):
-        return e
-    if isinstance(e, Load):
-        return Load(e.dtype, e.buffer, tuple(simplify_expr(i, env) for i in e.indices))
-    if isinstance(e, Reduce):
-        inner = {**env, **{a: (0, n - 1) for a, n in zip(e.axes, e.extents, strict=True)}}
-        return Reduce(e.dtype, e.combiner, e.axes, e.extents, simplify_expr(e.body, inner),
-                      simplify_expr(e.init, env))
-    if isinstance(e, Unary):
-        return Unary(e.dtype, e.op, simplify_expr(e.x, env))
-    if isinstance(e, Compare):
-        return Compare(e.dtype, e.op, simplify_expr(e.a, env), simplify_expr(e.b, env))
-    if isinstance(e, Select):
-        return select(simplify_expr(e.cond, env), simplify_expr(e.a, env), simplify_expr(e.b, env))
-    if isinstance(e, Cast):
-        return cast(simplify_expr(e.x, env), e.dtype)
-    if isinstance(e, Broadcast):
-        return Broadcast(e.dtype, simplify_expr(e.x, env))
-    if isinstance(e, Binary):
-        a, b = simplify_expr(e.a, env), simplify_expr(e.b, env)
-        if e.dtype == "bool" and e.op in ("and", "or", "xor"):
-            return Binary(e.dtype, e.op, a, b)
-        if e.op in ("floordiv", "mod") and is_int(e.dtype) and isinstance(b, Const) \
-                and int(b.value) > 0:
-            return _divide(e.op, a, int(b.value), env)
-        return binary(e.op, a, b)
-    raise TypeError(f"unknown expression {type(e).__name__}")
+
+    def visit(x: Expr) -> Expr | None:
+        if isinstance(x, Reduce):
+            inner = {**env, **{a: (0, n - 1) for a, n in zip(x.axes, x.extents, strict=True)}}
+            return Reduce(x.dtype, x.combiner, x.axes, x.extents, simplify_expr(x.body, inner),
+                          simplify_expr(x.init, env))
+        if isinstance(x, Binary) and x.op in ("floordiv", "mod") and is_int(x.dtype) \
+                and isinstance(x.b, Const) and int(x.b.value) > 0:
+            return _divide(x.op, simplify_expr(x.a, env), int(x.b.value), env)
+        return None
+
+    return rewrite(e, visit)
 
 
 def _divide(op: str, x: Expr, c: int, env: dict[Var, Interval]) -> Expr:
