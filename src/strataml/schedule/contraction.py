@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Binary, Expr, Load, Reduce, Var
-from strataml.passes.lower.bounds import interval
+from strataml.passes.lower.bounds import flat_interval
 from strataml.schedule.schedule import top_reduces
 
 
@@ -29,16 +29,13 @@ def _mentions(e: Expr, v: Var) -> bool:
     return any(x == v for x in e.walk())
 
 
-def _shift_of(index: Expr, j: Var) -> bool | None:
-    """False if `index` is j itself, True if it is j plus an offset free of j (B read as a
-    shifted view, e.g. the shifted-plane convolution), None otherwise."""
+def _j_with_offset(index: Expr, j: Var) -> bool:
+    """`index` is j, or j plus an offset free of j (B read as a shifted view, e.g. the
+    shifted-plane convolution)."""
     if index == j:
-        return False
-    if isinstance(index, Binary) and index.op == "add":
-        for x, off in ((index.a, index.b), (index.b, index.a)):
-            if x == j and not _mentions(off, j):
-                return True
-    return None
+        return True
+    return isinstance(index, Binary) and index.op == "add" and any(
+        x == j and not _mentions(off, j) for x, off in ((index.a, index.b), (index.b, index.a)))
 
 
 def _reads_inside(kernel: Kernel, stage: Stage, r: Reduce, b: Load) -> bool:
@@ -48,16 +45,9 @@ def _reads_inside(kernel: Kernel, stage: Stage, r: Reduce, b: Load) -> bool:
     shape = kernel.buffer(stage.buffer).shape
     env = {**{a: (0, n - 1) for a, n in zip(stage.axes, shape, strict=True)},
            **{a: (0, n - 1) for a, n in zip(r.axes, r.extents, strict=True)}}
-    lo = hi = 0
-    stride = 1
     buf = kernel.buffer(b.buffer)
-    for dim, index in zip(reversed(buf.shape), reversed(b.indices), strict=True):
-        rng = interval(index, env)
-        if rng is None:
-            return False
-        lo, hi = lo + rng[0] * stride, hi + rng[1] * stride
-        stride *= dim
-    return lo >= 0 and hi <= buf.numel - 1
+    whole = flat_interval(buf.shape, b.indices, env)
+    return whole is not None and whole[0] >= 0 and whole[1] <= buf.numel - 1
 
 
 def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
@@ -75,7 +65,7 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
     for b, a in (operands, operands[::-1]):
         if not b.indices or any(_mentions(x, j) for x in b.indices[:-1]):
             continue
-        if _shift_of(b.indices[-1], j) is None or any(_mentions(x, j) for x in a.indices):
+        if not _j_with_offset(b.indices[-1], j) or any(_mentions(x, j) for x in a.indices):
             continue
         if not _reads_inside(kernel, stage, r, b):
             continue

@@ -46,3 +46,18 @@ def interval(e: Expr, env: dict[Var, Interval]) -> Interval | None:
     if e.op == "max":
         return (max(a[0], b[0]), max(a[1], b[1]))
     return None
+
+
+def flat_interval(shape: tuple[int, ...], indices: tuple[Expr, ...],
+                  env: dict[Var, Interval]) -> Interval | None:
+    """The range of the row-major flat position of `indices` into `shape`, or None when any
+    index's range is unknown. Each index may run past its own dimension."""
+    lo = hi = 0
+    stride = 1
+    for dim, index in zip(reversed(shape), reversed(indices), strict=True):
+        rng = interval(index, env)
+        if rng is None:
+            return None
+        lo, hi = lo + rng[0] * stride, hi + rng[1] * stride
+        stride *= dim
+    return lo, hi

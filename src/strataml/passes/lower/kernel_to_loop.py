@@ -36,7 +36,7 @@ from strataml.ir.expr import (
     rewrite,
     substitute,
 )
-from strataml.passes.lower.bounds import Interval, interval
+from strataml.passes.lower.bounds import Interval, flat_interval, interval
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.passes.lower.index_simplify import simplify_indices
 from strataml.schedule.contraction import match_contraction
@@ -69,20 +69,15 @@ class StageLowering:
         clamped, and only if it can leave the buffer; a lane that is actually used is then
         read where it should be. Indices of unknown range are clamped to their dimension."""
         buf = self.buffers[load.buffer]
-        ranges = [interval(i, env) for i in load.indices]
+        whole = flat_interval(buf.shape, load.indices, env)
         flat: Expr = idx(0)
         stride = 1
-        lo = hi = 0
-        known = all(r is not None for r in ranges)
-        for dim, index, rng in zip(reversed(buf.shape), reversed(load.indices),
-                                   reversed(ranges), strict=True):
-            if rng is None:
+        for dim, index in zip(reversed(buf.shape), reversed(load.indices), strict=True):
+            if whole is None and interval(index, env) is None:
                 index = minimum(maximum(index, 0), dim - 1)
-            else:
-                lo, hi = lo + rng[0] * stride, hi + rng[1] * stride
             flat = binary("add", flat, binary("mul", index, stride))
             stride *= dim
-        if known and (lo < 0 or hi > buf.numel - 1):
+        if whole is not None and (whole[0] < 0 or whole[1] > buf.numel - 1):
             flat = minimum(maximum(flat, 0), buf.numel - 1)
         return flat
 

@@ -130,14 +130,13 @@ IM2COL_MAX_BYTES = 32 << 20
 
 def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
             ) -> TensorRef | None:
-    """col[n, r, p] = x[n, c, window of output pixel p at tap t] with r = (c, t) flattened,
-    so the convolution becomes sum_r w[co, r] * col[n, r, p]: a matrix product with one
-    reduction axis, which the gemm strategy runs at full vector width."""
+    """col[n, r, *pixel] = x[n, c, window of the output pixel at tap t] with r = (c, t)
+    flattened, so the convolution becomes sum_r w[co, r] * col[n, r, *pixel]: a matrix
+    product with one reduction axis (the pixel axes fuse into one), which the gemm strategy
+    runs at full vector width."""
     nsp = x.rank - 2
     kernel = tuple(node.attr("kernel_shape"))
-    pixels, taps_n = 1, 1
-    for d in out_sp:
-        pixels *= d
+    taps_n = 1
     for k in kernel:
         taps_n *= k
     shape = (x.shape[0], x.shape[1] * taps_n, *out_sp)
@@ -164,13 +163,6 @@ def _unflatten(flat: Expr, dims: tuple[int, ...]) -> list[Expr]:
         flat = flat // d
     out.reverse()
     return out
-
-
-def _flat_pixel(out_sp: tuple[Expr, ...], dims: tuple[int, ...]) -> Expr:
-    flat: Expr = idx(0)
-    for o, d in zip(out_sp, dims, strict=True):
-        flat = flat * d + o
-    return flat
 
 
 # Columns a gemm may read past the last output column (its widest register tile), covered
