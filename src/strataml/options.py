@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from strataml import config
 
@@ -94,6 +95,10 @@ class CompileOptions:
     verify: bool = field(default_factory=config.debug_from_env)
     dump_ir_dir: str | None = None
     opt_level: int = 3
+    # Schedules chosen by hand or by a tuner, by kernel name (as `--dump-ir`'s
+    # 91-schedule.txt names them): a `strataml.schedule.Schedule` or its JSON text. They
+    # apply to the kernel as that file prints it; the other kernels get the default rules.
+    schedules: dict[str, Any] = field(default_factory=dict)
 
     def threads(self) -> int:
         if self.num_threads is not None:

@@ -76,9 +76,12 @@ def test_compile_dump_ir_writes_every_level(model_path, tmp_path):
     names = sorted(p.name for p in dump.iterdir())
     assert names[0] == "00-graph-input.mlir"
     assert any(n.endswith("-graph-after-fuse.mlir") for n in names)
-    for level in ("91-kernel.mlir", "92-loop.mlir", "93-llvm.ll"):
+    for level in ("91-kernel.mlir", "91-schedule.txt", "92-loop.mlir", "93-llvm.ll"):
         assert level in names
     assert "kernel @" in (dump / "91-kernel.mlir").read_text()
+    schedules = (dump / "91-schedule.txt").read_text()
+    assert "json: [" in schedules
+    assert "kernel @" in schedules
     assert "func @" in (dump / "92-loop.mlir").read_text()
 
 

@@ -237,8 +237,8 @@ class _FunctionEmitter:
         self.stmts(s.body)
         b.store(b.add(b.load(iv), ir.Constant(I64, 1), flags=["nsw"]), iv)
         back = b.branch(cond_bb)
-        if s.kind == "rolled":
-            back.set_metadata("llvm.loop", _rolled_marker(self.module))
+        if s.kind in _LOOP_HINTS:
+            back.set_metadata("llvm.loop", _loop_marker(self.module, s.kind))
         b.position_at_end(exit_bb)
 
     def address(self, buffer: str, index: Expr, dtype: str) -> ir.Value:
@@ -470,25 +470,36 @@ def _free_index_vars(loop: For) -> list[Var]:
     return [v for v in used if v not in bound]
 
 
-_ROLLED = "strataml.rolled."
+# What each loop kind asks of LLVM's loop passes. "rolled" keeps a hand-unrolled micro-kernel
+# body rolled; "unroll" and "vector" are the schedule primitives of the same names.
+_LOOP_HINTS = {
+    "rolled": ('!"llvm.loop.unroll.disable"',),
+    "unroll": ('!"llvm.loop.unroll.full"',),
+    "vector": ('!"llvm.loop.vectorize.enable", i1 true',),
+}
+_MARKER = "strataml.loop."
 
 
-def _rolled_marker(module: ir.Module) -> ir.MDValue:
-    """A placeholder loop id; `_rolled_metadata` rewrites it into LLVM's distinct,
-    self-referencing `llvm.loop.unroll.disable` node (llvmlite cannot build those)."""
-    marker = getattr(module, "_rolled_count", 0)
-    module._rolled_count = marker + 1  # type: ignore[attr-defined]
-    return module.add_metadata([ir.MetaDataString(module, f"{_ROLLED}{marker}")])
+def _loop_marker(module: ir.Module, kind: str) -> ir.MDValue:
+    """A placeholder loop id; `_loop_metadata` rewrites it into LLVM's distinct,
+    self-referencing loop node with the kind's hints (llvmlite cannot build those)."""
+    marker = getattr(module, "_loop_count", 0)
+    module._loop_count = marker + 1  # type: ignore[attr-defined]
+    return module.add_metadata([ir.MetaDataString(module, f"{_MARKER}{kind}.{marker}")])
 
 
-def _rolled_metadata(text: str) -> str:
-    pattern = re.compile(r'^(![0-9]+) = !\{ ?!"' + re.escape(_ROLLED) + r'[0-9]+" ?\}$',
-                         re.MULTILINE)
-    if not pattern.search(text):
+def _loop_metadata(text: str) -> str:
+    pattern = re.compile(r'^(![0-9]+) = !\{ ?!"' + re.escape(_MARKER)
+                         + r'([a-z]+)\.[0-9]+" ?\}$', re.MULTILINE)
+    used = sorted(set(pattern.findall(text)), key=lambda m: m[1])
+    if not used:
         return text
-    text = pattern.sub(r"\1 = distinct !{\1, !strataml.nounroll}", text)
-    text = text.replace("!strataml.nounroll}", "!9999999}")
-    return text + '\n!9999999 = !{!"llvm.loop.unroll.disable"}\n'
+    hints = {kind: f"!{9999990 + k}" for k, kind in enumerate(_LOOP_HINTS)}
+    text = pattern.sub(lambda m: f"{m.group(1)} = distinct !{{{m.group(1)}, "
+                       f"{hints[m.group(2)]}}}", text)
+    extra = [f"{hints[kind]} = !{{{', '.join(_LOOP_HINTS[kind])}}}"
+             for kind in sorted({kind for _, kind in used})]
+    return text + "\n" + "\n".join(extra) + "\n"
 
 
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
@@ -572,7 +583,7 @@ def compile_module(module: ir.Module, target: Target, opt_level: int = 3) -> tup
     """Optimise and emit object code. Returns (object bytes, optimised LLVM IR text)."""
     tm = target_machine(target, opt_level)
     try:
-        parsed = llvm.parse_assembly(_rolled_metadata(str(module)))
+        parsed = llvm.parse_assembly(_loop_metadata(str(module)))
         parsed.triple = tm.triple
         parsed.data_layout = str(tm.target_data)
         parsed.verify()

@@ -18,16 +18,17 @@ from strataml.codegen.llvm import (
     thread_pool_available,
     uses_thread_pool,
 )
-from strataml.errors import StrataError, UnsupportedOpError
+from strataml.errors import ScheduleError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, print_graph
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
 from strataml.options import CompileOptions, Target
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
-from strataml.passes.lower.kernel_to_loop import lower_kernel
+from strataml.passes.lower.kernel_to_loop import lower_kernel, prepare_kernel
 from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
 from strataml.passes.manager import GraphPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
+from strataml.schedule import Schedule, default_schedule
 
 # Order matters: simplification exposes constants (fold again after it), BatchNorm folding
 # needs constant conv weights (after the first fold) and fusion must come last, when the
@@ -87,17 +88,27 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         kernels.append(kernel)
         bindings.append(values)
     threads = options.threads() if thread_pool_available() else 1
+    unknown = sorted(set(options.schedules) - {k.name for k in kernels})
+    if unknown:
+        raise ScheduleError(f"schedules given for unknown kernels {unknown}; this model's "
+                            f"kernels are {[k.name for k in kernels]}")
     # Structurally identical kernels (same shapes and maths, other weights) share one
     # function: repeated blocks of a network compile once.
     function_of: dict[tuple, str] = {}
     loops: list[LoopFunction] = []
     functions: list[str] = []
+    schedules: list[str] = []
     for k in kernels:
-        key = (k.buffers, k.stages)
+        given = _given_schedule(options, k.name)
+        key = (k.buffers, k.stages, given)
         if key not in function_of:
             function_of[key] = k.name
-            loops.append(lower_kernel(k, threads=threads, vector_lanes=target.vector_lanes_f32,
-                                      l2_bytes=target.l2_bytes))
+            prepared = prepare_kernel(k)
+            schedule = given or default_schedule(prepared, threads, target.vector_lanes_f32,
+                                                 target.l2_bytes)
+            loops.append(lower_kernel(prepared, schedule))
+            schedules.append(f"{print_kernel(prepared)}\n{schedule.describe(prepared)}\n"
+                             f"json: {schedule.to_json()}")
         functions.append(function_of[key])
     if options.verify:
         for fn in loops:
@@ -115,10 +126,18 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         dump.mkdir(parents=True, exist_ok=True)
         (dump / "90-graph-final.mlir").write_text(print_graph(graph) + "\n")
         (dump / "91-kernel.mlir").write_text("\n\n".join(print_kernel(k) for k in kernels) + "\n")
+        (dump / "91-schedule.txt").write_text("\n\n".join(schedules) + "\n")
         (dump / "92-loop.mlir").write_text("\n\n".join(print_function(f) for f in loops) + "\n")
         (dump / "93-llvm.ll").write_text(llvm_ir)
     executable = Executable("object", target.triple, obj)
     return CompiledProgram(plan, executable, weights, graph, kernels, loops, llvm_ir, timings)
+
+
+def _given_schedule(options: CompileOptions, kernel: str) -> Schedule | None:
+    chosen = options.schedules.get(kernel)
+    if chosen is None or isinstance(chosen, Schedule):
+        return chosen
+    return Schedule.from_json(chosen)
 
 
 def _slug(node) -> str:

@@ -1,19 +1,17 @@
 """Schedule data and the default rules that pick one from a kernel's structure.
 
 A schedule is plain data (it prints and round-trips through JSON) so a tuner can enumerate,
-mutate and store it. Today each stage chooses between two loop-nest strategies:
+mutate and store it. Each stage is computed one of two ways:
 
-- ``elementwise``: one loop per output axis, any reduction computed innermost into a scalar
-  accumulator for each output element;
-- ``row``: the output's last axis becomes the innermost loop, with the reduction loops
-  outside it accumulating a whole row at once. Each row element is an independent
-  accumulator, so the innermost loop vectorises without reassociating floating-point sums.
+- ``loops``: its loop nest shaped by a trace of primitives (`strataml.schedule.primitives`:
+  split, fuse, reorder, tile, vectorize, parallel, unroll, pack, compute_at, inline);
+- ``gemm``: a contraction computed by the register-blocked micro-kernel, with its tile
+  (mr x nr on vectors of `lanes`), row blocks (mc tiles) and packed reduction blocks (kc).
 
-Either strategy can run its outermost non-unit loop on the thread pool (`parallel`); a row
-stage whose other axes are all unit can instead cut its row into `split` blocks and run
-those in parallel.
-
-The richer primitives (split, reorder, tile, vectorize, parallel, pack...) extend this data.
+The default rules give every `loops` stage one of two traces: ``elementwise`` (the canonical
+nest, any reduction innermost into a scalar accumulator) or ``row`` (the output's last axis
+innermost and vectorised, the reduction loops outside it accumulating a whole row, so the
+vector lanes are independent accumulators and floating-point sums keep their order).
 """
 
 from __future__ import annotations
@@ -23,9 +21,21 @@ from dataclasses import asdict, dataclass
 
 from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Kernel, Stage
-from strataml.ir.expr import Expr, Reduce
+from strataml.ir.expr import Expr, Load, Reduce
+from strataml.schedule.primitives import (
+    ROOT,
+    LoopNest,
+    Parallel,
+    Primitive,
+    Reorder,
+    Split,
+    Vectorize,
+    apply_steps,
+    step_from_dict,
+    step_to_dict,
+)
 
-STRATEGIES = ("elementwise", "row", "gemm")
+STRATEGIES = ("loops", "gemm")
 # A row accumulator lives on the stack; longer rows keep the elementwise strategy.
 MAX_ROW = 4096
 # Below this much work (multiply-adds or elements) a parallel region costs more than it saves.
@@ -36,11 +46,12 @@ MIN_ROW_BLOCK = 16
 
 @dataclass(frozen=True)
 class StageSchedule:
-    strategy: str = "elementwise"
+    strategy: str = "loops"
+    steps: tuple[Primitive, ...] = ()  # loops only
+    # gemm only: the outermost loop that has enough work runs on the thread pool; register
+    # tile of mr rows x nr columns, vectors of `lanes` elements, and row blocks of mc tiles
+    # whose A rows fit in half the L2 cache
     parallel: bool = False
-    split: int = 1
-    # gemm only: register tile of mr rows x nr columns, vectors of `lanes` elements, and
-    # row blocks of mc tiles whose A rows fit in half the L2 cache
     mr: int = 0
     nr: int = 0
     lanes: int = 0
@@ -48,22 +59,49 @@ class StageSchedule:
     # packed gemm: the reduction's first axis in blocks of kc, B packed per block (0: off)
     kc: int = 0
 
+    @staticmethod
+    def loops(*steps: Primitive) -> StageSchedule:
+        return StageSchedule("loops", tuple(steps))
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["steps"] = [step_to_dict(s) for s in self.steps]
+        return data
+
+    @staticmethod
+    def from_dict(data: dict[str, object]) -> StageSchedule:
+        data = dict(data)
+        steps = tuple(step_from_dict(d) for d in data.pop("steps", []))  # type: ignore[union-attr]
+        try:
+            return StageSchedule(steps=steps, **data)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ScheduleError(f"bad stage schedule: {exc}") from None
+
+    def __str__(self) -> str:
+        if self.strategy == "gemm":
+            text = f"gemm {self.mr}x{self.nr}/{self.lanes} mc={self.mc} kc={self.kc}"
+            return text + (" parallel" if self.parallel else "")
+        return " ".join(str(s) for s in self.steps) or "(canonical loops)"
+
 
 @dataclass(frozen=True)
 class Schedule:
     stages: tuple[StageSchedule, ...]
 
     def to_json(self) -> str:
-        return json.dumps([asdict(s) for s in self.stages])
+        return json.dumps([s.to_dict() for s in self.stages])
 
     @staticmethod
     def from_json(text: str) -> Schedule:
-        return Schedule(tuple(StageSchedule(**d) for d in json.loads(text)))
+        return Schedule(tuple(StageSchedule.from_dict(d) for d in json.loads(text)))
+
+    def describe(self, kernel: Kernel) -> str:
+        """One line per stage, naming the buffer it writes."""
+        return "\n".join(f"%{st.buffer}: {s}"
+                         for st, s in zip(kernel.stages, self.stages, strict=True))
 
     def __str__(self) -> str:
-        parts = [s.strategy + (" parallel" if s.parallel else "")
-                 + (f" split={s.split}" if s.split > 1 else "") for s in self.stages]
-        return "schedule(" + ", ".join(parts) + ")"
+        return "schedule(" + "; ".join(str(s) for s in self.stages) + ")"
 
 
 def top_reduces(body: Expr) -> list[Reduce]:
@@ -89,29 +127,75 @@ def row_applicable(kernel: Kernel, stage: Stage) -> str | None:
     return None
 
 
-def check_schedule(kernel: Kernel, schedule: Schedule) -> None:
+def stage_nest(kernel: Kernel, stage: Stage, extents: tuple[int, ...] | None = None
+               ) -> LoopNest:
+    """The canonical nest of a stage: its output axes (over `extents`, by default the
+    buffer's shape), then the axes of its reduction when it has exactly one at top level."""
+    shape = extents if extents is not None else kernel.buffer(stage.buffer).shape
+    reduces = top_reduces(stage.body)
+    movable = reduces[0] if len(reduces) == 1 else None
+    axes = [(a.name, n) for a, n in zip(stage.axes, shape, strict=True)]
+    inner = [(a.name, n) for a, n in zip(movable.axes, movable.extents, strict=True)] \
+        if movable is not None else []
+    return LoopNest.of(axes, inner, movable.combiner if movable is not None else None)
+
+
+def reads(stage: Stage, buffer: str) -> bool:
+    return any(isinstance(e, Load) and e.buffer == buffer for e in stage.body.walk())
+
+
+def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
+    """Every stage's trace applied and checked; returns the nest of each `loops` stage."""
     if len(schedule.stages) != len(kernel.stages):
         raise ScheduleError(f"{kernel.where}: schedule has {len(schedule.stages)} stages, "
                             f"kernel has {len(kernel.stages)}")
+    nests: dict[str, LoopNest] = {}
     for stage, s in zip(kernel.stages, schedule.stages, strict=True):
+        where = f"{kernel.where}, stage %{stage.buffer}"
         if s.strategy not in STRATEGIES:
-            raise ScheduleError(f"{kernel.where}: unknown strategy {s.strategy!r}")
-        if s.strategy == "row":
-            reason = row_applicable(kernel, stage)
-            if reason is not None:
-                raise ScheduleError(f"{kernel.where}: row strategy on %{stage.buffer}: {reason}")
+            raise ScheduleError(f"{where}: unknown strategy {s.strategy!r}")
         if s.strategy == "gemm":
             from strataml.schedule.contraction import match_contraction
 
             found = match_contraction(kernel, stage)
             if isinstance(found, str):
-                raise ScheduleError(f"{kernel.where}: gemm strategy on %{stage.buffer}: {found}")
-            if s.lanes < 1 or s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes:
-                raise ScheduleError(f"{kernel.where}: bad gemm tile {s.mr}x{s.nr}/{s.lanes}")
-        length = kernel.buffer(stage.buffer).shape[-1] if stage.axes else 1
-        if s.split < 1 or length % s.split or (s.split > 1 and s.strategy != "row"):
-            raise ScheduleError(f"{kernel.where}: split={s.split} must divide the row "
-                                f"({length}) of a row-strategy stage")
+                raise ScheduleError(f"{where}: gemm strategy: {found}")
+            if s.lanes < 1 or s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes or s.steps:
+                raise ScheduleError(f"{where}: bad gemm tile {s.mr}x{s.nr}/{s.lanes}"
+                                    + (" (a gemm stage takes no primitives)" if s.steps
+                                       else ""))
+            continue
+        try:
+            nests[stage.buffer] = apply_steps(stage_nest(kernel, stage), s.steps)
+        except ScheduleError as exc:
+            raise ScheduleError(f"{where}: {exc}") from None
+    for k, stage in enumerate(kernel.stages):
+        nest = nests.get(stage.buffer)
+        if nest is None or not (nest.inline or nest.compute_at):
+            continue
+        where = f"{kernel.where}, stage %{stage.buffer}"
+        if kernel.buffer(stage.buffer).role != "temp":
+            raise ScheduleError(f"{where}: only a temporary can be inlined or computed at "
+                                f"another stage; %{stage.buffer} is an "
+                                f"{kernel.buffer(stage.buffer).role}")
+        readers = [st.buffer for st in kernel.stages[k + 1:] if reads(st, stage.buffer)]
+        if nest.compute_at is not None:
+            consumer, at = nest.compute_at
+            if readers != [consumer]:
+                raise ScheduleError(f"{where}: compute_at(%{consumer}) needs %{consumer} to "
+                                    f"be its only reader; it is read by "
+                                    f"{', '.join('%' + r for r in readers) or 'no stage'}")
+            target = nests.get(consumer)
+            if target is None or target.inline:
+                raise ScheduleError(f"{where}: compute_at(%{consumer}): that stage is "
+                                    "not a loop nest (gemm or inlined)")
+            if at == ROOT:
+                raise ScheduleError(f"{where}: compute_at needs a loop of %{consumer}")
+            try:
+                target.find(at)
+            except ScheduleError as exc:
+                raise ScheduleError(f"{where}: compute_at(%{consumer}, {at}): {exc}") from None
+    return nests
 
 
 def _work(kernel: Kernel, stage: Stage) -> int:
@@ -165,11 +249,39 @@ def _pack_block(extents: tuple[int, ...], rows: int, mr: int) -> int:
     return max(fits, default=0)
 
 
+def row_steps(nest: LoopNest, parallel: bool, split: int) -> tuple[Primitive, ...]:
+    """The row trace: the last output axis innermost and vectorised, the reduction loops
+    outside it; with `split` > 1 the row is cut into that many blocks first."""
+    outputs = [lp for lp in nest.loops if not lp.reduce]
+    reduce_names = [lp.name for lp in nest.loops if lp.reduce]
+    last = outputs[-1].name
+    steps: list[Primitive] = []
+    if split > 1:
+        steps.append(Split(last, outputs[-1].extent // split))
+        steps.append(Reorder((*reduce_names, f"{last}.i")))
+        steps.append(Vectorize(f"{last}.i"))
+        if parallel:
+            steps.append(Parallel(f"{last}.o"))
+        return tuple(steps)
+    steps.append(Reorder((*reduce_names, last)))
+    steps.append(Vectorize(last))
+    outer = next((lp.name for lp in outputs[:-1] if lp.extent > 1), None)
+    if parallel and outer is not None:
+        steps.append(Parallel(outer))
+    return tuple(steps)
+
+
+def elementwise_steps(nest: LoopNest, parallel: bool) -> tuple[Primitive, ...]:
+    """The canonical nest, its outermost non-unit output loop parallel if asked."""
+    outer = next((lp.name for lp in nest.loops if not lp.reduce and lp.extent > 1), None)
+    return (Parallel(outer),) if parallel and outer is not None else ()
+
+
 def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                      l2_bytes: int = 1 << 20) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
-    strategy wherever a reduction feeds a vectorisable last axis, else elementwise; parallel
-    over the outermost non-unit loop when there is enough work for `threads`."""
+    trace wherever a reduction feeds a vectorisable last axis, else the elementwise trace;
+    parallel over the outermost non-unit loop when there is enough work for `threads`."""
     from strataml.schedule.contraction import match_contraction
 
     out = []
@@ -178,10 +290,10 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
         found = match_contraction(kernel, st) if len(shape) >= 2 else "rank < 2"
         mr, nr = gemm_tile(vector_lanes, shape[found.i_axis] if not isinstance(
             found, str) else 1)
+        big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
         # With a handful of rows (a batch-1 classifier) a register tile has too few
         # independent accumulators; the row strategy streams the weights at full width.
         if not isinstance(found, str) and shape[-1] >= nr and shape[found.i_axis] >= 4:
-            big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
             depth = 1
             for e in found.reduce.extents:
                 depth *= e
@@ -189,14 +301,14 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             if kc:  # A rows of one packed reduction block per row block
                 depth = kc * depth // found.reduce.extents[0]
             mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes)
-            out.append(StageSchedule("gemm", big, 1, mr, nr, vector_lanes, mc, kc))
+            out.append(StageSchedule("gemm", (), big, mr, nr, vector_lanes, mc, kc))
             continue
-        row = row_applicable(kernel, st) is None
-        big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
-        outer = shape[:-1] if row else shape
-        split = 1
-        if row and big and all(d == 1 for d in outer):
-            split = _row_split(shape[-1], threads)
-        has_loop = any(d > 1 for d in outer) or split > 1
-        out.append(StageSchedule("row" if row else "elementwise", big and has_loop, split))
+        nest = stage_nest(kernel, st)
+        if row_applicable(kernel, st) is None:
+            split = _row_split(shape[-1], threads) if big and all(
+                d == 1 for d in shape[:-1]) else 1
+            out.append(StageSchedule.loops(*row_steps(nest, big, split)))
+        else:
+            out.append(StageSchedule.loops(*elementwise_steps(nest, big)))
     return Schedule(tuple(out))
+

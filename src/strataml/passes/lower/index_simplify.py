@@ -48,21 +48,21 @@ def _divide(op: str, x: Expr, c: int, env: dict[Var, Interval]) -> Expr:
     if op == "floordiv" and isinstance(x, Binary) and x.op == "floordiv" \
             and isinstance(x.b, Const) and int(x.b.value) > 0:
         return _divide(op, x.a, int(x.b.value) * c, env)  # (y // a) // c == y // (a * c)
-    terms, k = _affine(x)
+    terms, k = affine_terms(x)
     whole = {a: n // c for a, n in terms.items() if n % c == 0}
     part = {a: n for a, n in terms.items() if n % c}
-    rest = _build(part, k % c, x.dtype)
+    rest = build_affine(part, k % c, x.dtype)
     rng = interval(rest, env)
     if rng is not None and rng[0] >= 0 and rng[1] < c:
-        return _build(whole, k // c, x.dtype) if op == "floordiv" else rest
+        return build_affine(whole, k // c, x.dtype) if op == "floordiv" else rest
     return binary(op, x, Const(x.dtype, c))
 
 
-def _affine(e: Expr) -> Affine:
+def affine_terms(e: Expr) -> Affine:
     if isinstance(e, Const) and not isinstance(e.value, bool) and isinstance(e.value, int):
         return {}, e.value
     if isinstance(e, Binary) and e.op in ("add", "sub"):
-        (ta, ka), (tb, kb) = _affine(e.a), _affine(e.b)
+        (ta, ka), (tb, kb) = affine_terms(e.a), affine_terms(e.b)
         sign = 1 if e.op == "add" else -1
         terms = dict(ta)
         for atom, n in tb.items():
@@ -72,12 +72,12 @@ def _affine(e: Expr) -> Affine:
         for s, other in ((e.a, e.b), (e.b, e.a)):
             if isinstance(s, Const) and isinstance(s.value, int) \
                     and not isinstance(s.value, bool):
-                terms, k = _affine(other)
+                terms, k = affine_terms(other)
                 return {a: n * s.value for a, n in terms.items() if n * s.value}, k * s.value
     return {e: 1}, 0
 
 
-def _build(terms: dict[Expr, int], k: int, dtype: str) -> Expr:
+def build_affine(terms: dict[Expr, int], k: int, dtype: str) -> Expr:
     out: Expr = Const(dtype, 0)
     for atom, n in terms.items():
         out = binary("add", out, binary("mul", atom, Const(dtype, n)))

@@ -1,18 +1,18 @@
 """Kernel dialect -> loop dialect: each stage becomes a loop nest over its buffer.
 
-The stage's schedule picks the nest: `elementwise` computes each reduction innermost into a
-scalar accumulator per output element; `row` keeps the output's last axis innermost, with
-the reduction loops outside accumulating a stack row (see `strataml.schedule`). Every
+The stage's schedule picks the nest: a `loops` stage is built from its primitive trace
+(`passes.lower.scheduled_nest`), a `gemm` stage by the micro-kernel generator
+(`passes.lower.contraction`). Inlined stages are substituted into their readers first. Every
 multi-dimensional load becomes one flat index; any index the interval analysis cannot prove
 in range is clamped, so generated code never touches memory outside its buffers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 
-from strataml.ir.dialects.kernel import Buffer, Kernel
+from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import (
     Allocate,
     Assign,
@@ -21,10 +21,8 @@ from strataml.ir.dialects.loop import (
     LoopFunction,
     Param,
     Stmt,
-    Store,
 )
 from strataml.ir.expr import (
-    Binary,
     Expr,
     Load,
     Reduce,
@@ -39,14 +37,14 @@ from strataml.ir.expr import (
 from strataml.passes.lower.bounds import Interval, flat_interval, interval
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.passes.lower.index_simplify import simplify_indices
+from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.fuse_axes import fuse_trailing_axes
+from strataml.schedule.primitives import LoopNest
 from strataml.schedule.schedule import (
     Schedule,
-    StageSchedule,
     check_schedule,
     default_schedule,
-    top_reduces,
 )
 
 
@@ -104,7 +102,7 @@ class StageLowering:
         inner_env.update({v: (0, n - 1) for v, n in zip(fresh_axes, r.extents, strict=True)})
         inner: list[Stmt] = []
         value = self.expr(body_expr, inner_env, inner)
-        inner.append(Assign(acc, _combine(r.combiner, acc, value),
+        inner.append(Assign(acc, combine(r.combiner, acc, value),
                             reassociate=r.combiner in ("sum", "prod")))
         out.extend(nest(list(zip(fresh_axes, r.extents, strict=True)), inner))
         return acc
@@ -123,64 +121,6 @@ class StageLowering:
                 loops.append((v, n))
         return mapping, loops
 
-    def stage(self, buffer: str, axes: tuple[Var, ...], body: Expr,
-              how: StageSchedule) -> tuple[Stmt, ...]:
-        buf = self.buffers[buffer]
-        mapping, loops = self.axis_vars(axes, buf.shape)
-        body = substitute(body, mapping)
-        env = {v: (0, n - 1) for v, n in loops}
-        stmts: list[Stmt] = []
-        value = self.expr(body, env, stmts)
-        target = self.flat_index(Load(buf.dtype, buffer, tuple(mapping[a] for a in axes)), env)
-        stmts.append(Store(buffer, target, value))
-        return nest(loops, stmts, parallel=how.parallel)
-
-    def row_stage(self, buffer: str, axes: tuple[Var, ...], body: Expr,
-                  how: StageSchedule) -> tuple[Stmt, ...]:
-        """Reduction loops outside, the output's last axis innermost over a stack row.
-
-        With `how.split` > 1 the row is cut into that many blocks (a loop that can run in
-        parallel when the other axes give no parallelism, e.g. a batch-1 Gemm)."""
-        buf = self.buffers[buffer]
-        mapping, loops = self.axis_vars(axes[:-1], buf.shape[:-1])
-        length = buf.shape[-1]
-        width = length // how.split
-        j = self.fresh("j")
-        if how.split > 1:
-            block = self.fresh("jb")
-            loops.append((block, how.split))
-            mapping[axes[-1]] = block * width + j
-        else:
-            mapping[axes[-1]] = j
-        body = substitute(body, mapping)
-        env = {v: (0, n - 1) for v, n in loops}
-        env[j] = (0, width - 1)
-        (r,) = top_reduces(body)
-        row = f"row{next(self.names)}"
-        self.scratch.append(Allocate(row, r.dtype, width))
-        row_j = Load(r.dtype, row, (j,))
-
-        init: list[Stmt] = []
-        init.append(Store(row, j, self.expr(r.init, env, init)))
-        fresh_axes = [self.fresh("r") for _ in r.axes]
-        inner_env = dict(env)
-        inner_env.update({v: (0, n - 1) for v, n in zip(fresh_axes, r.extents, strict=True)})
-        update: list[Stmt] = []
-        value = self.expr(substitute(r.body, dict(zip(r.axes, fresh_axes, strict=True))),
-                          inner_env, update)
-        update.append(Store(row, j, _combine(r.combiner, row_j, value)))
-        acc = self.fresh("acc", r.dtype)
-        finish: list[Stmt] = [Declare(acc, row_j)]
-        result = self.expr(rewrite(body, lambda x: acc if x is r else None), env, finish)
-        target = self.flat_index(Load(buf.dtype, buffer, tuple(mapping[a] for a in axes)), env)
-        finish.append(Store(buffer, target, result))
-
-        per_row: list[Stmt] = [For(j, width, tuple(init), "vector")]
-        per_row.extend(nest(list(zip(fresh_axes, r.extents, strict=True)),
-                             [For(j, width, tuple(update), "vector")]))
-        per_row.append(For(j, width, tuple(finish), "vector"))
-        return nest(loops, per_row, parallel=how.parallel)
-
 
 def nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False,
          kind: str = "serial") -> tuple[Stmt, ...]:
@@ -192,27 +132,57 @@ def nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False,
     return nest
 
 
-def _combine(combiner: str, acc: Expr, value: Expr) -> Expr:
-    op = {"sum": "add", "prod": "mul", "max": "max", "min": "min"}[combiner]
-    return Binary(acc.dtype, op, acc, value)
+def inline_stages(kernel: Kernel, nests: dict[str, LoopNest]) -> Kernel:
+    """Substitute each inlined stage's expression into the stages that read it."""
+    inlined = {st.buffer: st for st in kernel.stages
+               if (n := nests.get(st.buffer)) is not None and n.inline}
+    stages: list[Stage] = []
+    for st in kernel.stages:
+        if st.buffer in inlined:
+            continue
+
+        def visit(x: Expr) -> Expr | None:
+            if isinstance(x, Load) and x.buffer in inlined:
+                producer = inlined[x.buffer]
+                indices = [rewrite(i, visit) for i in x.indices]
+                return rewrite(substitute(producer.body, dict(zip(
+                    producer.axes, indices, strict=True))), visit)
+            return None
+
+        stages.append(Stage(st.buffer, st.axes, rewrite(st.body, visit)))
+    return replace(kernel, stages=tuple(stages))
+
+
+def prepare_kernel(kernel: Kernel) -> Kernel:
+    """The kernel as default schedules see it: index arithmetic simplified, trailing axes
+    fused where every access allows."""
+    return fuse_trailing_axes(simplify_indices(kernel))
 
 
 def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
                  vector_lanes: int = 8, l2_bytes: int = 1 << 20) -> LoopFunction:
+    """Without a schedule, the kernel is prepared and gets the default one; a given schedule
+    applies to the kernel exactly as passed."""
     if schedule is None:
-        kernel = fuse_trailing_axes(simplify_indices(kernel))
+        kernel = prepare_kernel(kernel)
         schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes)
-    check_schedule(kernel, schedule)
+    nests = check_schedule(kernel, schedule)
+    if any(n.inline for n in nests.values()):
+        keep = [k for k, st in enumerate(kernel.stages)
+                if not (st.buffer in nests and nests[st.buffer].inline)]
+        kernel = inline_stages(kernel, nests)
+        schedule = Schedule(tuple(schedule.stages[k] for k in keep))
+        nests = check_schedule(kernel, schedule)
     lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers})
+    scheduled = NestLowering(lowering, kernel, nests, {
+        st.buffer: how.steps for st, how in zip(kernel.stages, schedule.stages, strict=True)})
     body: list[Stmt] = []
     for st, how in zip(kernel.stages, schedule.stages, strict=True):
         if how.strategy == "gemm":
             found = match_contraction(kernel, st)
             assert not isinstance(found, str)  # check_schedule proved it
             body.extend(gemm_stage(lowering, st.buffer, st.axes, st.body, how, found))
-            continue
-        build = lowering.row_stage if how.strategy == "row" else lowering.stage
-        body.extend(build(st.buffer, st.axes, st.body, how))
+        elif nests[st.buffer].compute_at is None:
+            body.extend(scheduled.stage(st))
     params = tuple(Param(b.name, b.dtype, b.numel) for b in kernel.params)
     return LoopFunction(kernel.name, params, (*lowering.scratch, *body), kernel.source)
-
