@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.models.architectures import LIGHT_MODELS, MODELS
 
-DEFAULT_MODELS = ["mlp", "resnet18", "mobilenet_v2", "bert_bench",
+DEFAULT_MODELS = ["mlp", "resnet18", "mobilenet_v2", "bert_bench", "gpt2_bench",
                   *(f"light_{n}" for n in LIGHT_MODELS)]
 
 

@@ -313,6 +313,107 @@ def bert_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
             "attention_mask": mask}
 
 
+# ------------------------------------------------------------------ GPT-2-style decoder
+
+
+def gpt2(layers: int = 2, hidden: int = 128, heads: int = 4, seq: int = 32, vocab: int = 1000,
+         seed: int = 0) -> onnx.ModelProto:
+    """A GPT-2 decoder as Hugging Face exports it (pre-LN, one fused QKV projection split in
+    three, causal mask by Where with float32's lowest value, tanh GELU, final LayerNorm, LM
+    head tied to the token embedding), no KV cache. Input `input_ids` int64 [1, seq]; output
+    the logits [1, seq, vocab]."""
+    rng = np.random.default_rng(seed)
+    head_dim = hidden // heads
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def init(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def weight(name: str, shape: tuple[int, ...], std: float) -> str:
+        return init(name, (rng.standard_normal(shape) * std).astype(np.float32))
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def linear(x: str, prefix: str, n_in: int, n_out: int) -> str:
+        h = node("MatMul", [x, weight(f"{prefix}.W", (n_in, n_out), n_in ** -0.5)],
+                 f"{prefix}.mm")
+        return node("Add", [h, weight(f"{prefix}.b", (n_out,), 0.02)], f"{prefix}.out")
+
+    def layer_norm(x: str, prefix: str) -> str:
+        gamma = init(f"{prefix}.gamma", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        beta = init(f"{prefix}.beta", (0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        return node("LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1,
+                    epsilon=1e-5)
+
+    wte = weight("wte", (vocab, hidden), 0.5)
+    pos_ids = init("pos_ids", np.arange(seq, dtype=np.int64)[None, :])
+    x = node("Add", [node("Gather", [wte, "input_ids"], "emb.tok"),
+                     node("Gather", [weight("wpe", (1024, hidden), 0.1), pos_ids], "emb.pos")],
+             "emb.sum")
+
+    causal = init("attn.causal", np.tril(np.ones((seq, seq), bool))[None, None])
+    lowest = init("attn.lowest", np.array(np.finfo(np.float32).min, np.float32))
+    scale = init("attn.scale", np.array(head_dim ** -0.5, np.float32))
+    split_shape = init("heads.shape", np.array([0, 0, heads, head_dim], np.int64))
+    merge_shape = init("merge.shape", np.array([0, 0, hidden], np.int64))
+    qkv_split = init("qkv.split", np.array([hidden] * 3, np.int64))
+    gelu_c = init("gelu.c", np.array((2 / np.pi) ** 0.5, np.float32))
+    gelu_k = init("gelu.k", np.array(0.044715, np.float32))
+    three = init("gelu.three", np.array(3.0, np.float32))
+    one = init("gelu.one", np.array(1.0, np.float32))
+    half = init("gelu.half", np.array(0.5, np.float32))
+    for i in range(layers):
+        p = f"h{i}"
+        qkv = linear(layer_norm(x, f"{p}.ln_1"), f"{p}.c_attn", hidden, 3 * hidden)
+        parts = [f"{p}.q", f"{p}.k", f"{p}.v"]
+        nodes.append(helper.make_node("Split", [qkv, qkv_split], parts, name=f"{p}.split",
+                                      axis=-1))
+        q, k, v = (node("Transpose", [node("Reshape", [t, split_shape], f"{t}.split")],
+                        f"{t}.heads", perm=perm)
+                   for t, perm in zip(parts, ([0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3]),
+                                      strict=True))
+        scores = node("Mul", [node("MatMul", [q, k], f"{p}.qk"), scale], f"{p}.scores")
+        masked = node("Where", [causal, scores, lowest], f"{p}.masked")
+        probs = node("Softmax", [masked], f"{p}.probs", axis=-1)
+        ctx = node("Transpose", [node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctx.t",
+                   perm=[0, 2, 1, 3])
+        ctx = node("Reshape", [ctx, merge_shape], f"{p}.ctx.merged")
+        x = node("Add", [x, linear(ctx, f"{p}.attn.c_proj", hidden, hidden)], f"{p}.res1")
+        h = linear(layer_norm(x, f"{p}.ln_2"), f"{p}.c_fc", hidden, 4 * hidden)
+        cube = node("Pow", [h, three], f"{p}.gelu.cube")
+        inner = node("Add", [h, node("Mul", [cube, gelu_k], f"{p}.gelu.kx3")], f"{p}.gelu.in")
+        t = node("Tanh", [node("Mul", [inner, gelu_c], f"{p}.gelu.arg")], f"{p}.gelu.tanh")
+        gate = node("Mul", [node("Add", [t, one], f"{p}.gelu.1p"), half], f"{p}.gelu.g")
+        h = node("Mul", [h, gate], f"{p}.gelu")
+        x = node("Add", [x, linear(h, f"{p}.mlp.c_proj", 4 * hidden, hidden)], f"{p}.res2")
+
+    x = layer_norm(x, "ln_f")
+    head = node("Transpose", [wte], "lm_head.W", perm=[1, 0])
+    nodes.append(helper.make_node("MatMul", [x, head], ["logits"], name="lm_head"))
+    graph = helper.make_graph(
+        nodes, "gpt2",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, seq, vocab])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def gpt2_bench() -> onnx.ModelProto:
+    """The benchmark size: GPT-2 small (12 layers, hidden 768, 12 heads, vocab 50257), seq 128."""
+    return gpt2(layers=12, hidden=768, heads=12, seq=128, vocab=50257)
+
+
+def token_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    seq = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    vocab = next(numpy_helper.to_array(t).shape[0] for t in model.graph.initializer
+                 if t.name == "wte")
+    return {"input_ids": rng.integers(0, vocab, (1, seq), dtype=np.int64)}
+
+
 # ------------------------------------------------------------------ MLP
 
 
@@ -477,5 +578,7 @@ MODELS: dict[str, tuple[Callable[[], onnx.ModelProto],
     "mobilenet_v2": (mobilenet_v2, image_inputs),
     "bert": (bert_encoder, bert_inputs),
     "bert_bench": (bert_encoder_bench, bert_inputs),
+    "gpt2": (gpt2, token_inputs),
+    "gpt2_bench": (gpt2_bench, token_inputs),
     **{f"light_{n}": (_light(n), light_inputs) for n in LIGHT_MODELS},
 }

@@ -35,7 +35,7 @@ RTOL, ATOL = 1e-3, 1e-4
 # runs them all; `make test-models` runs just these.
 SLOW = {"light_alexnet", "light_vgg19", "light_zfnet512"}
 TORCH = {"resnet18", "mobilenet_v2"}
-TESTED = ["mlp", "bert", "resnet18", "mobilenet_v2", *(f"light_{n}" for n in LIGHT_MODELS)]
+TESTED = ["mlp", "bert", "gpt2", "resnet18", "mobilenet_v2", *(f"light_{n}" for n in LIGHT_MODELS)]
 
 _RELOAD_SCRIPT = textwrap.dedent("""
     import sys
@@ -117,3 +117,16 @@ def test_bert_attention_mask_is_honoured() -> None:
     other = compiled.run(changed)[0]
     np.testing.assert_allclose(other[0, keep], base[0, keep], rtol=RTOL, atol=ATOL)
     assert not np.allclose(other[0, ~keep], base[0, ~keep], rtol=RTOL, atol=ATOL)
+
+
+def test_gpt2_is_causal() -> None:
+    """Changing the last token must leave every earlier position's logits as they were; a
+    mask dropped or transposed would let it leak backwards."""
+    model, feeds = _model("gpt2")
+    compiled = strataml.compile(model)
+    base = compiled.run(feeds)[0]
+    changed = {"input_ids": feeds["input_ids"].copy()}
+    changed["input_ids"][0, -1] = (changed["input_ids"][0, -1] + 1) % 1000
+    other = compiled.run(changed)[0]
+    np.testing.assert_allclose(other[0, :-1], base[0, :-1], rtol=RTOL, atol=ATOL)
+    assert not np.allclose(other[0, -1], base[0, -1], rtol=RTOL, atol=ATOL)

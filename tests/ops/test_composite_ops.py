@@ -247,3 +247,26 @@ def test_rotary_embedding(rng, interleaved):
     model = _node_model("RotaryEmbedding", feeds, 1, 23, interleaved=interleaved,
                         rotary_embedding_dim=4)
     _check(model, feeds, reference="onnx")
+
+
+@pytest.mark.parametrize("exponent", [2.0, 3.0, 2.5])
+def test_pow_by_a_small_integer_is_a_product_and_matches_numpy(exponent):
+    """x ** 2 and x ** 3 become products (vectorisable); special values still map as pow's."""
+    x = np.array([0.0, -0.0, 1.5, -1.5, 3e12, -3e12, 1e-20, np.inf, -np.inf, np.nan, 7.0,
+                  -2.0], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Pow", ["x", "e"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", 1, [12])],
+        [helper.make_tensor_value_info("y", 1, [12])],
+        [numpy_helper.from_array(np.array(exponent, np.float32), "e")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    got = strataml.compile(model).run({"x": x})[0]
+    with np.errstate(all="ignore"):
+        want = np.power(x.astype(np.float64), exponent).astype(np.float32)
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=0)
+    if exponent != 2.5:
+        from strataml.ir.dialects.loop import print_function
+
+        text = print_function(strataml.compile(model).program.loops[0])
+        assert " pow(" not in text
+        assert "(pow(" not in text

@@ -76,6 +76,25 @@ def test_fold_leaves_input_dependent_nodes():
     assert ops(fold_graph(g)) == ["Relu", "Exp"]
 
 
+def test_fold_relayouts_big_weights_but_not_expansions(monkeypatch, rng):
+    """Past the size cap a Transpose of a weight (no bigger than its input) still folds; an
+    Expand that would grow the artifact stays a kernel."""
+    import strataml.passes.graph.fold_constants as fold_constants
+
+    monkeypatch.setattr(fold_constants, "MAX_FOLDED_ELEMENTS", 16)
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    g = graph({"x": (F32, (4, 8))}, [
+        node("Transpose", ["w"], "wt", perm=(1, 0)),
+        node("Expand", ["w"], "big", shape=(3, 8, 6)),
+        node("MatMul", ["x", "w"], "y"),
+        node("MatMul", ["big", "wt"], "z"),
+    ], ["y", "z"], {"w": w})
+    folded = fold_graph(g)
+    assert ops(folded) == ["Expand", "MatMul", "MatMul"]
+    np.testing.assert_array_equal(folded.constants["wt"], w.T)
+    _same(g, folded, {"x": rng.standard_normal((4, 8)).astype(np.float32)})
+
+
 def test_onnx_shape_subgraph_disappears_and_matches_ort(rng):
     """Shape -> Gather -> Unsqueeze -> Concat -> Reshape, ConstantOfShape and Range in a real
     model with a symbolic batch: only the data-carrying ops survive import."""

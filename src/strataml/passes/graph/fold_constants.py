@@ -14,7 +14,10 @@ from strataml.ir.dialects.graph import Graph, Node, evaluate_node
 from strataml.ir.types import TensorType
 from strataml.passes.manager import GraphPass, register_pass
 
-# Folding never materialises constants larger than this (elements), to keep artifacts small.
+# Folding never materialises a constant larger than this (elements) unless it is no larger
+# than the node's inputs: a big Expand or Tile stays a kernel (artifacts stay small), while a
+# Transpose or Reshape of a big weight (GPT-2's tied LM head) folds instead of running as a
+# strided copy on every call.
 MAX_FOLDED_ELEMENTS = 1 << 24
 
 
@@ -33,7 +36,10 @@ def try_fold(node: Node, types: dict[str, TensorType],
     if node.op == "fused" or not all(i == "" or i in constants for i in node.inputs):
         return None
     outs = [types.get(o) for o in node.outputs]
-    if any(t is None or not t.is_static or t.numel > MAX_FOLDED_ELEMENTS for t in outs):
+    if any(t is None or not t.is_static for t in outs):
+        return None
+    size_in = sum(constants[i].size for i in node.inputs if i)
+    if any(t.numel > max(MAX_FOLDED_ELEMENTS, size_in) for t in outs):
         return None
     try:
         with np.errstate(all="ignore"):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from strataml.ir.dialects.graph import Node
 from strataml.ir.expr import (
     Binary,
+    Const,
     Expr,
     binary,
     cast,
@@ -137,7 +138,13 @@ def _div(a: Expr, b: Expr) -> Expr:
 
 
 def _pow(a: Expr, b: Expr) -> Expr:
-    return binary("pow", a, cast(b, a.dtype))
+    """x ** 2 and x ** 3 (GPT-2's GELU) as products: libm's pow is an opaque scalar call that
+    stops the loop from vectorising, and products are within an ulp of it, inf and nan alike."""
+    exponent = cast(b, a.dtype)
+    if is_float(a.dtype) and isinstance(exponent, Const) and exponent.value in (2.0, 3.0):
+        square = a * a
+        return square if exponent.value == 2.0 else square * a
+    return binary("pow", a, exponent)
 
 
 BINARY_RULES: dict[str, Callable[[Expr, Expr], Expr]] = {

@@ -378,15 +378,22 @@ def lower_softmax(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     def shifted(ix: tuple[Expr, ...]) -> Expr:
         return x.fn(ix) - m.fn(_with_axis(ix, axis, idx(0)))
 
-    s = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: ctx.reduce(
-        "sum", (n,), lambda r: unary("exp", shifted(_with_axis(ix, axis, r))))), "sum")
-
     if node.op == "LogSoftmax":
+        s = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: ctx.reduce(
+            "sum", (n,), lambda r: unary("exp", shifted(_with_axis(ix, axis, r))))), "sum")
+
         def fn(ix: tuple[Expr, ...]) -> Expr:
             return shifted(ix) - unary("log", s.fn(_with_axis(ix, axis, idx(0))))
-    else:
-        def fn(ix: tuple[Expr, ...]) -> Expr:
-            return unary("exp", shifted(ix)) / s.fn(_with_axis(ix, axis, idx(0)))
+        return [TensorRef(x.dtype, x.shape, fn)]
+
+    # Each exp is computed once (the polynomial costs more than a round trip through the
+    # cache), and the division is one reciprocal per row, as ONNX Runtime does it.
+    e = ctx.materialize(TensorRef(x.dtype, x.shape, lambda ix: unary("exp", shifted(ix))), "exp")
+    inv = ctx.materialize(TensorRef(x.dtype, stat_shape, lambda ix: const(1, x.dtype) / ctx.reduce(
+        "sum", (n,), lambda r: e(*_with_axis(ix, axis, r)))), "inv_sum")
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        return e.fn(ix) * inv.fn(_with_axis(ix, axis, idx(0)))
 
     return [TensorRef(x.dtype, x.shape, fn)]
 
