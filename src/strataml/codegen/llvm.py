@@ -119,6 +119,7 @@ class _FunctionEmitter:
         body = self.fn.append_basic_block("body")
         self.builder = ir.IRBuilder(body)
         self.vars: dict[Var, ir.Value] = {}
+        self.no_wrap = False  # emitting an index of loop variables and constants only
         for arg, p in zip(self.fn.args, fn.params, strict=False):
             arg.name = p.name if p.name.isidentifier() else f"p{len(self.params)}"
             arg.add_attribute("noalias")
@@ -242,7 +243,16 @@ class _FunctionEmitter:
         b.position_at_end(exit_bb)
 
     def address(self, buffer: str, index: Expr, dtype: str) -> ir.Value:
-        ptr = self.builder.gep(self.params[buffer], [self.expr(index)], inbounds=True)
+        """An index built from loop variables and constants cannot overflow (its terms are
+        bounded by the loop extents), so its arithmetic is marked `nsw`: that is what lets
+        LLVM see consecutive addresses and load vectors instead of gathering. An index that
+        reads data (a gather's indices) keeps wrapping arithmetic, so its clamp stays sound."""
+        self.no_wrap = not any(isinstance(x, Load) for x in index.walk())
+        try:
+            offset = self.expr(index)
+        finally:
+            self.no_wrap = False
+        ptr = self.builder.gep(self.params[buffer], [offset], inbounds=True)
         if split_vector(dtype)[1] > 1:  # a vector access of consecutive elements
             ptr = self.builder.bitcast(ptr, ir.PointerType(memory_type(dtype)))
         return ptr
@@ -379,6 +389,8 @@ class _FunctionEmitter:
                 return b.select(fix, b.fadd(r, c), r)
             raise CodegenError(f"{self.loop_fn.name}: binary {op} on {dtype} is not supported")
         unsigned = dtype in UNSIGNED_DTYPES or dtype == "bool"
+        if self.no_wrap and op in ("add", "sub", "mul"):
+            return {"add": b.add, "sub": b.sub, "mul": b.mul}[op](a, c, flags=["nsw"])
         simple = {"add": b.add, "sub": b.sub, "mul": b.mul, "and": b.and_, "or": b.or_,
                   "xor": b.xor, "shl": b.shl}
         if op in simple:
@@ -475,7 +487,7 @@ def _free_index_vars(loop: For) -> list[Var]:
 _LOOP_HINTS = {
     "rolled": ('!"llvm.loop.unroll.disable"',),
     "unroll": ('!"llvm.loop.unroll.full"',),
-    "vector": ('!"llvm.loop.vectorize.enable", i1 true',),
+    "vector": ('!"llvm.loop.vectorize.enable", i1 true', '!"llvm.loop.unroll.disable"'),
 }
 _MARKER = "strataml.loop."
 
@@ -491,15 +503,15 @@ def _loop_marker(module: ir.Module, kind: str) -> ir.MDValue:
 def _loop_metadata(text: str) -> str:
     pattern = re.compile(r'^(![0-9]+) = !\{ ?!"' + re.escape(_MARKER)
                          + r'([a-z]+)\.[0-9]+" ?\}$', re.MULTILINE)
-    used = sorted(set(pattern.findall(text)), key=lambda m: m[1])
-    if not used:
+    kinds = sorted({kind for _, kind in pattern.findall(text)})
+    if not kinds:
         return text
-    hints = {kind: f"!{9999990 + k}" for k, kind in enumerate(_LOOP_HINTS)}
-    text = pattern.sub(lambda m: f"{m.group(1)} = distinct !{{{m.group(1)}, "
-                       f"{hints[m.group(2)]}}}", text)
-    extra = [f"{hints[kind]} = !{{{', '.join(_LOOP_HINTS[kind])}}}"
-             for kind in sorted({kind for _, kind in used})]
-    return text + "\n" + "\n".join(extra) + "\n"
+    # One metadata node per property, numbered far above what llvmlite assigns.
+    properties = sorted({p for kind in kinds for p in _LOOP_HINTS[kind]})
+    node = {p: f"!{9999000 + k}" for k, p in enumerate(properties)}
+    text = pattern.sub(lambda m: f"{m.group(1)} = distinct !{{{m.group(1)}, " + ", ".join(
+        node[p] for p in _LOOP_HINTS[m.group(2)]) + "}", text)
+    return text + "\n" + "\n".join(f"{node[p]} = !{{{p}}}" for p in properties) + "\n"
 
 
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
