@@ -44,3 +44,30 @@ def test_gemm_paths_match_numpy(m, k, n, threads, rng):
     (y,) = compiled.run({"x": x})
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_epilogue_runs_along_rows_without_gathers():
+    """The epilogue (bias + ReLU) over a 32-wide column tile must vectorise along the tile.
+    LLVM once unrolled that short loop and vectorised the row loop around it instead,
+    gathering and scattering with a 1024-float stride."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    import strataml
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    b = rng.standard_normal(256).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+         helper.make_node("Relu", ["a"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = strataml.compile(model, num_threads=2)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})[0],
+                               np.maximum(x.astype(np.float64) @ w + b, 0), rtol=1e-4, atol=1e-4)
+    assert "masked.gather" not in compiled.program.llvm_ir
+    assert "masked.scatter" not in compiled.program.llvm_ir

@@ -238,8 +238,10 @@ class _FunctionEmitter:
         self.stmts(s.body)
         b.store(b.add(b.load(iv), ir.Constant(I64, 1), flags=["nsw"]), iv)
         back = b.branch(cond_bb)
-        if s.kind in _LOOP_HINTS:
-            back.set_metadata("llvm.loop", _loop_marker(self.module, s.kind))
+        hint = "around-vector" if s.kind in ("serial", "parallel") and _holds_vector_loop(
+            s.body) else s.kind
+        if hint in _LOOP_HINTS:
+            back.set_metadata("llvm.loop", _loop_marker(self.module, hint))
         b.position_at_end(exit_bb)
 
     def address(self, buffer: str, index: Expr, dtype: str) -> ir.Value:
@@ -483,13 +485,22 @@ def _free_index_vars(loop: For) -> list[Var]:
 
 
 # What each loop kind asks of LLVM's loop passes. "rolled" keeps a hand-unrolled micro-kernel
-# body rolled; "unroll" and "vector" are the schedule primitives of the same names.
+# body rolled; "unroll" is the schedule primitive of that name. A "vector" loop is left to
+# LLVM's vectorisers (forcing it would warn wherever they cannot), and the loops around it
+# are kept scalar, so the vector lanes run along it.
 _LOOP_HINTS = {
     "rolled": ('!"llvm.loop.unroll.disable"',),
     "unroll": ('!"llvm.loop.unroll.full"',),
-    "vector": ('!"llvm.loop.vectorize.enable", i1 true', '!"llvm.loop.unroll.disable"'),
+    # The loops around a vector loop: if LLVM fully unrolled a short vector loop first, it
+    # would otherwise vectorise the loop around it instead, gathering across rows.
+    "around-vector": ('!"llvm.loop.vectorize.enable", i1 false',),
 }
 _MARKER = "strataml.loop."
+
+
+def _holds_vector_loop(body: Sequence[Stmt]) -> bool:
+    return any(isinstance(s, For) and (s.kind == "vector" or _holds_vector_loop(s.body))
+               for s in body)
 
 
 def _loop_marker(module: ir.Module, kind: str) -> ir.MDValue:
@@ -502,7 +513,7 @@ def _loop_marker(module: ir.Module, kind: str) -> ir.MDValue:
 
 def _loop_metadata(text: str) -> str:
     pattern = re.compile(r'^(![0-9]+) = !\{ ?!"' + re.escape(_MARKER)
-                         + r'([a-z]+)\.[0-9]+" ?\}$', re.MULTILINE)
+                         + r'([a-z-]+)\.[0-9]+" ?\}$', re.MULTILINE)
     kinds = sorted({kind for _, kind in pattern.findall(text)})
     if not kinds:
         return text
