@@ -1,5 +1,6 @@
 """The gemm strategy's every path (full tiles, row and column tails, the packed nest and its
-zero-padded edge panel, parallel column panels) against float64 numpy."""
+zero-padded edge panel, parallel column panels), with B packed at run time (an input) or at
+compile time (a constant weight), against float64 numpy."""
 
 from __future__ import annotations
 
@@ -8,20 +9,26 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import strataml
+from strataml.options import host_target
 from strataml.schedule import default_schedule
 from strataml.schedule.fuse_axes import fuse_trailing_axes
 
 
-def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator):
+def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator, constant: bool = True):
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
              helper.make_node("Add", ["h", "b"], ["h2"]),
              helper.make_node("Relu", ["h2"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])]
+    weights = [numpy_helper.from_array(b, "b")]
+    if constant:
+        weights.append(numpy_helper.from_array(w, "W"))
+    else:
+        inputs.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [k, n]))
     graph = helper.make_graph(
-        nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+        nodes, "dense", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        weights)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w, b
 
 
@@ -34,14 +41,23 @@ def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator):
     (5, 64, 40),      # unpacked, fewer rows than a tile
 ])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gemm_paths_match_numpy(m, k, n, threads, rng):
-    model, w, b = _dense_relu(m, k, n, rng)
+@pytest.mark.parametrize("constant", [True, False])
+def test_gemm_paths_match_numpy(m, k, n, threads, constant, rng):
+    model, w, b = _dense_relu(m, k, n, rng, constant)
     compiled = strataml.compile(model, num_threads=threads, verify=True)
     strategies = {s.strategy for kernel in compiled.program.kernels
                   for s in default_schedule(fuse_trailing_axes(kernel), threads, 16).stages}
     assert "gemm" in strategies or n < 32
+    (kernel,) = compiled.program.kernels
+    panels = [buf.shape for buf in kernel.buffers if ".panels" in buf.name]
+    nr = 2 * host_target().vector_lanes_f32
+    if constant and m >= 4 and n >= nr:  # packed at compile time: [tiles, k, nr]
+        assert panels == [(-(-n // nr), k, nr)]
+    else:
+        assert panels == []
     x = rng.standard_normal((m, k)).astype(np.float32)
-    (y,) = compiled.run({"x": x})
+    feeds = {"x": x} if constant else {"x": x, "W": w}
+    (y,) = compiled.run(feeds)
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
                                rtol=1e-4, atol=1e-4)
 

@@ -350,3 +350,27 @@ def test_compile_takes_a_hand_written_schedule_by_kernel_name(tmp_path):
     assert f"tile({row}, {col}, 8, 8)" in (dump / "91-schedule.txt").read_text()
     with pytest.raises(ScheduleError, match="unknown kernels"):
         strataml.compile(model, schedules={"k9_nothing": schedule})
+
+
+def test_b_stored_in_panels_takes_a_gemm_tile_of_the_panel_width(mats):
+    """B packed at compile time ([N/32, K, 32], zeros past N) is read in place by the
+    micro-kernel; a tile of another width would straddle panels and is refused."""
+    from strataml.ir.expr import binary
+    from strataml.passes.lower.prepack import pack_panels
+
+    panels = pack_panels(mats["b"], 32)  # N = 40: one full panel and an edge of 8
+    body = reduce("sum", (r,), (K,), Load("float32", "a", (i, r)) * Load(
+        "float32", "p", (binary("floordiv", j, idx(32)), r, binary("mod", j, idx(32)))))
+    kernel = Kernel("pmm", (Buffer("a", "float32", (M, K), "input"),
+                            Buffer("p", "float32", panels.shape, "input"),
+                            Buffer("c", "float32", (M, N), "output")),
+                    (Stage("c", (i, j), body),), ("pmm",))
+    want = mats["a"].astype(np.float64) @ mats["b"]
+    for how in (StageSchedule("gemm", (), False, 6, 32, 16, 0, 64),
+                StageSchedule("gemm", (), True, 6, 32, 16, 2, 16),
+                StageSchedule("gemm", (), False, 6, 32, 16)):
+        out, fn = _run(kernel, Schedule((how,)), {"a": mats["a"], "p": panels})
+        np.testing.assert_allclose(out["c"], want, rtol=1e-4, atol=1e-4)
+        assert not any("panel" in s.buffer for s in fn.body if hasattr(s, "size"))
+    with pytest.raises(ScheduleError, match="panels of 32 columns"):
+        check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 6, 16, 16),)))

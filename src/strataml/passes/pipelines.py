@@ -22,10 +22,12 @@ from strataml.errors import ScheduleError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, print_graph
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
+from strataml.ir.types import TensorType
 from strataml.options import CompileOptions, Target
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
 from strataml.passes.lower.kernel_to_loop import lower_kernel, prepare_kernel
 from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
+from strataml.passes.lower.prepack import pack_panels, packed_name, prepack_weights
 from strataml.passes.manager import GraphPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
 from strataml.schedule import Schedule, default_schedule
@@ -87,6 +89,10 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
             verify_kernel(kernel)
         kernels.append(kernel)
         bindings.append(values)
+    graph = _prepack_weights(graph, kernels, bindings, 2 * target.vector_lanes_f32)
+    if options.verify:
+        for kernel in kernels:
+            verify_kernel(kernel)
     threads = options.threads() if thread_pool_available() else 1
     unknown = sorted(set(options.schedules) - {k.name for k in kernels})
     if unknown:
@@ -131,6 +137,26 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         (dump / "93-llvm.ll").write_text(llvm_ir)
     executable = Executable("object", target.triple, obj)
     return CompiledProgram(plan, executable, weights, graph, kernels, loops, llvm_ir, timings)
+
+
+def _prepack_weights(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
+                     nr: int) -> Graph:
+    """Constant gemm weights in the micro-kernel's panel layout, packed here once (see
+    `passes.lower.prepack`); kernels and bindings are updated in place."""
+    extra: dict[str, np.ndarray] = {}
+    for n, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
+        constants = {b.name for b in kernel.buffers
+                     if b.role == "input" and values.get(b.name) in graph.constants}
+        kernels[n], packed = prepack_weights(kernel, constants, nr)
+        for name, (source, width) in packed.items():
+            value = packed_name(values[source], width)
+            values[name] = value
+            if value not in extra:
+                extra[value] = pack_panels(graph.constants[values[source]], width)
+    if not extra:
+        return graph
+    return replace(graph, constants={**graph.constants, **extra},
+                   types={**graph.types, **{v: TensorType.of(a) for v, a in extra.items()}})
 
 
 def _given_schedule(options: CompileOptions, kernel: str) -> Schedule | None:

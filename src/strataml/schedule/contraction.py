@@ -1,7 +1,8 @@
 """Recognise matrix-product structure in a stage, from its index expressions alone.
 
 A stage is a contraction when its value is `epilogue(sum_r A[..] * B[..])` where B is read
-with the output's last axis `j` as its last, contiguous index, A does not depend on `j`, and
+with the output's last axis `j` as its last, contiguous index (or in panels, B[j // c, .., j %
+c], for weights packed at compile time), A does not depend on `j`, and
 some other output axis `i` indexes A but not B. MatMul, Gemm (with constant weights in
 k-major layout), batched MatMul and 1x1 convolutions all have this shape; which op produced
 the stage never matters.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from strataml.ir.dialects.kernel import Kernel, Stage
-from strataml.ir.expr import Binary, Expr, Load, Reduce, Var
+from strataml.ir.expr import Binary, Const, Expr, Load, Reduce, Var
 from strataml.passes.lower.bounds import flat_interval
 from strataml.schedule.schedule import top_reduces
 
@@ -23,6 +24,7 @@ class Contraction:
     a: Load  # the operand broadcast across j (one scalar per row i)
     b: Load  # the operand read as vectors along j
     i_axis: int  # position of i among the stage's axes
+    panel: int = 0  # B stored in panels of this many columns: B[j // panel, r, j % panel]
 
 
 def _mentions(e: Expr, v: Var) -> bool:
@@ -36,6 +38,18 @@ def _j_with_offset(index: Expr, j: Var) -> bool:
         return True
     return isinstance(index, Binary) and index.op == "add" and any(
         x == j and not _mentions(off, j) for x, off in ((index.a, index.b), (index.b, index.a)))
+
+
+def _panel_width(b: Load, j: Var) -> int:
+    """c when B is read as [j // c, k, j % c] (constant weights packed at compile time), else 0."""
+    if len(b.indices) != 3 or _mentions(b.indices[1], j):
+        return 0
+    div, mod = b.indices[0], b.indices[2]
+    if not (isinstance(div, Binary) and div.op == "floordiv" and div.a == j
+            and isinstance(mod, Binary) and mod.op == "mod" and mod.a == j
+            and isinstance(div.b, Const) and div.b == mod.b):
+        return 0
+    return int(div.b.value)
 
 
 def _reads_inside(kernel: Kernel, stage: Stage, r: Reduce, b: Load) -> bool:
@@ -63,9 +77,11 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
         return "product operands are not plain loads"
     j = stage.axes[-1]
     for b, a in (operands, operands[::-1]):
-        if not b.indices or any(_mentions(x, j) for x in b.indices[:-1]):
+        panel = _panel_width(b, j)
+        if any(_mentions(x, j) for x in a.indices):
             continue
-        if not _j_with_offset(b.indices[-1], j) or any(_mentions(x, j) for x in a.indices):
+        if not panel and (not b.indices or any(_mentions(x, j) for x in b.indices[:-1])
+                          or not _j_with_offset(b.indices[-1], j)):
             continue
         if not _reads_inside(kernel, stage, r, b):
             continue
@@ -73,5 +89,5 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
             i = stage.axes[pos]
             if any(_mentions(x, i) for x in a.indices) and not any(
                     _mentions(x, i) for x in b.indices):
-                return Contraction(r, a, b, pos)
+                return Contraction(r, a, b, pos, panel)
     return "no operand is contiguous along the output's last axis with the other row-wise"

@@ -160,6 +160,9 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
             found = match_contraction(kernel, stage)
             if isinstance(found, str):
                 raise ScheduleError(f"{where}: gemm strategy: {found}")
+            if found.panel and s.nr != found.panel:
+                raise ScheduleError(f"{where}: B is packed in panels of {found.panel} columns; "
+                                    f"the gemm tile must be {found.panel} wide, not {s.nr}")
             if s.lanes < 1 or s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes or s.steps:
                 raise ScheduleError(f"{where}: bad gemm tile {s.mr}x{s.nr}/{s.lanes}"
                                     + (" (a gemm stage takes no primitives)" if s.steps
@@ -298,6 +301,10 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             for e in found.reduce.extents:
                 depth *= e
             kc = _pack_block(found.reduce.extents, shape[found.i_axis], mr)
+            if kc and found.panel and shape[found.i_axis] * depth * 4 <= l2_bytes // 2:
+                # B pre-packed needs no L1-sized panel copy; one pass over the whole
+                # reduction keeps the partial sums in registers instead of the output.
+                kc = found.reduce.extents[0]
             if kc:  # A rows of one packed reduction block per row block
                 depth = kc * depth // found.reduce.extents[0]
             mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes)

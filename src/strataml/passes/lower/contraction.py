@@ -153,6 +153,8 @@ class _Gemm:
         loops = [(rs[0], chunk), *zip(rs[1:], extents[1:], strict=True)]
 
         def packing(first: Expr, valid: int = 0) -> tuple[Stmt, ...]:
+            if c.panel:  # packed at compile time: the micro-kernel streams B as it is
+                return ()
             pack: list[Stmt] = []
             pj = low.fresh("pj")
             pack_env = {**r_env, pj: (0, nr - 1)}
@@ -195,7 +197,12 @@ class _Gemm:
             b_vecs = []
             for q in range(q_count):
                 bv = low.fresh(f"b{q}_", vec)
-                step.append(Declare(bv, Load(vec, panel, (step_index * nr + q * lanes,))))
+                if c.panel:  # P[tile, k, nr]: this tile's rows of the reduction block
+                    tile = idx(col_tiles) if into_edge else jb
+                    where_b: Expr = (tile * extents[0] + kb * chunk + step_index) * nr + q * lanes
+                    step.append(Declare(bv, Load(vec, c.b.buffer, (where_b,))))
+                else:
+                    step.append(Declare(bv, Load(vec, panel, (step_index * nr + q * lanes,))))
                 b_vecs.append(bv)
             for ii in range(rows):
                 if a_tile is not None:
@@ -342,7 +349,8 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
         inner = 1
         for e in c.reduce.extents[1:]:
             inner *= e
-        low.scratch.append(Allocate(panel, c.reduce.dtype, how.kc * inner * nr))
+        if not c.panel:
+            low.scratch.append(Allocate(panel, c.reduce.dtype, how.kc * inner * nr))
         mc_packed = how.mc if how.mc and row_tiles % how.mc == 0 else max(row_tiles, 1)
         edge = None
         if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:

@@ -1,0 +1,75 @@
+"""Constant gemm weights re-laid out once, at compile time, in the micro-kernel's panels.
+
+The packed gemm copies each column panel of B (kc rows x nr columns) into a contiguous
+stack buffer before its row tiles sweep it: for a weight that is 200 KB per row (GPT-2's LM
+head), that copy walks a new page per row on every call. When B is a constant [K, N] read as
+B[r, j], the copy can be made once: P[N/nr (rounded up), K, nr], zero past column N, and the
+stage reads P[j // nr, r, j % nr]. The contraction matcher recognises that form (B stored in
+panels), and the micro-kernel then streams P directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
+from strataml.ir.expr import Expr, Load, Var, binary, idx, rewrite
+from strataml.schedule.contraction import match_contraction
+
+# Below this many rows a batch-1 product takes the row strategy, which wants B row-major.
+MIN_ROWS = 4
+
+
+def packed_name(source: str, nr: int) -> str:
+    return f"{source}.panels{nr}"
+
+
+def prepack_weights(kernel: Kernel, constants: set[str], nr: int
+                    ) -> tuple[Kernel, dict[str, tuple[str, int]]]:
+    """The kernel with each eligible constant B read from its panel layout, and for each new
+    buffer the (constant buffer, panel width) it is packed from."""
+    packed: dict[str, tuple[str, int]] = {}
+    stages = list(kernel.stages)
+    buffers = list(kernel.buffers)
+    for k, stage in enumerate(stages):
+        found = match_contraction(kernel, stage)
+        if isinstance(found, str) or found.panel:
+            continue
+        b, reduce = found.b, found.reduce
+        shape = kernel.buffer(stage.buffer).shape
+        j = stage.axes[-1]
+        source = kernel.buffer(b.buffer)
+        if (b.buffer not in constants or len(source.shape) != 2 or len(reduce.axes) != 1
+                or b.indices != (reduce.axes[0], j) or shape[-1] < nr
+                or shape[found.i_axis] < MIN_ROWS or source.dtype != "float32"):
+            continue
+        name = packed_name(b.buffer, nr)
+        depth, width = source.shape
+        if name not in packed:
+            packed[name] = (b.buffer, nr)
+            buffers.append(Buffer(name, source.dtype, (-(-width // nr), depth, nr), "input"))
+        target = b
+
+        def visit(e: Expr, target: Load = target, name: str = name, j: Var = j) -> Expr | None:
+            if e == target:
+                return Load(e.dtype, name, (binary("floordiv", j, idx(nr)), e.indices[0],
+                                            binary("mod", j, idx(nr))))
+            return None
+
+        stages[k] = Stage(stage.buffer, stage.axes, rewrite(stage.body, visit))
+    if not packed:
+        return kernel, {}
+    used = {e.buffer for st in stages for e in st.body.walk() if isinstance(e, Load)}
+    buffers = [b for b in buffers if b.role != "input" or b.name in used]
+    return replace(kernel, buffers=tuple(buffers), stages=tuple(stages)), packed
+
+
+def pack_panels(weight: np.ndarray, nr: int) -> np.ndarray:
+    """[K, N] -> [ceil(N / nr), K, nr], zeros past column N."""
+    depth, width = weight.shape
+    tiles = -(-width // nr)
+    padded = np.zeros((depth, tiles * nr), weight.dtype)
+    padded[:, :width] = weight
+    return np.ascontiguousarray(padded.reshape(depth, tiles, nr).transpose(1, 0, 2))
