@@ -197,6 +197,42 @@ def mobilenet_v2(image_size: int = 224, seed: int = 0) -> onnx.ModelProto:
     return _calibrate_and_export(mobilenet(), image_size, seed)
 
 
+# ------------------------------------------------------------------ transformers
+
+
+class _GraphBuilder:
+    """Nodes and initializers of a transformer graph under construction (BERT, GPT-2)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.inits: list[onnx.TensorProto] = []
+        self.nodes: list[onnx.NodeProto] = []
+
+    def init(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def weight(self, name: str, shape: tuple[int, ...], std: float) -> str:
+        return self.init(name, (self.rng.standard_normal(shape) * std).astype(np.float32))
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def linear(self, x: str, prefix: str, n_in: int, n_out: int) -> str:
+        h = self.node("MatMul", [x, self.weight(f"{prefix}.W", (n_in, n_out), n_in ** -0.5)],
+                      f"{prefix}.mm")
+        return self.node("Add", [h, self.weight(f"{prefix}.b", (n_out,), 0.02)], f"{prefix}.out")
+
+    def layer_norm(self, x: str, prefix: str, hidden: int, epsilon: float) -> str:
+        gamma = self.init(f"{prefix}.gamma",
+                          (1 + 0.1 * self.rng.standard_normal(hidden)).astype(np.float32))
+        beta = self.init(f"{prefix}.beta",
+                         (0.1 * self.rng.standard_normal(hidden)).astype(np.float32))
+        return self.node("LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1,
+                         epsilon=epsilon)
+
+
 # ------------------------------------------------------------------ BERT-style encoder
 
 
@@ -208,33 +244,16 @@ def bert_encoder(layers: int = 2, hidden: int = 128, heads: int = 4, seq: int = 
     padding; turned into a -10000 additive bias as in Hugging Face BERT). Outputs: the last
     hidden state [1, seq, hidden] and the tanh pooler output [1, hidden].
     """
-    rng = np.random.default_rng(seed)
+    g = _GraphBuilder(seed)
+    init, weight, node = g.init, g.weight, g.node
     head_dim = hidden // heads
     ffn = 4 * hidden
-    inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-
-    def init(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(value, name))
-        return name
-
-    def weight(name: str, shape: tuple[int, ...], std: float) -> str:
-        return init(name, (rng.standard_normal(shape) * std).astype(np.float32))
-
-    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
 
     def linear(x: str, prefix: str, n_in: int, n_out: int) -> str:
-        h = node("MatMul", [x, weight(f"{prefix}.W", (n_in, n_out), n_in ** -0.5)],
-                 f"{prefix}.mm")
-        return node("Add", [h, weight(f"{prefix}.b", (n_out,), 0.02)], f"{prefix}.out")
+        return g.linear(x, prefix, n_in, n_out)
 
     def layer_norm(x: str, prefix: str) -> str:
-        gamma = init(f"{prefix}.gamma", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-        beta = init(f"{prefix}.beta", (0.1 * rng.standard_normal(hidden)).astype(np.float32))
-        return node("LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1,
-                    epsilon=1e-12)
+        return g.layer_norm(x, prefix, hidden, 1e-12)
 
     # Embeddings: word + position + token type (all type 0), then LayerNorm.
     word = node("Gather", [weight("emb.word", (vocab, hidden), 1.0), "input_ids"], "emb.w")
@@ -281,18 +300,18 @@ def bert_encoder(layers: int = 2, hidden: int = 128, heads: int = 4, seq: int = 
         h = linear(h, f"{p}.ffn2", ffn, hidden)
         x = layer_norm(node("Add", [h, x], f"{p}.res2"), f"{p}.ln2")
 
-    nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="out"))
+    g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="out"))
     cls = node("Gather", [x, init("pool.index", np.array(0, np.int64))], "pool.cls", axis=1)
     pooled = node("Gemm", [cls, weight("pool.W", (hidden, hidden), hidden ** -0.5),
                            weight("pool.b", (hidden,), 0.02)], "pool.dense", transB=1)
-    nodes.append(helper.make_node("Tanh", [pooled], ["pooler_output"], name="pool.tanh"))
+    g.nodes.append(helper.make_node("Tanh", [pooled], ["pooler_output"], name="pool.tanh"))
     graph = helper.make_graph(
-        nodes, "bert_encoder",
+        g.nodes, "bert_encoder",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, seq])],
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, seq, hidden]),
          helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT, [1, hidden])],
-        inits)
+        g.inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
@@ -322,32 +341,15 @@ def gpt2(layers: int = 2, hidden: int = 128, heads: int = 4, seq: int = 32, voca
     three, causal mask by Where with float32's lowest value, tanh GELU, final LayerNorm, LM
     head tied to the token embedding), no KV cache. Input `input_ids` int64 [1, seq]; output
     the logits [1, seq, vocab]."""
-    rng = np.random.default_rng(seed)
+    g = _GraphBuilder(seed)
+    init, weight, node = g.init, g.weight, g.node
     head_dim = hidden // heads
-    inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-
-    def init(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(value, name))
-        return name
-
-    def weight(name: str, shape: tuple[int, ...], std: float) -> str:
-        return init(name, (rng.standard_normal(shape) * std).astype(np.float32))
-
-    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
 
     def linear(x: str, prefix: str, n_in: int, n_out: int) -> str:
-        h = node("MatMul", [x, weight(f"{prefix}.W", (n_in, n_out), n_in ** -0.5)],
-                 f"{prefix}.mm")
-        return node("Add", [h, weight(f"{prefix}.b", (n_out,), 0.02)], f"{prefix}.out")
+        return g.linear(x, prefix, n_in, n_out)
 
     def layer_norm(x: str, prefix: str) -> str:
-        gamma = init(f"{prefix}.gamma", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-        beta = init(f"{prefix}.beta", (0.1 * rng.standard_normal(hidden)).astype(np.float32))
-        return node("LayerNormalization", [x, gamma, beta], f"{prefix}.out", axis=-1,
-                    epsilon=1e-5)
+        return g.layer_norm(x, prefix, hidden, 1e-5)
 
     wte = weight("wte", (vocab, hidden), 0.5)
     pos_ids = init("pos_ids", np.arange(seq, dtype=np.int64)[None, :])
@@ -370,7 +372,7 @@ def gpt2(layers: int = 2, hidden: int = 128, heads: int = 4, seq: int = 32, voca
         p = f"h{i}"
         qkv = linear(layer_norm(x, f"{p}.ln_1"), f"{p}.c_attn", hidden, 3 * hidden)
         parts = [f"{p}.q", f"{p}.k", f"{p}.v"]
-        nodes.append(helper.make_node("Split", [qkv, qkv_split], parts, name=f"{p}.split",
+        g.nodes.append(helper.make_node("Split", [qkv, qkv_split], parts, name=f"{p}.split",
                                       axis=-1))
         q, k, v = (node("Transpose", [node("Reshape", [t, split_shape], f"{t}.split")],
                         f"{t}.heads", perm=perm)
@@ -393,11 +395,11 @@ def gpt2(layers: int = 2, hidden: int = 128, heads: int = 4, seq: int = 32, voca
 
     x = layer_norm(x, "ln_f")
     head = node("Transpose", [wte], "lm_head.W", perm=[1, 0])
-    nodes.append(helper.make_node("MatMul", [x, head], ["logits"], name="lm_head"))
+    g.nodes.append(helper.make_node("MatMul", [x, head], ["logits"], name="lm_head"))
     graph = helper.make_graph(
-        nodes, "gpt2",
+        g.nodes, "gpt2",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, seq, vocab])], inits)
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, seq, vocab])], g.inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 

@@ -146,7 +146,6 @@ class NestLowering:
 
         parts = {"finish": finish, "init": init, "rbody": rbody}
         for producer in self.attached(stage.buffer):
-            assert nest is not None
             self.compute_at(producer, nest, b, parts, first, in_parallel)
         for buffer, at in nest.packs:
             self.pack(buffer, b.position(nest, at), nest, b, parts, first)
