@@ -183,6 +183,9 @@ def test_every_matmul_trace_computes_the_product(name, mats):
     StageSchedule("gemm", (), True, 12, 32, 16, 1),
     StageSchedule("gemm", (), False, 8, 32, 16, 0, 16),
     StageSchedule("gemm", (), True, 6, 16, 8, 2, 64),
+    StageSchedule("gemm", (), False, 8, 32, 16, 4, 16, True),  # rows outer, a row tail
+    StageSchedule("gemm", (), True, 8, 32, 16, 2, 32, True),   # ... one block a thread
+    StageSchedule("gemm", (), True, 6, 16, 8, 3, 64, True),    # ... two panels and an edge
 ])
 def test_every_gemm_tile_computes_the_product(how, mats):
     out, _ = _run(_matmul_kernel(), Schedule((how,)), mats)
@@ -268,6 +271,9 @@ def test_a_schedule_must_fit_its_kernel():
         check_schedule(kernel, Schedule((StageSchedule("spiral"),)))
     with pytest.raises(ScheduleError, match="bad gemm tile"):
         check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 4, 24, 16),)))
+    with pytest.raises(ScheduleError, match="rows_outer needs a packed gemm"):
+        check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 0,
+                                                       True),)))
     with pytest.raises(ScheduleError, match="schedule has 2 stages"):
         check_schedule(kernel, Schedule((StageSchedule(), StageSchedule())))
 

@@ -58,6 +58,8 @@ class StageSchedule:
     mc: int = 0
     # packed gemm: the reduction's first axis in blocks of kc, B packed per block (0: off)
     kc: int = 0
+    # packed gemm with few column panels: all panels of a block kept, row tiles outermost
+    rows_outer: bool = False
 
     @staticmethod
     def loops(*steps: Primitive) -> StageSchedule:
@@ -80,6 +82,7 @@ class StageSchedule:
     def __str__(self) -> str:
         if self.strategy == "gemm":
             text = f"gemm {self.mr}x{self.nr}/{self.lanes} mc={self.mc} kc={self.kc}"
+            text += " rows-outer" if self.rows_outer else ""
             return text + (" parallel" if self.parallel else "")
         return " ".join(str(s) for s in self.steps) or "(canonical loops)"
 
@@ -163,6 +166,8 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
             if found.panel and s.nr != found.panel:
                 raise ScheduleError(f"{where}: B is packed in panels of {found.panel} columns; "
                                     f"the gemm tile must be {found.panel} wide, not {s.nr}")
+            if s.rows_outer and not s.kc:
+                raise ScheduleError(f"{where}: rows_outer needs a packed gemm (kc > 0)")
             if s.lanes < 1 or s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes or s.steps:
                 raise ScheduleError(f"{where}: bad gemm tile {s.mr}x{s.nr}/{s.lanes}"
                                     + (" (a gemm stage takes no primitives)" if s.steps
@@ -280,6 +285,28 @@ def elementwise_steps(nest: LoopNest, parallel: bool) -> tuple[Primitive, ...]:
     return (Parallel(outer),) if parallel and outer is not None else ()
 
 
+# A gemm with at most this many column panels and an A bigger than half of L2 (late conv
+# layers: many weights, a small feature map) keeps all panels of a block and runs row tiles
+# outermost, so A streams from memory once rather than once per panel.
+ROWS_OUTER_PANELS = 8
+# Bytes of an A row tile's reduction block (mr rows x kc): half of a small L1.
+A_TILE_BYTES = 16 << 10
+
+
+def _rows_outer_block(extents: tuple[int, ...], rows: int, panels: int, mr: int, nr: int,
+                      kc: int, l2_bytes: int) -> tuple[int, bool]:
+    """(kc, rows_outer): with rows outermost, the longest block whose A tile stays in L1
+    and whose panels together fit in a quarter of L2."""
+    inner = 1
+    for e in extents[1:]:
+        inner *= e
+    if panels > ROWS_OUTER_PANELS or rows * extents[0] * inner * 4 <= l2_bytes // 2:
+        return kc, False
+    fits = [d for d in range(1, extents[0] + 1) if extents[0] % d == 0
+            and mr * d * inner * 4 <= A_TILE_BYTES and panels * d * inner * nr * 4 <= l2_bytes // 4]
+    return max(fits, default=kc), True
+
+
 def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                      l2_bytes: int = 1 << 20) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
@@ -305,10 +332,19 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                 # B pre-packed needs no L1-sized panel copy; one pass over the whole
                 # reduction keeps the partial sums in registers instead of the output.
                 kc = found.reduce.extents[0]
+            rows_outer = False
+            if kc and not found.panel:
+                kc, rows_outer = _rows_outer_block(found.reduce.extents, shape[found.i_axis],
+                                                   -(-shape[-1] // nr), mr, nr, kc, l2_bytes)
             if kc:  # A rows of one packed reduction block per row block
                 depth = kc * depth // found.reduce.extents[0]
             mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes)
-            out.append(StageSchedule("gemm", (), big, mr, nr, vector_lanes, mc, kc))
+            if rows_outer and big:  # one row block per thread: each packs the panels once
+                tiles = shape[found.i_axis] // mr
+                mc = max((d for d in range(1, tiles // threads + 1) if tiles % d == 0
+                          and tiles // d >= threads), default=mc)
+            out.append(StageSchedule("gemm", (), big, mr, nr, vector_lanes, mc, kc,
+                                     rows_outer))
             continue
         nest = stage_nest(kernel, st)
         if row_applicable(kernel, st) is None:

@@ -106,12 +106,17 @@ class _Gemm:
 
     def packed_nest(self, env: dict[Var, Interval], m: int, col_tiles: int, mr: int,
                     nr: int, lanes: int, chunk: int, mc: int, panel: str, parallel: bool,
-                    edge: tuple[str, int] | None = None) -> list[Stmt]:
+                    edge: tuple[str, int] | None = None, rows_outer: bool = False
+                    ) -> list[Stmt]:
         """The packed gemm over all full column tiles (Goto's loop order). The reduction
         runs in blocks of `chunk` steps of its first axis; within a block, row blocks of mc
         tiles keep their A rows in L2 while every column panel of B is packed into a
         contiguous stack buffer (one stream, no TLB misses) and swept by all row tiles of
         the block. Partial sums live in the output, so the epilogue runs as a final sweep.
+
+        `rows_outer` (few column panels, a big A: late ResNet layers, whose weights are A):
+        all panels of a reduction block are packed first, then each row tile sweeps every
+        panel while its A rows are in L1, so A is streamed once instead of once per panel.
 
         `edge` = (scratch, width): also the last, partial panel of `width` columns, packed
         with zeros past the end and accumulated in an m x nr scratch, so the columns past the
@@ -125,8 +130,9 @@ class _Gemm:
         row_tiles = m // mr
         # Threads take column panels; with few of them (a 7x7 feature map) they take whole
         # row blocks instead, each packing its own A rows and B panels.
-        by_rows = parallel and col_tiles + (1 if edge else 0) < 4 and row_tiles >= 4
-        if by_rows:
+        by_rows = parallel and (col_tiles + (1 if edge else 0) < 4 or rows_outer) \
+            and row_tiles >= 4
+        if by_rows and not rows_outer:  # (rows_outer: the schedule's mc, a block a thread)
             mc = max(d for d in range(1, min(mc, row_tiles // 4) + 1) if row_tiles % d == 0)
         kind = "parallel" if parallel and not by_rows else "serial"
         jb = low.fresh("jb")
@@ -152,7 +158,14 @@ class _Gemm:
             step_index = step_index * e + v
         loops = [(rs[0], chunk), *zip(rs[1:], extents[1:], strict=True)]
 
-        def packing(first: Expr, valid: int = 0) -> tuple[Stmt, ...]:
+        depth = chunk
+        for e in extents[1:]:
+            depth *= e
+
+        def packing(first: Expr, valid: int = 0, slot: Expr | None = None
+                    ) -> tuple[Stmt, ...]:
+            """B's panel at column `first` into the panel buffer (at panel `slot` when
+            several are kept)."""
             if c.panel:  # packed at compile time: the micro-kernel streams B as it is
                 return ()
             pack: list[Stmt] = []
@@ -162,12 +175,9 @@ class _Gemm:
                              pack_env, pack)
             if valid:  # past the last column: zeros (the load index is clamped in bounds)
                 value = select(compare("lt", pj, valid), value, const(0, value.dtype))
-            pack.append(Store(panel, step_index * nr + pj, value))
+            base = slot * (depth * nr) if slot is not None else idx(0)
+            pack.append(Store(panel, base + step_index * nr + pj, value))
             return nest(loops, [For(pj, nr, tuple(pack), "vector")])
-
-        depth = chunk
-        for e in extents[1:]:
-            depth *= e
         apack = f"apack{next(low.names)}"
 
         def pack_a(block_row0: Expr, block_env: dict[Var, Interval]) -> tuple[Stmt, ...]:
@@ -183,7 +193,8 @@ class _Gemm:
             return (For(t, mc, (For(ii, mr, nest(loops, body)),), kind),)
 
         def micro(row0: Expr, rows: int, tile_env: dict[Var, Interval],
-                  into_edge: bool = False, a_tile: Expr | None = None) -> list[Stmt]:
+                  into_edge: bool = False, a_tile: Expr | None = None,
+                  slot: Expr | None = None) -> list[Stmt]:
             q_count = nr // lanes
             accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)]
                     for ii in range(rows)]
@@ -202,7 +213,9 @@ class _Gemm:
                     where_b: Expr = (tile * extents[0] + kb * chunk + step_index) * nr + q * lanes
                     step.append(Declare(bv, Load(vec, c.b.buffer, (where_b,))))
                 else:
-                    step.append(Declare(bv, Load(vec, panel, (step_index * nr + q * lanes,))))
+                    base = slot * (depth * nr) if slot is not None else idx(0)
+                    step.append(Declare(bv, Load(vec, panel, (
+                        base + step_index * nr + q * lanes,))))
                 b_vecs.append(bv)
             for ii in range(rows):
                 if a_tile is not None:
@@ -244,15 +257,37 @@ class _Gemm:
                 low.scratch.append(Allocate(apack, c.a.dtype, mc * mr * depth,
                                             shared=kind == "parallel"))
                 per_block.extend(pack_a(ibb * mc * mr, {ibb: (0, blocks - 1)}))
-            if col_tiles:
-                per_block.append(For(jb, col_tiles, (*packing(col0), tiles), kind))
-            if edge:
-                per_block.extend(packing(edge_col, edge[1]))
-                per_block.append(For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env,
-                                                         into_edge=True, a_tile=a_tile))))
+            if rows_outer:
+                per_block.append(For(jb, col_tiles, packing(col0, slot=jb)))
+                if edge:
+                    per_block.extend(packing(edge_col, edge[1], slot=idx(col_tiles)))
+                row0 = (ibb * mc + ib) * mr
+                sweep: list[Stmt] = [For(jb, col_tiles, tuple(micro(row0, mr, tile_env,
+                                                                    slot=jb)))]
+                if edge:
+                    sweep.extend(micro(row0, mr, tile_env, into_edge=True,
+                                       slot=idx(col_tiles)))
+                per_block.append(For(ib, mc, tuple(sweep)))
+            else:
+                if col_tiles:
+                    per_block.append(For(jb, col_tiles, (*packing(col0), tiles), kind))
+                if edge:
+                    per_block.extend(packing(edge_col, edge[1]))
+                    per_block.append(For(ib, mc, tuple(micro(
+                        (ibb * mc + ib) * mr, mr, tile_env, into_edge=True, a_tile=a_tile))))
             block.append(For(ibb, blocks, tuple(per_block),
                              "parallel" if by_rows else "serial"))
-        if m % mr:
+        if m % mr and rows_outer:
+            # Packed again: the row blocks may have packed theirs in other threads' copies.
+            block.append(For(jb, col_tiles, packing(col0, slot=jb)))
+            if edge:
+                block.extend(packing(edge_col, edge[1], slot=idx(col_tiles)))
+            tail_row = idx(m - m % mr)
+            block.append(For(jb, col_tiles, tuple(micro(tail_row, m % mr, r_env, slot=jb))))
+            if edge:
+                block.extend(micro(tail_row, m % mr, r_env, into_edge=True,
+                                   slot=idx(col_tiles)))
+        elif m % mr:
             if col_tiles:
                 tail = micro(idx(m - m % mr), m % mr, r_env)
                 block.append(For(jb, col_tiles, (*packing(col0), *tail), kind))
@@ -350,7 +385,8 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
         for e in c.reduce.extents[1:]:
             inner *= e
         if not c.panel:
-            low.scratch.append(Allocate(panel, c.reduce.dtype, how.kc * inner * nr))
+            kept = col_tiles + (1 if n % nr else 0) if how.rows_outer else 1
+            low.scratch.append(Allocate(panel, c.reduce.dtype, kept * how.kc * inner * nr))
         mc_packed = how.mc if how.mc and row_tiles % how.mc == 0 else max(row_tiles, 1)
         edge = None
         if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:
@@ -359,7 +395,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             low.scratch.append(Allocate(edge[0], c.reduce.dtype, m * nr, shared=True))
             handled = n
         full.extend(g.packed_nest(env, m, col_tiles, mr, nr, lanes, how.kc, mc_packed, panel,
-                                  how.parallel and not loops, edge))
+                                  how.parallel and not loops, edge, how.rows_outer))
     elif row_tiles and col_tiles:
         row_block = ibb * mc if row_blocks > 1 else idx(0)
         tile_env = {**env, jb: (0, col_tiles - 1), ib: (0, mc - 1), ibb: (0, row_blocks - 1)}
