@@ -152,7 +152,9 @@ def _prepack_weights(graph: Graph, kernels: list[Kernel], bindings: list[dict[st
             value = packed_name(values[source], width)
             values[name] = value
             if value not in extra:
-                extra[value] = pack_panels(graph.constants[values[source]], width)
+                # (the kernel may view the constant in another shape than the graph's)
+                weight = graph.constants[values[source]].reshape(kernel.buffer(source).shape)
+                extra[value] = pack_panels(weight, width)
     if not extra:
         return graph
     return replace(graph, constants={**graph.constants, **extra},

@@ -328,9 +328,11 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             for e in found.reduce.extents:
                 depth *= e
             kc = _pack_block(found.reduce.extents, shape[found.i_axis], mr)
-            if kc and found.panel and shape[found.i_axis] * depth * 4 <= l2_bytes // 2:
-                # B pre-packed needs no L1-sized panel copy; one pass over the whole
-                # reduction keeps the partial sums in registers instead of the output.
+            if kc and found.panel and shape[found.i_axis] * depth * 4 <= l2_bytes // 2 \
+                    and shape[found.i_axis] * shape[-1] * 4 > l2_bytes:
+                # B pre-packed needs no panel copy; when the output is too big for L2
+                # (GPT-2's LM head), partial sums per reduction block would stream it from
+                # memory once per block, so one pass keeps them in registers instead.
                 kc = found.reduce.extents[0]
             rows_outer = False
             if kc and not found.panel:
