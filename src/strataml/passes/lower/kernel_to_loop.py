@@ -54,6 +54,7 @@ class StageLowering:
     buffers: dict[str, Buffer]
     names: count = field(default_factory=count)
     scratch: list[Allocate] = field(default_factory=list)
+    reduced: dict[tuple[int, Reduce], tuple[list[Stmt], Var]] = field(default_factory=dict)
 
     def fresh(self, prefix: str, dtype: str = "int64") -> Var:
         return Var(dtype, f"{prefix}{next(self.names)}")
@@ -94,7 +95,13 @@ class StageLowering:
         return rewrite(e, visit)
 
     def reduction(self, r: Reduce, env: dict[Var, Interval], out: list[Stmt]) -> Expr:
+        """The reduction's accumulator, computed into `out`. An identical reduction met again
+        in the same statement list (x used twice, as in pow's special cases) reuses it."""
+        key = (id(out), r)
+        if key in self.reduced:  # (the entry holds `out`, so its id is not reused)
+            return self.reduced[key][1]
         acc = self.fresh("acc", r.dtype)
+        self.reduced[key] = (out, acc)
         out.append(Declare(acc, self.expr(r.init, env, out)))
         fresh_axes = [self.fresh("r") for _ in r.axes]
         body_expr = substitute(r.body, dict(zip(r.axes, fresh_axes, strict=True)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from strataml.ir.dialects.graph import Node
+from strataml.ir.expr import Const, Expr, binary, cast, compare, const, select, unary
+from strataml.ir.types import is_float
 from strataml.passes.lower.graph_to_kernel import LowerContext
 
 
@@ -12,3 +14,34 @@ def out_shape(ctx: LowerContext, node: Node, i: int = 0) -> tuple[int, ...]:
 
 def out_dtype(ctx: LowerContext, node: Node, i: int = 0) -> str:
     return ctx.graph.types[node.outputs[i]].dtype
+
+
+def power(x: Expr, exponent: Expr) -> Expr:
+    """x ** exponent. A constant whole exponent up to 4 (GPT-2's GELU cube) or an odd number
+    of quarters (LRN's 0.75) becomes products of x, sqrt(x) and sqrt(sqrt(x)): libm's pow is
+    an opaque scalar call that stops the loop from vectorising, and these are within 2 ulp of
+    it. Special values map as pow's: a negative base gives nan (sqrt), -0 gives +0 and -inf
+    gives +inf."""
+    exponent = cast(exponent, x.dtype)
+    if not (is_float(x.dtype) and isinstance(exponent, Const)):
+        return binary("pow", x, exponent)
+    quarters = float(exponent.value) * 4
+    if quarters != int(quarters) or not 1 <= quarters <= 16 or int(quarters) % 4 == 2:
+        # (halves stay pow: numpy, ONNX's reference, takes x ** 0.5 as sqrt, whose -0 and
+        # -inf differ from pow's)
+        return binary("pow", x, exponent)
+    whole, frac = divmod(int(quarters), 4)
+    if frac == 0:
+        result = x
+        for _ in range(whole - 1):
+            result = result * x
+        return result
+    zero = const(0, x.dtype)
+    base = select(compare("eq", x, zero), zero, x)  # -0 as +0: its roots are then +0
+    root = unary("sqrt", base)
+    factors = ([root] if frac == 3 else []) + [unary("sqrt", root)]
+    result = factors[0]
+    for f in [*factors[1:], *([base] * whole)]:
+        result = result * f
+    minus_inf = compare("eq", x, const(float("-inf"), x.dtype))
+    return select(minus_inf, const(float("inf"), x.dtype), result)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from strataml.ir.dialects.graph import Node
 from strataml.ir.expr import (
     Binary,
-    Const,
     Expr,
     binary,
     cast,
@@ -21,7 +20,7 @@ from strataml.ir.expr import (
 )
 from strataml.ir.types import is_float
 from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
-from strataml.passes.lower.ops.common import out_dtype, out_shape
+from strataml.passes.lower.ops.common import out_dtype, out_shape, power
 from strataml.passes.lower.tensor_ref import TensorRef
 
 
@@ -137,22 +136,12 @@ def _div(a: Expr, b: Expr) -> Expr:
     return binary("div" if is_float(a.dtype) else "truncdiv", a, b)
 
 
-def _pow(a: Expr, b: Expr) -> Expr:
-    """x ** 2 and x ** 3 (GPT-2's GELU) as products: libm's pow is an opaque scalar call that
-    stops the loop from vectorising, and products are within an ulp of it, inf and nan alike."""
-    exponent = cast(b, a.dtype)
-    if is_float(a.dtype) and isinstance(exponent, Const) and exponent.value in (2.0, 3.0):
-        square = a * a
-        return square if exponent.value == 2.0 else square * a
-    return binary("pow", a, exponent)
-
-
 BINARY_RULES: dict[str, Callable[[Expr, Expr], Expr]] = {
     "Add": lambda a, b: a + b,
     "Sub": lambda a, b: a - b,
     "Mul": lambda a, b: a * b,
     "Div": _div,
-    "Pow": _pow,
+    "Pow": power,
     "PRelu": lambda a, b: select(compare("lt", a, c(0, a)), a * b, a),
     "And": _bool_op("and"),
     "Or": _bool_op("or"),

@@ -16,7 +16,7 @@ from strataml.ir.expr import (
     unary,
 )
 from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
-from strataml.passes.lower.ops.common import out_shape
+from strataml.passes.lower.ops.common import out_shape, power
 from strataml.passes.lower.tensor_ref import TensorRef
 
 
@@ -351,7 +351,7 @@ def lower_lrn(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]) -> 
 
         sq = ctx.reduce("sum", (size,), body)
         scale = const(bias, x.dtype) + const(alpha / size, x.dtype) * sq
-        return x.fn(ix) / binary("pow", scale, const(beta, x.dtype))
+        return x.fn(ix) / power(scale, const(beta, x.dtype))
 
     return [TensorRef(x.dtype, x.shape, fn)]
 
