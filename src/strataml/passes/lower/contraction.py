@@ -143,9 +143,13 @@ class _Gemm:
         row_env = {**env, i: (0, m - 1), jj: (0, nr - 1)}
         row_point = {**self.mapping, i_var: i, j_var: col0 + jj}
         init = low.expr(c.reduce.init, env, [])
+        # One reduction block: each tile starts from `init` in registers and runs its
+        # epilogue straight after, so the output is written once, not initialised, summed
+        # into and swept again (a large feature map's stem conv moved its output 4 times).
+        one_pass = extents[0] // chunk == 1
         out: list[Stmt] = [For(jb, col_tiles, (For(i, m, (For(jj, nr, (Store(
             self.buffer, self.out_index(row_point, row_env), init),), "vector"),)),), kind)
-        ] if col_tiles else []
+        ] if col_tiles and not one_pass else []
 
         kb = low.fresh("kb")
         rs = [low.fresh("r") for _ in extents]
@@ -202,7 +206,8 @@ class _Gemm:
             where = [[(row0 + ii) * nr + q * lanes if into_edge else self.out_index(
                 {**self.mapping, i_var: row0 + ii, j_var: col0 + q * lanes}, tile_env)
                 for q in range(q_count)] for ii in range(rows)]
-            stmts: list[Stmt] = [Declare(accs[ii][q], Load(vec, target, (where[ii][q],)))
+            stmts: list[Stmt] = [Declare(accs[ii][q], Broadcast(vec, init) if one_pass
+                                         else Load(vec, target, (where[ii][q],)))
                                  for ii in range(rows) for q in range(q_count)]
             step: list[Stmt] = []
             b_vecs = []
@@ -231,13 +236,26 @@ class _Gemm:
                     step.append(Assign(accs[ii][q], binary(
                         "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
             stmts.extend(nest(loops, step, kind="rolled"))
+            if one_pass and not into_edge and self.epilogue != self.hole:
+                stmts.extend(Store(self.tile, idx(ii * nr + q * lanes), accs[ii][q])
+                             for ii in range(rows) for q in range(q_count))
+                ii, jt = low.fresh("ii"), low.fresh("jt")
+                fenv = {**tile_env, ii: (0, rows - 1), jt: (0, nr - 1)}
+                point = {**self.mapping, i_var: row0 + ii, j_var: col0 + jt}
+                acc = low.fresh("sum", c.reduce.dtype)
+                read = Declare(acc, Load(c.reduce.dtype, self.tile, (ii * nr + jt,)))
+                stmts.append(For(ii, rows, (For(jt, nr, (read, *self.store(point, acc, fenv)),
+                                                "vector"),)))
+                return stmts
             stmts.extend(Store(target, where[ii][q], accs[ii][q])
                          for ii in range(rows) for q in range(q_count))
             return stmts
 
         edge_col = idx(col_tiles * nr)
         if edge:
-            out.append(For(i, m, (For(jj, nr, (Store(edge[0], i * nr + jj, init),), "vector"),)))
+            if not one_pass:
+                out.append(For(i, m, (For(jj, nr, (Store(edge[0], i * nr + jj, init),),
+                                          "vector"),)))
         block: list[Stmt] = []
         if row_tiles:
             ibb, ib = low.fresh("ibb"), low.fresh("ib")
@@ -296,7 +314,7 @@ class _Gemm:
                 block.extend(micro(idx(m - m % mr), m % mr, r_env, into_edge=True))
         out.append(For(kb, extents[0] // chunk, tuple(block)))
 
-        if self.epilogue != self.hole:  # apply bias, activation... in place
+        if self.epilogue != self.hole and not one_pass:  # apply bias, activation... in place
             acc = low.fresh("sum", c.reduce.dtype)
             where = self.out_index(row_point, row_env)
             sweep = (Declare(acc, Load(c.reduce.dtype, self.buffer, (where,))),
