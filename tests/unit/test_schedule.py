@@ -380,3 +380,22 @@ def test_b_stored_in_panels_takes_a_gemm_tile_of_the_panel_width(mats):
         assert not any("panel" in s.buffer for s in fn.body if hasattr(s, "size"))
     with pytest.raises(ScheduleError, match="panels of 32 columns"):
         check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 6, 16, 16),)))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_default_rules_compute_a_copy_inside_its_consumer_where_the_box_is_provable(
+        padded, mats):
+    """The copy stage t goes inside out's outermost loop when every box it must provide
+    lies inside t; the padded reader's box would start at column -1, so t stays a stage."""
+    from strataml.passes.lower.kernel_to_loop import lower_with_default_schedule
+
+    kernel = _stencil_kernel(padded)
+    _, schedule = lower_with_default_schedule(kernel, threads=2, vector_lanes=16)
+    computed_at = [s for s in schedule.stages[0].steps if isinstance(s, ComputeAt)]
+    assert computed_at == ([] if padded else [ComputeAt("out", "p")])
+    out, _ = _run(kernel, schedule, mats)
+    t = mats["x"] * 2 + 1
+    want = t[:, :40] + t[:, 1:41] + t[:, 2:42]
+    if padded:
+        want[:, 1:] += t[:, :39]
+    np.testing.assert_allclose(out["out"], want, rtol=1e-6)

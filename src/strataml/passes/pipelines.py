@@ -25,12 +25,16 @@ from strataml.ir.dialects.loop import LoopFunction, print_function, verify_funct
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions, Target
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
-from strataml.passes.lower.kernel_to_loop import lower_kernel, prepare_kernel
+from strataml.passes.lower.kernel_to_loop import (
+    lower_kernel,
+    lower_with_default_schedule,
+    prepare_kernel,
+)
 from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
 from strataml.passes.lower.prepack import pack_panels, packed_name, prepack_weights
 from strataml.passes.manager import GraphPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
-from strataml.schedule import Schedule, default_schedule
+from strataml.schedule import Schedule
 
 # Order matters: simplification exposes constants (fold again after it), BatchNorm folding
 # needs constant conv weights (after the first fold) and fusion must come last, when the
@@ -110,9 +114,13 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         if key not in function_of:
             function_of[key] = k.name
             prepared = prepare_kernel(k)
-            schedule = given or default_schedule(prepared, threads, target.vector_lanes_f32,
-                                                 target.l2_bytes)
-            loops.append(lower_kernel(prepared, schedule))
+            if given is not None:
+                loops.append(lower_kernel(prepared, given))
+                schedule = given
+            else:
+                fn, schedule = lower_with_default_schedule(
+                    prepared, threads, target.vector_lanes_f32, target.l2_bytes)
+                loops.append(fn)
             schedules.append(f"{print_kernel(prepared)}\n{schedule.describe(prepared)}\n"
                              f"json: {schedule.to_json()}")
         functions.append(function_of[key])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from itertools import count
 
+from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import (
     Allocate,
@@ -166,13 +167,27 @@ def prepare_kernel(kernel: Kernel) -> Kernel:
     return fuse_trailing_axes(simplify_indices(kernel))
 
 
+def lower_with_default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
+                                l2_bytes: int = 1 << 20) -> tuple[LoopFunction, Schedule]:
+    """The prepared kernel lowered under the default schedule. Copy stages computed at their
+    consumer need a box the lowering can prove inside the buffer; where it cannot, they
+    stay separate stages."""
+    try:
+        schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes)
+        return lower_kernel(kernel, schedule), schedule
+    except ScheduleError:
+        schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes,
+                                    compute_copies_at_consumers=False)
+        return lower_kernel(kernel, schedule), schedule
+
+
 def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
                  vector_lanes: int = 8, l2_bytes: int = 1 << 20) -> LoopFunction:
     """Without a schedule, the kernel is prepared and gets the default one; a given schedule
     applies to the kernel exactly as passed."""
     if schedule is None:
-        kernel = prepare_kernel(kernel)
-        schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes)
+        return lower_with_default_schedule(prepare_kernel(kernel), threads, vector_lanes,
+                                           l2_bytes)[0]
     nests = check_schedule(kernel, schedule)
     if any(n.inline for n in nests.values()):
         keep = [k for k, st in enumerate(kernel.stages)
