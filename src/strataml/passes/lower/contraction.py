@@ -87,16 +87,24 @@ class _Gemm:
         from strataml.passes.lower.kernel_to_loop import nest
 
         out.extend(nest(list(zip(raxes, c.reduce.extents, strict=True)), step, kind="rolled"))
-        out.extend(Store(self.tile, idx(ii * nr + q * lanes), accs[ii][q])
-                   for ii in range(mr) for q in range(q_count))
+        out.extend(self.tile_epilogue(accs, env, row0, col0, lanes))
+        return out
 
-        # The epilogue: one loop nest over the tile (not unrolled: it is not the hot part).
+    def tile_epilogue(self, accs: list[list[Var]], env: dict[Var, Interval], row0: Expr,
+                      col0: Expr, lanes: int) -> list[Stmt]:
+        """The register tile through the stack scratch, then the epilogue into the output:
+        one loop nest over the tile (not unrolled: it is not the hot part)."""
+        low, c = self.low, self.c
+        rows, nr = len(accs), len(accs[0]) * lanes
+        out: list[Stmt] = [Store(self.tile, idx(ii * nr + q * lanes), acc)
+                           for ii, row in enumerate(accs) for q, acc in enumerate(row)]
         ii, jj = low.fresh("ii"), low.fresh("jj")
-        fenv = {**env, ii: (0, mr - 1), jj: (0, nr - 1)}
-        point = {**self.mapping, i_var: row0 + ii, j_var: col0 + jj}
-        acc = low.fresh("sum", c.reduce.dtype)
-        read = Declare(acc, Load(c.reduce.dtype, self.tile, (ii * nr + jj,)))
-        out.append(For(ii, mr, (For(jj, nr, (read, *self.store(point, acc, fenv)), "vector"),)))
+        fenv = {**env, ii: (0, rows - 1), jj: (0, nr - 1)}
+        point = {**self.mapping, self.axes[c.i_axis]: row0 + ii, self.axes[-1]: col0 + jj}
+        total = low.fresh("sum", c.reduce.dtype)
+        read = Declare(total, Load(c.reduce.dtype, self.tile, (ii * nr + jj,)))
+        out.append(For(ii, rows, (For(jj, nr, (read, *self.store(point, total, fenv)),
+                                      "vector"),)))
         return out
 
     def out_index(self, point: dict[Var, Expr], env: dict[Var, Interval]) -> Expr:
@@ -237,16 +245,7 @@ class _Gemm:
                         "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
             stmts.extend(nest(loops, step, kind="rolled"))
             if one_pass and not into_edge and self.epilogue != self.hole:
-                stmts.extend(Store(self.tile, idx(ii * nr + q * lanes), accs[ii][q])
-                             for ii in range(rows) for q in range(q_count))
-                ii, jt = low.fresh("ii"), low.fresh("jt")
-                fenv = {**tile_env, ii: (0, rows - 1), jt: (0, nr - 1)}
-                point = {**self.mapping, i_var: row0 + ii, j_var: col0 + jt}
-                acc = low.fresh("sum", c.reduce.dtype)
-                read = Declare(acc, Load(c.reduce.dtype, self.tile, (ii * nr + jt,)))
-                stmts.append(For(ii, rows, (For(jt, nr, (read, *self.store(point, acc, fenv)),
-                                                "vector"),)))
-                return stmts
+                return stmts + self.tile_epilogue(accs, tile_env, row0, col0, lanes)
             stmts.extend(Store(target, where[ii][q], accs[ii][q])
                          for ii in range(rows) for q in range(q_count))
             return stmts
