@@ -43,6 +43,9 @@ MAX_ROW = 4096
 PARALLEL_MIN_WORK = 1 << 15
 # A row block narrower than this no longer fills the vector units.
 MIN_ROW_BLOCK = 16
+# Fewer output rows than this (a batch-1 classifier) leave a register tile too few
+# independent accumulators: the row strategy streams the weights at full width instead.
+MIN_GEMM_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -345,9 +348,8 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
         mr, nr = gemm_tile(vector_lanes, shape[found.i_axis] if not isinstance(
             found, str) else 1)
         big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
-        # With a handful of rows (a batch-1 classifier) a register tile has too few
-        # independent accumulators; the row strategy streams the weights at full width.
-        if not isinstance(found, str) and shape[-1] >= nr and shape[found.i_axis] >= 4:
+        if not isinstance(found, str) and shape[-1] >= nr \
+                and shape[found.i_axis] >= MIN_GEMM_ROWS:
             depth = 1
             for e in found.reduce.extents:
                 depth *= e

@@ -174,6 +174,10 @@ class _Gemm:
         for e in extents[1:]:
             depth *= e
 
+        def panel_base(slot: Expr | None) -> Expr:
+            """Where panel `slot` starts in the panel buffer (one panel kept: 0)."""
+            return slot * (depth * nr) if slot is not None else idx(0)
+
         def packing(first: Expr, valid: int = 0, slot: Expr | None = None
                     ) -> tuple[Stmt, ...]:
             """B's panel at column `first` into the panel buffer (at panel `slot` when
@@ -187,8 +191,7 @@ class _Gemm:
                              pack_env, pack)
             if valid:  # past the last column: zeros (the load index is clamped in bounds)
                 value = select(compare("lt", pj, valid), value, const(0, value.dtype))
-            base = slot * (depth * nr) if slot is not None else idx(0)
-            pack.append(Store(panel, base + step_index * nr + pj, value))
+            pack.append(Store(panel, panel_base(slot) + step_index * nr + pj, value))
             return nest(loops, [For(pj, nr, tuple(pack), "vector")])
         apack = f"apack{next(low.names)}"
 
@@ -226,9 +229,8 @@ class _Gemm:
                     where_b: Expr = (tile * extents[0] + kb * chunk + step_index) * nr + q * lanes
                     step.append(Declare(bv, Load(vec, c.b.buffer, (where_b,))))
                 else:
-                    base = slot * (depth * nr) if slot is not None else idx(0)
                     step.append(Declare(bv, Load(vec, panel, (
-                        base + step_index * nr + q * lanes,))))
+                        panel_base(slot) + step_index * nr + q * lanes,))))
                 b_vecs.append(bv)
             for ii in range(rows):
                 if a_tile is not None:

@@ -17,9 +17,7 @@ import numpy as np
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.expr import Expr, Load, Var, binary, idx, rewrite
 from strataml.schedule.contraction import match_contraction
-
-# Below this many rows a batch-1 product takes the row strategy, which wants B row-major.
-MIN_ROWS = 4
+from strataml.schedule.schedule import MIN_GEMM_ROWS
 
 
 def packed_name(source: str, nr: int) -> str:
@@ -41,9 +39,10 @@ def prepack_weights(kernel: Kernel, constants: set[str], nr: int
         shape = kernel.buffer(stage.buffer).shape
         j = stage.axes[-1]
         source = kernel.buffer(b.buffer)
+        # (the row strategy, taken below MIN_GEMM_ROWS rows, wants B row-major)
         if (b.buffer not in constants or len(source.shape) != 2 or len(reduce.axes) != 1
                 or b.indices != (reduce.axes[0], j) or shape[-1] < nr
-                or shape[found.i_axis] < MIN_ROWS or source.dtype != "float32"):
+                or shape[found.i_axis] < MIN_GEMM_ROWS or source.dtype != "float32"):
             continue
         name = packed_name(b.buffer, nr)
         depth, width = source.shape

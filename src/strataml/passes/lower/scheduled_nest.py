@@ -40,10 +40,6 @@ def row_major(values: list[Expr], extents: list[int]) -> Expr:
     return flat
 
 
-def nest_consumer(nest: LoopNest) -> str:
-    return nest.compute_at[0] if nest.compute_at is not None else ""
-
-
 @dataclass
 class _Nest:
     """One stage's nest being built: its loops, their variables and what each loop's body
@@ -221,14 +217,21 @@ class NestLowering:
                    parts: dict[str, Expr | None], first: int, in_parallel: bool) -> None:
         """Compute `producer` at the top of its loop over just the box the loops inside
         read: per dimension, an affine start in the outer loops plus a fixed extent."""
-        assert self.nests[producer.buffer].compute_at is not None
-        at = b.position(nest, self.nests[producer.buffer].compute_at[1])
+        placement = self.nests[producer.buffer].compute_at
+        assert placement is not None
+        at = b.position(nest, placement[1])
         what = f"compute_at of %{producer.buffer}"
         loads = self._loads(parts, producer.buffer, at >= first)
         if not loads:
-            raise ScheduleError(f"{what}: %{nest_consumer(self.nests[producer.buffer])} "
-                                "does not read it")
+            raise ScheduleError(f"{what}: %{placement[0]} does not read it")
         inner = {v for v in b.values[at + 1:] if isinstance(v, Var)}
+
+        def split(index: Expr) -> tuple[dict[Expr, int], dict[Expr, int], int]:
+            """(terms in the loops inside `at`, the other terms, constant) of an index."""
+            terms, k = affine_terms(index)
+            return ({a: n for a, n in terms.items() if a in inner},
+                    {a: n for a, n in terms.items() if a not in inner}, k)
+
         ranges = {v: b.env[v] for v in inner}
         shape = self.kernel.buffer(producer.buffer).shape
         starts: dict[str, Expr] = {}
@@ -238,9 +241,7 @@ class NestLowering:
             outer_terms: dict[Expr, int] | None = None
             lo, hi = None, None
             for load in loads:
-                terms, k = affine_terms(load.indices[d])
-                inside = {a: n for a, n in terms.items() if a in inner}
-                outside = {a: n for a, n in terms.items() if a not in inner}
+                inside, outside, k = split(load.indices[d])
                 if any(v in inner for a in outside for v in a.walk()):
                     raise ScheduleError(f"{what}: index {d} is not affine in the loops "
                                         "inside the compute_at loop")
@@ -270,8 +271,7 @@ class NestLowering:
             if isinstance(x, Load) and x.buffer == producer.buffer:
                 local = []
                 for d, index in enumerate(x.indices):
-                    terms, k = affine_terms(index)
-                    inside = {a: n for a, n in terms.items() if a in inner}
+                    inside, _, k = split(index)
                     local.append(build_affine(inside, k - lows[d], "int64"))
                 return Load(x.dtype, scratch, tuple(local))
             return None
@@ -315,9 +315,9 @@ class NestLowering:
         copy: list[Stmt] = []
         value = self.low.expr(source, copy_env, copy)
         copy.append(Store(scratch, row_major(list(fresh), extents), value))
-        stmts: list[Stmt] = copy
-        for f, n in reversed(list(zip(fresh, extents, strict=True))):
-            stmts = [For(f, n, tuple(stmts))]
-        b.prologue.setdefault(at, []).extend(stmts)
+        from strataml.passes.lower.kernel_to_loop import nest as loop_nest
+
+        b.prologue.setdefault(at, []).extend(
+            loop_nest(list(zip(fresh, extents, strict=True)), copy))
         packed = Load(load.dtype, scratch, (row_major([b.values[k] for k in deps], extents),))
         self._replace(parts, lambda x: packed if x == load else None)
