@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from strataml.codegen.llvm import build_module
 from strataml.errors import VerifyError
 from strataml.ir.dialects.graph import Graph, print_graph, verify_graph
 from strataml.ir.dialects.kernel import Buffer, Stage, print_kernel, verify_kernel
@@ -17,6 +18,7 @@ from strataml.ir.dialects.loop import (
     For,
     LoopFunction,
     Param,
+    Prefetch,
     Store,
     print_function,
     verify_function,
@@ -214,10 +216,20 @@ def _broken_loops():
         Store("b", IDX, Load("float64", "a", (IDX,))),)))
     yield "undeclared", _copy_fn(Assign(Var(F32, "acc"), Const(F32, 1.0)))
     yield "bad loop", _copy_fn(For(IDX, 4, (Store("b", IDX, load),), "sideways"))
+    yield "prefetch of unknown buffer", _copy_fn(For(IDX, 4, (Prefetch("c", IDX),)))
+    yield "not bound", _copy_fn(Prefetch("a", Var("int64", "j")))
 
 
 def test_loop_verifier_accepts_a_copy():
     verify_function(_copy_fn(For(IDX, 4, (Store("b", IDX, Load(F32, "a", (IDX,))),))))
+
+
+def test_prefetch_prints_and_compiles():
+    """A prefetch is a hint: it prints, verifies and leaves the result alone."""
+    fn = _copy_fn(For(IDX, 4, (Prefetch("b", IDX), Store("b", IDX, Load(F32, "a", (IDX,))))))
+    verify_function(fn)
+    assert "prefetch %b[i]" in print_function(fn)
+    assert "@\"llvm.prefetch.p0\"" in str(build_module([fn], []))
 
 
 @pytest.mark.parametrize(("what", "fn"), list(_broken_loops()),

@@ -22,7 +22,16 @@ from llvmlite import ir
 
 from strataml.codegen.vector_math import VECTOR_MATH
 from strataml.errors import CodegenError
-from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, LoopFunction, Stmt, Store
+from strataml.ir.dialects.loop import (
+    Allocate,
+    Assign,
+    Declare,
+    For,
+    LoopFunction,
+    Prefetch,
+    Stmt,
+    Store,
+)
 from strataml.ir.expr import (
     Binary,
     Broadcast,
@@ -157,6 +166,8 @@ class _FunctionEmitter:
                 self.loop(s)
             elif isinstance(s, Store):
                 self.store(s)
+            elif isinstance(s, Prefetch):
+                self.prefetch(s)
             elif isinstance(s, Declare):
                 self.builder.store(self.expr(s.init), self.slot(s.var))
             elif isinstance(s, Assign):
@@ -265,6 +276,21 @@ class _FunctionEmitter:
             value = self.builder.zext(value, ir.IntType(8))
         st = self.builder.store(value, self.address(s.buffer, s.index, s.value.dtype))
         st.align = itemsize(scalar_dtype(s.value.dtype))
+
+    def prefetch(self, s: Prefetch) -> None:
+        """`llvm.prefetch(ptr, write, L1 locality, data)`."""
+        fn = self.module.globals.get("llvm.prefetch.p0")
+        if fn is None:
+            i32 = ir.IntType(32)
+            fn = ir.Function(self.module, ir.FunctionType(
+                ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]),
+                name="llvm.prefetch.p0")
+        # (a scalar dtype: the element address, whatever the buffer's type)
+        ptr = self.builder.bitcast(self.address(s.buffer, s.index, "int8"),
+                                   ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        self.builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
+                               ir.Constant(i32, 1)])
 
     # ------------------------------------------------------------ expressions
 
@@ -469,6 +495,8 @@ def _free_index_vars(loop: For) -> list[Var]:
                 visit(s.body)
             elif isinstance(s, Store):
                 exprs = [s.index, s.value]
+            elif isinstance(s, Prefetch):
+                exprs = [s.index]
             elif isinstance(s, Declare):
                 bound.add(s.var)
                 exprs = [s.init]

@@ -38,6 +38,16 @@ class Store(Stmt):
 
 
 @dataclass(frozen=True, slots=True)
+class Prefetch(Stmt):
+    """A hint to bring the cache line holding `buffer[index]` into L1 for writing (a
+    micro-kernel's next output tile, whose rows are too far apart for the hardware
+    prefetcher). It has no effect on results; the index must still be in bounds."""
+
+    buffer: str
+    index: Expr
+
+
+@dataclass(frozen=True, slots=True)
 class Declare(Stmt):
     """A scalar local, initialised; later `Assign`s update it."""
 
@@ -99,6 +109,8 @@ def _print_body(body: tuple[Stmt, ...], indent: str, lines: list[str]) -> None:
             lines.append(f"{indent}}}")
         elif isinstance(s, Store):
             lines.append(f"{indent}%{s.buffer}[{format_expr(s.index)}] = {format_expr(s.value)}")
+        elif isinstance(s, Prefetch):
+            lines.append(f"{indent}prefetch %{s.buffer}[{format_expr(s.index)}]")
         elif isinstance(s, Declare):
             lines.append(f"{indent}var {s.var.name}: {s.var.dtype} = {format_expr(s.init)}")
         elif isinstance(s, Assign):
@@ -149,6 +161,10 @@ def verify_function(fn: LoopFunction) -> None:
                                       f"({p.dtype})")
                 check_expr(s.index, scope)
                 check_expr(s.value, scope)
+            elif isinstance(s, Prefetch):
+                if s.buffer not in params:
+                    raise VerifyError(f"{where}: prefetch of unknown buffer %{s.buffer}")
+                check_expr(s.index, scope)
             elif isinstance(s, Declare):
                 check_expr(s.init, scope)
                 scope.add(s.var)

@@ -14,7 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
+from strataml.ir.dialects.loop import (
+    Allocate,
+    Assign,
+    Declare,
+    For,
+    Prefetch,
+    Stmt,
+    Store,
+)
 from strataml.ir.expr import (
     Broadcast,
     Expr,
@@ -217,9 +225,15 @@ class _Gemm:
             where = [[(row0 + ii) * nr + q * lanes if into_edge else self.out_index(
                 {**self.mapping, i_var: row0 + ii, j_var: col0 + q * lanes}, tile_env)
                 for q in range(q_count)] for ii in range(rows)]
-            stmts: list[Stmt] = [Declare(accs[ii][q], Broadcast(vec, init) if one_pass
-                                         else Load(vec, target, (where[ii][q],)))
+            # Partial sums from earlier reduction blocks are added after this block's
+            # steps, not loaded before them: the tile's rows (far apart in the output) are
+            # prefetched now and arrive while the registers accumulate.
+            stmts: list[Stmt] = [Declare(accs[ii][q], Broadcast(vec, init if one_pass
+                                                                else const(0, c.a.dtype)))
                                  for ii in range(rows) for q in range(q_count)]
+            if not one_pass:
+                stmts.extend(Prefetch(target, where[ii][q])
+                             for ii in range(rows) for q in range(q_count))
             step: list[Stmt] = []
             b_vecs = []
             for q in range(q_count):
@@ -248,8 +262,9 @@ class _Gemm:
             stmts.extend(nest(loops, step, kind="rolled"))
             if one_pass and not into_edge and self.epilogue != self.hole:
                 return stmts + self.tile_epilogue(accs, tile_env, row0, col0, lanes)
-            stmts.extend(Store(target, where[ii][q], accs[ii][q])
-                         for ii in range(rows) for q in range(q_count))
+            stmts.extend(Store(target, where[ii][q], accs[ii][q] if one_pass else binary(
+                "add", Load(vec, target, (where[ii][q],)), accs[ii][q]))
+                for ii in range(rows) for q in range(q_count))
             return stmts
 
         edge_col = idx(col_tiles * nr)
@@ -262,13 +277,12 @@ class _Gemm:
             ibb, ib = low.fresh("ibb"), low.fresh("ib")
             blocks = row_tiles // mc
             tile_env = {**r_env, ibb: (0, blocks - 1), ib: (0, mc - 1)}
-            # A rows a multiple of 4 KiB apart map to the same L1 sets: the micro-kernel's mr
-            # row streams then evict each other, so such A is packed per row block first
-            # (when enough rows and column panels reuse it to pay for the extra pass: on a
-            # 7x7 feature map the packing cost more than the conflicts).
-            total = depth * (extents[0] // chunk)
-            a_tile = ib if ((total * 4) % 4096 == 0 and m >= 256
-                            and col_tiles >= MIN_PANELS_FOR_PACKED_A) else None
+            # The micro-kernel reads mr rows of A at once: mr streams a row apart, which
+            # conflict in L1 (4 KiB apart: the same sets) and defeat the prefetcher. A is
+            # packed per row block first, tile-major, into one stream (1024x768x1024: 123 ->
+            # 155 GFLOP/s), when enough rows and column panels reuse it to pay for the extra
+            # pass (on a 7x7 feature map the packing cost more than it saved).
+            a_tile = ib if m >= 256 and col_tiles >= MIN_PANELS_FOR_PACKED_A else None
             tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env, a_tile=a_tile)))
             per_block: list[Stmt] = []
             if a_tile is not None:
