@@ -1,8 +1,8 @@
 """Each convolution lowering path (shifted plane, im2col, 1x1 as a matrix product, direct
-window loop, depthwise) against ONNX Runtime, over the attribute combinations that change
-its index arithmetic: padding (asymmetric too), dilation, stride, batch, bias and a fused
-epilogue. Each case also checks which path the lowering took, so a rule change that sends
-a shape down another path is visible."""
+window loop, depthwise, grouped as one product per group) against ONNX Runtime, over the
+attribute combinations that change its index arithmetic: padding (asymmetric too),
+dilation, stride, batch, bias and a fused epilogue. Each case also checks which path the
+lowering took, so a rule change that sends a shape down another path is visible."""
 
 from __future__ import annotations
 
@@ -62,6 +62,20 @@ CASES = [
     ((1, 8, 17, 17), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 8, "strides": [2, 2]},
      {"pad"}),
     ((1, 8, 12, 12), (8, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"pad"}),
+    ((1, 32, 48, 48), (64, 16, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"plane", "wide"}),
+    ((1, 128, 48, 48), (256, 32, 1, 1), {"group": 4}, {"grouped"}),
+]
+
+# Grouped convolutions with the work threshold lifted, so that small shapes take the
+# per-group product and every attribute combination is checked on it.
+GROUPED = [
+    ((1, 8, 12, 12), (8, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"plane", "wide"}),
+    ((1, 12, 13, 13), (18, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 3, "strides": [2, 2]},
+     {"plane", "wide"}),
+    ((2, 12, 10, 10), (24, 4, 1, 1), {"group": 3}, {"grouped"}),
+    ((1, 12, 9, 9), (12, 6, 1, 1), {"group": 2, "strides": [2, 2]}, {"grouped"}),
+    ((1, 12, 9, 9), (12, 6, 2, 2), {"group": 2, "pads": [1, 0, 0, 1]}, {"plane", "wide"}),
+    ((1, 4, 9, 9), (8, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, {"pad"}),
 ]
 
 
@@ -69,6 +83,21 @@ CASES = [
                          ids=[f"case{i}" for i in range(len(CASES))])
 @pytest.mark.parametrize("bias_and_epilogue", [False, True])
 def test_conv_path_matches_ort(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
+    _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "temps"), GROUPED,
+                         ids=[f"grouped{i}" for i in range(len(GROUPED))])
+@pytest.mark.parametrize("bias_and_epilogue", [False, True])
+def test_grouped_conv_per_group_matches_ort(rng, monkeypatch, x_shape, w_shape, attrs, temps,
+                                            bias_and_epilogue):
+    from strataml.passes.lower.ops import nn
+
+    monkeypatch.setattr(nn, "MIN_GROUP_WORK", 0)
+    _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue)
+
+
+def _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias_and_epilogue else None
     model = _conv_model(x_shape, w, b, bias_and_epilogue, **attrs)
@@ -78,7 +107,7 @@ def test_conv_path_matches_ort(rng, x_shape, w_shape, attrs, temps, bias_and_epi
     (want,) = reference_outputs(model, {"x": x})
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert _temps(compiled) & {"plane", "wide", "col", "pad"} == temps
+    assert _temps(compiled) & {"plane", "wide", "col", "pad", "grouped"} == temps
     if "pad" in temps:  # the padded copy is made per channel, inside the window loop
         from strataml.ir.dialects.loop import print_function
 

@@ -424,8 +424,10 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
         edge = None
         if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:
             edge = (f"edge{next(low.names)}", n % nr)
-            # Shared: when row blocks run in parallel each thread fills its own rows.
-            low.scratch.append(Allocate(edge[0], c.reduce.dtype, m * nr, shared=True))
+            # Shared when row blocks run in parallel (each thread fills its own rows); one
+            # per thread when the batch loop around the whole gemm is the parallel one.
+            low.scratch.append(Allocate(edge[0], c.reduce.dtype, m * nr,
+                                        shared=how.parallel and not loops))
             handled = n
         full.extend(g.packed_nest(env, m, col_tiles, mr, nr, lanes, how.kc, mc_packed, panel,
                                   how.parallel and not loops, edge, how.rows_outer))
