@@ -39,6 +39,7 @@ def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator, constant: bool
     (13, 37, 75),     # unpacked: short reduction, row and column tails
     (200, 1000, 1),   # a single column
     (5, 64, 40),      # unpacked, fewer rows than a tile
+    (64, 300, 298),   # packed; on 2 threads two shares of 4 panels, then 1 panel + edge
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("constant", [True, False])
@@ -48,6 +49,10 @@ def test_gemm_paths_match_numpy(m, k, n, threads, constant, rng):
     strategies = {s.strategy for kernel in compiled.program.kernels
                   for s in default_schedule(fuse_trailing_axes(kernel), threads, 16).stages}
     assert "gemm" in strategies or n < 32
+    if n == 298:  # each thread its own share of the panels
+        chunks = {s.column_chunks for kernel in compiled.program.kernels
+                  for s in default_schedule(fuse_trailing_axes(kernel), threads, 16).stages}
+        assert chunks == ({2} if threads == 2 else {0})
     (kernel,) = compiled.program.kernels
     panels = [buf.shape for buf in kernel.buffers if ".panels" in buf.name]
     nr = 2 * host_target().vector_lanes_f32

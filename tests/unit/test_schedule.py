@@ -274,6 +274,9 @@ def test_a_schedule_must_fit_its_kernel():
     with pytest.raises(ScheduleError, match="rows_outer needs a packed gemm"):
         check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 0,
                                                        True),)))
+    with pytest.raises(ScheduleError, match="column_chunks=2 needs a parallel packed gemm"):
+        check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 64,
+                                                       False, 2),)))
     with pytest.raises(ScheduleError, match="schedule has 2 stages"):
         check_schedule(kernel, Schedule((StageSchedule(), StageSchedule())))
 

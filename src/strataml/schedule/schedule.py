@@ -64,6 +64,9 @@ class StageSchedule:
     kc: int = 0
     # packed gemm with few column panels: all panels of a block kept, row tiles outermost
     rows_outer: bool = False
+    # parallel packed gemm: the column panels cut into this many contiguous shares, each
+    # one thread's serial nest (0 or 1: the panel loop of each reduction block is parallel)
+    column_chunks: int = 0
 
     @staticmethod
     def loops(*steps: Primitive) -> StageSchedule:
@@ -87,6 +90,7 @@ class StageSchedule:
         if self.strategy == "gemm":
             text = f"gemm {self.mr}x{self.nr}/{self.lanes} mc={self.mc} kc={self.kc}"
             text += " rows-outer" if self.rows_outer else ""
+            text += f" chunks={self.column_chunks}" if self.column_chunks > 1 else ""
             return text + (" parallel" if self.parallel else "")
         return " ".join(str(s) for s in self.steps) or "(canonical loops)"
 
@@ -172,6 +176,9 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
                                     f"the gemm tile must be {found.panel} wide, not {s.nr}")
             if s.rows_outer and not s.kc:
                 raise ScheduleError(f"{where}: rows_outer needs a packed gemm (kc > 0)")
+            if s.column_chunks < 0 or (s.column_chunks > 1 and not (s.kc and s.parallel)):
+                raise ScheduleError(f"{where}: column_chunks={s.column_chunks} needs a "
+                                    f"parallel packed gemm (kc > 0)")
             if s.lanes < 1 or s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes or s.steps:
                 raise ScheduleError(f"{where}: bad gemm tile {s.mr}x{s.nr}/{s.lanes}"
                                     + (" (a gemm stage takes no primitives)" if s.steps
@@ -293,6 +300,9 @@ def elementwise_steps(nest: LoopNest, parallel: bool) -> tuple[Primitive, ...]:
 # layers: many weights, a small feature map) keeps all panels of a block and runs row tiles
 # outermost, so A streams from memory once rather than once per panel.
 ROWS_OUTER_PANELS = 8
+# A parallel packed gemm gives each thread its own share of the column panels when every
+# share has at least this many (fewer: the panels of each block are dealt out instead).
+MIN_PANELS_PER_CHUNK = 4
 # Bytes of an A row tile's reduction block (mr rows x kc): half of a small L1.
 A_TILE_BYTES = 16 << 10
 
@@ -371,8 +381,11 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                 tiles = shape[found.i_axis] // mr
                 mc = max((d for d in range(1, tiles // threads + 1) if tiles % d == 0
                           and tiles // d >= threads), default=mc)
+            panels = shape[-1] // nr
+            chunks = threads if big and kc and not rows_outer \
+                and panels >= MIN_PANELS_PER_CHUNK * threads else 0
             out.append(StageSchedule("gemm", (), big, mr, nr, vector_lanes, mc, kc,
-                                     rows_outer))
+                                     rows_outer, chunks))
             continue
         nest = stage_nest(kernel, st)
         if row_applicable(kernel, st) is None:

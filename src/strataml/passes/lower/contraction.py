@@ -122,8 +122,8 @@ class _Gemm:
 
     def packed_nest(self, env: dict[Var, Interval], m: int, col_tiles: int, mr: int,
                     nr: int, lanes: int, chunk: int, mc: int, panel: str, parallel: bool,
-                    edge: tuple[str, int] | None = None, rows_outer: bool = False
-                    ) -> list[Stmt]:
+                    edge: tuple[str, int] | None = None, rows_outer: bool = False,
+                    first_panel: Expr | None = None) -> list[Stmt]:
         """The packed gemm over all full column tiles (Goto's loop order). The reduction
         runs in blocks of `chunk` steps of its first axis; within a block, row blocks of mc
         tiles keep their A rows in L2 while every column panel of B is packed into a
@@ -136,7 +136,10 @@ class _Gemm:
 
         `edge` = (scratch, width): also the last, partial panel of `width` columns, packed
         with zeros past the end and accumulated in an m x nr scratch, so the columns past the
-        last full tile run at full vector width too."""
+        last full tile run at full vector width too.
+
+        `first_panel`: the nest covers panels first_panel .. first_panel + col_tiles (one
+        thread's share of the columns, see `gemm_stage`)."""
         from strataml.passes.lower.kernel_to_loop import nest
 
         low, c = self.low, self.c
@@ -153,7 +156,8 @@ class _Gemm:
         kind = "parallel" if parallel and not by_rows else "serial"
         jb = low.fresh("jb")
         env = {**env, jb: (0, col_tiles - 1)}
-        col0 = jb * nr
+        first = first_panel if first_panel is not None else idx(0)
+        col0 = (first + jb) * nr
 
         i, jj = low.fresh("i"), low.fresh("jj")
         row_env = {**env, i: (0, m - 1), jj: (0, nr - 1)}
@@ -239,7 +243,7 @@ class _Gemm:
             for q in range(q_count):
                 bv = low.fresh(f"b{q}_", vec)
                 if c.panel:  # P[tile, k, nr]: this tile's rows of the reduction block
-                    tile = idx(col_tiles) if into_edge else jb
+                    tile = first + (idx(col_tiles) if into_edge else jb)
                     where_b: Expr = (tile * extents[0] + kb * chunk + step_index) * nr + q * lanes
                     step.append(Declare(bv, Load(vec, c.b.buffer, (where_b,))))
                 else:
@@ -267,7 +271,7 @@ class _Gemm:
                 for ii in range(rows) for q in range(q_count))
             return stmts
 
-        edge_col = idx(col_tiles * nr)
+        edge_col = (first + col_tiles) * nr
         if edge:
             if not one_pass:
                 out.append(For(i, m, (For(jj, nr, (Store(edge[0], i * nr + jj, init),),
@@ -429,8 +433,25 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             low.scratch.append(Allocate(edge[0], c.reduce.dtype, m * nr,
                                         shared=how.parallel and not loops))
             handled = n
-        full.extend(g.packed_nest(env, m, col_tiles, mr, nr, lanes, how.kc, mc_packed, panel,
-                                  how.parallel and not loops, edge, how.rows_outer))
+        chunks = how.column_chunks if how.parallel and not loops and not how.rows_outer \
+            else 0
+        if chunks > 1 and col_tiles >= chunks:
+            # Each thread runs the whole serial nest over its own contiguous share of the
+            # panels: no barrier between reduction blocks (the panels that do not divide
+            # evenly, and the edge, follow in a nest of their own).
+            per = col_tiles // chunks
+            tc = low.fresh("tc")
+            full.append(For(tc, chunks, tuple(g.packed_nest(
+                {**env, tc: (0, chunks - 1)}, m, per, mr, nr, lanes, how.kc, mc_packed, panel,
+                False, None, False, tc * per)), "parallel"))
+            if col_tiles % chunks or edge:
+                full.extend(g.packed_nest(env, m, col_tiles % chunks, mr, nr, lanes, how.kc,
+                                          mc_packed, panel, True, edge, False,
+                                          idx(chunks * per)))
+        else:
+            full.extend(g.packed_nest(env, m, col_tiles, mr, nr, lanes, how.kc, mc_packed,
+                                      panel, how.parallel and not loops, edge,
+                                      how.rows_outer))
     elif row_tiles and col_tiles:
         row_block = ibb * mc if row_blocks > 1 else idx(0)
         tile_env = {**env, jb: (0, col_tiles - 1), ib: (0, mc - 1), ibb: (0, row_blocks - 1)}
