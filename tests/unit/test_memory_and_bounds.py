@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -161,3 +162,51 @@ def test_index_simplification_removes_reshape_arithmetic():
     # Y may reach 56 here: the remainder is not known to stay below the divisor.
     wide = {X: (0, 111), Y: (0, 56)}
     assert simplify_expr(Binary(I64, "mod", flat, _c(56)), wide) != Y
+
+
+# ---------------------------------------------------------------- concatenation by placement
+
+
+def _concat_model(axis: int, concat_is_output: bool = False):
+    """Two convs of x concatenated along `axis`, a conv over the result, and a later reader
+    of the first piece (so its lifetime must outlast the concatenation's consumer)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    f = TensorProto.FLOAT
+    weights = {f"w{k}": rng.standard_normal(s).astype(np.float32) for k, s in (
+        (1, (3, 4, 3, 3)), (2, (5, 4, 1, 1)), (3, (6, 8 if axis == 1 else 3, 1, 1)))}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"] if axis == 1 else ["b0"])]
+    if axis != 1:  # the same channels, so that the pieces differ only along `axis`
+        nodes.append(helper.make_node("Slice", ["b0", "s0", "s1", "s2"], ["b"]))
+    nodes += [helper.make_node("Concat", ["a", "b"], ["c"], axis=axis),
+              helper.make_node("Conv", ["c", "w3"], ["y"]),
+              helper.make_node("Sigmoid", ["a"], ["y2"])]
+    consts = [numpy_helper.from_array(v, k) for k, v in weights.items()] + [
+        numpy_helper.from_array(np.array(v, np.int64), k)
+        for k, v in (("s0", [0]), ("s1", [3]), ("s2", [1]))]
+    outputs = ["y", "y2"] + (["c"] if concat_is_output else [])
+    graph = helper.make_graph(
+        nodes, "concat", [helper.make_tensor_value_info("x", f, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info(o, f, None) for o in outputs], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("axis", "concat_is_output", "placed"), [
+    (1, False, True),    # channels of a batch-1 image: each piece a contiguous block
+    (3, False, False),   # along the last axis the pieces interleave: a copy kernel
+    (1, True, False),    # the result is a graph output, outside the arena: a copy kernel
+])
+def test_concatenation_by_placement(axis, concat_is_output, placed):
+    import strataml
+    from tests.ops.reference import reference_outputs
+
+    model = _concat_model(axis, concat_is_output)
+    compiled = strataml.compile(model)
+    kernels = [k.name for k in compiled.program.kernels]
+    assert any("concat" in k for k in kernels) != placed
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    for got, want in zip(compiled.run({"x": x}), reference_outputs(model, {"x": x}),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -30,7 +30,12 @@ from strataml.passes.lower.kernel_to_loop import (
     lower_with_default_schedule,
     prepare_kernel,
 )
-from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
+from strataml.passes.lower.memory_plan import (
+    Interval,
+    concats_by_placement,
+    pack_weights,
+    plan_arena,
+)
 from strataml.passes.lower.prepack import pack_panels, packed_name, prepack_weights
 from strataml.passes.manager import GraphPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
@@ -87,7 +92,11 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
     start = time.perf_counter()
     kernels: list[Kernel] = []
     bindings: list[dict[str, str]] = []  # kernel buffer -> graph value (or temp)
+    placed = concats_by_placement(graph)
+    made_by_placement = {out for out, _ in placed.values()}
     for i, node in enumerate(graph.nodes):
+        if node.outputs[0] in made_by_placement:
+            continue  # its inputs' producers write it (see `concats_by_placement`)
         kernel, values = lower_group(graph, node, f"k{i}_{_slug(node)}")
         if options.verify:
             verify_kernel(kernel)
@@ -129,7 +138,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
             verify_function(fn)
     timings.append(("lower", time.perf_counter() - start))
 
-    plan, calls, weights = _plan(graph, kernels, bindings, functions)
+    plan, calls, weights = _plan(graph, kernels, bindings, functions, placed)
     start = time.perf_counter()
     module = build_module(loops, calls, plan.entry)
     plan = replace(plan, num_threads=threads,
@@ -183,7 +192,7 @@ def _slug(node) -> str:
 
 
 def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
-          functions: list[str]
+          functions: list[str], placed: dict[str, tuple[str, int]]
           ) -> tuple[ExecutionPlan, list[KernelCall], dict[str, np.ndarray]]:
     """Decide where every tensor lives. Graph inputs are read in place from the caller's
     arrays and kernel-produced outputs are written straight into fresh result arrays (the
@@ -214,9 +223,17 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
                 last_read.setdefault(value, s)
             else:
                 last_read[value] = s
+    # A value placed inside a concatenation lives as long as the concatenation, which lives
+    # from its first piece's write to the last read of it or of any piece.
+    for piece, (whole, _) in placed.items():
+        if piece in first_write:
+            first_write[whole] = min(first_write.get(whole, steps), first_write[piece])
+            last_read[whole] = max(last_read.get(whole, 0), last_read[piece])
     activations = [Interval(v, graph.types[v].nbytes, first_write[v], last_read[v])
-                   for v in first_write if v not in io_index]
+                   for v in first_write if v not in io_index and v not in placed]
     offsets, arena_bytes = plan_arena(activations + temps, steps)
+    for piece, (whole, at) in placed.items():
+        offsets[piece] = offsets[whole] + at
 
     used_weights = [v for v in graph.constants if any(
         v in values.values() for values in bindings) or v in graph.outputs]

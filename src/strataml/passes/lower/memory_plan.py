@@ -1,7 +1,9 @@
 """Static memory plan: every tensor gets a region and an offset, decided at compile time.
 
 Activations share one arena: a buffer's bytes are reused once its last reader has run
-(greedy first-fit by liveness). Weights live in a separate read-only blob.
+(greedy first-fit by liveness). Weights live in a separate read-only blob. A concatenation
+whose pieces are contiguous blocks of its result costs no copy: each piece is placed inside
+the result, where its producer writes it (see `concats_by_placement`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from strataml.ir.dialects.graph import Graph
 from strataml.runtime.hal import ALIGNMENT
 
 
@@ -85,3 +88,36 @@ def pack_weights(sizes: Sequence[tuple[str, int]]) -> tuple[dict[str, int], int]
         offsets[name] = top
         top += _align(max(size, 1))
     return offsets, top
+
+
+def concats_by_placement(graph: Graph) -> dict[str, tuple[str, int]]:
+    """For each Concat (a group of its own) that can be made by placement: its inputs ->
+    (its output, byte offset of the input inside it).
+
+    That holds when every dimension before the axis is 1, so each input is one contiguous
+    block of the output (channels of a batch-1 image: Inception's and SqueezeNet's branch
+    concatenations), and when each input is an activation written by one node, appears once
+    in this Concat and in no other placed one (nor is itself a Concat's result), and the
+    output is an activation too (neither may be a graph input, output or constant). Other
+    readers of an input are fine: the output's lifetime is stretched over theirs."""
+    producers = graph.producers()
+    placed: dict[str, tuple[str, int]] = {}
+    outside = set(graph.inputs) | set(graph.outputs) | set(graph.constants)
+    concat_outputs = {n.outputs[0] for n in graph.nodes if n.op == "Concat" and not n.body}
+    for node in graph.nodes:
+        if node.op != "Concat" or node.body:
+            continue
+        out = node.outputs[0]
+        shape = graph.types[out].static_shape()
+        axis = node.attr("axis") % len(shape)
+        inputs = list(node.inputs)
+        if (out in outside or any(d != 1 for d in shape[:axis])
+                or len(set(inputs)) != len(inputs)
+                or any(v in outside or v in placed or v not in producers or v in concat_outputs
+                       or graph.types[v].dtype != graph.types[out].dtype for v in inputs)):
+            continue
+        offset = 0
+        for v in inputs:
+            placed[v] = (out, offset)
+            offset += graph.types[v].nbytes
+    return placed
