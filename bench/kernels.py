@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tests.models.architectures import MODELS
 
 import strataml
+from models import ort_session
 from peak import measure_peak_gflops
 from strataml.ir.dialects.kernel import Kernel
 from strataml.schedule.schedule import top_reduces
@@ -45,18 +46,10 @@ def kernel_flops(kernel: Kernel) -> int:
 
 
 def ort_node_times(model, feeds, threads: int, repeats: int) -> dict[tuple[str, str], float]:
-    """Median milliseconds per node, from ONNX Runtime's profiler (spinning off, as in
-    `bench/models.py`)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    session = ort.InferenceSession(model.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    """Median milliseconds per node, from ONNX Runtime's profiler (the session of
+    `bench/models.py`, spinning off)."""
+    session = ort_session(model, threads, spin=False,
+                          profile_prefix=os.path.join(tempfile.mkdtemp(), "ort"))
     for _ in range(repeats):
         session.run(None, feeds)
     path = session.end_profiling()

@@ -117,10 +117,15 @@ class Result:
     max_err: float
 
 
-def ort_session(model: onnx.ModelProto, threads: int, spin: bool):
+def ort_session(model: onnx.ModelProto, threads: int, spin: bool,
+                profile_prefix: str | None = None):
+    """An ORT session on `threads` threads; with `profile_prefix`, its profiler on."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -279,16 +279,10 @@ class _FunctionEmitter:
 
     def prefetch(self, s: Prefetch) -> None:
         """`llvm.prefetch(ptr, write, L1 locality, data)`."""
-        fn = self.module.globals.get("llvm.prefetch.p0")
-        if fn is None:
-            i32 = ir.IntType(32)
-            fn = ir.Function(self.module, ir.FunctionType(
-                ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]),
-                name="llvm.prefetch.p0")
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = _declare(self.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, i32, i32, i32])
         # (a scalar dtype: the element address, whatever the buffer's type)
-        ptr = self.builder.bitcast(self.address(s.buffer, s.index, "int8"),
-                                   ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
+        ptr = self.builder.bitcast(self.address(s.buffer, s.index, "int8"), i8p)
         self.builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
                                ir.Constant(i32, 1)])
 
