@@ -1,6 +1,7 @@
-"""Each convolution lowering path (shifted plane, im2col, 1x1 as a matrix product, direct
-window loop, depthwise, grouped as one product per group) against ONNX Runtime, over the
-attribute combinations that change its index arithmetic: padding (asymmetric too),
+"""Each convolution lowering path (Winograd rows, shifted plane, im2col, 1x1 as a matrix
+product, direct window loop, depthwise, grouped as one product per group) against ONNX
+Runtime, over the attribute combinations that change its index arithmetic: padding
+(asymmetric too),
 dilation, stride, batch, bias and a fused epilogue. Each case also checks which path the
 lowering took, so a rule change that sends a shape down another path is visible."""
 
@@ -79,11 +80,60 @@ GROUPED = [
 ]
 
 
+# 3x3 stride-1 convolutions by Winograd F(4, 3) along the rows, with the size thresholds
+# lifted: rows that fill no whole block of 4 (1, 3, 5, 13 output rows), asymmetric and no
+# padding, batch 2, odd widths, one column.
+WINOGRAD = [
+    ((1, 8, 16, 16), (12, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((2, 5, 14, 15), (7, 5, 3, 3), {"pads": [0, 2, 1, 0]}),
+    ((1, 3, 13, 17), (8, 3, 3, 3), {}),
+    ((1, 6, 3, 9), (4, 6, 3, 3), {"pads": [0, 1, 0, 1]}),
+    ((1, 4, 7, 7), (16, 4, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 4, 5, 1), (6, 4, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 16, 13, 13), (32, 16, 3, 3), {"pads": [1, 1, 1, 1]}),
+]
+
+WINOGRAD_TEMPS = {"plane", "winograd_in", "winograd_mid"}
+
+
 @pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "temps"), CASES,
                          ids=[f"case{i}" for i in range(len(CASES))])
 @pytest.mark.parametrize("bias_and_epilogue", [False, True])
-def test_conv_path_matches_ort(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
+def test_conv_path_matches_ort(rng, monkeypatch, x_shape, w_shape, attrs, temps,
+                               bias_and_epilogue):
+    from strataml.passes.lower.ops import nn
+
+    monkeypatch.setattr(nn, "WINOGRAD_MIN_CHANNELS", 1 << 30)  # the other paths
     _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), WINOGRAD,
+                         ids=[f"winograd{i}" for i in range(len(WINOGRAD))])
+@pytest.mark.parametrize("bias_and_epilogue", [False, True])
+def test_winograd_rows_conv_matches_ort(rng, monkeypatch, x_shape, w_shape, attrs,
+                                        bias_and_epilogue):
+    from strataml.passes.lower.ops import nn
+
+    monkeypatch.setattr(nn, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(nn, "WINOGRAD_MIN_COLUMNS", 0)
+    _check_conv_path(rng, x_shape, w_shape, attrs, WINOGRAD_TEMPS, bias_and_epilogue)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "winograd"), [
+    ((1, 64, 56, 56), (64, 64, 3, 3), True),  # ResNet's first stage
+    ((1, 64, 13, 13), (256, 64, 3, 3), True),  # SqueezeNet's last expansions: 60 columns
+    ((1, 512, 7, 7), (512, 512, 3, 3), False),  # 18 columns: weight-streaming
+    ((1, 3, 56, 56), (64, 3, 3, 3), False),  # 3 input channels: the transform costs more
+])
+def test_winograd_default_rule(rng, x_shape, w_shape, winograd):
+    w = (rng.standard_normal(w_shape) * 0.05).astype(np.float32)
+    model = _conv_model(x_shape, w, None, False, pads=[1, 1, 1, 1])
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    compiled = strataml.compile(model)
+    assert ("winograd_in" in _temps(compiled)) == winograd
+    (got,) = compiled.run({"x": x})
+    (want,) = reference_outputs(model, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "temps"), GROUPED,
@@ -107,7 +157,8 @@ def _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
     (want,) = reference_outputs(model, {"x": x})
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert _temps(compiled) & {"plane", "wide", "col", "pad", "grouped"} == temps
+    assert _temps(compiled) & {"plane", "wide", "col", "pad", "grouped", "winograd_in",
+                               "winograd_mid"} == temps
     if "pad" in temps:  # the padded copy is made per channel, inside the window loop
         from strataml.ir.dialects.loop import print_function
 

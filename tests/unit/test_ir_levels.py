@@ -68,7 +68,7 @@ def test_graph_text_quotes_names_that_are_not_identifiers():
 
 def _relu_kernel():
     g = graph({"x": (F32, (2, 3))}, [node("Relu", ["x"], "y", name="act")], ["y"])
-    kernel, values = lower_group(g, g.nodes[0], "k0")
+    kernel, values, _ = lower_group(g, g.nodes[0], "k0")
     return kernel, values
 
 

@@ -94,14 +94,19 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
     bindings: list[dict[str, str]] = []  # kernel buffer -> graph value (or temp)
     placed = concats_by_placement(graph)
     made_by_placement = {out for out, _ in placed.values()}
+    derived: dict[str, np.ndarray] = {}
     for i, node in enumerate(graph.nodes):
         if node.outputs[0] in made_by_placement:
             continue  # its inputs' producers write it (see `concats_by_placement`)
-        kernel, values = lower_group(graph, node, f"k{i}_{_slug(node)}")
+        kernel, values, made = lower_group(graph, node, f"k{i}_{_slug(node)}")
         if options.verify:
             verify_kernel(kernel)
         kernels.append(kernel)
         bindings.append(values)
+        derived.update(made)
+    if derived:
+        graph = replace(graph, constants={**graph.constants, **derived}, types={
+            **graph.types, **{v: TensorType.of(a) for v, a in derived.items()}})
     graph = _prepack_weights(graph, kernels, bindings, 2 * target.vector_lanes_f32)
     if options.verify:
         for kernel in kernels:

@@ -51,6 +51,7 @@ class LowerContext:
     buffers: list[Buffer] = field(default_factory=list)
     stages: list[Stage] = field(default_factory=list)
     values: dict[str, str] = field(default_factory=dict)  # kernel buffer -> graph value
+    derived: dict[str, np.ndarray] = field(default_factory=dict)  # new graph constants
     _ids: count = field(default_factory=count)
 
     def fresh_var(self, prefix: str = "v") -> Var:
@@ -79,6 +80,20 @@ class LowerContext:
         self.buffers.append(Buffer(name, t.dtype, shape, "input"))
         self.values[name] = value_name
         return TensorRef.load(name, t.dtype, shape)
+
+    def derived_constant(self, value_name: str, data: np.ndarray) -> TensorRef:
+        """A kernel input bound to a constant that this lowering computes at compile time
+        from the graph's constants (e.g. transformed weights); the pipeline adds it to the
+        graph under `value_name`, so kernels that derive the same name share one copy."""
+        self.derived[value_name] = data
+        dtype = str(data.dtype)
+        for buf in self.buffers:
+            if self.values.get(buf.name) == value_name:
+                return TensorRef.load(buf.name, dtype, data.shape)
+        name = f"in{len(self.buffers)}"
+        self.buffers.append(Buffer(name, dtype, data.shape, "input"))
+        self.values[name] = value_name
+        return TensorRef.load(name, dtype, data.shape)
 
     def materialize(self, ref: TensorRef, hint: str = "t") -> TensorRef:
         """Compute `ref` into a kernel-local temporary buffer and read it back from there."""
@@ -120,10 +135,12 @@ class LowerContext:
 RECOMPUTE_LIMIT = 12
 
 
-def lower_group(graph: Graph, node: Node, name: str) -> tuple[Kernel, dict[str, str]]:
+def lower_group(graph: Graph, node: Node, name: str
+                ) -> tuple[Kernel, dict[str, str], dict[str, np.ndarray]]:
     """Lower a fused node (or a single node) to one kernel.
 
-    Returns the kernel and, for each of its input/output buffers, the graph value bound to it.
+    Returns the kernel, for each of its input/output buffers the graph value bound to it,
+    and the constants the lowering derived (graph value -> data) that the graph lacks.
     """
     rules = load_rules()
     ctx = LowerContext(graph, name)
@@ -166,7 +183,7 @@ def lower_group(graph: Graph, node: Node, name: str) -> tuple[Kernel, dict[str, 
         if value not in emitted:
             ctx.output(value, ref_of(value))
     sources = tuple(n.name or n.outputs[0] for n in body)
-    return Kernel(name, tuple(ctx.buffers), tuple(ctx.stages), sources), ctx.values
+    return Kernel(name, tuple(ctx.buffers), tuple(ctx.stages), sources), ctx.values, ctx.derived
 
 
 def _expr_size(ref: TensorRef) -> int:
