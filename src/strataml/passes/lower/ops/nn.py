@@ -15,7 +15,6 @@ from strataml.ir.expr import (
     const,
     idx,
     logical_and,
-    maximum,
     select,
     unary,
 )
@@ -417,24 +416,60 @@ def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     return [TensorRef(x.dtype, shape, fn)]
 
 
+def _window_reduce(ctx: LowerContext, node: Node, x: TensorRef, combiner: str, fill: Expr,
+                   shape: tuple[int, ...]) -> TensorRef:
+    """`combiner` over each pooling window of x, padding read as `fill`.
+
+    A 2-D window is reduced along its rows first, into a temporary of whole padded rows, then
+    along its columns: kh + kw steps per output instead of kh x kw, and the row step reads
+    contiguous vectors whatever the stride (only the column step is strided)."""
+    xp, node = _zero_padded(ctx, node, x, fill=fill)
+    kernel = tuple(node.attr("kernel_shape"))
+    nsp = x.rank - 2
+    strides = node.attr("strides", (1,) * nsp)
+    dil = node.attr("dilations", (1,) * nsp)
+    if nsp == 2 and min(kernel) > 1:
+        rows = ctx.materialize(TensorRef(x.dtype, (*shape[:3], xp.shape[3]), lambda ix: (
+            ctx.reduce(combiner, (kernel[0],), lambda a: xp(
+                ix[0], ix[1], ix[2] * strides[0] + a * dil[0], ix[3])))), "rows")
+        return TensorRef(x.dtype, shape, lambda ix: ctx.reduce(combiner, (kernel[1],), lambda b: (
+            rows(ix[0], ix[1], ix[2], ix[3] * strides[1] + b * dil[1]))))
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        return ctx.reduce(combiner, kernel, lambda *taps: xp(ix[0], ix[1], *(
+            o * s + t * d for o, t, s, d in zip(ix[2:], taps, strides, dil, strict=True))))
+
+    return TensorRef(x.dtype, shape, fn)
+
+
 @lowering("MaxPool")
 def lower_max_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                    ) -> list[TensorRef]:
-    x = inputs[0]
-    shape = out_shape(ctx, node)
     from strataml.ir.expr import reduce_identity
 
+    x = inputs[0]
     lowest = reduce_identity("max", x.dtype)
-    x, node = _zero_padded(ctx, node, x, fill=lowest)
+    return [_window_reduce(ctx, node, x, "max", lowest, out_shape(ctx, node))]
 
-    def fn(ix: tuple[Expr, ...]) -> Expr:
-        def body(*taps: Expr) -> Expr:
-            coords, inside = _window_index(node, x, ix[2:], taps)
-            return select(inside, x(ix[0], ix[1], *coords), lowest)
 
-        return ctx.reduce("max", tuple(node.attr("kernel_shape")), body)
-
-    return [TensorRef(x.dtype, shape, fn)]
+def _window_counts(node: Node, in_sp: tuple[int, ...], out_sp: tuple[int, ...]) -> np.ndarray:
+    """How many elements each average-pooling window divides by, per output position: the
+    input positions it covers, plus the padding ones with count_include_pad (never the
+    ceil_mode overhang past the padding). A box window's count is a product over axes."""
+    nsp = len(in_sp)
+    kernel = node.attr("kernel_shape")
+    strides = node.attr("strides", (1,) * nsp)
+    dil = node.attr("dilations", (1,) * nsp)
+    pads = node.attr("pads", (0,) * (2 * nsp))
+    include_pad = node.attr("count_include_pad", 0)
+    counts = np.ones((), np.float64)
+    for d in range(nsp):
+        pos = (np.arange(out_sp[d])[:, None] * strides[d] + np.arange(kernel[d])[None, :]
+               * dil[d] - pads[d])
+        lo, hi = (-pads[d], in_sp[d] + pads[nsp + d]) if include_pad else (0, in_sp[d])
+        axis = ((pos >= lo) & (pos < hi)).sum(axis=1)
+        counts = np.multiply.outer(counts, axis)
+    return np.maximum(counts, 1)
 
 
 @lowering("AveragePool")
@@ -442,29 +477,14 @@ def lower_avg_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                    ) -> list[TensorRef]:
     x = inputs[0]
     shape = out_shape(ctx, node)
-    kernel = tuple(node.attr("kernel_shape"))
-    nsp = x.rank - 2
-    pads = node.attr("pads", (0,) * (2 * nsp))
-    include_pad = node.attr("count_include_pad", 0)
-    zero = const(0, x.dtype)
-
-    def fn(ix: tuple[Expr, ...]) -> Expr:
-        def body(*taps: Expr) -> Expr:
-            coords, inside = _window_index(node, x, ix[2:], taps)
-            return select(inside, x(ix[0], ix[1], *coords), zero)
-
-        def count_body(*taps: Expr) -> Expr:
-            coords, inside = _window_index(node, x, ix[2:], taps)
-            if include_pad:  # padding counts, the ceil_mode overhang past it does not
-                inside = logical_and(*(c for d, p in enumerate(coords) for c in (
-                    compare("ge", p, -pads[d]), compare("lt", p, x.shape[2 + d] + pads[nsp + d]))))
-            return cast(inside, x.dtype)
-
-        total = ctx.reduce("sum", kernel, body)
-        count = ctx.reduce("sum", kernel, count_body)
-        return total / maximum(count, const(1, x.dtype))
-
-    return [TensorRef(x.dtype, shape, fn)]
+    total = _window_reduce(ctx, node, x, "sum", const(0, x.dtype), shape)
+    counts = _window_counts(node, x.shape[2:], shape[2:])
+    if np.all(counts == counts.flat[0]):
+        scale = const(1 / counts.flat[0], x.dtype)
+        return [TensorRef(x.dtype, shape, lambda ix: total.fn(ix) * scale)]
+    inverse = ctx.derived_constant(f"{node.outputs[0]}.inverse_counts",
+                                   (1 / counts).astype(x.dtype))
+    return [TensorRef(x.dtype, shape, lambda ix: total.fn(ix) * inverse(*ix[2:]))]
 
 
 @lowering("GlobalAveragePool", "GlobalMaxPool")
