@@ -131,6 +131,8 @@ def test_winograd_default_rule(rng, x_shape, w_shape, winograd):
     x = rng.standard_normal(x_shape).astype(np.float32)
     compiled = strataml.compile(model)
     assert ("winograd_in" in _temps(compiled)) == winograd
+    # the transformed weights replace the originals, which are not kept
+    assert ("w" in compiled.program.weights) != winograd
     (got,) = compiled.run({"x": x})
     (want,) = reference_outputs(model, {"x": x})
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

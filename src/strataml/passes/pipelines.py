@@ -240,8 +240,11 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     for piece, (whole, at) in placed.items():
         offsets[piece] = offsets[whole] + at
 
-    used_weights = [v for v in graph.constants if any(
-        v in values.values() for values in bindings) or v in graph.outputs]
+    # (a constant only a dropped buffer was bound to, e.g. weights replaced by their packed
+    # or transformed form, is not kept)
+    bound = {values[b.name] for kernel, values in zip(kernels, bindings, strict=True)
+             for b in kernel.buffers if b.name in values}
+    used_weights = [v for v in graph.constants if v in bound or v in graph.outputs]
     w_offsets, weights_bytes = pack_weights(
         [(v, graph.constants[v].nbytes) for v in used_weights])
 

@@ -16,7 +16,7 @@ import numpy as np
 from strataml.errors import PassError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
-from strataml.ir.expr import Expr, Var, idx, reduce
+from strataml.ir.expr import Expr, Load, Var, idx, reduce
 from strataml.passes.lower.tensor_ref import TensorRef
 
 LowerRule = Callable[["LowerContext", Node, list["TensorRef | None"]], list[TensorRef]]
@@ -183,7 +183,10 @@ def lower_group(graph: Graph, node: Node, name: str
         if value not in emitted:
             ctx.output(value, ref_of(value))
     sources = tuple(n.name or n.outputs[0] for n in body)
-    return Kernel(name, tuple(ctx.buffers), tuple(ctx.stages), sources), ctx.values, ctx.derived
+    # An input no stage reads (a weight a rule replaced by a derived constant) is not passed.
+    read = {e.buffer for st in ctx.stages for e in st.body.walk() if isinstance(e, Load)}
+    buffers = tuple(b for b in ctx.buffers if b.role != "input" or b.name in read)
+    return Kernel(name, buffers, tuple(ctx.stages), sources), ctx.values, ctx.derived
 
 
 def _expr_size(ref: TensorRef) -> int:
