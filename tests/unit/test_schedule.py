@@ -271,6 +271,10 @@ def test_a_schedule_must_fit_its_kernel():
         check_schedule(kernel, Schedule((StageSchedule("spiral"),)))
     with pytest.raises(ScheduleError, match="bad gemm tile"):
         check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 4, 24, 16),)))
+    # a reduction block that does not divide the reduction would skip its last steps
+    with pytest.raises(ScheduleError, match=f"kc={K + 1} does not divide"):
+        check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0,
+                                                       K + 1),)))
     with pytest.raises(ScheduleError, match="rows_outer needs a packed gemm"):
         check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 0,
                                                        True),)))

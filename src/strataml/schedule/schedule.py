@@ -174,6 +174,10 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
             if found.panel and s.nr != found.panel:
                 raise ScheduleError(f"{where}: B is packed in panels of {found.panel} columns; "
                                     f"the gemm tile must be {found.panel} wide, not {s.nr}")
+            first = found.reduce.extents[0]
+            if s.kc < 0 or (s.kc and first % s.kc):
+                raise ScheduleError(f"{where}: kc={s.kc} does not divide the reduction's "
+                                    f"first axis ({first} steps)")
             if s.rows_outer and not s.kc:
                 raise ScheduleError(f"{where}: rows_outer needs a packed gemm (kc > 0)")
             if s.column_chunks < 0 or (s.column_chunks > 1 and not (s.kc and s.parallel)):
