@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import strataml
-from tests.ops.reference import reference_outputs
+from tests.ops.reference import assert_matches_reference, reference_outputs, temp_kinds
 
 F = TensorProto.FLOAT
 
@@ -34,12 +34,6 @@ def _conv_model(x_shape: tuple[int, ...], w: np.ndarray, b: np.ndarray | None,
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", F, x_shape)],
                               [helper.make_tensor_value_info(out, F, None)], consts)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _temps(compiled: strataml.CompiledModel) -> set[str]:
-    """Kinds of kernel-local temporaries (their name without the number)."""
-    return {buf.name.rstrip("0123456789") for k in compiled.program.kernels
-            for buf in k.buffers if buf.role == "temp"}
 
 
 # (input shape, weight shape, attributes, the temporaries that mark the path)
@@ -129,13 +123,10 @@ def test_winograd_default_rule(rng, x_shape, w_shape, winograd):
     w = (rng.standard_normal(w_shape) * 0.05).astype(np.float32)
     model = _conv_model(x_shape, w, None, False, pads=[1, 1, 1, 1])
     x = rng.standard_normal(x_shape).astype(np.float32)
-    compiled = strataml.compile(model)
-    assert ("winograd_in" in _temps(compiled)) == winograd
+    compiled = assert_matches_reference(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert ("winograd_in" in temp_kinds(compiled)) == winograd
     # the transformed weights replace the originals, which are not kept
     assert ("w" in compiled.program.weights) != winograd
-    (got,) = compiled.run({"x": x})
-    (want,) = reference_outputs(model, {"x": x})
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "temps"), GROUPED,
@@ -154,12 +145,8 @@ def _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
     b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias_and_epilogue else None
     model = _conv_model(x_shape, w, b, bias_and_epilogue, **attrs)
     x = rng.standard_normal(x_shape).astype(np.float32)
-    compiled = strataml.compile(model)
-    (got,) = compiled.run({"x": x})
-    (want,) = reference_outputs(model, {"x": x})
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert _temps(compiled) & {"plane", "wide", "col", "pad", "grouped", "winograd_in",
+    compiled = assert_matches_reference(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert temp_kinds(compiled) & {"plane", "wide", "col", "pad", "grouped", "winograd_in",
                                "winograd_mid"} == temps
     if "pad" in temps:  # the padded copy is made per channel, inside the window loop
         from strataml.ir.dialects.loop import print_function

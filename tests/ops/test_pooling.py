@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-import strataml
-from tests.ops.reference import reference_outputs
+from tests.ops.reference import assert_matches_reference, temp_kinds
 
 CASES = [
     ("MaxPool", (1, 3, 12, 12), {"kernel_shape": [3, 3], "strides": [2, 2],
@@ -42,12 +41,6 @@ def test_pooling_matches_ort(rng, op, x_shape, attrs):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = rng.standard_normal(x_shape).astype(np.float32)
-    compiled = strataml.compile(model)
-    (got,) = compiled.run({"x": x})
-    (want,) = reference_outputs(model, {"x": x})
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    temps = {b.name.rstrip("0123456789") for k in compiled.program.kernels
-             for b in k.buffers if b.role == "temp"}
+    compiled = assert_matches_reference(model, {"x": x}, rtol=1e-5, atol=1e-6)
     separable = len(x_shape) == 4 and min(attrs["kernel_shape"]) > 1
-    assert ("rows" in temps) == separable
+    assert ("rows" in temp_kinds(compiled)) == separable
