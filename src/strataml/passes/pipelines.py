@@ -104,9 +104,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         kernels.append(kernel)
         bindings.append(values)
         derived.update(made)
-    if derived:
-        graph = replace(graph, constants={**graph.constants, **derived}, types={
-            **graph.types, **{v: TensorType.of(a) for v, a in derived.items()}})
+    graph = _with_constants(graph, derived)
     graph = _prepack_weights(graph, kernels, bindings, 2 * target.vector_lanes_f32)
     if options.verify:
         for kernel in kernels:
@@ -177,6 +175,11 @@ def _prepack_weights(graph: Graph, kernels: list[Kernel], bindings: list[dict[st
                 # (the kernel may view the constant in another shape than the graph's)
                 weight = graph.constants[values[source]].reshape(kernel.buffer(source).shape)
                 extra[value] = pack_panels(weight, width)
+    return _with_constants(graph, extra)
+
+
+def _with_constants(graph: Graph, extra: dict[str, np.ndarray]) -> Graph:
+    """The graph with constants made during lowering (derived or packed weights) added."""
     if not extra:
         return graph
     return replace(graph, constants={**graph.constants, **extra},

@@ -65,6 +65,14 @@ class Kernel:
         return f"kernel {self.name} (from {', '.join(self.source) or '?'})"
 
 
+def read_inputs_only(buffers: tuple[Buffer, ...] | list[Buffer], stages: tuple[Stage, ...]
+                     | list[Stage]) -> tuple[Buffer, ...]:
+    """The buffers without the inputs no stage reads (a weight a lowering replaced by a
+    derived or packed form is then not passed to the kernel at all)."""
+    read = {e.buffer for st in stages for e in st.body.walk() if isinstance(e, Load)}
+    return tuple(b for b in buffers if b.role != "input" or b.name in read)
+
+
 def print_kernel(kernel: Kernel) -> str:
     lines = [f"kernel @{kernel.name} loc({', '.join(repr(s) for s in kernel.source)}) {{"]
     lines += [f"  {b}" for b in kernel.buffers]

@@ -15,8 +15,8 @@ import numpy as np
 
 from strataml.errors import PassError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, Node
-from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
-from strataml.ir.expr import Expr, Load, Var, idx, reduce
+from strataml.ir.dialects.kernel import Buffer, Kernel, Stage, read_inputs_only
+from strataml.ir.expr import Expr, Var, idx, reduce
 from strataml.passes.lower.tensor_ref import TensorRef
 
 LowerRule = Callable[["LowerContext", Node, list["TensorRef | None"]], list[TensorRef]]
@@ -72,28 +72,25 @@ class LowerContext:
         if data is not None and data.size <= INLINE_CONSTANT_LIMIT:
             flat = np.asarray(data).reshape(-1)
             return TensorRef.constant(flat[0].item() if flat.size else 0, t.dtype, shape)
-        for buf in self.buffers:
-            if self.values.get(buf.name) == value_name and buf.shape == shape \
-                    and buf.role == "input":
-                return TensorRef.load(buf.name, t.dtype, shape)
-        name = f"in{len(self.buffers)}"
-        self.buffers.append(Buffer(name, t.dtype, shape, "input"))
-        self.values[name] = value_name
-        return TensorRef.load(name, t.dtype, shape)
+        return self._bound_input(value_name, t.dtype, shape)
 
     def derived_constant(self, value_name: str, data: np.ndarray) -> TensorRef:
         """A kernel input bound to a constant that this lowering computes at compile time
         from the graph's constants (e.g. transformed weights); the pipeline adds it to the
         graph under `value_name`, so kernels that derive the same name share one copy."""
         self.derived[value_name] = data
-        dtype = str(data.dtype)
+        return self._bound_input(value_name, str(data.dtype), data.shape)
+
+    def _bound_input(self, value_name: str, dtype: str, shape: tuple[int, ...]) -> TensorRef:
+        """A load of the kernel input bound to `value_name` in `shape`, added if new."""
         for buf in self.buffers:
-            if self.values.get(buf.name) == value_name:
-                return TensorRef.load(buf.name, dtype, data.shape)
+            if self.values.get(buf.name) == value_name and buf.shape == shape \
+                    and buf.role == "input":
+                return TensorRef.load(buf.name, dtype, shape)
         name = f"in{len(self.buffers)}"
-        self.buffers.append(Buffer(name, dtype, data.shape, "input"))
+        self.buffers.append(Buffer(name, dtype, shape, "input"))
         self.values[name] = value_name
-        return TensorRef.load(name, dtype, data.shape)
+        return TensorRef.load(name, dtype, shape)
 
     def materialize(self, ref: TensorRef, hint: str = "t") -> TensorRef:
         """Compute `ref` into a kernel-local temporary buffer and read it back from there."""
@@ -183,10 +180,8 @@ def lower_group(graph: Graph, node: Node, name: str
         if value not in emitted:
             ctx.output(value, ref_of(value))
     sources = tuple(n.name or n.outputs[0] for n in body)
-    # An input no stage reads (a weight a rule replaced by a derived constant) is not passed.
-    read = {e.buffer for st in ctx.stages for e in st.body.walk() if isinstance(e, Load)}
-    buffers = tuple(b for b in ctx.buffers if b.role != "input" or b.name in read)
-    return Kernel(name, buffers, tuple(ctx.stages), sources), ctx.values, ctx.derived
+    return (Kernel(name, read_inputs_only(ctx.buffers, ctx.stages), tuple(ctx.stages), sources),
+            ctx.values, ctx.derived)
 
 
 def _expr_size(ref: TensorRef) -> int:

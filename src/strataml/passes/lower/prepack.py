@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
+from strataml.ir.dialects.kernel import Buffer, Kernel, Stage, read_inputs_only
 from strataml.ir.expr import Expr, Load, Var, binary, idx, rewrite
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.schedule import MIN_GEMM_ROWS
@@ -60,9 +60,8 @@ def prepack_weights(kernel: Kernel, constants: set[str], nr: int
         stages[k] = Stage(stage.buffer, stage.axes, rewrite(stage.body, visit))
     if not packed:
         return kernel, {}
-    used = {e.buffer for st in stages for e in st.body.walk() if isinstance(e, Load)}
-    buffers = [b for b in buffers if b.role != "input" or b.name in used]
-    return replace(kernel, buffers=tuple(buffers), stages=tuple(stages)), packed
+    return replace(kernel, buffers=read_inputs_only(buffers, stages),
+                   stages=tuple(stages)), packed
 
 
 def pack_panels(weight: np.ndarray, nr: int) -> np.ndarray:

@@ -173,6 +173,23 @@ def _unflatten(flat: Expr, dims: tuple[int, ...]) -> list[Expr]:
 SHIFTED_PLANE_OVERRUN = 64
 
 
+def _phase_planes(ctx: LowerContext, x: TensorRef, s: int, pt: int, pl: int, rows: int,
+                  wq: int) -> TensorRef:
+    """x zero-padded (pt rows above, pl columns left) and split by stride phase:
+    plane[n, c, ph, pw, q, v] = x[n, c, s*q + ph - pt, s*v + pw - pl], zero outside x, with
+    `rows` x `wq` per phase (stride 1: one plane)."""
+    n, c, h, width = x.shape
+    zero = const(0, x.dtype)
+
+    def pad(ix: tuple[Expr, ...]) -> Expr:
+        row, col = ix[4] * s + ix[2] - pt, ix[5] * s + ix[3] - pl
+        inside = logical_and(compare("ge", row, 0), compare("lt", row, h),
+                             compare("ge", col, 0), compare("lt", col, width))
+        return select(inside, x(ix[0], ix[1], row, col), zero)
+
+    return ctx.materialize(TensorRef(x.dtype, (n, c, s, s, rows, wq), pad), "plane")
+
+
 def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRef,
                         bias: TensorRef | None, shape: tuple[int, ...]) -> TensorRef | None:
     """A 2-D convolution as one matrix product without im2col.
@@ -208,15 +225,7 @@ def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
     span = oh * wq  # output columns computed, junk included
     reach = ((kh - 1) * dh // s) * wq + (kw - 1) * dw // s + span + SHIFTED_PLANE_OVERRUN
     rows = max(-(-reach // wq), -(-(h + pt) // s))
-    zero = const(0, x.dtype)
-
-    def pad(ix: tuple[Expr, ...]) -> Expr:
-        row, col = ix[4] * s + ix[2] - pt, ix[5] * s + ix[3] - pl
-        inside = logical_and(compare("ge", row, 0), compare("lt", row, h),
-                             compare("ge", col, 0), compare("lt", col, width))
-        return select(inside, x(ix[0], ix[1], row, col), zero)
-
-    plane = ctx.materialize(TensorRef(x.dtype, (n, c, s, s, rows, wq), pad), "plane")
+    plane = _phase_planes(ctx, x, s, pt, pl, rows, wq)
     taps = kh * kw
     cin_g = c // group
 
@@ -287,7 +296,7 @@ def _winograd_rows_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
             or x.shape[1] < WINOGRAD_MIN_CHANNELS):
         return None
     m, alpha = WINOGRAD_AT.shape
-    n, c, h, width = x.shape
+    n, c, _, width = x.shape
     cout, oh = shape[1], shape[2]
     pt, pl, _, pr = node.attr("pads", (0, 0, 0, 0))
     wq = width + pl + pr
@@ -295,20 +304,11 @@ def _winograd_rows_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
     if span < WINOGRAD_MIN_COLUMNS:
         return None
     blocks = -(-(span + 2 + SHIFTED_PLANE_OVERRUN) // wq)  # V's row blocks, with slack
-    zero = const(0, x.dtype)
-
-    def pad(ix: tuple[Expr, ...]) -> Expr:
-        row, col = ix[2] - pt, ix[3] - pl
-        inside = logical_and(compare("ge", row, 0), compare("lt", row, h),
-                             compare("ge", col, 0), compare("lt", col, width))
-        return select(inside, x(ix[0], ix[1], row, col), zero)
-
-    plane = ctx.materialize(TensorRef(x.dtype, (n, c, blocks * m + alpha - m, wq), pad),
-                            "plane")
+    plane = _phase_planes(ctx, x, 1, pt, pl, blocks * m + alpha - m, wq)
     bt = ctx.derived_constant("winograd_f43.BT", WINOGRAD_BT.astype(np.float32))
     transformed = ctx.materialize(TensorRef(x.dtype, (n, alpha, c, blocks, wq), lambda ix: (
         ctx.reduce("sum", (alpha,), lambda i: bt(ix[1], i) * plane(
-            ix[0], ix[2], ix[3] * m + i, ix[4])))), "winograd_in")
+            ix[0], ix[2], 0, 0, ix[3] * m + i, ix[4])))), "winograd_in")
     u = np.einsum("kh,ocht->koct", WINOGRAD_G, weight.astype(np.float64))
     u = ctx.derived_constant(f"{node.inputs[1]}.winograd_f43",
                              u.reshape(alpha, cout, c * 3).astype(np.float32))
