@@ -115,3 +115,21 @@ def test_batched_gemm_with_edge_panel_on_a_parallel_batch_loop(threads, rng):
     b = rng.standard_normal((batch, k, n)).astype(np.float32)
     (y,) = compiled.run({"a": a, "b": b})
     np.testing.assert_allclose(y, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_tall_gemm_keeps_its_panels_per_reduction_block(threads, rng):
+    """B an input, 256 rows: each reduction block packs all its panels before the row blocks
+    sweep them (in one share per thread on 2 threads), and its first block adds to the
+    reduction's init rather than to an initialised output."""
+    model, w, b = _dense_relu(256, 512, 330, rng, constant=False)
+    compiled = strataml.compile(model, num_threads=threads, verify=True)
+    (kernel,) = compiled.program.kernels
+    (how,) = default_schedule(fuse_trailing_axes(kernel), threads, 16, 2 << 20).stages
+    assert how.keep_panels
+    assert how.kc < 512
+    assert how.column_chunks == (2 if threads == 2 else 0)
+    x = rng.standard_normal((256, 512)).astype(np.float32)
+    (y,) = compiled.run({"x": x, "W": w})
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)

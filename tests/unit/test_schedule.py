@@ -186,10 +186,24 @@ def test_every_matmul_trace_computes_the_product(name, mats):
     StageSchedule("gemm", (), False, 8, 32, 16, 4, 16, True),  # rows outer, a row tail
     StageSchedule("gemm", (), True, 8, 32, 16, 2, 32, True),   # ... one block a thread
     StageSchedule("gemm", (), True, 6, 16, 8, 3, 64, True),    # ... two panels and an edge
+    # panels kept per reduction block: four blocks (the first adds to init), a row tail, an
+    # edge; then two serial shares of one panel and the edge after them; then in parallel
+    StageSchedule("gemm", (), False, 8, 32, 16, 2, 16, False, 0, True),
+    StageSchedule("gemm", (), False, 8, 16, 8, 2, 16, False, 2, True),
+    StageSchedule("gemm", (), True, 4, 16, 8, 3, 32, False, 2, True),
 ])
 def test_every_gemm_tile_computes_the_product(how, mats):
     out, _ = _run(_matmul_kernel(), Schedule((how,)), mats)
     np.testing.assert_allclose(out["c"], mats["a"].astype(np.float64) @ mats["b"],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_kept_panels_with_fewer_rows_than_a_tile(mats):
+    """No full row tile: the row tail packs the kept panels itself."""
+    a = mats["a"][:5]
+    how = StageSchedule("gemm", (), False, 8, 16, 8, 1, 16, False, 0, True)
+    out, _ = _run(_matmul_kernel(m=5), Schedule((how,)), {**mats, "a": a})
+    np.testing.assert_allclose(out["c"], a.astype(np.float64) @ mats["b"],
                                rtol=1e-4, atol=1e-4)
 
 
@@ -278,9 +292,15 @@ def test_a_schedule_must_fit_its_kernel():
     with pytest.raises(ScheduleError, match="rows_outer needs a packed gemm"):
         check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 0,
                                                        True),)))
-    with pytest.raises(ScheduleError, match="column_chunks=2 needs a parallel packed gemm"):
+    with pytest.raises(ScheduleError, match="column_chunks=2 needs a packed gemm"):
         check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 64,
                                                        False, 2),)))
+    with pytest.raises(ScheduleError, match="keep_panels needs a packed gemm"):
+        check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 64,
+                                                       True, 0, True),)))
+    with pytest.raises(ScheduleError, match="keep_panels needs a packed gemm"):
+        check_schedule(kernel, Schedule((StageSchedule("gemm", (), False, 8, 32, 16, 0, 0,
+                                                       False, 0, True),)))
     with pytest.raises(ScheduleError, match="schedule has 2 stages"):
         check_schedule(kernel, Schedule((StageSchedule(), StageSchedule())))
 
