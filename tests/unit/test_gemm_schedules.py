@@ -133,3 +133,41 @@ def test_a_tall_gemm_keeps_its_panels_per_reduction_block(threads, rng):
     (y,) = compiled.run({"x": x, "W": w})
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_micro_kernel_steps_flatten_only_when_every_load_walks_the_axes_row_major():
+    """A 3x3 conv's reduction (ci, a, b) runs as one rolled loop over ci * 9 + a * 3 + b when
+    its weights and panel are read row-major in those axes; a load that is not (here
+    b * 64 + a) keeps the nest, since no flat counter can address it."""
+    from strataml.ir.dialects.loop import Declare, For
+    from strataml.ir.expr import Load, Var
+    from strataml.passes.lower.contraction import _flattened_steps
+
+    ci, a, b, flat = Var("ci", "int64"), Var("a", "int64"), Var("b", "int64"), \
+        Var("st", "int64")
+    loops = [(ci, 16), (a, 3), (b, 3)]
+    w = Var("w", "float32")
+    weights = Load("float32", "w", ((ci * 9 + a * 3 + b) + 4608,))
+    (loop,) = _flattened_steps([Declare(w, weights)], loops, flat)
+    assert isinstance(loop, For)
+    assert (loop.extent, loop.kind) == (144, "rolled")
+    (decl,) = loop.body
+    index = decl.init.indices[0]
+    assert {v for v in index.walk() if isinstance(v, Var)} == {flat}
+    for step in (0, 13, 143):  # the flat index addresses what the nest did
+        assert _eval(index, {flat: step}) == step + 4608
+    transposed = Load("float32", "w", (b * 64 + a,))
+    assert _flattened_steps([Declare(w, transposed)], loops, flat) is None
+    assert _flattened_steps([Declare(w, weights)], [(ci, 144)], flat) is None
+
+
+def _eval(e, env):
+    from strataml.ir.expr import Binary, Const, Var
+
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        return env[e]
+    assert isinstance(e, Binary)
+    x, y = _eval(e.a, env), _eval(e.b, env)
+    return {"add": x + y, "sub": x - y, "mul": x * y}[e.op]

@@ -38,6 +38,7 @@ from strataml.ir.expr import (
 )
 from strataml.ir.types import vector_dtype
 from strataml.passes.lower.bounds import Interval
+from strataml.passes.lower.index_simplify import affine_terms, build_affine
 from strataml.schedule.contraction import Contraction
 
 # The partial last panel of a packed gemm accumulates in a stack scratch of m x nr floats.
@@ -275,7 +276,8 @@ class _Gemm:
                 for q in range(q_count):
                     step.append(Assign(accs[ii][q], binary(
                         "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
-            stmts.extend(nest(loops, step, kind="rolled"))
+            flat = _flattened_steps(step, loops, low.fresh("st"))
+            stmts.extend(flat if flat is not None else nest(loops, step, kind="rolled"))
             if one_pass and not into_edge and self.epilogue != self.hole:
                 return stmts + self.tile_epilogue(accs, tile_env, row0, col0, lanes)
             # The first reduction block adds to `init`, later ones to the partial sums: the
@@ -411,6 +413,49 @@ class _Gemm:
         value = self.low.expr(substitute(self.epilogue, {**point, self.hole: acc}), env, stmts)
         stmts.append(Store(self.buffer, self.out_index(point, env), value))
         return stmts
+
+
+def _flattened_steps(step: list[Stmt], loops: list[tuple[Var, int]], flat: Var
+                     ) -> tuple[Stmt, ...] | None:
+    """The micro-kernel's reduction steps as one rolled loop over a flat step counter, when
+    every load walks its reduction axes row-major (a conv's weights [co, ci * 9 + a * 3 + b]
+    and the packed panel do): a 3x3 conv's (ci, a, b) nest would otherwise leave and enter
+    a 3-step loop every 3 steps. None when some load does not, or for one axis."""
+    if len(loops) < 2:
+        return None
+    axes = [v for v, _ in loops]
+    strides = [1] * len(loops)
+    for k in range(len(loops) - 2, -1, -1):
+        strides[k] = strides[k + 1] * loops[k + 1][1]
+    failed = False
+
+    def visit(x: Expr) -> Expr | None:
+        nonlocal failed
+        if not isinstance(x, Load) or len(x.indices) != 1 \
+                or not any(isinstance(v, Var) and v in axes for v in x.indices[0].walk()):
+            return None
+        terms, k = affine_terms(x.indices[0])
+        unit = terms.get(axes[-1], 0)
+        rest = {a: n for a, n in terms.items() if a not in axes}
+        if any(terms.get(a, 0) != unit * st for a, st in zip(axes, strides, strict=True)) \
+                or any(v in axes for a in rest for v in a.walk()):
+            failed = True
+            return x
+        return Load(x.dtype, x.buffer, (build_affine(rest, k, x.indices[0].dtype)
+                                        + flat * unit,))
+
+    body: list[Stmt] = []
+    for stmt in step:
+        if isinstance(stmt, Declare):
+            body.append(Declare(stmt.var, rewrite(stmt.init, visit)))
+        elif isinstance(stmt, Assign):
+            body.append(Assign(stmt.var, rewrite(stmt.value, visit), stmt.reassociate))
+        else:
+            return None
+    if failed:
+        return None
+    total = strides[0] * loops[0][1]
+    return (For(flat, total, tuple(body), "rolled"),)
 
 
 def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Expr,

@@ -230,13 +230,15 @@ def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
     cin_g = c // group
 
     def product(weight: Callable[[Expr], Expr], n_ix: Expr, g: Expr, p: Expr) -> Expr:
-        """sum over (ci, tap) of weight(r) x the plane of group g shifted for tap r."""
-        def body(r: Expr) -> Expr:
-            ci, ta, tb = r // taps, r // kw % kh * dh, r % kw * dw
-            return weight(r) * plane(n_ix, g * cin_g + ci, ta % s, tb % s, ta // s,
-                                     tb // s + p)
+        """sum over (ci, a, b) of weight(ci * taps + a * kw + b) x the plane of group g
+        shifted for tap (a, b). Three reduction axes, not one flat (ci, tap) axis: the
+        gemm's packing loops then index the planes without a division per row."""
+        def body(ci: Expr, a: Expr, b: Expr) -> Expr:
+            ta, tb = a * dh, b * dw
+            return weight(ci * taps + a * kw + b) * plane(n_ix, g * cin_g + ci, ta % s,
+                                                          tb % s, ta // s, tb // s + p)
 
-        return ctx.reduce("sum", (cin_g * taps,), body)
+        return ctx.reduce("sum", (cin_g, kh, kw), body)
 
     if group == 1:
         w2 = ctx.input_ref(node.inputs[1], (w.shape[0], c * taps))
