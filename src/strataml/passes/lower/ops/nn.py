@@ -315,9 +315,9 @@ def _winograd_rows_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
     u = ctx.derived_constant(f"{node.inputs[1]}.winograd_f43",
                              u.reshape(alpha, cout, c * 3).astype(np.float32))
 
-    def product(ix: tuple[Expr, ...]) -> Expr:
-        return ctx.reduce("sum", (c * 3,), lambda r: u(ix[1], ix[2], r) * transformed(
-            ix[0], ix[1], r // 3, idx(0), r % 3 + ix[3]))
+    def product(ix: tuple[Expr, ...]) -> Expr:  # over (ci, b): see `_shifted_plane_conv`
+        return ctx.reduce("sum", (c, 3), lambda ci, b: u(ix[1], ix[2], ci * 3 + b) * transformed(
+            ix[0], ix[1], ci, idx(0), b + ix[3]))
 
     mid = ctx.materialize(TensorRef(x.dtype, (n, alpha, cout, span), product), "winograd_mid")
     at = ctx.derived_constant("winograd_f43.AT", WINOGRAD_AT.astype(np.float32))
