@@ -171,3 +171,18 @@ def _eval(e, env):
     assert isinstance(e, Binary)
     x, y = _eval(e.a, env), _eval(e.b, env)
     return {"add": x + y, "sub": x - y, "mul": x * y}[e.op]
+
+
+@pytest.mark.parametrize(("m", "prefetched"), [(128, True), (64, False)])
+def test_tall_gemms_prefetch_the_next_panel_of_packed_weights(m, prefetched, rng, tmp_path):
+    """Pre-packed weights stream from memory: each row tile of a 128-row gemm prefetches a
+    share of the next panel (a hint: the product is unchanged, the last panel's prefetches
+    stay inside the weights); a 64-row gemm's few tiles a panel do not."""
+    model, w, b = _dense_relu(m, 256, 300, rng)
+    compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
+    loops = (tmp_path / "92-loop.mlir").read_text()
+    assert ("prefetch (read)" in loops) == prefetched
+    x = rng.standard_normal((m, 256)).astype(np.float32)
+    (y,) = compiled.run({"x": x})
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)

@@ -278,12 +278,13 @@ class _FunctionEmitter:
         st.align = itemsize(scalar_dtype(s.value.dtype))
 
     def prefetch(self, s: Prefetch) -> None:
-        """`llvm.prefetch(ptr, write, L1 locality, data)`."""
+        """`llvm.prefetch(ptr, write, L1 locality, data)`, or (read) L2 locality."""
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn = _declare(self.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, i32, i32, i32])
         # (a scalar dtype: the element address, whatever the buffer's type)
         ptr = self.builder.bitcast(self.address(s.buffer, s.index, "int8"), i8p)
-        self.builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
+        write, locality = (1, 3) if s.for_write else (0, 2)
+        self.builder.call(fn, [ptr, ir.Constant(i32, write), ir.Constant(i32, locality),
                                ir.Constant(i32, 1)])
 
     # ------------------------------------------------------------ expressions

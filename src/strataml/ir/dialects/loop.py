@@ -39,12 +39,14 @@ class Store(Stmt):
 
 @dataclass(frozen=True, slots=True)
 class Prefetch(Stmt):
-    """A hint to bring the cache line holding `buffer[index]` into L1 for writing (a
-    micro-kernel's next output tile, whose rows are too far apart for the hardware
-    prefetcher). It has no effect on results; the index must still be in bounds."""
+    """A hint to bring the cache line holding `buffer[index]` closer: into L1 for writing
+    (a micro-kernel's next output tile, whose rows are too far apart for the hardware
+    prefetcher), or into L2 for reading (the next panel of weights streamed from memory).
+    It has no effect on results; the index must still be in bounds."""
 
     buffer: str
     index: Expr
+    for_write: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,8 @@ def _print_body(body: tuple[Stmt, ...], indent: str, lines: list[str]) -> None:
         elif isinstance(s, Store):
             lines.append(f"{indent}%{s.buffer}[{format_expr(s.index)}] = {format_expr(s.value)}")
         elif isinstance(s, Prefetch):
-            lines.append(f"{indent}prefetch %{s.buffer}[{format_expr(s.index)}]")
+            how = "" if s.for_write else " (read)"
+            lines.append(f"{indent}prefetch{how} %{s.buffer}[{format_expr(s.index)}]")
         elif isinstance(s, Declare):
             lines.append(f"{indent}var {s.var.name}: {s.var.dtype} = {format_expr(s.init)}")
         elif isinstance(s, Assign):

@@ -32,6 +32,7 @@ from strataml.ir.expr import (
     compare,
     const,
     idx,
+    minimum,
     rewrite,
     select,
     substitute,
@@ -48,6 +49,9 @@ EDGE_SCRATCH_BYTES = 256 << 10
 # their 8 rows read in place; a 7x7 feature map's few panels paid more than they saved).
 MIN_PANELS_FOR_PACKED_A = 16
 MIN_ROWS_FOR_PACKED_A = 128
+# The next panel of pre-packed weights is prefetched by gemms with this many rows.
+PREFETCH_MIN_ROWS = 128
+LINE_BYTES = 64
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -307,8 +311,19 @@ class _Gemm:
             a_tile = ib if m >= MIN_ROWS_FOR_PACKED_A \
                 and col_tiles >= MIN_PANELS_FOR_PACKED_A else None
             kept = jb if keep_panels else None
-            tiles = For(ib, mc, tuple(micro((ibb * mc + ib) * mr, mr, tile_env, a_tile=a_tile,
-                                            slot=kept)))
+            ahead: list[Stmt] = []
+            if c.panel and m >= PREFETCH_MIN_ROWS:
+                # Pre-packed weights stream from memory: each row tile asks for its share
+                # of the next panel's lines, so the next panel's first tile finds them in L2
+                # (GPT-2 5% and BERT 3% faster; at 64 rows, an MLP's 8 row tiles a panel,
+                # 8% slower).
+                share, pl = -(-depth * nr // (LINE_BYTES // 4 * mc)), low.fresh("pl")
+                start = ((first + jb + 1) * extents[0] + kb * chunk) * nr
+                last = low.buffers[c.b.buffer].numel - 1
+                ahead.append(For(pl, share, (Prefetch(c.b.buffer, minimum(
+                    start + (ib * share + pl) * (LINE_BYTES // 4), last), for_write=False),)))
+            tiles = For(ib, mc, (*ahead, *micro((ibb * mc + ib) * mr, mr, tile_env,
+                                                a_tile=a_tile, slot=kept)))
             per_block: list[Stmt] = []
             if a_tile is not None:
                 # Filled before the column loop: shared when that loop is parallel.
