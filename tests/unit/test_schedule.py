@@ -426,3 +426,26 @@ def test_default_rules_compute_a_copy_inside_its_consumer_where_the_box_is_prova
     if padded:
         want[:, 1:] += t[:, :39]
     np.testing.assert_allclose(out["out"], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("lower", "guarded"), [(1, True), (2, False)])
+def test_a_padded_copy_loads_unclamped_only_where_its_condition_bounds_the_index(
+        lower, guarded):
+    """y[p] = x[p - 1] where p >= lower, else 0. With p >= 1 the condition is exactly the
+    load's lower bound, so the load runs unclamped behind a guarded select (LLVM makes it a
+    masked vector load); with p >= 2 it is not the index's own bound, and the index keeps
+    its clamp. Both must compute the same padded copy."""
+    n = 40
+    p = var("p")
+    body = select(compare("ge", p, idx(lower)), Load("float32", "x", (p - 1,)),
+                  const(0.0, "float32"))
+    kernel = Kernel("pad", (Buffer("x", "float32", (n,), "input"),
+                            Buffer("y", "float32", (n,), "output")),
+                    (Stage("y", (p,), body),), ("pad",))
+    x = np.arange(1, n + 1, dtype=np.float32)
+    out, fn = _run(kernel, None, {"x": x})
+    text = print_function(fn)
+    assert ("guarded_select" in text) == guarded
+    assert ("min(" in text) != guarded
+    expected = np.concatenate([np.zeros(lower, np.float32), x[lower - 1:n - 1]])
+    np.testing.assert_array_equal(out["y"], expected)

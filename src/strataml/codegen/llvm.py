@@ -287,6 +287,29 @@ class _FunctionEmitter:
         self.builder.call(fn, [ptr, ir.Constant(i32, write), ir.Constant(i32, locality),
                                ir.Constant(i32, 1)])
 
+    def guarded_select(self, e: Select) -> ir.Value:
+        """Branches, so the first arm runs only where the condition holds (its loads may
+        be out of bounds elsewhere); LLVM's vectoriser turns them into masked loads."""
+        b = self.builder
+        cond = self.expr(e.cond)
+        taken = self.fn.append_basic_block("guard.then")
+        other = self.fn.append_basic_block("guard.else")
+        merge = self.fn.append_basic_block("guard.end")
+        b.cbranch(cond, taken, other)
+        b.position_at_end(taken)
+        a = self.expr(e.a)
+        taken_end = b.block
+        b.branch(merge)
+        b.position_at_end(other)
+        c = self.expr(e.b)
+        other_end = b.block
+        b.branch(merge)
+        b.position_at_end(merge)
+        phi = b.phi(a.type)
+        phi.add_incoming(a, taken_end)
+        phi.add_incoming(c, other_end)
+        return phi
+
     # ------------------------------------------------------------ expressions
 
     def expr(self, e: Expr) -> ir.Value:
@@ -313,6 +336,8 @@ class _FunctionEmitter:
             if e.a.dtype in UNSIGNED_DTYPES or e.a.dtype == "bool":
                 return b.icmp_unsigned(_FCMP[e.op], a, c)
             return b.icmp_signed(_FCMP[e.op], a, c)
+        if isinstance(e, Select) and e.guarded:
+            return self.guarded_select(e)
         if isinstance(e, Select):
             return b.select(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
         if isinstance(e, Cast):

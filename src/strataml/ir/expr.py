@@ -125,6 +125,9 @@ class Select(Expr):
     cond: Expr
     a: Expr
     b: Expr
+    # Only the chosen arm is evaluated (loop level): `a` may load out of bounds where
+    # `cond` is false, as a zero-padded copy's unclamped input load does.
+    guarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +337,10 @@ def rewrite(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     if isinstance(e, Compare):
         return Compare(e.dtype, e.op, rewrite(e.a, fn), rewrite(e.b, fn))
     if isinstance(e, Select):
-        return select(rewrite(e.cond, fn), rewrite(e.a, fn), rewrite(e.b, fn))
+        chosen = select(rewrite(e.cond, fn), rewrite(e.a, fn), rewrite(e.b, fn))
+        if e.guarded and isinstance(chosen, Select):
+            return Select(chosen.dtype, chosen.cond, chosen.a, chosen.b, True)
+        return chosen
     if isinstance(e, Cast):
         return cast(rewrite(e.x, fn), e.dtype)
     if isinstance(e, Broadcast):
@@ -370,7 +376,8 @@ def format_expr(e: Expr) -> str:
             return f"({format_expr(e.a)} {_INFIX[e.op]} {format_expr(e.b)})"
         return f"{e.op}({format_expr(e.a)}, {format_expr(e.b)})"
     if isinstance(e, Select):
-        return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
+        name = "guarded_select" if e.guarded else "select"
+        return f"{name}({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
     if isinstance(e, Cast):
         return f"cast<{e.dtype}>({format_expr(e.x)})"
     if isinstance(e, Broadcast):

@@ -24,9 +24,12 @@ from strataml.ir.dialects.loop import (
     Stmt,
 )
 from strataml.ir.expr import (
+    Binary,
+    Compare,
     Expr,
     Load,
     Reduce,
+    Select,
     Var,
     binary,
     idx,
@@ -35,9 +38,10 @@ from strataml.ir.expr import (
     rewrite,
     substitute,
 )
+from strataml.ir.types import is_int
 from strataml.passes.lower.bounds import Interval, flat_interval, interval
 from strataml.passes.lower.contraction import gemm_stage
-from strataml.passes.lower.index_simplify import simplify_indices
+from strataml.passes.lower.index_simplify import affine_terms, simplify_indices
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.fuse_axes import fuse_trailing_axes
@@ -47,6 +51,40 @@ from strataml.schedule.schedule import (
     check_schedule,
     default_schedule,
 )
+
+
+def _conjuncts(cond: Expr) -> list[Expr]:
+    if isinstance(cond, Binary) and cond.op == "and":
+        return _conjuncts(cond.a) + _conjuncts(cond.b)
+    return [cond]
+
+
+def _guarded_loads(s: Select, buffers: dict[str, Buffer], env: dict[Var, Interval]) -> bool:
+    """Whether `s.cond` bounds every index of the loads in `s.a` that may leave its
+    dimension, by conjuncts `index >= 0` and `index < dim` (and the arm has loads and no
+    reduction, whose loops would run whatever the condition)."""
+    loads = [x for x in s.a.walk() if isinstance(x, Load)]
+    if not loads or any(isinstance(x, Reduce) for x in s.a.walk()):
+        return False
+    # each fact `a >= b` or `a < b` kept as the affine form of a - b
+    facts = {(c.op, _affine_key(binary("sub", c.a, c.b))) for c in _conjuncts(s.cond)
+             if isinstance(c, Compare) and c.op in ("ge", "lt") and is_int(c.a.dtype)}
+    for load in loads:
+        for dim, index in zip(buffers[load.buffer].shape, load.indices, strict=True):
+            if any(isinstance(x, Load) for x in index.walk()):
+                return False  # (a gather: its indices are data)
+            low, high = interval(index, env) or (-1, dim)
+            if low < 0 and ("ge", _affine_key(index)) not in facts:
+                return False
+            if high > dim - 1 and ("lt", _affine_key(binary("sub", index, idx(dim)))) \
+                    not in facts:
+                return False
+    return True
+
+
+def _affine_key(e: Expr) -> tuple[frozenset[tuple[Expr, int]], int]:
+    terms, k = affine_terms(e)
+    return frozenset(terms.items()), k
 
 
 @dataclass
@@ -60,37 +98,51 @@ class StageLowering:
     def fresh(self, prefix: str, dtype: str = "int64") -> Var:
         return Var(dtype, f"{prefix}{next(self.names)}")
 
-    def flat_index(self, load: Load, env: dict[Var, Interval]) -> Expr:
+    def flat_index(self, load: Load, env: dict[Var, Interval], clamp: bool = True) -> Expr:
         """One index into the flat buffer, never outside it.
 
         An index may run past its own dimension into the next row on purpose: views that
         walk a plane as one long row (the shifted-plane convolution, fused trailing axes of
         a temporary) do. So when every index has a known range, only the flat index is
         clamped, and only if it can leave the buffer; a lane that is actually used is then
-        read where it should be. Indices of unknown range are clamped to their dimension."""
+        read where it should be. Indices of unknown range are clamped to their dimension.
+        `clamp=False`: the caller has proven every index inside its dimension (see
+        `_guarded_loads`)."""
         buf = self.buffers[load.buffer]
         whole = flat_interval(buf.shape, load.indices, env)
         flat: Expr = idx(0)
         stride = 1
         for dim, index in zip(reversed(buf.shape), reversed(load.indices), strict=True):
-            if whole is None and interval(index, env) is None:
+            if clamp and whole is None and interval(index, env) is None:
                 index = minimum(maximum(index, 0), dim - 1)
             flat = binary("add", flat, binary("mul", index, stride))
             stride *= dim
-        if whole is not None and (whole[0] < 0 or whole[1] > buf.numel - 1):
+        if clamp and whole is not None and (whole[0] < 0 or whole[1] > buf.numel - 1):
             flat = minimum(maximum(flat, 0), buf.numel - 1)
         return flat
 
-    def expr(self, e: Expr, env: dict[Var, Interval], out: list[Stmt]) -> Expr:
-        """Rewrite `e` for the loop level, appending statements it needs (reductions)."""
+    def expr(self, e: Expr, env: dict[Var, Interval], out: list[Stmt],
+             clamp: bool = True) -> Expr:
+        """Rewrite `e` for the loop level, appending statements it needs (reductions).
+
+        A select whose condition keeps every load of its first arm inside the tensor (a
+        zero-padded copy: `select(0 <= row < h and 0 <= col < w, x[.., row, col], 0)`)
+        becomes a guarded select with those loads unclamped: LLVM then vectorises the copy
+        with masked contiguous loads instead of gathering through clamped indices (a
+        64x112x112 max pool's padded copy gathered every element)."""
 
         def visit(x: Expr) -> Expr | None:
             if isinstance(x, Reduce):
                 return self.reduction(x, env, out)
+            if isinstance(x, Select) and not x.guarded and _guarded_loads(
+                    x, self.buffers, env):
+                return Select(x.dtype, self.expr(x.cond, env, out),
+                              self.expr(x.a, env, out, clamp=False),
+                              self.expr(x.b, env, out), True)
             if isinstance(x, Load):
                 indices = tuple(self.expr(i, env, out) for i in x.indices)
                 lowered = Load(x.dtype, x.buffer, indices)
-                return Load(x.dtype, x.buffer, (self.flat_index(lowered, env),))
+                return Load(x.dtype, x.buffer, (self.flat_index(lowered, env, clamp),))
             return None
 
         return rewrite(e, visit)
