@@ -153,7 +153,7 @@ class _Gemm:
         `keep_panels` (a serial nest): all panels of a reduction block are packed before the
         row blocks, reading B row by row (whole rows stream; a panel at a time reads 128
         bytes a row, a page apart on a 2048-wide B) and once rather than once per row
-        block: 2048^3 157 -> 173 GFLOP/s in a C model of this nest."""
+        block: 2048^3 on 1 thread 97.6 -> 94.6 ms (numpy: 94.9)."""
         from strataml.passes.lower.kernel_to_loop import nest
 
         low, c = self.low, self.c
