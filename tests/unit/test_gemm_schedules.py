@@ -186,3 +186,29 @@ def test_tall_gemms_prefetch_the_next_panel_of_packed_weights(m, prefetched, rng
     (y,) = compiled.run({"x": x})
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("activation", "in_registers"), [("Relu", True), ("Sigmoid", False)])
+def test_the_epilogue_runs_on_the_register_tile_where_it_vectorises(activation, in_registers,
+                                                                     rng, tmp_path):
+    """Bias + ReLU (adds and maxima of per-row scalars) is applied to the accumulator vectors
+    and stored straight to the output; a sigmoid is not widened, so that tile goes through
+    the stack scratch and a loop. Both must compute the same thing."""
+    w = (rng.standard_normal((256, 96)) / 16).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["h2"]),
+         helper.make_node(activation, ["h2"], ["y"])], "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 96])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
+    loops = (tmp_path / "92-loop.mlir").read_text()
+    tile_reads = loops.count("%tile") - loops.count("alloc %tile")
+    assert (tile_reads == 0) == in_registers
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    (y,) = compiled.run({"x": x})
+    h = x.astype(np.float64) @ w + b
+    expected = np.maximum(h, 0) if activation == "Relu" else 1 / (1 + np.exp(-h))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)

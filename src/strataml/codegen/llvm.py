@@ -374,8 +374,9 @@ class _FunctionEmitter:
 
     def intrinsic(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
         t = value_type(dtype)
-        suffix = _FLOAT_SUFFIX.get(dtype) or f"i{t.width}"
-        full = f"{name}.{suffix}"
+        scalar, lanes = split_vector(dtype)
+        suffix = _FLOAT_SUFFIX.get(scalar) or f"i{value_type(scalar).width}"
+        full = f"{name}.{suffix}" if lanes == 1 else f"{name}.v{lanes}{suffix}"
         fn = self.module.globals.get(full)
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(t, [t] * len(args)), name=full)

@@ -24,7 +24,9 @@ from strataml.ir.dialects.loop import (
     Store,
 )
 from strataml.ir.expr import (
+    Binary,
     Broadcast,
+    Const,
     Expr,
     Load,
     Var,
@@ -37,7 +39,7 @@ from strataml.ir.expr import (
     select,
     substitute,
 )
-from strataml.ir.types import vector_dtype
+from strataml.ir.types import is_float, vector_dtype
 from strataml.passes.lower.bounds import Interval
 from strataml.passes.lower.index_simplify import affine_terms, build_affine
 from strataml.schedule.contraction import Contraction
@@ -108,8 +110,12 @@ class _Gemm:
 
     def tile_epilogue(self, accs: list[list[Var]], env: dict[Var, Interval], row0: Expr,
                       col0: Expr, lanes: int) -> list[Stmt]:
-        """The register tile through the stack scratch, then the epilogue into the output:
-        one loop nest over the tile (not unrolled: it is not the hot part)."""
+        """The epilogue on the register tile itself when it vectorises along the columns
+        (see `register_epilogue`); otherwise the tile through the stack scratch, then the
+        epilogue into the output: one loop nest over the tile."""
+        in_registers = self.register_epilogue(accs, env, row0, col0, lanes)
+        if in_registers is not None:
+            return in_registers
         low, c = self.low, self.c
         rows, nr = len(accs), len(accs[0]) * lanes
         out: list[Stmt] = [Store(self.tile, idx(ii * nr + q * lanes), acc)
@@ -121,6 +127,32 @@ class _Gemm:
         read = Declare(total, Load(c.reduce.dtype, self.tile, (ii * nr + jj,)))
         out.append(For(ii, rows, (For(jj, nr, (read, *self.store(point, total, fenv)),
                                       "vector"),)))
+        return out
+
+    def register_epilogue(self, accs: list[list[Var]], env: dict[Var, Interval], row0: Expr,
+                          col0: Expr, lanes: int) -> list[Stmt] | None:
+        """The epilogue (bias, activation, residual...) applied to each accumulator vector
+        and stored straight into the output, when every value it reads is either the same
+        for the vector's columns (a bias per row) or contiguous along them (a residual),
+        and it only adds, multiplies, divides, takes minima and maxima: a shallow
+        reduction (a stem's 147 steps, a 1x1 conv's 16 to 64) no longer pays for a round
+        trip of the tile through memory. None where it does not apply."""
+        low, c = self.low, self.c
+        i_var, j_var = self.axes[c.i_axis], self.axes[-1]
+        jv, hole = low.fresh("jv"), low.fresh("h", c.reduce.dtype)
+        vec_env = {**env, jv: (0, lanes - 1)}
+        out: list[Stmt] = []
+        for ii, row in enumerate(accs):
+            for q, acc in enumerate(row):
+                point = {**self.mapping, i_var: row0 + ii, j_var: col0 + q * lanes + jv}
+                needs: list[Stmt] = []
+                value = low.expr(substitute(self.epilogue, {**point, self.hole: hole}),
+                                 vec_env, needs)
+                where = _along(self.out_index(point, vec_env), jv)
+                widened = _widened(value, hole, acc, jv, lanes)
+                if needs or where is None or widened is None:
+                    return None
+                out.append(Store(self.buffer, where, widened))
         return out
 
     def out_index(self, point: dict[Var, Expr], env: dict[Var, Interval]) -> Expr:
@@ -432,6 +464,37 @@ class _Gemm:
         value = self.low.expr(substitute(self.epilogue, {**point, self.hole: acc}), env, stmts)
         stmts.append(Store(self.buffer, self.out_index(point, env), value))
         return stmts
+
+
+def _along(index: Expr, lane: Var) -> Expr | None:
+    """`index` at lane 0 when it advances by exactly 1 per lane (a contiguous vector),
+    else None."""
+    terms, k = affine_terms(index)
+    if terms.get(lane) != 1 or any(lane in a.walk() for a in terms if a != lane):
+        return None
+    return build_affine({a: n for a, n in terms.items() if a != lane}, k, index.dtype)
+
+
+_WIDENED_BINARY = ("add", "sub", "mul", "div", "min", "max")
+
+
+def _widened(e: Expr, hole: Var, acc: Var, lane: Var, lanes: int) -> Expr | None:
+    """The scalar epilogue `e` of one column (`lane` its offset in the vector, `hole` the
+    reduced value) as one vector expression over all lanes, or None."""
+    if e == hole:
+        return acc
+    vec = vector_dtype(e.dtype, lanes)
+    if isinstance(e, Const) and is_float(e.dtype):
+        return Broadcast(vec, e)
+    if isinstance(e, Load) and len(e.indices) == 1 and is_float(e.dtype):
+        if lane not in e.indices[0].walk():
+            return Broadcast(vec, e)
+        start = _along(e.indices[0], lane)
+        return Load(vec, e.buffer, (start,)) if start is not None else None
+    if isinstance(e, Binary) and e.op in _WIDENED_BINARY and is_float(e.dtype):
+        a, b = _widened(e.a, hole, acc, lane, lanes), _widened(e.b, hole, acc, lane, lanes)
+        return binary(e.op, a, b) if a is not None and b is not None else None
+    return None
 
 
 def _flattened_steps(step: list[Stmt], loops: list[tuple[Var, int]], flat: Var
