@@ -14,6 +14,10 @@ A ratio below 1 means strataml is faster.
 ORT's worker threads busy-wait between calls by default, which would steal cores from the
 contender timed right after it; spinning is turned off (--ort-spin turns it back on) so neither
 side pays for the other. Batch 1 everywhere except the MLP (64 rows: a GEMM-shaped workload).
+
+Where OpenVINO is installed (`pip install openvino`; not a dependency), it joins the rotation
+on the same threads with fp32 inference precision (it would pick bf16 on AMX machines), and
+the table adds its latency and the median per-round ratio strataml / OpenVINO.
 """
 
 from __future__ import annotations
@@ -115,6 +119,8 @@ class Result:
     noise: float
     noise_spread: float
     max_err: float
+    openvino_s: float | None = None
+    openvino_ratio: float | None = None
 
 
 def ort_session(model: onnx.ModelProto, threads: int, spin: bool,
@@ -134,6 +140,26 @@ def ort_session(model: onnx.ModelProto, threads: int, spin: bool,
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
+
+
+def openvino_request(model: onnx.ModelProto, threads: int) -> Callable[[dict], object] | None:
+    """A callable running `model` on OpenVINO's CPU plugin (fp32, `threads` threads, one
+    stream, latency hint), or None where OpenVINO is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    import tempfile
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, str(path))
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda feeds: request.infer(feeds)
 
 
 def bench_model(name: str, args: argparse.Namespace) -> Result:
@@ -160,6 +186,9 @@ def bench_model(name: str, args: argparse.Namespace) -> Result:
         "ort": lambda: ort_a.run(None, feeds),
         "ort2": lambda: ort_b.run(None, feeds),
     }
+    openvino = openvino_request(model, args.threads)
+    if openvino is not None:
+        contenders["openvino"] = lambda: openvino(feeds)
     for fn in contenders.values():  # warm caches, page in weights, start thread pools
         time_block(fn, args.min_time / 4)
     rounds: list[dict[str, float]] = []
@@ -169,11 +198,16 @@ def bench_model(name: str, args: argparse.Namespace) -> Result:
         rounds.append({k: time_block(contenders[k], args.min_time) for k in rotated})
     ratios = [x["strataml"] / x["ort"] for x in rounds]
     noise = [x["ort2"] / x["ort"] for x in rounds]
-    return Result(name=name, gflop=gflop, compile_s=compile_s,
-                  strataml_s=statistics.median(x["strataml"] for x in rounds),
-                  ort_s=statistics.median(x["ort"] for x in rounds),
-                  ratio=statistics.median(ratios), noise=statistics.median(noise),
-                  noise_spread=max(abs(v - 1.0) for v in noise), max_err=max_err)
+    result = Result(name=name, gflop=gflop, compile_s=compile_s,
+                    strataml_s=statistics.median(x["strataml"] for x in rounds),
+                    ort_s=statistics.median(x["ort"] for x in rounds),
+                    ratio=statistics.median(ratios), noise=statistics.median(noise),
+                    noise_spread=max(abs(v - 1.0) for v in noise), max_err=max_err)
+    if openvino is not None:
+        result.openvino_s = statistics.median(x["openvino"] for x in rounds)
+        result.openvino_ratio = statistics.median(x["strataml"] / x["openvino"]
+                                                  for x in rounds)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads={args.threads} rounds={args.rounds} min-time={args.min_time}s "
           f"ort-spin={args.ort_spin}")
     header = (f"{'model':20s} {'GFLOP':>7s} {'compile':>8s} {'strataml':>10s} {'ORT':>10s} "
-              f"{'ratio':>6s} {'noise':>12s} {'GFLOP/s':>8s} {'%peak':>6s} {'rel.err':>8s}")
+              f"{'ratio':>6s} {'noise':>12s} {'GFLOP/s':>8s} {'%peak':>6s} {'rel.err':>8s}"
+              f"{'OpenVINO':>10s} {'s/OV':>6s}")
     print(header)
     print("-" * len(header))
     for name in names:
@@ -210,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rate = r.gflop / r.strataml_s
         peak = f"{100 * rate / args.peak_gflops:5.1f}%" if args.peak_gflops else "     -"
+        versus_ov = (f"{r.openvino_s * 1e3:8.2f}ms {r.openvino_ratio:6.2f}"
+                     if r.openvino_s is not None and r.openvino_ratio is not None
+                     else f"{'-':>10s} {'-':>6s}")
         print(f"{r.name:20s} {r.gflop:7.3f} {r.compile_s:7.1f}s {r.strataml_s * 1e3:8.2f}ms "
               f"{r.ort_s * 1e3:8.2f}ms {r.ratio:6.2f} {r.noise:5.2f}±{r.noise_spread:4.2f} "
-              f"{rate:8.1f} {peak:>6s} {r.max_err:8.1e}", flush=True)
+              f"{rate:8.1f} {peak:>6s} {r.max_err:8.1e} {versus_ov}", flush=True)
     return 0
 
 
