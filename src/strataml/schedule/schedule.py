@@ -327,22 +327,20 @@ MIN_PANELS_PER_CHUNK = 4
 A_TILE_BYTES = 36 << 10
 
 
-# A serial packed gemm keeps all column panels of a reduction block when they fit in this
-# share of L2 (more panels: the columns are cut into shares that do); its A row block then
-# gets a quarter of L2 instead of half. 2048^3 on 1 thread: 97.6 -> 94.6 ms (numpy 94.9).
-KEPT_PANELS_L2_SHARE = 1
-# ... and when it has this many rows: fewer row tiles reuse each panel too little to pay for
+# A serial packed gemm keeps all column panels of a reduction block when they fit in L2
+# (more panels: the columns are cut into shares that do); its A row block then gets a
+# quarter of L2 instead of half. 2048^3 on 1 thread: 97.6 -> 94.6 ms (numpy 94.9). It does
+# so when it has this many rows: fewer row tiles reuse each panel too little to pay for
 # the L2 room (128x768x3072: 4.05 ms with one panel at a time, 4.37 keeping them).
 KEEP_PANELS_MIN_ROWS = 256
 
 
 def _kept_panels(panels: int, chunks: int, depth: int, nr: int, l2_bytes: int) -> int | None:
     """Column shares for a gemm that keeps its panels: the fewest (a multiple of the
-    parallel shares) whose panels fit the budget (0: one, unshared); None when none does."""
-    budget = l2_bytes // KEPT_PANELS_L2_SHARE if KEPT_PANELS_L2_SHARE else 0
+    parallel shares) whose panels fit in L2 (0: one, unshared); None when none does."""
     step = max(chunks, 1)
     for shares in range(step, max(panels, 1) + 1, step):
-        if -(-panels // shares) * depth * nr * 4 <= budget:
+        if -(-panels // shares) * depth * nr * 4 <= l2_bytes:
             return shares if shares > 1 else 0
     return None
 

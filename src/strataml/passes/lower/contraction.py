@@ -41,7 +41,7 @@ from strataml.ir.expr import (
 )
 from strataml.ir.types import is_float, vector_dtype
 from strataml.passes.lower.bounds import Interval
-from strataml.passes.lower.index_simplify import affine_terms, build_affine
+from strataml.passes.lower.index_simplify import linear_in
 from strataml.schedule.contraction import Contraction
 
 # The partial last panel of a packed gemm accumulates in a stack scratch of m x nr floats.
@@ -469,10 +469,8 @@ class _Gemm:
 def _along(index: Expr, lane: Var) -> Expr | None:
     """`index` at lane 0 when it advances by exactly 1 per lane (a contiguous vector),
     else None."""
-    terms, k = affine_terms(index)
-    if terms.get(lane) != 1 or any(lane in a.walk() for a in terms if a != lane):
-        return None
-    return build_affine({a: n for a, n in terms.items() if a != lane}, k, index.dtype)
+    found = linear_in(index, [lane])
+    return found[1] if found is not None and found[0][lane] == 1 else None
 
 
 _WIDENED_BINARY = ("add", "sub", "mul", "div", "min", "max")
@@ -516,15 +514,13 @@ def _flattened_steps(step: list[Stmt], loops: list[tuple[Var, int]], flat: Var
         if not isinstance(x, Load) or len(x.indices) != 1 \
                 or not any(isinstance(v, Var) and v in axes for v in x.indices[0].walk()):
             return None
-        terms, k = affine_terms(x.indices[0])
-        unit = terms.get(axes[-1], 0)
-        rest = {a: n for a, n in terms.items() if a not in axes}
-        if any(terms.get(a, 0) != unit * st for a, st in zip(axes, strides, strict=True)) \
-                or any(v in axes for a in rest for v in a.walk()):
+        found = linear_in(x.indices[0], axes)
+        unit = found[0][axes[-1]] if found is not None else 0
+        if found is None or any(found[0][a] != unit * st
+                                for a, st in zip(axes, strides, strict=True)):
             failed = True
             return x
-        return Load(x.dtype, x.buffer, (build_affine(rest, k, x.indices[0].dtype)
-                                        + flat * unit,))
+        return Load(x.dtype, x.buffer, (found[1] + flat * unit,))
 
     body: list[Stmt] = []
     for stmt in step:

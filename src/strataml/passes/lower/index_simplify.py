@@ -82,3 +82,13 @@ def build_affine(terms: dict[Expr, int], k: int, dtype: str) -> Expr:
     for atom, n in terms.items():
         out = binary("add", out, binary("mul", atom, Const(dtype, n)))
     return binary("add", out, Const(dtype, k))
+
+
+def linear_in(e: Expr, variables: list[Var]) -> tuple[dict[Var, int], Expr] | None:
+    """(coefficient of each variable, the rest of `e`) when `e` is affine in `variables`
+    (no variable hidden inside a division, clamp or load), else None."""
+    terms, k = affine_terms(e)
+    rest = {a: n for a, n in terms.items() if a not in variables}
+    if any(v in variables for a in rest for v in a.walk()):
+        return None
+    return {v: terms.get(v, 0) for v in variables}, build_affine(rest, k, e.dtype)
