@@ -140,6 +140,15 @@ def test_grouped_conv_per_group_matches_ort(rng, monkeypatch, x_shape, w_shape, 
     _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue)
 
 
+@pytest.fixture(autouse=True)
+def _channels_first(monkeypatch):
+    """These are the channels-first paths: small maps stay channels-first here (see
+    tests/unit/test_channels_last.py for the channels-last one)."""
+    from strataml.passes.graph import channels_last
+
+    monkeypatch.setattr(channels_last, "CHANNELS_LAST_MAX_PIXELS", 0)
+
+
 def _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias_and_epilogue else None

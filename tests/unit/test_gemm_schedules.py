@@ -173,11 +173,11 @@ def _eval(e, env):
     return {"add": x + y, "sub": x - y, "mul": x * y}[e.op]
 
 
-@pytest.mark.parametrize(("m", "prefetched"), [(128, True), (64, False)])
+@pytest.mark.parametrize(("m", "prefetched"), [(128, True), (49, True), (16, False)])
 def test_tall_gemms_prefetch_the_next_panel_of_packed_weights(m, prefetched, rng, tmp_path):
-    """Pre-packed weights stream from memory: each row tile of a 128-row gemm prefetches a
-    share of the next panel (a hint: the product is unchanged, the last panel's prefetches
-    stay inside the weights); a 64-row gemm's few tiles a panel do not."""
+    """Pre-packed weights stream from memory: each row tile of a gemm of 128 rows, or of a
+    7x7 channels-last conv's 49, prefetches a share of the next panel (a hint: the product
+    is unchanged, the last panel's prefetches stay inside the weights); 16 rows do not."""
     model, w, b = _dense_relu(m, 256, 300, rng)
     compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
     loops = (tmp_path / "92-loop.mlir").read_text()

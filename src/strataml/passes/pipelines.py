@@ -45,7 +45,7 @@ from strataml.schedule import Schedule
 # needs constant conv weights (after the first fold) and fusion must come last, when the
 # graph no longer changes shape.
 CPU_GRAPH_PIPELINE = ("infer-shapes,fold-constants,simplify,fold-batchnorm,fold-constants,"
-                      "cse,dce,fuse")
+                      "cse,dce,channels-last,fuse")
 
 
 def cpu_pipeline(target: Target) -> list[GraphPass]:

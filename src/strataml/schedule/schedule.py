@@ -252,7 +252,7 @@ def gemm_tile(vector_lanes: int, rows: int) -> tuple[int, int]:
     """(mr, nr) register tile: mr*nr/lanes accumulators + nr/lanes B vectors + 1 broadcast
     must fit the register file (32 vector registers with AVX-512, 16 otherwise). Among the
     row counts that fit, one dividing `rows` avoids a second, partial tile."""
-    candidates = (12, 8, 10, 6, 4) if vector_lanes >= 16 else (6, 4, 3)
+    candidates = (12, 8, 10, 6, 14, 7, 4) if vector_lanes >= 16 else (6, 4, 3)
     mr = next((c for c in candidates if rows % c == 0), candidates[0])
     return mr, 2 * vector_lanes
 

@@ -1,6 +1,7 @@
 """Graph-level passes, one file each. Importing registers them in PASSES."""
 
 from strataml.passes.graph import (  # noqa: F401
+    channels_last,
     cse,
     dce,
     fold_batchnorm,

@@ -15,9 +15,24 @@ from dataclasses import replace
 import numpy as np
 
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage, read_inputs_only
-from strataml.ir.expr import Expr, Load, Var, binary, idx, rewrite
+from strataml.ir.expr import Const, Expr, Load, Reduce, Var, binary, idx, rewrite
+from strataml.passes.lower.index_simplify import linear_in
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.schedule import MIN_GEMM_ROWS
+
+
+def _row_major(index: Expr, reduce: Reduce) -> bool:
+    """`index` walks the reduction axes row-major from 0: B's rows are the steps in order
+    (one axis, or (tap, channel) steps of a convolution's [KH * KW * C_in, C_out] weights)."""
+    found = linear_in(index, list(reduce.axes))
+    if found is None or not (isinstance(found[1], Const) and found[1].value == 0):
+        return False
+    stride = 1
+    for axis, extent in zip(reversed(reduce.axes), reversed(reduce.extents), strict=True):
+        if found[0][axis] != stride:
+            return False
+        stride *= extent
+    return True
 
 
 def packed_name(source: str, nr: int) -> str:
@@ -40,8 +55,9 @@ def prepack_weights(kernel: Kernel, constants: set[str], nr: int
         j = stage.axes[-1]
         source = kernel.buffer(b.buffer)
         # (the row strategy, taken below MIN_GEMM_ROWS rows, wants B row-major)
-        if (b.buffer not in constants or len(source.shape) != 2 or len(reduce.axes) != 1
-                or b.indices != (reduce.axes[0], j) or shape[-1] < nr
+        if (b.buffer not in constants or len(source.shape) != 2 or len(b.indices) != 2
+                or b.indices[1] != j or not _row_major(b.indices[0], reduce)
+                or shape[-1] < nr
                 or shape[found.i_axis] < MIN_GEMM_ROWS or source.dtype != "float32"):
             continue
         name = packed_name(b.buffer, nr)

@@ -1,0 +1,109 @@
+"""Lowering of the channels-last layout ops (see `ir.ops.layout`).
+
+A channels-last convolution is one matrix product out[n, p, co] = sum over (a, b, ci) of
+x at pixel p's tap (a, b), channel ci, times W[co, ci, a, b]: rows are output pixels,
+columns output channels, so the micro-kernel's vectors run along channels. The weights
+become a constant [KH * KW * C_in, C_out], read row-major by the reduction, which the
+compile-time panel packing takes as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from strataml.ir.dialects.graph import Node
+from strataml.ir.expr import Expr, compare, const, logical_and, select
+from strataml.ir.ops.nn import window_out_dim
+from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
+from strataml.passes.lower.tensor_ref import TensorRef
+
+# Extra floats per pixel of a padded channels-last copy (see `_padded`).
+PIXEL_SKEW = 16
+
+
+def _padded(ctx: LowerContext, node: Node, x: TensorRef
+            ) -> Callable[[Expr, Expr, Expr, Expr], Expr]:
+    """The input zero-padded once per call, so the gemm reads every tap without a bounds
+    test; returns tap(n, row, col, channel) in padded coordinates. A channels-last input
+    stays channels-last ([N, HP * WP, C]); a channels-first one stays channels-first
+    ([N, C, HP * WP], a plain copy: the gemm broadcasts A one scalar at a time, so A's
+    layout costs it nothing, while a transposing copy gathers every element)."""
+    h, w = node.attr("spatial")
+    pt, pl, pb, pr = node.attr("pads")
+    hp, wp = h + pt + pb, w + pl + pr
+    last = node.attr("channels_last_input", 0)
+    n, c = x.shape[0], (x.shape[2] if last else x.shape[1])
+    zero = const(0, x.dtype)
+
+    def value(batch: Expr, q: Expr, ch: Expr) -> Expr:
+        r, col = q // wp - pt, q % wp - pl
+        inside = logical_and(compare("ge", r, 0), compare("lt", r, h), compare("ge", col, 0),
+                             compare("lt", col, w))
+        return select(inside, x(batch, r * w + col, ch) if last else x(batch, ch, r, col),
+                      zero)
+
+    if last:
+        # Pixels a cache line further apart than C floats: at a power-of-two C they would
+        # fall in the same few L1 sets, and a row tile's taps (27 pixels for 3x3) miss.
+        def skewed(ix: tuple[Expr, ...]) -> Expr:
+            return select(compare("lt", ix[2], c), value(*ix), zero)
+
+        padded = ctx.materialize(TensorRef(x.dtype, (n, hp * wp, c + PIXEL_SKEW), skewed),
+                                 "padded")
+        return lambda batch, r, col, ch: padded(batch, r * wp + col, ch)
+    planes = ctx.materialize(TensorRef(x.dtype, (n, c, hp * wp), lambda ix: value(
+        ix[0], ix[2], ix[1])), "padded")
+    return lambda batch, r, col, ch: planes(batch, ch, r * wp + col)
+
+
+@lowering("ConvChannelsLast")
+def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                             ) -> list[TensorRef]:
+    x = inputs[0]
+    bias = inputs[2] if len(inputs) > 2 else None
+    assert x is not None
+    weights = ctx.constant_value(node.inputs[1])
+    if weights is None:
+        raise ValueError("the weights of a channels-last convolution must be constant")
+    cout, cin, kh, kw = weights.shape
+    width = node.attr("spatial")[1]
+    sh, sw = node.attr("strides")
+    dh, dw = node.attr("dilations")
+    pt, pl, pb, pr = node.attr("pads")
+    ow = window_out_dim(width, kw, sw, pl, pr, dw, 0)
+    n, pixels, _ = ctx.graph.types[node.outputs[0]].static_shape()
+    wt = ctx.derived_constant(f"{node.inputs[1]}.io", weights.transpose(1, 2, 3, 0).reshape(
+        cin * kh * kw, cout))
+    last = node.attr("channels_last_input", 0)
+    if any((pt, pl, pb, pr)):
+        tap = _padded(ctx, node, x)
+    else:
+        def tap(batch: Expr, r: Expr, col: Expr, ch: Expr) -> Expr:
+            return x(batch, r * width + col, ch) if last else x(batch, ch, r, col)
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        batch, p, co = ix
+        if kh * kw == 1 and (sh, sw) == (1, 1) and not any((pt, pl, pb, pr)):
+            row, col = p // width, p % width  # the pixel itself (no shift, no stride)
+            acc = ctx.reduce("sum", (cin,), lambda ci: (
+                x(batch, p, ci) if last else x(batch, ci, row, col)) * wt(ci, co))
+        else:
+            r0, c0 = (p // ow) * sh, (p % ow) * sw
+
+            def body(ci: Expr, a: Expr, b: Expr) -> Expr:
+                return tap(batch, r0 + a * dh, c0 + b * dw, ci) * wt((ci * kh + a) * kw + b, co)
+
+            acc = ctx.reduce("sum", (cin, kh, kw), body)
+        return acc + bias(co) if bias is not None else acc
+
+    return [TensorRef(x.dtype, (n, pixels, cout), fn)]
+
+
+@lowering("ChannelsLastToFirst")
+def lower_channels_last_to_first(ctx: LowerContext, node: Node,
+                                 inputs: list[TensorRef | None]) -> list[TensorRef]:
+    x = inputs[0]
+    assert x is not None
+    h, w = node.attr("spatial")
+    n, _, c = x.shape
+    return [TensorRef(x.dtype, (n, c, h, w), lambda ix: x(ix[0], ix[2] * w + ix[3], ix[1]))]

@@ -1,0 +1,172 @@
+"""Channels-last convolutions on small maps: the graph pass (which convs convert, how the
+conversions sink), the layout ops' shape rules and numpy references, and the compiled code
+against ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import strataml
+from strataml.errors import ShapeError
+from strataml.ir.dialects.graph import Graph, interpret, verify_graph
+from strataml.ir.expr import Var, idx
+from strataml.ir.expr import reduce as make_reduce
+from strataml.passes.graph.channels_last import to_channels_last
+from strataml.passes.lower.prepack import _row_major
+from tests.conftest import ort_run
+from tests.unit.graphs import graph, node, onnx_model, ops
+
+F32 = "float32"
+
+
+def _conv_attrs(k: int, stride: int = 1, pad: int | None = None) -> dict[str, object]:
+    p = k // 2 if pad is None else pad
+    return {"kernel_shape": (k, k), "strides": (stride, stride), "pads": (p,) * 4,
+            "dilations": (1, 1), "group": 1}
+
+
+def _weights(rng: np.random.Generator, cout: int, cin: int, k: int) -> np.ndarray:
+    return (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+
+
+def _bottleneck(rng: np.random.Generator) -> Graph:
+    """A 7x7 residual bottleneck between a 1x1 conv and a global pool."""
+    c, mid = 32, 16
+    consts = {"w0": _weights(rng, c, 8, 1), "w1": _weights(rng, mid, c, 1),
+              "w2": _weights(rng, mid, mid, 3), "w3": _weights(rng, c, mid, 1),
+              "b1": rng.standard_normal(mid).astype(np.float32),
+              "b3": rng.standard_normal(c).astype(np.float32)}
+    return graph({"x": (F32, (1, 8, 7, 7))}, [
+        node("Conv", ["x", "w0"], "a", **_conv_attrs(1)),
+        node("Conv", ["a", "w1", "b1"], "b", **_conv_attrs(1)),
+        node("Relu", ["b"], "br"),
+        node("Conv", ["br", "w2"], "c", **_conv_attrs(3)),
+        node("Relu", ["c"], "cr"),
+        node("Conv", ["cr", "w3", "b3"], "d", **_conv_attrs(1)),
+        node("Add", ["d", "a"], "e"),
+        node("Relu", ["e"], "er"),
+        node("GlobalAveragePool", ["er"], "y"),
+    ], ["y"], consts)
+
+
+def _same(before: Graph, after: Graph, feeds: dict[str, np.ndarray]) -> None:
+    verify_graph(after)
+    for want, got in zip(interpret(before, feeds), interpret(after, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bottleneck_stays_channels_last_until_the_pool(rng):
+    """Every conv converts; the conversions sink through the activations and the residual
+    add into the next conv, so one conversion is left, in front of the pool."""
+    g = _bottleneck(rng)
+    out = to_channels_last(g)
+    assert ops(out).count("ConvChannelsLast") == 4
+    assert ops(out).count("ChannelsLastToFirst") == 1
+    assert "Conv" not in ops(out)
+    reads_last = [n.attr("channels_last_input") for n in out.nodes if n.op == "ConvChannelsLast"]
+    assert reads_last == [0, 1, 1, 1]
+    to_first = next(n for n in out.nodes if n.op == "ChannelsLastToFirst")
+    assert out.producers()[to_first.inputs[0]].op == "Relu"
+    assert out.consumers()[to_first.outputs[0]][0].op == "GlobalAveragePool"
+    _same(g, out, {"x": rng.standard_normal((1, 8, 7, 7)).astype(np.float32)})
+
+
+def _as_onnx(g: Graph):
+    nodes = [helper.make_node(n.op, list(n.inputs), list(n.outputs), **{
+        k: list(v) if isinstance(v, tuple) else v for k, v in n.attrs}) for n in g.nodes]
+    return onnx_model(nodes, {"x": (F32, g.types["x"].shape)}, {"y": (F32, None)},
+                      g.constants)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_compiled_bottleneck_matches_ort(rng, threads):
+    model = _as_onnx(_bottleneck(rng))
+    feeds = {"x": rng.standard_normal((1, 8, 7, 7)).astype(np.float32)}
+    compiled = strataml.compile(model, num_threads=threads)
+    inner = [n for fused in compiled.program.graph.nodes for n in (fused.body or (fused,))]
+    assert sum(n.op == "ConvChannelsLast" for n in inner) == 4
+    (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# (input shape, output channels, attributes): strides and taps from a channels-first input,
+# asymmetric pads, dilation, a 1x3 kernel, no padding, batch 2.
+SINGLE_CONVS = [
+    ((1, 24, 14, 14), 32, {"kernel_shape": [1, 1], "strides": [2, 2]}),
+    ((1, 24, 14, 14), 32, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 8, 7, 7), 16, {"kernel_shape": [3, 3], "pads": [0, 2, 1, 0]}),
+    ((1, 8, 9, 9), 16, {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 8, 7, 7), 48, {"kernel_shape": [1, 3], "pads": [0, 1, 0, 1]}),
+    ((1, 8, 9, 9), 16, {"kernel_shape": [3, 3]}),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "cout", "attrs"), SINGLE_CONVS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_single_channels_last_convs_match_ort(rng, x_shape, cout, attrs, bias):
+    k = attrs["kernel_shape"]
+    w = (rng.standard_normal((cout, x_shape[1], *k)) * 0.1).astype(np.float32)
+    consts = {"w": w, **({"b": rng.standard_normal(cout).astype(np.float32)} if bias else {})}
+    model = onnx_model([helper.make_node("Conv", ["x", "w", *(["b"] if bias else [])], ["c"],
+                                         **attrs),
+                        helper.make_node("Relu", ["c"], ["y"])],
+                       {"x": (F32, x_shape)}, {"y": (F32, None)}, consts)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    compiled = strataml.compile(model)
+    inner = [n.op for fused in compiled.program.graph.nodes for n in (fused.body or (fused,))]
+    assert "ConvChannelsLast" in inner
+    (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "group"), [
+    ((1, 8, 8, 8), (16, 8, 3, 3), 1),  # 64 output pixels
+    ((1, 8, 7, 7), (24, 8, 3, 3), 1),  # 24 channels: a vector and a half
+    ((1, 16, 7, 7), (16, 8, 3, 3), 2),  # grouped
+])
+def test_convs_that_stay_channels_first(rng, x_shape, w_shape, group):
+    g = graph({"x": (F32, x_shape)}, [
+        node("Conv", ["x", "w"], "y", **{**_conv_attrs(3), "group": group})],
+        ["y"], {"w": rng.standard_normal(w_shape).astype(np.float32)})
+    assert ops(to_channels_last(g)) == ["Conv"]
+
+
+def test_conversions_sink_through_scalar_operands_but_not_broadcasts(rng):
+    """Clip with constant bounds and a product with a scalar read every element alike in
+    any layout; an add of a per-channel [1, C, 1, 1] tensor does not, and stays after the
+    conversion back."""
+    g = graph({"x": (F32, (1, 8, 7, 7))}, [
+        node("Conv", ["x", "w"], "c", **_conv_attrs(3)),
+        node("Clip", ["c", "lo", "hi"], "d"),
+        node("Mul", ["d", "half"], "e"),
+        node("Add", ["e", "shift"], "y"),
+    ], ["y"], {"w": _weights(rng, 16, 8, 3), "lo": np.float32(-0.5), "hi": np.float32(0.5),
+               "half": np.float32(0.5),
+               "shift": rng.standard_normal((1, 16, 1, 1)).astype(np.float32)})
+    out = to_channels_last(g)
+    assert ops(out) == ["ConvChannelsLast", "Clip", "Mul", "ChannelsLastToFirst", "Add"]
+    _same(g, out, {"x": rng.standard_normal((1, 8, 7, 7)).astype(np.float32)})
+
+
+def test_layout_op_shape_errors_name_the_node(rng):
+    w = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    with pytest.raises(ShapeError, match=r"ConvChannelsLast node 'bad'.*not \[N, 49, C\]"):
+        graph({"x": (F32, (1, 36, 8))}, [
+            node("ConvChannelsLast", ["x", "w"], "y", name="bad", spatial=(7, 7),
+                 channels_last_input=1, **_conv_attrs(1))], ["y"], {"w": w})
+    with pytest.raises(ShapeError, match=r"ChannelsLastToFirst node 'back'.*spatial"):
+        graph({"x": (F32, (1, 49, 8))}, [
+            node("ChannelsLastToFirst", ["x"], "y", name="back", spatial=(7,))], ["y"])
+
+
+def test_panel_packing_takes_a_row_major_walk_of_several_reduction_axes():
+    """A channels-last conv's weights [C_in * KH * KW, C_out] are read at row
+    (ci * 3 + a) * 3 + b: one row per reduction step, in order, so they pack at compile
+    time like a matrix's; any other walk does not."""
+    ci, a, b = Var("int64", "ci"), Var("int64", "a"), Var("int64", "b")
+    r = make_reduce("sum", (ci, a, b), (8, 3, 3), idx(0))
+    assert _row_major((ci * 3 + a) * 3 + b, r)
+    assert not _row_major((a * 3 + b) * 8 + ci, r)  # taps outermost: not the step order
+    assert not _row_major((ci * 3 + a) * 3 + b + 1, r)
