@@ -4,6 +4,8 @@ compile time (a constant weight), against float64 numpy."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -212,3 +214,22 @@ def test_the_epilogue_runs_on_the_register_tile_where_it_vectorises(activation, 
     h = x.astype(np.float64) @ w + b
     expected = np.maximum(h, 0) if activation == "Relu" else 1 / (1 + np.exp(-h))
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_edge_panel_tile_is_as_wide_as_its_columns_need(rng, tmp_path):
+    """68 columns: two panels of 32 and an edge of 4, which one vector holds. The edge
+    tile keeps one accumulator per row (stored to the edge scratch once per row), not
+    nr / lanes of them."""
+    lanes = host_target().vector_lanes_f32
+    model, w, b = _dense_relu(64, 256, 2 * (2 * lanes) + 4, rng)
+    compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
+    loops = (tmp_path / "92-loop.mlir").read_text()
+    edge_stores = re.findall(r"^\s*%edge\d+\[[^\n]*\] = ", loops, re.MULTILINE)
+    (kernel,) = compiled.program.kernels
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, lanes).stages
+    assert stage.kc
+    assert len(edge_stores) == stage.mr  # 64 rows: whole tiles, no row tail
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    (y,) = compiled.run({"x": x})
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)

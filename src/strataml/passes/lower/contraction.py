@@ -277,7 +277,10 @@ class _Gemm:
         def micro(row0: Expr, rows: int, tile_env: dict[Var, Interval],
                   into_edge: bool = False, a_tile: Expr | None = None,
                   slot: Expr | None = None) -> list[Stmt]:
-            q_count = nr // lanes
+            # The edge panel's tile is as many vectors as its columns need, not nr wide: a
+            # 14x14 map's 196 columns are 6 panels of 32 and 4 columns, which took a whole
+            # second vector of work per row for nothing.
+            q_count = -(-edge[1] // lanes) if into_edge and edge else nr // lanes
             accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)]
                     for ii in range(rows)]
             target = edge[0] if into_edge and edge else self.buffer
