@@ -14,7 +14,10 @@ from strataml.ir.dialects.graph import Graph, interpret, verify_graph
 from strataml.ir.expr import Var, idx
 from strataml.ir.expr import reduce as make_reduce
 from strataml.passes.graph.channels_last import to_channels_last
+from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.passes.lower.prepack import _row_major
+from strataml.schedule.primitives import Reorder, Split, Vectorize
+from strataml.schedule.schedule import stage_nest, transposed_copy_steps
 from tests.conftest import ort_run
 from tests.unit.graphs import graph, node, onnx_model, ops
 
@@ -170,3 +173,56 @@ def test_panel_packing_takes_a_row_major_walk_of_several_reduction_axes():
     assert _row_major((ci * 3 + a) * 3 + b, r)
     assert not _row_major((a * 3 + b) * 8 + ci, r)  # taps outermost: not the step order
     assert not _row_major((ci * 3 + a) * 3 + b + 1, r)
+
+
+# (MaxPool attributes): the stem's, ceil_mode past the end, no padding, dilated.
+STEM_POOLS = [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [2, 2], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [1, 1], "dilations": [2, 2], "pads": [2, 1, 2, 1]},
+]
+
+
+@pytest.mark.parametrize("pool", STEM_POOLS)
+def test_an_image_stem_and_its_pool_run_channels_last(rng, pool):
+    """A 3-channel stem converts whatever its size, its MaxPool reads it channels-last, and
+    the conversion back comes after the pool, on a quarter of the data."""
+    w = (rng.standard_normal((32, 3, 7, 7)) * 0.1).astype(np.float32)
+    model = onnx_model([
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[7, 7], strides=[2, 2],
+                         pads=[3, 3, 3, 3]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["y"], **pool)],
+        {"x": (F32, (1, 3, 61, 58))}, {"y": (F32, None)}, {"w": w})
+    feeds = {"x": rng.standard_normal((1, 3, 61, 58)).astype(np.float32)}
+    compiled = strataml.compile(model, num_threads=2)
+    inner = [n.op for fused in compiled.program.graph.nodes for n in (fused.body or (fused,))]
+    assert inner.index("ConvChannelsLast") < inner.index("MaxPoolChannelsLast") \
+        < inner.index("ChannelsLastToFirst")
+    (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_conversion_back_walks_its_source_in_blocks(rng):
+    """A stem's [N, H*W, C] -> [N, C, H, W] reads its source C floats apart along W: the
+    default schedule moves the channel loop inside the row loop and cuts the 512-wide rows
+    in two, so each line read is used whole while in L1. A copy that reads along its
+    innermost axis is left as it is."""
+    w = (rng.standard_normal((16, 3, 3, 3)) * 0.2).astype(np.float32)
+    model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3],
+                                         pads=[1, 1, 1, 1])],
+                       {"x": (F32, (1, 3, 8, 512))}, {"y": (F32, None)}, {"w": w})
+    compiled = strataml.compile(model, num_threads=2)
+    kernels = {k.name.split("_", 1)[1]: prepare_kernel(k) for k in compiled.program.kernels}
+    back = kernels["channelslasttofirst"]
+    steps = transposed_copy_steps(back, back.stages[0], stage_nest(back, back.stages[0]), 16)
+    assert steps is not None
+    assert [type(s) for s in steps] == [Split, Reorder, Vectorize]
+    assert steps[0].factor == 256
+    conv = kernels["convchannelslast"]
+    assert all(transposed_copy_steps(conv, st, stage_nest(conv, st), 16) is None
+               for st in conv.stages)  # the padded copy reads along its innermost axis
+    feeds = {"x": rng.standard_normal((1, 3, 8, 512)).astype(np.float32)}
+    (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

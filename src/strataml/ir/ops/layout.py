@@ -8,6 +8,8 @@ channels-last puts the channels, a multiple of the vector width, along the vecto
 - `ConvChannelsLast(x, w[, bias])`: a Conv (same attributes, group 1) whose output is
   [N, OH*OW, C_out], pixels row-major. Its input is NCHW, or channels-last [N, H*W, C]
   when `channels_last_input` is 1; `spatial` is the input's (H, W) either way.
+- `MaxPoolChannelsLast(x)`: a 2-D MaxPool (same attributes) of a channels-last input
+  [N, H*W, C] (`spatial` = (H, W)), with a channels-last output [N, OH*OW, C].
 - `ChannelsLastToFirst(y)`: [N, H*W, C] -> [N, C, H, W] for `spatial` = (H, W).
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, register_op
-from strataml.ir.ops.nn import _conv, _infer_conv
+from strataml.ir.ops.nn import _conv, _infer_conv, _infer_pool, _max_pool
 from strataml.ir.types import TensorType
 
 
@@ -28,10 +30,10 @@ def _spatial(node: Node) -> tuple[int, int]:
     return spatial[0], spatial[1]
 
 
-def _as_conv(node: Node) -> Node:
+def _as_channels_first(node: Node, op: str) -> Node:
     drop = ("spatial", "channels_last_input")
     attrs = tuple((k, v) for k, v in node.attrs if k not in drop)
-    return Node("Conv", node.inputs, node.outputs, attrs, node.name)
+    return Node(op, node.inputs, node.outputs, attrs, node.name)
 
 
 def _channels_first_type(node: Node, x: TensorType) -> TensorType:
@@ -51,7 +53,7 @@ def _infer_conv_channels_last(node: Node, types: list[TensorType], values: list
     if node.attr("group", 1) != 1:
         raise ShapeError(f"{node.where}: a channels-last convolution has group 1")
     x = _channels_first_type(node, types[0])
-    (out,) = _infer_conv(_as_conv(node), [x, *types[1:]], values)
+    (out,) = _infer_conv(_as_channels_first(node, "Conv"), [x, *types[1:]], values)
     n, c, oh, ow = out.shape
     return [TensorType(out.dtype, (n, oh * ow, c))]
 
@@ -67,7 +69,20 @@ def _to_last(x: np.ndarray) -> np.ndarray:
 
 def _conv_channels_last(node: Node, ins: list) -> list[np.ndarray]:
     x = _to_first(ins[0], *_spatial(node)) if node.attr("channels_last_input", 0) else ins[0]
-    (out,) = _conv(_as_conv(node), [x, *ins[1:]])
+    (out,) = _conv(_as_channels_first(node, "Conv"), [x, *ins[1:]])
+    return [_to_last(out)]
+
+
+def _infer_max_pool_channels_last(node: Node, types: list[TensorType], values: list
+                                  ) -> list[TensorType]:
+    x = _channels_first_type(node.with_attrs(channels_last_input=1), types[0])
+    (out,) = _infer_pool(_as_channels_first(node, "MaxPool"), [x], values)
+    n, c, oh, ow = out.shape
+    return [TensorType(out.dtype, (n, oh * ow, c))]
+
+
+def _max_pool_channels_last(node: Node, ins: list) -> list[np.ndarray]:
+    (out,) = _max_pool(_as_channels_first(node, "MaxPool"), [_to_first(ins[0], *_spatial(node))])
     return [_to_last(out)]
 
 
@@ -81,5 +96,7 @@ def _infer_to_first(node: Node, types: list[TensorType], values: list) -> list[T
 
 register_op("ConvChannelsLast", "contraction", _infer_conv_channels_last,
             _conv_channels_last, inputs=(2, 3))
+register_op("MaxPoolChannelsLast", "window", _infer_max_pool_channels_last,
+            _max_pool_channels_last)
 register_op("ChannelsLastToFirst", "movement", _infer_to_first,
             lambda node, ins: [np.ascontiguousarray(_to_first(ins[0], *_spatial(node)))])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from strataml.ir.dialects.graph import Node
-from strataml.ir.expr import Expr, compare, const, logical_and, select
+from strataml.ir.expr import Expr, compare, const, logical_and, reduce_identity, select
 from strataml.ir.ops.nn import window_out_dim
 from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
 from strataml.passes.lower.tensor_ref import TensorRef
@@ -21,39 +21,38 @@ from strataml.passes.lower.tensor_ref import TensorRef
 PIXEL_SKEW = 16
 
 
-def _padded(ctx: LowerContext, node: Node, x: TensorRef
-            ) -> Callable[[Expr, Expr, Expr, Expr], Expr]:
+def _padded(ctx: LowerContext, x: TensorRef, spatial: tuple[int, int],
+            pads: tuple[int, ...], last: bool) -> Callable[[Expr, Expr, Expr, Expr], Expr]:
     """The input zero-padded once per call, so the gemm reads every tap without a bounds
     test; returns tap(n, row, col, channel) in padded coordinates. A channels-last input
-    stays channels-last ([N, HP * WP, C]); a channels-first one stays channels-first
-    ([N, C, HP * WP], a plain copy: the gemm broadcasts A one scalar at a time, so A's
+    stays channels-last ([N, HP, WP, C]); a channels-first one stays channels-first
+    ([N, C, HP, WP], a plain copy: the gemm broadcasts A one scalar at a time, so A's
     layout costs it nothing, while a transposing copy gathers every element)."""
-    h, w = node.attr("spatial")
-    pt, pl, pb, pr = node.attr("pads")
+    h, w = spatial
+    pt, pl, pb, pr = pads
     hp, wp = h + pt + pb, w + pl + pr
-    last = node.attr("channels_last_input", 0)
     n, c = x.shape[0], (x.shape[2] if last else x.shape[1])
-    zero = const(0, x.dtype)
+    outside = const(0, x.dtype)
 
-    def value(batch: Expr, q: Expr, ch: Expr) -> Expr:
-        r, col = q // wp - pt, q % wp - pl
-        inside = logical_and(compare("ge", r, 0), compare("lt", r, h), compare("ge", col, 0),
-                             compare("lt", col, w))
-        return select(inside, x(batch, r * w + col, ch) if last else x(batch, ch, r, col),
-                      zero)
+    def value(batch: Expr, row: Expr, col: Expr, ch: Expr) -> Expr:
+        r, q = row - pt, col - pl
+        inside = logical_and(compare("ge", r, 0), compare("lt", r, h), compare("ge", q, 0),
+                             compare("lt", q, w))
+        return select(inside, x(batch, r * w + q, ch) if last else x(batch, ch, r, q),
+                      outside)
 
     if last:
         # Pixels a cache line further apart than C floats: at a power-of-two C they would
         # fall in the same few L1 sets, and a row tile's taps (27 pixels for 3x3) miss.
         def skewed(ix: tuple[Expr, ...]) -> Expr:
-            return select(compare("lt", ix[2], c), value(*ix), zero)
+            return select(compare("lt", ix[3], c), value(*ix), outside)
 
-        padded = ctx.materialize(TensorRef(x.dtype, (n, hp * wp, c + PIXEL_SKEW), skewed),
+        padded = ctx.materialize(TensorRef(x.dtype, (n, hp, wp, c + PIXEL_SKEW), skewed),
                                  "padded")
-        return lambda batch, r, col, ch: padded(batch, r * wp + col, ch)
-    planes = ctx.materialize(TensorRef(x.dtype, (n, c, hp * wp), lambda ix: value(
-        ix[0], ix[2], ix[1])), "padded")
-    return lambda batch, r, col, ch: planes(batch, ch, r * wp + col)
+        return lambda batch, r, col, ch: padded(batch, r, col, ch)
+    planes = ctx.materialize(TensorRef(x.dtype, (n, c, hp, wp), lambda ix: value(
+        ix[0], ix[2], ix[3], ix[1])), "padded")
+    return lambda batch, r, col, ch: planes(batch, ch, r, col)
 
 
 @lowering("ConvChannelsLast")
@@ -76,7 +75,7 @@ def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorR
         cin * kh * kw, cout))
     last = node.attr("channels_last_input", 0)
     if any((pt, pl, pb, pr)):
-        tap = _padded(ctx, node, x)
+        tap = _padded(ctx, x, node.attr("spatial"), node.attr("pads"), bool(last))
     else:
         def tap(batch: Expr, r: Expr, col: Expr, ch: Expr) -> Expr:
             return x(batch, r * width + col, ch) if last else x(batch, ch, r, col)
@@ -97,6 +96,40 @@ def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorR
         return acc + bias(co) if bias is not None else acc
 
     return [TensorRef(x.dtype, (n, pixels, cout), fn)]
+
+
+@lowering("MaxPoolChannelsLast")
+def lower_max_pool_channels_last(ctx: LowerContext, node: Node,
+                                 inputs: list[TensorRef | None]) -> list[TensorRef]:
+    """Along the window's rows into whole padded rows, then along its columns (as the
+    channels-first pool does), every step a vector of channels."""
+    x = inputs[0]
+    assert x is not None
+    kh, kw = node.attr("kernel_shape")
+    sh, sw = node.attr("strides")
+    dh, dw = node.attr("dilations", (1, 1))
+    n, pixels, c = ctx.graph.types[node.outputs[0]].static_shape()
+    h, w = node.attr("spatial")
+    pt, pl, pb, pr = node.attr("pads")
+    ceil = node.attr("ceil_mode", 0)
+    oh = window_out_dim(h, kh, sh, pt, pb, dh, ceil)
+    ow = window_out_dim(w, kw, sw, pl, pr, dw, ceil)
+    extent = ((oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1)
+    lowest = reduce_identity("max", x.dtype)
+    wp = max(w + pl + pr, extent[1])
+
+    def tap(batch: Expr, row: Expr, col: Expr, ch: Expr) -> Expr:
+        """The input at padded (row, col): a guarded read, no padded copy (a pool reads
+        each input once or twice, a copy would cost as much as the pool)."""
+        r, q = row - pt, col - pl
+        inside = logical_and(compare("ge", r, 0), compare("lt", r, h), compare("ge", q, 0),
+                             compare("lt", q, w))
+        return select(inside, x(batch, r * w + q, ch), lowest)
+
+    rows = ctx.materialize(TensorRef(x.dtype, (n, oh, wp, c), lambda ix: ctx.reduce(
+        "max", (kh,), lambda a: tap(ix[0], ix[1] * sh + a * dh, ix[2], ix[3]))), "rows")
+    return [TensorRef(x.dtype, (n, pixels, c), lambda ix: ctx.reduce("max", (kw,), lambda b: (
+        rows(ix[0], ix[1] // ow, ix[1] % ow * sw + b * dw, ix[2]))))]
 
 
 @lowering("ChannelsLastToFirst")
