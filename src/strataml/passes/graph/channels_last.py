@@ -42,6 +42,17 @@ def _static(view: GraphView, value: str) -> tuple[int, ...] | None:
     return t.static_shape() if all(isinstance(d, int) for d in t.shape) else None
 
 
+def _then_back(view: GraphView, node: Node, op: str, inputs: tuple[str, ...],
+               attrs: tuple[tuple[str, object], ...], spatial: tuple[int, ...]) -> Rewrite:
+    """`node` replaced by `op` computing channels-last, then a conversion back to its
+    channels-first output of `spatial` (H, W)."""
+    last = view.fresh(f"{node.outputs[0]}_channels_last")
+    return Rewrite(nodes=[
+        Node(op, inputs, (last,), attrs, node.name),
+        Node(TO_FIRST, (last,), node.outputs, make_attrs({"spatial": tuple(spatial)}),
+             f"{node.name or node.outputs[0]}/to_channels_first")])
+
+
 def convert_conv(view: GraphView, node: Node) -> Rewrite | None:
     """Conv -> ChannelsLastToFirst(ConvChannelsLast(x)) on a small output map."""
     x, out = _static(view, node.inputs[0]), _static(view, node.outputs[0])
@@ -56,11 +67,7 @@ def convert_conv(view: GraphView, node: Node) -> Rewrite | None:
     attrs = {"kernel_shape": tuple(weights.shape[2:]), "strides": (1, 1), "pads": (0,) * 4,
              "dilations": (1, 1), **node.attr_dict, "spatial": tuple(x[2:]),
              "channels_last_input": 0}
-    last = view.fresh(f"{node.outputs[0]}_channels_last")
-    conv = Node("ConvChannelsLast", node.inputs, (last,), make_attrs(attrs), node.name)
-    back = Node(TO_FIRST, (last,), node.outputs, make_attrs({"spatial": tuple(out[2:])}),
-                f"{node.name or node.outputs[0]}/to_channels_first")
-    return Rewrite(nodes=[conv, back])
+    return _then_back(view, node, "ConvChannelsLast", node.inputs, make_attrs(attrs), out[2:])
 
 
 def read_channels_last(view: GraphView, node: Node) -> Rewrite | None:
@@ -81,12 +88,9 @@ def pool_channels_last(view: GraphView, node: Node) -> Rewrite | None:
     if src is None or src.op != TO_FIRST or len(node.outputs) != 1 or out is None \
             or len(out) != 4:
         return None
-    last = view.fresh(f"{node.outputs[0]}_channels_last")
-    pool = Node("MaxPoolChannelsLast", (src.inputs[0],), (last,), make_attrs(
-        {**node.attr_dict, "spatial": src.attr("spatial")}), node.name)
-    back = Node(TO_FIRST, (last,), node.outputs, make_attrs({"spatial": tuple(out[2:])}),
-                f"{node.name or node.outputs[0]}/to_channels_first")
-    return Rewrite(nodes=[pool, back])
+    return _then_back(view, node, "MaxPoolChannelsLast", (src.inputs[0],), make_attrs(
+        {"strides": (1, 1), "pads": (0,) * 4, "dilations": (1, 1), **node.attr_dict,
+         "spatial": src.attr("spatial")}), out[2:])
 
 
 def sink_through_elementwise(view: GraphView, node: Node) -> Rewrite | None:
@@ -110,17 +114,13 @@ def sink_through_elementwise(view: GraphView, node: Node) -> Rewrite | None:
             return None
     if spatial is None:
         return None
-    last = view.fresh(f"{node.outputs[0]}_channels_last")
-    op = Node(node.op, tuple(inputs), (last,), node.attrs, node.name)
-    back = Node(TO_FIRST, (last,), node.outputs, make_attrs({"spatial": spatial}),
-                f"{node.name or node.outputs[0]}/to_channels_first")
-    return Rewrite(nodes=[op, back])
+    return _then_back(view, node, node.op, tuple(inputs), node.attrs, spatial)
 
 
 def to_channels_last(graph: Graph) -> Graph:
     from strataml.passes.graph.dce import eliminate_dead
 
-    if CHANNELS_LAST_MAX_PIXELS <= 0:
+    if CHANNELS_LAST_MAX_PIXELS <= 0:  # (the switch that turns the pass off)
         return graph
     return eliminate_dead(apply_patterns(graph, {
         "Conv": [convert_conv], "ConvChannelsLast": [read_channels_last],

@@ -21,6 +21,11 @@ from strataml.passes.lower.tensor_ref import TensorRef
 PIXEL_SKEW = 16
 
 
+def _inside(row: Expr, col: Expr, h: int, w: int) -> Expr:
+    return logical_and(compare("ge", row, 0), compare("lt", row, h), compare("ge", col, 0),
+                       compare("lt", col, w))
+
+
 def _padded(ctx: LowerContext, x: TensorRef, spatial: tuple[int, int],
             pads: tuple[int, ...], last: bool) -> Callable[[Expr, Expr, Expr, Expr], Expr]:
     """The input zero-padded once per call, so the gemm reads every tap without a bounds
@@ -36,10 +41,8 @@ def _padded(ctx: LowerContext, x: TensorRef, spatial: tuple[int, int],
 
     def value(batch: Expr, row: Expr, col: Expr, ch: Expr) -> Expr:
         r, q = row - pt, col - pl
-        inside = logical_and(compare("ge", r, 0), compare("lt", r, h), compare("ge", q, 0),
-                             compare("lt", q, w))
-        return select(inside, x(batch, r * w + q, ch) if last else x(batch, ch, r, q),
-                      outside)
+        return select(_inside(r, q, h, w), x(batch, r * w + q, ch) if last else x(
+            batch, ch, r, q), outside)
 
     if last:
         # Pixels a cache line further apart than C floats: at a power-of-two C they would
@@ -122,9 +125,7 @@ def lower_max_pool_channels_last(ctx: LowerContext, node: Node,
         """The input at padded (row, col): a guarded read, no padded copy (a pool reads
         each input once or twice, a copy would cost as much as the pool)."""
         r, q = row - pt, col - pl
-        inside = logical_and(compare("ge", r, 0), compare("lt", r, h), compare("ge", q, 0),
-                             compare("lt", q, w))
-        return select(inside, x(batch, r * w + q, ch), lowest)
+        return select(_inside(r, q, h, w), x(batch, r * w + q, ch), lowest)
 
     rows = ctx.materialize(TensorRef(x.dtype, (n, oh, wp, c), lambda ix: ctx.reduce(
         "max", (kh,), lambda a: tap(ix[0], ix[1] * sh + a * dh, ix[2], ix[3]))), "rows")
