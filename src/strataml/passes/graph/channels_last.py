@@ -39,7 +39,7 @@ TO_FIRST = "ChannelsLastToFirst"
 
 def _static(view: GraphView, value: str) -> tuple[int, ...] | None:
     t = view.type(value)
-    return t.static_shape() if all(isinstance(d, int) for d in t.shape) else None
+    return t.static_shape() if t.is_static else None
 
 
 def _then_back(view: GraphView, node: Node, op: str, inputs: tuple[str, ...],
@@ -108,7 +108,7 @@ def sink_through_elementwise(view: GraphView, node: Node) -> Rewrite | None:
                 return None
             spatial, shape = src.attr("spatial"), view.type(src.inputs[0])
             inputs.append(src.inputs[0])
-        elif not value or (view.const(value) is not None and view.const(value).size == 1):
+        elif not value or getattr(view.const(value), "size", 0) == 1:
             inputs.append(value)
         else:
             return None

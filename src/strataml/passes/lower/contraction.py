@@ -121,21 +121,24 @@ class _Gemm:
         SqueezeNet 7% faster)."""
         low, c = self.low, self.c
         i_var, j_var = self.axes[c.i_axis], self.axes[-1]
-        zero = const(0, c.reduce.dtype)
+        zero, jv = const(0, c.reduce.dtype), low.fresh("jv")
+        lane_env = {**env, jv: (0, lanes - 1)}
         out: list[Stmt] = []
         for ii in range(rows):
             for q in range(q_count):
-                point = {**self.mapping, i_var: row0 + ii, j_var: col0 + q * lanes}
-                out.append(Prefetch(self.buffer, self.out_index(point, env)))
+                point = {**self.mapping, i_var: row0 + ii, j_var: col0 + q * lanes + jv}
+                out.append(Prefetch(self.buffer, substitute(self.out_index(point, lane_env),
+                                                            {jv: idx(0)})))
                 needs: list[Stmt] = []
-                value = low.expr(substitute(self.epilogue, {**point, self.hole: zero}), env,
-                                 needs)
+                value = low.expr(substitute(self.epilogue, {**point, self.hole: zero}),
+                                 lane_env, needs)
                 if needs:
                     continue
-                out.extend(Prefetch(e.buffer, e.indices[0], for_write=False)
-                           for e in value.walk() if isinstance(e, Load) and len(e.indices) == 1
-                           and e.buffer != self.buffer)
-        return out
+                out.extend(Prefetch(e.buffer, start, for_write=False) for e in value.walk()
+                           if isinstance(e, Load) and len(e.indices) == 1
+                           and e.buffer != self.buffer
+                           and (start := _along(e.indices[0], jv)) is not None)
+        return list(dict.fromkeys(out))  # a bias along the columns: once, not once a row
 
     def tile_epilogue(self, accs: list[list[Var]], env: dict[Var, Interval], row0: Expr,
                       col0: Expr, lanes: int) -> list[Stmt]:

@@ -83,12 +83,13 @@ def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorR
         def tap(batch: Expr, r: Expr, col: Expr, ch: Expr) -> Expr:
             return x(batch, r * width + col, ch) if last else x(batch, ch, r, col)
 
+    pointwise = kh * kw == 1 and (sh, sw) == (1, 1) and not any((pt, pl, pb, pr))
+
     def fn(ix: tuple[Expr, ...]) -> Expr:
         batch, p, co = ix
-        if kh * kw == 1 and (sh, sw) == (1, 1) and not any((pt, pl, pb, pr)):
-            row, col = p // width, p % width  # the pixel itself (no shift, no stride)
-            acc = ctx.reduce("sum", (cin,), lambda ci: (
-                x(batch, p, ci) if last else x(batch, ci, row, col)) * wt(ci, co))
+        if pointwise:  # the pixel itself: no shift, no stride
+            acc = ctx.reduce("sum", (cin,), lambda ci: (x(batch, p, ci) if last else tap(
+                batch, p // width, p % width, ci)) * wt(ci, co))
         else:
             r0, c0 = (p // ow) * sh, (p % ow) * sw
 
