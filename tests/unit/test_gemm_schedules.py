@@ -264,3 +264,28 @@ def test_a_shallow_gemm_prefetches_what_its_epilogue_touches(rng, tmp_path):
     (y,) = compiled.run({"x": x, "r": r})
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + r, 0),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_rows_outer_gemm_prefetches_the_next_row_tiles_weights(rng, tmp_path):
+    """A 1x1 conv 256 -> 1024 on 14x14: few column panels, so each row tile of weights (A,
+    read in place) sweeps all of them; while it does, it prefetches the next tile's rows. A
+    hint only: the result is unchanged."""
+    w = (rng.standard_normal((1024, 256, 1, 1)) / 16).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "pointwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1024, 14, 14])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
+    (kernel,) = compiled.program.kernels
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, host_target().vector_lanes_f32,
+                                2 << 20).stages
+    assert stage.rows_outer
+    weights = next(b.name for b in kernel.buffers if b.shape == (1024, 256, 1, 1))
+    loops = (tmp_path / "92-loop.mlir").read_text()
+    assert re.search(rf"prefetch \(read\) %{weights}\[", loops)
+    x = rng.standard_normal((1, 256, 14, 14)).astype(np.float32)
+    (y,) = compiled.run({"x": x})
+    expected = np.einsum("oc,nchw->nohw", w[:, :, 0, 0].astype(np.float64), x)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)

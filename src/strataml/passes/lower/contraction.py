@@ -56,6 +56,11 @@ MIN_ROWS_FOR_PACKED_A = 128
 # 64-row layers are 1% slower, which was 8% before the channels-last convs existed).
 PREFETCH_MIN_ROWS = 32
 LINE_BYTES = 64
+# A rows-outer gemm's row tile prefetches the next tile's A rows (weights read in place)
+# while it sweeps the panels: ResNet-50's 1x1 convs on 14x14 0.43 -> 0.38 ms, its Winograd
+# products 5% faster; ResNet-50 2.3%, Inception-v2 3% faster. (Every row tile of a packed
+# gemm asking for its successor's rows: ResNet-50 1% slower, its A is mostly in L2 already.)
+PREFETCH_NEXT_A_ROWS = True
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -139,6 +144,35 @@ class _Gemm:
                            and e.buffer != self.buffer
                            and (start := _along(e.indices[0], jv)) is not None)
         return list(dict.fromkeys(out))  # a bias along the columns: once, not once a row
+
+    def next_rows_prefetches(self, env: dict[Var, Interval], m: int, row0: Expr, rows: int,
+                             rmap: dict[Var, Expr], rs: list[Var], depth: int, part: Expr,
+                             parts: int) -> list[Stmt]:
+        """Share `part` of `parts` of the prefetches (into L2) of A's rows row0 .. row0 +
+        rows for this reduction block, when A is read in place and each of its rows is
+        contiguous along the reduction (a conv's weights): a row tile that sweeps every
+        panel asks for the next tile's rows while it works, instead of starting on mr cold
+        streams from memory."""
+        low, c = self.low, self.c
+        strides = [1] * len(rs)
+        for k in range(len(rs) - 2, -1, -1):
+            strides[k] = strides[k + 1] * (env[rs[k + 1]][1] + 1)
+        row = low.fresh("ra")
+        needs: list[Stmt] = []
+        a = low.expr(substitute(c.a, {**self.mapping, **rmap, self.axes[c.i_axis]: row}),
+                     {**env, row: (0, m - 1)}, needs)
+        found = linear_in(a.indices[0], [*rs, row]) if isinstance(a, Load) \
+            and len(a.indices) == 1 else None
+        if needs or found is None or any(found[0][v] != st
+                                         for v, st in zip(rs, strides, strict=True)) \
+                or not PREFETCH_NEXT_A_ROWS:
+            return []
+        lines = -(-depth * 4 // LINE_BYTES) + 1  # +1: a row need not start on a line
+        share, pl = -(-lines // parts), low.fresh("pa")
+        last = low.buffers[a.buffer].numel - 1
+        return [For(pl, share, tuple(Prefetch(a.buffer, minimum(
+            found[1] + (row0 + ii) * found[0][row] + (part * share + pl) * (LINE_BYTES // 4),
+            last), for_write=False) for ii in range(rows)))]
 
     def tile_epilogue(self, accs: list[list[Var]], env: dict[Var, Interval], row0: Expr,
                       col0: Expr, lanes: int) -> list[Stmt]:
@@ -403,8 +437,10 @@ class _Gemm:
                 if edge:
                     per_block.extend(packing(edge_col, edge[1], slot=idx(col_tiles)))
                 row0 = (ibb * mc + ib) * mr
-                sweep: list[Stmt] = [For(jb, col_tiles, tuple(micro(row0, mr, tile_env,
-                                                                    slot=jb)))]
+                ahead_a = self.next_rows_prefetches(tile_env, m, row0 + mr, mr, rmap, rs, depth,
+                                                    jb, col_tiles)
+                sweep: list[Stmt] = [For(jb, col_tiles, (*ahead_a, *micro(
+                    row0, mr, tile_env, slot=jb)))]
                 if edge:
                     sweep.extend(micro(row0, mr, tile_env, into_edge=True,
                                        slot=idx(col_tiles)))
