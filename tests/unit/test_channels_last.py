@@ -95,8 +95,10 @@ def test_a_compiled_bottleneck_matches_ort(rng, threads):
 
 
 # (input shape, output channels, attributes): strides and taps from a channels-first input,
-# asymmetric pads, dilation, a 1x3 kernel, no padding, batch 2.
+# asymmetric pads, dilation, a 1x3 kernel, no padding, batch 2; a strided 3x3 conv to a
+# 14x14 map (a strided conv goes channels-last up to 196 output pixels).
 SINGLE_CONVS = [
+    ((1, 16, 28, 28), 32, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ((1, 24, 14, 14), 32, {"kernel_shape": [1, 1], "strides": [2, 2]}),
     ((1, 24, 14, 14), 32, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ((1, 8, 7, 7), 16, {"kernel_shape": [3, 3], "pads": [0, 2, 1, 0]}),
@@ -128,10 +130,13 @@ def test_single_channels_last_convs_match_ort(rng, x_shape, cout, attrs, bias):
     ((1, 8, 8, 8), (16, 8, 3, 3), 1),  # 64 output pixels
     ((1, 8, 7, 7), (24, 8, 3, 3), 1),  # 24 channels: a vector and a half
     ((1, 16, 7, 7), (16, 8, 3, 3), 2),  # grouped
+    ((1, 8, 30, 30), (16, 8, 3, 3), 1),  # strided, 15x15 = 225 output pixels
+    ((1, 8, 28, 28), (16, 8, 1, 1), 1),  # strided 1x1, 14x14
 ])
 def test_convs_that_stay_channels_first(rng, x_shape, w_shape, group):
+    k, stride = w_shape[-1], 2 if x_shape[-1] > 9 else 1
     g = graph({"x": (F32, x_shape)}, [
-        node("Conv", ["x", "w"], "y", **{**_conv_attrs(3), "group": group})],
+        node("Conv", ["x", "w"], "y", **{**_conv_attrs(k, stride), "group": group})],
         ["y"], {"w": rng.standard_normal(w_shape).astype(np.float32)})
     assert ops(to_channels_last(g)) == ["Conv"]
 

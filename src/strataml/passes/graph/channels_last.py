@@ -1,4 +1,5 @@
-"""Channels-last activations for convolutions on small feature maps, and for image stems.
+"""Channels-last activations for convolutions on small feature maps, for strided ones on
+medium maps, and for image stems.
 
 A channels-first convolution vectorises along the output's pixels: on a 7x7 map that is
 49 lanes in 64 (3 vectors and one lane). Channels-last puts the output channels (a multiple
@@ -34,6 +35,13 @@ CHANNELS_LAST_CHANNEL_MULTIPLE = 16
 # stem 1.0 -> 0.72 ms; models with one: up to 6% faster, SqueezeNet's 96-channel stem).
 CHANNELS_LAST_STEM_CHANNELS = 4
 
+# A strided KxK conv (K > 1) goes channels-last up to this many output pixels: channels-
+# first, its phase planes are packed into panels once per tap (9x the input for a 3x3);
+# channels-last reads its input in place and streams pre-packed weights. ResNet-50's 3x3
+# stride-2 conv 28x28 -> 14x14 in the model: 1.00 -> 0.85 ms (ResNet-18's likewise); at
+# 56x56 -> 28x28 (784 pixels) channels-last was slower, 0.96 -> 1.00 ms.
+CHANNELS_LAST_STRIDED_MAX_PIXELS = 196
+
 TO_FIRST = "ChannelsLastToFirst"
 
 
@@ -61,7 +69,10 @@ def convert_conv(view: GraphView, node: Node) -> Rewrite | None:
     if (x is None or out is None or len(x) != 4 or weights is None or weights.ndim != 4
             or node.attr("group", 1) != 1 or (has_bias and view.const(node.inputs[2]) is None)
             or (out[2] * out[3] > CHANNELS_LAST_MAX_PIXELS
-                and x[1] > CHANNELS_LAST_STEM_CHANNELS)
+                and x[1] > CHANNELS_LAST_STEM_CHANNELS
+                and not (out[2] * out[3] <= CHANNELS_LAST_STRIDED_MAX_PIXELS
+                         and max(node.attr("strides", (1, 1))) > 1
+                         and max(weights.shape[2:]) > 1))
             or out[1] % CHANNELS_LAST_CHANNEL_MULTIPLE):
         return None
     attrs = {"kernel_shape": tuple(weights.shape[2:]), "strides": (1, 1), "pads": (0,) * 4,
