@@ -60,20 +60,44 @@ def _same(before: Graph, after: Graph, feeds: dict[str, np.ndarray]) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_bottleneck_stays_channels_last_until_the_pool(rng):
+def test_a_bottleneck_stays_channels_last_through_the_pool(rng):
     """Every conv converts; the conversions sink through the activations and the residual
-    add into the next conv, so one conversion is left, in front of the pool."""
+    add into the next conv, and the global pool averages the channels-last pixels: no
+    conversion is left."""
     g = _bottleneck(rng)
     out = to_channels_last(g)
     assert ops(out).count("ConvChannelsLast") == 4
-    assert ops(out).count("ChannelsLastToFirst") == 1
+    assert "ChannelsLastToFirst" not in ops(out)
     assert "Conv" not in ops(out)
     reads_last = [n.attr("channels_last_input") for n in out.nodes if n.op == "ConvChannelsLast"]
     assert reads_last == [0, 1, 1, 1]
-    to_first = next(n for n in out.nodes if n.op == "ChannelsLastToFirst")
-    assert out.producers()[to_first.inputs[0]].op == "Relu"
-    assert out.consumers()[to_first.outputs[0]][0].op == "GlobalAveragePool"
+    mean = next(n for n in out.nodes if n.op == "ReduceMean")
+    assert out.producers()[mean.inputs[0]].op == "Relu"
+    assert mean.attr("axes") == (1,)
+    assert out.consumers()[mean.outputs[0]][0].op == "Reshape"
     _same(g, out, {"x": rng.standard_normal((1, 8, 7, 7)).astype(np.float32)})
+
+
+@pytest.mark.parametrize(("pool", "converts"), [
+    ({"op": "GlobalAveragePool"}, True),
+    ({"op": "AveragePool", "kernel_shape": (7, 7)}, True),
+    ({"op": "AveragePool", "kernel_shape": (7, 7), "strides": (2, 2)}, True),
+    ({"op": "AveragePool", "kernel_shape": (3, 3)}, False),  # not the whole map
+    ({"op": "AveragePool", "kernel_shape": (7, 7), "pads": (1, 1, 1, 1)}, False),
+])
+def test_a_pool_over_the_whole_map_averages_channels_last_pixels(rng, pool, converts):
+    attrs = {k: v for k, v in pool.items() if k != "op"}
+    g = graph({"x": (F32, (2, 8, 7, 7))}, [
+        node("Conv", ["x", "w"], "a", **_conv_attrs(3)),
+        node(pool["op"], ["a"], "y", **attrs)], ["y"], {"w": _weights(rng, 32, 8, 3)})
+    out = to_channels_last(g)
+    assert ("ReduceMean" in ops(out)) == converts
+    assert ("ChannelsLastToFirst" in ops(out)) != converts
+    feeds = {"x": rng.standard_normal((2, 8, 7, 7)).astype(np.float32)}
+    _same(g, out, feeds)
+    model = _as_onnx(g)
+    (want,), (got,) = ort_run(model, feeds), strataml.compile(model).run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def _as_onnx(g: Graph):

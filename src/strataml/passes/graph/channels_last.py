@@ -8,8 +8,9 @@ image stem (3 input channels) gains too: its channels-first gemm has only C_out 
 The pass rewrites each such Conv into `ChannelsLastToFirst(ConvChannelsLast(x))`, then
 sinks the conversions: through elementwise ops whose inputs all convert from the same
 layout (the residual add, the activation), through a MaxPool (the stem's), and into the next
-channels-last convolution, which reads channels-last directly. What remains converts where
-a channels-first consumer (a 56x56 conv, a global pool, a reshape) needs it.
+channels-last convolution, which reads channels-last directly; a global average pool
+averages the channels-last pixels. What remains converts where a channels-first consumer
+(a 56x56 conv, a concatenation, a reshape) needs it.
 """
 
 from __future__ import annotations
@@ -104,6 +105,29 @@ def pool_channels_last(view: GraphView, node: Node) -> Rewrite | None:
          "spatial": src.attr("spatial")}), out[2:])
 
 
+def pool_globally_channels_last(view: GraphView, node: Node) -> Rewrite | None:
+    """GlobalAveragePool(ToFirst(a)), or an AveragePool whose unpadded window is the whole
+    map -> Reshape(ReduceMean(a) over its pixels): the mean of a [N, H*W, C] value over its
+    pixels is already the pooled [N, C], so a network's last conversion, just before its
+    pool, is not needed (ResNet-50's: 0.09 ms, then 0.02 ms of pooling)."""
+    src = view.producer.get(node.inputs[0])
+    out = _static(view, node.outputs[0])
+    if src is None or src.op != TO_FIRST or len(node.outputs) != 1 or out is None \
+            or len(out) != 4 or out[2:] != (1, 1):
+        return None
+    if node.op == "AveragePool" and (
+            tuple(node.attr("kernel_shape")) != tuple(src.attr("spatial"))
+            or any(node.attr("pads", (0,) * 4)) or any(d != 1 for d in node.attr(
+                "dilations", (1, 1)))):
+        return None
+    mean = view.fresh(f"{node.outputs[0]}_channels_last")
+    return Rewrite(nodes=[
+        Node("ReduceMean", (src.inputs[0],), (mean,),
+             make_attrs({"axes": (1,), "keepdims": 1, "noop_with_empty_axes": 0}), node.name),
+        Node("Reshape", (mean,), node.outputs, make_attrs({"shape": tuple(out)}),
+             f"{node.name or node.outputs[0]}/to_channels_first")])
+
+
 def sink_through_elementwise(view: GraphView, node: Node) -> Rewrite | None:
     """op(ToFirst(a), ToFirst(b), scalar) -> ToFirst(op(a, b, scalar)) when every tensor
     input converts from the same channels-last shape (no broadcasting across layouts)."""
@@ -136,6 +160,8 @@ def to_channels_last(graph: Graph) -> Graph:
     return eliminate_dead(apply_patterns(graph, {
         "Conv": [convert_conv], "ConvChannelsLast": [read_channels_last],
         "MaxPool": [pool_channels_last],
+        "GlobalAveragePool": [pool_globally_channels_last],
+        "AveragePool": [pool_globally_channels_last],
         "*": [sink_through_elementwise]}))
 
 
