@@ -289,3 +289,21 @@ def test_a_rows_outer_gemm_prefetches_the_next_row_tiles_weights(rng, tmp_path):
     (y,) = compiled.run({"x": x})
     expected = np.einsum("oc,nchw->nohw", w[:, :, 0, 0].astype(np.float64), x)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("m", "max_depth"), [(49, 72), (128, 256)])
+def test_few_rows_stream_pre_packed_weights_in_short_blocks(m, max_depth, rng):
+    """49 rows (a 7x7 channels-last conv's pixels) of a gemm with pre-packed weights take
+    them in blocks of at most 72 reduction steps, 128 rows in blocks of up to 256; the
+    product is the same either way."""
+    lanes = host_target().vector_lanes_f32
+    model, w, b = _dense_relu(m, 1024, 128, rng)
+    compiled = strataml.compile(model, num_threads=1, verify=True)
+    (kernel,) = compiled.program.kernels
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, lanes).stages
+    assert 0 < stage.kc <= max_depth
+    assert stage.kc > max_depth // 2  # the longest block that fits, not a shorter one
+    x = rng.standard_normal((m, 1024)).astype(np.float32)
+    (y,) = compiled.run({"x": x})
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)
