@@ -12,8 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import strataml
 from strataml.options import host_target
+from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.schedule import default_schedule
 from strataml.schedule.fuse_axes import fuse_trailing_axes
+from tests.conftest import ort_run
 
 
 def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator, constant: bool = True):
@@ -307,3 +309,27 @@ def test_few_rows_stream_pre_packed_weights_in_short_blocks(m, max_depth, rng):
     (y,) = compiled.run({"x": x})
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_rows_outer_winograd_product_keeps_its_panels_in_l1(rng):
+    """A 3x3 conv 256 -> 256 on 14x14 goes by Winograd: 6 products of 256 rows by 64 columns
+    (2 panels) over 768 steps, rows outermost. Its blocks are cut to 96 steps, where both
+    panels (24 KiB) fit in L1; the result still matches ONNX Runtime."""
+    w = (rng.standard_normal((256, 256, 3, 3)) / 48).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv3x3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 14, 14])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = strataml.compile(model, num_threads=2, verify=True)
+    (kernel,) = compiled.program.kernels
+    prepared = prepare_kernel(kernel)
+    schedule = default_schedule(prepared, 2, host_target().vector_lanes_f32, 2 << 20)
+    (product,) = [s for st, s in zip(prepared.stages, schedule.stages, strict=True)
+                  if st.buffer.startswith("winograd_mid")]
+    assert product.rows_outer
+    assert product.kc * 3 == 96
+    x = rng.standard_normal((1, 256, 14, 14)).astype(np.float32)
+    (want,), (got,) = ort_run(model, {"x": x}), compiled.run({"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
