@@ -62,18 +62,24 @@ def _then_back(view: GraphView, node: Node, op: str, inputs: tuple[str, ...],
              f"{node.name or node.outputs[0]}/to_channels_first")])
 
 
+def _pays(node: Node, x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[int, ...]
+          ) -> bool:
+    """Channels-last pays for a conv on a small map, an image stem, or a strided KxK conv
+    on a medium map (see the constants above)."""
+    pixels = out[2] * out[3]
+    strided = max(node.attr("strides", (1, 1))) > 1 and max(kernel) > 1
+    return (pixels <= CHANNELS_LAST_MAX_PIXELS or x[1] <= CHANNELS_LAST_STEM_CHANNELS
+            or (strided and pixels <= CHANNELS_LAST_STRIDED_MAX_PIXELS))
+
+
 def convert_conv(view: GraphView, node: Node) -> Rewrite | None:
-    """Conv -> ChannelsLastToFirst(ConvChannelsLast(x)) on a small output map."""
+    """Conv -> ChannelsLastToFirst(ConvChannelsLast(x)) where channels-last pays."""
     x, out = _static(view, node.inputs[0]), _static(view, node.outputs[0])
     weights = view.const(node.inputs[1])
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
     if (x is None or out is None or len(x) != 4 or weights is None or weights.ndim != 4
             or node.attr("group", 1) != 1 or (has_bias and view.const(node.inputs[2]) is None)
-            or (out[2] * out[3] > CHANNELS_LAST_MAX_PIXELS
-                and x[1] > CHANNELS_LAST_STEM_CHANNELS
-                and not (out[2] * out[3] <= CHANNELS_LAST_STRIDED_MAX_PIXELS
-                         and max(node.attr("strides", (1, 1))) > 1
-                         and max(weights.shape[2:]) > 1))
+            or not _pays(node, x, out, weights.shape[2:])
             or out[1] % CHANNELS_LAST_CHANNEL_MULTIPLE):
         return None
     attrs = {"kernel_shape": tuple(weights.shape[2:]), "strides": (1, 1), "pads": (0,) * 4,

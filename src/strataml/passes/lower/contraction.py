@@ -41,7 +41,7 @@ from strataml.ir.expr import (
 )
 from strataml.ir.types import is_float, vector_dtype
 from strataml.passes.lower.bounds import Interval
-from strataml.passes.lower.index_simplify import linear_in
+from strataml.passes.lower.index_simplify import linear_in, row_major_strides
 from strataml.schedule.contraction import Contraction
 
 # The partial last panel of a packed gemm accumulates in a stack scratch of m x nr floats.
@@ -146,26 +146,25 @@ class _Gemm:
         return list(dict.fromkeys(out))  # a bias along the columns: once, not once a row
 
     def next_rows_prefetches(self, env: dict[Var, Interval], m: int, row0: Expr, rows: int,
-                             rmap: dict[Var, Expr], rs: list[Var], depth: int, part: Expr,
-                             parts: int) -> list[Stmt]:
+                             rmap: dict[Var, Expr], loops: list[tuple[Var, int]], depth: int,
+                             part: Expr, parts: int) -> list[Stmt]:
         """Share `part` of `parts` of the prefetches (into L2) of A's rows row0 .. row0 +
         rows for this reduction block, when A is read in place and each of its rows is
         contiguous along the reduction (a conv's weights): a row tile that sweeps every
         panel asks for the next tile's rows while it works, instead of starting on mr cold
         streams from memory."""
+        if not PREFETCH_NEXT_A_ROWS:
+            return []
         low, c = self.low, self.c
-        strides = [1] * len(rs)
-        for k in range(len(rs) - 2, -1, -1):
-            strides[k] = strides[k + 1] * (env[rs[k + 1]][1] + 1)
+        rs = [v for v, _ in loops]
+        strides = row_major_strides([e for _, e in loops])
         row = low.fresh("ra")
         needs: list[Stmt] = []
         a = low.expr(substitute(c.a, {**self.mapping, **rmap, self.axes[c.i_axis]: row}),
                      {**env, row: (0, m - 1)}, needs)
         found = linear_in(a.indices[0], [*rs, row]) if isinstance(a, Load) \
             and len(a.indices) == 1 else None
-        if needs or found is None or any(found[0][v] != st
-                                         for v, st in zip(rs, strides, strict=True)) \
-                or not PREFETCH_NEXT_A_ROWS:
+        if needs or found is None or [found[0][v] for v in rs] != strides:
             return []
         lines = -(-depth * 4 // LINE_BYTES) + 1  # +1: a row need not start on a line
         share, pl = -(-lines // parts), low.fresh("pa")
@@ -437,7 +436,7 @@ class _Gemm:
                 if edge:
                     per_block.extend(packing(edge_col, edge[1], slot=idx(col_tiles)))
                 row0 = (ibb * mc + ib) * mr
-                ahead_a = self.next_rows_prefetches(tile_env, m, row0 + mr, mr, rmap, rs, depth,
+                ahead_a = self.next_rows_prefetches(tile_env, m, row0 + mr, mr, rmap, loops, depth,
                                                     jb, col_tiles)
                 sweep: list[Stmt] = [For(jb, col_tiles, (*ahead_a, *micro(
                     row0, mr, tile_env, slot=jb)))]
@@ -576,9 +575,7 @@ def _flattened_steps(step: list[Stmt], loops: list[tuple[Var, int]], flat: Var
     if len(loops) < 2:
         return None
     axes = [v for v, _ in loops]
-    strides = [1] * len(loops)
-    for k in range(len(loops) - 2, -1, -1):
-        strides[k] = strides[k + 1] * loops[k + 1][1]
+    strides = row_major_strides([e for _, e in loops])
     failed = False
 
     def visit(x: Expr) -> Expr | None:

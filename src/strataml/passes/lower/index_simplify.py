@@ -92,3 +92,11 @@ def linear_in(e: Expr, variables: list[Var]) -> tuple[dict[Var, int], Expr] | No
     if any(v in variables for a in rest for v in a.walk()):
         return None
     return {v: terms.get(v, 0) for v in variables}, build_affine(rest, k, e.dtype)
+
+
+def row_major_strides(extents: list[int]) -> list[int]:
+    """The stride of each axis when the axes of these extents are walked row-major."""
+    strides = [1] * len(extents)
+    for k in range(len(extents) - 2, -1, -1):
+        strides[k] = strides[k + 1] * extents[k + 1]
+    return strides

@@ -16,7 +16,7 @@ import numpy as np
 
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage, read_inputs_only
 from strataml.ir.expr import Const, Expr, Load, Reduce, Var, binary, idx, rewrite
-from strataml.passes.lower.index_simplify import linear_in
+from strataml.passes.lower.index_simplify import linear_in, row_major_strides
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.schedule import MIN_GEMM_ROWS
 
@@ -27,12 +27,7 @@ def _row_major(index: Expr, reduce: Reduce) -> bool:
     found = linear_in(index, list(reduce.axes))
     if found is None or not (isinstance(found[1], Const) and found[1].value == 0):
         return False
-    stride = 1
-    for axis, extent in zip(reversed(reduce.axes), reversed(reduce.extents), strict=True):
-        if found[0][axis] != stride:
-            return False
-        stride *= extent
-    return True
+    return [found[0][a] for a in reduce.axes] == row_major_strides(list(reduce.extents))
 
 
 def packed_name(source: str, nr: int) -> str:
