@@ -65,6 +65,9 @@ class CompiledProgram:
     loops: list[LoopFunction]
     llvm_ir: str
     timings: list[tuple[str, float]] = field(default_factory=list)
+    # the schedule each kernel was lowered with (the default rules' or the user's), by name:
+    # what a user or a test asks to see which path a kernel took
+    schedules: dict[str, Schedule] = field(default_factory=dict)
 
 
 def check_supported(graph: Graph) -> None:
@@ -117,6 +120,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
     # Structurally identical kernels (same shapes and maths, other weights) share one
     # function: repeated blocks of a network compile once.
     function_of: dict[tuple, str] = {}
+    schedule_of: dict[str, Schedule] = {}
     loops: list[LoopFunction] = []
     functions: list[str] = []
     schedules: list[str] = []
@@ -135,6 +139,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
                 loops.append(fn)
             schedules.append(f"{print_kernel(prepared)}\n{schedule.describe(prepared)}\n"
                              f"json: {schedule.to_json()}")
+            schedule_of[k.name] = schedule
         functions.append(function_of[key])
     if options.verify:
         for fn in loops:
@@ -156,7 +161,9 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         (dump / "92-loop.mlir").write_text("\n\n".join(print_function(f) for f in loops) + "\n")
         (dump / "93-llvm.ll").write_text(llvm_ir)
     executable = Executable("object", target.triple, obj)
-    return CompiledProgram(plan, executable, weights, graph, kernels, loops, llvm_ir, timings)
+    return CompiledProgram(plan, executable, weights, graph, kernels, loops, llvm_ir, timings,
+                           {k.name: schedule_of[f] for k, f in zip(kernels, functions,
+                                                                    strict=True)})
 
 
 def _prepack_weights(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],

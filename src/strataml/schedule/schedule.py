@@ -123,10 +123,12 @@ class Schedule:
 
 
 def top_reduces(body: Expr) -> list[Reduce]:
-    """Reductions in an expression that are not nested inside another reduction."""
+    """Reductions in an expression that are not nested inside another reduction, each once:
+    an epilogue that reads its input twice (Gelu's x * (1 + erf(x))) repeats the reduction's
+    tree, and that is still one reduction, computed once."""
     if isinstance(body, Reduce):
         return [body]
-    return [r for c in body.children() for r in top_reduces(c)]
+    return list(dict.fromkeys(r for c in body.children() for r in top_reduces(c)))
 
 
 def row_applicable(kernel: Kernel, stage: Stage) -> str | None:

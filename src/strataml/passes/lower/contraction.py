@@ -618,7 +618,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
                                    tuple(shape[k] for k in others))
     env: dict[Var, Interval] = {v: (0, e - 1) for v, e in loops}
     hole = low.fresh("reduced", c.reduce.dtype)
-    epilogue = rewrite(body, lambda x: hole if x is c.reduce else None)
+    epilogue = rewrite(body, lambda x: hole if x == c.reduce else None)
     tile = f"tile{next(low.names)}"
     low.scratch.append(Allocate(tile, c.reduce.dtype, mr * nr))
     g = _Gemm(low, buffer, axes, c, epilogue, hole, mapping, tile)

@@ -134,7 +134,7 @@ class NestLowering:
         hole = Var(reduction.dtype if reduction is not None else body.dtype, "acc.hole")
         if reduction is not None:
             rbody = substitute(reduction.body, {a: local[a.name] for a in reduction.axes})
-            finish = rewrite(body, lambda x: hole if x is reduction else None)
+            finish = rewrite(body, lambda x: hole if x == reduction else None)
             init = reduction.init
         else:
             rbody, finish, init = None, body, None

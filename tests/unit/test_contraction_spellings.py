@@ -1,0 +1,79 @@
+"""A contraction takes the gemm strategy whatever its spelling (MatMul, Gemm with transposes,
+Einsum, weights behind a Transpose) and whatever elementwise epilogue follows it (Gelu as one
+op or decomposed, SiLU, HardSwish, a broadcast scale...): the fast path must never depend on
+how an exporter wrote the graph. Each case is also checked against ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import strataml
+from tests.conftest import ort_run
+
+M, K, N = 64, 96, 160
+
+
+def _model(nodes: list, inputs: dict[str, list[int]], weights: dict[str, np.ndarray],
+           opset: int = 17):
+    graph = helper.make_graph(
+        nodes, "spelling",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"W": rng.standard_normal((K, N)) / np.sqrt(K), "b": rng.standard_normal(N),
+            "v": rng.standard_normal(N), "half": np.array(0.5), "one": np.array(1.0),
+            "r2": np.array(1 / np.sqrt(2)), "c": np.array(0.044715),
+            "s": np.array(np.sqrt(2 / np.pi))}
+
+
+def _node(op: str, ins: list[str], out: str, **attrs) -> object:
+    return helper.make_node(op, ins, [out], **attrs)
+
+
+# name -> (nodes after h = x @ W + b, opset)
+EPILOGUES = {
+    "gelu_op": ([_node("Gelu", ["h"], "y")], 20),
+    "gelu_tanh_op": ([_node("Gelu", ["h"], "y", approximate="tanh")], 20),
+    "gelu_erf_decomposed": ([_node("Mul", ["h", "r2"], "t"), _node("Erf", ["t"], "e"),
+                             _node("Add", ["e", "one"], "e1"), _node("Mul", ["h", "e1"], "m"),
+                             _node("Mul", ["m", "half"], "y")], 17),
+    "gelu_tanh_decomposed": ([_node("Mul", ["h", "h"], "h2"), _node("Mul", ["h2", "h"], "h3"),
+                              _node("Mul", ["h3", "c"], "h3c"), _node("Add", ["h", "h3c"], "u"),
+                              _node("Mul", ["u", "s"], "us"), _node("Tanh", ["us"], "th"),
+                              _node("Add", ["th", "one"], "t1"), _node("Mul", ["h", "t1"], "m"),
+                              _node("Mul", ["m", "half"], "y")], 17),
+    "silu": ([_node("Sigmoid", ["h"], "sg"), _node("Mul", ["h", "sg"], "y")], 17),
+    "hardswish": ([_node("HardSwish", ["h"], "y")], 17),
+    "sigmoid": ([_node("Sigmoid", ["h"], "y")], 17),
+    "mul_by_vector": ([_node("Mul", ["h", "v"], "y")], 17),
+    "erf": ([_node("Erf", ["h"], "y")], 17),
+}
+
+
+def _gemm_kernels(compiled) -> list[str]:
+    return [name for name, s in compiled.program.schedules.items()
+            if any(st.strategy == "gemm" for st in s.stages)]
+
+
+def _check(model, feeds: dict[str, np.ndarray], rtol: float = 1e-4, atol: float = 1e-5):
+    compiled = strataml.compile(model, num_threads=1, verify=True)
+    (ref,) = ort_run(model, feeds)
+    (out,) = compiled.run(feeds)
+    np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol)
+    return compiled
+
+
+@pytest.mark.parametrize("name", sorted(EPILOGUES))
+def test_every_epilogue_keeps_the_gemm_strategy(name, rng):
+    nodes, opset = EPILOGUES[name]
+    model = _model([_node("MatMul", ["x", "W"], "h0"), _node("Add", ["h0", "b"], "h"), *nodes],
+                   {"x": [1, M, K]}, _weights(rng), opset)
+    compiled = _check(model, {"x": rng.standard_normal((1, M, K)).astype(np.float32)})
+    gemms = _gemm_kernels(compiled)
+    assert gemms, f"{name}: no kernel took the gemm strategy: {compiled.program.schedules}"
