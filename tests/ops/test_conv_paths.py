@@ -187,3 +187,56 @@ def test_channel_shuffle_is_plain_copies(rng):
     # Only the channel (the outer loop) is shuffled: no pixel index is divided.
     divided = set(re.findall(r"(?:floordiv|mod)\((\w+),", loops))
     assert len(divided) == 1, loops
+
+
+# Transposed convolutions with constant weights: a matrix product over the input channels,
+# then the overlap-add of the taps (`cols`); one gather per output when the taps tile the
+# stride. Every input has >= 49 pixels (the gemm's columns). 1-D, 2-D and 3-D, groups,
+# dilation, padding, output padding, batch 2.
+CONV_TRANSPOSE = [
+    ((1, 16, 7, 7), (16, 8, 2, 2), {"strides": [2, 2]}),
+    ((2, 8, 8, 9), (8, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1],
+                                  "output_padding": [1, 1]}),
+    ((1, 6, 9, 9), (6, 3, 3, 3), {"group": 2, "dilations": [2, 2], "pads": [2, 1, 0, 1]}),
+    ((1, 4, 70), (4, 6, 4), {"strides": [2], "pads": [1, 1]}),
+    ((1, 4, 3, 5, 5), (4, 4, 2, 2, 2), {"strides": [2, 2, 2]}),
+    ((1, 8, 8, 8), (8, 4, 3, 3), {"strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    ((1, 8, 8, 8), (8, 8, 5, 5), {"strides": [3, 3], "pads": [1, 2, 2, 1]}),
+]
+
+
+def _conv_transpose_model(x_shape, w, b, relu: bool, weights_constant: bool, **attrs):
+    inputs = ["x", "w"] + (["b"] if b is not None else [])
+    nodes = [helper.make_node("ConvTranspose", inputs, ["c"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    consts = [numpy_helper.from_array(b, "b")] if b is not None else []
+    graph_inputs = [helper.make_tensor_value_info("x", F, x_shape)]
+    if weights_constant:
+        consts.append(numpy_helper.from_array(w, "w"))
+    else:
+        graph_inputs.append(helper.make_tensor_value_info("w", F, w.shape))
+    graph = helper.make_graph(nodes, "convT", graph_inputs,
+                              [helper.make_tensor_value_info("y" if relu else "c", F, None)],
+                              consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), CONV_TRANSPOSE,
+                         ids=[f"convT{i}" for i in range(len(CONV_TRANSPOSE))])
+@pytest.mark.parametrize("weights_constant", [True, False])
+def test_conv_transpose_is_a_product_then_an_overlap_add(rng, x_shape, w_shape, attrs,
+                                                        weights_constant):
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    group = attrs.get("group", 1)
+    b = rng.standard_normal(w_shape[1] * group).astype(np.float32)
+    model = _conv_transpose_model(x_shape, w, b, True, weights_constant, **attrs)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    if not weights_constant:
+        feeds["w"] = w
+    compiled = assert_matches_reference(model, feeds, rtol=1e-4, atol=1e-4)
+    # the product takes the gemm strategy, wherever the weights are known at compile time
+    assert ("cols" in temp_kinds(compiled)) == weights_constant
+    strategies = {s.strategy for sched in compiled.program.schedules.values()
+                  for s in sched.stages}
+    assert ("gemm" in strategies) == weights_constant

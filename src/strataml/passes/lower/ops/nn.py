@@ -661,12 +661,90 @@ def lower_nll(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     return [TensorRef(x.dtype, (), lambda ix: total)]
 
 
+def _product_then_overlap_add(ctx: LowerContext, node: Node, x: TensorRef,
+                              bias: TensorRef | None, shape: tuple[int, ...]
+                              ) -> TensorRef | None:
+    """A transposed convolution with constant weights as a matrix product, then an
+    overlap-add (col2im): every input pixel times every tap's weights is
+    cols[n, g, (co, t), l] = sum_ci W^T[g, (co, t), ci] * x[n, g, ci, l] — a gemm whose B is
+    the input read along its pixels, so the gemm strategy runs it at full width — and output
+    pixel o sums the taps t that reach it from input pixel (o + pad - t * dil) / stride.
+    Written as one reduction over (ci, taps) with a stride test per tap, a 256 -> 128 2x2
+    upsampling ran at 9 GFLOP/s, 95x ONNX Runtime's time."""
+    weights = ctx.constant_value(node.inputs[1])
+    if weights is None or x.buffer is None:
+        return None
+    nsp = x.rank - 2
+    group = node.attr("group", 1)
+    strides, dil, pads = node.attr("strides"), node.attr("dilations"), node.attr("pads")
+    kernel = tuple(weights.shape[2:])
+    n, c_in = x.shape[:2]
+    cin_g, cout_g = c_in // group, weights.shape[1]
+    taps, pixels = int(np.prod(kernel)), int(np.prod(x.shape[2:]))
+    # W^T[g, co * taps + t, ci] = W[g * cin_g + ci, co, *t]
+    wt = np.ascontiguousarray(weights.reshape(group, cin_g, cout_g * taps).transpose(0, 2, 1))
+    wref = ctx.derived_constant(f"{node.inputs[1]}.overlap_add", wt)
+    xr = ctx.input_ref(node.inputs[0], (n, group, cin_g, pixels))
+    cols = ctx.materialize(TensorRef(x.dtype, (n, group, cout_g * taps, pixels), lambda ix: (
+        ctx.reduce("sum", (cin_g,), lambda ci: wref(ix[1], ix[2], ci) * xr(
+            ix[0], ix[1], ci, ix[3])))), "cols")
+    zero = const(0, x.dtype)
+    in_sp = x.shape[2:]
+    # Each output pixel takes exactly one tap when the taps tile the stride (upsampling by
+    # a k x k, stride k kernel): a gather, no test per tap.
+    one_tap = all(strides[d] == kernel[d] and dil[d] == 1 and not pads[d]
+                  for d in range(nsp))
+
+    def flat(coords: list[Expr]) -> Expr:
+        out = coords[0]
+        for d in range(1, nsp):
+            out = out * in_sp[d] + coords[d]
+        return out
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        b, co, out_sp = ix[0], ix[1], ix[2:]
+        g = co // cout_g if group > 1 else idx(0)
+        co_g = co % cout_g if group > 1 else co
+        if one_tap:
+            t = flat_taps([o % s for o, s in zip(out_sp, strides, strict=True)], kernel)
+            acc = cols(b, g, co_g * taps + t, flat([o // s for o, s in zip(
+                out_sp, strides, strict=True)]))
+        else:
+            def body(*tap: Expr) -> Expr:
+                coords, conds = [], []
+                for d in range(nsp):
+                    num = out_sp[d] + pads[d] - tap[d] * dil[d]
+                    pos = binary("floordiv", num, strides[d]) if strides[d] > 1 else num
+                    coords.append(pos)
+                    conds += [compare("ge", num, 0), compare("lt", pos, in_sp[d])]
+                    if strides[d] > 1:
+                        conds.append(compare("eq", binary("mod", num, strides[d]), 0))
+                return select(logical_and(*conds), cols(
+                    b, g, co_g * taps + flat_taps(list(tap), kernel), flat(coords)), zero)
+
+            acc = ctx.reduce("sum", kernel, body)
+        return acc + bias(co) if bias is not None else acc
+
+    return TensorRef(x.dtype, shape, fn)
+
+
+def flat_taps(tap: list[Expr], kernel: tuple[int, ...]) -> Expr:
+    """Row-major position of a kernel tap."""
+    out = tap[0]
+    for d in range(1, len(kernel)):
+        out = out * kernel[d] + tap[d]
+    return out
+
+
 @lowering("ConvTranspose")
 def lower_conv_transpose(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                          ) -> list[TensorRef]:
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     shape = out_shape(ctx, node)
+    overlap_add = _product_then_overlap_add(ctx, node, x, bias, shape)
+    if overlap_add is not None:
+        return [overlap_add]
     nsp = x.rank - 2
     group = node.attr("group", 1)
     strides, dil, pads = node.attr("strides"), node.attr("dilations"), node.attr("pads")
