@@ -77,3 +77,37 @@ def test_every_epilogue_keeps_the_gemm_strategy(name, rng):
     compiled = _check(model, {"x": rng.standard_normal((1, M, K)).astype(np.float32)})
     gemms = _gemm_kernels(compiled)
     assert gemms, f"{name}: no kernel took the gemm strategy: {compiled.program.schedules}"
+
+
+# (equation, operand shapes, whether the second operand is a constant weight)
+EINSUMS = [
+    ("bij,jk->bik", [(1, M, K), (K, N)], True),
+    ("bij,kj->bik", [(1, M, K), (N, K)], True),   # weights stored [out, in]
+    ("ij,kj->ik", [(M, K), (N, K)], False),
+    ("ik,kj->ji", [(M, K), (K, N)], True),         # the output transposed
+    ("bhqd,bhkd->bhqk", [(1, 2, M, 40), (1, 2, N, 40)], False),  # attention scores
+    ("bhqk,bhkd->bhqd", [(1, 2, M, 48), (1, 2, 48, 64)], False),
+    ("nchw,oc->nohw", [(1, K, 8, 8), (N, K)], True),  # a 1x1 convolution
+    ("bi,bi->b", [(M, K), (M, K)], False),        # a row-wise dot: no rows, no columns
+    ("ii,ij->j", [(K, K), (K, N)], False),        # a diagonal: the direct lowering
+]
+
+
+@pytest.mark.parametrize(("equation", "shapes", "constant"), EINSUMS,
+                         ids=[e for e, _, _ in EINSUMS])
+def test_einsum_spellings_are_matrix_products(equation, shapes, constant, rng):
+    a = rng.standard_normal(shapes[0]).astype(np.float32)
+    b = (rng.standard_normal(shapes[1]) / np.sqrt(K)).astype(np.float32)
+    inputs = {"x": list(shapes[0])} if constant else {"x": list(shapes[0]),
+                                                        "w": list(shapes[1])}
+    model = _model([_node("Einsum", ["x", "w"], "y", equation=equation)], inputs,
+                   {"w": b} if constant else {}, 12)
+    feeds = {"x": a} if constant else {"x": a, "w": b}
+    compiled = _check(model, feeds)
+    expect = np.einsum(equation, a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(compiled.run(feeds)[0], expect, rtol=1e-4, atol=1e-4)
+    ops = {n.op for n in compiled.program.graph.nodes for n in (n.body or (n,))}
+    is_product = equation not in ("ii,ij->j",)
+    assert ("Einsum" not in ops) == is_product, ops
+    wide = equation not in ("bi,bi->b", "ii,ij->j")
+    assert bool(_gemm_kernels(compiled)) == wide, compiled.program.schedules

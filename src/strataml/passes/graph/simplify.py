@@ -12,6 +12,7 @@ from strataml.ir.dialects.graph import Graph, Node, make_attrs
 from strataml.ir.ops.reduce import reduced_axes
 from strataml.ir.rewrite import GraphView, Pattern, Rewrite, apply_patterns
 from strataml.passes.graph.dce import eliminate_dead
+from strataml.passes.graph.einsum_as_matmul import einsum_as_matmul
 from strataml.passes.manager import GraphPass, register_pass
 
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -165,6 +166,7 @@ def weights_k_major(view: GraphView, node: Node) -> Rewrite | None:
 
 PATTERNS: dict[str, list[Pattern]] = {
     "Gemm": [weights_k_major],
+    "Einsum": [einsum_as_matmul],
     "Identity": [remove_identity],
     "Dropout": [remove_identity],
     "Cast": [remove_noop_cast_or_reshape],
