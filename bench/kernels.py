@@ -3,11 +3,12 @@
     .venv/bin/python bench/kernels.py resnet18                 # all cores, top 12 each
     .venv/bin/python bench/kernels.py gpt2_bench --threads 1 --top 20
 
-For each strataml kernel: its median time (kernels run one at a time), the multiply-add work
-of its reductions as GFLOP/s and % of the machine's measured peak (`bench/peak.py`), and the
-shapes it writes. For ONNX Runtime: the median time of each node from its own profiler, same
-threads. The two lists are not matched node for node (the compilers fuse differently), but a
-layer's name and shapes usually make the pairing plain. Use `bench/models.py` for ratios.
+For each strataml kernel: its median time (kernels run one at a time), its FLOPs
+(`strataml.perf.roofline.kernel_flops`) as GFLOP/s and % of the machine's measured peak
+(`bench/peak.py`), and the shapes it writes. For ONNX Runtime: the median time of each node
+from its own profiler, same threads. The two lists are not matched node for node (the
+compilers fuse differently), but a layer's name and shapes usually make the pairing plain.
+Use `bench/models.py` for ratios.
 """
 
 from __future__ import annotations
@@ -29,20 +30,7 @@ from tests.models.architectures import MODELS
 import strataml
 from models import ort_session
 from peak import measure_peak_gflops
-from strataml.ir.dialects.kernel import Kernel
-from strataml.schedule.schedule import top_reduces
-
-
-def kernel_flops(kernel: Kernel) -> int:
-    """2 x multiply-adds of the kernel's top-level reductions (elementwise work not counted)."""
-    flops = 0
-    for stage in kernel.stages:
-        for r in top_reduces(stage.body):
-            steps = 1
-            for e in r.extents:
-                steps *= e
-            flops += 2 * kernel.buffer(stage.buffer).numel * steps
-    return flops
+from strataml.perf.roofline import kernel_flops
 
 
 def ort_node_times(model, feeds, threads: int, repeats: int) -> dict[tuple[str, str], float]:

@@ -2,11 +2,14 @@
 
 Every error strataml raises on purpose (a `StrataError`) becomes one clear line on stderr
 and exit status 2; a traceback here would mean a bug in strataml, not in the user's model.
+`inspect --perf` exits 0 even when kernels fall below the roofline floor: it is a report,
+not a check, and a slow kernel is not an error in the user's model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -116,11 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run N times and report the median latency")
     _add_compile_options(p)
 
-    p = sub.add_parser("inspect", help="op histogram, unsupported ops and the IR of a level")
+    p = sub.add_parser("inspect", help="op histogram, unsupported ops and the IR of a level "
+                       "or each kernel's performance")
     p.add_argument("model", help="the .onnx model")
     p.add_argument("--level", choices=LEVELS, default="graph",
                    help="graph: as imported; fused: after the graph pipeline; kernel, loop, "
                    "llvm: the lower levels")
+    p.add_argument("--perf", action="store_true",
+                   help="instead of the IR: run on seeded random inputs and report each "
+                   "kernel's FLOPs, bytes and fraction of the measured roofline")
+    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+                   help="--perf: run and measure the peak with N threads (default: "
+                   "--num-threads, else all cores)")
+    p.add_argument("--repeats", type=_positive, default=10, metavar="N",
+                   help="--perf: median of N timed runs per kernel")
+    p.add_argument("--seed", type=int, default=0, help="--perf: seed of the random inputs")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="--perf: also write the rows to PATH as JSON")
     _add_compile_options(p)
 
     p = sub.add_parser("opt", help="run a graph pass pipeline and print the result")
@@ -204,13 +219,22 @@ def _read_npy(name: str, path: str) -> np.ndarray:
                          ) from None
 
 
+def random_feeds(model: CompiledModel, seed: int, given: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """`given`, plus a seeded random value for every input of the plan it lacks."""
+    feeds = dict(given or {})
+    rng = np.random.default_rng(seed)
+    for slot in model.plan.inputs:
+        if slot.name not in feeds:
+            feeds[slot.name] = random_feed(slot.dtype, slot.shape, rng)
+    return feeds
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     model = _load_any(args, out)
     feeds = {name: _read_npy(name, path) for name, path in args.input}
-    rng = np.random.default_rng(args.seed)
-    for slot in model.plan.inputs:
-        if slot.name not in feeds and args.random_inputs:
-            feeds[slot.name] = random_feed(slot.dtype, slot.shape, rng)
+    if args.random_inputs:
+        feeds = random_feeds(model, args.seed, feeds)
     missing = [s.name for s in model.plan.inputs if s.name not in feeds]
     if missing:
         raise InputError(f"no value for input(s) {missing}: pass --input NAME=FILE.npy or "
@@ -308,8 +332,45 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
             print(f"  - {p}", file=out)
         return 1
     print("unsupported: none", file=out)
+    if args.perf:
+        return _print_perf(args, out)
     print(f"--- {args.level} ---", file=out)
     _print_ir(args.level, graph, options, out)
+    return 0
+
+
+def _print_perf(args: argparse.Namespace, out: TextIO) -> int:
+    """The roofline report of `inspect --perf`: slowest kernel first."""
+    from strataml.perf.peak import measure_bandwidth_gbs, measure_peak_gflops
+    from strataml.perf.roofline import FLOOR, kernel_report, summarize
+
+    if args.threads is not None and args.num_threads is None:
+        args.num_threads = args.threads  # the model runs with the threads it is measured for
+    model = _load_any(args, out)
+    threads = args.threads or model.plan.num_threads
+    peak, bandwidth = measure_peak_gflops(threads), measure_bandwidth_gbs(threads)
+    print(f"--- perf: {threads} thread(s), fp32 peak {peak:.1f} GFLOP/s, memory bandwidth "
+          f"{bandwidth:.1f} GB/s, median of {args.repeats} run(s) ---", file=out)
+    rows = kernel_report(model, random_feeds(model, args.seed), args.repeats, threads,
+                         peak_gflops=peak, bandwidth_gbs=bandwidth)
+    total, below = summarize(rows)
+    print(f"{'ms':>9} {'share':>6} {'GFLOP':>8} {'MB':>8} {'GFLOP/s':>8} {'GB/s':>7} "
+          f"{'roof%':>6} {'bound':<7} {'strategy':<12} kernel", file=out)
+    for r in rows:
+        share = r.seconds / total if total else 0.0
+        flag = "  BELOW FLOOR" if r.below_floor else ""
+        print(f"{r.seconds * 1e3:9.3f} {100 * share:5.1f}% {r.flops / 1e9:8.3f} "
+              f"{r.bytes / 1e6:8.2f} {r.gflops:8.1f} {r.gbs:7.1f} "
+              f"{100 * r.roofline_fraction:5.1f}% {r.bound:<7} {r.strategy:<12} "
+              f"{r.name}{flag}", file=out)
+    print(f"total {total * 1e3:.3f} ms in {len(rows)} kernel(s), {below} below the floor "
+          f"({100 * FLOOR:.0f}% of the roofline)", file=out)
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps([r.to_dict() for r in rows], indent=1) + "\n")
+        except OSError as exc:
+            raise CliError(f"cannot write {args.json}: {exc.strerror or exc}") from None
+        print(f"rows written to {args.json}", file=out)
     return 0
 
 
