@@ -58,6 +58,10 @@ CASES = [
      {"pad"}),
     ((1, 8, 12, 12), (8, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"pad"}),
     ((1, 32, 48, 48), (64, 16, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"plane", "wide"}),
+    # ResNeXt-style: 4 channels per group, 0.1 M multiply-adds each, one product per group
+    ((1, 32, 28, 28), (32, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 8}, {"plane", "wide"}),
+    ((1, 32, 57, 57), (32, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 8, "strides": [2, 2]},
+     {"plane", "wide"}),
     ((1, 128, 48, 48), (256, 32, 1, 1), {"group": 4}, {"grouped"}),
 ]
 
@@ -137,6 +141,7 @@ def test_grouped_conv_per_group_matches_ort(rng, monkeypatch, x_shape, w_shape, 
     from strataml.passes.lower.ops import nn
 
     monkeypatch.setattr(nn, "MIN_GROUP_WORK", 0)
+    monkeypatch.setattr(nn, "MIN_GROUP_PLANE_WORK", 0)
     _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue)
 
 
