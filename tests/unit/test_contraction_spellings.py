@@ -77,6 +77,40 @@ def test_every_epilogue_keeps_the_gemm_strategy(name, rng):
     compiled = _check(model, {"x": rng.standard_normal((1, M, K)).astype(np.float32)})
     gemms = _gemm_kernels(compiled)
     assert gemms, f"{name}: no kernel took the gemm strategy: {compiled.program.schedules}"
+    # one kernel: the epilogue, diamonds (x * f(x)) included, runs on the accumulators
+    assert [k.name for k in compiled.program.kernels] == gemms
+    (schedule,) = compiled.program.schedules.values()
+    assert [s.strategy for s in schedule.stages] == ["gemm"]
+
+
+def test_a_diamond_epilogue_read_outside_stays_correct(rng):
+    """SiLU whose pre-activation is also a graph output: the diamond is not fused (its tip
+    is needed outside), and both outputs match."""
+    nodes = [_node("MatMul", ["x", "W"], "h0"), _node("Add", ["h0", "b"], "h"),
+             _node("Sigmoid", ["h"], "sg"), _node("Mul", ["h", "sg"], "y")]
+    graph = helper.make_graph(
+        nodes, "silu2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, M, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in _weights(rng).items()
+         if k in ("W", "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.standard_normal((1, M, K)).astype(np.float32)}
+    compiled = strataml.compile(model, num_threads=1, verify=True)
+    for out, ref in zip(compiled.run(feeds), ort_run(model, feeds), strict=True):
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    assert _gemm_kernels(compiled)
+
+
+def test_conv_with_silu_runs_its_epilogue_in_the_gemm(rng):
+    """EfficientNet's conv -> SiLU: one kernel, on the gemm strategy."""
+    w = (rng.standard_normal((64, 32, 1, 1)) / np.sqrt(32)).astype(np.float32)
+    nodes = [_node("Conv", ["x", "w"], "c"), _node("Sigmoid", ["c"], "sg"),
+             _node("Mul", ["c", "sg"], "y")]
+    model = _model(nodes, {"x": [1, 32, 28, 28]}, {"w": w})
+    compiled = _check(model, {"x": rng.standard_normal((1, 32, 28, 28)).astype(np.float32)})
+    assert len(compiled.program.kernels) == 1
+    assert _gemm_kernels(compiled)
 
 
 # (equation, operand shapes, whether the second operand is a constant weight)

@@ -12,7 +12,8 @@ Rules, from each op's structural kind (not its name):
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from strataml.ir.dialects.graph import Graph, Node, get_op, make_attrs
@@ -27,6 +28,45 @@ class _Group:
     nodes: list[int]
     anchored: bool
     tip: str | None = None  # the value an anchored group's epilogue continues from
+    # nodes of a diamond below the tip (x * sigmoid(x)) that may still join, the last of
+    # them becoming the new tip (see `_diamond`)
+    pending: set[int] = field(default_factory=set)
+
+
+# Longest chain of single-use elementwise nodes in one arm of an epilogue's diamond.
+MAX_DIAMOND_ARM = 12
+
+
+def _diamond(tip: str, nodes: list[Node], consumers: dict[str, list[int]],
+             same_shape: Callable[[Node], bool], outputs: set[str]) -> set[int] | None:
+    """The nodes of an elementwise diamond below `tip`, if every reader of `tip` is one: the
+    last reader (the join) and, for each other reader, a chain of single-use elementwise
+    nodes of the tip's shape that ends in the join. SiLU (x * sigmoid(x)), decomposed Gelu
+    (x * (1 + erf(x / sqrt 2)) / 2) and Mish read a contraction's result twice; with the
+    diamond in the group their epilogue runs on the accumulators instead of in a kernel of
+    its own that reads the result back from memory."""
+    readers = consumers.get(tip, [])
+    if len(readers) < 2 or tip in outputs:
+        return None
+    join = max(readers)
+    members = {join}
+    for start in readers:
+        cur, steps = start, 0
+        while cur != join:
+            node = nodes[cur]
+            if get_op(node.op).kind != "elementwise" or len(node.outputs) != 1 \
+                    or not same_shape(node) or node.outputs[0] in outputs:
+                return None
+            nxt = consumers.get(node.outputs[0], [])
+            steps += 1
+            if len(nxt) != 1 or steps > MAX_DIAMOND_ARM or nxt[0] > join:
+                return None
+            members.add(cur)
+            cur = nxt[0]
+    node = nodes[join]
+    if get_op(node.op).kind != "elementwise" or len(node.outputs) != 1 or not same_shape(node):
+        return None
+    return members
 
 
 def fuse_graph(graph: Graph, max_ops: int = 32) -> Graph:
@@ -73,10 +113,19 @@ def fuse_graph(graph: Graph, max_ops: int = 32) -> Graph:
                 grp = groups[g]
                 if len(grp.nodes) >= max_ops:
                     continue
-                if grp.anchored:
+                if grp.anchored and i in grp.pending:
+                    ok = True
+                elif grp.anchored:
                     ok = (kind == "elementwise" and v == grp.tip and users.get(v) == 1
                           and v not in outputs and graph.types[v].shape == out_shape
                           and len(node.outputs) == 1)
+                    if not ok and kind == "elementwise" and v == grp.tip \
+                            and graph.types[v].shape == out_shape:
+                        diamond = _diamond(v, nodes, consumers, lambda n, shape=out_shape: (
+                            graph.types[n.outputs[0]].shape == shape), outputs)
+                        if diamond is not None and i in diamond:
+                            grp.pending = diamond
+                            ok = True
                 else:
                     ok = True
                 others = {group_of[producer[u]] for u in node.inputs
@@ -89,9 +138,12 @@ def fuse_graph(graph: Graph, max_ops: int = 32) -> Graph:
                                  tip=node.outputs[0] if kind in ANCHORS else None))
             group_of.append(len(groups) - 1)
         else:
-            groups[chosen].nodes.append(i)
-            if groups[chosen].anchored:
-                groups[chosen].tip = node.outputs[0]
+            grp = groups[chosen]
+            grp.nodes.append(i)
+            if grp.anchored:
+                grp.pending.discard(i)
+                if not grp.pending:  # a diamond's join (or a plain chain) moves the tip
+                    grp.tip = node.outputs[0]
             group_of.append(chosen)
 
     # Order groups topologically, earliest first node first.

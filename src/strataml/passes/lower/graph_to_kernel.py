@@ -16,7 +16,7 @@ import numpy as np
 from strataml.errors import PassError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage, read_inputs_only
-from strataml.ir.expr import Expr, Var, idx, reduce
+from strataml.ir.expr import Expr, Reduce, Var, idx, reduce
 from strataml.passes.lower.tensor_ref import TensorRef
 
 LowerRule = Callable[["LowerContext", Node, list["TensorRef | None"]], list[TensorRef]]
@@ -175,6 +175,8 @@ def lower_group(graph: Graph, node: Node, name: str
                 emitted.add(value)
             elif uses.get(value, 0) > 1 and _expr_size(ref) > RECOMPUTE_LIMIT:
                 ref = ctx.materialize(ref)
+            elif uses.get(value, 0) > 1:
+                ref = _memoized(ref)
             env[value] = ref
     for value in node.outputs:
         if value not in emitted:
@@ -184,7 +186,30 @@ def lower_group(graph: Graph, node: Node, name: str
             ctx.values, ctx.derived)
 
 
+def _memoized(ref: TensorRef) -> TensorRef:
+    """`ref` returning one expression per index tuple: its readers then share one tree,
+    and a reduction inside it has the same axis variables wherever it is read, so it is
+    recognised as one (a fresh call would name its reduction axes anew)."""
+    if ref.buffer is not None or ref.scalar is not None:
+        return ref
+    cache: dict[tuple[Expr, ...], Expr] = {}
+
+    def fn(ix: tuple[Expr, ...]) -> Expr:
+        if ix not in cache:
+            cache[ix] = ref.fn(ix)
+        return cache[ix]
+
+    return TensorRef(ref.dtype, ref.shape, fn)
+
+
 def _expr_size(ref: TensorRef) -> int:
+    """Nodes recomputed per read. A reduction counts as one: read twice, it is still one
+    reduction (structurally equal trees are computed once, see `schedule.top_reduces`), so
+    an epilogue reading a contraction's result twice (SiLU) keeps it in registers."""
     if ref.buffer is not None or ref.scalar is not None:
         return 0
-    return sum(1 for _ in ref.fn(tuple(idx(0) for _ in ref.shape)).walk())
+
+    def size(e: Expr) -> int:
+        return 1 if isinstance(e, Reduce) else 1 + sum(size(c) for c in e.children())
+
+    return size(ref.fn(tuple(idx(0) for _ in ref.shape)))
