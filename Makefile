@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 JOBS ?= 2
 
-.PHONY: demo test test-models lint conformance bench clean
+.PHONY: demo test test-models lint conformance bench bench-zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,16 @@ conformance: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	$(PY) bench/models.py
+
+# The zoo's extra; torchvision --no-deps: its wheel is a CUDA build that would pull CUDA torch
+# (bench/zoo.py imports only its pure-Python model code). ZOO_ARGS="--models bert,gpt2" etc.
+$(BENCH_STAMP): $(TEST_STAMP)
+	$(PIP) install -q -e '.[bench]'
+	$(PIP) install -q --no-deps 'torchvision==0.29.*'
+	touch $@
+
+bench-zoo: $(BENCH_STAMP)
+	$(PY) bench/zoo.py $(ZOO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -15,6 +15,9 @@ ORT's worker threads busy-wait between calls by default, which would steal cores
 contender timed right after it; spinning is turned off (--ort-spin turns it back on) so neither
 side pays for the other. Batch 1 everywhere except the MLP (64 rows: a GEMM-shaped workload).
 
+--busy-core runs the same alternated rounds with a spinning process holding one core
+(`bench/busy.py`), for every contender alike: how each copes when the machine is not its own.
+
 Where OpenVINO is installed (`pip install openvino`; not a dependency), it joins the rotation
 on the same threads with fp32 inference precision (it would pick bf16 on AMX machines), and
 the table adds its latency and the median per-round ratio strataml / OpenVINO.
@@ -36,8 +39,11 @@ import onnx
 from onnx import helper, shape_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tests.models.architectures import LIGHT_MODELS, MODELS
+
+from busy import busy_core
 
 DEFAULT_MODELS = ["mlp", "resnet18", "mobilenet_v2", "bert_bench", "gpt2_bench",
                   *(f"light_{n}" for n in LIGHT_MODELS)]
@@ -108,6 +114,34 @@ def time_block(fn: Callable[[], object], min_time: float) -> float:
     return statistics.median(times)
 
 
+def alternate(contenders: dict[str, Callable[[], object]], rounds: int, min_time: float,
+              busy: bool = False) -> list[dict[str, float]]:
+    """Seconds per call of every contender, per round: one warm-up block each (caches, weights
+    paged in, thread pools started), then `rounds` rounds in a rotating order, so no contender
+    always runs right after the same other one. With `busy`, a spinner holds one core
+    throughout (`bench/busy.py`)."""
+    order = list(contenders)
+    results: list[dict[str, float]] = []
+    with busy_core(busy):
+        for fn in contenders.values():
+            time_block(fn, min_time / 4)
+        for r in range(rounds):
+            rotated = order[r % len(order):] + order[:r % len(order)]
+            results.append({k: time_block(contenders[k], min_time) for k in rotated})
+    return results
+
+
+def max_rel_err(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """The largest absolute difference over all outputs, relative to each output's largest
+    magnitude (at least 1)."""
+    errs = [0.0]
+    for g, r in zip(got, ref, strict=True):
+        if g.size:
+            diff = np.abs(g.astype(np.float64) - r)
+            errs.append(float(np.max(diff)) / max(1.0, float(np.max(np.abs(r)))))
+    return max(errs)
+
+
 @dataclass
 class Result:
     name: str
@@ -123,9 +157,10 @@ class Result:
     openvino_ratio: float | None = None
 
 
-def ort_session(model: onnx.ModelProto, threads: int, spin: bool,
+def ort_session(model: onnx.ModelProto | str | Path, threads: int, spin: bool,
                 profile_prefix: str | None = None):
-    """An ORT session on `threads` threads; with `profile_prefix`, its profiler on."""
+    """An ORT session on `threads` threads; with `profile_prefix`, its profiler on. A path is
+    loaded by ORT itself, so weights in an external data file beside it are found."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -138,8 +173,8 @@ def ort_session(model: onnx.ModelProto, threads: int, spin: bool,
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, str | Path) else model.SerializeToString()
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def openvino_request(model: onnx.ModelProto, threads: int) -> Callable[[dict], object] | None:
@@ -178,8 +213,7 @@ def bench_model(name: str, args: argparse.Namespace) -> Result:
 
     got = compiled.run(feeds)
     ref = ort_a.run(None, feeds)
-    max_err = max(float(np.max(np.abs(g - r)) / max(1.0, float(np.max(np.abs(r)))))
-                  for g, r in zip(got, ref, strict=True))
+    max_err = max_rel_err(got, ref)
 
     contenders: dict[str, Callable[[], object]] = {
         "strataml": lambda: compiled.run(feeds),
@@ -189,13 +223,7 @@ def bench_model(name: str, args: argparse.Namespace) -> Result:
     openvino = openvino_request(model, args.threads)
     if openvino is not None:
         contenders["openvino"] = lambda: openvino(feeds)
-    for fn in contenders.values():  # warm caches, page in weights, start thread pools
-        time_block(fn, args.min_time / 4)
-    rounds: list[dict[str, float]] = []
-    order = list(contenders)
-    for r in range(args.rounds):
-        rotated = order[r % len(order):] + order[:r % len(order)]
-        rounds.append({k: time_block(contenders[k], args.min_time) for k in rotated})
+    rounds = alternate(contenders, args.rounds, args.min_time, args.busy_core)
     ratios = [x["strataml"] / x["ort"] for x in rounds]
     noise = [x["ort2"] / x["ort"] for x in rounds]
     result = Result(name=name, gflop=gflop, compile_s=compile_s,
@@ -223,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the machine's peak for --threads, to print %% of peak")
     parser.add_argument("--ort-spin", action="store_true",
                         help="let ORT's threads busy-wait between calls (its default)")
+    parser.add_argument("--busy-core", action="store_true",
+                        help="time with a spinning process holding one core (bench/busy.py)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -230,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
 
     print(f"threads={args.threads} rounds={args.rounds} min-time={args.min_time}s "
-          f"ort-spin={args.ort_spin}")
+          f"ort-spin={args.ort_spin} busy-core={args.busy_core}")
     header = (f"{'model':20s} {'GFLOP':>7s} {'compile':>8s} {'strataml':>10s} {'ORT':>10s} "
               f"{'ratio':>6s} {'noise':>12s} {'GFLOP/s':>8s} {'%peak':>6s} {'rel.err':>8s}"
               f"{'OpenVINO':>10s} {'s/OV':>6s}")
