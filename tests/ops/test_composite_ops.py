@@ -121,6 +121,19 @@ def test_resize_sizes_axes_antialias(rng):
     _check(model, {"x": x}, reference="onnx")
 
 
+@pytest.mark.parametrize("mode", ["linear", "cubic", "nearest"])
+@pytest.mark.parametrize("in_hw", [(1, 1), (1, 5), (4, 1)])
+def test_resize_of_a_unit_axis(rng, mode, in_hw):
+    """A 1x1 map upsampled (DeepLab's image-pooling branch): the interpolation taps along a
+    unit axis reduce over nothing, which once reached the scheduler as a reduction with no
+    axes and an IndexError."""
+    x = rng.standard_normal((1, 3, *in_hw)).astype(np.float32)
+    consts = {"roi": np.array([], np.float32), "scales": np.array([], np.float32),
+              "sizes": np.array([1, 3, 8, 6], np.int64)}
+    model = _node_model("Resize", {"x": x}, 1, 19, consts=consts, mode=mode)
+    _check(model, {"x": x})
+
+
 def test_resize_tf_crop_and_resize_extrapolates(rng):
     x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
     consts = {"roi": np.array([0, 0, -0.2, 0.3, 1, 1, 0.8, 1.4], np.float32),

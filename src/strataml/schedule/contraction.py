@@ -70,6 +70,8 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
     if len(reduces) != 1 or reduces[0].combiner != "sum":
         return "not a single sum reduction"
     r = reduces[0]
+    if not r.axes:
+        return "the reduction has no axes"
     if not isinstance(r.body, Binary) or r.body.op != "mul" or r.dtype != "float32":
         return "reduction body is not a float32 product"
     operands = (r.body.a, r.body.b)

@@ -123,6 +123,8 @@ class LowerContext:
         axes = self.fresh_vars(len(extents), "r")
         args = [idx(0) if n == 1 else a for a, n in zip(axes, extents, strict=True)]
         kept = [(a, n) for a, n in zip(axes, extents, strict=True) if n != 1]
+        if not kept and init is None:  # nothing to reduce over (a 1x1 map's resize taps)
+            return body(*args)
         return reduce(combiner, tuple(a for a, _ in kept), tuple(n for _, n in kept),
                       body(*args), init)
 
