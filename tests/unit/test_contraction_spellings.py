@@ -145,3 +145,14 @@ def test_einsum_spellings_are_matrix_products(equation, shapes, constant, rng):
     assert ("Einsum" not in ops) == is_product, ops
     wide = equation not in ("bi,bi->b", "ii,ij->j")
     assert bool(_gemm_kernels(compiled)) == wide, compiled.program.schedules
+
+
+@pytest.mark.parametrize("x_shape", [(M, 1, K), (1, M, 1, K), (2, M, K)])
+def test_rows_on_an_outer_axis_take_the_gemm(x_shape, rng):
+    """Sequence-first activations ([seq, batch=1, hidden] @ W, nn.MultiheadAttention's
+    layout in torchvision's ViT): the rows are the outer axis, the unit one is not a row
+    axis to tile (it ran as plain loops at 56 GFLOP/s, 1.67x ORT's time for the model)."""
+    w = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)
+    model = _model([_node("MatMul", ["x", "W"], "y")], {"x": list(x_shape)}, {"W": w})
+    compiled = _check(model, {"x": rng.standard_normal(x_shape).astype(np.float32)})
+    assert _gemm_kernels(compiled)

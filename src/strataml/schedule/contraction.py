@@ -87,9 +87,13 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
             continue
         if not _reads_inside(kernel, stage, r, b):
             continue
-        for pos in range(len(stage.axes) - 2, -1, -1):
-            i = stage.axes[pos]
-            if any(_mentions(x, i) for x in a.indices) and not any(
-                    _mentions(x, i) for x in b.indices):
-                return Contraction(r, a, b, pos, panel)
+        rows = [pos for pos in range(len(stage.axes) - 2, -1, -1)
+                if any(_mentions(x, stage.axes[pos]) for x in a.indices)
+                and not any(_mentions(x, stage.axes[pos]) for x in b.indices)]
+        if rows:
+            # the innermost row axis that is not a unit one: [seq, 1, hidden] @ W (a
+            # sequence-first attention projection) has its rows on the outer axis
+            extent = kernel.buffer(stage.buffer).shape
+            pos = next((p for p in rows if extent[p] > 1), rows[0])
+            return Contraction(r, a, b, pos, panel)
     return "no operand is contiguous along the output's last axis with the other row-wise"
