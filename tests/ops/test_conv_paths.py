@@ -245,3 +245,31 @@ def test_conv_transpose_is_a_product_then_an_overlap_add(rng, x_shape, w_shape, 
     strategies = {s.strategy for sched in compiled.program.schedules.values()
                   for s in sched.stages}
     assert ("gemm" in strategies) == weights_constant
+
+
+# 3-D convolutions become one 2-D convolution per temporal tap (frames in the batch):
+# temporal stride, dilation and padding (one tap reading only padding), groups, bias,
+# a 1-tap kernel and a fused epilogue.
+CONV3D = [
+    ((1, 4, 6, 10, 10), (8, 4, 3, 3, 3), {"pads": [1, 1, 1, 1, 1, 1]}),
+    ((2, 3, 8, 12, 12), (6, 3, 3, 5, 5), {"pads": [1, 2, 2, 1, 2, 2], "strides": [2, 2, 2]}),
+    ((1, 4, 7, 9, 9), (8, 2, 3, 3, 3), {"pads": [2, 1, 1, 2, 1, 1], "dilations": [2, 1, 1],
+                                        "group": 2}),
+    ((1, 4, 3, 8, 8), (4, 4, 3, 1, 1), {"pads": [2, 0, 0, 2, 0, 0], "dilations": [3, 1, 1]}),
+    ((1, 8, 5, 6, 6), (8, 8, 1, 3, 3), {"pads": [0, 1, 1, 0, 1, 1]}),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), CONV3D,
+                         ids=[f"conv3d_{i}" for i in range(len(CONV3D))])
+@pytest.mark.parametrize("bias_and_epilogue", [False, True])
+def test_conv3d_runs_as_2d_convolutions(rng, x_shape, w_shape, attrs, bias_and_epilogue):
+    w = (rng.standard_normal(w_shape) * 0.2).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias_and_epilogue else None
+    model = _conv_model(x_shape, w, b, bias_and_epilogue, **attrs)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    compiled = assert_matches_reference(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    convs = [n for node in compiled.program.graph.nodes for n in (node.body or (node,))
+             if n.op == "Conv"]
+    assert convs
+    assert all(len(n.attr("kernel_shape")) == 2 for n in convs)

@@ -42,10 +42,11 @@ from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSl
 from strataml.schedule import Schedule
 
 # Order matters: simplification exposes constants (fold again after it), BatchNorm folding
-# needs constant conv weights (after the first fold) and fusion must come last, when the
-# graph no longer changes shape.
+# needs constant conv weights (after the first fold) and a 3-D conv's own (so 3-D convs
+# become 2-D ones after it; simplify then merges the frame transposes between them), and
+# fusion must come last, when the graph no longer changes shape.
 CPU_GRAPH_PIPELINE = ("infer-shapes,fold-constants,simplify,fold-batchnorm,fold-constants,"
-                      "cse,dce,channels-last,fuse")
+                      "conv3d-as-2d,simplify,cse,dce,channels-last,fuse")
 
 
 def cpu_pipeline(target: Target) -> list[GraphPass]:

@@ -2,6 +2,7 @@
 
 from strataml.passes.graph import (  # noqa: F401
     channels_last,
+    conv3d_as_2d,
     cse,
     dce,
     fold_batchnorm,
