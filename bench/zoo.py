@@ -74,7 +74,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.models
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tests.models.architectures import calibrate_batchnorm
 
 from models import alternate, max_rel_err, model_flops, ort_session
 from strataml.perf.roofline import kernel_flops
@@ -128,29 +131,6 @@ def _generator(seed: int) -> Any:
     import torch
 
     return torch.Generator().manual_seed(seed)
-
-
-def calibrate_batchnorm(module: Any, batch_shape: tuple[int, ...], seed: int = 1) -> Any:
-    """Random BN affine parameters and running statistics from one seeded train-mode pass
-    (cumulative average), so eval-mode activations stay O(1) through a randomly initialised
-    deep network and BN folding has non-trivial parameters to get wrong. Returns the module in
-    eval mode."""
-    import torch
-    from torch import nn
-
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if norms:
-        gen = _generator(seed)
-        for m in norms:
-            m.momentum = None
-            m.reset_running_stats()
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-        module.train()
-        with torch.no_grad():
-            module(torch.randn(batch_shape, generator=gen))
-    return module.eval()
 
 
 def _image(size: int = 224) -> Inputs:

@@ -148,6 +148,29 @@ def _torch_modules() -> Any:
     return ResNet, MobileNetV2
 
 
+def calibrate_batchnorm(module: Any, batch_shape: tuple[int, ...], seed: int = 1) -> Any:
+    """Random BN affine parameters and running statistics from one seeded train-mode pass
+    (cumulative average), so eval-mode activations stay O(1) through a randomly initialised
+    deep network and BN folding has non-trivial parameters to get wrong. Returns the module in
+    eval mode (bench/zoo.py uses it too)."""
+    import torch
+    from torch import nn
+
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        gen = torch.Generator().manual_seed(seed)
+        for m in norms:
+            m.momentum = None
+            m.reset_running_stats()
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+        module.train()
+        with torch.no_grad():
+            module(torch.randn(batch_shape, generator=gen))
+    return module.eval()
+
+
 def _calibrate_and_export(module: Any, image_size: int, seed: int) -> onnx.ModelProto:
     """Give BN layers realistic statistics, randomise their affine parameters, export to ONNX.
 
@@ -156,21 +179,9 @@ def _calibrate_and_export(module: Any, image_size: int, seed: int) -> onnx.Model
     and beta are random so BN folding has something to get wrong.
     """
     import torch
-    from torch import nn
 
-    gen = torch.Generator().manual_seed(seed + 1)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-    module.train()
-    with torch.no_grad():
-        module(torch.randn(4, 3, image_size, image_size, generator=gen))
-    module.eval()
-    x = torch.randn(1, 3, image_size, image_size, generator=gen)
+    calibrate_batchnorm(module, (4, 3, image_size, image_size), seed + 1)
+    x = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed + 2))
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
