@@ -22,3 +22,9 @@ def num_threads_from_env() -> int | None:
 def debug_from_env() -> bool:
     """STRATAML_DEBUG=1 turns on the verifier between passes."""
     return os.environ.get("STRATAML_DEBUG", "") not in ("", "0")
+
+
+def pin_threads_from_env() -> bool:
+    """STRATAML_PIN_THREADS=0 leaves the thread pool's workers free to move between cores
+    (by default each keeps to one: see runtime/thread_pool.py)."""
+    return os.environ.get("STRATAML_PIN_THREADS", "1").strip() not in ("0", "false", "no")

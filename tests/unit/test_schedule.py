@@ -86,9 +86,8 @@ def _run(kernel: Kernel, schedule: Schedule | None, inputs: dict[str, np.ndarray
     call = KernelCall(kernel.name, kernel.name, tuple((2, k) for k in range(len(fn.params))))
     module = build_module([fn], [call], f"run_{kernel.name}")
     obj, _ = compile_module(module, host_target())
-    libs = ("gomp",) if "GOMP_parallel" in module.globals else ()
     entry = CpuDevice().load(Executable("object", host_target().triple, obj),
-                             f"run_{kernel.name}", libs)
+                             f"run_{kernel.name}")
     entry.set_num_threads(2)
     arrays = dict(inputs)
     for b in kernel.buffers:

@@ -6,9 +6,10 @@ kernel with buffer addresses at fixed offsets into the arena or the weights, or 
 the io table (the caller's input arrays and result arrays, one pointer each).
 
 A `parallel` loop is outlined into `void k.parN(ptr noalias p0, ..., i64 begin, i64 end)`
-and a worker `void k.parN.worker(ptr ctx)` (ctx: the kernel's buffer pointers) that picks its
-share of the iterations and calls it; the kernel hands the worker to libgomp's thread pool
-(`GOMP_parallel`, a plain C ABI) with the thread count read from the module global
+and a worker `void k.parN.worker(ptr ctx, i64 begin, i64 end)` (ctx: the kernel's buffer
+pointers) that runs one chunk of the iterations; the kernel hands the worker to strataml's
+thread pool (`strataml_parallel_for(worker, ctx, extent, threads)`, which the runtime provides:
+`runtime/thread_pool.py`) with the thread count read from the module global
 `strataml_num_threads`, which the runtime sets. With one thread the loop runs directly.
 """
 
@@ -69,7 +70,8 @@ I64 = ir.IntType(64)
 I32 = ir.IntType(32)
 PTR = ir.PointerType(ir.IntType(8))
 NUM_THREADS_GLOBAL = "strataml_num_threads"
-WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR])
+WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64])
+POOL_ENTRY = "strataml_parallel_for"  # runtime/thread_pool.py defines it
 
 
 def value_type(dtype: str) -> ir.Type:
@@ -205,13 +207,7 @@ class _FunctionEmitter:
                 for k, t in enumerate(body.fn.function_type.args[:n])]
         ptrs += [wb.ptrtoint(wb.load(wb.gep(table, [ir.Constant(I32, n + k)], inbounds=True)),
                              I64) for k in range(len(captured))]
-        tid = wb.sext(wb.call(_declare(self.module, "omp_get_thread_num", I32, []), []), I64)
-        nth = wb.sext(wb.call(_declare(self.module, "omp_get_num_threads", I32, []), []), I64)
-        chunk = wb.sdiv(wb.add(extent, wb.sub(nth, ir.Constant(I64, 1))), nth)
-        begin = wb.mul(tid, chunk)
-        end = wb.add(begin, chunk)
-        end = wb.select(wb.icmp_signed("<", end, extent), end, extent)
-        wb.call(body.fn, [*ptrs, begin, end])
+        wb.call(body.fn, [*ptrs, worker.args[1], worker.args[2]])
         wb.ret_void()
 
         b = self.builder
@@ -226,9 +222,9 @@ class _FunctionEmitter:
         threads = b.load(_threads_global(self.module))
         with b.if_else(b.icmp_signed(">", threads, ir.Constant(I32, 1))) as (pool, inline):
             with pool:
-                gomp = _declare(self.module, "GOMP_parallel", ir.VoidType(),
-                                [ir.PointerType(WORKER_TYPE), PTR, I32, I32])
-                b.call(gomp, [worker, ctx_ptr, threads, ir.Constant(I32, 0)])
+                pool = _declare(self.module, POOL_ENTRY, ir.VoidType(),
+                                [ir.PointerType(WORKER_TYPE), PTR, I64, I32])
+                b.call(pool, [worker, ctx_ptr, extent, threads])
             with inline:
                 args = [self.params[name] for name in pointers]
                 b.call(body.fn, [*args, *values, ir.Constant(I64, 0), extent])
@@ -590,14 +586,7 @@ def _threads_global(module: ir.Module) -> ir.GlobalVariable:
 
 
 def uses_thread_pool(module: ir.Module) -> bool:
-    return "GOMP_parallel" in module.globals
-
-
-def thread_pool_available() -> bool:
-    """libgomp's pool runs parallel loops; without it code is generated single-threaded."""
-    import ctypes.util
-
-    return ctypes.util.find_library("gomp") is not None
+    return POOL_ENTRY in module.globals
 
 
 def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],

@@ -15,8 +15,6 @@ import numpy as np
 from strataml.codegen.llvm import (
     build_module,
     compile_module,
-    thread_pool_available,
-    uses_thread_pool,
 )
 from strataml.errors import ScheduleError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, print_graph
@@ -113,7 +111,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
     if options.verify:
         for kernel in kernels:
             verify_kernel(kernel)
-    threads = options.threads() if thread_pool_available() else 1
+    threads = options.threads()
     unknown = sorted(set(options.schedules) - {k.name for k in kernels})
     if unknown:
         raise ScheduleError(f"schedules given for unknown kernels {unknown}; this model's "
@@ -150,8 +148,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
     plan, calls, weights = _plan(graph, kernels, bindings, functions, placed)
     start = time.perf_counter()
     module = build_module(loops, calls, plan.entry)
-    plan = replace(plan, num_threads=threads,
-                   native_libs=("gomp",) if uses_thread_pool(module) else ())
+    plan = replace(plan, num_threads=threads)
     obj, llvm_ir = compile_module(module, target, options.opt_level)
     timings.append(("llvm", time.perf_counter() - start))
     if dump is not None:

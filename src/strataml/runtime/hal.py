@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-KERNEL_ABI_VERSION = 2
+KERNEL_ABI_VERSION = 3  # 3: parallel loops call strataml's pool, not libgomp
 ALIGNMENT = 64  # bytes; every planned buffer starts on a cache line (and an AVX-512 vector)
 
 REGIONS = ("arena", "weights", "io")
@@ -65,7 +65,7 @@ class ExecutionPlan:
     kernels: tuple[str, ...]
     calls: tuple[KernelCall, ...] = ()
     num_threads: int = 1  # the compile-time default; STRATAML_NUM_THREADS overrides at load
-    native_libs: tuple[str, ...] = ()  # shared libraries the code calls ("gomp": thread pool)
+    native_libs: tuple[str, ...] = ()  # shared libraries the code calls
     abi_version: int = KERNEL_ABI_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from strataml.runtime.hal import Executable, aligned_empty
+from strataml.runtime.thread_pool import ensure_thread_pool
 
 _INIT_LOCK = threading.Lock()
 _initialised = False
@@ -42,9 +43,7 @@ def load_native_lib(name: str) -> None:
         return
     path = ctypes.util.find_library(name)
     if path is None:
-        raise RuntimeError(f"the compiled code needs lib{name}, which is not installed here "
-                           f"(for libgomp: install your distribution's libgomp1 package, or "
-                           f"compile with num_threads=1)")
+        raise RuntimeError(f"the compiled code needs lib{name}, which is not installed here")
     llvm.load_library_permanently(path)
     _loaded_libs.add(name)
 
@@ -79,6 +78,7 @@ class CpuDevice:
     def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
              ) -> CpuEntry:
         _init_llvm()
+        ensure_thread_pool()  # parallel loops call into it
         for lib in native_libs:
             load_native_lib(lib)
         if executable.format != "object":
