@@ -4,9 +4,11 @@ thread count, the extent, a busy core or a second caller; models on it match one
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,12 +22,15 @@ _WORKER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64
 _POOL = ctypes.CFUNCTYPE(None, _WORKER, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32)
 
 
-def _chunks(extent: int, threads: int) -> list[tuple[int, int, int]]:
-    """The (begin, end, thread id) of every chunk the pool ran for one loop."""
+def _chunks(extent: int, threads: int, seconds: float = 0.0) -> list[tuple[int, int, int]]:
+    """The (begin, end, thread id) of every chunk the pool ran for one loop, each chunk
+    taking `seconds` (asleep, so other threads get the interpreter)."""
     seen: list[tuple[int, int, int]] = []
     lock = threading.Lock()
 
     def record(ctx: int, begin: int, end: int) -> None:
+        if seconds:
+            time.sleep(seconds)
         with lock:
             seen.append((begin, end, threading.get_ident()))
 
@@ -47,13 +52,27 @@ def test_chunks_cover_every_iteration_once(threads):
 
 
 def test_workers_take_part():
-    """With several threads some chunks run off the calling thread (the workers poll for
-    work, so across many loops at least one chunk reaches them)."""
+    """With several threads some chunks run off the calling thread: chunks of 2 ms leave a
+    woken worker time to claim its part."""
     me = threading.get_ident()
-    others = 0
-    for _ in range(200):
-        others += sum(1 for *_, t in _chunks(64, 2) if t != me)
-    assert others > 0
+    assert any(t != me for _ in range(5) for *_, t in _chunks(64, 2, 0.002))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_forked_child_starts_its_own_workers():
+    """A child forked after the pool started has none of its threads: it starts its own."""
+    _chunks(64, 2)  # the parent's workers are running
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether a worker took part, then leave at once
+        me = threading.get_ident()
+        helped = any(t != me for _ in range(5) for *_, t in _chunks(64, 2, 0.002))
+        os.write(write, b"1" if helped else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
 
 
 def _elementwise_chain(shapes: list[tuple[int, ...]], seed: int):

@@ -19,8 +19,14 @@ The protocol (one process-wide pool, `strataml_parallel_for(worker, ctx, extent,
 - The caller is participant 0. It publishes the job, takes chunks like everyone else, then
   waits for the count of finished chunks: spinning briefly, then sleeping on a futex that the
   thread finishing the last chunk wakes.
-- Idle workers spin a while (yielding the core to anyone else runnable on it), then sleep on
-  the job word's futex; a new job wakes sleepers only when there are some.
+- Idle workers poll for the next job for 100 us, then sleep on the job word's futex; a new
+  job wakes sleepers only when there are some. A worker that finds it lost its core for a
+  scheduler slice (another process wants it) makes every worker poll only 5 us for the next
+  200 ms: a poller uses up its share of a contended core and is then preempted in the middle
+  of a chunk, which the caller must wait for, where a sleeper that a job wakes gets the core
+  back at once.
+- Worker k keeps to the (k+1)-th core the process may use; the caller stays free, so the
+  scheduler moves it off a taken core (see `_spread_workers`).
 - One job at a time: a loop started while another is in flight (a second Python thread running
   another model, or a loop nested in a worker) runs serially on its caller's thread.
 
@@ -78,7 +84,7 @@ def _platform_bits() -> dict[str, str]:
                 "ptr null, ptr null, i64 0)")
     else:  # no futex: sleeping is yielding the core in a loop
         wait, wake = "call i32 @sched_yield()", ""
-    affinity = ("call i32 @sched_setaffinity(i32 0, i64 128, ptr %mask)", 
+    affinity = ("call i32 @sched_setaffinity(i32 0, i64 128, ptr %mask)",
                 "declare i32 @sched_setaffinity(i32, i64, ptr)") if linux else ("", "")
     return {"PAUSE": pause, "PAUSE_DECL": pause_decl, "FUTEX_WAIT": wait,
             "FUTEX_WAKE": wake, "SET_AFFINITY": affinity[0], "AFFINITY_DECL": affinity[1]}
@@ -253,6 +259,16 @@ pin:
   @@SET_AFFINITY@@
   br label %exit
 exit:
+  ret void
+}
+
+; A forked child has the parent's pool state but none of its worker threads: it starts its
+; own (without this it would still be right, the caller taking every chunk, but serial).
+define void @strataml_pool_forget_workers() {
+  store atomic i32 0, ptr @workers seq_cst, align 4
+  store atomic i32 0, ptr @sleepers seq_cst, align 4
+  store atomic i32 0, ptr @running seq_cst, align 4
+  store atomic i32 0, ptr @caller_waiting seq_cst, align 4
   ret void
 }
 
@@ -517,6 +533,10 @@ def ensure_thread_pool() -> int:
             tm = llvm.Target.from_default_triple().create_target_machine(opt=2, reloc="pic")
             engine = llvm.create_mcjit_compiler(module, tm)
             engine.finalize_object()
+            forget = ctypes.CFUNCTYPE(None)(
+                engine.get_function_address("strataml_pool_forget_workers"))
+            if hasattr(os, "register_at_fork"):  # a child forked from Python starts its own
+                os.register_at_fork(after_in_child=forget)
             _spread_workers(engine.get_function_address("strataml_pool_keep_to_core"))
             llvm.add_symbol(POOL_ENTRY, engine.get_function_address(POOL_ENTRY))
             _engine = engine
