@@ -99,6 +99,9 @@ class CompileOptions:
     # 91-schedule.txt names them): a `strataml.schedule.Schedule` or its JSON text. They
     # apply to the kernel as that file prints it; the other kernels get the default rules.
     schedules: dict[str, Any] = field(default_factory=dict)
+    # Denormal floats (below 1.2e-38) computed as zero, as inference runtimes do: on x86 they
+    # cost ~100x per operation (see codegen/llvm.py). False: IEEE gradual underflow.
+    flush_denormals: bool = True
 
     def threads(self) -> int:
         if self.num_threads is not None:

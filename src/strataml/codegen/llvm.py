@@ -104,9 +104,10 @@ class _FunctionEmitter:
 
     def __init__(self, module: ir.Module, fn: LoopFunction,
                  worker_of: _FunctionEmitter | None = None,
-                 captured: Sequence[Var] = ()) -> None:
+                 captured: Sequence[Var] = (), flush_denormals: bool = False) -> None:
         self.module = module
         self.loop_fn = fn
+        self.flush_denormals = flush_denormals
         self.params: dict[str, ir.Value] = {}
         self.workers = 0
         arg_types: list[ir.Type] = [ir.PointerType(memory_type(p.dtype)) for p in fn.params]
@@ -131,6 +132,9 @@ class _FunctionEmitter:
         self.builder = ir.IRBuilder(body)
         self.vars: dict[Var, ir.Value] = {}
         self.no_wrap = False  # emitting an index of loop variables and constants only
+        # The caller's floating-point mode, restored on return (a kernel or a parallel chunk).
+        self.saved_fp_mode = _flush_denormals(self.alloca_builder) \
+            if flush_denormals and worker_of is None else None
         for arg, p in zip(self.fn.args, fn.params, strict=False):
             arg.name = p.name if p.name.isidentifier() else f"p{len(self.params)}"
             arg.add_attribute("noalias")
@@ -150,6 +154,8 @@ class _FunctionEmitter:
         self.finish()
 
     def finish(self) -> None:
+        if self.saved_fp_mode is not None:
+            _restore_fp_mode(self.builder, self.saved_fp_mode)
         self.builder.ret_void()
         self.alloca_builder.branch(self.fn.basic_blocks[1])
 
@@ -207,7 +213,10 @@ class _FunctionEmitter:
                 for k, t in enumerate(body.fn.function_type.args[:n])]
         ptrs += [wb.ptrtoint(wb.load(wb.gep(table, [ir.Constant(I32, n + k)], inbounds=True)),
                              I64) for k in range(len(captured))]
+        saved = _flush_denormals(wb) if self.flush_denormals else None
         wb.call(body.fn, [*ptrs, worker.args[1], worker.args[2]])
+        if saved is not None:
+            _restore_fp_mode(wb, saved)
         wb.ret_void()
 
         b = self.builder
@@ -570,6 +579,31 @@ def _loop_metadata(text: str) -> str:
     return text + "\n" + "\n".join(f"{node[p]} = !{{{p}}}" for p in properties) + "\n"
 
 
+# MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6): x86 arithmetic on denormal
+# floats (below 1.2e-38) takes a microcode assist, ~100x slower. A softmax over large random
+# logits feeds them to the next product: Swin's window-attention matmuls ran at 2-8 GFLOP/s
+# (17 ms instead of 0.14 for a [192, 49, 49] x [192, 49, 32] product with denormal inputs).
+# Inference runtimes flush them (OpenVINO by default, ONNX Runtime and PyTorch on request);
+# the answers move by less than 1.2e-38.
+_FTZ_DAZ = 0x8040
+
+
+def _flush_denormals(b: ir.IRBuilder) -> ir.Value:
+    """Save the thread's MXCSR and set FTZ and DAZ; returns the slot holding the saved one."""
+    i32p = ir.PointerType(I32)
+    saved = b.alloca(I32, name="mxcsr.saved")
+    mode = b.alloca(I32, name="mxcsr")
+    b.call(_declare(b.module, "llvm.x86.sse.stmxcsr", ir.VoidType(), [i32p]), [saved])
+    b.store(b.or_(b.load(saved), ir.Constant(I32, _FTZ_DAZ)), mode)
+    b.call(_declare(b.module, "llvm.x86.sse.ldmxcsr", ir.VoidType(), [i32p]), [mode])
+    return saved
+
+
+def _restore_fp_mode(b: ir.IRBuilder, saved: ir.Value) -> None:
+    b.call(_declare(b.module, "llvm.x86.sse.ldmxcsr", ir.VoidType(), [ir.PointerType(I32)]),
+           [saved])
+
+
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
     fn = module.globals.get(name)
     if fn is None:
@@ -590,12 +624,15 @@ def uses_thread_pool(module: ir.Module) -> bool:
 
 
 def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
-                 entry_name: str = "strataml_entry") -> ir.Module:
+                 entry_name: str = "strataml_entry", flush_denormals: bool = False
+                 ) -> ir.Module:
+    """`flush_denormals` (x86 only): every kernel and parallel chunk runs with FTZ and DAZ
+    set, and gives the caller's mode back when it returns."""
     module = ir.Module(name="strataml")
     _threads_global(module)  # always present, so the runtime can set it
     emitted: dict[str, ir.Function] = {}
     for fn in functions:
-        emitter = _FunctionEmitter(module, fn)
+        emitter = _FunctionEmitter(module, fn, flush_denormals=flush_denormals)
         emitter.emit()
         emitted[fn.name] = emitter.fn
     entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]),

@@ -147,7 +147,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
 
     plan, calls, weights = _plan(graph, kernels, bindings, functions, placed)
     start = time.perf_counter()
-    module = build_module(loops, calls, plan.entry)
+    module = build_module(loops, calls, plan.entry, flush_denormals=options.flush_denormals
+                          and target.triple.startswith(("x86_64", "i386", "i686")))
     plan = replace(plan, num_threads=threads)
     obj, llvm_ir = compile_module(module, target, options.opt_level)
     timings.append(("llvm", time.perf_counter() - start))

@@ -86,7 +86,20 @@ def _platform_bits() -> dict[str, str]:
         wait, wake = "call i32 @sched_yield()", ""
     affinity = ("call i32 @sched_setaffinity(i32 0, i64 128, ptr %mask)",
                 "declare i32 @sched_setaffinity(i32, i64, ptr)") if linux else ("", "")
-    return {"PAUSE": pause, "PAUSE_DECL": pause_decl, "FUTEX_WAIT": wait,
+    # A thread starts with its creator's floating-point mode, and workers are created from
+    # inside a kernel, which may flush denormals: they clear it (each kernel and chunk sets
+    # its own mode; see codegen/llvm.py).
+    underflow = ("""%mx = alloca i32
+  call void @llvm.x86.sse.stmxcsr(ptr %mx)
+  %mxv = load i32, ptr %mx
+  %mxc = and i32 %mxv, -32833
+  store i32 %mxc, ptr %mx
+  call void @llvm.x86.sse.ldmxcsr(ptr %mx)""" if machine in ("x86_64", "amd64") else "")
+    if underflow:
+        pause_decl += ("\ndeclare void @llvm.x86.sse.stmxcsr(ptr)"
+                       "\ndeclare void @llvm.x86.sse.ldmxcsr(ptr)")
+    return {"GRADUAL_UNDERFLOW": underflow, "PAUSE": pause, "PAUSE_DECL": pause_decl,
+            "FUTEX_WAIT": wait,
             "FUTEX_WAKE": wake, "SET_AFFINITY": affinity[0], "AFFINITY_DECL": affinity[1]}
 
 
@@ -292,6 +305,7 @@ entry:
   %id = ptrtoint ptr %arg to i64
   %me = add i64 %id, 1
   call void @keep_to_core(i64 %id)
+  @@GRADUAL_UNDERFLOW@@
   %first = load atomic i32, ptr @job seq_cst, align 4
   store i32 %first, ptr %seen_p
   br label %idle
