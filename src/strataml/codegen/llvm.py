@@ -619,10 +619,6 @@ def _threads_global(module: ir.Module) -> ir.GlobalVariable:
     return gv
 
 
-def uses_thread_pool(module: ir.Module) -> bool:
-    return POOL_ENTRY in module.globals
-
-
 def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
                  entry_name: str = "strataml_entry", flush_denormals: bool = False
                  ) -> ir.Module:
