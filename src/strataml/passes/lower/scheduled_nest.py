@@ -10,14 +10,14 @@ read the scratch copy instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 from typing import TYPE_CHECKING
 
 from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
-from strataml.ir.expr import Binary, Expr, Load, Var, idx, rewrite, substitute
+from strataml.ir.expr import Binary, Expr, Load, Reduce, Var, binary, idx, rewrite, substitute
 from strataml.passes.lower.bounds import Interval, interval
 from strataml.passes.lower.index_simplify import affine_terms, build_affine
 from strataml.schedule.primitives import MAX_SCRATCH, ROOT, Loop, LoopNest, Primitive, apply_steps
@@ -76,6 +76,10 @@ class NestLowering:
     nests: dict[str, LoopNest]
     steps: dict[str, tuple[Primitive, ...]]
     names: int = 0
+    # Computed-at producers built so far: buffer -> (scratch, the buffer's coordinates of
+    # the scratch's first element). A sibling computed later at the same loop (a softmax's
+    # sum reads the exponentials computed for the same row) reads the scratch too.
+    boxes: dict[str, tuple[str, tuple[Expr, ...]]] = field(default_factory=dict)
 
     def attached(self, consumer: str) -> list[Stage]:
         """Producers computed inside `consumer`'s loops, in stage order."""
@@ -126,7 +130,7 @@ class NestLowering:
         starts = box[1] if box is not None else {}
         outputs = {a: local[a.name] + starts[a.name] if a.name in starts else local[a.name]
                    for a in stage.axes}
-        body = substitute(stage.body, outputs)
+        body = self.from_boxes(substitute(stage.body, outputs), env)
         target = (box[0], tuple(local[a.name] for a in stage.axes)) if box is not None \
             else (stage.buffer, tuple(outputs[a] for a in stage.axes))
 
@@ -190,6 +194,33 @@ class NestLowering:
             scope.extend(b.wrap(everything[first:], update))
             scope.extend(b.wrap(tile, done, prologue=False))
         return [*b.prologue.get(-1, []), *b.wrap(everything[:first], scope)]
+
+    def from_boxes(self, body: Expr, env: dict[Var, Interval]) -> Expr:
+        """`body` reading the scratch of producers computed at an enclosing loop instead of
+        their buffers (never written), where every read is proven inside the box."""
+
+        def visit(x: Expr, env: dict[Var, Interval]) -> Expr | None:
+            if isinstance(x, Reduce):  # its axes range over its extents inside it
+                inner = {**env, **{a: (0, n - 1) for a, n in zip(x.axes, x.extents,
+                                                                  strict=True)}}
+                return replace(x, body=rewrite(x.body, lambda y: visit(y, inner)))
+            if not isinstance(x, Load) or x.buffer not in self.boxes:
+                return None
+            scratch, origin = self.boxes[x.buffer]
+            shape = self.low.buffers[scratch].shape
+            local: list[Expr] = []
+            for d, (index, start) in enumerate(zip(x.indices, origin, strict=True)):
+                terms, k = affine_terms(binary("sub", rewrite(index, lambda y: visit(y, env)),
+                                               start))
+                at = build_affine(terms, k, "int64")
+                span = interval(at, env)
+                if span is None or span[0] < 0 or span[1] > shape[d] - 1:
+                    raise ScheduleError(f"%{x.buffer} is read outside the box computed for "
+                                        f"it (dimension {d}); compute it at the root")
+                local.append(at)
+            return Load(x.dtype, scratch, tuple(local))
+
+        return rewrite(body, lambda y: visit(y, env)) if self.boxes else body
 
     # ------------------------------------------------------------ packs and producers
 
@@ -286,6 +317,7 @@ class NestLowering:
         stmts = self.build(producer, pnest, (scratch, starts), env,
                            in_parallel or at >= b.shared_before >= 0)
         b.prologue.setdefault(at, []).extend(stmts)
+        self.boxes[producer.buffer] = (scratch, tuple(starts[a.name] for a in producer.axes))
 
     def pack(self, buffer: str, at: int, nest: LoopNest, b: _Nest,
              parts: dict[str, Expr | None], first: int) -> None:
