@@ -93,6 +93,19 @@ WINOGRAD = [
 
 WINOGRAD_TEMPS = {"plane", "winograd_in", "winograd_mid"}
 
+# Dilated convolutions whose taps read much padding, cut into rectangles that each read one
+# set of taps inside the input (ASPP-style: dilations 6, 12, 18 at "same" padding; one that
+# leaves only the centre tap; asymmetric dilation and padding, 5x5, batch 2, output pixels
+# whose every tap reads padding (the bias alone), more output channels than a panel).
+BANDED = [
+    ((1, 8, 20, 20), (12, 8, 3, 3), {"pads": [6, 6, 6, 6], "dilations": [6, 6]}),
+    ((1, 8, 20, 20), (12, 8, 3, 3), {"pads": [12, 12, 12, 12], "dilations": [12, 12]}),
+    ((2, 6, 32, 24), (40, 6, 3, 3), {"pads": [18, 18, 18, 18], "dilations": [18, 18]}),
+    ((1, 4, 8, 8), (6, 4, 3, 3), {"pads": [10, 10, 10, 10], "dilations": [10, 10]}),
+    ((1, 5, 17, 23), (9, 5, 5, 3), {"pads": [8, 3, 4, 7], "dilations": [4, 7]}),
+    ((1, 4, 6, 6), (5, 4, 3, 3), {"pads": [9, 9, 9, 9], "dilations": [2, 2]}),
+]
+
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "temps"), CASES,
                          ids=[f"case{i}" for i in range(len(CASES))])
@@ -115,6 +128,24 @@ def test_winograd_rows_conv_matches_ort(rng, monkeypatch, x_shape, w_shape, attr
     monkeypatch.setattr(nn, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(nn, "WINOGRAD_MIN_COLUMNS", 0)
     _check_conv_path(rng, x_shape, w_shape, attrs, WINOGRAD_TEMPS, bias_and_epilogue)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), BANDED,
+                         ids=[f"banded{i}" for i in range(len(BANDED))])
+@pytest.mark.parametrize("bias_and_epilogue", [False, True])
+def test_dilated_conv_in_bands_matches_ort(rng, x_shape, w_shape, attrs, bias_and_epilogue):
+    _check_conv_path(rng, x_shape, w_shape, attrs, set(), bias_and_epilogue)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    compiled = strataml.compile(_conv_model(x_shape, w, None, False, **attrs))
+    assert "band" in temp_kinds(compiled)
+
+
+def test_a_dilated_conv_reading_little_padding_is_not_cut(rng):
+    """Dilation 2 on 32x32: 12% of the taps read padding; one product does less work."""
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    compiled = strataml.compile(_conv_model((1, 8, 32, 32), w, None, False,
+                                            pads=[2, 2, 2, 2], dilations=[2, 2]))
+    assert "band" not in temp_kinds(compiled)
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "winograd"), [
