@@ -15,7 +15,8 @@ nest so far and returns the new nest, or raises `ScheduleError` with the reason:
 - `Pack(buffer, at)`         at the top of loop `at` (or "" for once per call), copy the part
                              of `buffer` the loops inside read, laid out in their order
 - `ComputeAt(consumer, at)`  this stage is computed inside loop `at` of the stage writing
-                             `consumer`, over just the box that loop's body reads
+                             `consumer`, over just the box that loop's body reads; other
+                             stages computed at the same loop may read that box too
 - `Inline()`                 this stage's expression is substituted into its readers
 
 The sequence is a trace: it prints as text and round-trips through JSON, so a tuner can
