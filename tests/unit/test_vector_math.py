@@ -51,6 +51,23 @@ def test_exp_relative_error_below_two_ulp():
     assert np.isnan(got[np.isnan(x)]).all()
 
 
+def test_exp_with_denormals_flushed_is_as_accurate_on_normal_results():
+    """The flushed kernels' exp (one-step 2^n): the same < 2 ulp wherever the result is a
+    normal float, zero below, inf above, nan for nan."""
+    x = _probe_values()
+    (got,) = strataml.compile(_unary_model("Exp", x.size)).run({"x": x})
+    got = got.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64))
+    finite = np.isfinite(want) & (want < np.finfo(np.float32).max)
+    normal = finite & (want >= np.finfo(np.float32).tiny)
+    ulp = np.spacing(want[normal].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got[normal] - want[normal]) / ulp) < 2.0
+    assert np.all(got[finite & ~normal] == 0.0)
+    assert np.all(np.isinf(got[~finite & ~np.isnan(x)]) == (x[~finite & ~np.isnan(x)] > 0))
+    assert np.isnan(got[np.isnan(x)]).all()
+
+
 @pytest.mark.parametrize(("op", "ref", "bound"), [
     ("Tanh", np.tanh, 3e-7),
     ("Erf", np.vectorize(math.erf), 4e-7),

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from strataml.codegen.vector_math import VECTOR_MATH
+from strataml.codegen.vector_math import FLUSHED_VECTOR_MATH, VECTOR_MATH
 from strataml.errors import CodegenError
 from strataml.ir.dialects.loop import (
     Allocate,
@@ -137,7 +137,8 @@ class _FunctionEmitter:
             if flush_denormals and worker_of is None else None
         for arg, p in zip(self.fn.args, fn.params, strict=False):
             arg.name = p.name if p.name.isidentifier() else f"p{len(self.params)}"
-            arg.add_attribute("noalias")
+            if p.name not in fn.aliased:
+                arg.add_attribute("noalias")
             self.params[p.name] = arg
         if worker_of is not None:
             for s in fn.body:  # scratch rows are per thread
@@ -196,7 +197,8 @@ class _FunctionEmitter:
             if v not in self.vars or v.dtype != "int64":
                 raise CodegenError(f"{self.loop_fn.name}: parallel loop {s.var.name} reads "
                                    f"{v.name}, which is not an enclosing loop index")
-        body = _FunctionEmitter(self.module, self.loop_fn, worker_of=self, captured=captured)
+        body = _FunctionEmitter(self.module, self.loop_fn, worker_of=self, captured=captured,
+                                 flush_denormals=self.flush_denormals)
         body.loop(s, body.fn.args[-2], body.fn.args[-1])
         body.finish()
         # Pointers passed to the workers: the buffers, then the shared scratch buffers.
@@ -377,7 +379,8 @@ class _FunctionEmitter:
         bits = _INT_BITS[c.dtype]
         return ir.Constant(t, int(c.value) & ((1 << bits) - 1))
 
-    def intrinsic(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
+    def intrinsic(self, name: str, dtype: str, args: list[ir.Value],
+                  fastmath: tuple[str, ...] = ()) -> ir.Value:
         t = value_type(dtype)
         scalar, lanes = split_vector(dtype)
         suffix = _FLOAT_SUFFIX.get(scalar) or f"i{value_type(scalar).width}"
@@ -385,7 +388,7 @@ class _FunctionEmitter:
         fn = self.module.globals.get(full)
         if fn is None:
             fn = ir.Function(self.module, ir.FunctionType(t, [t] * len(args)), name=full)
-        return self.builder.call(fn, args)
+        return self.builder.call(fn, args, fastmath=fastmath)
 
     def libm(self, name: str, dtype: str, args: list[ir.Value]) -> ir.Value:
         if dtype == "float16":
@@ -405,7 +408,7 @@ class _FunctionEmitter:
         if op == "not":
             return b.not_(x)
         if dtype == "float32" and op in VECTOR_MATH:
-            return VECTOR_MATH[op](b, x)
+            return (FLUSHED_VECTOR_MATH if self.flush_denormals else VECTOR_MATH)[op](b, x)
         if is_float(dtype):
             if op in _INTRINSIC_UNARY:
                 return self.intrinsic(_INTRINSIC_UNARY[op], dtype, [x])
@@ -429,10 +432,13 @@ class _FunctionEmitter:
             simple = {"div": b.fdiv, "fmod": b.frem}
             if op in simple:
                 return simple[op](a, c)
-            if op == "min":
-                return self.intrinsic("llvm.minimum", dtype, [a, c])
-            if op == "max":
-                return self.intrinsic("llvm.maximum", dtype, [a, c])
+            if op in ("min", "max"):
+                # NaN in, NaN out (ONNX Min/Max, a max-reduction over a NaN); the sign of a
+                # zero result is left open (`nsz`): x86 then needs vmaxps, a NaN test and a
+                # masked move a vector (3 instructions) instead of also ordering -0 below +0
+                # (8): a softmax's max pass, 16 lanes at a time, stops being compute-bound.
+                name = "llvm.minimum" if op == "min" else "llvm.maximum"
+                return self.intrinsic(name, dtype, [a, c], fastmath=("nsz",))
             if op == "pow":
                 return self.intrinsic("llvm.pow", dtype, [a, c])
             if op == "mod":  # Python-style: result takes the divisor's sign

@@ -80,6 +80,32 @@ def exp_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     return b.select(small, _c(x, 0.0), out)
 
 
+# Below this, exp(x) is under the smallest normal float (2^-126): zero when the kernel runs
+# with denormals flushed.
+_EXP_NORMAL_MIN = -87.3365448
+
+
+def exp_f32_flushed(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """exp for kernels that flush denormals to zero (FTZ/DAZ): results below 2^-126 would be
+    flushed anyway, so 2^n is one normal float (n >= -126) and the two-step scale of
+    `exp_f32`, which keeps subnormal results, is not needed: 6 instructions fewer of ~30
+    (a softmax's exponentials are most of its arithmetic). Same polynomial, < 2 ulp."""
+    xc = _clamp(b, x, _EXP_NORMAL_MIN, 88.7228390)
+    n = b.call(_intrinsic(b, "llvm.roundeven.f32", 1), [b.fmul(xc, _c(x, _LOG2E))])
+    r = _fma(b, n, _c(x, -_LN2_HI), xc)
+    r = _fma(b, n, _c(x, -_LN2_LO), r)
+    p = _horner(b, r, _EXP_POLY)
+    p = _fma(b, b.fmul(p, b.fmul(r, r)), _c(x, 1.0), b.fadd(r, _c(x, 1.0)))
+    # n = 128 only at the clamp's top (88.72 rounds up): 2p * 2^127 keeps that result finite
+    top = b.fcmp_ordered(">", n, _c(x, 127.0))
+    p = b.select(top, b.fmul(p, _c(x, 2.0)), p)
+    scaled = b.fmul(p, _pow2(b, b.select(top, _c(x, 127.0), n)))
+    big = b.fcmp_ordered(">", x, _c(x, 88.7228390))
+    small = b.fcmp_ordered("<", x, _c(x, _EXP_NORMAL_MIN))
+    out = b.select(big, _c(x, float("inf")), scaled)
+    return b.select(small, _c(x, 0.0), out)
+
+
 def tanh_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     xc = _clamp(b, x, -7.90531110763549805, 7.90531110763549805)
     x2 = b.fmul(xc, xc)
@@ -106,3 +132,5 @@ def _intrinsic(b: ir.IRBuilder, name: str, arity: int) -> ir.Function:
 
 
 VECTOR_MATH = {"exp": exp_f32, "tanh": tanh_f32, "erf": erf_f32}
+# Kernels that flush denormals to zero use these instead.
+FLUSHED_VECTOR_MATH = {**VECTOR_MATH, "exp": exp_f32_flushed}

@@ -23,6 +23,7 @@ from strataml.ir.dialects.loop import LoopFunction, print_function, verify_funct
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions, Target
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
+from strataml.passes.lower.in_place import in_place_pairs
 from strataml.passes.lower.kernel_to_loop import (
     lower_kernel,
     lower_with_default_schedule,
@@ -123,6 +124,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
     loops: list[LoopFunction] = []
     functions: list[str] = []
     schedules: list[str] = []
+    pairs_of: dict[str, tuple[tuple[str, str], ...]] = {}  # function -> in-place pairs
     for k in kernels:
         given = _given_schedule(options, k.name)
         key = (k.buffers, k.stages, given)
@@ -130,12 +132,14 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
             function_of[key] = k.name
             prepared = prepare_kernel(k)
             if given is not None:
-                loops.append(lower_kernel(prepared, given))
+                fn = lower_kernel(prepared, given)
                 schedule = given
             else:
                 fn, schedule = lower_with_default_schedule(
                     prepared, threads, target.vector_lanes_f32, target.l2_bytes)
-                loops.append(fn)
+            pairs_of[k.name] = in_place_pairs(prepared, schedule)
+            loops.append(replace(fn, aliased=tuple(b for pair in pairs_of[k.name]
+                                                   for b in pair)))
             schedules.append(f"{print_kernel(prepared)}\n{schedule.describe(prepared)}\n"
                              f"json: {schedule.to_json()}")
             schedule_of[k.name] = schedule
@@ -145,7 +149,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
             verify_function(fn)
     timings.append(("lower", time.perf_counter() - start))
 
-    plan, calls, weights = _plan(graph, kernels, bindings, functions, placed)
+    plan, calls, weights = _plan(graph, kernels, bindings, functions, placed,
+                                 [pairs_of[f] for f in functions])
     start = time.perf_counter()
     module = build_module(loops, calls, plan.entry, flush_denormals=options.flush_denormals
                           and target.triple.startswith(("x86_64", "i386", "i686")))
@@ -205,12 +210,41 @@ def _slug(node) -> str:
     return "".join(ch for ch in text if ch.isalnum() or ch == "_")
 
 
+def _outputs_over_inputs(graph: Graph, bindings: list[dict[str, str]],
+                         in_place: list[tuple[tuple[str, str], ...]],
+                         first_write: dict[str, int], last_read: dict[str, int],
+                         pinned: set[str]) -> dict[str, str]:
+    """Output value -> the arena value whose bytes it takes: an input of the kernel writing
+    it that the kernel may overwrite and that no later kernel reads. A value that took
+    another's bytes passes them on (its root's)."""
+    taken: dict[str, str] = {}
+    end: dict[str, int] = {}  # root -> the last step reading any value on its bytes
+    for step, (values, pairs) in enumerate(zip(bindings, in_place, strict=True)):
+        for out_buf, in_buf in pairs:
+            out, source = values.get(out_buf), values.get(in_buf)
+            if out is None or source is None or out in pinned or source in pinned \
+                    or out in taken or first_write.get(out) != step \
+                    or source not in first_write or last_read.get(source) != step \
+                    or graph.types[out].nbytes != graph.types[source].nbytes:
+                continue
+            root = taken.get(source, source)
+            if end.get(root, last_read[root]) != step:
+                continue
+            taken[out] = root
+            end[root] = last_read[out]
+            break  # one input a kernel
+    return taken
+
+
 def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
-          functions: list[str], placed: dict[str, tuple[str, int]]
+          functions: list[str], placed: dict[str, tuple[str, int]],
+          in_place: list[tuple[tuple[str, str], ...]]
           ) -> tuple[ExecutionPlan, list[KernelCall], dict[str, np.ndarray]]:
     """Decide where every tensor lives. Graph inputs are read in place from the caller's
     arrays and kernel-produced outputs are written straight into fresh result arrays (the
-    "io" region: a table of pointers passed per call); intermediates share the arena."""
+    "io" region: a table of pointers passed per call); intermediates share the arena. A
+    kernel that may write over an input (`in_place`: its (output, input) buffer pairs) gets
+    the input's bytes for its output when the input dies there."""
     steps = len(kernels)
     io_index = {v: k for k, v in enumerate(graph.inputs)}
     produced = {values[b.name] for kernel, values in zip(kernels, bindings, strict=True)
@@ -243,9 +277,17 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
         if piece in first_write:
             first_write[whole] = min(first_write.get(whole, steps), first_write[piece])
             last_read[whole] = max(last_read.get(whole, 0), last_read[piece])
+    wholes = {whole for whole, _ in placed.values()}
+    same_bytes = _outputs_over_inputs(graph, bindings, in_place, first_write, last_read,
+                                      set(io_index) | set(placed) | wholes)
+    for out, root in same_bytes.items():  # one interval for both, the root's
+        last_read[root] = max(last_read[root], last_read.pop(out))
+        del first_write[out]
     activations = [Interval(v, graph.types[v].nbytes, first_write[v], last_read[v])
                    for v in first_write if v not in io_index and v not in placed]
     offsets, arena_bytes = plan_arena(activations + temps, steps)
+    for out, root in same_bytes.items():
+        offsets[out] = offsets[root]
     for piece, (whole, at) in placed.items():
         offsets[piece] = offsets[whole] + at
 

@@ -92,11 +92,16 @@ class LoopFunction:
     params: tuple[Param, ...]
     body: tuple[Stmt, ...]
     source: tuple[str, ...] = ()
+    # params a call may pass the same memory for (an output written over a dying input,
+    # see `passes.lower.in_place`): the others are promised disjoint to LLVM (noalias)
+    aliased: tuple[str, ...] = ()
 
 
 def print_function(fn: LoopFunction) -> str:
     params = ", ".join(f"%{p.name}: {p.dtype}[{p.size}]" for p in fn.params)
-    lines = [f"func @{fn.name}({params}) loc({', '.join(repr(s) for s in fn.source)}) {{"]
+    shared = f" aliased({', '.join('%' + a for a in fn.aliased)})" if fn.aliased else ""
+    lines = [f"func @{fn.name}({params}) loc({', '.join(repr(s) for s in fn.source)})"
+             f"{shared} {{"]
     _print_body(fn.body, "  ", lines)
     lines.append("}")
     return "\n".join(lines)
