@@ -225,8 +225,9 @@ def _outputs_over_inputs(graph: Graph, bindings: list[dict[str, str]],
             if out is None or source is None or out in pinned or source in pinned \
                     or out in taken or first_write.get(out) != step \
                     or source not in first_write or last_read.get(source) != step \
-                    or graph.types[out].nbytes != graph.types[source].nbytes:
-                continue
+                    or graph.types[out].nbytes != graph.types[source].nbytes \
+                    or sum(v == source for v in values.values()) > 1:
+                continue  # (bound to two buffers, the other may be read anywhere)
             root = taken.get(source, source)
             if end.get(root, last_read[root]) != step:
                 continue
