@@ -21,9 +21,8 @@ The rule, checked on the prepared kernel and its schedule:
 from __future__ import annotations
 
 from strataml.ir.dialects.kernel import Kernel
-from strataml.ir.expr import Load
 from strataml.schedule.primitives import ComputeAt
-from strataml.schedule.schedule import Schedule
+from strataml.schedule.schedule import Schedule, reads, reads_within_rows
 
 
 def in_place_pairs(kernel: Kernel, schedule: Schedule) -> tuple[tuple[str, str], ...]:
@@ -32,38 +31,23 @@ def in_place_pairs(kernel: Kernel, schedule: Schedule) -> tuple[tuple[str, str],
         return ()
     final = kernel.stages[-1]
     out = kernel.buffer(final.buffer)
-    if out.role != "output" or sum(b.role == "output" for b in kernel.buffers) != 1:
+    if out.role != "output" or sum(b.role == "output" for b in kernel.buffers) != 1 \
+            or any(reads(st, out.name) for st in kernel.stages) \
+            or not _rows_at_final(kernel, schedule):
         return ()
-    earlier = kernel.stages[:-1]
-    if any(isinstance(e, Load) and e.buffer == out.name for st in kernel.stages
-           for e in st.body.walk()):
-        return ()
-    lead = len(final.axes) - 1
-    pairs: list[tuple[str, str]] = []
-    for buf in kernel.buffers:
-        if buf.role != "input" or buf.shape != out.shape or buf.dtype != out.dtype:
-            continue
-        if any(isinstance(e, Load) and e.buffer == buf.name for e in final.body.walk()):
-            continue
-        ok = True
-        for st, how in zip(earlier, schedule.stages[:-1], strict=True):
-            reads = [e for e in st.body.walk() if isinstance(e, Load) and e.buffer == buf.name]
-            if not reads or not any(isinstance(p, ComputeAt) for p in how.steps):
-                continue  # computed at the root: finished before the last stage starts
-            shape = kernel.buffer(st.buffer).shape
-            if shape[:-1] != out.shape[:-1] or any(
-                    e.indices[:lead] != st.axes[:lead] for e in reads):
-                ok = False
-                break
-        if ok and _rows_at_final(kernel, schedule):
-            pairs.append((out.name, buf.name))
-    return tuple(pairs)
+    # Stages computed at the last one's row loop; the others finish before it starts.
+    in_rows = [st for st, how in zip(kernel.stages[:-1], schedule.stages[:-1], strict=True)
+               if any(isinstance(p, ComputeAt) for p in how.steps)]
+    return tuple((out.name, buf.name) for buf in kernel.buffers
+                 if buf.role == "input" and buf.shape == out.shape and buf.dtype == out.dtype
+                 and not reads(final, buf.name)
+                 and all(reads_within_rows(kernel, buf.name, st) for st in in_rows))
 
 
 def _rows_at_final(kernel: Kernel, schedule: Schedule) -> bool:
     """Every computed-at stage sits at the last stage's loop just outside its last axis, or
-    at such a stage's (the placement `schedule._rows_computed_at_final` makes), so its row is
-    the last stage's current row."""
+    at such a stage's (the placement `schedule._rows_computed_at_final` makes), and is read
+    only within rows, so its box is the last stage's current row."""
     final = kernel.stages[-1]
     row_loop = final.axes[-2].name if len(final.axes) >= 2 else None
     placed = {st.buffer: next((p for p in how.steps if isinstance(p, ComputeAt)), None)
@@ -75,11 +59,9 @@ def _rows_at_final(kernel: Kernel, schedule: Schedule) -> bool:
             continue
         consumer = next(s for s in kernel.stages if s.buffer == step.consumer)
         if step.consumer not in at_final or step.at != consumer.axes[-2].name \
-                or (step.consumer == final.buffer and step.at != row_loop):
+                or (step.consumer == final.buffer and step.at != row_loop) \
+                or not all(reads_within_rows(kernel, st.buffer, reader)
+                           for reader in kernel.stages if reads(reader, st.buffer)):
             return False
-        lead = len(st.axes) - 1
-        if any(e.indices[:lead] != reader.axes[:lead] for reader in kernel.stages
-               for e in reader.body.walk() if isinstance(e, Load) and e.buffer == st.buffer):
-            return False  # its box would span other rows than the current one
         at_final.add(st.buffer)
     return True
