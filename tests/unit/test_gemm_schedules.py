@@ -4,6 +4,7 @@ compile time (a constant weight), against float64 numpy."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -333,3 +334,31 @@ def test_a_rows_outer_winograd_product_keeps_its_panels_in_l1(rng):
     x = rng.standard_normal((1, 256, 14, 14)).astype(np.float32)
     (want,), (got,) = ort_run(model, {"x": x}), compiled.run({"x": x})
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("constant", [True, False])
+def test_the_row_tail_runs_on_each_panel_while_it_is_at_hand(threads, constant, rng, tmp_path):
+    """101 rows: 8 tiles of 12 and a tail of 5, in one row block. The tail's tile runs in the
+    same loop over the column panels as the whole tiles (one sweep of B), not in a second
+    loop that streams every panel again for 5 rows."""
+    model, w, b = _dense_relu(101, 300, 300, rng, constant)
+    compiled = strataml.compile(model, num_threads=threads, dump_ir_dir=str(tmp_path),
+                                verify=True)
+    loops = (tmp_path / "92-loop.mlir").read_text()
+    lines = [(len(line) - len(line.lstrip()), line.strip()) for line in loops.splitlines()]
+    panel_loops = []  # per reduction block, its loops over the column panels
+    for at, (depth, text) in enumerate(lines):
+        if re.match(r"for kb\d+ ", text):
+            inside = itertools.takewhile(lambda line, d=depth: line[0] > d, lines[at + 1:])
+            panel_loops.append(sum(bool(re.match(r"for (parallel )?jb\d+ ", t))
+                                   for _, t in inside))
+    # (on 2 threads, a last share of one panel and the edge is cut by rows instead, the
+    # tail after them: only the main nest is checked there)
+    assert panel_loops
+    assert set(panel_loops[:1 if threads > 1 else None]) == {1}, panel_loops
+    x = rng.standard_normal((101, 300)).astype(np.float32)
+    feeds = {"x": x} if constant else {"x": x, "W": w}
+    (y,) = compiled.run(feeds)
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)

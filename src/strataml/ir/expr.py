@@ -8,6 +8,7 @@ values, so identical structure hashes identically (CSE, caches, tuning keys).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
@@ -24,6 +25,8 @@ BINARY_OPS = frozenset({
 })
 COMPARE_OPS = frozenset({"lt", "le", "gt", "ge", "eq", "ne"})
 REDUCE_COMBINERS = frozenset({"sum", "prod", "max", "min"})
+_COMPARE = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
+            "eq": operator.eq, "ne": operator.ne}
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">",
           "ge": ">=", "eq": "==", "ne": "!="}
 
@@ -251,6 +254,10 @@ def compare(op: str, a: Expr | int | float, b: Expr | int | float) -> Expr:
     assert op in COMPARE_OPS, op
     ea = _lift(a, b if isinstance(b, Expr) else None)
     eb = _lift(b, ea)
+    if isinstance(ea, Const) and isinstance(eb, Const):
+        # folded here so a select on it folds too: Gather's negative-index select around a
+        # constant index otherwise hides the index from the mod/floordiv simplifier
+        return const(_COMPARE[op](ea.value, eb.value), "bool")
     return Compare("bool", op, ea, eb)
 
 
