@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
 import strataml
+from strataml.options import Target, host_target
 
 
 def _unary_model(op: str, n: int):
@@ -35,16 +37,30 @@ def _run(op: str, x: np.ndarray) -> np.ndarray:
     return y
 
 
+def _without_avx512() -> Target:
+    """The host as a target without AVX-512: the exps for targets with no one-instruction
+    ldexp."""
+    host = host_target()
+    features = ",".join(f for f in host.features.split(",") if not f.startswith("+avx512"))
+    return replace(host, features=features + ",-avx512f", vector_bits=min(host.vector_bits, 256))
+
+
+@pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("flushed", [False, True])
-def test_exp_relative_error_below_two_ulp(flushed):
-    """Both exps: < 2 ulp wherever the result is a normal float, inf above, nan for nan.
+def test_exp_relative_error_below_two_ulp(flushed, scaled, tmp_path):
+    """Every exp: < 2 ulp wherever the result is a normal float, inf above, nan for nan.
     Below 2^-126, IEEE kernels give subnormals within one subnormal step (2**-149), and
-    kernels that flush denormals (one-step 2^n scale) give zero."""
+    kernels that flush denormals give zero. `scaled`: AVX-512's exp (p * 2^n by vscalefps);
+    otherwise the exps built from exponent bits (a one-step 2^n scale when flushing)."""
+    host_has_scalef = "+avx512f" in host_target().features.split(",")
+    if scaled and not host_has_scalef:
+        pytest.skip("the host has no AVX-512 to run the vscalefps exp")
     x = _probe_values()
-    if flushed:
-        (got,) = strataml.compile(_unary_model("Exp", x.size)).run({"x": x})
-    else:
-        got = _run("Exp", x)
+    target = host_target() if scaled else _without_avx512()
+    model = strataml.compile(_unary_model("Exp", x.size), target=target,
+                             flush_denormals=flushed, dump_ir_dir=str(tmp_path))
+    assert ("llvm.ldexp" in (tmp_path / "93-llvm.ll").read_text()) == scaled
+    (got,) = model.run({"x": x})
     got = got.astype(np.float64)
     with np.errstate(over="ignore"):
         want = np.exp(x.astype(np.float64))

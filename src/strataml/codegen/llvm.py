@@ -16,12 +16,12 @@ thread pool (`strataml_parallel_for(worker, ctx, extent, threads)`, which the ru
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from strataml.codegen.vector_math import FLUSHED_VECTOR_MATH, VECTOR_MATH
+from strataml.codegen.vector_math import VECTOR_MATH, MathFunction, vector_math
 from strataml.errors import CodegenError
 from strataml.ir.dialects.loop import (
     Allocate,
@@ -104,10 +104,12 @@ class _FunctionEmitter:
 
     def __init__(self, module: ir.Module, fn: LoopFunction,
                  worker_of: _FunctionEmitter | None = None,
-                 captured: Sequence[Var] = (), flush_denormals: bool = False) -> None:
+                 captured: Sequence[Var] = (), flush_denormals: bool = False,
+                 math: Mapping[str, MathFunction] = VECTOR_MATH) -> None:
         self.module = module
         self.loop_fn = fn
         self.flush_denormals = flush_denormals
+        self.math = math
         self.params: dict[str, ir.Value] = {}
         self.workers = 0
         arg_types: list[ir.Type] = [ir.PointerType(memory_type(p.dtype)) for p in fn.params]
@@ -198,7 +200,7 @@ class _FunctionEmitter:
                 raise CodegenError(f"{self.loop_fn.name}: parallel loop {s.var.name} reads "
                                    f"{v.name}, which is not an enclosing loop index")
         body = _FunctionEmitter(self.module, self.loop_fn, worker_of=self, captured=captured,
-                                 flush_denormals=self.flush_denormals)
+                                 flush_denormals=self.flush_denormals, math=self.math)
         body.loop(s, body.fn.args[-2], body.fn.args[-1])
         body.finish()
         # Pointers passed to the workers: the buffers, then the shared scratch buffers.
@@ -407,8 +409,8 @@ class _FunctionEmitter:
             return b.fneg(x) if is_float(dtype) else b.neg(x)
         if op == "not":
             return b.not_(x)
-        if dtype == "float32" and op in VECTOR_MATH:
-            return (FLUSHED_VECTOR_MATH if self.flush_denormals else VECTOR_MATH)[op](b, x)
+        if dtype == "float32" and op in self.math:
+            return self.math[op](b, x)
         if is_float(dtype):
             if op in _INTRINSIC_UNARY:
                 return self.intrinsic(_INTRINSIC_UNARY[op], dtype, [x])
@@ -626,15 +628,17 @@ def _threads_global(module: ir.Module) -> ir.GlobalVariable:
 
 
 def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
-                 entry_name: str = "strataml_entry", flush_denormals: bool = False
-                 ) -> ir.Module:
+                 entry_name: str = "strataml_entry", flush_denormals: bool = False,
+                 scaled_exp: bool = False) -> ir.Module:
     """`flush_denormals` (x86 only): every kernel and parallel chunk runs with FTZ and DAZ
-    set, and gives the caller's mode back when it returns."""
+    set, and gives the caller's mode back when it returns. `scaled_exp`: the target's ldexp
+    is one instruction (see `vector_math`)."""
+    math = vector_math(flush_denormals, scaled_exp)
     module = ir.Module(name="strataml")
     _threads_global(module)  # always present, so the runtime can set it
     emitted: dict[str, ir.Function] = {}
     for fn in functions:
-        emitter = _FunctionEmitter(module, fn, flush_denormals=flush_denormals)
+        emitter = _FunctionEmitter(module, fn, flush_denormals=flush_denormals, math=math)
         emitter.emit()
         emitted[fn.name] = emitter.fn
     entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]),

@@ -153,7 +153,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
                                  [pairs_of[f] for f in functions])
     start = time.perf_counter()
     module = build_module(loops, calls, plan.entry, flush_denormals=options.flush_denormals
-                          and target.triple.startswith(("x86_64", "i386", "i686")))
+                          and target.triple.startswith(("x86_64", "i386", "i686")),
+                          scaled_exp="+avx512f" in target.features.split(","))
     plan = replace(plan, num_threads=threads)
     obj, llvm_ir = compile_module(module, target, options.opt_level)
     timings.append(("llvm", time.perf_counter() - start))
