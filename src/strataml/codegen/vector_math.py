@@ -137,13 +137,21 @@ def _float_bits(value: float) -> int:
     return int.from_bytes(struct.pack("<f", value), "little", signed=True)
 
 
+def _quotient(b: ir.IRBuilder, p: ir.Value, q: ir.Value) -> ir.Value:
+    """p / q of a rational approximation, whose operands are finite (the argument is
+    clamped; nan stays nan): `arcp ninf` lets LLVM use a reciprocal estimate and one Newton
+    step where the target has one (AVX-512: vrcp14ps, a few cycles a vector, against
+    vdivps's ~10), within the approximations' stated bounds (tested)."""
+    return b.fdiv(p, q, flags=["arcp", "ninf"])
+
+
 def tanh_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     xc = _clamp(b, x, -7.90531110763549805, 7.90531110763549805)
     x2 = b.fmul(xc, xc)
     p = b.fmul(_horner(b, x2, _TANH_P), xc)
     q = _horner(b, x2, _TANH_Q)
     tiny = b.fcmp_ordered("<", b.call(_intrinsic(b, "llvm.fabs.f32", 1), [x]), _c(x, 0.0004))
-    return b.select(tiny, x, b.fdiv(p, q))
+    return b.select(tiny, x, _quotient(b, p, q))
 
 
 def erf_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -151,7 +159,7 @@ def erf_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     x2 = b.fmul(xc, xc)
     p = b.fmul(_horner(b, x2, _ERF_P), xc)
     q = _horner(b, x2, _ERF_Q)
-    return b.fdiv(p, q)
+    return _quotient(b, p, q)
 
 
 def _intrinsic(b: ir.IRBuilder, name: str, arity: int) -> ir.Function:
