@@ -54,8 +54,11 @@ CASES = [
     ((1, 8, 16, 16), (16, 8, 1, 1), {}, set()),
     ((1, 8, 16, 16), (16, 8, 1, 1), {"strides": [2, 2]}, {"col"}),
     ((1, 8, 16, 16), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 8}, {"pad"}),
+    # strided depthwise: the padded copy split by stride phase (contiguous window reads)
     ((1, 8, 17, 17), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 8, "strides": [2, 2]},
-     {"pad"}),
+     {"plane"}),
+    ((1, 8, 11, 11), (8, 1, 5, 5), {"pads": [2, 2, 2, 2], "group": 8, "strides": [2, 2]},
+     {"pad"}),  # 6 columns out: narrower than PHASE_MIN_COLUMNS, gathers stay
     ((1, 8, 12, 12), (8, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"pad"}),
     ((1, 32, 48, 48), (64, 16, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"plane", "wide"}),
     # ResNeXt-style: 4 channels per group, 0.1 M multiply-adds each, one product per group
@@ -193,7 +196,8 @@ def _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
     compiled = assert_matches_reference(model, {"x": x}, rtol=1e-4, atol=1e-4)
     assert temp_kinds(compiled) & {"plane", "wide", "col", "pad", "grouped", "winograd_in",
                                "winograd_mid"} == temps
-    if "pad" in temps:  # the padded copy is made per channel, inside the window loop
+    if temps in ({"pad"}, {"plane"}):  # the padded copy is made per channel, inside the
+        # window loop
         from strataml.ir.dialects.loop import print_function
 
         text = "\n".join(print_function(f) for f in compiled.program.loops)

@@ -162,6 +162,13 @@ def test_index_simplification_removes_reshape_arithmetic():
     # Y may reach 56 here: the remainder is not known to stay below the divisor.
     wide = {X: (0, 111), Y: (0, 56)}
     assert simplify_expr(Binary(I64, "mod", flat, _c(56)), wide) != Y
+    # Multiples of the divisor leave the division whatever the rest's range (floor
+    # semantics): a stride-2 window's column 2x + tap reads phase plane tap % 2 at x + tap // 2.
+    strided = Binary(I64, "add", Binary(I64, "mul", X, _c(2)), Y)
+    env3 = {X: (0, 55), Y: (0, 2)}
+    assert str(simplify_expr(Binary(I64, "floordiv", strided, _c(2)), env3)) \
+        == "(x + floordiv(y, 2))"
+    assert str(simplify_expr(Binary(I64, "mod", strided, _c(2)), env3)) == "mod(y, 2)"
 
 
 @pytest.mark.parametrize("index", [2, -1])

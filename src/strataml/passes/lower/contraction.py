@@ -109,10 +109,9 @@ class _Gemm:
             for q in range(q_count):
                 step.append(Assign(accs[ii][q], binary(
                     "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
-        from strataml.passes.lower.kernel_to_loop import nest
 
         out.extend(self.epilogue_prefetches(env, row0, col0, mr, q_count, lanes))
-        out.extend(nest(list(zip(raxes, c.reduce.extents, strict=True)), step, kind="rolled"))
+        out.extend(micro_nest(list(zip(raxes, c.reduce.extents, strict=True)), step))
         out.extend(self.tile_epilogue(accs, env, row0, col0, lanes))
         return out
 
@@ -386,7 +385,7 @@ class _Gemm:
                     step.append(Assign(accs[ii][q], binary(
                         "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
             flat = _flattened_steps(step, loops, low.fresh("st"))
-            stmts.extend(flat if flat is not None else nest(loops, step, kind="rolled"))
+            stmts.extend(flat if flat is not None else micro_nest(loops, step))
             if one_pass and not into_edge and self.epilogue != self.hole:
                 return stmts + self.tile_epilogue(accs, tile_env, row0, col0, lanes)
             # The first reduction block adds to `init`, later ones to the partial sums: the
@@ -545,6 +544,25 @@ class _Gemm:
         value = self.low.expr(substitute(self.epilogue, {**point, self.hole: acc}), env, stmts)
         stmts.append(Store(self.buffer, self.out_index(point, env), value))
         return stmts
+
+
+# A micro-kernel's reduction loops inside its first one (a convolution's taps) are unrolled
+# when they make at most this many steps: a rolled 3-step loop of taps spends as much on its
+# branch and its tap's address (a phase plane's r % 2 and r // 2) as on its 16 FMAs.
+UNROLLED_INNER_STEPS = 25
+
+
+def micro_nest(loops: list[tuple[Var, int]], step: list[Stmt]) -> tuple[Stmt, ...]:
+    """The register tile's reduction loops around one step: rolled (the step is already
+    unrolled by hand), except short inner loops, which LLVM unrolls fully."""
+    from strataml.passes.lower.kernel_to_loop import nest
+
+    inner = 1
+    for _, extent in loops[1:]:
+        inner *= extent
+    if len(loops) < 2 or inner > UNROLLED_INNER_STEPS:
+        return nest(loops, step, kind="rolled")
+    return (For(loops[0][0], loops[0][1], nest(loops[1:], step, kind="unroll"), "rolled"),)
 
 
 def _along(index: Expr, lane: Var) -> Expr | None:

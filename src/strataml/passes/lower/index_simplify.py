@@ -55,7 +55,14 @@ def _divide(op: str, x: Expr, c: int, env: dict[Var, Interval]) -> Expr:
     rng = interval(rest, env)
     if rng is not None and rng[0] >= 0 and rng[1] < c:
         return build_affine(whole, k // c, x.dtype) if op == "floordiv" else rest
-    return binary(op, x, Const(x.dtype, c))
+    if not whole and k // c == 0:
+        return binary(op, x, Const(x.dtype, c))
+    # The multiples of c leave the division anyway (floor semantics: exact for any rest):
+    # (2x + r) // 2 is x + r // 2, and a loop over x reads contiguous elements.
+    if op == "mod":
+        return binary(op, rest, Const(x.dtype, c))
+    return binary("add", build_affine(whole, k // c, x.dtype),
+                  binary(op, rest, Const(x.dtype, c)))
 
 
 def affine_terms(e: Expr) -> Affine:

@@ -258,10 +258,17 @@ class NestLowering:
         inner = {v for v in b.values[at + 1:] if isinstance(v, Var)}
 
         def split(index: Expr) -> tuple[dict[Expr, int], dict[Expr, int], int]:
-            """(terms in the loops inside `at`, the other terms, constant) of an index."""
+            """(terms in the loops inside `at`, the other terms, constant) of an index. A
+            term of inner loops only counts as inner whatever its form (a stride phase's
+            mod(r, 2), its row offset r // 2): its interval bounds the box all the same."""
             terms, k = affine_terms(index)
-            return ({a: n for a, n in terms.items() if a in inner},
-                    {a: n for a, n in terms.items() if a not in inner}, k)
+
+            def is_inner(a: Expr) -> bool:
+                used = {v for v in a.walk() if isinstance(v, Var)}
+                return bool(used) and used <= inner
+
+            return ({a: n for a, n in terms.items() if is_inner(a)},
+                    {a: n for a, n in terms.items() if not is_inner(a)}, k)
 
         ranges = {v: b.env[v] for v in inner}
         shape = self.kernel.buffer(producer.buffer).shape
