@@ -111,7 +111,7 @@ class _Gemm:
                     "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
 
         out.extend(self.epilogue_prefetches(env, row0, col0, mr, q_count, lanes))
-        out.extend(micro_nest(list(zip(raxes, c.reduce.extents, strict=True)), step))
+        out.extend(micro_nest(list(zip(raxes, c.reduce.extents, strict=True)), step, mr))
         out.extend(self.tile_epilogue(accs, env, row0, col0, lanes))
         return out
 
@@ -385,7 +385,7 @@ class _Gemm:
                     step.append(Assign(accs[ii][q], binary(
                         "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
             flat = _flattened_steps(step, loops, low.fresh("st"))
-            stmts.extend(flat if flat is not None else micro_nest(loops, step))
+            stmts.extend(flat if flat is not None else micro_nest(loops, step, rows))
             if one_pass and not into_edge and self.epilogue != self.hole:
                 return stmts + self.tile_epilogue(accs, tile_env, row0, col0, lanes)
             # The first reduction block adds to `init`, later ones to the partial sums: the
@@ -548,11 +548,17 @@ class _Gemm:
 
 # A micro-kernel's reduction loops inside its first one (a convolution's taps) are unrolled
 # when they make at most this many steps: a rolled 3-step loop of taps spends as much on its
-# branch and its tap's address (a phase plane's r % 2 and r // 2) as on its 16 FMAs.
+# branch and its tap's address (a phase plane's r % 2 and r // 2) as on its 16 FMAs
+# (RegNetX's 16-channel grouped convs, 8-row tiles: ~8% faster) ...
 UNROLLED_INNER_STEPS = 25
+# ... and as long as the unrolled body broadcasts at most this many A elements (rows x
+# steps): LLVM computes their addresses ahead of the loop, and ResNet-50's channels-last
+# stride-2 conv (14 rows x 9 taps, each row a pixel of its own) spilled them: 0.86 -> 1.34 ms.
+UNROLLED_MAX_BROADCASTS = 80
 
 
-def micro_nest(loops: list[tuple[Var, int]], step: list[Stmt]) -> tuple[Stmt, ...]:
+def micro_nest(loops: list[tuple[Var, int]], step: list[Stmt], rows: int
+               ) -> tuple[Stmt, ...]:
     """The register tile's reduction loops around one step: rolled (the step is already
     unrolled by hand), except short inner loops, which LLVM unrolls fully."""
     from strataml.passes.lower.kernel_to_loop import nest
@@ -560,7 +566,8 @@ def micro_nest(loops: list[tuple[Var, int]], step: list[Stmt]) -> tuple[Stmt, ..
     inner = 1
     for _, extent in loops[1:]:
         inner *= extent
-    if len(loops) < 2 or inner > UNROLLED_INNER_STEPS:
+    if len(loops) < 2 or inner > UNROLLED_INNER_STEPS \
+            or rows * inner > UNROLLED_MAX_BROADCASTS:
         return nest(loops, step, kind="rolled")
     return (For(loops[0][0], loops[0][1], nest(loops[1:], step, kind="unroll"), "rolled"),)
 
