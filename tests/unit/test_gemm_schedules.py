@@ -362,3 +362,40 @@ def test_the_row_tail_runs_on_each_panel_while_it_is_at_hand(threads, constant, 
     (y,) = compiled.run(feeds)
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("tiles", "threads", "blocks"), [
+    (125, 2, 25),  # 5 blocks would idle one thread a fifth of the time; 25 deal out 13/12
+    (64, 2, 2),    # even: one block a thread
+    (7, 2, 7),     # prime: one tile a block, as even as it gets
+    (16, 4, 4),
+])
+def test_parallel_row_blocks_deal_out_evenly(tiles, threads, blocks):
+    from strataml.schedule.schedule import MAX_IDLE_SHARE, _balanced_row_block
+
+    size = _balanced_row_block(tiles, threads, 1)
+    assert tiles % size == 0
+    assert tiles // size == blocks
+    idle = (-(-blocks // threads) * threads - blocks) / blocks
+    assert idle <= MAX_IDLE_SHARE or size == 1
+
+
+def test_a_tall_skinny_parallel_gemm_runs_balanced_row_blocks(rng):
+    """[1500, 768] x [768, 64] on 2 threads: rows-outer, in row blocks that split evenly
+    (not 5 blocks of 25 tiles), and the product is right."""
+    a = rng.standard_normal((1500, 768)).astype(np.float32)
+    b = rng.standard_normal((768, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1500, 768]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [768, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1500, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = strataml.compile(model, num_threads=2, verify=True)
+    (kernel,) = compiled.program.kernels
+    (stage,) = default_schedule(prepare_kernel(kernel), 2, 16, 2 << 20).stages
+    assert stage.rows_outer
+    assert (1500 // stage.mr) // stage.mc % 2 == 1  # odd, but many: 25 blocks
+    assert (1500 // stage.mr) // stage.mc >= 8
+    (y,) = compiled.run({"a": a, "b": b})
+    np.testing.assert_allclose(y, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
