@@ -399,3 +399,26 @@ def test_a_tall_skinny_parallel_gemm_runs_balanced_row_blocks(rng):
     assert (1500 // stage.mr) // stage.mc >= 8
     (y,) = compiled.run({"a": a, "b": b})
     np.testing.assert_allclose(y, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(("m", "k", "one_pass"), [
+    (1500, 384, True),    # A (2.3 MB) outgrows L2, but a row tile's whole reduction is 18 KB
+    (1500, 1536, False),  # a 72 KB row tile: reduction blocks keep it in L1
+])
+def test_pre_packed_gemm_over_a_big_output_runs_in_one_pass_when_its_a_tile_fits(
+        m, k, one_pass, rng):
+    """Pre-packed weights, an output bigger than half of L2: one reduction pass (the
+    epilogue on the registers, the output written once) when a row tile's reduction fits
+    the A tile budget, whatever A's total size."""
+    from strataml.schedule.schedule import A_TILE_BYTES
+
+    model, w, b = _dense_relu(m, k, 1536, rng)
+    compiled = strataml.compile(model, num_threads=2, verify=True)
+    (kernel,) = compiled.program.kernels
+    (stage,) = default_schedule(prepare_kernel(kernel), 2, 16, 2 << 20).stages
+    assert (stage.kc == k) == one_pass
+    assert (stage.mr * k * 4 <= A_TILE_BYTES) == one_pass
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    (y,) = compiled.run({"x": x})
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)
