@@ -422,3 +422,15 @@ def test_pre_packed_gemm_over_a_big_output_runs_in_one_pass_when_its_a_tile_fits
     (y,) = compiled.run({"x": x})
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("rows", "activations_as_rows", "mr"), [
+    (3136, True, 12),   # 56x56 pixels x pre-packed weights: the widest tile, a 4-row tail
+    (400, True, 12),
+    (128, True, 8),     # few rows: a tile that divides them
+    (256, False, 8),    # channels-first conv (rows: output channels): a dividing tile
+])
+def test_the_widest_tile_for_many_activation_rows(rows, activations_as_rows, mr):
+    from strataml.schedule.schedule import gemm_tile
+
+    assert gemm_tile(16, rows, activations_as_rows) == (mr, 32)
