@@ -268,7 +268,8 @@ def gemm_tile(vector_lanes: int, rows: int, activations_as_rows: bool = False
               ) -> tuple[int, int]:
     """(mr, nr) register tile: mr*nr/lanes accumulators + nr/lanes B vectors + 1 broadcast
     must fit the register file (32 vector registers with AVX-512, 16 otherwise). Among the
-    row counts that fit, one dividing `rows` avoids a second, partial tile."""
+    row counts that fit, one dividing `rows` avoids a second, partial tile, except where many
+    activation rows make that tile cheap (WIDEST_TILE_MIN_ROWS)."""
     candidates = (12, 8, 10, 6, 14, 7, 4) if vector_lanes >= 16 else (6, 4, 3)
     if activations_as_rows and rows >= WIDEST_TILE_MIN_ROWS:
         return candidates[0], 2 * vector_lanes
