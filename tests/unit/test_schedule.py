@@ -448,3 +448,30 @@ def test_a_padded_copy_loads_unclamped_only_where_its_condition_bounds_the_index
     assert ("min(" in text) != guarded
     expected = np.concatenate([np.zeros(lower, np.float32), x[lower - 1:n - 1]])
     np.testing.assert_array_equal(out["y"], expected)
+
+
+def test_compute_at_boxes_take_phase_terms_and_refuse_gathers():
+    """A box may be indexed by any term of the inner loops whose range is known (a stride
+    phase's r % 2, r // 2); a gathered index (a load) has none: a ScheduleError, so the
+    default lowering falls back to computing the producer at the root, never a crash."""
+    p, q, r = var("p"), var("q"), var("r")
+    x = Buffer("x", "float32", (8, 42), "input")
+    t = Stage("t", (p, q), Load("float32", "x", (p, q)) * const(2, "float32"))
+    phase = reduce("sum", (r,), (3,), Load("float32", "t", (p, q + r // idx(2) + r % idx(2))))
+    kernel = Kernel("phase", (x, Buffer("out", "float32", (8, 40), "output"),
+                              Buffer("t", "float32", (8, 42), "temp")),
+                    (t, Stage("out", (p, q), phase)), ("phase",))
+    schedule = Schedule((StageSchedule.loops(ComputeAt("out", "q")), StageSchedule.loops()))
+    xs = np.random.default_rng(0).standard_normal((8, 42)).astype(np.float32)
+    out, _ = _run(kernel, schedule, {"x": xs})
+    want = 2 * (xs[:, :40] + 2 * xs[:, 1:41])  # r = 0, 1, 2 read q, q + 1, q + 1
+    np.testing.assert_allclose(out["out"], want, rtol=1e-5)
+
+    gather = Buffer("g", "int64", (3,), "input")
+    gathered = reduce("sum", (r,), (3,), Load("float32", "t", (
+        p, q + Load("int64", "g", (r,)))))
+    kernel = Kernel("gather", (x, gather, Buffer("out", "float32", (8, 40), "output"),
+                               Buffer("t", "float32", (8, 42), "temp")),
+                    (t, Stage("out", (p, q), gathered)), ("gather",))
+    with pytest.raises(ScheduleError, match="no known range"):
+        lower_kernel(kernel, schedule, threads=2, vector_lanes=16)

@@ -288,7 +288,9 @@ class NestLowering:
                                         "loops")
                 outer_terms = outside
                 span = interval(build_affine(inside, k, "int64"), ranges)
-                assert span is not None
+                if span is None:  # an inner term whose range is unknown (a gather)
+                    raise ScheduleError(f"{what}: index {d} has no known range over the "
+                                        "loops inside the compute_at loop")
                 lo = span[0] if lo is None else min(lo, span[0])
                 hi = span[1] if hi is None else max(hi, span[1])
             assert outer_terms is not None
