@@ -74,12 +74,51 @@ def _guarded_loads(s: Select, buffers: dict[str, Buffer], env: dict[Var, Interva
             if any(isinstance(x, Load) for x in index.walk()):
                 return False  # (a gather: its indices are data)
             low, high = interval(index, env) or (-1, dim)
-            if low < 0 and ("ge", _affine_key(index)) not in facts:
-                return False
-            if high > dim - 1 and ("lt", _affine_key(binary("sub", index, idx(dim)))) \
-                    not in facts:
-                return False
+            if low >= 0 and high <= dim - 1:
+                continue
+            if ("ge", _affine_key(index)) in facts and \
+                    ("lt", _affine_key(binary("sub", index, idx(dim)))) in facts:
+                continue
+            below = low < 0 and ("ge", _affine_key(index)) not in facts
+            above = high > dim - 1 and ("lt", _affine_key(binary("sub", index, idx(dim)))) \
+                not in facts
+            if below or above:
+                flat = _flattened_bounds(index, facts)
+                if flat is None or flat[0] < 0 or flat[1] > dim - 1:
+                    return False
     return True
+
+
+def _flattened_bounds(index: Expr, facts: set[tuple[str, tuple[frozenset[tuple[Expr, int]],
+                                                                 int]]]) -> Interval | None:
+    """Bounds of an index that flattens two guarded coordinates, `c * row + col` with the
+    condition holding 0 <= row < A and 0 <= col < B (a channels-last pool's pixel): [k, c *
+    (A - 1) + B - 1 + k]. None when the index is not such a combination."""
+    ranged = []  # (terms, constant, extent) of each coordinate the condition bounds
+    for op, (terms, k) in facts:
+        if op == "ge":
+            for op2, (terms2, k2) in facts:
+                if op2 == "lt" and terms2 == terms and k2 < k:
+                    ranged.append((dict(terms), k, k - k2))
+    whole, k0 = affine_terms(index)
+    for row_terms, row_k, rows in ranged:
+        for col_terms, col_k, cols in ranged:
+            atom, n = next(iter(row_terms.items()), (None, 0))
+            if atom is None or atom not in whole or whole[atom] % n:
+                continue
+            scale = whole[atom] // n
+            if scale < cols:
+                continue
+            rest = dict(whole)
+            for a, m in row_terms.items():
+                rest[a] = rest.get(a, 0) - scale * m
+            for a, m in col_terms.items():
+                rest[a] = rest.get(a, 0) - m
+            if any(rest.values()):
+                continue
+            k = k0 - scale * row_k - col_k
+            return k, k + scale * (rows - 1) + cols - 1
+    return None
 
 
 def _affine_key(e: Expr) -> tuple[frozenset[tuple[Expr, int]], int]:
