@@ -401,6 +401,7 @@ class _Gemm:
         edge_col = (first + col_tiles) * nr
         block: list[Stmt] = []
         tail_here = False
+        tail_row = idx(m - m % mr)  # the first row past the last whole tile
         if row_tiles:
             ibb, ib = low.fresh("ibb"), low.fresh("ib")
             blocks = row_tiles // mc
@@ -451,7 +452,6 @@ class _Gemm:
                 # panel again for a few rows (ViT's 197 rows: 12% of a [197, 768] x [768,
                 # 3072] product's time went to its last 5 rows).
                 tail_here = bool(m % mr) and blocks == 1 and not by_rows and not keep_panels
-                tail_row = idx(m - m % mr)
                 if col_tiles:
                     fill = () if keep_panels else packing(col0)
                     last = micro(tail_row, m % mr, r_env) if tail_here else []
@@ -477,18 +477,17 @@ class _Gemm:
                 block.append(For(jb, col_tiles, packing(col0, slot=jb)))
                 if edge:
                     block.extend(packing(edge_col, edge[1], slot=idx(col_tiles)))
-            tail_row = idx(m - m % mr)
             block.append(For(jb, col_tiles, tuple(micro(tail_row, m % mr, r_env, slot=jb))))
             if edge:
                 block.extend(micro(tail_row, m % mr, r_env, into_edge=True,
                                    slot=idx(col_tiles)))
         elif m % mr and not tail_here:
             if col_tiles:
-                tail = micro(idx(m - m % mr), m % mr, r_env)
+                tail = micro(tail_row, m % mr, r_env)
                 block.append(For(jb, col_tiles, (*packing(col0), *tail), kind))
             if edge:
                 block.extend(packing(edge_col, edge[1]))
-                block.extend(micro(idx(m - m % mr), m % mr, r_env, into_edge=True))
+                block.extend(micro(tail_row, m % mr, r_env, into_edge=True))
         out.append(For(kb, extents[0] // chunk, tuple(block)))
 
         if self.epilogue != self.hole and not one_pass:  # apply bias, activation... in place

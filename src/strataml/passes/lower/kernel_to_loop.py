@@ -75,26 +75,24 @@ def _guarded_loads(s: Select, buffers: dict[str, Buffer], env: dict[Var, Interva
             if any(isinstance(x, Load) for x in index.walk()):
                 return False  # (a gather: its indices are data)
             low, high = interval(index, env) or (-1, dim)
-            if low >= 0 and high <= dim - 1:
-                continue
-            if ("ge", _affine_key(index)) in facts and \
-                    ("lt", _affine_key(binary("sub", index, idx(dim)))) in facts:
-                continue
             below = low < 0 and ("ge", _affine_key(index)) not in facts
-            above = high > dim - 1 and ("lt", _affine_key(binary("sub", index, idx(dim)))) \
-                not in facts
-            if below or above:
-                # (only for a padding test, whose other arm is the fill: a chain of selects
-                # between pieces, DeepLab's banded conv gathering its rectangles, vectorises
-                # as blends and ran 5% slower as nested guarded branches)
-                flat = _flattened_bounds(index, facts) if isinstance(s.b, Const) else None
-                if flat is None or flat[0] < 0 or flat[1] > dim - 1:
-                    return False
+            above = high > dim - 1 and \
+                ("lt", _affine_key(binary("sub", index, idx(dim)))) not in facts
+            if not (below or above):
+                continue
+            # (the flattened form only for a padding test, whose other arm is the fill: a
+            # chain of selects between pieces, DeepLab's banded conv gathering its
+            # rectangles, vectorises as blends and ran 5% slower as nested guarded branches)
+            flat = _flattened_bounds(index, facts) if isinstance(s.b, Const) else None
+            if flat is None or flat[0] < 0 or flat[1] > dim - 1:
+                return False
     return True
 
 
-def _flattened_bounds(index: Expr, facts: set[tuple[str, tuple[frozenset[tuple[Expr, int]],
-                                                                 int]]]) -> Interval | None:
+Fact = tuple[str, tuple[frozenset[tuple[Expr, int]], int]]  # (op, affine key of a - b)
+
+
+def _flattened_bounds(index: Expr, facts: set[Fact]) -> Interval | None:
     """Bounds of an index that flattens two guarded coordinates, `c * row + col` with the
     condition holding 0 <= row < A and 0 <= col < B (a channels-last pool's pixel): [k, c *
     (A - 1) + B - 1 + k]. None when the index is not such a combination."""
