@@ -140,6 +140,29 @@ def test_a_tall_gemm_keeps_its_panels_per_reduction_block(threads, rng):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("constant", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_tall_gemm_shares_its_rows_between_threads(threads, constant, rng):
+    """Many rows and few columns, B pre-packed: on 2 threads each takes half the rows (501 of
+    1003: 41 tiles and a tail of 9) over every panel, and the last row runs in a nest of its
+    own; the partial last panel (70 = 2 x 32 + 6) is accumulated in the shared edge scratch
+    at the gemm's own rows."""
+    m, k, n = 1003, 300, 70
+    model, w, b = _dense_relu(m, k, n, rng, constant)
+    compiled = strataml.compile(model, num_threads=threads, verify=True)
+    (kernel,) = compiled.program.kernels
+    (how,) = default_schedule(fuse_trailing_axes(kernel), threads, 16, 2 << 20).stages
+    assert how.kc
+    assert how.column_chunks <= 1
+    # (B packed at run time into its few panels: the rows-outer nest, row blocks a thread)
+    assert how.row_chunks == (2 if threads == 2 and constant else 0)
+    assert how.rows_outer == (not constant)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    (y,) = compiled.run({"x": x} if constant else {"x": x, "W": w})
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_micro_kernel_steps_flatten_only_when_every_load_walks_the_axes_row_major():
     """A 3x3 conv's reduction (ci, a, b) runs as one rolled loop over ci * 9 + a * 3 + b when
     its weights and panel are read row-major in those axes; a load that is not (here

@@ -5,6 +5,7 @@ against numpy by compiling and running the kernel natively."""
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -475,3 +476,25 @@ def test_compute_at_boxes_take_phase_terms_and_refuse_gathers():
                     (t, Stage("out", (p, q), gathered)), ("gather",))
     with pytest.raises(ScheduleError, match="no known range"):
         lower_kernel(kernel, schedule, threads=2, vector_lanes=16)
+
+
+def test_threads_split_a_gemm_along_its_longer_side():
+    """[1024, 768] x [768, 768] by rows (each thread reads half of A), [128, 768] x
+    [768, 3072] by column panels (each thread packs half of B)."""
+    (tall,) = default_schedule(_matmul_kernel(1024, 768, 768), 2, 16, 2 << 20).stages
+    (wide,) = default_schedule(_matmul_kernel(128, 768, 3072), 2, 16, 2 << 20).stages
+    assert (tall.row_chunks, tall.column_chunks) == (2, 0)
+    assert (wide.row_chunks, wide.column_chunks) == (0, 2)
+    with pytest.raises(ScheduleError, match="row_chunks=2 needs a parallel packed gemm"):
+        check_schedule(_matmul_kernel(1024, 768, 768), Schedule((replace(tall, kc=0),)))
+
+
+def test_a_reduction_of_long_steps_still_goes_in_blocks():
+    """A 3x3 conv's reduction over 256 channels per tap row (768 steps a row) goes in blocks
+    of one tap row, not unblocked (its pre-packed panel, 2304 x 32 floats, would leave L2
+    between row tiles); 1024 steps is the longest step blocked."""
+    from strataml.schedule.schedule import _pack_block
+
+    assert _pack_block((3, 3, 256), 400, 12, panel=True) == 1
+    assert _pack_block((2304,), 400, 12, panel=True) == 256
+    assert _pack_block((3, 3, 512), 400, 12, panel=True) == 0

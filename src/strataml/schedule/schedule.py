@@ -73,6 +73,9 @@ class StageSchedule:
     # packed gemm (serial nests): every panel of a share's reduction block is packed once,
     # before the row blocks sweep them, instead of one panel at a time per row block
     keep_panels: bool = False
+    # packed gemm, parallel: the rows cut into this many shares, each a serial nest over
+    # every column panel run by one thread (0 or 1: no row shares)
+    row_chunks: int = 0
 
     @staticmethod
     def loops(*steps: Primitive) -> StageSchedule:
@@ -98,6 +101,7 @@ class StageSchedule:
             text += " rows-outer" if self.rows_outer else ""
             text += f" chunks={self.column_chunks}" if self.column_chunks > 1 else ""
             text += " keep-panels" if self.keep_panels else ""
+            text += f" row-chunks={self.row_chunks}" if self.row_chunks > 1 else ""
             return text + (" parallel" if self.parallel else "")
         return " ".join(str(s) for s in self.steps) or "(canonical loops)"
 
@@ -194,6 +198,11 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
                 raise ScheduleError(f"{where}: column_chunks={s.column_chunks} needs a "
                                     f"packed gemm (kc > 0), parallel or keeping its panels, "
                                     f"without rows_outer")
+            if s.row_chunks < 0 or (s.row_chunks > 1 and not (
+                    s.kc and s.parallel and s.column_chunks <= 1 and not s.keep_panels)):
+                raise ScheduleError(f"{where}: row_chunks={s.row_chunks} needs a parallel "
+                                    f"packed gemm (kc > 0) without column chunks or kept "
+                                    f"panels")
             if s.keep_panels and (not s.kc or s.rows_outer or found.panel):
                 raise ScheduleError(f"{where}: keep_panels needs a packed gemm (kc > 0) "
                                     f"without rows_outer, whose B is not pre-packed")
@@ -307,6 +316,8 @@ PACK_DEPTH = 256
 # few to hide a 32 KiB block's misses. ResNet-50's 7x7 convs 10-20% faster (3x3: 1.10 ->
 # 0.97 ms, 1x1: 0.50 -> 0.46 ms; the model's kernels 1.2% on 2 threads, 4.9% on 1). At 128
 # rows (BERT's and GPT-2's layers) the shorter blocks were 6% slower.
+# The longest single step of a reduction's first axis that still makes a reduction block.
+MAX_BLOCK_STEPS = 1024
 PANEL_PACK_DEPTH = 72
 PANEL_PACK_MAX_ROWS = 64
 
@@ -323,7 +334,11 @@ def _pack_block(extents: tuple[int, ...], rows: int, mr: int, panel: bool = Fals
     limit = PANEL_PACK_DEPTH if panel and rows < PANEL_PACK_MAX_ROWS else PACK_DEPTH
     fits = [d for d in range(1, extents[0] + 1)
             if extents[0] % d == 0 and d * inner <= limit]
-    return max(fits, default=0)
+    # A first axis whose every step is longer than the limit (a 3x3 conv's tap rows over
+    # 256 channels: 768 steps each) still goes in blocks of one step, not unblocked: a
+    # whole reduction's panel (2304 x 32 floats) left L2 between row tiles (DeepLab's
+    # dilated 3x3 convs on 32x32, 256 channels: 4.1 -> 3.8 ms).
+    return max(fits, default=1 if extents[0] > 1 and inner <= MAX_BLOCK_STEPS else 0)
 
 
 def row_steps(nest: LoopNest, parallel: bool, split: int) -> tuple[Primitive, ...]:
@@ -422,6 +437,8 @@ ROWS_OUTER_L2_SHARE = 8
 # A parallel packed gemm gives each thread its own share of the column panels when every
 # share has at least this many (fewer: the panels of each block are dealt out instead).
 MIN_PANELS_PER_CHUNK = 4
+# ... and a share of the rows at least this many register tiles.
+MIN_ROWS_PER_CHUNK = 4
 # Bytes of an A row tile's reduction block (mr rows x kc) in a rows-outer gemm. At 16 KiB a
 # 3x3 conv's (ci, a, b) reduction got 288-step blocks (512 before it had three axes) and
 # ResNet-18's 512-channel 7x7 convs took 1.06 ms instead of 0.89 (36 to 72 KiB: equal).
@@ -610,9 +627,18 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             if rows_outer and big:  # one row block per thread: each packs the panels once
                 mc = _balanced_row_block(shape[found.i_axis] // mr, threads, mc)
             panels = shape[-1] // nr
-            chunks = threads if big and kc and not rows_outer \
+            rows = shape[found.i_axis]
+            # Threads share out the longer side: a tall A (rows >= columns) by rows, so each
+            # thread reads its part of A once and its row blocks stay in its own L2; shares
+            # of the column panels would have each thread stream all of A (MLAS splits the
+            # same way). [1024, 2304] x [2304, 256]: 4.3 -> 3.7 ms.
+            row_chunks = threads if big and kc and not rows_outer and rows >= shape[-1] \
+                and rows // threads >= MIN_ROWS_PER_CHUNK * mr else 0
+            if row_chunks:
+                mc = _row_block(rows // threads, mr, depth, l2_bytes)
+            chunks = threads if big and kc and not rows_outer and not row_chunks \
                 and panels >= MIN_PANELS_PER_CHUNK * threads else 0
-            keep = bool(kc) and not rows_outer and not found.panel \
+            keep = bool(kc) and not rows_outer and not found.panel and not row_chunks \
                 and shape[found.i_axis] >= KEEP_PANELS_MIN_ROWS and (not big or chunks > 1) \
                 and prod(shape) == shape[found.i_axis] * shape[-1]
             shares = _kept_panels(panels, chunks, depth, nr, l2_bytes) if keep else None
@@ -621,7 +647,7 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                 mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes // 2)
             keep = shares is not None
             out.append(StageSchedule("gemm", (), big, mr, nr, vector_lanes, mc, kc,
-                                     rows_outer, chunks, keep))
+                                     rows_outer, chunks, keep, row_chunks))
             continue
         nest = stage_nest(kernel, st)
         if row_applicable(kernel, st) is None:

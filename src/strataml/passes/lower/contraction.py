@@ -227,8 +227,8 @@ class _Gemm:
     def packed_nest(self, env: dict[Var, Interval], m: int, col_tiles: int, mr: int,
                     nr: int, lanes: int, chunk: int, mc: int, panel: str, parallel: bool,
                     edge: tuple[str, int] | None = None, rows_outer: bool = False,
-                    first_panel: Expr | None = None, keep_panels: bool = False
-                    ) -> list[Stmt]:
+                    first_panel: Expr | None = None, keep_panels: bool = False,
+                    first_row: Expr | None = None, all_rows: int = 0) -> list[Stmt]:
         """The packed gemm over all full column tiles (Goto's loop order). The reduction
         runs in blocks of `chunk` steps of its first axis; within a block, row blocks of mc
         tiles keep their A rows in L2 while every column panel of B is packed into a
@@ -244,7 +244,8 @@ class _Gemm:
         last full tile run at full vector width too.
 
         `first_panel`: the nest covers panels first_panel .. first_panel + col_tiles (one
-        thread's share of the columns, see `gemm_stage`).
+        thread's share of the columns, see `gemm_stage`); `first_row` likewise rows
+        first_row .. first_row + m of the gemm's `all_rows` (one thread's share of them).
 
         `keep_panels` (a serial nest): all panels of a reduction block are packed before the
         row blocks, reading B row by row (whole rows stream; a panel at a time reads 128
@@ -269,10 +270,15 @@ class _Gemm:
         env = {**env, jb: (0, col_tiles - 1)}
         first = first_panel if first_panel is not None else idx(0)
         col0 = (first + jb) * nr
+        all_rows = all_rows or m
+
+        def row_at(row: Expr) -> Expr:
+            """The gemm's row for row `row` of this nest's share."""
+            return row if first_row is None else first_row + row
 
         i, jj = low.fresh("i"), low.fresh("jj")
         row_env = {**env, i: (0, m - 1), jj: (0, nr - 1)}
-        row_point = {**self.mapping, i_var: i, j_var: col0 + jj}
+        row_point = {**self.mapping, i_var: row_at(i), j_var: col0 + jj}
         init = low.expr(c.reduce.init, env, [])
         # One reduction block: each tile starts from `init` in registers and runs its
         # epilogue straight after, so the output is written once, not initialised, summed
@@ -342,6 +348,7 @@ class _Gemm:
             # The edge panel's tile is as many vectors as its columns need, not nr wide: a
             # 14x14 map's 196 columns are 6 panels of 32 and 4 columns, which took a whole
             # second vector of work per row for nothing.
+            row0 = row_at(row0)
             q_count = -(-edge[1] // lanes) if into_edge and edge else nr // lanes
             accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)]
                     for ii in range(rows)]
@@ -431,14 +438,14 @@ class _Gemm:
                 # Filled before the column loop: shared when that loop is parallel.
                 low.scratch.append(Allocate(apack, c.a.dtype, mc * mr * depth,
                                             shared=kind == "parallel"))
-                per_block.extend(pack_a(ibb * mc * mr, {ibb: (0, blocks - 1)}))
+                per_block.extend(pack_a(row_at(ibb * mc * mr), {ibb: (0, blocks - 1)}))
             if rows_outer:
                 per_block.append(For(jb, col_tiles, packing(col0, slot=jb)))
                 if edge:
                     per_block.extend(packing(edge_col, edge[1], slot=idx(col_tiles)))
                 row0 = (ibb * mc + ib) * mr
-                ahead_a = self.next_rows_prefetches(tile_env, m, row0 + mr, mr, rmap, loops, depth,
-                                                    jb, col_tiles)
+                ahead_a = self.next_rows_prefetches(tile_env, all_rows, row_at(row0 + mr), mr,
+                                                    rmap, loops, depth, jb, col_tiles)
                 sweep: list[Stmt] = [For(jb, col_tiles, (*ahead_a, *micro(
                     row0, mr, tile_env, slot=jb)))]
                 if edge:
@@ -501,8 +508,8 @@ class _Gemm:
         if edge:
             acc = low.fresh("sum", c.reduce.dtype)
             edge_env = {**env, i: (0, m - 1), jj: (0, edge[1] - 1)}
-            point = {**self.mapping, i_var: i, j_var: edge_col + jj}
-            sweep = (Declare(acc, Load(c.reduce.dtype, edge[0], (i * nr + jj,))),
+            point = {**self.mapping, i_var: row_at(i), j_var: edge_col + jj}
+            sweep = (Declare(acc, Load(c.reduce.dtype, edge[0], (row_at(i) * nr + jj,))),
                      *self.store(point, acc, edge_env))
             out.append(For(i, m, (For(jj, edge[1], sweep, "vector"),)))
         return out
@@ -661,7 +668,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
     # tiles of the block. Parallel work is the row blocks, or the column tiles if only one.
     jb, ib, ibb = low.fresh("jb"), low.fresh("ib"), low.fresh("ibb")
     col_tiles, row_tiles = n_full // nr, m // mr
-    mc = how.mc if how.mc and row_tiles % how.mc == 0 else row_tiles
+    mc = _dividing_block(how.mc, row_tiles)
     row_blocks = row_tiles // mc if row_tiles else 0
     parallel_rows = how.parallel and not loops and row_blocks > 1
     parallel_cols = how.parallel and not loops and not parallel_rows
@@ -681,7 +688,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             if how.rows_outer or how.keep_panels:
                 kept = max(per, col_tiles - chunks * per) + (1 if n % nr else 0)
             low.scratch.append(Allocate(panel, c.reduce.dtype, kept * how.kc * inner * nr))
-        mc_packed = how.mc if how.mc and row_tiles % how.mc == 0 else max(row_tiles, 1)
+        mc_packed = max(_dividing_block(how.mc, row_tiles), 1)
         edge = None
         if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:
             edge = (f"edge{next(low.names)}", n % nr)
@@ -691,7 +698,24 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
                                         shared=nest_parallel))
             handled = n
         keep = how.keep_panels and not c.panel
-        if chunks:
+        if how.row_chunks > 1 and nest_parallel:
+            # Each thread takes a share of the rows and runs the whole serial nest over
+            # them and every panel: a tall A (many pixels or tokens, few output columns) is
+            # read once in all, not once by each thread, and each thread's row blocks stay
+            # in its own L2. The rows that do not divide evenly follow in a nest of their own.
+            part = m // how.row_chunks
+            tc = low.fresh("tr")
+            full.append(For(tc, how.row_chunks, tuple(g.packed_nest(
+                {**env, tc: (0, how.row_chunks - 1)}, part, col_tiles, mr, nr, lanes, how.kc,
+                max(_dividing_block(how.mc, part // mr), 1), panel, False, edge, how.rows_outer,
+                first_row=tc * part, all_rows=m)), "parallel"))
+            if m % how.row_chunks:
+                rest = m % how.row_chunks
+                full.extend(g.packed_nest(env, rest, col_tiles, mr, nr, lanes, how.kc,
+                                          max(_dividing_block(how.mc, rest // mr), 1), panel, False,
+                                          edge, how.rows_outer, first_row=idx(m - rest),
+                                          all_rows=m))
+        elif chunks:
             # Each share of the panels runs the whole serial nest, in parallel one share a
             # thread: no barrier between reduction blocks (the panels that do not divide
             # evenly, and the edge, follow in a nest of their own).
@@ -737,3 +761,8 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
 
     body_stmts: list[Stmt] = full + (list(tail) if n > n_vec else [])
     return nest(loops, body_stmts, parallel=how.parallel and bool(loops))
+
+
+def _dividing_block(mc: int, tiles: int) -> int:
+    """Row tiles per block: the schedule's `mc` where it divides the tiles, else all."""
+    return mc if mc and tiles % mc == 0 else tiles
