@@ -212,6 +212,20 @@ def _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue):
         assert "%pad" not in text.split("{", 1)[1]  # never stored or loaded whole
 
 
+def test_a_grouped_conv_on_a_small_map_computes_whole_register_tiles(rng):
+    """RegNetX's last stage: 16 channels a group on 7x7 (a 9-wide padded row: 63 columns).
+    The wide output is rounded up to whole 32-column tiles (64), so no column runs as a
+    narrower tile or one at a time (1.7x faster); the junk column is cropped."""
+    w = rng.standard_normal((400, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(400).astype(np.float32)
+    model = _conv_model((1, 400, 7, 7), w, b, True, pads=[1, 1, 1, 1], group=25)
+    compiled = assert_matches_reference(model, {"x": rng.standard_normal(
+        (1, 400, 7, 7)).astype(np.float32)}, rtol=1e-4, atol=1e-4)
+    (wide,) = [buf for kernel in compiled.program.kernels for buf in kernel.buffers
+               if buf.name.startswith("wide")]
+    assert wide.shape[-1] == 64
+
+
 def test_channel_shuffle_is_plain_copies(rng):
     """Reshape -> Transpose -> Reshape (ShuffleNet's channel shuffle) matches ONNX Runtime
     and, once its index arithmetic is simplified, loops without a division or remainder."""

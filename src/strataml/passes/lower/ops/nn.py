@@ -192,6 +192,7 @@ def _unflatten(flat: Expr, dims: tuple[int, ...]) -> list[Expr]:
 # Columns a gemm may read past the last output column (its widest register tile), covered
 # by the padded plane's slack rows so that every read stays inside the buffer.
 SHIFTED_PLANE_OVERRUN = 64
+SPAN_MULTIPLE = 32
 
 
 def _phase_planes(ctx: LowerContext, x: TensorRef, s: int, pt: int, pl: int, rows: int,
@@ -243,7 +244,9 @@ def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
     wq = -(-(width + pl + pr) // s)
     if 2 * shape[3] < wq:
         return None  # mostly junk columns: im2col does less work
-    span = oh * wq  # output columns computed, junk included
+    # Output columns computed, junk included, rounded up to whole register tiles: the
+    # columns past the last tile would run as a narrower tile and then one at a time.
+    span = -(-oh * wq // SPAN_MULTIPLE) * SPAN_MULTIPLE
     reach = ((kh - 1) * dh // s) * wq + (kw - 1) * dw // s + span + SHIFTED_PLANE_OVERRUN
     rows = max(-(-reach // wq), -(-(h + pt) // s))
     plane = _phase_planes(ctx, x, s, pt, pl, rows, wq)
