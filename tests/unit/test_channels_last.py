@@ -165,6 +165,53 @@ def test_convs_that_stay_channels_first(rng, x_shape, w_shape, group):
     assert ops(to_channels_last(g)) == ["Conv"]
 
 
+# (kernel, stride, pads, dilation) of a depthwise conv between two 1x1 convs on a 7x7 map:
+# MnasNet's 5x5, a strided 3x3 (to 4x4), asymmetric pads, a dilated 3x3, no padding.
+DEPTHWISE = [(5, 1, (2, 2, 2, 2), 1), (3, 2, (1, 1, 1, 1), 1), (3, 1, (0, 2, 1, 0), 1),
+             (3, 1, (2, 2, 2, 2), 2), (3, 1, (0, 0, 0, 0), 1)]
+
+
+@pytest.mark.parametrize(("k", "stride", "pads", "dilation"), DEPTHWISE)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_depthwise_conv_between_channels_last_convs_runs_channels_last(
+        rng, k, stride, pads, dilation, threads):
+    """Its input converts from channels-last, so it runs channels-last too (vectors along
+    its 128 channels, each tap a guarded read, no padded copy) and the conversion moves past
+    it; its window's sums stay in registers, four vectors at a time."""
+    c = 128
+    consts = {"w0": _weights(rng, c, 16, 1), "w2": _weights(rng, 32, c, 1),
+              "wd": (rng.standard_normal((c, 1, k, k)) / k).astype(np.float32),
+              "bd": rng.standard_normal(c).astype(np.float32)}
+    g = graph({"x": (F32, (1, 16, 7, 7))}, [
+        node("Conv", ["x", "w0"], "a", **_conv_attrs(1)),
+        node("Conv", ["a", "wd", "bd"], "b", kernel_shape=(k, k), strides=(stride, stride),
+             pads=pads, dilations=(dilation, dilation), group=c),
+        node("Relu", ["b"], "br"),
+        node("Conv", ["br", "w2"], "y", **_conv_attrs(1)),
+    ], ["y"], consts)
+    out = to_channels_last(g)
+    assert ops(out) == ["ConvChannelsLast", "ConvChannelsLast", "Relu", "ConvChannelsLast",
+                        "ChannelsLastToFirst"]
+    model = _as_onnx(g)
+    feeds = {"x": rng.standard_normal((1, 16, 7, 7)).astype(np.float32)}
+    compiled = strataml.compile(model, num_threads=threads)
+    (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    (depthwise,) = [compiled.program.schedules[k_.name] for k_ in compiled.program.kernels
+                    if any(buf.shape == (k * k, c) for buf in k_.buffers)]
+    assert "split(" in str(depthwise)
+    assert "vectorize(" in str(depthwise)
+    assert not any(buf.name.startswith("padded") for k_ in compiled.program.kernels
+                   for buf in k_.buffers)
+
+
+def test_a_depthwise_conv_after_a_channels_first_one_stays_channels_first(rng):
+    g = graph({"x": (F32, (1, 16, 7, 7))}, [
+        node("Conv", ["x", "wd"], "y", **{**_conv_attrs(3), "group": 16})],
+        ["y"], {"wd": rng.standard_normal((16, 1, 3, 3)).astype(np.float32)})
+    assert ops(to_channels_last(g)) == ["Conv"]
+
+
 def test_conversions_sink_through_scalar_operands_but_not_broadcasts(rng):
     """Clip with constant bounds and a product with a scalar read every element alike in
     any layout; an add of a per-channel [1, C, 1, 1] tensor does not, and stays after the

@@ -341,13 +341,31 @@ def _pack_block(extents: tuple[int, ...], rows: int, mr: int, panel: bool = Fals
     return max(fits, default=1 if extents[0] > 1 and inner <= MAX_BLOCK_STEPS else 0)
 
 
-def row_steps(nest: LoopNest, parallel: bool, split: int) -> tuple[Primitive, ...]:
+# A row trace whose reduction is a short window (a depthwise conv's taps) runs along the
+# row in blocks of this many vectors, each block's sums in registers through the whole
+# window: one accumulator row in memory costs a load and a store per multiply-add (MnasNet's
+# channels-last 5x5 depthwise convs on 7x7, 1152 channels: 0.27 -> 0.12 ms).
+ROW_BLOCK_VECTORS = 4
+ROW_BLOCK_MAX_STEPS = 81
+
+
+def row_steps(nest: LoopNest, parallel: bool, split: int, lanes: int = 16
+              ) -> tuple[Primitive, ...]:
     """The row trace: the last output axis innermost and vectorised, the reduction loops
-    outside it; with `split` > 1 the row is cut into that many blocks first."""
+    outside it; with `split` > 1 the row is cut into that many blocks first (threads take
+    them); a long row over a short reduction goes in blocks of ROW_BLOCK_VECTORS."""
     outputs = [lp for lp in nest.loops if not lp.reduce]
     reduce_names = [lp.name for lp in nest.loops if lp.reduce]
     last = outputs[-1].name
     steps: list[Primitive] = []
+    block = ROW_BLOCK_VECTORS * lanes
+    if split <= 1 and reduce_names and outputs[-1].extent > block \
+            and outputs[-1].extent % block == 0 \
+            and prod(lp.extent for lp in nest.loops if lp.reduce) <= ROW_BLOCK_MAX_STEPS:
+        steps += [Split(last, block), Reorder((f"{last}.o", *reduce_names, f"{last}.i")),
+                  Vectorize(f"{last}.i")]
+        outer = next((lp.name for lp in outputs[:-1] if lp.extent > 1), f"{last}.o")
+        return (*steps, Parallel(outer)) if parallel else tuple(steps)
     if split > 1:
         steps.append(Split(last, outputs[-1].extent // split))
         steps.append(Reorder((*reduce_names, f"{last}.i")))
@@ -653,7 +671,7 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
         if row_applicable(kernel, st) is None:
             split = _row_split(shape[-1], threads) if big and all(
                 d == 1 for d in shape[:-1]) else 1
-            out.append(StageSchedule.loops(*row_steps(nest, big, split)))
+            out.append(StageSchedule.loops(*row_steps(nest, big, split, vector_lanes)))
         else:
             blocked = transposed_copy_steps(kernel, st, nest, vector_lanes)
             out.append(StageSchedule.loops(*(blocked or ()), *elementwise_steps(

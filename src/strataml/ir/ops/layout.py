@@ -5,7 +5,8 @@ channels-first convolution vectorises along its few pixels (49 is 3 vectors and 
 channels-last puts the channels, a multiple of the vector width, along the vectors. The
 `channels-last` graph pass introduces these ops; no frontend emits them.
 
-- `ConvChannelsLast(x, w[, bias])`: a Conv (same attributes, group 1) whose output is
+- `ConvChannelsLast(x, w[, bias])`: a Conv (same attributes; group 1, or depthwise with
+  one filter a channel) whose output is
   [N, OH*OW, C_out], pixels row-major. Its input is NCHW, or channels-last [N, H*W, C]
   when `channels_last_input` is 1; `spatial` is the input's (H, W) either way.
 - `MaxPoolChannelsLast(x)`: a 2-D MaxPool (same attributes) of a channels-last input
@@ -50,9 +51,12 @@ def _channels_first_type(node: Node, x: TensorType) -> TensorType:
 
 def _infer_conv_channels_last(node: Node, types: list[TensorType], values: list
                               ) -> list[TensorType]:
-    if node.attr("group", 1) != 1:
-        raise ShapeError(f"{node.where}: a channels-last convolution has group 1")
     x = _channels_first_type(node, types[0])
+    group = node.attr("group", 1)
+    if group != 1 and not (types[1].rank == 4 and types[1].shape[1] == 1
+                           and group == x.shape[1] == types[1].shape[0]):
+        raise ShapeError(f"{node.where}: a channels-last convolution has group 1 or is "
+                         f"depthwise (group = channels, one filter each)")
     (out,) = _infer_conv(_as_channels_first(node, "Conv"), [x, *types[1:]], values)
     n, c, oh, ow = out.shape
     return [TensorType(out.dtype, (n, oh * ow, c))]

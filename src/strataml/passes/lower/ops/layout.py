@@ -77,7 +77,19 @@ def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorR
     wt = ctx.derived_constant(f"{node.inputs[1]}.io", weights.transpose(1, 2, 3, 0).reshape(
         cin * kh * kw, cout))
     last = node.attr("channels_last_input", 0)
-    if any((pt, pl, pb, pr)):
+    # One filter a channel (see the op): cin is 1, and the weights' rows are the taps.
+    depthwise = node.attr("group", 1) > 1
+    if depthwise:
+        # A guarded read per tap, no padded copy: each tap is one vector of channels, the
+        # test is the pixel's alone, and a copy would cost as much as the conv (see
+        # `lower_max_pool_channels_last`).
+        h = node.attr("spatial")[0]
+
+        def tap(batch: Expr, row: Expr, col: Expr, ch: Expr) -> Expr:
+            r, q = row - pt, col - pl
+            return select(_inside(r, q, h, width), x(batch, r * width + q, ch) if last
+                          else x(batch, ch, r, q), const(0, x.dtype))
+    elif any((pt, pl, pb, pr)):
         tap = _padded(ctx, x, node.attr("spatial"), node.attr("pads"), bool(last))
     else:
         def tap(batch: Expr, r: Expr, col: Expr, ch: Expr) -> Expr:
@@ -87,7 +99,11 @@ def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorR
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
         batch, p, co = ix
-        if pointwise:  # the pixel itself: no shift, no stride
+        if depthwise:  # each channel its own taps: vectors along the channels
+            r0, c0 = (p // ow) * sh, (p % ow) * sw
+            acc = ctx.reduce("sum", (kh, kw), lambda a, b: tap(
+                batch, r0 + a * dh, c0 + b * dw, co) * wt(a * kw + b, co))
+        elif pointwise:  # the pixel itself: no shift, no stride
             acc = ctx.reduce("sum", (cin,), lambda ci: (x(batch, p, ci) if last else tap(
                 batch, p // width, p % width, ci)) * wt(ci, co))
         else:
