@@ -498,3 +498,15 @@ def test_a_reduction_of_long_steps_still_goes_in_blocks():
     assert _pack_block((3, 3, 256), 400, 12, panel=True) == 1
     assert _pack_block((2304,), 400, 12, panel=True) == 256
     assert _pack_block((3, 3, 512), 400, 12, panel=True) == 0
+
+
+def test_kept_panels_are_swept_row_tile_by_row_tile_when_the_output_is_big():
+    """[256, 128] x [128, 3136] (a 1x1 conv's weights by a 56x56 map, 3.2 MB out): each row
+    tile sweeps its thread's 0.8 MB of kept panels, so the output is written row after row;
+    with K = 256 (1.6 MB of panels a thread) whole row blocks keep the panels in L2."""
+    (short,) = default_schedule(_matmul_kernel(256, 128, 3136), 2, 16, 2 << 20).stages
+    (deep,) = default_schedule(_matmul_kernel(256, 256, 3136), 2, 16, 2 << 20).stages
+    assert short.keep_panels
+    assert deep.keep_panels
+    assert short.mc == 1
+    assert deep.mc > 1
