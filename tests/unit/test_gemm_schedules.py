@@ -45,6 +45,7 @@ def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator, constant: bool
     (200, 1000, 1),   # a single column
     (5, 64, 40),      # unpacked, fewer rows than a tile
     (64, 300, 298),   # packed; on 2 threads two shares of 4 panels, then 1 panel + edge
+    (256, 64, 2100),  # B an input on 2 threads: a short reduction packed whole, kept panels
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("constant", [True, False])

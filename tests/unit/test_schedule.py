@@ -510,3 +510,15 @@ def test_kept_panels_are_swept_row_tile_by_row_tile_when_the_output_is_big():
     assert deep.keep_panels
     assert short.mc == 1
     assert deep.mc > 1
+
+
+def test_a_short_reduction_into_a_big_output_is_packed_whole_and_kept():
+    """[256, 64] x [64, 3136] (ResNet-50's 64 -> 256 1x1 convs on 56x56): too short for
+    packing's own rule, but 32 row tiles reuse each panel, so B is packed whole into kept
+    panels; a 16-step reduction, or a one-thread product, still reads B in place."""
+    (short,) = default_schedule(_matmul_kernel(256, 64, 3136), 2, 16, 2 << 20).stages
+    (shorter,) = default_schedule(_matmul_kernel(256, 16, 3136), 2, 16, 2 << 20).stages
+    (serial,) = default_schedule(_matmul_kernel(256, 64, 3136), 1, 16, 2 << 20).stages
+    assert (short.kc, short.keep_panels, short.mc) == (64, True, 1)
+    assert shorter.kc == 0
+    assert serial.kc == 0
