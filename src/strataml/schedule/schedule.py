@@ -308,6 +308,8 @@ def _unpacked_row_block(rows: int, cols: int, mr: int, depth: int, l2_bytes: int
 
 # Reduction steps per packed B block: kc x nr floats (32 KiB at nr=32) stay in L1.
 PACK_DEPTH = 256
+# The longest single step of a reduction's first axis that still makes a reduction block.
+MAX_BLOCK_STEPS = 1024
 
 
 # Weights pre-packed into panels (B) streamed by a gemm of few rows (a 7x7 channels-last
@@ -316,8 +318,6 @@ PACK_DEPTH = 256
 # few to hide a 32 KiB block's misses. ResNet-50's 7x7 convs 10-20% faster (3x3: 1.10 ->
 # 0.97 ms, 1x1: 0.50 -> 0.46 ms; the model's kernels 1.2% on 2 threads, 4.9% on 1). At 128
 # rows (BERT's and GPT-2's layers) the shorter blocks were 6% slower.
-# The longest single step of a reduction's first axis that still makes a reduction block.
-MAX_BLOCK_STEPS = 1024
 PANEL_PACK_DEPTH = 72
 PANEL_PACK_MAX_ROWS = 64
 
@@ -469,9 +469,6 @@ A_TILE_BYTES = 36 << 10
 # so when it has this many rows: fewer row tiles reuse each panel too little to pay for
 # the L2 room (128x768x3072: 4.05 ms with one panel at a time, 4.37 keeping them).
 KEEP_PANELS_MIN_ROWS = 256
-# A reduction shorter than packing's own minimum (`_pack_block`) is still packed whole
-# into kept panels from this many steps, for a big output (see default_schedule).
-SHORT_KEPT_MIN_STEPS = 32
 # ... and when its output outgrows this many L2s and its kept panels fill at most half of
 # L2, each row tile sweeps all the kept panels in turn (row blocks of one tile): the output
 # (and a residual the epilogue reads) then goes row after row, not a 128-byte strip of
@@ -479,6 +476,9 @@ SHORT_KEPT_MIN_STEPS = 32
 # MB out, 0.8 MB of panels a thread: 0.99 -> 0.84 ms; with 1.6 MB of panels the sweeps
 # evicted them: 1.51 -> 1.79 ms).
 KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S = 1
+# A reduction shorter than packing's own minimum (`_pack_block`) is still packed whole
+# into kept panels from this many steps, for a big output (see default_schedule).
+SHORT_KEPT_MIN_STEPS = 32
 
 
 def _kept_panels(panels: int, chunks: int, depth: int, nr: int, l2_bytes: int) -> int | None:
