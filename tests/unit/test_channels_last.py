@@ -212,21 +212,48 @@ def test_a_depthwise_conv_after_a_channels_first_one_stays_channels_first(rng):
     assert ops(to_channels_last(g)) == ["Conv"]
 
 
-def test_conversions_sink_through_scalar_operands_but_not_broadcasts(rng):
-    """Clip with constant bounds and a product with a scalar read every element alike in
-    any layout; an add of a per-channel [1, C, 1, 1] tensor does not, and stays after the
-    conversion back."""
-    g = graph({"x": (F32, (1, 8, 7, 7))}, [
+def test_conversions_sink_through_constants_but_not_computed_broadcasts(rng):
+    """Clip with constant bounds, a product with a scalar and an add of a per-channel
+    constant [1, C, 1, 1] (read as [1, 1, C]) all sink; a product with a computed per-channel
+    gate (a squeeze-and-excitation scale, here an input) does not, and the conversion back
+    stays before it."""
+    g = graph({"x": (F32, (1, 8, 7, 7)), "gate": (F32, (1, 16, 1, 1))}, [
         node("Conv", ["x", "w"], "c", **_conv_attrs(3)),
         node("Clip", ["c", "lo", "hi"], "d"),
         node("Mul", ["d", "half"], "e"),
-        node("Add", ["e", "shift"], "y"),
+        node("Add", ["e", "shift"], "f"),
+        node("Mul", ["f", "gate"], "y"),
     ], ["y"], {"w": _weights(rng, 16, 8, 3), "lo": np.float32(-0.5), "hi": np.float32(0.5),
                "half": np.float32(0.5),
                "shift": rng.standard_normal((1, 16, 1, 1)).astype(np.float32)})
     out = to_channels_last(g)
-    assert ops(out) == ["ConvChannelsLast", "Clip", "Mul", "ChannelsLastToFirst", "Add"]
-    _same(g, out, {"x": rng.standard_normal((1, 8, 7, 7)).astype(np.float32)})
+    assert ops(out) == ["ConvChannelsLast", "Clip", "Mul", "Add", "ChannelsLastToFirst", "Mul"]
+    _same(g, out, {"x": rng.standard_normal((1, 8, 7, 7)).astype(np.float32),
+                   "gate": rng.standard_normal((1, 16, 1, 1)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_concatenation_of_channels_last_maps_stays_channels_last(rng, threads):
+    """Two channels-last convs concatenated along the channels (a fire module, a dense
+    block) and read by a third: the concatenation runs along the channels-last axis and the
+    only conversion is the last one."""
+    g = graph({"x": (F32, (1, 8, 7, 7))}, [
+        node("Conv", ["x", "wa"], "a", **_conv_attrs(1)),
+        node("Conv", ["x", "wb"], "b", **_conv_attrs(3)),
+        node("Concat", ["a", "b"], "c", axis=1),
+        node("Relu", ["c"], "r"),
+        node("Conv", ["r", "wc"], "y", **_conv_attrs(1)),
+    ], ["y"], {"wa": _weights(rng, 16, 8, 1), "wb": _weights(rng, 32, 8, 3),
+               "wc": _weights(rng, 16, 48, 1)})
+    out = to_channels_last(g)
+    assert ops(out) == ["ConvChannelsLast", "ConvChannelsLast", "Concat", "Relu",
+                        "ConvChannelsLast", "ChannelsLastToFirst"]
+    feeds = {"x": rng.standard_normal((1, 8, 7, 7)).astype(np.float32)}
+    _same(g, out, feeds)
+    model = _as_onnx(g)
+    (want,), (got,) = ort_run(model, feeds), strataml.compile(
+        model, num_threads=threads).run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_layout_op_shape_errors_name_the_node(rng):

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from strataml.ir.dialects.graph import Graph, Node, get_op, make_attrs
 from strataml.ir.rewrite import GraphView, Rewrite, apply_patterns
 from strataml.passes.manager import GraphPass, register_pass
@@ -149,26 +151,58 @@ def pool_globally_channels_last(view: GraphView, node: Node) -> Rewrite | None:
 
 def sink_through_elementwise(view: GraphView, node: Node) -> Rewrite | None:
     """op(ToFirst(a), ToFirst(b), scalar) -> ToFirst(op(a, b, scalar)) when every tensor
-    input converts from the same channels-last shape (no broadcasting across layouts)."""
+    input converts from the same channels-last shape; a per-channel constant [1, C, 1, 1]
+    (a batch norm left unfolded before a conv: DenseNet's) is read as [1, 1, C]."""
     if node.op in ("fused", TO_FIRST) or len(node.outputs) != 1 \
             or get_op(node.op).kind != "elementwise":
         return None
     inputs, spatial, shape = [], None, None
-    for value in node.inputs:
+    per_channel: dict[int, np.ndarray] = {}
+    for k, value in enumerate(node.inputs):
         src = view.producer.get(value) if value else None
+        c = view.const(value)
         if src is not None and src.op == TO_FIRST:
             if spatial not in (None, src.attr("spatial")) or shape not in (
                     None, view.type(src.inputs[0])):
                 return None
             spatial, shape = src.attr("spatial"), view.type(src.inputs[0])
             inputs.append(src.inputs[0])
-        elif not value or getattr(view.const(value), "size", 0) == 1:
+        elif not value or getattr(c, "size", 0) == 1:
+            inputs.append(value)
+        elif c is not None and c.ndim in (3, 4) and c.shape[-2:] == (1, 1) \
+                and c.shape[:-3] in ((), (1,)):
+            per_channel[k] = c  # [1, C, 1, 1]: read as [1, 1, C] channels-last
             inputs.append(value)
         else:
             return None
-    if spatial is None:
+    if spatial is None or any(c.shape[-3] != shape.shape[2] for c in per_channel.values()):
         return None
-    return _then_back(view, node, node.op, tuple(inputs), node.attrs, spatial)
+    constants = {}
+    for k, c in per_channel.items():
+        inputs[k] = view.fresh(f"{node.inputs[k]}_channels_last")
+        constants[inputs[k]] = np.ascontiguousarray(c.reshape(1, 1, -1))
+    rewrite = _then_back(view, node, node.op, tuple(inputs), node.attrs, spatial)
+    rewrite.constants.update(constants)
+    return rewrite
+
+
+def sink_through_concat(view: GraphView, node: Node) -> Rewrite | None:
+    """Concat(ToFirst(a), ToFirst(b), ...) along the channels -> ToFirst(Concat(a, b, ...))
+    along the channels-last axis: a concatenation of converted maps (SqueezeNet's fire
+    modules, DenseNet's growth) then needs one conversion, after it, or none when its own
+    consumers read channels-last."""
+    out = _static(view, node.outputs[0])
+    if out is None or len(out) != 4 or len(node.outputs) != 1 \
+            or node.attr("axis", 0) not in (1, -3):
+        return None
+    inputs, spatial = [], None
+    for value in node.inputs:
+        src = view.producer.get(value) if value else None
+        if src is None or src.op != TO_FIRST or spatial not in (None, src.attr("spatial")):
+            return None
+        spatial = src.attr("spatial")
+        inputs.append(src.inputs[0])
+    return _then_back(view, node, "Concat", tuple(inputs), make_attrs({"axis": 2}), spatial)
 
 
 def to_channels_last(graph: Graph) -> Graph:
@@ -181,7 +215,7 @@ def to_channels_last(graph: Graph) -> Graph:
         "MaxPool": [pool_channels_last],
         "GlobalAveragePool": [pool_globally_channels_last],
         "AveragePool": [pool_globally_channels_last],
-        "*": [sink_through_elementwise]}))
+        "Concat": [sink_through_concat], "*": [sink_through_elementwise]}))
 
 
 @register_pass
