@@ -626,24 +626,26 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
         big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
         if not isinstance(found, str) and shape[-1] >= nr \
                 and shape[found.i_axis] >= MIN_GEMM_ROWS:
+            rows = shape[found.i_axis]
+            unbatched = prod(shape) == rows * shape[-1]  # no batch loop around the nest
             depth = 1
             for e in found.reduce.extents:
                 depth *= e
-            kc = _pack_block(found.reduce.extents, shape[found.i_axis], mr,
+            kc = _pack_block(found.reduce.extents, rows, mr,
                              bool(found.panel))
             if not kc and not found.panel and big and depth >= SHORT_KEPT_MIN_STEPS \
-                    and shape[found.i_axis] >= KEEP_PANELS_MIN_ROWS \
-                    and shape[found.i_axis] * shape[-1] * 4 > l2_bytes \
-                    and prod(shape) == shape[found.i_axis] * shape[-1]:
+                    and rows >= KEEP_PANELS_MIN_ROWS \
+                    and rows * shape[-1] * 4 > l2_bytes \
+                    and unbatched:
                 # A short reduction packed whole, its panels kept (below): B read in place
                 # walks `depth` rows a page apart for every tile; packed once, every row tile
                 # streams it (ResNet-50's 64 -> 256 1x1 convs on 56x56: 0.57 -> 0.48 ms). Not
                 # under a batch loop: Whisper's [1500, 64] x [64, 1500] attention scores a
                 # head keep their unpacked row sweep (6.9 ms; packed, 13.3).
                 kc = found.reduce.extents[0]
-            if kc and found.panel and (shape[found.i_axis] * depth * 4 <= l2_bytes // 2
+            if kc and found.panel and (rows * depth * 4 <= l2_bytes // 2
                                        or mr * depth * 4 <= A_TILE_BYTES) \
-                    and shape[found.i_axis] * shape[-1] * 4 > l2_bytes // 2:
+                    and rows * shape[-1] * 4 > l2_bytes // 2:
                 # B pre-packed needs no panel copy, and A fits in L2: one pass keeps the
                 # partial sums in registers and runs the epilogue on them, where reduction
                 # blocks would add into an output too big to stay in L2 once per block and
@@ -656,16 +658,15 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                 kc = found.reduce.extents[0]
             rows_outer = False
             if kc and not found.panel:
-                kc, rows_outer = _rows_outer_block(found.reduce.extents, shape[found.i_axis],
+                kc, rows_outer = _rows_outer_block(found.reduce.extents, rows,
                                                    -(-shape[-1] // nr), mr, nr, kc, l2_bytes)
             if kc:  # A rows of one packed reduction block per row block
                 depth = kc * depth // found.reduce.extents[0]
-            mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes) if kc else \
-                _unpacked_row_block(shape[found.i_axis], shape[-1], mr, depth, l2_bytes)
+            mc = _row_block(rows, mr, depth, l2_bytes) if kc else \
+                _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes)
             if rows_outer and big:  # one row block per thread: each packs the panels once
-                mc = _balanced_row_block(shape[found.i_axis] // mr, threads, mc)
+                mc = _balanced_row_block(rows // mr, threads, mc)
             panels = shape[-1] // nr
-            rows = shape[found.i_axis]
             # Threads share out the longer side: a tall A (rows >= columns) by rows, so each
             # thread reads its part of A once and its row blocks stay in its own L2; shares
             # of the column panels would have each thread stream all of A (MLAS splits the
@@ -677,12 +678,12 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             chunks = threads if big and kc and not rows_outer and not row_chunks \
                 and panels >= MIN_PANELS_PER_CHUNK * threads else 0
             keep = bool(kc) and not rows_outer and not found.panel and not row_chunks \
-                and shape[found.i_axis] >= KEEP_PANELS_MIN_ROWS and (not big or chunks > 1) \
-                and prod(shape) == shape[found.i_axis] * shape[-1]
+                and rows >= KEEP_PANELS_MIN_ROWS and (not big or chunks > 1) \
+                and unbatched
             shares = _kept_panels(panels, chunks, depth, nr, l2_bytes) if keep else None
             if shares is not None:  # the kept panels share L2 with A's row block
                 chunks = shares
-                mc = _row_block(shape[found.i_axis], mr, depth, l2_bytes // 2)
+                mc = _row_block(rows, mr, depth, l2_bytes // 2)
                 kept_bytes = -(-panels // max(shares, 1)) * depth * nr * 4
                 if rows * shape[-1] * 4 > l2_bytes * KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S \
                         and kept_bytes <= l2_bytes // 2:

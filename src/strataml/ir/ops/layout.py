@@ -49,12 +49,17 @@ def _channels_first_type(node: Node, x: TensorType) -> TensorType:
     return TensorType(x.dtype, (x.shape[0], x.shape[2], h, w))
 
 
+def is_depthwise(group: int, channels: int, weight_shape: tuple[int, ...]) -> bool:
+    """One 2-D filter a channel: the only grouped form a channels-last conv takes."""
+    return len(weight_shape) == 4 and weight_shape[1] == 1 \
+        and group == channels == weight_shape[0]
+
+
 def _infer_conv_channels_last(node: Node, types: list[TensorType], values: list
                               ) -> list[TensorType]:
     x = _channels_first_type(node, types[0])
     group = node.attr("group", 1)
-    if group != 1 and not (types[1].rank == 4 and types[1].shape[1] == 1
-                           and group == x.shape[1] == types[1].shape[0]):
+    if group != 1 and not is_depthwise(group, x.shape[1], types[1].shape):
         raise ShapeError(f"{node.where}: a channels-last convolution has group 1 or is "
                          f"depthwise (group = channels, one filter each)")
     (out,) = _infer_conv(_as_channels_first(node, "Conv"), [x, *types[1:]], values)

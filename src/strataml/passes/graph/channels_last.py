@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from strataml.ir.dialects.graph import Graph, Node, get_op, make_attrs
+from strataml.ir.ops.layout import is_depthwise
 from strataml.ir.rewrite import GraphView, Rewrite, apply_patterns
 from strataml.passes.manager import GraphPass, register_pass
 
@@ -81,8 +82,8 @@ def _depthwise_after_channels_last(view: GraphView, node: Node, x: tuple[int, ..
     a 7-pixel row (MnasNet's 5x5 convs on 7x7: 3.4x slower than ORT), and the conversion
     moves past it rather than being added."""
     src = view.producer.get(node.inputs[0])
-    return src is not None and src.op == TO_FIRST and weights[1] == 1 \
-        and node.attr("group", 1) == x[1] == weights[0]
+    return src is not None and src.op == TO_FIRST \
+        and is_depthwise(node.attr("group", 1), x[1], weights)
 
 
 def convert_conv(view: GraphView, node: Node) -> Rewrite | None:

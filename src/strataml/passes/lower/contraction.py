@@ -688,7 +688,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             if how.rows_outer or how.keep_panels:
                 kept = max(per, col_tiles - chunks * per) + (1 if n % nr else 0)
             low.scratch.append(Allocate(panel, c.reduce.dtype, kept * how.kc * inner * nr))
-        mc_packed = max(_dividing_block(how.mc, row_tiles), 1)
+        mc_packed = _dividing_block(how.mc, row_tiles)
         edge = None
         if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:
             edge = (f"edge{next(low.names)}", n % nr)
@@ -707,12 +707,12 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             tc = low.fresh("tr")
             full.append(For(tc, how.row_chunks, tuple(g.packed_nest(
                 {**env, tc: (0, how.row_chunks - 1)}, part, col_tiles, mr, nr, lanes, how.kc,
-                max(_dividing_block(how.mc, part // mr), 1), panel, False, edge, how.rows_outer,
+                _dividing_block(how.mc, part // mr), panel, False, edge, how.rows_outer,
                 first_row=tc * part, all_rows=m)), "parallel"))
             if m % how.row_chunks:
                 rest = m % how.row_chunks
                 full.extend(g.packed_nest(env, rest, col_tiles, mr, nr, lanes, how.kc,
-                                          max(_dividing_block(how.mc, rest // mr), 1), panel, False,
+                                          _dividing_block(how.mc, rest // mr), panel, False,
                                           edge, how.rows_outer, first_row=idx(m - rest),
                                           all_rows=m))
         elif chunks:
@@ -764,5 +764,6 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
 
 
 def _dividing_block(mc: int, tiles: int) -> int:
-    """Row tiles per block: the schedule's `mc` where it divides the tiles, else all."""
-    return mc if mc and tiles % mc == 0 else tiles
+    """Row tiles per block: the schedule's `mc` where it divides the tiles, else all (at
+    least 1: a nest of fewer rows than a tile has no blocks to divide)."""
+    return mc if mc and tiles % mc == 0 else max(tiles, 1)
