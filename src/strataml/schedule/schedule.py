@@ -500,9 +500,11 @@ ROWS_OUTER_L1_PANEL_BYTES = 32 << 10
 ROWS_OUTER_L1_MIN_STEPS = 64
 
 
-# A parallel rows-outer gemm's row blocks may leave at most this share of the threads' time
-# idle: 125 row tiles (1500 rows) in 5 blocks of 25 ran 3 blocks on one thread and 2 on the
-# other ([1500, 768] x [768, 64]: 0.77 ms, 1.36x ORT; 25 blocks of 5: 0.65 ms, 1.11x).
+# A parallel rows-outer gemm too short for a row share a thread (`MIN_ROWS_PER_CHUNK`) deals
+# out row blocks, which may leave at most this share of the threads' time idle: 125 row
+# tiles (1500 rows) in 5 blocks of 25 ran 3 blocks on one thread and 2 on the other ([1500,
+# 768] x [768, 64]: 0.77 ms, 1.36x ORT; 25 blocks of 5: 0.65 ms, 1.11x; a half of the rows
+# a thread, its panels packed once: 0.52 ms, 0.99x).
 MAX_IDLE_SHARE = 0.125
 
 
@@ -664,16 +666,23 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                 depth = kc * depth // found.reduce.extents[0]
             mc = _row_block(rows, mr, depth, l2_bytes) if kc else \
                 _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes)
-            if rows_outer and big:  # one row block per thread: each packs the panels once
+            part_tiles = rows // threads // mr
+            if rows_outer and big and part_tiles >= MIN_ROWS_PER_CHUNK:
+                # A contiguous share of the rows a thread, one row block each: a thread
+                # packs the panels once. Row blocks dealt out had to divide the tiles
+                # evenly: SqueezeNet's 1000-channel classifier conv (125 tiles = 25 blocks
+                # of 5) packed its panels 25 times, 0.94 ms (ORT 0.58).
+                mc = part_tiles
+            elif rows_outer and big:
                 mc = _balanced_row_block(rows // mr, threads, mc)
             panels = shape[-1] // nr
             # Threads share out the longer side: a tall A (rows >= columns) by rows, so each
             # thread reads its part of A once and its row blocks stay in its own L2; shares
             # of the column panels would have each thread stream all of A (MLAS splits the
             # same way). [1024, 2304] x [2304, 256]: 4.3 -> 3.7 ms.
-            row_chunks = threads if big and kc and not rows_outer and rows >= shape[-1] \
-                and rows // threads >= MIN_ROWS_PER_CHUNK * mr else 0
-            if row_chunks:
+            row_chunks = threads if big and kc and (rows >= shape[-1] or rows_outer) \
+                and part_tiles >= MIN_ROWS_PER_CHUNK else 0
+            if row_chunks and not rows_outer:
                 mc = _row_block(rows // threads, mr, depth, l2_bytes)
             chunks = threads if big and kc and not rows_outer and not row_chunks \
                 and panels >= MIN_PANELS_PER_CHUNK * threads else 0

@@ -478,9 +478,9 @@ class _Gemm:
             block.append(For(ibb, blocks, tuple(per_block),
                              "parallel" if by_rows else "serial"))
         if m % mr and (rows_outer or keep_panels):
-            if rows_outer or not row_tiles:
-                # (rows_outer packs again: the row blocks may have packed theirs in other
-                # threads' copies)
+            if (rows_outer and by_rows) or not row_tiles:
+                # (packed again: the row blocks may have packed theirs in other threads'
+                # copies; a serial nest's last block left them in its buffer)
                 block.append(For(jb, col_tiles, packing(col0, slot=jb)))
                 if edge:
                     block.extend(packing(edge_col, edge[1], slot=idx(col_tiles)))
