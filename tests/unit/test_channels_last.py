@@ -312,25 +312,29 @@ def test_an_image_stem_and_its_pool_run_channels_last(rng, pool, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_the_conversion_back_walks_its_source_in_blocks(rng):
-    """A stem's [N, H*W, C] -> [N, C, H, W] reads its source C floats apart along W: the
-    default schedule moves the channel loop inside the row loop and cuts the 512-wide rows
-    in two, so each line read is used whole while in L1. A copy that reads along its
+@pytest.mark.parametrize(("height", "width", "block"), [
+    (8, 512, 256),  # 4096 pixels: blocks of whole vectors
+    (55, 55, 121),  # 3025 = 25 x 121: no multiple of 16 divides it, the longest block does
+])
+def test_the_conversion_back_walks_its_source_in_blocks(height, width, block, rng):
+    """A stem's [N, H*W, C] -> [N, C, H, W] reads its source C floats apart along the
+    pixels: the default schedule moves the channel loop inside the pixel loop, cut into
+    blocks, so each line read is used whole while in L1. A copy that reads along its
     innermost axis is left as it is."""
     w = (rng.standard_normal((16, 3, 3, 3)) * 0.2).astype(np.float32)
     model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3],
                                          pads=[1, 1, 1, 1])],
-                       {"x": (F32, (1, 3, 8, 512))}, {"y": (F32, None)}, {"w": w})
+                       {"x": (F32, (1, 3, height, width))}, {"y": (F32, None)}, {"w": w})
     compiled = strataml.compile(model, num_threads=2)
     kernels = {k.name.split("_", 1)[1]: prepare_kernel(k) for k in compiled.program.kernels}
     back = kernels["channelslasttofirst"]
     steps = transposed_copy_steps(back, back.stages[0], stage_nest(back, back.stages[0]), 16)
     assert steps is not None
     assert [type(s) for s in steps] == [Split, Reorder, Vectorize]
-    assert steps[0].factor == 256
+    assert steps[0].factor == block
     conv = kernels["convchannelslast"]
     assert all(transposed_copy_steps(conv, st, stage_nest(conv, st), 16) is None
                for st in conv.stages)  # the padded copy reads along its innermost axis
-    feeds = {"x": rng.standard_normal((1, 3, 8, 512)).astype(np.float32)}
+    feeds = {"x": rng.standard_normal((1, 3, height, width)).astype(np.float32)}
     (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -430,8 +430,12 @@ def transposed_copy_steps(kernel: Kernel, stage: Stage, nest: LoopNest, lanes: i
         names = [lp.name for lp in nest.loops]
         last = inner.name
         if inner.extent > TRANSPOSE_BLOCK:
+            # Whole vectors a block where they divide the extent, else the longest block
+            # that does (SqueezeNet's 54x54 = 2916 pixels: 243, its last vector partial).
             block = max((d for d in range(lanes, TRANSPOSE_BLOCK + 1, lanes)
-                         if inner.extent % d == 0), default=None)
+                         if inner.extent % d == 0), default=None) \
+                or max((d for d in range(lanes, TRANSPOSE_BLOCK + 1)
+                        if inner.extent % d == 0), default=None)
             if block is None:
                 continue
             steps.append(Split(last, block))
