@@ -65,6 +65,17 @@ def test_unknown_attribute_is_reported_not_ignored():
         strataml.compile(model)
 
 
+def test_a_string_attribute_that_is_not_text_names_the_node_and_attribute():
+    """A byte-mutated model: Pad's `mode` holds bytes that are not UTF-8."""
+    model = onnx_model([helper.make_node("Pad", ["x", "p"], ["y"], name="pad",
+                                         mode=b"\xffconst")],
+                       {"x": (F32, [3])}, {"y": (F32, [5])},
+                       {"p": np.array([1, 1], np.int64)})
+    with pytest.raises(ModelLoadError, match=r"Pad node 'pad': attribute 'mode' is "
+                       r"malformed \(UnicodeDecodeError"):
+        strataml.compile(model)
+
+
 # ---------------------------------------------------------------- unreadable models
 
 

@@ -20,6 +20,7 @@ from strataml.frontends.onnx.converters import (
     _Builder,
     _check_attrs,
     converter,
+    onnx_dtype,
 )
 from strataml.ir.dialects.graph import Node
 
@@ -45,7 +46,6 @@ def convert_attention(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     graph ops where it depends on run-time operands. Rows whose bias is all -inf give zeros,
     as the spec asks, by a select after the softmax.
     """
-    from onnx import helper
 
     _check_attrs(n, _ATTENTION_ATTRS)
     a = n.attrs
@@ -197,7 +197,7 @@ def convert_attention(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     precision = a.get("softmax_precision")
     soft_dtype = dtype
     if precision is not None:
-        soft_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(precision)).name
+        soft_dtype = onnx_dtype(precision, "softmax_precision")
         if soft_dtype not in ("float32", "float16", "float64"):
             raise Unsupported(f"softmax_precision {soft_dtype}")
     if soft_dtype != dtype:
@@ -477,7 +477,6 @@ def convert_mvn(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 @converter("GroupNormalization")
 def convert_group_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     """Statistics over (channels of a group, spatial), then a per-channel affine map."""
-    from onnx import helper
 
     _check_attrs(n, {"epsilon", "num_groups", "stash_type"})
     x = ctx.type(n.inputs[0])
@@ -486,7 +485,7 @@ def convert_group_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     shape = [int(d) for d in x.shape]
     g = n.attrs["num_groups"]
     c = shape[1]
-    stash = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs.get("stash_type", 1))).name
+    stash = onnx_dtype(n.attrs.get("stash_type", 1), "stash_type")
     b = _Builder(ctx, n)
     xs = b.op("Cast", n.inputs[0], to=stash) if stash != x.dtype else n.inputs[0]
     grouped = b.op("Reshape", xs, shape=(shape[0], g, (c // g) * int(np.prod(shape[2:]))))
@@ -612,7 +611,6 @@ def _quant_param(b: _Builder, ctx: ConvertContext, name: str, x_shape: list[int]
 @converter("QuantizeLinear")
 def convert_quantize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     """saturate(round_half_even(x / scale) + zero_point) for 8- and 16-bit integers."""
-    from onnx import helper
 
     _check_attrs(n, {"axis", "saturate", "block_size", "output_dtype", "precision"})
     x = ctx.type(n.inputs[0])
@@ -623,7 +621,7 @@ def convert_quantize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     if zp:
         out = ctx.type(zp).dtype
     elif n.attrs.get("output_dtype"):
-        out = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs["output_dtype"])).name
+        out = onnx_dtype(n.attrs["output_dtype"], "output_dtype")
     else:
         out = "uint8"
     if out not in _QUANT_RANGES:
@@ -633,7 +631,7 @@ def convert_quantize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     b = _Builder(ctx, n)
     xs, scale = n.inputs[0], _quant_param(b, ctx, n.inputs[1], shape, axis, block)
     if n.attrs.get("precision"):
-        prec = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs["precision"])).name
+        prec = onnx_dtype(n.attrs["precision"], "precision")
         xs, scale = b.op("Cast", xs, to=prec), b.op("Cast", scale, to=prec)
     elif ctx.type(n.inputs[1]).dtype != x.dtype:
         scale = b.op("Cast", scale, to=x.dtype)
@@ -675,7 +673,6 @@ def convert_dynamic_quantize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 @converter("DequantizeLinear")
 def convert_dequantize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     """(float32(x) - zero_point) * scale."""
-    from onnx import helper
 
     _check_attrs(n, {"axis", "block_size", "output_dtype"})
     x = ctx.type(n.inputs[0])
@@ -687,7 +684,7 @@ def convert_dequantize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     scale_dtype = ctx.type(n.inputs[1]).dtype
     out = scale_dtype
     if n.attrs.get("output_dtype"):
-        out = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs["output_dtype"])).name
+        out = onnx_dtype(n.attrs["output_dtype"], "output_dtype")
     b = _Builder(ctx, n)
     dx = b.op("Cast", n.inputs[0], to="float32")
     zp = _operand(n, 2)

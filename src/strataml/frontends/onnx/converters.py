@@ -22,6 +22,18 @@ class Unsupported(Exception):
     """A node (or one of its attributes) this frontend cannot take; collected, not fatal."""
 
 
+def onnx_dtype(code: Any, what: str) -> str:
+    """numpy's name for the ONNX element type `code` held by attribute `what`: the one place
+    the frontend maps type codes. A code with no numpy twin (bfloat16's, a made-up 99, a
+    string) is Unsupported, named, not a KeyError from onnx."""
+    from onnx import helper
+
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(int(code))).name
+    except Exception:  # noqa: BLE001 - onnx raises KeyError, TypeError, ValueError...
+        raise Unsupported(f"{what} = {code!r} is not an element type strataml has") from None
+
+
 @dataclass
 class ConvertContext:
     """What a converter may ask about its node's operands."""
@@ -164,14 +176,9 @@ for _op in PASSTHROUGH:
 
 @converter("Cast")
 def convert_cast(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
-    from onnx import helper
 
     _check_attrs(n, {"to", "saturate", "round_mode"})
-    to = n.attrs["to"]
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to)).name
-    except Exception:  # noqa: BLE001
-        raise Unsupported(f"cast to ONNX type {to}") from None
+    dtype = onnx_dtype(n.attrs["to"], "to")
     from strataml.ir.types import DTYPES
 
     if dtype not in DTYPES:
@@ -524,12 +531,11 @@ def convert_trilu(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 
 @converter("EyeLike")
 def convert_eye_like(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
-    from onnx import helper
 
     _check_attrs(n, {"dtype", "k"})
     dtype = ctx.type(n.inputs[0]).dtype
     if "dtype" in n.attrs:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs["dtype"])).name
+        dtype = onnx_dtype(n.attrs["dtype"], "dtype")
     return [n.node(dtype=dtype, k=n.attrs.get("k", 0))]
 
 
@@ -568,12 +574,11 @@ class _Builder:
 @converter("RMSNormalization")
 def convert_rms_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     """x / sqrt(mean(x^2 over axis..) + eps) * scale, computed in the stash type."""
-    from onnx import helper
 
     _check_attrs(n, {"axis", "epsilon", "stash_type"})
     x = ctx.type(n.inputs[0])
     axis = _axis(n, n.attrs.get("axis", -1), x.rank)
-    stash = np.dtype(helper.tensor_dtype_to_np_dtype(n.attrs.get("stash_type", 1))).name
+    stash = onnx_dtype(n.attrs.get("stash_type", 1), "stash_type")
     b = _Builder(ctx, n)
     xs = b.op("Cast", n.inputs[0], to=stash) if stash != x.dtype else n.inputs[0]
     ms = b.op("ReduceMean", b.op("Mul", xs, xs), axes=tuple(range(axis, x.rank)), keepdims=1,

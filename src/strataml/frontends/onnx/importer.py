@@ -20,6 +20,7 @@ from strataml.frontends.onnx.converters import (
     ConvertContext,
     OnnxNode,
     Unsupported,
+    onnx_dtype,
 )
 from strataml.ir.dialects.graph import Graph, Node, get_op, infer_node
 from strataml.ir.types import DTYPES, Dim, TensorType
@@ -94,11 +95,9 @@ def _default_opset(model: Any) -> int:
 
 
 def _dtype(elem_type: int, where: str) -> str:
-    from onnx import helper
-
     try:
-        name = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except Exception:  # noqa: BLE001
+        name = onnx_dtype(elem_type, "elem_type")
+    except Unsupported:
         name = f"ONNX type {elem_type}"
     if name not in DTYPES:
         raise UnsupportedOpError([f"{where}: element type {name} is not supported"])
@@ -120,6 +119,18 @@ def _attr_value(attr: Any) -> Any:
     if isinstance(value, list):
         return tuple(v.decode() if isinstance(v, bytes) else v for v in value)
     return value
+
+
+def _read_attr(attr: Any, where: str) -> Any:
+    """`_attr_value`, with a malformed attribute (bytes that are not UTF-8 text, a value
+    that does not match its declared type) named instead of escaping as a bare error."""
+    try:
+        return _attr_value(attr)
+    except Unsupported:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:  # UnicodeDecodeError included
+        raise ModelLoadError(f"{where}: attribute '{attr.name}' is malformed "
+                             f"({type(exc).__name__}: {exc})") from None
 
 
 def _constant_value(n: OnnxNode) -> np.ndarray:
@@ -233,7 +244,7 @@ class _Importer:
                 self.problems.append(f"{where}: op {proto.op_type} is not supported")
             return
         try:
-            attrs = {a.name: _attr_value(a) for a in proto.attribute}
+            attrs = {a.name: _read_attr(a, where) for a in proto.attribute}
             n = OnnxNode(proto.op_type, inputs, outputs, attrs, name)
             for i in inputs:
                 if i and i not in self.types:
