@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from strataml.options import CompileOptions, Target, resolve_target
+from strataml.options import CompileOptions, Target
 from strataml.runtime.artifact import load_artifact, save_artifact
 from strataml.runtime.devices import get_device
 from strataml.runtime.executor import Executor
-from strataml.runtime.hal import Executable, ExecutionPlan
+from strataml.runtime.hal import Device, Executable, ExecutionPlan
 
 
 class CompiledModel:
@@ -21,14 +21,16 @@ class CompiledModel:
 
     def __init__(self, plan: ExecutionPlan, executable: Executable,
                  weights: Mapping[str, np.ndarray], info: dict[str, Any] | None = None,
-                 program: Any = None, num_threads: int | None = None) -> None:
+                 program: Any = None, num_threads: int | None = None,
+                 device: Device | None = None) -> None:
         self.plan = plan
         self.executable = executable
         self.weights = dict(weights)
         self.info = info or {}
         self.program = program  # the compiler's IR of every level (None after load)
-        self._executor = Executor(plan, executable, self.weights, get_device("cpu"),
-                                  num_threads)
+        if device is None:  # (a loaded artifact: the runtime's device it was built for)
+            device = get_device(str(self.info.get("device", "cpu")))
+        self._executor = Executor(plan, executable, self.weights, device, num_threads)
 
     @property
     def input_names(self) -> list[str]:
@@ -58,22 +60,24 @@ class CompiledModel:
 
 def compile(model: Any, target: str | Target = "cpu", options: CompileOptions | None = None,
             **option_fields: Any) -> CompiledModel:
-    """Compile an ONNX model (path, bytes or ModelProto) for `target`."""
+    """Compile an ONNX model (path, bytes or ModelProto) for `target`: a backend's name
+    (`strataml backends` lists them) or a `Target`."""
+    from strataml.backends import resolve_target
     from strataml.frontends.onnx import import_model
-    from strataml.passes.pipelines import compile_graph
 
     if options is None:
         options = CompileOptions(**option_fields)
     elif option_fields:
         raise TypeError("pass either options= or individual option keywords, not both")
-    resolved = resolve_target(target)
+    backend, resolved = resolve_target(target)
     start = time.perf_counter()
     graph = import_model(model, options)
-    program = compile_graph(graph, resolved, options)
-    info = {"target": resolved.to_json(), "compile_seconds": time.perf_counter() - start,
-            "timings": program.timings}
+    program = backend.compile(graph, resolved, options)
+    device = backend.device()
+    info = {"target": resolved.to_json(), "device": device.name,
+            "compile_seconds": time.perf_counter() - start, "timings": program.timings}
     return CompiledModel(program.plan, program.executable, program.weights, info, program,
-                         num_threads=program.plan.num_threads)
+                         num_threads=program.plan.num_threads, device=device)
 
 
 def load(path: str | Path, num_threads: int | None = None) -> CompiledModel:

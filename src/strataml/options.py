@@ -1,87 +1,16 @@
-"""CompileOptions and Target: the explicit configuration passed down through every level."""
+"""CompileOptions: the explicit configuration passed down through every level (the
+hardware it is for is a `Target`, see strataml.target)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from strataml import config
+from strataml.target import Target, host_target
 
-
-@dataclass(frozen=True)
-class Target:
-    """What the code is generated for; capabilities are data, never discovered by reflection."""
-
-    name: str
-    triple: str
-    cpu: str
-    features: str
-    vector_bits: int
-    l2_bytes: int = 1 << 20
-
-    @property
-    def vector_lanes_f32(self) -> int:
-        return max(1, self.vector_bits // 32)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "triple": self.triple,
-            "cpu": self.cpu,
-            "features": self.features,
-            "vector_bits": self.vector_bits,
-            "l2_bytes": self.l2_bytes,
-        }
-
-
-@lru_cache(maxsize=1)
-def host_target() -> Target:
-    """The CPU this process runs on, with its native features (AVX-512, AVX2, NEON...)."""
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    features = llvm.get_host_cpu_features()
-    enabled = {k for k, v in features.items() if v}
-    if "avx512f" in enabled:
-        bits = 512
-    elif "avx2" in enabled or "avx" in enabled:
-        bits = 256
-    else:
-        bits = 128
-    return Target(
-        name="cpu",
-        triple=llvm.get_process_triple(),
-        cpu=llvm.get_host_cpu_name(),
-        features=features.flatten(),
-        vector_bits=bits,
-        l2_bytes=_l2_bytes(),
-    )
-
-
-def _l2_bytes() -> int:
-    """Per-core L2 size from Linux sysfs; 1 MiB where it cannot be read."""
-    from pathlib import Path
-
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            if (index / "level").read_text().strip() == "2":
-                text = (index / "size").read_text().strip().upper()
-                scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
-                return int(text.rstrip("KM")) * scale
-        except (OSError, ValueError):
-            continue
-    return 1 << 20
-
-
-def resolve_target(target: str | Target) -> Target:
-    if isinstance(target, Target):
-        return target
-    if target in ("cpu", "host", "llvm"):
-        return host_target()
-    raise ValueError(f"unknown target {target!r}; available: 'cpu'")
+__all__ = ["CompileOptions", "Target", "host_target"]
 
 
 @dataclass(frozen=True)

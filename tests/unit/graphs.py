@@ -11,6 +11,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 from strataml.ir.dialects.graph import Graph, Node, make_attrs
 from strataml.ir.types import Dim, TensorType
 from strataml.passes.graph.infer_shapes import infer_types
+from strataml.target import Target
 
 
 def node(op: str, inputs: Sequence[str], outputs: Sequence[str] | str, name: str = "",
@@ -51,3 +52,10 @@ def onnx_model(nodes: Sequence[Any], inputs: Mapping[str, tuple[str, Sequence[An
          for k, (dt, s) in outputs.items()],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def avx512_target(l2_bytes: int = 1 << 20) -> Target:
+    """A fixed AVX-512 machine (48 KiB L1, like the developers' host) for tests that pin the
+    schedule rules' choices: they must not move with the machine the tests run on."""
+    return Target("cpu", "x86_64-unknown-linux-gnu", "sapphirerapids", "+avx512f", 512, 32,
+                  48 << 10, l2_bytes, 32 << 20, 64, 2)

@@ -17,6 +17,7 @@ from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.schedule import default_schedule
 from strataml.schedule.fuse_axes import fuse_trailing_axes
 from tests.conftest import ort_run
+from tests.unit.graphs import avx512_target
 
 
 def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator, constant: bool = True):
@@ -53,11 +54,13 @@ def test_gemm_paths_match_numpy(m, k, n, threads, constant, rng):
     model, w, b = _dense_relu(m, k, n, rng, constant)
     compiled = strataml.compile(model, num_threads=threads, verify=True)
     strategies = {s.strategy for kernel in compiled.program.kernels
-                  for s in default_schedule(fuse_trailing_axes(kernel), threads, 16).stages}
+                  for s in default_schedule(fuse_trailing_axes(kernel), threads,
+                                            avx512_target()).stages}
     assert "gemm" in strategies or n < 32
     if n == 298:  # each thread its own share of the panels
         chunks = {s.column_chunks for kernel in compiled.program.kernels
-                  for s in default_schedule(fuse_trailing_axes(kernel), threads, 16).stages}
+                  for s in default_schedule(fuse_trailing_axes(kernel), threads,
+                                            avx512_target()).stages}
         assert chunks == ({2} if threads == 2 else {0})
     (kernel,) = compiled.program.kernels
     panels = [buf.shape for buf in kernel.buffers if ".panels" in buf.name]
@@ -114,7 +117,8 @@ def test_batched_gemm_with_edge_panel_on_a_parallel_batch_loop(threads, rng):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = strataml.compile(model, num_threads=threads)
     (kernel,) = compiled.program.kernels
-    (stage,) = default_schedule(fuse_trailing_axes(kernel), threads, 16).stages
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), threads,
+                                avx512_target()).stages
     assert stage.strategy == "gemm"
     assert stage.kc  # the packed nest, with its edge panel
     a = rng.standard_normal((batch, m, k)).astype(np.float32)
@@ -131,7 +135,8 @@ def test_a_tall_gemm_keeps_its_panels_per_reduction_block(threads, rng):
     model, w, b = _dense_relu(256, 512, 330, rng, constant=False)
     compiled = strataml.compile(model, num_threads=threads, verify=True)
     (kernel,) = compiled.program.kernels
-    (how,) = default_schedule(fuse_trailing_axes(kernel), threads, 16, 2 << 20).stages
+    (how,) = default_schedule(fuse_trailing_axes(kernel), threads,
+                              avx512_target(2 << 20)).stages
     assert how.keep_panels
     assert how.kc < 512
     assert how.column_chunks == (2 if threads == 2 else 0)
@@ -153,7 +158,8 @@ def test_a_tall_gemm_shares_its_rows_between_threads(threads, constant, rng):
     model, w, b = _dense_relu(m, k, n, rng, constant)
     compiled = strataml.compile(model, num_threads=threads, verify=True)
     (kernel,) = compiled.program.kernels
-    (how,) = default_schedule(fuse_trailing_axes(kernel), threads, 16, 2 << 20).stages
+    (how,) = default_schedule(fuse_trailing_axes(kernel), threads,
+                              avx512_target(2 << 20)).stages
     assert how.kc
     assert how.column_chunks <= 1
     assert how.row_chunks == (2 if threads == 2 else 0)
@@ -253,7 +259,7 @@ def test_the_edge_panel_tile_is_as_wide_as_its_columns_need(rng, tmp_path):
     loops = (tmp_path / "92-loop.mlir").read_text()
     edge_stores = re.findall(r"^\s*%edge\d+\[[^\n]*\] = ", loops, re.MULTILINE)
     (kernel,) = compiled.program.kernels
-    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, lanes).stages
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, host_target()).stages
     assert stage.kc
     assert len(edge_stores) == stage.mr  # 64 rows: whole tiles, no row tail
     x = rng.standard_normal((64, 256)).astype(np.float32)
@@ -279,7 +285,7 @@ def test_a_shallow_gemm_prefetches_what_its_epilogue_touches(rng, tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
     (kernel,) = compiled.program.kernels
-    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, 16).stages
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, avx512_target()).stages
     assert stage.strategy == "gemm"
     assert stage.kc == 0
     loops = (tmp_path / "92-loop.mlir").read_text()
@@ -306,8 +312,7 @@ def test_a_rows_outer_gemm_prefetches_the_next_row_tiles_weights(rng, tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
     (kernel,) = compiled.program.kernels
-    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, host_target().vector_lanes_f32,
-                                2 << 20).stages
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, host_target()).stages
     assert stage.rows_outer
     weights = next(b.name for b in kernel.buffers if b.shape == (1024, 256, 1, 1))
     loops = (tmp_path / "92-loop.mlir").read_text()
@@ -323,11 +328,10 @@ def test_few_rows_stream_pre_packed_weights_in_short_blocks(m, max_depth, rng):
     """49 rows (a 7x7 channels-last conv's pixels) of a gemm with pre-packed weights take
     them in blocks of at most 72 reduction steps, 128 rows in blocks of up to 256; the
     product is the same either way."""
-    lanes = host_target().vector_lanes_f32
     model, w, b = _dense_relu(m, 1024, 128, rng)
     compiled = strataml.compile(model, num_threads=1, verify=True)
     (kernel,) = compiled.program.kernels
-    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, lanes).stages
+    (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, host_target()).stages
     assert 0 < stage.kc <= max_depth
     assert stage.kc > max_depth // 2  # the longest block that fits, not a shorter one
     x = rng.standard_normal((m, 1024)).astype(np.float32)
@@ -350,7 +354,7 @@ def test_a_rows_outer_winograd_product_keeps_its_panels_in_l1(rng):
     compiled = strataml.compile(model, num_threads=2, verify=True)
     (kernel,) = compiled.program.kernels
     prepared = prepare_kernel(kernel)
-    schedule = default_schedule(prepared, 2, host_target().vector_lanes_f32, 2 << 20)
+    schedule = default_schedule(prepared, 2, host_target())
     (product,) = [s for st, s in zip(prepared.stages, schedule.stages, strict=True)
                   if st.buffer.startswith("winograd_mid")]
     assert product.rows_outer
@@ -418,7 +422,7 @@ def test_a_tall_skinny_parallel_gemm_gives_each_thread_one_row_block(rng):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = strataml.compile(model, num_threads=2, verify=True)
     (kernel,) = compiled.program.kernels
-    (stage,) = default_schedule(prepare_kernel(kernel), 2, 16, 2 << 20).stages
+    (stage,) = default_schedule(prepare_kernel(kernel), 2, avx512_target(2 << 20)).stages
     assert stage.rows_outer
     assert stage.row_chunks == 2
     assert stage.mc == 1500 // 2 // stage.mr  # the half's whole tiles, its tail after them
@@ -435,14 +439,14 @@ def test_pre_packed_gemm_over_a_big_output_runs_in_one_pass_when_its_a_tile_fits
     """Pre-packed weights, an output bigger than half of L2: one reduction pass (the
     epilogue on the registers, the output written once) when a row tile's reduction fits
     the A tile budget, whatever A's total size."""
-    from strataml.schedule.schedule import A_TILE_BYTES
+    from strataml.schedule.schedule import a_tile_bytes
 
     model, w, b = _dense_relu(m, k, 1536, rng)
     compiled = strataml.compile(model, num_threads=2, verify=True)
     (kernel,) = compiled.program.kernels
-    (stage,) = default_schedule(prepare_kernel(kernel), 2, 16, 2 << 20).stages
+    (stage,) = default_schedule(prepare_kernel(kernel), 2, avx512_target(2 << 20)).stages
     assert (stage.kc == k) == one_pass
-    assert (stage.mr * k * 4 <= A_TILE_BYTES) == one_pass
+    assert (stage.mr * k * 4 <= a_tile_bytes(avx512_target(2 << 20))) == one_pass
     x = rng.standard_normal((m, k)).astype(np.float32)
     (y,) = compiled.run({"x": x})
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w + b, 0),
@@ -458,4 +462,4 @@ def test_pre_packed_gemm_over_a_big_output_runs_in_one_pass_when_its_a_tile_fits
 def test_the_widest_tile_for_many_activation_rows(rows, activations_as_rows, mr):
     from strataml.schedule.schedule import gemm_tile
 
-    assert gemm_tile(16, rows, activations_as_rows) == (mr, 32)
+    assert gemm_tile(avx512_target(), rows, activations_as_rows) == (mr, 32)

@@ -16,6 +16,7 @@ from strataml.ir.dialects.loop import For
 from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.schedule import default_schedule
 from strataml.schedule.primitives import ComputeAt
+from tests.unit.graphs import avx512_target
 
 
 def _model(nodes, inputs, output, shape, weights=()):
@@ -148,7 +149,7 @@ def test_a_gemm_over_a_large_output_writes_it_row_block_by_row_block(rows, cols,
                    [("a", [2, rows, 64]), ("b", [2, 64, cols])], "y", [2, rows, cols])
     compiled = strataml.compile(model, num_threads=2, verify=True)
     (kernel,) = compiled.program.kernels
-    (how,) = default_schedule(prepare_kernel(kernel), 2, 16, 2 << 20).stages
+    (how,) = default_schedule(prepare_kernel(kernel), 2, avx512_target(2 << 20)).stages
     assert how.strategy == "gemm"
     assert how.kc == 0
     assert (how.mc == 1) == one_tile_a_block

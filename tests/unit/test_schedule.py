@@ -37,6 +37,7 @@ from strataml.schedule.primitives import (
     Vectorize,
 )
 from strataml.schedule.schedule import check_schedule
+from tests.unit.graphs import avx512_target
 
 M, K, N = 36, 64, 40  # tails for every gemm tile below
 i, j, r = var("i"), var("j"), var("r")
@@ -82,7 +83,7 @@ def _stencil_kernel(padded: bool = False) -> Kernel:
 
 def _run(kernel: Kernel, schedule: Schedule | None, inputs: dict[str, np.ndarray]
          ) -> tuple[dict[str, np.ndarray], LoopFunction]:
-    fn = lower_kernel(kernel, schedule, threads=2, vector_lanes=16)
+    fn = lower_kernel(kernel, schedule, 2, avx512_target())
     verify_function(fn)
     call = KernelCall(kernel.name, kernel.name, tuple((2, k) for k in range(len(fn.params))))
     module = build_module([fn], [call], f"run_{kernel.name}")
@@ -124,13 +125,13 @@ def _loops(fn: LoopFunction) -> list[For]:
 
 def test_default_rules_pick_from_structure_and_round_trip_through_json():
     kernel = _matmul_kernel(64, 256, 64)
-    schedule = default_schedule(kernel, threads=2, vector_lanes=16)
+    schedule = default_schedule(kernel, 2, avx512_target())
     (stage,) = schedule.stages
     assert stage.strategy == "gemm"
     assert (stage.mr, stage.nr, stage.lanes) == (8, 32, 16)  # 64 rows: a divisor of 64
     assert Schedule.from_json(schedule.to_json()) == schedule
     assert "gemm" in str(schedule)
-    narrow = default_schedule(_matmul_kernel(64, 256, 8), threads=1, vector_lanes=16)
+    narrow = default_schedule(_matmul_kernel(64, 256, 8), 1, avx512_target())
     # 8 columns: too narrow for a register tile; the row trace instead
     assert narrow.stages[0].steps == (Reorder(("r", "j")), Vectorize("j"))
 
@@ -417,7 +418,7 @@ def test_default_rules_compute_a_copy_inside_its_consumer_where_the_box_is_prova
     from strataml.passes.lower.kernel_to_loop import lower_with_default_schedule
 
     kernel = _stencil_kernel(padded)
-    _, schedule = lower_with_default_schedule(kernel, threads=2, vector_lanes=16)
+    _, schedule = lower_with_default_schedule(kernel, 2, avx512_target())
     computed_at = [s for s in schedule.stages[0].steps if isinstance(s, ComputeAt)]
     assert computed_at == ([] if padded else [ComputeAt("out", "p")])
     out, _ = _run(kernel, schedule, mats)
@@ -475,14 +476,14 @@ def test_compute_at_boxes_take_phase_terms_and_refuse_gathers():
                                Buffer("t", "float32", (8, 42), "temp")),
                     (t, Stage("out", (p, q), gathered)), ("gather",))
     with pytest.raises(ScheduleError, match="no known range"):
-        lower_kernel(kernel, schedule, threads=2, vector_lanes=16)
+        lower_kernel(kernel, schedule, 2, avx512_target())
 
 
 def test_threads_split_a_gemm_along_its_longer_side():
     """[1024, 768] x [768, 768] by rows (each thread reads half of A), [128, 768] x
     [768, 3072] by column panels (each thread packs half of B)."""
-    (tall,) = default_schedule(_matmul_kernel(1024, 768, 768), 2, 16, 2 << 20).stages
-    (wide,) = default_schedule(_matmul_kernel(128, 768, 3072), 2, 16, 2 << 20).stages
+    (tall,) = default_schedule(_matmul_kernel(1024, 768, 768), 2, avx512_target(2 << 20)).stages
+    (wide,) = default_schedule(_matmul_kernel(128, 768, 3072), 2, avx512_target(2 << 20)).stages
     assert (tall.row_chunks, tall.column_chunks) == (2, 0)
     assert (wide.row_chunks, wide.column_chunks) == (0, 2)
     with pytest.raises(ScheduleError, match="row_chunks=2 needs a parallel packed gemm"):
@@ -495,17 +496,17 @@ def test_a_reduction_of_long_steps_still_goes_in_blocks():
     between row tiles); 1024 steps is the longest step blocked."""
     from strataml.schedule.schedule import _pack_block
 
-    assert _pack_block((3, 3, 256), 400, 12, panel=True) == 1
-    assert _pack_block((2304,), 400, 12, panel=True) == 256
-    assert _pack_block((3, 3, 512), 400, 12, panel=True) == 0
+    assert _pack_block((3, 3, 256), 400, 12, True, 256) == 1
+    assert _pack_block((2304,), 400, 12, True, 256) == 256
+    assert _pack_block((3, 3, 512), 400, 12, True, 256) == 0
 
 
 def test_kept_panels_are_swept_row_tile_by_row_tile_when_the_output_is_big():
     """[256, 128] x [128, 3136] (a 1x1 conv's weights by a 56x56 map, 3.2 MB out): each row
     tile sweeps its thread's 0.8 MB of kept panels, so the output is written row after row;
     with K = 256 (1.6 MB of panels a thread) whole row blocks keep the panels in L2."""
-    (short,) = default_schedule(_matmul_kernel(256, 128, 3136), 2, 16, 2 << 20).stages
-    (deep,) = default_schedule(_matmul_kernel(256, 256, 3136), 2, 16, 2 << 20).stages
+    (short,) = default_schedule(_matmul_kernel(256, 128, 3136), 2, avx512_target(2 << 20)).stages
+    (deep,) = default_schedule(_matmul_kernel(256, 256, 3136), 2, avx512_target(2 << 20)).stages
     assert short.keep_panels
     assert deep.keep_panels
     assert short.mc == 1
@@ -516,9 +517,9 @@ def test_a_short_reduction_into_a_big_output_is_packed_whole_and_kept():
     """[256, 64] x [64, 3136] (ResNet-50's 64 -> 256 1x1 convs on 56x56): too short for
     packing's own rule, but 32 row tiles reuse each panel, so B is packed whole into kept
     panels; a 16-step reduction, or a one-thread product, still reads B in place."""
-    (short,) = default_schedule(_matmul_kernel(256, 64, 3136), 2, 16, 2 << 20).stages
-    (shorter,) = default_schedule(_matmul_kernel(256, 16, 3136), 2, 16, 2 << 20).stages
-    (serial,) = default_schedule(_matmul_kernel(256, 64, 3136), 1, 16, 2 << 20).stages
+    (short,) = default_schedule(_matmul_kernel(256, 64, 3136), 2, avx512_target(2 << 20)).stages
+    (shorter,) = default_schedule(_matmul_kernel(256, 16, 3136), 2, avx512_target(2 << 20)).stages
+    (serial,) = default_schedule(_matmul_kernel(256, 64, 3136), 1, avx512_target(2 << 20)).stages
     assert (short.kc, short.keep_panels, short.mc) == (64, True, 1)
     assert shorter.kc == 0
     assert serial.kc == 0

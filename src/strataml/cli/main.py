@@ -89,6 +89,8 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", action="append", type=_parse_dim, default=[],
                    metavar="NAME=VALUE", help="bind symbolic dim NAME (default 1)")
     p.add_argument("--num-threads", type=_positive, default=None, metavar="N")
+    p.add_argument("--target", default="cpu", metavar="BACKEND",
+                   help="the backend to build for (`strataml backends` lists them)")
     p.add_argument("--verify", action="store_true",
                    help="run the IR verifiers between passes and levels")
 
@@ -138,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--perf: also write the rows to PATH as JSON")
     _add_compile_options(p)
 
+    sub.add_parser("backends", help="list the known backends, one per line, name first")
+
     p = sub.add_parser("opt", help="run a graph pass pipeline and print the result")
     p.add_argument("model", help="the .onnx model")
     p.add_argument("--passes", default=None, metavar="PIPELINE",
@@ -163,6 +167,17 @@ def _options(args: argparse.Namespace, dump_ir: str | None = None) -> CompileOpt
     return CompileOptions(**fields)
 
 
+def _target(args: argparse.Namespace) -> str:
+    """--target, checked: an unknown backend is a usage error that lists the known ones."""
+    from strataml.backends import get_backend
+
+    try:
+        get_backend(args.target)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return str(args.target)
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -174,7 +189,7 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     import strataml
 
     output = Path(args.output) if args.output else Path(args.model).with_suffix(".smod")
-    model = strataml.compile(args.model, options=_options(args, args.dump_ir))
+    model = strataml.compile(args.model, _target(args), options=_options(args, args.dump_ir))
     try:
         model.save(output)
     except OSError as exc:
@@ -194,7 +209,7 @@ def _load_any(args: argparse.Namespace, out: TextIO) -> CompiledModel:
     path = Path(args.model)
     if path.suffix == ".smod":
         return strataml.load(path, num_threads=args.num_threads)
-    model = strataml.compile(args.model, options=_options(args))
+    model = strataml.compile(args.model, _target(args), options=_options(args))
     print(f"compiled {args.model} in {model.info['compile_seconds']:.3f} s", file=out)
     return model
 
@@ -268,7 +283,8 @@ def _file_name(value: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in value)
 
 
-def _print_ir(level: str, graph: Graph, options: CompileOptions, out: TextIO) -> None:
+def _print_ir(level: str, graph: Graph, options: CompileOptions, target: str,
+              out: TextIO) -> None:
     from strataml.ir.dialects.graph import print_graph
 
     if level == "graph":
@@ -276,16 +292,18 @@ def _print_ir(level: str, graph: Graph, options: CompileOptions, out: TextIO) ->
         return
     from strataml.options import host_target
     from strataml.passes.manager import PassManager
-    from strataml.passes.pipelines import compile_graph, cpu_pipeline
+    from strataml.passes.pipelines import cpu_pipeline
 
     if level == "fused":
         fused = PassManager(cpu_pipeline(host_target()), verify=options.verify).run(graph)
         print(print_graph(fused), file=out)
         return
+    from strataml.backends import resolve_target
     from strataml.ir.dialects.kernel import print_kernel
     from strataml.ir.dialects.loop import print_function
 
-    program = compile_graph(graph, host_target(), options)
+    backend, chosen = resolve_target(target)
+    program = backend.compile(graph, chosen, options)
     if level == "kernel":
         print("\n\n".join(print_kernel(k) for k in program.kernels), file=out)
     elif level == "loop":
@@ -335,7 +353,7 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
     if args.perf:
         return _print_perf(args, out)
     print(f"--- {args.level} ---", file=out)
-    _print_ir(args.level, graph, options, out)
+    _print_ir(args.level, graph, options, _target(args), out)
     return 0
 
 
@@ -402,7 +420,20 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect, "opt": cmd_opt}
+def cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
+    from strataml.backends import get_backend, known_backends
+
+    for name in known_backends():
+        try:
+            description = get_backend(name).description
+        except Exception as exc:  # noqa: BLE001 (a third-party backend that does not load: say so, go on)
+            description = f"(cannot be loaded: {type(exc).__name__}: {exc})"
+        print(f"{name}\t{description}", file=out)
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect, "opt": cmd_opt,
+            "backends": cmd_backends}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from strataml.passes.lower.prepack import pack_panels, packed_name, prepack_weig
 from strataml.passes.manager import GraphPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
 from strataml.schedule import Schedule
+from strataml.schedule.schedule import TILE_ROW_VECTORS
 
 # Order matters: simplification exposes constants (fold again after it), BatchNorm folding
 # needs constant conv weights (after the first fold) and a 3-D conv's own (so 3-D convs
@@ -108,7 +109,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
         bindings.append(values)
         derived.update(made)
     graph = _with_constants(graph, derived)
-    graph = _prepack_weights(graph, kernels, bindings, 2 * target.vector_lanes_f32)
+    graph = _prepack_weights(graph, kernels, bindings,
+                             TILE_ROW_VECTORS * target.vector_lanes_f32)
     if options.verify:
         for kernel in kernels:
             verify_kernel(kernel)
@@ -132,11 +134,10 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> Comp
             function_of[key] = k.name
             prepared = prepare_kernel(k)
             if given is not None:
-                fn = lower_kernel(prepared, given)
+                fn = lower_kernel(prepared, given, target=target)
                 schedule = given
             else:
-                fn, schedule = lower_with_default_schedule(
-                    prepared, threads, target.vector_lanes_f32, target.l2_bytes)
+                fn, schedule = lower_with_default_schedule(prepared, threads, target)
             pairs_of[k.name] = in_place_pairs(prepared, schedule)
             loops.append(replace(fn, aliased=tuple(b for pair in pairs_of[k.name]
                                                    for b in pair)))

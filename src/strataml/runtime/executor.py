@@ -13,7 +13,7 @@ import numpy as np
 
 from strataml.config import num_threads_from_env
 from strataml.errors import InputError
-from strataml.runtime.hal import Device, Executable, ExecutionPlan, TensorSlot
+from strataml.runtime.hal import Device, Executable, ExecutionPlan
 
 
 class Executor:
@@ -21,6 +21,12 @@ class Executor:
                  weights: Mapping[str, np.ndarray], device: Device,
                  num_threads: int | None = None) -> None:
         self.plan = plan
+        if not device.shares_host_memory:
+            raise NotImplementedError(f"device {device.name!r} keeps its own memory: the "
+                                      "executor runs plans only where device memory is the "
+                                      "host's (the copies in and out of a plan come with "
+                                      "partitioning)")
+        self._device = device
         self._entry = device.load(executable, plan.entry, plan.native_libs)
         # An explicit count wins; else STRATAML_NUM_THREADS; else what the plan was built for.
         self._entry.set_num_threads(num_threads or num_threads_from_env() or plan.num_threads)
@@ -28,7 +34,8 @@ class Executor:
         self._weights = device.allocate(plan.weights_bytes)
         self._lock = threading.Lock()
         for slot in plan.weights:
-            self._view(slot)[...] = np.asarray(weights[slot.name]).reshape(slot.shape)
+            value = np.asarray(weights[slot.name], dtype=slot.dtype).reshape(slot.shape)
+            device.copy_in(self._weights, slot.offset, value)
         n_in = len(plan.inputs)
         self._io_size = n_in + len(plan.outputs)
         # Outputs written by kernels own an io entry; the rest copy an input or a weight.
@@ -38,11 +45,6 @@ class Executor:
         self._table = (ctypes.c_void_p * max(self._io_size, 1))()
         self._table_address = ctypes.addressof(self._table)
         self._bases = (self._arena.ctypes.data, self._weights.ctypes.data)
-
-    def _view(self, slot: TensorSlot) -> np.ndarray:
-        region = self._arena if slot.region == "arena" else self._weights
-        raw = region[slot.offset:slot.offset + slot.nbytes]
-        return raw.view(slot.dtype).reshape(slot.shape)
 
     def _fast_check(self, feeds: Mapping[str, object]) -> bool:
         """True when every feed is exactly as compiled (the common case, checked cheaply);
@@ -125,7 +127,9 @@ class Executor:
             table = self._table
             for k, a in enumerate(arrays):
                 table[k] = a.__array_interface__["data"][0]
-            self._entry(self._bases[0], self._bases[1], self._table_address)
+            self._device.launch(self._entry, self._bases[0], self._bases[1],
+                                self._table_address)
+            self._device.wait()
         results = []
         for k, slot in enumerate(self.plan.outputs):
             if self._direct[k]:
@@ -133,5 +137,8 @@ class Executor:
             elif slot.region == "io":
                 results.append(arrays[slot.offset].copy())
             else:
-                results.append(self._view(slot).copy())
+                out = np.empty(slot.shape, slot.dtype)
+                self._device.copy_out(self._arena if slot.region == "arena" else
+                                      self._weights, slot.offset, out)
+                results.append(out)
         return results

@@ -94,14 +94,28 @@ class Executable:
 
 
 class Device(Protocol):
-    """A place to run executables: allocates buffers and resolves entry points."""
+    """A place to run executables. Its memory may be distinct from the host's (a GPU's, an
+    accelerator's scratchpad): buffers come from `allocate` and bytes move only through
+    `copy_in` / `copy_out`; `launch` may return before the work is done and `wait` blocks
+    until it is. The host CPU is the case where all of that is trivial
+    (`shares_host_memory`: its buffers are host arrays and the io table holds the caller's
+    own arrays)."""
 
     name: str
+    shares_host_memory: bool
 
     def allocate(self, nbytes: int) -> np.ndarray: ...
 
+    def copy_in(self, buffer: np.ndarray, offset: int, data: np.ndarray) -> None: ...
+
+    def copy_out(self, buffer: np.ndarray, offset: int, out: np.ndarray) -> None: ...
+
     def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
              ) -> LoadedEntry: ...
+
+    def launch(self, entry: LoadedEntry, arena: int, weights: int, io: int) -> None: ...
+
+    def wait(self) -> None: ...
 
 
 class LoadedEntry(Protocol):

@@ -23,6 +23,7 @@ from math import prod
 from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Expr, Load, Reduce, Var
+from strataml.ir.types import itemsize
 from strataml.passes.lower.index_simplify import linear_in
 from strataml.schedule.primitives import (
     ROOT,
@@ -37,6 +38,7 @@ from strataml.schedule.primitives import (
     step_from_dict,
     step_to_dict,
 )
+from strataml.target import Target, host_target
 
 STRATEGIES = ("loops", "gemm")
 # A row accumulator lives on the stack; longer rows keep the elementwise strategy.
@@ -271,43 +273,53 @@ def _row_split(length: int, threads: int) -> int:
 # Channels-first convs (rows: output channels, 256 = 21 x 12 + 4) keep a dividing tile:
 # their rows-outer tails made ResNet-50's 1x1 convs 2x slower.
 WIDEST_TILE_MIN_ROWS = 256
+# Register tile row counts in order of preference (those the target's registers hold).
+ROW_TILES = (12, 8, 10, 6, 14, 7, 4, 3)
+# Vectors a register tile's row is wide (nr = this many vectors of the target's lanes).
+TILE_ROW_VECTORS = 2
 
 
-def gemm_tile(vector_lanes: int, rows: int, activations_as_rows: bool = False
+def gemm_tile(target: Target, rows: int, activations_as_rows: bool = False
               ) -> tuple[int, int]:
     """(mr, nr) register tile: mr*nr/lanes accumulators + nr/lanes B vectors + 1 broadcast
-    must fit the register file (32 vector registers with AVX-512, 16 otherwise). Among the
-    row counts that fit, one dividing `rows` avoids a second, partial tile, except where many
-    activation rows make that tile cheap (WIDEST_TILE_MIN_ROWS)."""
-    candidates = (12, 8, 10, 6, 14, 7, 4) if vector_lanes >= 16 else (6, 4, 3)
+    must fit the target's vector registers (AVX-512: 32, up to 14 rows; AVX2: 16, up to 6).
+    Among the row counts that fit, one dividing `rows` avoids a second, partial tile, except
+    where many activation rows make that tile cheap (WIDEST_TILE_MIN_ROWS)."""
+    lanes = target.vector_lanes_f32
+    most = (target.vector_registers - TILE_ROW_VECTORS - 1) // TILE_ROW_VECTORS
+    candidates = tuple(c for c in ROW_TILES if c <= most) or (1,)
+    if len(candidates) > 3:  # (the 3-row tile is for small register files)
+        candidates = candidates[:-1]
     if activations_as_rows and rows >= WIDEST_TILE_MIN_ROWS:
-        return candidates[0], 2 * vector_lanes
+        return candidates[0], TILE_ROW_VECTORS * lanes
     mr = next((c for c in candidates if rows % c == 0), candidates[0])
-    return mr, 2 * vector_lanes
+    return mr, TILE_ROW_VECTORS * lanes
 
 
-def _row_block(rows: int, mr: int, depth: int, l2_bytes: int) -> int:
+def _row_block(rows: int, mr: int, depth: int, l2_bytes: int, item: int = 4) -> int:
     """Tiles per row block: the largest divisor of the tile count whose A rows (mr * depth
-    floats per tile) fit in half of L2."""
+    elements of `item` bytes per tile) fit in half of L2."""
     tiles = rows // mr
-    budget = max(1, (l2_bytes // 2) // max(1, mr * depth * 4))
+    budget = max(1, (l2_bytes // 2) // max(1, mr * depth * item))
     return max((d for d in range(1, tiles + 1) if tiles % d == 0 and d <= budget), default=1)
 
 
-def _unpacked_row_block(rows: int, cols: int, mr: int, depth: int, l2_bytes: int) -> int:
+def _unpacked_row_block(rows: int, cols: int, mr: int, depth: int, l2_bytes: int,
+                        item: int = 4) -> int:
     """Tiles per row block of a gemm that reads A and B in place. Where the output outgrows
     L2 and B fits in half of it, one tile a block: each A tile sweeps every column while its
     rows stay in L1 and B comes from L2, and the output is written row after row. Column
     tiles down a tall block write strips down the whole output instead, whose lines have
     left the cache when the next column tile completes them (Whisper's 1500 x 1500 attention
     scores a head, K = 64: 13.0 -> 7.1 ms; blocks of 5 tiles: 13.2)."""
-    if rows * cols * 4 > l2_bytes and depth * cols * 4 <= l2_bytes // 2:
+    if rows * cols * item > l2_bytes and depth * cols * item <= l2_bytes // 2:
         return 1
-    return _row_block(rows, mr, depth, l2_bytes)
+    return _row_block(rows, mr, depth, l2_bytes, item)
 
 
-# Reduction steps per packed B block: kc x nr floats (32 KiB at nr=32) stay in L1.
-PACK_DEPTH = 256
+# A packed B block (kc x nr elements) fills at most this share of L1: 32 KiB of a 48 KiB L1,
+# 256 steps at nr = 32 floats.
+PACK_L1_SHARE = (2, 3)
 # The longest single step of a reduction's first axis that still makes a reduction block.
 MAX_BLOCK_STEPS = 1024
 
@@ -322,16 +334,24 @@ PANEL_PACK_DEPTH = 72
 PANEL_PACK_MAX_ROWS = 64
 
 
-def _pack_block(extents: tuple[int, ...], rows: int, mr: int, panel: bool = False) -> int:
-    """Blocks of the first reduction axis for the packed gemm, or 0 when packing cannot pay
-    for itself (few row tiles reuse each packed panel, or a short reduction)."""
+def pack_depth(target: Target, nr: int, item: int = 4) -> int:
+    """Reduction steps per packed B block: its kc x nr elements stay in L1."""
+    return target.l1_bytes * PACK_L1_SHARE[0] // PACK_L1_SHARE[1] // (nr * item)
+
+
+def _pack_block(extents: tuple[int, ...], rows: int, mr: int, panel: bool, limit: int
+                ) -> int:
+    """Blocks of the first reduction axis for the packed gemm (at most `limit` steps, see
+    `pack_depth`), or 0 when packing cannot pay for itself (few row tiles reuse each packed
+    panel, or a short reduction)."""
     depth = 1
     for e in extents:
         depth *= e
     if rows < 4 * mr or depth < 128:
         return 0
     inner = depth // extents[0]
-    limit = PANEL_PACK_DEPTH if panel and rows < PANEL_PACK_MAX_ROWS else PACK_DEPTH
+    if panel and rows < PANEL_PACK_MAX_ROWS:
+        limit = PANEL_PACK_DEPTH
     fits = [d for d in range(1, extents[0] + 1)
             if extents[0] % d == 0 and d * inner <= limit]
     # A first axis whose every step is longer than the limit (a 3x3 conv's tap rows over
@@ -461,10 +481,15 @@ ROWS_OUTER_L2_SHARE = 8
 MIN_PANELS_PER_CHUNK = 4
 # ... and a share of the rows at least this many register tiles.
 MIN_ROWS_PER_CHUNK = 4
-# Bytes of an A row tile's reduction block (mr rows x kc) in a rows-outer gemm. At 16 KiB a
-# 3x3 conv's (ci, a, b) reduction got 288-step blocks (512 before it had three axes) and
-# ResNet-18's 512-channel 7x7 convs took 1.06 ms instead of 0.89 (36 to 72 KiB: equal).
-A_TILE_BYTES = 36 << 10
+# An A row tile's reduction block (mr rows x kc) in a rows-outer gemm fills at most this
+# share of L1 (36 KiB of 48). At 16 KiB a 3x3 conv's (ci, a, b) reduction got 288-step
+# blocks (512 before it had three axes) and ResNet-18's 512-channel 7x7 convs took 1.06 ms
+# instead of 0.89 (36 to 72 KiB: equal).
+A_TILE_L1_SHARE = (3, 4)
+
+
+def a_tile_bytes(target: Target) -> int:
+    return target.l1_bytes * A_TILE_L1_SHARE[0] // A_TILE_L1_SHARE[1]
 
 
 # A serial packed gemm keeps all column panels of a reduction block when they fit in L2
@@ -485,12 +510,13 @@ KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S = 1
 SHORT_KEPT_MIN_STEPS = 32
 
 
-def _kept_panels(panels: int, chunks: int, depth: int, nr: int, l2_bytes: int) -> int | None:
+def _kept_panels(panels: int, chunks: int, depth: int, nr: int, l2_bytes: int,
+                 item: int = 4) -> int | None:
     """Column shares for a gemm that keeps its panels: the fewest (a multiple of the
     parallel shares) whose panels fit in L2 (0: one, unshared); None when none does."""
     step = max(chunks, 1)
     for shares in range(step, max(panels, 1) + 1, step):
-        if -(-panels // shares) * depth * nr * 4 <= l2_bytes:
+        if -(-panels // shares) * depth * nr * item <= l2_bytes:
             return shares if shares > 1 else 0
     return None
 
@@ -499,8 +525,8 @@ def _kept_panels(panels: int, chunks: int, depth: int, nr: int, l2_bytes: int) -
 # L1, where every row tile finds them, as long as a block keeps this many steps (fewer:
 # the partial sums' round trips cost more than L1 saves). ResNet-50's Winograd products on
 # 14x14 (2 panels, 768 steps): blocks of 96 steps, 0.78 -> 0.68 ms; its 1x1 convs there
-# (7 panels: 32 steps would fit) keep theirs, where halving the block cost 8-12%.
-ROWS_OUTER_L1_PANEL_BYTES = 32 << 10
+# (7 panels: 32 steps would fit) keep theirs, where halving the block cost 8-12%. (The
+# panels' share of L1 is packing's, `PACK_L1_SHARE`.)
 ROWS_OUTER_L1_MIN_STEPS = 64
 
 
@@ -525,18 +551,22 @@ def _balanced_row_block(tiles: int, threads: int, fallback: int) -> int:
 
 
 def _rows_outer_block(extents: tuple[int, ...], rows: int, panels: int, mr: int, nr: int,
-                      kc: int, l2_bytes: int) -> tuple[int, bool]:
+                      kc: int, target: Target, item: int = 4) -> tuple[int, bool]:
     """(kc, rows_outer): with rows outermost, the longest block whose A tile stays in L1
     and whose panels together fit in a quarter of L2."""
     inner = 1
     for e in extents[1:]:
         inner *= e
+    l2_bytes = target.l2_bytes
     if panels > ROWS_OUTER_PANELS \
-            or rows * extents[0] * inner * 4 <= l2_bytes // ROWS_OUTER_L2_SHARE:
+            or rows * extents[0] * inner * item <= l2_bytes // ROWS_OUTER_L2_SHARE:
         return kc, False
+    a_budget = a_tile_bytes(target)
+    l1_panels = target.l1_bytes * PACK_L1_SHARE[0] // PACK_L1_SHARE[1]
     fits = [d for d in range(1, extents[0] + 1) if extents[0] % d == 0
-            and mr * d * inner * 4 <= A_TILE_BYTES and panels * d * inner * nr * 4 <= l2_bytes // 4]
-    in_l1 = [d for d in fits if panels * d * inner * nr * 4 <= ROWS_OUTER_L1_PANEL_BYTES
+            and mr * d * inner * item <= a_budget
+            and panels * d * inner * nr * item <= l2_bytes // 4]
+    in_l1 = [d for d in fits if panels * d * inner * nr * item <= l1_panels
              and d * inner >= ROWS_OUTER_L1_MIN_STEPS]
     return max(in_l1 or fits, default=kc), True
 
@@ -614,20 +644,23 @@ def _rows_computed_at_final(kernel: Kernel, stages: list[StageSchedule],
                                           if not isinstance(p, Parallel)), step)
 
 
-def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
-                     l2_bytes: int = 1 << 20, compute_copies_at_consumers: bool = True
-                     ) -> Schedule:
+def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None,
+                     compute_copies_at_consumers: bool = True) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
     trace wherever a reduction feeds a vectorisable last axis, else the elementwise trace;
     parallel over the outermost non-unit loop when there is enough work for `threads`; copy
-    stages computed inside their only consumer's loops."""
+    stages computed inside their only consumer's loops. Sizes come from `target` (the host's
+    by default): its vector width and registers, its L1 and L2."""
     from strataml.schedule.contraction import match_contraction
 
+    target = target or host_target()
+    vector_lanes, l2_bytes = target.vector_lanes_f32, target.l2_bytes
     out = []
     for st in kernel.stages:
         shape = kernel.buffer(st.buffer).shape
+        item = itemsize(kernel.buffer(st.buffer).dtype)
         found = match_contraction(kernel, st) if len(shape) >= 2 else "rank < 2"
-        mr, nr = gemm_tile(vector_lanes, shape[found.i_axis] if not isinstance(
+        mr, nr = gemm_tile(target, shape[found.i_axis] if not isinstance(
             found, str) else 1, not isinstance(found, str) and bool(found.panel))
         big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
         if not isinstance(found, str) and shape[-1] >= nr \
@@ -637,11 +670,11 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             depth = 1
             for e in found.reduce.extents:
                 depth *= e
-            kc = _pack_block(found.reduce.extents, rows, mr,
-                             bool(found.panel))
+            kc = _pack_block(found.reduce.extents, rows, mr, bool(found.panel),
+                             pack_depth(target, nr, item))
             if not kc and not found.panel and big and depth >= SHORT_KEPT_MIN_STEPS \
                     and rows >= KEEP_PANELS_MIN_ROWS \
-                    and rows * shape[-1] * 4 > l2_bytes \
+                    and rows * shape[-1] * item > l2_bytes \
                     and unbatched:
                 # A short reduction packed whole, its panels kept (below): B read in place
                 # walks `depth` rows a page apart for every tile; packed once, every row tile
@@ -649,9 +682,9 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
                 # under a batch loop: Whisper's [1500, 64] x [64, 1500] attention scores a
                 # head keep their unpacked row sweep (6.9 ms; packed, 13.3).
                 kc = found.reduce.extents[0]
-            if kc and found.panel and (rows * depth * 4 <= l2_bytes // 2
-                                       or mr * depth * 4 <= A_TILE_BYTES) \
-                    and rows * shape[-1] * 4 > l2_bytes // 2:
+            if kc and found.panel and (rows * depth * item <= l2_bytes // 2
+                                       or mr * depth * item <= a_tile_bytes(target)) \
+                    and rows * shape[-1] * item > l2_bytes // 2:
                 # B pre-packed needs no panel copy, and A fits in L2: one pass keeps the
                 # partial sums in registers and runs the epilogue on them, where reduction
                 # blocks would add into an output too big to stay in L2 once per block and
@@ -665,11 +698,12 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             rows_outer = False
             if kc and not found.panel:
                 kc, rows_outer = _rows_outer_block(found.reduce.extents, rows,
-                                                   -(-shape[-1] // nr), mr, nr, kc, l2_bytes)
+                                                   -(-shape[-1] // nr), mr, nr, kc, target,
+                                                   item)
             if kc:  # A rows of one packed reduction block per row block
                 depth = kc * depth // found.reduce.extents[0]
-            mc = _row_block(rows, mr, depth, l2_bytes) if kc else \
-                _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes)
+            mc = _row_block(rows, mr, depth, l2_bytes, item) if kc else \
+                _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes, item)
             part_tiles = rows // threads // mr
             if rows_outer and big and part_tiles >= MIN_ROWS_PER_CHUNK:
                 # A contiguous share of the rows a thread, one row block each: a thread
@@ -687,18 +721,18 @@ def default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
             row_chunks = threads if big and kc and (rows >= shape[-1] or rows_outer) \
                 and part_tiles >= MIN_ROWS_PER_CHUNK else 0
             if row_chunks and not rows_outer:
-                mc = _row_block(rows // threads, mr, depth, l2_bytes)
+                mc = _row_block(rows // threads, mr, depth, l2_bytes, item)
             chunks = threads if big and kc and not rows_outer and not row_chunks \
                 and panels >= MIN_PANELS_PER_CHUNK * threads else 0
             keep = bool(kc) and not rows_outer and not found.panel and not row_chunks \
                 and rows >= KEEP_PANELS_MIN_ROWS and (not big or chunks > 1) \
                 and unbatched
-            shares = _kept_panels(panels, chunks, depth, nr, l2_bytes) if keep else None
+            shares = _kept_panels(panels, chunks, depth, nr, l2_bytes, item) if keep else None
             if shares is not None:  # the kept panels share L2 with A's row block
                 chunks = shares
-                mc = _row_block(rows, mr, depth, l2_bytes // 2)
-                kept_bytes = -(-panels // max(shares, 1)) * depth * nr * 4
-                if rows * shape[-1] * 4 > l2_bytes * KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S \
+                mc = _row_block(rows, mr, depth, l2_bytes // 2, item)
+                kept_bytes = -(-panels // max(shares, 1)) * depth * nr * item
+                if rows * shape[-1] * item > l2_bytes * KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S \
                         and kept_bytes <= l2_bytes // 2:
                     mc = 1
             keep = shares is not None

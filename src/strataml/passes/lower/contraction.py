@@ -39,7 +39,7 @@ from strataml.ir.expr import (
     select,
     substitute,
 )
-from strataml.ir.types import is_float, vector_dtype
+from strataml.ir.types import is_float, itemsize, vector_dtype
 from strataml.passes.lower.bounds import Interval
 from strataml.passes.lower.index_simplify import linear_in, row_major_strides
 from strataml.schedule.contraction import Contraction
@@ -55,7 +55,6 @@ MIN_ROWS_FOR_PACKED_A = 128
 # channels-last conv on 7x7 has 49: its weights stream from memory, 6% faster; the MLP's
 # 64-row layers are 1% slower, which was 8% before the channels-last convs existed).
 PREFETCH_MIN_ROWS = 32
-LINE_BYTES = 64
 # A rows-outer gemm's row tile prefetches the next tile's A rows (weights read in place)
 # while it sweeps the panels: ResNet-50's 1x1 convs on 14x14 0.43 -> 0.38 ms, its Winograd
 # products 5% faster; ResNet-50 2.3%, Inception-v2 3% faster. (Every row tile of a packed
@@ -165,11 +164,12 @@ class _Gemm:
             and len(a.indices) == 1 else None
         if needs or found is None or [found[0][v] for v in rs] != strides:
             return []
-        lines = -(-depth * 4 // LINE_BYTES) + 1  # +1: a row need not start on a line
+        item, line_bytes = itemsize(c.a.dtype), low.target.line_bytes
+        lines = -(-depth * item // line_bytes) + 1  # +1: a row need not start on a line
         share, pl = -(-lines // parts), low.fresh("pa")
         last = low.buffers[a.buffer].numel - 1
         return [For(pl, share, tuple(Prefetch(a.buffer, minimum(
-            found[1] + (row0 + ii) * found[0][row] + (part * share + pl) * (LINE_BYTES // 4),
+            found[1] + (row0 + ii) * found[0][row] + (part * share + pl) * (line_bytes // item),
             last), for_write=False) for ii in range(rows)))]
 
     def tile_epilogue(self, accs: list[list[Var]], env: dict[Var, Interval], row0: Expr,
@@ -426,11 +426,12 @@ class _Gemm:
                 # Pre-packed weights stream from memory: each row tile asks for its share
                 # of the next panel's lines, so the next panel's first tile finds them in L2
                 # (GPT-2 5% and BERT 3% faster).
-                share, pl = -(-depth * nr // (LINE_BYTES // 4 * mc)), low.fresh("pl")
+                per_line = low.target.line_bytes // itemsize(c.reduce.dtype)
+                share, pl = -(-depth * nr // (per_line * mc)), low.fresh("pl")
                 start = ((first + jb + 1) * panel_depth + kb * depth) * nr
                 last = low.buffers[c.b.buffer].numel - 1
                 ahead.append(For(pl, share, (Prefetch(c.b.buffer, minimum(
-                    start + (ib * share + pl) * (LINE_BYTES // 4), last), for_write=False),)))
+                    start + (ib * share + pl) * per_line, last), for_write=False),)))
             tiles = For(ib, mc, (*ahead, *micro((ibb * mc + ib) * mr, mr, tile_env,
                                                 a_tile=a_tile, slot=kept)))
             per_block: list[Stmt] = []
@@ -690,7 +691,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
             low.scratch.append(Allocate(panel, c.reduce.dtype, kept * how.kc * inner * nr))
         mc_packed = _dividing_block(how.mc, row_tiles)
         edge = None
-        if n % nr and m * nr * 4 <= EDGE_SCRATCH_BYTES:
+        if n % nr and m * nr * itemsize(c.reduce.dtype) <= EDGE_SCRATCH_BYTES:
             edge = (f"edge{next(low.names)}", n % nr)
             # Shared when row blocks run in parallel (each thread fills its own rows); one
             # per thread when the batch loop around the whole gemm is the parallel one.

@@ -52,6 +52,7 @@ from strataml.schedule.schedule import (
     check_schedule,
     default_schedule,
 )
+from strataml.target import Target, host_target
 
 
 def _conjuncts(cond: Expr) -> list[Expr]:
@@ -132,6 +133,7 @@ def _affine_key(e: Expr) -> tuple[frozenset[tuple[Expr, int]], int]:
 class StageLowering:
     kernel: Kernel
     buffers: dict[str, Buffer]
+    target: Target
     names: count = field(default_factory=count)
     scratch: list[Allocate] = field(default_factory=list)
     reduced: dict[tuple[int, Reduce], tuple[list[Stmt], Var]] = field(default_factory=dict)
@@ -260,27 +262,27 @@ def prepare_kernel(kernel: Kernel) -> Kernel:
     return fuse_trailing_axes(simplify_indices(kernel))
 
 
-def lower_with_default_schedule(kernel: Kernel, threads: int = 1, vector_lanes: int = 8,
-                                l2_bytes: int = 1 << 20) -> tuple[LoopFunction, Schedule]:
-    """The prepared kernel lowered under the default schedule. Copy stages computed at their
-    consumer need a box the lowering can prove inside the buffer; where it cannot, they
-    stay separate stages."""
+def lower_with_default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None
+                                ) -> tuple[LoopFunction, Schedule]:
+    """The prepared kernel lowered under the default schedule for `target` (the host's by
+    default). Copy stages computed at their consumer need a box the lowering can prove
+    inside the buffer; where it cannot, they stay separate stages."""
+    target = target or host_target()
     try:
-        schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes)
-        return lower_kernel(kernel, schedule), schedule
+        schedule = default_schedule(kernel, threads, target)
+        return lower_kernel(kernel, schedule, target=target), schedule
     except ScheduleError:
-        schedule = default_schedule(kernel, threads, vector_lanes, l2_bytes,
-                                    compute_copies_at_consumers=False)
-        return lower_kernel(kernel, schedule), schedule
+        schedule = default_schedule(kernel, threads, target, compute_copies_at_consumers=False)
+        return lower_kernel(kernel, schedule, target=target), schedule
 
 
 def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
-                 vector_lanes: int = 8, l2_bytes: int = 1 << 20) -> LoopFunction:
+                 target: Target | None = None) -> LoopFunction:
     """Without a schedule, the kernel is prepared and gets the default one; a given schedule
     applies to the kernel exactly as passed."""
+    target = target or host_target()
     if schedule is None:
-        return lower_with_default_schedule(prepare_kernel(kernel), threads, vector_lanes,
-                                           l2_bytes)[0]
+        return lower_with_default_schedule(prepare_kernel(kernel), threads, target)[0]
     nests = check_schedule(kernel, schedule)
     if any(n.inline for n in nests.values()):
         keep = [k for k, st in enumerate(kernel.stages)
@@ -288,7 +290,7 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
         kernel = inline_stages(kernel, nests)
         schedule = Schedule(tuple(schedule.stages[k] for k in keep))
         nests = check_schedule(kernel, schedule)
-    lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers})
+    lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers}, target)
     scheduled = NestLowering(lowering, kernel, nests, {
         st.buffer: how.steps for st, how in zip(kernel.stages, schedule.stages, strict=True)})
     body: list[Stmt] = []

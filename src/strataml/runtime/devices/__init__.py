@@ -1,4 +1,5 @@
-"""Devices by name -> lazy import path: the one explicit table of backends."""
+"""Runtime devices by name -> lazy import path. A loaded artifact finds its device here,
+without importing the compiler (a backend's `device()` gives the same class at compile time)."""
 
 from __future__ import annotations
 

@@ -70,10 +70,26 @@ class CpuEntry:
 
 
 class CpuDevice:
+    """Host memory is device memory: copies are memcpy, a launch runs to completion."""
+
     name = "cpu"
+    shares_host_memory = True
 
     def allocate(self, nbytes: int) -> np.ndarray:
         return aligned_empty(nbytes)
+
+    def copy_in(self, buffer: np.ndarray, offset: int, data: np.ndarray) -> None:
+        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        buffer[offset:offset + raw.size] = raw
+
+    def copy_out(self, buffer: np.ndarray, offset: int, out: np.ndarray) -> None:
+        out.reshape(-1).view(np.uint8)[...] = buffer[offset:offset + out.nbytes]
+
+    def launch(self, entry: CpuEntry, arena: int, weights: int, io: int) -> None:
+        entry(arena, weights, io)
+
+    def wait(self) -> None:
+        return None
 
     def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
              ) -> CpuEntry:
