@@ -25,8 +25,8 @@ class CompileOptions:
     dump_ir_dir: str | None = None
     opt_level: int = 3
     # Schedules chosen by hand or by a tuner, by kernel name (as `--dump-ir`'s
-    # 91-schedule.txt names them): a `strataml.schedule.Schedule` or its JSON text. They
-    # apply to the kernel as that file prints it; the other kernels get the default rules.
+    # NN-schedule-after-schedule.txt names them): a `strataml.schedule.Schedule` or its JSON
+    # text. They apply to the kernel as that file prints it; the others get the default rules.
     schedules: dict[str, Any] = field(default_factory=dict)
     # Denormal floats (below 1.2e-38) computed as zero, as inference runtimes do: on x86 they
     # cost ~100x per operation (see codegen/llvm.py). False: IEEE gradual underflow.

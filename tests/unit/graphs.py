@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,3 +60,11 @@ def avx512_target(l2_bytes: int = 1 << 20) -> Target:
     schedule rules' choices: they must not move with the machine the tests run on."""
     return Target("cpu", "x86_64-unknown-linux-gnu", "sapphirerapids", "+avx512f", 512, 32,
                   48 << 10, l2_bytes, 32 << 20, 64, 2)
+
+
+def dumped(directory: Path, level: str) -> str:
+    """The IR that `--dump-ir` wrote after the last pass leaving `level` (graph, kernel,
+    schedule, loop, plan, llvm)."""
+    files = sorted(p for p in Path(directory).iterdir() if f"-{level}-after-" in p.name)
+    assert files, f"no {level} IR in {directory}"
+    return files[-1].read_text()

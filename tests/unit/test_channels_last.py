@@ -19,7 +19,7 @@ from strataml.passes.lower.prepack import _row_major
 from strataml.schedule.primitives import Reorder, Split, Vectorize
 from strataml.schedule.schedule import stage_nest, transposed_copy_steps
 from tests.conftest import ort_run
-from tests.unit.graphs import graph, node, onnx_model, ops
+from tests.unit.graphs import dumped, graph, node, onnx_model, ops
 
 F32 = "float32"
 
@@ -305,7 +305,7 @@ def test_an_image_stem_and_its_pool_run_channels_last(rng, pool, tmp_path):
     inner = [n.op for fused in compiled.program.graph.nodes for n in (fused.body or (fused,))]
     assert inner.index("ConvChannelsLast") < inner.index("MaxPoolChannelsLast") \
         < inner.index("ChannelsLastToFirst")
-    loops = (tmp_path / "92-loop.mlir").read_text()
+    loops = dumped(tmp_path, "loop")
     pool_fn = next(f for f in loops.split("\n\nfunc ") if "maxpoolchannelslast" in f.split("(")[0])
     assert "min(max(" not in pool_fn
     (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)

@@ -13,7 +13,7 @@ from onnx import helper
 import strataml
 from strataml.cli.main import main
 from tests.conftest import ort_run
-from tests.unit.graphs import onnx_model
+from tests.unit.graphs import dumped, onnx_model
 
 F32 = "float32"
 
@@ -76,13 +76,17 @@ def test_compile_dump_ir_writes_every_level(model_path, tmp_path):
     names = sorted(p.name for p in dump.iterdir())
     assert names[0] == "00-graph-input.mlir"
     assert any(n.endswith("-graph-after-fuse.mlir") for n in names)
-    for level in ("91-kernel.mlir", "91-schedule.txt", "92-loop.mlir", "93-llvm.ll"):
-        assert level in names
-    assert "kernel @" in (dump / "91-kernel.mlir").read_text()
-    schedules = (dump / "91-schedule.txt").read_text()
+    levels = [n.split("-", 2)[1] for n in names]  # NN-LEVEL-after-PASS: pipeline order
+    assert levels == sorted(levels, key=["graph", "kernel", "schedule", "loop", "plan",
+                                         "llvm"].index)
+    assert names[-1].endswith("-llvm-after-emit-llvm.ll")
+    for level in ("kernel", "schedule", "loop", "plan", "llvm"):
+        assert any(f"-{level}-after-" in n for n in names)
+    assert "kernel @" in dumped(dump, "kernel")
+    schedules = dumped(dump, "schedule")
     assert "json: [" in schedules
     assert "kernel @" in schedules
-    assert "func @" in (dump / "92-loop.mlir").read_text()
+    assert "func @" in dumped(dump, "loop")
 
 
 def test_run_onnx_with_random_inputs(model_path, capsys):
@@ -157,6 +161,34 @@ def test_opt_runs_a_pipeline_string(model_path, capsys):
 def test_opt_bisect_stops_early(model_path, capsys):
     assert main(["opt", str(model_path), "--bisect", "0"]) == 0
     assert "fused(" not in capsys.readouterr().out
+
+
+def test_opt_runs_the_lowering_passes_too(model_path, capsys):
+    """A pipeline string reaches below the graph: the CPU's graph passes then the lowering
+    passes print the level the last one leaves, --bisect stops at any of them, and
+    --print-after-all shows each level in turn."""
+    from strataml.passes.pipelines import CPU_GRAPH_PIPELINE, CPU_PIPELINE
+
+    to_loops = f"{CPU_GRAPH_PIPELINE},lower-to-kernels,prepack-weights,schedule,lower-to-loops"
+    assert main(["opt", str(model_path), "--passes", to_loops, "--verify"]) == 0
+    assert capsys.readouterr().out.startswith("func @")
+    graph_passes = len(CPU_GRAPH_PIPELINE.split(","))
+    assert main(["opt", str(model_path), "--passes", CPU_PIPELINE,
+                 "--bisect", str(graph_passes + 1)]) == 0
+    assert capsys.readouterr().out.startswith("kernel @")
+    assert main(["opt", str(model_path), "--passes", CPU_PIPELINE, "--print-after-all"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fuse", "lower-to-kernels", "schedule", "lower-to-loops", "plan-memory",
+                 "emit-llvm"):
+        assert f"// ----- after {name}\n" in out
+    assert "define void @strataml_entry" in out
+
+
+def test_a_lowering_pass_out_of_order_names_what_it_needs(model_path, capsys):
+    assert main(["opt", str(model_path), "--passes", "infer-shapes,schedule"]) == 2
+    err = _errors(capsys)
+    assert "pass schedule needs kernels" in err
+    assert "lower-to-kernels" in err
 
 
 @pytest.mark.parametrize("pipeline", ["no-such-pass", "fuse{max-ops=8,bogus=1}"])

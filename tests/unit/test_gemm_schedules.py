@@ -17,7 +17,7 @@ from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.schedule import default_schedule
 from strataml.schedule.fuse_axes import fuse_trailing_axes
 from tests.conftest import ort_run
-from tests.unit.graphs import avx512_target
+from tests.unit.graphs import avx512_target, dumped
 
 
 def _dense_relu(m: int, k: int, n: int, rng: np.random.Generator, constant: bool = True):
@@ -215,7 +215,7 @@ def test_tall_gemms_prefetch_the_next_panel_of_packed_weights(m, prefetched, rng
     is unchanged, the last panel's prefetches stay inside the weights); 16 rows do not."""
     model, w, b = _dense_relu(m, 256, 300, rng)
     compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
-    loops = (tmp_path / "92-loop.mlir").read_text()
+    loops = dumped(tmp_path, "loop")
     assert bool(re.search(r"prefetch \(read\) %[\w.]*panels", loops)) == prefetched
     x = rng.standard_normal((m, 256)).astype(np.float32)
     (y,) = compiled.run({"x": x})
@@ -239,7 +239,7 @@ def test_the_epilogue_runs_on_the_register_tile_where_it_vectorises(activation, 
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
-    loops = (tmp_path / "92-loop.mlir").read_text()
+    loops = dumped(tmp_path, "loop")
     tile_reads = loops.count("%tile") - loops.count("alloc %tile")
     assert (tile_reads == 0) == in_registers
     x = rng.standard_normal((64, 256)).astype(np.float32)
@@ -256,7 +256,7 @@ def test_the_edge_panel_tile_is_as_wide_as_its_columns_need(rng, tmp_path):
     lanes = host_target().vector_lanes_f32
     model, w, b = _dense_relu(64, 256, 2 * (2 * lanes) + 4, rng)
     compiled = strataml.compile(model, num_threads=1, dump_ir_dir=str(tmp_path), verify=True)
-    loops = (tmp_path / "92-loop.mlir").read_text()
+    loops = dumped(tmp_path, "loop")
     edge_stores = re.findall(r"^\s*%edge\d+\[[^\n]*\] = ", loops, re.MULTILINE)
     (kernel,) = compiled.program.kernels
     (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, host_target()).stages
@@ -288,7 +288,7 @@ def test_a_shallow_gemm_prefetches_what_its_epilogue_touches(rng, tmp_path):
     (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, avx512_target()).stages
     assert stage.strategy == "gemm"
     assert stage.kc == 0
-    loops = (tmp_path / "92-loop.mlir").read_text()
+    loops = dumped(tmp_path, "loop")
     residual = next(b.name for b in kernel.buffers if b.role == "input" and b.shape == (m, n))
     assert re.search(rf"prefetch \(read\) %{residual}\[", loops)
     assert re.search(r"prefetch %out\d+\[", loops)
@@ -315,7 +315,7 @@ def test_a_rows_outer_gemm_prefetches_the_next_row_tiles_weights(rng, tmp_path):
     (stage,) = default_schedule(fuse_trailing_axes(kernel), 1, host_target()).stages
     assert stage.rows_outer
     weights = next(b.name for b in kernel.buffers if b.shape == (1024, 256, 1, 1))
-    loops = (tmp_path / "92-loop.mlir").read_text()
+    loops = dumped(tmp_path, "loop")
     assert re.search(rf"prefetch \(read\) %{weights}\[", loops)
     x = rng.standard_normal((1, 256, 14, 14)).astype(np.float32)
     (y,) = compiled.run({"x": x})
@@ -373,7 +373,7 @@ def test_the_row_tail_runs_on_each_panel_while_it_is_at_hand(threads, constant, 
     model, w, b = _dense_relu(101, 300, 300, rng, constant)
     compiled = strataml.compile(model, num_threads=threads, dump_ir_dir=str(tmp_path),
                                 verify=True)
-    loops = (tmp_path / "92-loop.mlir").read_text()
+    loops = dumped(tmp_path, "loop")
     lines = [(len(line) - len(line.lstrip()), line.strip()) for line in loops.splitlines()]
     panel_loops = []  # per reduction block, its loops over the column panels
     for at, (depth, text) in enumerate(lines):

@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backends", help="list the known backends, one per line, name first")
 
-    p = sub.add_parser("opt", help="run a graph pass pipeline and print the result")
+    p = sub.add_parser("opt", help="run a pass pipeline (graph passes, then lowering "
+                       "passes if named) and print the IR it leaves")
     p.add_argument("model", help="the .onnx model")
     p.add_argument("--passes", default=None, metavar="PIPELINE",
                    help="e.g. 'fold-constants,cse,fuse{max-ops=8}' (default: the CPU "
@@ -395,7 +396,7 @@ def _print_perf(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
     from strataml.frontends.onnx import import_model
     from strataml.ir.dialects.graph import print_graph
-    from strataml.passes.manager import PASSES, PassManager, parse_pipeline
+    from strataml.passes.manager import LEVELS, PASSES, GraphPass, PassManager, parse_pipeline
     from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
 
     if args.list_passes:
@@ -407,16 +408,28 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
         passes = parse_pipeline(args.passes if args.passes is not None else CPU_GRAPH_PIPELINE)
     except (ValueError, TypeError) as exc:
         raise CliError(f"bad pipeline {args.passes!r}: {exc}") from None
-    graph = import_model(args.model, _options(args))
+    options = _options(args)
+    graph = import_model(args.model, options)
 
     def show(name: str, text: str) -> None:
         print(f"// ----- after {name}\n{text}", file=out)
 
     manager = PassManager(passes, verify=args.verify, bisect=args.bisect,
                           print_after=show if args.print_after_all else None)
-    result = manager.run(graph)
+    ran = passes[:args.bisect] if args.bisect is not None else passes
+    if all(isinstance(p, GraphPass) for p in ran):
+        result = manager.run(graph)
+        if not args.print_after_all:
+            print(print_graph(result), file=out)
+        return 0
+    # Lowering passes too: the compile state carries the levels below the graph.
+    from strataml.backends import resolve_target
+    from strataml.passes.lower.phases import CompileState
+
+    _, target = resolve_target(_target(args))
+    state = manager.run(CompileState(graph, target, options))
     if not args.print_after_all:
-        print(print_graph(result), file=out)
+        print(LEVELS[ran[-1].level].print(state), file=out)
     return 0
 
 

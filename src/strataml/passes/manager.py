@@ -1,7 +1,11 @@
 """Pass protocol, the PASSES table and the instrumented pass manager.
 
-The manager can verify after each pass, print or dump the IR after each pass, time passes,
-and stop after the first N (bisect): a miscompile is then a command, not an afternoon.
+Every step from the imported graph down to object code is a pass of one manager: graph passes
+(graph -> graph) and the lowering passes below them (`strataml.passes.lower.phases`: graph ->
+kernels -> schedules -> loops -> memory plan -> LLVM), which work on a `CompileState`. So the
+manager can verify after each pass at its level, print or dump the IR after each pass
+(numbered files, in pipeline order), time passes and stop after the first N (bisect) at any
+level: a miscompile is then a command, not an afternoon.
 """
 
 from __future__ import annotations
@@ -22,15 +26,53 @@ class GraphPass:
     """A pure graph -> graph transformation; options are dataclass fields."""
 
     name: ClassVar[str] = ""
+    level: ClassVar[str] = "graph"  # the level of the IR it leaves
 
     def run(self, graph: Graph) -> Graph:
         raise NotImplementedError
 
 
-PASSES: dict[str, type[GraphPass]] = {}
+@dataclass(frozen=True)
+class LoweringPass:
+    """A step below the graph: takes the compile state and returns it with one more level
+    built (or one level rewritten). `level` names the IR it leaves, which the manager
+    prints, dumps and verifies after it."""
+
+    name: ClassVar[str] = ""
+    level: ClassVar[str] = ""
+
+    def run(self, state: Any) -> Any:
+        """`lower`, and the state records that this pass has run (what later ones need)."""
+        result = self.lower(state)
+        return dataclasses.replace(result, done=result.done | {self.name})
+
+    def lower(self, state: Any) -> Any:
+        raise NotImplementedError
 
 
-def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
+@dataclass(frozen=True)
+class Level:
+    """How the manager prints and verifies the IR a pass leaves (`state`: what the passes
+    pass along: a Graph for graph passes, the compile state below)."""
+
+    print: Callable[[Any], str]
+    verify: Callable[[Any], None]
+    suffix: str = ".mlir"
+
+
+def _graph_of(unit: Any) -> Graph:
+    return unit if isinstance(unit, Graph) else unit.graph
+
+
+LEVELS: dict[str, Level] = {
+    "graph": Level(lambda u: print_graph(_graph_of(u)), lambda u: verify_graph(_graph_of(u))),
+}
+
+PASSES: dict[str, type[GraphPass] | type[LoweringPass]] = {}
+
+
+def register_pass(cls: type[GraphPass] | type[LoweringPass]
+                  ) -> type[GraphPass] | type[LoweringPass]:
     if not cls.name or cls.name in PASSES:
         raise ValueError(f"pass name {cls.name!r} missing or repeated")
     PASSES[cls.name] = cls
@@ -39,43 +81,53 @@ def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
 
 @dataclass
 class PassManager:
-    passes: Sequence[GraphPass]
+    passes: Sequence[GraphPass | LoweringPass]
     verify: bool = False
     dump_dir: Path | None = None
     print_after: Callable[[str, str], None] | None = None
     bisect: int | None = None  # run only the first N passes
     timings: list[tuple[str, float]] = field(default_factory=list)
+    first_index: int = 0  # number of the first pass's dump (a pipeline run in parts)
 
-    def run(self, graph: Graph) -> Graph:
-        if self.dump_dir is not None:
+    def run(self, unit: Any) -> Any:
+        """Run the passes on `unit`: a Graph (graph passes only, or the first lowering pass
+        turns it into the compile state) or the compile state itself."""
+        if self.dump_dir is not None and self.first_index == 0:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
-            (self.dump_dir / "00-graph-input.mlir").write_text(print_graph(graph) + "\n")
+            (self.dump_dir / "00-graph-input.mlir").write_text(
+                print_graph(_graph_of(unit)) + "\n")
         for i, p in enumerate(self.passes):
             if self.bisect is not None and i >= self.bisect:
                 break
             start = time.perf_counter()
             try:
-                graph = p.run(graph)
+                if isinstance(p, GraphPass) and not isinstance(unit, Graph):
+                    unit = dataclasses.replace(unit, graph=p.run(unit.graph))
+                else:
+                    unit = p.run(unit)
             except StrataError:
                 raise
             except Exception as exc:
                 raise PassError(f"pass {p.name} failed: {type(exc).__name__}: {exc}") from exc
             self.timings.append((p.name, time.perf_counter() - start))
+            level = LEVELS[p.level]
             if self.verify:
-                verify_graph(graph)
+                level.verify(unit)
             text = None
             if self.dump_dir is not None:
-                text = print_graph(graph)
-                (self.dump_dir / f"{i + 1:02d}-graph-after-{p.name}.mlir").write_text(text + "\n")
+                text = level.print(unit)
+                number = self.first_index + i + 1
+                (self.dump_dir / f"{number:02d}-{p.level}-after-{p.name}{level.suffix}"
+                 ).write_text(text + "\n")
             if self.print_after is not None:
-                self.print_after(p.name, text or print_graph(graph))
-        return graph
+                self.print_after(p.name, text or level.print(unit))
+        return unit
 
 
-def parse_pipeline(text: str) -> list[GraphPass]:
+def parse_pipeline(text: str) -> list[GraphPass | LoweringPass]:
     """'fold-constants,fuse{max-ops=8}' -> pass instances."""
     _load_passes()
-    out: list[GraphPass] = []
+    out: list[GraphPass | LoweringPass] = []
     for item in _split_top(text):
         name, _, rest = item.partition("{")
         name = name.strip()
@@ -126,4 +178,5 @@ def _parse_value(v: str) -> Any:
 
 
 def _load_passes() -> None:
-    import strataml.passes.graph  # noqa: F401  (registers the graph passes)
+    import strataml.passes.graph
+    import strataml.passes.lower.phases  # noqa: F401  (and the lowering passes)

@@ -1,0 +1,449 @@
+"""The lowering passes: graph -> kernels -> schedules -> loops -> memory plan -> LLVM object
+code, each a named pass of the one pass manager working on a `CompileState`, so that
+`--dump-ir`, verify-after, timing and bisect reach every level (see passes/manager.py).
+
+Pipeline order (the CPU's): lower-to-kernels, prepack-weights, schedule, lower-to-loops,
+plan-memory, emit-llvm. Each pass needs the ones before it; a state that lacks a level a pass
+reads is a PassError naming the missing pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from strataml.codegen.llvm import build_module, compile_module
+from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOpError
+from strataml.ir.dialects.graph import Graph
+from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
+from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
+from strataml.ir.types import TensorType
+from strataml.options import CompileOptions
+from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
+from strataml.passes.lower.in_place import in_place_pairs
+from strataml.passes.lower.kernel_to_loop import lower_kernel, prepare_kernel
+from strataml.passes.lower.memory_plan import (
+    Interval,
+    concats_by_placement,
+    pack_weights,
+    plan_arena,
+)
+from strataml.passes.lower.prepack import pack_panels, packed_name, prepack_weights
+from strataml.passes.manager import LEVELS, Level, LoweringPass, register_pass
+from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
+from strataml.schedule import Schedule
+from strataml.schedule.schedule import TILE_ROW_VECTORS, default_schedule
+from strataml.target import Target
+
+
+@dataclass
+class CompileState:
+    """What the passes pass along: the graph, then each level below it as it is built."""
+
+    graph: Graph
+    target: Target
+    options: CompileOptions
+    kernels: list[Kernel] = field(default_factory=list)
+    bindings: list[dict[str, str]] = field(default_factory=list)  # kernel buffer -> value
+    placed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)  # by kernel name
+    functions: list[str] = field(default_factory=list)  # the loop function of each kernel
+    loops: list[LoopFunction] = field(default_factory=list)
+    pairs_of: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    plan: ExecutionPlan | None = None
+    calls: list[KernelCall] = field(default_factory=list)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    llvm_ir: str = ""
+    executable: Executable | None = None
+    # kernel name -> its prepared form (what schedules and loops see)
+    prepared: dict[str, Kernel] = field(default_factory=dict)
+    done: frozenset[str] = frozenset()  # the lowering passes that have run
+
+    def need(self, what: str, made_by: str, pass_name: str) -> None:
+        if made_by not in self.done:
+            raise PassError(f"pass {pass_name} needs {what}: run the passes before it "
+                            f"(lower-to-kernels, prepack-weights, schedule, lower-to-loops, "
+                            f"plan-memory, emit-llvm)")
+
+
+def _print_kernels(state: CompileState) -> str:
+    return "\n\n".join(print_kernel(k) for k in state.kernels)
+
+
+def _print_schedules(state: CompileState) -> str:
+    out = []
+    for k in state.kernels:
+        prepared = state.prepared.get(k.name)
+        schedule = state.schedules.get(k.name)
+        if prepared is None or schedule is None:
+            continue
+        out.append(f"{print_kernel(prepared)}\n{schedule.describe(prepared)}\n"
+                   f"json: {schedule.to_json()}")
+    return "\n\n".join(out)
+
+
+def _print_loops(state: CompileState) -> str:
+    return "\n\n".join(print_function(f) for f in state.loops)
+
+
+def _print_plan(state: CompileState) -> str:
+    return json.dumps(state.plan.to_json() if state.plan else None, indent=1)
+
+
+def _verify_kernels(state: CompileState) -> None:
+    for kernel in state.kernels:
+        verify_kernel(kernel)
+
+
+def _verify_loops(state: CompileState) -> None:
+    for fn in state.loops:
+        verify_function(fn)
+
+
+def _no_check(state: Any) -> None:
+    return None
+
+
+LEVELS.update({
+    "kernel": Level(_print_kernels, _verify_kernels),
+    "schedule": Level(_print_schedules, _no_check, ".txt"),
+    "loop": Level(_print_loops, _verify_loops),
+    "plan": Level(_print_plan, _no_check, ".json"),
+    "llvm": Level(lambda s: s.llvm_ir, _no_check, ".ll"),
+})
+
+
+def check_supported(graph: Graph) -> None:
+    """Collect every op without a CPU lowering, so the user sees the whole list at once."""
+    rules = load_rules()
+    problems = []
+    for node in graph.nodes:
+        for inner in node.body or (node,):
+            if inner.op not in rules:
+                problems.append(f"{inner.where}: {inner.op} has no CPU implementation")
+    if problems:
+        raise UnsupportedOpError(problems)
+
+
+@register_pass
+@dataclass(frozen=True)
+class LowerToKernels(LoweringPass):
+    """Graph -> kernels: one kernel per fused group (values placed inside a concatenation
+    are written there by their producers and get none)."""
+
+    name = "lower-to-kernels"
+    level = "kernel"
+
+    def lower(self, state: CompileState) -> CompileState:
+        graph = state.graph
+        check_supported(graph)
+        for name in graph.outputs:
+            if not graph.types[name].is_static:
+                raise StrataError(f"output %{name} has symbolic shape {graph.types[name]}")
+        kernels: list[Kernel] = []
+        bindings: list[dict[str, str]] = []
+        placed = concats_by_placement(graph)
+        made_by_placement = {out for out, _ in placed.values()}
+        derived: dict[str, np.ndarray] = {}
+        for i, node in enumerate(graph.nodes):
+            if node.outputs[0] in made_by_placement:
+                continue  # its inputs' producers write it (see `concats_by_placement`)
+            kernel, values, made = lower_group(graph, node, f"k{i}_{_slug(node)}")
+            kernels.append(kernel)
+            bindings.append(values)
+            derived.update(made)
+        return replace(state, graph=_with_constants(graph, derived), kernels=kernels,
+                       bindings=bindings, placed=placed)
+
+
+@register_pass
+@dataclass(frozen=True)
+class PrepackWeights(LoweringPass):
+    """Constant gemm weights in the micro-kernel's panel layout, packed once here."""
+
+    name = "prepack-weights"
+    level = "kernel"
+
+    def lower(self, state: CompileState) -> CompileState:
+        state.need("kernels", "lower-to-kernels", self.name)
+        kernels, bindings = list(state.kernels), [dict(b) for b in state.bindings]
+        graph = _prepack_weights(state.graph, kernels, bindings,
+                                 TILE_ROW_VECTORS * state.target.vector_lanes_f32)
+        return replace(state, graph=graph, kernels=kernels, bindings=bindings)
+
+
+@register_pass
+@dataclass(frozen=True)
+class ScheduleKernels(LoweringPass):
+    """A schedule per kernel: the user's (`options.schedules`, by kernel name) or the
+    default rules' for the target. Structurally identical kernels share one."""
+
+    name = "schedule"
+    level = "schedule"
+
+    def lower(self, state: CompileState) -> CompileState:
+        state.need("kernels", "lower-to-kernels", self.name)
+        options, target = state.options, state.target
+        unknown = sorted(set(options.schedules) - {k.name for k in state.kernels})
+        if unknown:
+            raise ScheduleError(f"schedules given for unknown kernels {unknown}; this "
+                                f"model's kernels are {[k.name for k in state.kernels]}")
+        schedules: dict[str, Schedule] = {}
+        prepared_of: dict[str, Kernel] = {}
+        first: dict[tuple, str] = {}
+        for k in state.kernels:
+            given = _given_schedule(options, k.name)
+            key = (k.buffers, k.stages, given)
+            if key in first:
+                schedules[k.name] = schedules[first[key]]
+                prepared_of[k.name] = prepared_of[first[key]]
+                continue
+            first[key] = k.name
+            prepared = prepare_kernel(k)
+            schedules[k.name] = given or default_schedule(prepared, options.threads(), target)
+            prepared_of[k.name] = prepared
+        return replace(state, schedules=schedules, prepared=prepared_of)
+
+
+@register_pass
+@dataclass(frozen=True)
+class LowerToLoops(LoweringPass):
+    """Kernels -> loop functions under their schedules; identical kernels share one. A
+    default schedule whose copy stages, computed at their consumer, need a box the lowering
+    cannot prove inside the buffer is replaced by the one that keeps them separate stages."""
+
+    name = "lower-to-loops"
+    level = "loop"
+
+    def lower(self, state: CompileState) -> CompileState:
+        state.need("schedules", "schedule", self.name)
+        function_of: dict[tuple, str] = {}
+        loops: list[LoopFunction] = []
+        functions: list[str] = []
+        pairs_of: dict[str, tuple[tuple[str, str], ...]] = {}
+        chosen: dict[tuple, Schedule] = {}  # a fallback replacing a default schedule
+        for k in state.kernels:
+            key = (k.buffers, k.stages, state.schedules[k.name])
+            if key not in function_of:
+                function_of[key] = k.name
+                prepared, schedule = state.prepared[k.name], state.schedules[k.name]
+                try:
+                    fn = lower_kernel(prepared, schedule, target=state.target)
+                except ScheduleError:
+                    if _given_schedule(state.options, k.name) is not None:
+                        raise
+                    schedule = default_schedule(prepared, state.options.threads(),
+                                                state.target,
+                                                compute_copies_at_consumers=False)
+                    fn = lower_kernel(prepared, schedule, target=state.target)
+                    chosen[key] = schedule
+                pairs_of[k.name] = in_place_pairs(prepared, schedule)
+                loops.append(replace(fn, aliased=tuple(b for pair in pairs_of[k.name]
+                                                       for b in pair)))
+            functions.append(function_of[key])
+        schedules = {k.name: chosen.get((k.buffers, k.stages, s), s)
+                     for k in state.kernels for s in (state.schedules[k.name],)}
+        return replace(state, loops=loops, functions=functions, pairs_of=pairs_of,
+                       schedules=schedules)
+
+
+@register_pass
+@dataclass(frozen=True)
+class PlanMemory(LoweringPass):
+    """Where every tensor lives: the arena, the weights blob, the io table."""
+
+    name = "plan-memory"
+    level = "plan"
+
+    def lower(self, state: CompileState) -> CompileState:
+        state.need("loop functions", "lower-to-loops", self.name)
+        plan, calls, weights = _plan(state.graph, state.kernels, state.bindings,
+                                     state.functions, state.placed,
+                                     [state.pairs_of[f] for f in state.functions])
+        return replace(state, plan=replace(plan, num_threads=state.options.threads()),
+                       calls=calls, weights=weights)
+
+
+@register_pass
+@dataclass(frozen=True)
+class EmitLlvm(LoweringPass):
+    """Loop functions and the plan's calls -> LLVM IR -> object code for the target."""
+
+    name = "emit-llvm"
+    level = "llvm"
+
+    def lower(self, state: CompileState) -> CompileState:
+        state.need("a memory plan", "plan-memory", self.name)
+        assert state.plan is not None
+        target, options = state.target, state.options
+        module = build_module(state.loops, state.calls, state.plan.entry,
+                              flush_denormals=options.flush_denormals
+                              and target.triple.startswith(("x86_64", "i386", "i686")),
+                              scaled_exp=target.has("avx512f"))
+        obj, llvm_ir = compile_module(module, target, options.opt_level)
+        return replace(state, llvm_ir=llvm_ir,
+                       executable=Executable("object", target.triple, obj))
+
+
+def _prepack_weights(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
+                     nr: int) -> Graph:
+    """Constant gemm weights in the micro-kernel's panel layout, packed here once (see
+    `passes.lower.prepack`); kernels and bindings are updated in place."""
+    extra: dict[str, np.ndarray] = {}
+    for n, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
+        constants = {b.name for b in kernel.buffers
+                     if b.role == "input" and values.get(b.name) in graph.constants}
+        kernels[n], packed = prepack_weights(kernel, constants, nr)
+        for name, (source, width) in packed.items():
+            value = packed_name(values[source], width)
+            values[name] = value
+            if value not in extra:
+                # (the kernel may view the constant in another shape than the graph's)
+                weight = graph.constants[values[source]].reshape(kernel.buffer(source).shape)
+                extra[value] = pack_panels(weight, width)
+    return _with_constants(graph, extra)
+
+
+def _with_constants(graph: Graph, extra: dict[str, np.ndarray]) -> Graph:
+    """The graph with constants made during lowering (derived or packed weights) added."""
+    if not extra:
+        return graph
+    return replace(graph, constants={**graph.constants, **extra},
+                   types={**graph.types, **{v: TensorType.of(a) for v, a in extra.items()}})
+
+
+def _given_schedule(options: CompileOptions, kernel: str) -> Schedule | None:
+    chosen = options.schedules.get(kernel)
+    if chosen is None or isinstance(chosen, Schedule):
+        return chosen
+    return Schedule.from_json(chosen)
+
+
+def _slug(node) -> str:
+    ops = [n.op for n in (node.body or (node,))]
+    text = "_".join(ops[:3]).lower()
+    return "".join(ch for ch in text if ch.isalnum() or ch == "_")
+
+
+def _outputs_over_inputs(graph: Graph, bindings: list[dict[str, str]],
+                         in_place: list[tuple[tuple[str, str], ...]],
+                         first_write: dict[str, int], last_read: dict[str, int],
+                         pinned: set[str]) -> dict[str, str]:
+    """Output value -> the arena value whose bytes it takes: an input of the kernel writing
+    it that the kernel may overwrite and that no later kernel reads. A value that took
+    another's bytes passes them on (its root's)."""
+    taken: dict[str, str] = {}
+    end: dict[str, int] = {}  # root -> the last step reading any value on its bytes
+    for step, (values, pairs) in enumerate(zip(bindings, in_place, strict=True)):
+        for out_buf, in_buf in pairs:
+            out, source = values.get(out_buf), values.get(in_buf)
+            if out is None or source is None or out in pinned or source in pinned \
+                    or out in taken or first_write.get(out) != step \
+                    or source not in first_write or last_read.get(source) != step \
+                    or graph.types[out].nbytes != graph.types[source].nbytes \
+                    or sum(v == source for v in values.values()) > 1:
+                continue  # (bound to two buffers, the other may be read anywhere)
+            root = taken.get(source, source)
+            if end.get(root, last_read[root]) != step:
+                continue
+            taken[out] = root
+            end[root] = last_read[out]
+            break  # one input a kernel
+    return taken
+
+
+def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
+          functions: list[str], placed: dict[str, tuple[str, int]],
+          in_place: list[tuple[tuple[str, str], ...]]
+          ) -> tuple[ExecutionPlan, list[KernelCall], dict[str, np.ndarray]]:
+    """Decide where every tensor lives. Graph inputs are read in place from the caller's
+    arrays and kernel-produced outputs are written straight into fresh result arrays (the
+    "io" region: a table of pointers passed per call); intermediates share the arena. A
+    kernel that may write over an input (`in_place`: its (output, input) buffer pairs) gets
+    the input's bytes for its output when the input dies there."""
+    steps = len(kernels)
+    io_index = {v: k for k, v in enumerate(graph.inputs)}
+    produced = {values[b.name] for kernel, values in zip(kernels, bindings, strict=True)
+                for b in kernel.buffers if b.role == "output"}
+    outputs: list[TensorSlot] = []
+    for v in graph.outputs:
+        t = graph.types[v]
+        if v in produced and v not in io_index:
+            io_index[v] = len(graph.inputs) + len(outputs)
+        outputs.append(TensorSlot(v, t.dtype, t.static_shape(), "", 0))  # placed below
+
+    first_write: dict[str, int] = {}
+    last_read: dict[str, int] = {}
+    temps: list[Interval] = []
+    for s, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
+        for buf in kernel.buffers:
+            if buf.role == "temp":
+                temps.append(Interval(f"{kernel.name}/{buf.name}", buf.numel *
+                                      np.dtype(buf.dtype).itemsize, s, s))
+                continue
+            value = values[buf.name]
+            if buf.role == "output":
+                first_write.setdefault(value, s)
+                last_read.setdefault(value, s)
+            else:
+                last_read[value] = s
+    # A value placed inside a concatenation lives as long as the concatenation, which lives
+    # from its first piece's write to the last read of it or of any piece.
+    for piece, (whole, _) in placed.items():
+        if piece in first_write:
+            first_write[whole] = min(first_write.get(whole, steps), first_write[piece])
+            last_read[whole] = max(last_read.get(whole, 0), last_read[piece])
+    wholes = {whole for whole, _ in placed.values()}
+    same_bytes = _outputs_over_inputs(graph, bindings, in_place, first_write, last_read,
+                                      set(io_index) | set(placed) | wholes)
+    for out, root in same_bytes.items():  # one interval for both, the root's
+        last_read[root] = max(last_read[root], last_read.pop(out))
+        del first_write[out]
+    activations = [Interval(v, graph.types[v].nbytes, first_write[v], last_read[v])
+                   for v in first_write if v not in io_index and v not in placed]
+    offsets, arena_bytes = plan_arena(activations + temps, steps)
+    for out, root in same_bytes.items():
+        offsets[out] = offsets[root]
+    for piece, (whole, at) in placed.items():
+        offsets[piece] = offsets[whole] + at
+
+    # (a constant only a dropped buffer was bound to, e.g. weights replaced by their packed
+    # or transformed form, is not kept)
+    bound = {values[b.name] for kernel, values in zip(kernels, bindings, strict=True)
+             for b in kernel.buffers if b.name in values}
+    used_weights = [v for v in graph.constants if v in bound or v in graph.outputs]
+    w_offsets, weights_bytes = pack_weights(
+        [(v, graph.constants[v].nbytes) for v in used_weights])
+
+    def slot(value: str) -> TensorSlot:
+        t = graph.types[value]
+        if value in graph.constants:
+            region, offset = "weights", w_offsets[value]
+        elif value in io_index:
+            region, offset = "io", io_index[value]
+        else:
+            region, offset = "arena", offsets[value]
+        return TensorSlot(value, t.dtype, t.static_shape(), region, offset)
+
+    region_ids = {"arena": 0, "weights": 1, "io": 2}
+    calls = []
+    for kernel, values, function in zip(kernels, bindings, functions, strict=True):
+        args = []
+        for buf in kernel.params:
+            if buf.role == "temp":
+                args.append((0, offsets[f"{kernel.name}/{buf.name}"]))
+            else:
+                s = slot(values[buf.name])
+                args.append((region_ids[s.region], s.offset))
+        calls.append(KernelCall(kernel.name, function, tuple(args)))
+    plan = ExecutionPlan(
+        entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
+        inputs=tuple(slot(v) for v in graph.inputs),
+        outputs=tuple(slot(o.name) for o in outputs),
+        weights=tuple(slot(v) for v in used_weights),
+        kernels=tuple(k.name for k in kernels), calls=tuple(calls))
+    weights = {v: np.ascontiguousarray(graph.constants[v]) for v in used_weights}
+    return plan, calls, weights
