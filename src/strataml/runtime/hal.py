@@ -103,6 +103,7 @@ class Device(Protocol):
 
     name: str
     shares_host_memory: bool
+    synchronous: bool  # `launch` returns when the work is done (`wait` has nothing to do)
 
     def allocate(self, nbytes: int) -> np.ndarray: ...
 

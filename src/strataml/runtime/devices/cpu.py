@@ -74,6 +74,7 @@ class CpuDevice:
 
     name = "cpu"
     shares_host_memory = True
+    synchronous = True
 
     def allocate(self, nbytes: int) -> np.ndarray:
         return aligned_empty(nbytes)
