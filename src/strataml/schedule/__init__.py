@@ -14,6 +14,8 @@ from strataml.schedule.primitives import (
     Vectorize,
 )
 from strataml.schedule.schedule import Schedule, StageSchedule, default_schedule
+from strataml.schedule.space import Choice, ScheduleSpace, schedule_space, workload_key
 
-__all__ = ["ROOT", "ComputeAt", "Fuse", "Inline", "Pack", "Parallel", "Reorder", "Schedule",
-           "Split", "StageSchedule", "Tile", "Unroll", "Vectorize", "default_schedule"]
+__all__ = ["ROOT", "Choice", "ComputeAt", "Fuse", "Inline", "Pack", "Parallel", "Reorder",
+           "Schedule", "ScheduleSpace", "Split", "StageSchedule", "Tile", "Unroll", "Vectorize",
+           "default_schedule", "schedule_space", "workload_key"]

@@ -1,0 +1,160 @@
+"""The schedule space of a kernel and its workload key: what a tuner searches and stores.
+
+The default rules pick one schedule; `schedule_space` lays out the decisions they made as
+named choices, each with the values a tuner may try and the default marked, so that
+candidates can be enumerated, sampled and mutated. Every candidate it yields has passed
+`check_schedule` (illegal combinations are rejected before anything is built).
+
+`workload_key` names a kernel by what it computes and what it is built for (its structure,
+the target, the compiler version), not by its position in a model: identical kernels of one
+model, or of two models, share a key and so a tuning record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from strataml.errors import ScheduleError
+from strataml.ir.dialects.kernel import Kernel, print_kernel
+from strataml.schedule.primitives import Parallel
+from strataml.schedule.schedule import (
+    ROW_TILES,
+    TILE_ROW_VECTORS,
+    Schedule,
+    StageSchedule,
+    check_schedule,
+    default_schedule,
+)
+from strataml.target import Target, host_target
+
+
+def workload_key(kernel: Kernel, target: Target) -> str:
+    """sha256 of the kernel's structure (printed with its name and source nodes left out),
+    the target's description and the compiler's version."""
+    from strataml import __version__
+
+    anonymous = replace(kernel, name="kernel", source=())
+    blob = json.dumps({"kernel": print_kernel(anonymous), "target": target.to_json(),
+                       "compiler": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One decision of one stage: `field` of its StageSchedule, the values a tuner may try,
+    and the one the default rules chose."""
+
+    stage: int
+    field: str
+    values: tuple[object, ...]
+    default: object
+
+    @property
+    def name(self) -> str:
+        return f"stage{self.stage}.{self.field}"
+
+
+@dataclass(frozen=True)
+class ScheduleSpace:
+    """A kernel's default schedule and the choices around it."""
+
+    kernel: Kernel
+    default: Schedule
+    choices: tuple[Choice, ...]
+
+    def size(self) -> int:
+        """Points in the space (before the legality check)."""
+        total = 1
+        for c in self.choices:
+            total *= len(c.values)
+        return total
+
+    def at(self, picks: dict[str, object]) -> Schedule:
+        """The default with the named choices (Choice.name -> value) replaced."""
+        stages = list(self.default.stages)
+        for c in self.choices:
+            if c.name in picks:
+                stages[c.stage] = replace(stages[c.stage], **{c.field: picks[c.name]})
+        return Schedule(tuple(stages))
+
+    def legal(self, schedule: Schedule) -> bool:
+        try:
+            check_schedule(self.kernel, schedule)
+        except ScheduleError:
+            return False
+        return True
+
+    def candidates(self, limit: int | None = None) -> Iterator[Schedule]:
+        """Legal points of the space in a fixed order, the default first."""
+        yield self.default
+        seen = {self.default}
+        count = 1
+        names = [c.name for c in self.choices]
+        for values in itertools.product(*(c.values for c in self.choices)):
+            if limit is not None and count >= limit:
+                return
+            schedule = self.at(dict(zip(names, values, strict=True)))
+            if schedule in seen or not self.legal(schedule):
+                continue
+            seen.add(schedule)
+            count += 1
+            yield schedule
+
+    def mutate(self, schedule: Schedule, rng: random.Random, tries: int = 32) -> Schedule:
+        """A legal neighbour of `schedule`: one choice changed (itself if none is legal)."""
+        for _ in range(tries):
+            if not self.choices:
+                break
+            c = rng.choice(self.choices)
+            value = rng.choice(c.values)
+            stages = list(schedule.stages)
+            stages[c.stage] = replace(stages[c.stage], **{c.field: value})
+            candidate = Schedule(tuple(stages))
+            if candidate != schedule and self.legal(candidate):
+                return candidate
+        return schedule
+
+
+def _gemm_choices(k: int, stage: StageSchedule, threads: int, target: Target
+                  ) -> list[Choice]:
+    lanes = target.vector_lanes_f32
+    most = (target.vector_registers - TILE_ROW_VECTORS - 1) // TILE_ROW_VECTORS
+    rows = tuple(sorted({c for c in ROW_TILES if c <= most} | {stage.mr}))
+    blocks = tuple(sorted({stage.mc, 1, 2, 4, 8, 16, 32} - {0}))
+    depths = tuple(sorted({stage.kc, 0, 16, 32, 64, 128, 256, 512}))
+    shares = tuple(sorted({stage.column_chunks, 0, threads})) if threads > 1 else (0,)
+    row_shares = tuple(sorted({stage.row_chunks, 0, threads})) if threads > 1 else (0,)
+    return [
+        Choice(k, "mr", rows, stage.mr),
+        Choice(k, "nr", (TILE_ROW_VECTORS * lanes,), stage.nr),  # pre-packed panels' width
+        Choice(k, "mc", blocks, stage.mc),
+        Choice(k, "kc", depths, stage.kc),
+        Choice(k, "rows_outer", (False, True), stage.rows_outer),
+        Choice(k, "column_chunks", shares, stage.column_chunks),
+        Choice(k, "keep_panels", (False, True), stage.keep_panels),
+        Choice(k, "row_chunks", row_shares, stage.row_chunks),
+    ]
+
+
+def schedule_space(kernel: Kernel, threads: int = 1, target: Target | None = None
+                   ) -> ScheduleSpace:
+    """The space around the default rules' schedule for the prepared `kernel`: for a gemm
+    stage its register tile, row block, reduction block, loop order, parallel shares and
+    panel keeping; for a loop-nest stage its trace with or without its parallel loop. The
+    default is the default rules' choice for every decision. (The algorithm and layout of a
+    convolution are chosen a level up, when the graph is lowered to kernels.)"""
+    target = target or host_target()
+    default = default_schedule(kernel, threads, target)
+    choices: list[Choice] = []
+    for k, stage in enumerate(default.stages):
+        if stage.strategy == "gemm":
+            choices.extend(_gemm_choices(k, stage, threads, target))
+            continue
+        serial = tuple(s for s in stage.steps if not isinstance(s, Parallel))
+        choices.append(Choice(k, "steps", (stage.steps, serial), stage.steps))
+    return ScheduleSpace(kernel, default, tuple(c for c in choices if len(set(c.values)) > 1))
