@@ -79,9 +79,9 @@ def test_fold_leaves_input_dependent_nodes():
 def test_fold_relayouts_big_weights_but_not_expansions(monkeypatch, rng):
     """Past the size cap a Transpose of a weight (no bigger than its input) still folds; an
     Expand that would grow the artifact stays a kernel."""
-    import strataml.passes.graph.fold_constants as fold_constants
+    import strataml.ir.fold as fold
 
-    monkeypatch.setattr(fold_constants, "MAX_FOLDED_ELEMENTS", 16)
+    monkeypatch.setattr(fold, "MAX_FOLDED_ELEMENTS", 16)
     w = rng.standard_normal((8, 6)).astype(np.float32)
     g = graph({"x": (F32, (4, 8))}, [
         node("Transpose", ["w"], "wt", perm=(1, 0)),

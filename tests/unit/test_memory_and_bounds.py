@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from strataml.ir.bounds import interval
 from strataml.ir.expr import Binary, Cast, Const, Expr, Select, Var, compare
-from strataml.passes.lower.bounds import interval
-from strataml.passes.lower.index_simplify import simplify_expr
+from strataml.ir.index_simplify import simplify_expr
 from strataml.passes.lower.memory_plan import Interval, pack_weights, plan_arena
 from strataml.runtime.hal import ALIGNMENT
 from tests.unit.graphs import dumped

@@ -15,8 +15,14 @@ import strataml
 from strataml.ir.dialects.graph import OPS, get_op
 from strataml.passes.graph.fold_constants import fold_graph
 from strataml.passes.lower.graph_to_kernel import load_rules
-from strataml.passes.manager import PASSES, GraphPass, parse_pipeline, register_pass
-from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
+from strataml.passes.manager import (
+    PASSES,
+    GraphPass,
+    LoweringPass,
+    parse_pipeline,
+    register_pass,
+)
+from strataml.passes.pipelines import CPU_GRAPH_PIPELINE, CPU_PIPELINE
 from tests.unit.graphs import graph, node, ops
 
 RUNTIME = Path(strataml.__file__).parent / "runtime"
@@ -38,14 +44,15 @@ def _all_subclasses(cls: type) -> list[type]:
 
 def test_pass_names_are_unique_and_match_the_table():
     parse_pipeline("")  # loads every pass module
-    classes = [c for c in _all_subclasses(GraphPass)
+    classes = [c for c in [*_all_subclasses(GraphPass), *_all_subclasses(LoweringPass)]
                if c.name and c.__module__.startswith("strataml.")]
     names = [c.name for c in classes]
     assert len(names) == len(set(names)), names
     for c in classes:
         assert PASSES[c.name] is c
     assert {"infer-shapes", "fold-constants", "simplify", "fold-batchnorm", "cse", "dce",
-            "fuse"} <= set(PASSES)
+            "fuse", "lower-to-kernels", "schedule", "lower-to-loops", "plan-memory",
+            "emit-llvm"} <= set(PASSES)
 
 
 def test_register_pass_refuses_a_repeated_name():
@@ -57,6 +64,7 @@ def test_register_pass_refuses_a_repeated_name():
 def test_cpu_pipeline_string_round_trips():
     names = [p.name for p in parse_pipeline(CPU_GRAPH_PIPELINE)]
     assert ",".join(names) == CPU_GRAPH_PIPELINE
+    assert ",".join(p.name for p in parse_pipeline(CPU_PIPELINE)) == CPU_PIPELINE
     (fuse,) = parse_pipeline("fuse{max-ops=8}")
     assert fuse.max_ops == 8
 
@@ -90,6 +98,30 @@ def test_runtime_imports_nothing_from_the_compiler_at_run_time():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=120)
     assert result.stdout.strip() == ""
+
+
+# Who may import whom below the API: a package never imports one above it (the passes sit
+# above the IR, the schedules and the code generator; the frontend above the IR only).
+UPWARD = {
+    "ir": ("strataml.passes", "strataml.schedule", "strataml.codegen", "strataml.frontends",
+           "strataml.backends", "strataml.api"),
+    "schedule": ("strataml.passes", "strataml.codegen", "strataml.frontends",
+                 "strataml.backends", "strataml.api"),
+    "codegen": ("strataml.passes", "strataml.frontends", "strataml.backends", "strataml.api"),
+    "frontends": ("strataml.passes", "strataml.schedule", "strataml.codegen",
+                  "strataml.backends", "strataml.api"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(UPWARD))
+def test_no_import_runs_up_the_layers(package):
+    offenders = []
+    for path in sorted((Path(strataml.__file__).parent / package).rglob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in n.names] if isinstance(n, ast.Import)
+                     else [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {m}" for m in names if m.startswith(UPWARD[package])]
+    assert not offenders
 
 
 def test_runtime_source_has_no_compiler_imports():

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from strataml.ir.bounds import flat_interval
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Binary, Const, Expr, Load, Reduce, Var
-from strataml.passes.lower.bounds import flat_interval
 from strataml.schedule.schedule import top_reduces
 
 

@@ -23,8 +23,8 @@ from math import prod
 from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Expr, Load, Reduce, Var
+from strataml.ir.index_simplify import linear_in
 from strataml.ir.types import itemsize
-from strataml.passes.lower.index_simplify import linear_in
 from strataml.schedule.primitives import (
     ROOT,
     ComputeAt,

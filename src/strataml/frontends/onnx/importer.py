@@ -23,9 +23,9 @@ from strataml.frontends.onnx.converters import (
     onnx_dtype,
 )
 from strataml.ir.dialects.graph import Graph, Node, get_op, infer_node
+from strataml.ir.fold import try_fold
 from strataml.ir.types import DTYPES, Dim, TensorType
 from strataml.options import CompileOptions
-from strataml.passes.graph.fold_constants import try_fold
 
 MIN_OPSET = 7
 

@@ -7,49 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from strataml.errors import StrataError
-from strataml.ir.dialects.graph import Graph, Node, evaluate_node
+from strataml.ir.dialects.graph import Graph, Node
+from strataml.ir.fold import try_fold
 from strataml.ir.types import TensorType
 from strataml.passes.manager import GraphPass, register_pass
-
-# Folding never materialises a constant larger than this (elements) unless it is no larger
-# than the node's inputs: a big Expand or Tile stays a kernel (artifacts stay small), while a
-# Transpose or Reshape of a big weight (GPT-2's tied LM head) folds instead of running as a
-# strided copy on every call.
-MAX_FOLDED_ELEMENTS = 1 << 24
-
-
-def try_fold(node: Node, types: dict[str, TensorType],
-             constants: dict[str, np.ndarray]) -> list[np.ndarray] | None:
-    """Values of the node's outputs if computable at compile time, else None."""
-    if node.op in ("Shape", "Size") and types[node.inputs[0]].is_static:
-        shape = types[node.inputs[0]].static_shape()
-        data = np.empty(shape, dtype=np.uint8) if np.prod(shape) < 1 << 20 else None
-        if data is not None:
-            return evaluate_node(node, [data])
-        start, end = node.attr("start", 0), node.attr("end", None)
-        if node.op == "Size":
-            return [np.array(int(np.prod(shape)), dtype=np.int64)]
-        return [np.array(shape[start:end], dtype=np.int64)]
-    if node.op == "fused" or not all(i == "" or i in constants for i in node.inputs):
-        return None
-    outs = [types.get(o) for o in node.outputs]
-    if any(t is None or not t.is_static for t in outs):
-        return None
-    size_in = sum(constants[i].size for i in node.inputs if i)
-    if any(t.numel > max(MAX_FOLDED_ELEMENTS, size_in) for t in outs):
-        return None
-    try:
-        with np.errstate(all="ignore"):
-            values = evaluate_node(node, [constants[i] if i else None for i in node.inputs])
-    except StrataError:
-        raise
-    except Exception:  # noqa: BLE001 - an op that cannot fold stays in the graph
-        return None
-    return [np.asarray(v).astype(t.dtype, copy=False) if t is not None else np.asarray(v)
-            for v, t in zip(values, outs, strict=True)]
 
 
 def fold_graph(graph: Graph) -> Graph:

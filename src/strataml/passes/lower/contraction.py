@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from strataml.ir.bounds import Interval
 from strataml.ir.dialects.loop import (
     Allocate,
     Assign,
@@ -39,9 +40,8 @@ from strataml.ir.expr import (
     select,
     substitute,
 )
+from strataml.ir.index_simplify import linear_in, row_major_strides
 from strataml.ir.types import is_float, itemsize, vector_dtype
-from strataml.passes.lower.bounds import Interval
-from strataml.passes.lower.index_simplify import linear_in, row_major_strides
 from strataml.schedule.contraction import Contraction
 
 # The partial last panel of a packed gemm accumulates in a stack scratch of m x nr floats.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from itertools import count
 
 from strataml.errors import ScheduleError
+from strataml.ir.bounds import Interval, flat_interval, interval
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import (
     Allocate,
@@ -39,10 +40,9 @@ from strataml.ir.expr import (
     rewrite,
     substitute,
 )
+from strataml.ir.index_simplify import affine_terms, simplify_indices
 from strataml.ir.types import is_int
-from strataml.passes.lower.bounds import Interval, flat_interval, interval
 from strataml.passes.lower.contraction import gemm_stage
-from strataml.passes.lower.index_simplify import affine_terms, simplify_indices
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.fuse_axes import fuse_trailing_axes

@@ -16,7 +16,7 @@ import numpy as np
 
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage, read_inputs_only
 from strataml.ir.expr import Const, Expr, Load, Reduce, Var, binary, idx, rewrite
-from strataml.passes.lower.index_simplify import linear_in, row_major_strides
+from strataml.ir.index_simplify import linear_in, row_major_strides
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.schedule import MIN_GEMM_ROWS
 

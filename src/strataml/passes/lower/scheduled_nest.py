@@ -15,11 +15,11 @@ from math import prod
 from typing import TYPE_CHECKING
 
 from strataml.errors import ScheduleError
+from strataml.ir.bounds import Interval, interval
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
 from strataml.ir.expr import Binary, Expr, Load, Reduce, Var, binary, idx, rewrite, substitute
-from strataml.passes.lower.bounds import Interval, interval
-from strataml.passes.lower.index_simplify import affine_terms, build_affine
+from strataml.ir.index_simplify import affine_terms, build_affine
 from strataml.schedule.primitives import MAX_SCRATCH, ROOT, Loop, LoopNest, Primitive, apply_steps
 from strataml.schedule.schedule import stage_nest, top_reduces
 

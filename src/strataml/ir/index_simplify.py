@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from strataml.ir.bounds import Interval, interval
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Binary, Const, Expr, Reduce, Var, binary, rewrite
 from strataml.ir.types import is_int
-from strataml.passes.lower.bounds import Interval, interval
 
 Affine = tuple[dict[Expr, int], int]  # sum of coefficient * atom, plus a constant
 
