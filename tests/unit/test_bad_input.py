@@ -76,6 +76,28 @@ def test_a_string_attribute_that_is_not_text_names_the_node_and_attribute():
         strataml.compile(model)
 
 
+def test_a_failure_below_the_graph_names_the_pass_and_the_kernel(monkeypatch):
+    """A compiler bug deep in a lowering (a raw KeyError, a failed assert) is reported with
+    the pass, the kernel and the graph node it came from, not as a bare traceback."""
+    import strataml.passes.lower.phases as phases
+    from strataml.errors import PassError
+
+    model = onnx_model([helper.make_node("Relu", ["x"], ["y"], name="act")],
+                       {"x": (F32, [4, 8])}, {"y": (F32, [4, 8])})
+
+    def broken(*args, **kwargs):
+        raise KeyError("i3")
+
+    monkeypatch.setattr(phases, "default_schedule", broken)
+    with pytest.raises(PassError, match=r"pass schedule failed on kernel k\d+_relu "
+                       r"\(from act\): KeyError: 'i3'"):
+        strataml.compile(model)
+    monkeypatch.undo()
+    monkeypatch.setattr(phases, "lower_group", broken)
+    with pytest.raises(PassError, match=r"pass lower-to-kernels failed on Relu node 'act'"):
+        strataml.compile(model)
+
+
 # ---------------------------------------------------------------- unreadable models
 
 

@@ -10,6 +10,8 @@ reads is a PassError naming the missing pass.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -116,6 +118,19 @@ LEVELS.update({
 })
 
 
+@contextmanager
+def blame(where: str, pass_name: str) -> Iterator[None]:
+    """A failure that is not already one of ours (a KeyError, an assert deep in a lowering)
+    becomes a PassError naming the pass and the kernel or node it was working on."""
+    try:
+        yield
+    except StrataError:
+        raise
+    except Exception as exc:
+        raise PassError(f"pass {pass_name} failed on {where}: {type(exc).__name__}: "
+                        f"{exc}") from exc
+
+
 def check_supported(graph: Graph) -> None:
     """Collect every op without a CPU lowering, so the user sees the whole list at once."""
     rules = load_rules()
@@ -151,7 +166,8 @@ class LowerToKernels(LoweringPass):
         for i, node in enumerate(graph.nodes):
             if node.outputs[0] in made_by_placement:
                 continue  # its inputs' producers write it (see `concats_by_placement`)
-            kernel, values, made = lower_group(graph, node, f"k{i}_{_slug(node)}")
+            with blame(node.where, self.name):
+                kernel, values, made = lower_group(graph, node, f"k{i}_{_slug(node)}")
             kernels.append(kernel)
             bindings.append(values)
             derived.update(made)
@@ -202,8 +218,10 @@ class ScheduleKernels(LoweringPass):
                 prepared_of[k.name] = prepared_of[first[key]]
                 continue
             first[key] = k.name
-            prepared = prepare_kernel(k)
-            schedules[k.name] = given or default_schedule(prepared, options.threads(), target)
+            with blame(k.where, self.name):
+                prepared = prepare_kernel(k)
+                schedules[k.name] = given or default_schedule(prepared, options.threads(),
+                                                              target)
             prepared_of[k.name] = prepared
         return replace(state, schedules=schedules, prepared=prepared_of)
 
@@ -230,17 +248,18 @@ class LowerToLoops(LoweringPass):
             if key not in function_of:
                 function_of[key] = k.name
                 prepared, schedule = state.prepared[k.name], state.schedules[k.name]
-                try:
-                    fn = lower_kernel(prepared, schedule, target=state.target)
-                except ScheduleError:
-                    if _given_schedule(state.options, k.name) is not None:
-                        raise
-                    schedule = default_schedule(prepared, state.options.threads(),
-                                                state.target,
-                                                compute_copies_at_consumers=False)
-                    fn = lower_kernel(prepared, schedule, target=state.target)
-                    chosen[key] = schedule
-                pairs_of[k.name] = in_place_pairs(prepared, schedule)
+                with blame(k.where, self.name):
+                    try:
+                        fn = lower_kernel(prepared, schedule, target=state.target)
+                    except ScheduleError:
+                        if _given_schedule(state.options, k.name) is not None:
+                            raise
+                        schedule = default_schedule(prepared, state.options.threads(),
+                                                    state.target,
+                                                    compute_copies_at_consumers=False)
+                        fn = lower_kernel(prepared, schedule, target=state.target)
+                        chosen[key] = schedule
+                    pairs_of[k.name] = in_place_pairs(prepared, schedule)
                 loops.append(replace(fn, aliased=tuple(b for pair in pairs_of[k.name]
                                                        for b in pair)))
             functions.append(function_of[key])
