@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Test dependencies; torch is pinned to the CPU wheel (an unpinned torch pulls CUDA).
-$(TEST_STAMP): $(STAMP)
+$(TEST_STAMP): $(STAMP) examples/sim_npu/pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q torch==2.13.0 || echo "torch not installed: torch frontend tests will skip"
+	$(PIP) install -q --no-deps --no-build-isolation -e examples/sim_npu
 	touch $@
 
 demo: $(TEST_STAMP)
@@ -28,6 +29,7 @@ demo: $(TEST_STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m pytest -q -n $(JOBS) tests
+	$(PY) -m pytest -q examples/sim_npu
 
 # Every end-to-end model, the slow ones included (compile, ONNX Runtime check, reload).
 test-models: $(TEST_STAMP)

@@ -41,7 +41,7 @@ def make_serial_cpu() -> SerialCpu:
 
 @pytest.fixture
 def clean_table(monkeypatch):
-    monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))
+    monkeypatch.setattr(backends, "BACKENDS", dict(backends.BUILTIN_BACKENDS))
     monkeypatch.setattr(backends, "_loaded", {})
     monkeypatch.setattr(backends, "_entry_points_read", False)
 

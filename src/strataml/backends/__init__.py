@@ -44,11 +44,15 @@ class Backend(Protocol):
         """Where its executables run."""
         ...
 
+    # Optional: `report(model, feeds) -> str`, which `strataml inspect --target NAME` prints
+    # (where each kernel went, what it cost: see examples/sim_npu).
+
 
 # name -> "module:callable" (imported on first use) or a callable registered at run time
-BACKENDS: dict[str, str | Callable[[], Backend]] = {
+BUILTIN_BACKENDS: dict[str, str | Callable[[], Backend]] = {
     "cpu": "strataml.backends.cpu:CpuBackend",
 }
+BACKENDS: dict[str, str | Callable[[], Backend]] = dict(BUILTIN_BACKENDS)
 ALIASES = {"host": "cpu", "llvm": "cpu"}
 _loaded: dict[str, Backend] = {}
 _entry_points_read = False

@@ -353,6 +353,16 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
     print("unsupported: none", file=out)
     if args.perf:
         return _print_perf(args, out)
+    from strataml.backends import get_backend
+
+    backend = get_backend(_target(args))
+    if hasattr(backend, "report"):  # (optional: where each kernel went, what it cost)
+        import strataml
+
+        model = strataml.compile(args.model, backend.name, options=options)
+        print(f"--- {backend.name} ---", file=out)
+        print(backend.report(model, random_feeds(model, args.seed)), file=out)
+        return 0
     print(f"--- {args.level} ---", file=out)
     _print_ir(args.level, graph, options, _target(args), out)
     return 0

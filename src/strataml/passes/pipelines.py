@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strataml.ir.dialects.graph import Graph
+from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel
 from strataml.ir.dialects.loop import LoopFunction
 from strataml.options import CompileOptions, Target
@@ -57,16 +57,22 @@ class CompiledProgram:
     # the schedule each kernel was lowered with (the default rules' or the user's), by name:
     # what a user or a test asks to see which path a kernel took
     schedules: dict[str, Schedule] = field(default_factory=dict)
+    # per kernel: the graph node it implements, and its buffers' graph values (what a
+    # backend that partitions a model needs to run a kernel its own way)
+    nodes: list[Node] = field(default_factory=list)
+    bindings: list[dict[str, str]] = field(default_factory=list)
 
 
-def compile_graph(graph: Graph, target: Target, options: CompileOptions) -> CompiledProgram:
-    """The CPU pipeline, graph passes and lowering passes alike, through one pass manager
-    (`--dump-ir` writes the IR after each of them, numbered in pipeline order)."""
+def compile_graph(graph: Graph, target: Target, options: CompileOptions,
+                  pipeline: str = CPU_PIPELINE) -> CompiledProgram:
+    """A pipeline (the CPU's by default), graph passes and lowering passes alike, through one
+    pass manager (`--dump-ir` writes the IR after each of them, numbered in pipeline order).
+    It must end with the lowering passes, down to emit-llvm."""
     dump = Path(options.dump_ir_dir) if options.dump_ir_dir else None
-    manager = PassManager(parse_pipeline(CPU_PIPELINE), verify=options.verify, dump_dir=dump)
+    manager = PassManager(parse_pipeline(pipeline), verify=options.verify, dump_dir=dump)
     state = manager.run(CompileState(graph, target, options))
     assert state.plan is not None
     assert state.executable is not None
     return CompiledProgram(state.plan, state.executable, state.weights, state.graph,
                            state.kernels, state.loops, state.llvm_ir, list(manager.timings),
-                           state.schedules)
+                           state.schedules, state.nodes, state.bindings)

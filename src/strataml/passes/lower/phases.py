@@ -19,7 +19,7 @@ import numpy as np
 
 from strataml.codegen.llvm import build_module, compile_module
 from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOpError
-from strataml.ir.dialects.graph import Graph
+from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
 from strataml.ir.types import TensorType
@@ -49,6 +49,7 @@ class CompileState:
     target: Target
     options: CompileOptions
     kernels: list[Kernel] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)  # the graph node each kernel implements
     bindings: list[dict[str, str]] = field(default_factory=list)  # kernel buffer -> value
     placed: dict[str, tuple[str, int]] = field(default_factory=dict)
     schedules: dict[str, Schedule] = field(default_factory=dict)  # by kernel name
@@ -159,6 +160,7 @@ class LowerToKernels(LoweringPass):
             if not graph.types[name].is_static:
                 raise StrataError(f"output %{name} has symbolic shape {graph.types[name]}")
         kernels: list[Kernel] = []
+        nodes: list[Node] = []
         bindings: list[dict[str, str]] = []
         placed = concats_by_placement(graph)
         made_by_placement = {out for out, _ in placed.values()}
@@ -169,10 +171,11 @@ class LowerToKernels(LoweringPass):
             with blame(node.where, self.name):
                 kernel, values, made = lower_group(graph, node, f"k{i}_{_slug(node)}")
             kernels.append(kernel)
+            nodes.append(node)
             bindings.append(values)
             derived.update(made)
         return replace(state, graph=_with_constants(graph, derived), kernels=kernels,
-                       bindings=bindings, placed=placed)
+                       nodes=nodes, bindings=bindings, placed=placed)
 
 
 @register_pass
