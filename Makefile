@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 $(TEST_STAMP): $(STAMP) examples/sim_npu/pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q torch==2.13.0 || echo "torch not installed: torch frontend tests will skip"
-	$(PIP) install -q --no-deps --no-build-isolation -e examples/sim_npu
+	$(PIP) install -q --no-deps -e examples/sim_npu
 	touch $@
 
 demo: $(TEST_STAMP)
