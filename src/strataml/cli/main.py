@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("opt", help="run a pass pipeline (graph passes, then lowering "
                        "passes if named) and print the IR it leaves")
-    p.add_argument("model", help="the .onnx model")
+    p.add_argument("model", help="the .onnx model, or graph IR text (.mlir, as --dump-ir "
+                   "writes it, with the weights.npz beside it)")
     p.add_argument("--passes", default=None, metavar="PIPELINE",
                    help="e.g. 'fold-constants,cse,fuse{max-ops=8}' (default: the CPU "
                    "pipeline)")
@@ -414,12 +415,14 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
         for name in sorted(PASSES):
             print(name, file=out)
         return 0
+    text_input = args.model.endswith(".mlir")  # (IR text: no passes unless asked)
+    default = "" if text_input else CPU_GRAPH_PIPELINE
     try:
-        passes = parse_pipeline(args.passes if args.passes is not None else CPU_GRAPH_PIPELINE)
+        passes = parse_pipeline(args.passes if args.passes is not None else default)
     except (ValueError, TypeError) as exc:
         raise CliError(f"bad pipeline {args.passes!r}: {exc}") from None
     options = _options(args)
-    graph = import_model(args.model, options)
+    graph = _read_graph_text(args.model) if text_input else import_model(args.model, options)
 
     def show(name: str, text: str) -> None:
         print(f"// ----- after {name}\n{text}", file=out)
@@ -441,6 +444,21 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
     if not args.print_after_all:
         print(LEVELS[ran[-1].level].print(state), file=out)
     return 0
+
+
+def _read_graph_text(path: str) -> Graph:
+    """Graph IR text (what `--dump-ir` writes), its large constants from the weights.npz
+    beside it."""
+    from strataml.ir.graph_text import parse_graph
+
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    store = file.parent / "weights.npz"
+    weights = dict(np.load(store, allow_pickle=False)) if store.exists() else {}
+    return parse_graph(text, weights, path)
 
 
 def cmd_backends(args: argparse.Namespace, out: TextIO) -> int:

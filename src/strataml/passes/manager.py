@@ -88,14 +88,29 @@ class PassManager:
     bisect: int | None = None  # run only the first N passes
     timings: list[tuple[str, float]] = field(default_factory=list)
     first_index: int = 0  # number of the first pass's dump (a pipeline run in parts)
+    # the large constants the dumped graphs refer to, written to DIR/weights.npz
+    weights: dict[str, Any] = field(default_factory=dict)
 
     def run(self, unit: Any) -> Any:
         """Run the passes on `unit`: a Graph (graph passes only, or the first lowering pass
         turns it into the compile state) or the compile state itself."""
+        try:
+            return self._run(unit)
+        finally:
+            if self.dump_dir is not None and self.weights:
+                import numpy as np
+
+                np.savez(self.dump_dir / "weights.npz", **self.weights)
+
+    def _print(self, level: str, unit: Any) -> str:
+        if level == "graph":  # (constants by reference into the weights store)
+            return print_graph(_graph_of(unit), weights=self.weights)
+        return LEVELS[level].print(unit)
+
+    def _run(self, unit: Any) -> Any:
         if self.dump_dir is not None and self.first_index == 0:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
-            (self.dump_dir / "00-graph-input.mlir").write_text(
-                print_graph(_graph_of(unit)) + "\n")
+            (self.dump_dir / "00-graph-input.mlir").write_text(self._print("graph", unit) + "\n")
         for i, p in enumerate(self.passes):
             if self.bisect is not None and i >= self.bisect:
                 break
@@ -115,7 +130,7 @@ class PassManager:
                 level.verify(unit)
             text = None
             if self.dump_dir is not None:
-                text = level.print(unit)
+                text = self._print(p.level, unit)
                 number = self.first_index + i + 1
                 (self.dump_dir / f"{number:02d}-{p.level}-after-{p.name}{level.suffix}"
                  ).write_text(text + "\n")

@@ -7,6 +7,8 @@ interpreter that is the test oracle for every level.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -235,49 +237,76 @@ def verify_graph(graph: Graph) -> None:
 # ---------------------------------------------------------------- text form
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+# Constants and tensor attributes up to this many elements print inline, in full; larger ones
+# print as a reference into a weights store (`weights=`: key -> array) so that the text stays
+# short and still parses back to the same graph.
+INLINE_ELEMENTS = 16
+
+
+def quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def value_ref(name: str) -> str:
     if not name:
         return "%none"
-    return f"%{name}" if _IDENT.match(name) else f'%"{name}"'
+    return f"%{name}" if _IDENT.match(name) else f"%{quoted(name)}"
 
 
-def format_attr(v: AttrValue) -> str:
+def weight_key(name: str, value: np.ndarray) -> str:
+    """A store key naming both the value and its bytes (a pass may rebind a name)."""
+    digest = hashlib.sha1(np.ascontiguousarray(value).view(np.uint8).tobytes()).hexdigest()
+    return f"{name}#{digest[:12]}"
+
+
+def _elements(v: np.ndarray, name: str, weights: dict[str, np.ndarray] | None) -> str:
+    if v.size <= INLINE_ELEMENTS:
+        return repr(v.ravel().tolist())
+    key = weight_key(name, v)
+    if weights is not None:
+        weights[key] = v
+    return f"@{quoted(key)}"
+
+
+def format_attr(v: AttrValue, name: str = "attr",
+                weights: dict[str, np.ndarray] | None = None) -> str:
     if isinstance(v, np.ndarray):
-        return f"tensor<{TensorType.of(v)}>{v.ravel().tolist() if v.size <= 16 else '...'}"
+        return f"tensor<{TensorType.of(v)}>{_elements(v, name, weights)}"
     if isinstance(v, tuple):
-        return "[" + ", ".join(format_attr(x) for x in v) + "]"
-    if isinstance(v, str):
-        return repr(v)
+        return "[" + ", ".join(format_attr(x, name, weights) for x in v) + "]"
     return repr(v)
 
 
-def print_graph(graph: Graph, indent: str = "") -> str:
+def print_graph(graph: Graph, indent: str = "",
+                weights: dict[str, np.ndarray] | None = None) -> str:
+    """The graph as text that `strataml.ir.graph_text.parse_graph` reads back; constants of
+    more than INLINE_ELEMENTS elements are written into `weights` (when given) and printed
+    by their key."""
+    name = graph.name if _IDENT.match(graph.name) else quoted(graph.name)
     args = ", ".join(f"{value_ref(i)}: {graph.types[i]}" for i in graph.inputs)
     outs = ", ".join(value_ref(o) for o in graph.outputs)
-    lines = [f"{indent}graph @{graph.name}({args}) -> ({outs}) {{"]
-    for name, arr in graph.constants.items():
-        preview = np.asarray(arr).ravel()[:4].tolist()
-        lines.append(f"{indent}  {value_ref(name)}: {graph.types[name]} = constant "
-                     f"{preview}{'...' if np.asarray(arr).size > 4 else ''}")
-    lines.extend(_print_nodes(graph, graph.nodes, indent + "  "))
+    lines = [f"{indent}graph @{name}({args}) -> ({outs}) {{"]
+    for value, arr in graph.constants.items():
+        lines.append(f"{indent}  {value_ref(value)}: {graph.types[value]} = constant "
+                     f"{_elements(np.asarray(arr), value, weights)}")
+    lines.extend(_print_nodes(graph, graph.nodes, indent + "  ", weights))
     lines.append(f"{indent}}}")
     return "\n".join(lines)
 
 
-def _print_nodes(graph: Graph, nodes: Iterable[Node], indent: str) -> list[str]:
+def _print_nodes(graph: Graph, nodes: Iterable[Node], indent: str,
+                 weights: dict[str, np.ndarray] | None = None) -> list[str]:
     lines = []
     for node in nodes:
         results = ", ".join(f"{value_ref(o)}: {graph.types.get(o, '?')}" for o in node.outputs)
         operands = ", ".join(value_ref(i) for i in node.inputs)
         attrs = {k: v for k, v in node.attrs if k != "body"}
-        attr_text = (" {" + ", ".join(f"{k}={format_attr(v)}" for k, v in attrs.items()) + "}"
-                     if attrs else "")
-        loc = f' loc("{node.name}")' if node.name else ""
+        attr_text = (" {" + ", ".join(f"{k}={format_attr(v, f'{node.outputs[0]}.{k}', weights)}"
+                                      for k, v in attrs.items()) + "}" if attrs else "")
+        loc = f" loc({quoted(node.name)})" if node.name else ""
         if node.op == "fused":
             lines.append(f"{indent}{results} = fused({operands}){attr_text}{loc} {{")
-            lines.extend(_print_nodes(graph, node.body, indent + "  "))
+            lines.extend(_print_nodes(graph, node.body, indent + "  ", weights))
             lines.append(f"{indent}}}")
         else:
             lines.append(f"{indent}{results} = {node.op}({operands}){attr_text}{loc}")

@@ -1,0 +1,245 @@
+"""Reading the graph level back from its text (`print_graph`): parse(print(g)) == g.
+
+Large constants and tensor attributes are read from a weights store (key -> array, the
+`weights.npz` that `--dump-ir` writes beside the files). A malformed text is a ParseError at
+`file:line:col`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from strataml.errors import StrataError
+from strataml.ir.dialects.graph import Graph, Node, make_attrs
+from strataml.ir.types import Dim, TensorType
+
+
+class ParseError(StrataError):
+    """IR text that does not parse, with its file, line and column."""
+
+
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+  | (?P<ref>%(?:[A-Za-z_][A-Za-z0-9_.]*|"(?:[^"\\]|\\.)*"))
+  | (?P<symbol>@|\(|\)|\{|\}|\[|\]|<|>|,|:|=|->|\?)
+  | (?P<number>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf\b|nan\b))
+  | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
+""", re.VERBOSE)
+
+
+class _Lexer:
+    def __init__(self, text: str, filename: str) -> None:
+        self.text, self.filename = text, filename
+        self.tokens: list[tuple[str, str, int]] = []  # (kind, text, offset)
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None:
+                self.pos = len(self.tokens)
+                raise self.error(f"unexpected character {text[pos]!r}", pos)
+            if m.lastgroup != "space":
+                self.tokens.append((m.lastgroup or "", m.group(), pos))
+            pos = m.end()
+        self.pos = 0
+
+    def error(self, message: str, offset: int | None = None) -> ParseError:
+        if offset is None:
+            offset = self.tokens[self.pos][2] if self.pos < len(self.tokens) else len(self.text)
+        line = self.text.count("\n", 0, offset) + 1
+        col = offset - (self.text.rfind("\n", 0, offset) + 1) + 1
+        return ParseError(f"{self.filename}:{line}:{col}: {message}")
+
+    def peek(self) -> tuple[str, str]:
+        if self.pos >= len(self.tokens):
+            return "eof", ""
+        kind, text, _ = self.tokens[self.pos]
+        return kind, text
+
+    def take(self, kind: str | None = None, text: str | None = None) -> str:
+        got_kind, got = self.peek()
+        if (kind and got_kind != kind) or (text is not None and got != text):
+            want = repr(text) if text is not None else {"ref": "a value (%name)"}.get(
+                kind or "", kind)
+            raise self.error(f"expected {want}, found {got!r}" if got else f"expected {want}, "
+                             "found the end of the text")
+        self.pos += 1
+        return got
+
+    def accept(self, text: str) -> bool:
+        if self.peek()[1] == text:
+            self.pos += 1
+            return True
+        return False
+
+
+def _items(lx: _Lexer, close: str, item: Callable[[], Any]) -> list[Any]:
+    """`item` parsed until `close`, comma-separated."""
+    out: list[Any] = []
+    if lx.accept(close):
+        return out
+    while True:
+        out.append(item())
+        if lx.accept(close):
+            return out
+        if not lx.accept(","):
+            raise lx.error(f"expected ',' or {close!r}, found {lx.peek()[1] or 'the end'!r}")
+
+
+def _ref(token: str) -> str:
+    name = token[1:]
+    if name.startswith('"'):
+        return json.loads(name)
+    return "" if name == "none" else name
+
+
+def _type(lx: _Lexer) -> TensorType | None:
+    if lx.accept("?"):
+        return None
+    dtype = lx.take("word")
+    lx.take(text="[")
+
+    def dim() -> Dim:
+        return int(lx.take()) if lx.peek()[0] == "number" else lx.take("word")
+
+    return TensorType(dtype, tuple(_items(lx, "]", dim)))
+
+
+def _scalar(text: str) -> int | float:
+    if text.lstrip("+-") in ("inf", "nan"):
+        return float(text)
+    return ast.literal_eval(text)
+
+
+def _value(lx: _Lexer) -> object:
+    """A plain value: number, string, True/False/None, or a list of them."""
+    kind, text = lx.peek()
+    if lx.accept("["):
+        return _items(lx, "]", lambda: _value(lx))
+    if kind == "number":
+        return _scalar(lx.take())
+    if kind == "string":
+        return ast.literal_eval(lx.take())
+    if kind == "word" and text in ("True", "False", "None"):
+        return ast.literal_eval(lx.take())
+    raise lx.error(f"expected a value, found {text!r}")
+
+
+def _elements(lx: _Lexer, t: TensorType, weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    if lx.accept("@"):
+        at = lx.pos
+        key = json.loads(lx.take("string"))
+        if key not in weights:
+            lx.pos = at
+            raise lx.error(f"weights store has no {key!r} (the weights.npz beside the file?)")
+        return np.asarray(weights[key]).astype(t.dtype, copy=False).reshape(t.static_shape())
+    values = _value(lx)
+    return np.array(values, dtype=t.dtype).reshape(t.static_shape())
+
+
+def _attr(lx: _Lexer, weights: Mapping[str, np.ndarray]) -> object:
+    if lx.peek() == ("word", "tensor"):
+        lx.take()
+        lx.take(text="<")
+        t = _type(lx)
+        lx.take(text=">")
+        if t is None:
+            raise lx.error("a tensor attribute needs its type")
+        return _elements(lx, t, weights)
+    if lx.accept("["):
+        return tuple(_items(lx, "]", lambda: _attr(lx, weights)))
+    value = _value(lx)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _keyed_attr(lx: _Lexer, weights: Mapping[str, np.ndarray]) -> tuple[str, object]:
+    key = lx.take("word")
+    lx.take(text="=")
+    return key, _attr(lx, weights)
+
+
+def _nodes(lx: _Lexer, types: dict[str, TensorType], weights: Mapping[str, np.ndarray],
+           constants: dict[str, np.ndarray] | None) -> list[Node]:
+    nodes: list[Node] = []
+    while not lx.accept("}"):
+        outputs: list[str] = []
+        while True:
+            out = _ref(lx.take("ref"))
+            lx.take(text=":")
+            t = _type(lx)
+            if t is not None:
+                types[out] = t
+            outputs.append(out)
+            if not lx.accept(","):
+                break
+        lx.take(text="=")
+        op = lx.take("word")
+        if op == "constant":
+            if constants is None or len(outputs) != 1 or outputs[0] not in types:
+                raise lx.error("a constant belongs at the top of a graph, with its type")
+            constants[outputs[0]] = _elements(lx, types[outputs[0]], weights)
+            continue
+        lx.take(text="(")
+        inputs = _items(lx, ")", lambda: _ref(lx.take("ref")))
+        attrs: dict[str, object] = {}
+        if (lx.peek()[1] == "{" and op != "fused") or (op == "fused" and _attrs_follow(lx)):
+            lx.take(text="{")
+            attrs = dict(_items(lx, "}", lambda: _keyed_attr(lx, weights)))
+        name = ""
+        if lx.peek() == ("word", "loc"):
+            lx.take()
+            lx.take(text="(")
+            name = json.loads(lx.take("string"))
+            lx.take(text=")")
+        if op == "fused":
+            lx.take(text="{")
+            attrs["body"] = tuple(_nodes(lx, types, weights, None))
+        nodes.append(Node(op, tuple(inputs), tuple(outputs), make_attrs(attrs), name))
+    return nodes
+
+
+def _attrs_follow(lx: _Lexer) -> bool:
+    """After `fused(...)`: is the `{` an attribute dict (key=...) or the body?"""
+    if lx.peek()[1] != "{" or lx.pos + 2 >= len(lx.tokens):
+        return False
+    return lx.tokens[lx.pos + 1][0] == "word" and lx.tokens[lx.pos + 2][1] == "="
+
+
+def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None,
+                filename: str = "<text>") -> Graph:
+    """The graph `print_graph` printed (with `weights`, the store its large constants were
+    written to)."""
+    lx = _Lexer(text, filename)
+    weights = weights or {}
+    lx.take(text="graph")
+    lx.take(text="@")
+    kind, name = lx.peek()
+    name = json.loads(lx.take()) if kind == "string" else lx.take("word")
+    types: dict[str, TensorType] = {}
+
+    def graph_input() -> str:
+        value = _ref(lx.take("ref"))
+        lx.take(text=":")
+        t = _type(lx)
+        if t is None:
+            raise lx.error(f"graph input %{value} needs its type")
+        types[value] = t
+        return value
+
+    lx.take(text="(")
+    inputs = _items(lx, ")", graph_input)
+    lx.take(text="->")
+    lx.take(text="(")
+    outputs = _items(lx, ")", lambda: _ref(lx.take("ref")))
+    lx.take(text="{")
+    constants: dict[str, np.ndarray] = {}
+    nodes = _nodes(lx, types, weights, constants)
+    if lx.peek()[0] != "eof":
+        raise lx.error("text after the end of the graph")
+    return Graph(name, tuple(inputs), tuple(outputs), tuple(nodes), types, constants)

@@ -1,0 +1,4 @@
+graph @golden(%x: float32[4,4]) -> (%y) {
+  %a: float32[4,4] = Relu(%x) loc("Relu_0")
+  %y: float32[4,4] = Add(%a, %a) loc("Add_2")
+}
