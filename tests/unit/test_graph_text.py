@@ -1,6 +1,7 @@
-"""The graph level prints and parses back: parse(print(g)) == g for every model of the test
-suite and every ONNX node case strataml imports; golden files replay the graph passes; parse
-errors name file:line:col; `strataml opt` reads what `--dump-ir` wrote."""
+"""The graph and kernel levels print and parse back: parse(print(x)) == x for every model of
+the test suite (and every ONNX node case strataml imports, at the graph level); golden files
+replay the graph passes; parse errors name file:line:col; `strataml opt` reads what
+`--dump-ir` wrote."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ from strataml.cli.main import main
 from strataml.errors import StrataError
 from strataml.frontends.onnx import import_model
 from strataml.ir.dialects.graph import Graph, print_graph
-from strataml.ir.graph_text import ParseError, parse_graph
+from strataml.ir.dialects.kernel import print_kernel
+from strataml.ir.graph_text import ParseError, parse_graph, parse_kernel
 from strataml.options import CompileOptions
+from strataml.passes.lower.kernel_to_loop import prepare_kernel
+from strataml.passes.lower.phases import CompileState
 from strataml.passes.manager import PassManager, parse_pipeline
 from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
+from strataml.target import host_target
 from tests.models.architectures import MODELS
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "graph"
@@ -46,11 +51,17 @@ def round_trip(graph: Graph) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_round_trips_as_imported_and_fused(name):
+def test_every_model_round_trips_as_imported_fused_and_as_kernels(name):
     build, _ = MODELS[name]
     graph = import_model(build(), CompileOptions())
     round_trip(graph)
     round_trip(PassManager(parse_pipeline(CPU_GRAPH_PIPELINE)).run(graph))
+    state = PassManager(parse_pipeline(f"{CPU_GRAPH_PIPELINE},lower-to-kernels,"
+                                       "prepack-weights")).run(
+        CompileState(graph, host_target(), CompileOptions()))
+    for kernel in state.kernels:
+        for form in (kernel, prepare_kernel(kernel)):  # as lowered, as scheduled
+            assert parse_kernel(print_kernel(form)) == form
 
 
 def test_every_imported_onnx_node_case_round_trips():
@@ -114,3 +125,13 @@ def test_opt_reads_what_dump_ir_wrote(tmp_path, capsys):
     start = dump / "00-graph-input.mlir"
     assert main(["opt", str(start), "--passes", CPU_GRAPH_PIPELINE]) == 0
     assert capsys.readouterr().out == fused.read_text()
+    kernels = next(dump.glob("*-kernel-after-prepack-weights.mlir"))
+    assert main(["opt", str(kernels), "--verify"]) == 0
+    assert capsys.readouterr().out == kernels.read_text()
+
+
+def test_kernel_parse_errors_name_the_position():
+    text = "kernel @k loc('n') {\n  input %a: float32[4]\n  output %b: float32[4]\n" \
+           "  %b[i0] = max(%c[i0], 0.0:float32)\n}"
+    with pytest.raises(ParseError, match=r"^k\.mlir:4:16: unknown buffer %c"):
+        parse_kernel(text, "k.mlir")

@@ -422,6 +422,9 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
     except (ValueError, TypeError) as exc:
         raise CliError(f"bad pipeline {args.passes!r}: {exc}") from None
     options = _options(args)
+    if text_input and Path(args.model).is_file() \
+            and Path(args.model).read_text().lstrip().startswith("kernel"):
+        return _opt_kernels(args, passes, out)
     graph = _read_graph_text(args.model) if text_input else import_model(args.model, options)
 
     def show(name: str, text: str) -> None:
@@ -443,6 +446,23 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
     state = manager.run(CompileState(graph, target, options))
     if not args.print_after_all:
         print(LEVELS[ran[-1].level].print(state), file=out)
+    return 0
+
+
+def _opt_kernels(args: argparse.Namespace, passes: list[Any], out: TextIO) -> int:
+    """Kernel IR text: parsed and printed back (the passes below the graph start from a
+    graph today, so none runs on kernel text yet)."""
+    from strataml.ir.dialects.kernel import print_kernel, verify_kernel
+    from strataml.ir.graph_text import parse_kernels
+
+    if passes:
+        raise CliError("passes on kernel IR text are not supported yet: start from the "
+                       "graph text or the model")
+    kernels = parse_kernels(Path(args.model).read_text(), args.model)
+    if args.verify:
+        for kernel in kernels:
+            verify_kernel(kernel)
+    print("\n\n".join(print_kernel(k) for k in kernels), file=out)
     return 0
 
 

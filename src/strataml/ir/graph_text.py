@@ -1,4 +1,5 @@
-"""Reading the graph level back from its text (`print_graph`): parse(print(g)) == g.
+"""Reading IR text back: the graph level (`print_graph`) and the kernel level
+(`print_kernel`), so that parse(print(x)) == x.
 
 Large constants and tensor attributes are read from a weights store (key -> array, the
 `weights.npz` that `--dump-ir` writes beside the files). A malformed text is a ParseError at
@@ -17,6 +18,23 @@ import numpy as np
 
 from strataml.errors import StrataError
 from strataml.ir.dialects.graph import Graph, Node, make_attrs
+from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
+from strataml.ir.expr import (
+    BINARY_OPS,
+    COMPARE_OPS,
+    UNARY_OPS,
+    Binary,
+    Broadcast,
+    Cast,
+    Compare,
+    Const,
+    Expr,
+    Load,
+    Reduce,
+    Select,
+    Unary,
+    Var,
+)
 from strataml.ir.types import Dim, TensorType
 
 
@@ -28,8 +46,8 @@ _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<ref>%(?:[A-Za-z_][A-Za-z0-9_.]*|"(?:[^"\\]|\\.)*"))
-  | (?P<symbol>@|\(|\)|\{|\}|\[|\]|<|>|,|:|=|->|\?)
   | (?P<number>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf\b|nan\b))
+  | (?P<symbol>->|<=|>=|==|!=|@|\(|\)|\{|\}|\[|\]|<|>|,|:|=|\?|\+|-|\*|/)
   | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
 """, re.VERBOSE)
 
@@ -243,3 +261,117 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None,
     if lx.peek()[0] != "eof":
         raise lx.error("text after the end of the graph")
     return Graph(name, tuple(inputs), tuple(outputs), tuple(nodes), types, constants)
+
+
+# ---------------------------------------------------------------- kernel level
+
+_INFIX_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "<": "lt", "<=": "le",
+              ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+_LOGICAL = ("and", "or", "xor")
+
+
+def _expr(lx: _Lexer, buffers: dict[str, Buffer]) -> Expr:
+    kind, _ = lx.peek()
+    if kind == "number":
+        value = _scalar(lx.take())
+        if lx.accept(":"):
+            return Const(lx.take("word"), value)
+        return Const("int64", value)
+    if kind == "ref":
+        name = _ref(lx.take())
+        if name not in buffers:
+            lx.pos -= 1
+            raise lx.error(f"unknown buffer %{name}")
+        lx.take(text="[")
+        return Load(buffers[name].dtype, name,
+                    tuple(_items(lx, "]", lambda: _expr(lx, buffers))))
+    if lx.accept("("):
+        a = _expr(lx, buffers)
+        op = _INFIX_OPS.get(lx.peek()[1])
+        if op is None:
+            raise lx.error(f"expected an infix operator, found {lx.peek()[1]!r}")
+        lx.take()
+        b = _expr(lx, buffers)
+        lx.take(text=")")
+        return Compare("bool", op, a, b) if op in COMPARE_OPS else Binary(a.dtype, op, a, b)
+    word = lx.take("word")
+    if word in ("true", "false"):
+        return Const("bool", word == "true")
+    if word in ("cast", "broadcast"):
+        lx.take(text="<")
+        dtype = lx.take("word")
+        lx.take(text=">")
+        lx.take(text="(")
+        x = _expr(lx, buffers)
+        lx.take(text=")")
+        return Cast(dtype, x) if word == "cast" else Broadcast(dtype, x)
+    if word.startswith("reduce_"):
+        lx.take(text="[")
+
+        def axis() -> tuple[Var, int]:
+            name = lx.take("word")
+            lx.take(text="<")
+            return Var("int64", name), int(lx.take("number"))
+
+        axes = _items(lx, "]", axis)
+        lx.take(text="(")
+        lx.take(text="init")
+        lx.take(text="=")
+        init = _expr(lx, buffers)
+        lx.take(text=",")
+        body = _expr(lx, buffers)
+        lx.take(text=")")
+        return Reduce(body.dtype, word[len("reduce_"):], tuple(a for a, _ in axes),
+                      tuple(n for _, n in axes), body, init)
+    if not lx.accept("("):
+        return Var("int64", word)  # an axis
+    args = _items(lx, ")", lambda: _expr(lx, buffers))
+    if word in ("select", "guarded_select") and len(args) == 3:
+        return Select(args[1].dtype, args[0], args[1], args[2], word == "guarded_select")
+    if word in UNARY_OPS and len(args) == 1:
+        return Unary(args[0].dtype, word, args[0])
+    if word in BINARY_OPS and len(args) == 2:
+        dtype = "bool" if word in _LOGICAL and args[0].dtype == "bool" else args[0].dtype
+        return Binary(dtype, word, args[0], args[1])
+    raise lx.error(f"unknown operation {word}/{len(args)}")
+
+
+def parse_kernel(text: str, filename: str = "<text>") -> Kernel:
+    """The kernel `print_kernel` printed."""
+    lx = _Lexer(text, filename)
+    lx.take(text="kernel")
+    lx.take(text="@")
+    name = lx.take("word")
+    lx.take(text="loc")
+    lx.take(text="(")
+    source = tuple(_items(lx, ")", lambda: ast.literal_eval(lx.take("string"))))
+    lx.take(text="{")
+    buffers: dict[str, Buffer] = {}
+    stages: list[Stage] = []
+    while not lx.accept("}"):
+        if lx.peek()[0] == "word":
+            role = lx.take("word")
+            buffer = _ref(lx.take("ref"))
+            lx.take(text=":")
+            t = _type(lx)
+            if t is None or not t.is_static:
+                raise lx.error(f"buffer %{buffer} needs a static type")
+            buffers[buffer] = Buffer(buffer, t.dtype, t.static_shape(), role)
+            continue
+        at = lx.pos
+        target = _ref(lx.take("ref"))
+        if target not in buffers:
+            lx.pos = at
+            raise lx.error(f"stage writes unknown buffer %{target}")
+        lx.take(text="[")
+        axes = tuple(_items(lx, "]", lambda: Var("int64", lx.take("word"))))
+        lx.take(text="=")
+        stages.append(Stage(target, axes, _expr(lx, buffers)))
+    if lx.peek()[0] != "eof":
+        raise lx.error("text after the end of the kernel")
+    return Kernel(name, tuple(buffers.values()), tuple(stages), source)
+
+
+def parse_kernels(text: str, filename: str = "<text>") -> list[Kernel]:
+    """Kernels as a kernel-level dump prints them (blank-line separated)."""
+    return [parse_kernel(chunk, filename) for chunk in text.split("\n\n") if chunk.strip()]
