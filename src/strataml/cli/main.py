@@ -453,7 +453,7 @@ def _opt_kernels(args: argparse.Namespace, passes: list[Any], out: TextIO) -> in
     """Kernel IR text: parsed and printed back (the passes below the graph start from a
     graph today, so none runs on kernel text yet)."""
     from strataml.ir.dialects.kernel import print_kernel, verify_kernel
-    from strataml.ir.graph_text import parse_kernels
+    from strataml.ir.parse import parse_kernels
 
     if passes:
         raise CliError("passes on kernel IR text are not supported yet: start from the "
@@ -469,7 +469,7 @@ def _opt_kernels(args: argparse.Namespace, passes: list[Any], out: TextIO) -> in
 def _read_graph_text(path: str) -> Graph:
     """Graph IR text (what `--dump-ir` writes), its large constants from the weights.npz
     beside it."""
-    from strataml.ir.graph_text import parse_graph
+    from strataml.ir.parse import parse_graph
 
     file = Path(path)
     try:

@@ -279,7 +279,7 @@ def format_attr(v: AttrValue, name: str = "attr",
 
 def print_graph(graph: Graph, indent: str = "",
                 weights: dict[str, np.ndarray] | None = None) -> str:
-    """The graph as text that `strataml.ir.graph_text.parse_graph` reads back; constants of
+    """The graph as text that `strataml.ir.parse.parse_graph` reads back; constants of
     more than INLINE_ELEMENTS elements are written into `weights` (when given) and printed
     by their key."""
     name = graph.name if _IDENT.match(graph.name) else quoted(graph.name)

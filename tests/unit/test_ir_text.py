@@ -18,7 +18,7 @@ from strataml.errors import StrataError
 from strataml.frontends.onnx import import_model
 from strataml.ir.dialects.graph import Graph, print_graph
 from strataml.ir.dialects.kernel import print_kernel
-from strataml.ir.graph_text import ParseError, parse_graph, parse_kernel
+from strataml.ir.parse import ParseError, parse_graph, parse_kernel
 from strataml.options import CompileOptions
 from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.passes.lower.phases import CompileState
