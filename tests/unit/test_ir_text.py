@@ -1,7 +1,7 @@
-"""The graph and kernel levels print and parse back: parse(print(x)) == x for every model of
-the test suite (and every ONNX node case strataml imports, at the graph level); golden files
-replay the graph passes; parse errors name file:line:col; `strataml opt` reads what
-`--dump-ir` wrote."""
+"""Every level prints and parses back: parse(print(x)) == x for the graph, kernel, schedule
+and loop levels of every model of the test suite (and every ONNX node case strataml imports,
+at the graph level); golden files replay the graph passes; parse errors name file:line:col;
+`strataml opt` reads what `--dump-ir` wrote."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from strataml.errors import StrataError
 from strataml.frontends.onnx import import_model
 from strataml.ir.dialects.graph import Graph, print_graph
 from strataml.ir.dialects.kernel import print_kernel
-from strataml.ir.parse import ParseError, parse_graph, parse_kernel
+from strataml.ir.dialects.loop import print_function
+from strataml.ir.parse import ParseError, parse_function, parse_graph, parse_kernel
 from strataml.options import CompileOptions
 from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.passes.lower.phases import CompileState
 from strataml.passes.manager import PassManager, parse_pipeline
 from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
+from strataml.schedule import Schedule
 from strataml.target import host_target
 from tests.models.architectures import MODELS
 
@@ -51,17 +53,22 @@ def round_trip(graph: Graph) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_round_trips_as_imported_fused_and_as_kernels(name):
+def test_every_model_round_trips_at_every_level(name):
     build, _ = MODELS[name]
     graph = import_model(build(), CompileOptions())
     round_trip(graph)
     round_trip(PassManager(parse_pipeline(CPU_GRAPH_PIPELINE)).run(graph))
     state = PassManager(parse_pipeline(f"{CPU_GRAPH_PIPELINE},lower-to-kernels,"
-                                       "prepack-weights")).run(
-        CompileState(graph, host_target(), CompileOptions()))
+                                       "prepack-weights,schedule,lower-to-loops")).run(
+        CompileState(graph, host_target(), CompileOptions(num_threads=2)))
     for kernel in state.kernels:
         for form in (kernel, prepare_kernel(kernel)):  # as lowered, as scheduled
             assert parse_kernel(print_kernel(form)) == form
+    for fn in state.loops:
+        assert parse_function(print_function(fn)) == fn
+    for kernel in state.kernels:  # (the schedule level is JSON)
+        schedule = state.schedules[kernel.name]
+        assert Schedule.from_json(schedule.to_json()) == schedule
 
 
 def test_every_imported_onnx_node_case_round_trips():
@@ -125,9 +132,10 @@ def test_opt_reads_what_dump_ir_wrote(tmp_path, capsys):
     start = dump / "00-graph-input.mlir"
     assert main(["opt", str(start), "--passes", CPU_GRAPH_PIPELINE]) == 0
     assert capsys.readouterr().out == fused.read_text()
-    kernels = next(dump.glob("*-kernel-after-prepack-weights.mlir"))
-    assert main(["opt", str(kernels), "--verify"]) == 0
-    assert capsys.readouterr().out == kernels.read_text()
+    for level in ("kernel-after-prepack-weights", "loop-after-lower-to-loops"):
+        text = next(dump.glob(f"*-{level}.mlir"))
+        assert main(["opt", str(text), "--verify"]) == 0
+        assert capsys.readouterr().out == text.read_text()
 
 
 def test_kernel_parse_errors_name_the_position():
@@ -135,3 +143,9 @@ def test_kernel_parse_errors_name_the_position():
            "  %b[i0] = max(%c[i0], 0.0:float32)\n}"
     with pytest.raises(ParseError, match=r"^k\.mlir:4:16: unknown buffer %c"):
         parse_kernel(text, "k.mlir")
+
+
+def test_loop_parse_errors_name_the_position():
+    text = "func @f(%a: float32[4]) loc('n') {\n  for i in 0..4 {\n    %b[i] = 1.0:float32\n  }\n}"
+    with pytest.raises(ParseError, match=r"^f\.mlir:3:5: store to unknown buffer %b"):
+        parse_function(text, "f.mlir")

@@ -423,8 +423,8 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"bad pipeline {args.passes!r}: {exc}") from None
     options = _options(args)
     if text_input and Path(args.model).is_file() \
-            and Path(args.model).read_text().lstrip().startswith("kernel"):
-        return _opt_kernels(args, passes, out)
+            and Path(args.model).read_text().lstrip().startswith(("kernel", "func")):
+        return _opt_below_graph(args, passes, out)
     graph = _read_graph_text(args.model) if text_input else import_model(args.model, options)
 
     def show(name: str, text: str) -> None:
@@ -449,20 +449,27 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _opt_kernels(args: argparse.Namespace, passes: list[Any], out: TextIO) -> int:
-    """Kernel IR text: parsed and printed back (the passes below the graph start from a
-    graph today, so none runs on kernel text yet)."""
+def _opt_below_graph(args: argparse.Namespace, passes: list[Any], out: TextIO) -> int:
+    """Kernel or loop IR text: parsed and printed back (the passes below the graph start
+    from a graph today, so none runs on this text yet)."""
     from strataml.ir.dialects.kernel import print_kernel, verify_kernel
-    from strataml.ir.parse import parse_kernels
+    from strataml.ir.dialects.loop import print_function, verify_function
+    from strataml.ir.parse import parse_functions, parse_kernels
 
     if passes:
-        raise CliError("passes on kernel IR text are not supported yet: start from the "
-                       "graph text or the model")
-    kernels = parse_kernels(Path(args.model).read_text(), args.model)
-    if args.verify:
-        for kernel in kernels:
+        raise CliError("passes on kernel or loop IR text are not supported yet: start from "
+                       "the graph text or the model")
+    text = Path(args.model).read_text()
+    if text.lstrip().startswith("kernel"):
+        kernels = parse_kernels(text, args.model)
+        for kernel in kernels if args.verify else ():
             verify_kernel(kernel)
-    print("\n\n".join(print_kernel(k) for k in kernels), file=out)
+        print("\n\n".join(print_kernel(k) for k in kernels), file=out)
+        return 0
+    functions = parse_functions(text, args.model)
+    for fn in functions if args.verify else ():
+        verify_function(fn)
+    print("\n\n".join(print_function(f) for f in functions), file=out)
     return 0
 
 

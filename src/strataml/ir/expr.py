@@ -12,7 +12,7 @@ import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
-from strataml.ir.types import FLOAT_DTYPES, is_float, is_int
+from strataml.ir.types import FLOAT_DTYPES, is_float, is_int, split_vector
 
 UNARY_OPS = frozenset({
     "neg", "abs", "exp", "log", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan",
@@ -375,7 +375,9 @@ def format_expr(e: Expr) -> str:
     if isinstance(e, Var):
         return e.name
     if isinstance(e, Load):
-        return f"%{e.buffer}[{', '.join(format_expr(i) for i in e.indices)}]"
+        text = f"%{e.buffer}[{', '.join(format_expr(i) for i in e.indices)}]"
+        # (a vector load, in the loop dialect, names its type: the buffer holds scalars)
+        return f"{text}:{e.dtype}" if split_vector(e.dtype)[1] > 1 else text
     if isinstance(e, Unary):
         return f"{e.op}({format_expr(e.x)})"
     if isinstance(e, Binary | Compare):

@@ -19,6 +19,17 @@ import numpy as np
 from strataml.errors import StrataError
 from strataml.ir.dialects.graph import Graph, Node, make_attrs
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
+from strataml.ir.dialects.loop import (
+    Allocate,
+    Assign,
+    Declare,
+    For,
+    LoopFunction,
+    Param,
+    Prefetch,
+    Stmt,
+    Store,
+)
 from strataml.ir.expr import (
     BINARY_OPS,
     COMPARE_OPS,
@@ -46,8 +57,9 @@ _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<ref>%(?:[A-Za-z_][A-Za-z0-9_.]*|"(?:[^"\\]|\\.)*"))
-  | (?P<number>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf\b|nan\b))
-  | (?P<symbol>->|<=|>=|==|!=|@|\(|\)|\{|\}|\[|\]|<|>|,|:|=|\?|\+|-|\*|/)
+  | (?P<number>[-+]?(?:\d+(?:\.(?!\.)\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf\b
+                   |nan\b))
+  | (?P<symbol>->|<=|>=|==|!=|\.\.|@|\(|\)|\{|\}|\[|\]|<|>|,|:|=|\?|\+|-|\*|/|~)
   | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
 """, re.VERBOSE)
 
@@ -270,8 +282,15 @@ _INFIX_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "<": "lt", "<=": "
 _LOGICAL = ("and", "or", "xor")
 
 
-def _expr(lx: _Lexer, buffers: dict[str, Buffer]) -> Expr:
+def _expr(lx: _Lexer, buffers: Mapping[str, Any], scope: Mapping[str, str] | None = None
+          ) -> Expr:
+    """An expression of the kernel or loop level (`scope`: the loop level's scalar locals
+    and their dtypes; any other name is an int64 axis or loop variable)."""
     kind, _ = lx.peek()
+
+    def sub() -> Expr:
+        return _expr(lx, buffers, scope)
+
     if kind == "number":
         value = _scalar(lx.take())
         if lx.accept(":"):
@@ -283,15 +302,16 @@ def _expr(lx: _Lexer, buffers: dict[str, Buffer]) -> Expr:
             lx.pos -= 1
             raise lx.error(f"unknown buffer %{name}")
         lx.take(text="[")
-        return Load(buffers[name].dtype, name,
-                    tuple(_items(lx, "]", lambda: _expr(lx, buffers))))
+        indices = tuple(_items(lx, "]", sub))
+        dtype = lx.take("word") if lx.accept(":") else buffers[name].dtype
+        return Load(dtype, name, indices)
     if lx.accept("("):
-        a = _expr(lx, buffers)
+        a = sub()
         op = _INFIX_OPS.get(lx.peek()[1])
         if op is None:
             raise lx.error(f"expected an infix operator, found {lx.peek()[1]!r}")
         lx.take()
-        b = _expr(lx, buffers)
+        b = sub()
         lx.take(text=")")
         return Compare("bool", op, a, b) if op in COMPARE_OPS else Binary(a.dtype, op, a, b)
     word = lx.take("word")
@@ -302,7 +322,7 @@ def _expr(lx: _Lexer, buffers: dict[str, Buffer]) -> Expr:
         dtype = lx.take("word")
         lx.take(text=">")
         lx.take(text="(")
-        x = _expr(lx, buffers)
+        x = sub()
         lx.take(text=")")
         return Cast(dtype, x) if word == "cast" else Broadcast(dtype, x)
     if word.startswith("reduce_"):
@@ -317,15 +337,15 @@ def _expr(lx: _Lexer, buffers: dict[str, Buffer]) -> Expr:
         lx.take(text="(")
         lx.take(text="init")
         lx.take(text="=")
-        init = _expr(lx, buffers)
+        init = sub()
         lx.take(text=",")
-        body = _expr(lx, buffers)
+        body = sub()
         lx.take(text=")")
         return Reduce(body.dtype, word[len("reduce_"):], tuple(a for a, _ in axes),
                       tuple(n for _, n in axes), body, init)
     if not lx.accept("("):
-        return Var("int64", word)  # an axis
-    args = _items(lx, ")", lambda: _expr(lx, buffers))
+        return Var((scope or {}).get(word, "int64"), word)
+    args = _items(lx, ")", sub)
     if word in ("select", "guarded_select") and len(args) == 3:
         return Select(args[1].dtype, args[0], args[1], args[2], word == "guarded_select")
     if word in UNARY_OPS and len(args) == 1:
@@ -375,3 +395,113 @@ def parse_kernel(text: str, filename: str = "<text>") -> Kernel:
 def parse_kernels(text: str, filename: str = "<text>") -> list[Kernel]:
     """Kernels as a kernel-level dump prints them (blank-line separated)."""
     return [parse_kernel(chunk, filename) for chunk in text.split("\n\n") if chunk.strip()]
+
+
+# ---------------------------------------------------------------- loop level
+
+
+def _body(lx: _Lexer, buffers: dict[str, Any], scope: dict[str, str]) -> tuple[Stmt, ...]:
+    """Statements up to the closing brace."""
+    out: list[Stmt] = []
+    while not lx.accept("}"):
+        kind, word = lx.peek()
+        if kind == "ref":  # %buf[index] = value
+            at = lx.pos
+            buffer = _ref(lx.take())
+            if buffer not in buffers:
+                lx.pos = at
+                raise lx.error(f"store to unknown buffer %{buffer}")
+            lx.take(text="[")
+            index = _expr(lx, buffers, scope)
+            lx.take(text="]")
+            lx.take(text="=")
+            out.append(Store(buffer, index, _expr(lx, buffers, scope)))
+            continue
+        lx.take("word")
+        if word == "for":
+            loop_kind = "serial"
+            if lx.peek()[1] in ("parallel", "vector", "unroll", "rolled"):
+                loop_kind = lx.take()
+            var = Var("int64", lx.take("word"))
+            lx.take(text="in")
+            lx.take(text="0")
+            lx.take(text="..")
+            extent = int(lx.take("number"))
+            lx.take(text="{")
+            out.append(For(var, extent, _body(lx, buffers, dict(scope)), loop_kind))
+        elif word == "prefetch":
+            for_write = True
+            if lx.accept("("):
+                lx.take(text="read")
+                lx.take(text=")")
+                for_write = False
+            buffer = _ref(lx.take("ref"))
+            lx.take(text="[")
+            index = _expr(lx, buffers, scope)
+            lx.take(text="]")
+            out.append(Prefetch(buffer, index, for_write))
+        elif word == "var":
+            name = lx.take("word")
+            lx.take(text=":")
+            dtype = lx.take("word")
+            lx.take(text="=")
+            scope[name] = dtype
+            out.append(Declare(Var(dtype, name), _expr(lx, buffers, scope)))
+        elif word == "alloc":
+            shared = lx.peek() == ("word", "shared") and bool(lx.take())
+            buffer = _ref(lx.take("ref"))
+            lx.take(text=":")
+            t = _type(lx)
+            if t is None or len(t.shape) != 1:
+                raise lx.error(f"alloc %{buffer} needs a type dtype[size]")
+            buffers[buffer] = t
+            out.append(Allocate(buffer, t.dtype, int(t.shape[0]), shared))
+        elif word in scope:  # name = value, or name +=~ value (a reassociable sum)
+            reassociate = lx.accept("+")
+            lx.take(text="=")
+            if reassociate:
+                lx.take(text="~")
+            out.append(Assign(Var(scope[word], word), _expr(lx, buffers, scope), reassociate))
+        else:
+            lx.pos -= 1
+            raise lx.error(f"expected a statement, found {word!r}")
+    return tuple(out)
+
+
+def parse_function(text: str, filename: str = "<text>") -> LoopFunction:
+    """The loop function `print_function` printed."""
+    lx = _Lexer(text, filename)
+    lx.take(text="func")
+    lx.take(text="@")
+    name = lx.take("word")
+    buffers: dict[str, Any] = {}
+
+    def param() -> Param:
+        buffer = _ref(lx.take("ref"))
+        lx.take(text=":")
+        t = _type(lx)
+        if t is None or len(t.shape) != 1:
+            raise lx.error(f"parameter %{buffer} needs a type dtype[size]")
+        buffers[buffer] = t
+        return Param(buffer, t.dtype, int(t.shape[0]))
+
+    lx.take(text="(")
+    params = tuple(_items(lx, ")", param))
+    lx.take(text="loc")
+    lx.take(text="(")
+    source = tuple(_items(lx, ")", lambda: ast.literal_eval(lx.take("string"))))
+    aliased: tuple[str, ...] = ()
+    if lx.peek() == ("word", "aliased"):
+        lx.take()
+        lx.take(text="(")
+        aliased = tuple(_items(lx, ")", lambda: _ref(lx.take("ref"))))
+    lx.take(text="{")
+    body = _body(lx, buffers, {})
+    if lx.peek()[0] != "eof":
+        raise lx.error("text after the end of the function")
+    return LoopFunction(name, params, body, source, aliased)
+
+
+def parse_functions(text: str, filename: str = "<text>") -> list[LoopFunction]:
+    """Loop functions as a loop-level dump prints them (blank-line separated)."""
+    return [parse_function(chunk, filename) for chunk in text.split("\n\n") if chunk.strip()]

@@ -125,7 +125,8 @@ def _print_body(body: tuple[Stmt, ...], indent: str, lines: list[str]) -> None:
             op = " +=~" if s.reassociate else " ="
             lines.append(f"{indent}{s.var.name}{op} {format_expr(s.value)}")
         elif isinstance(s, Allocate):
-            lines.append(f"{indent}alloc %{s.buffer}: {s.dtype}[{s.size}]")
+            shared = " shared" if s.shared else ""
+            lines.append(f"{indent}alloc{shared} %{s.buffer}: {s.dtype}[{s.size}]")
         else:
             raise TypeError(type(s).__name__)
 
