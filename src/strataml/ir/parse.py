@@ -449,13 +449,8 @@ def _body(lx: _Lexer, buffers: dict[str, Any], scope: dict[str, str]) -> tuple[S
             out.append(Declare(Var(dtype, name), _expr(lx, buffers, scope)))
         elif word == "alloc":
             shared = lx.peek() == ("word", "shared") and bool(lx.take())
-            buffer = _ref(lx.take("ref"))
-            lx.take(text=":")
-            t = _type(lx)
-            if t is None or len(t.shape) != 1:
-                raise lx.error(f"alloc %{buffer} needs a type dtype[size]")
-            buffers[buffer] = t
-            out.append(Allocate(buffer, t.dtype, int(t.shape[0]), shared))
+            buffer, dtype, size = _flat_buffer(lx, buffers, "alloc")
+            out.append(Allocate(buffer, dtype, size, shared))
         elif word in scope:  # name = value, or name +=~ value (a reassociable sum)
             reassociate = lx.accept("+")
             lx.take(text="=")
@@ -468,6 +463,17 @@ def _body(lx: _Lexer, buffers: dict[str, Any], scope: dict[str, str]) -> tuple[S
     return tuple(out)
 
 
+def _flat_buffer(lx: _Lexer, buffers: dict[str, Any], what: str) -> tuple[str, str, int]:
+    """`%name: dtype[size]` (a parameter or an allocation), recorded in `buffers`."""
+    buffer = _ref(lx.take("ref"))
+    lx.take(text=":")
+    t = _type(lx)
+    if t is None or len(t.shape) != 1 or not isinstance(t.shape[0], int):
+        raise lx.error(f"{what} %{buffer} needs a type dtype[size]")
+    buffers[buffer] = t
+    return buffer, t.dtype, t.shape[0]
+
+
 def parse_function(text: str, filename: str = "<text>") -> LoopFunction:
     """The loop function `print_function` printed."""
     lx = _Lexer(text, filename)
@@ -477,13 +483,7 @@ def parse_function(text: str, filename: str = "<text>") -> LoopFunction:
     buffers: dict[str, Any] = {}
 
     def param() -> Param:
-        buffer = _ref(lx.take("ref"))
-        lx.take(text=":")
-        t = _type(lx)
-        if t is None or len(t.shape) != 1:
-            raise lx.error(f"parameter %{buffer} needs a type dtype[size]")
-        buffers[buffer] = t
-        return Param(buffer, t.dtype, int(t.shape[0]))
+        return Param(*_flat_buffer(lx, buffers, "parameter"))
 
     lx.take(text="(")
     params = tuple(_items(lx, ")", param))
