@@ -358,6 +358,15 @@ def rewrite(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     raise TypeError(f"unknown expression {type(e).__name__}")
 
 
+def top_reduces(body: Expr) -> list[Reduce]:
+    """Reductions in an expression that are not nested inside another reduction, each once:
+    an epilogue that reads its input twice (Gelu's x * (1 + erf(x))) repeats the reduction's
+    tree, and that is still one reduction, computed once."""
+    if isinstance(body, Reduce):
+        return [body]
+    return list(dict.fromkeys(r for c in body.children() for r in top_reduces(c)))
+
+
 # ---------------------------------------------------------------- text form
 
 

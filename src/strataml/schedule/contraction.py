@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from strataml.ir.bounds import flat_interval
 from strataml.ir.dialects.kernel import Kernel, Stage
-from strataml.ir.expr import Binary, Const, Expr, Load, Reduce, Var
-from strataml.schedule.schedule import top_reduces
+from strataml.ir.expr import Binary, Const, Expr, Load, Reduce, Var, top_reduces
 
 
 @dataclass(frozen=True)

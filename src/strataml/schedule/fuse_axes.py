@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.expr import Binary, Const, Expr, Load, Var, idx, rewrite
+from strataml.schedule.contraction import match_contraction
 
 
 def _mentions(e: Expr, v: Var) -> bool:
@@ -39,8 +40,6 @@ def fuse_trailing_axes(kernel: Kernel) -> Kernel:
 
 def _fuse_contraction_rows(kernel: Kernel) -> Kernel | None:
     """The contraction's row axis fused with the (non-unit) output axis just outside it."""
-    from strataml.schedule.contraction import match_contraction
-
     if not kernel.stages:
         return None
     stage = kernel.stages[-1]

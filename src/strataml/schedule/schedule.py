@@ -22,9 +22,10 @@ from math import prod
 
 from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Kernel, Stage
-from strataml.ir.expr import Expr, Load, Reduce, Var
+from strataml.ir.expr import Load, Var, top_reduces
 from strataml.ir.index_simplify import linear_in
 from strataml.ir.types import itemsize
+from strataml.schedule.contraction import match_contraction
 from strataml.schedule.primitives import (
     ROOT,
     ComputeAt,
@@ -128,15 +129,6 @@ class Schedule:
         return "schedule(" + "; ".join(str(s) for s in self.stages) + ")"
 
 
-def top_reduces(body: Expr) -> list[Reduce]:
-    """Reductions in an expression that are not nested inside another reduction, each once:
-    an epilogue that reads its input twice (Gelu's x * (1 + erf(x))) repeats the reduction's
-    tree, and that is still one reduction, computed once."""
-    if isinstance(body, Reduce):
-        return [body]
-    return list(dict.fromkeys(r for c in body.children() for r in top_reduces(c)))
-
-
 def row_applicable(kernel: Kernel, stage: Stage) -> str | None:
     """None if the row strategy can apply to `stage`, else the reason it cannot."""
     shape = kernel.buffer(stage.buffer).shape
@@ -181,8 +173,6 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
         if s.strategy not in STRATEGIES:
             raise ScheduleError(f"{where}: unknown strategy {s.strategy!r}")
         if s.strategy == "gemm":
-            from strataml.schedule.contraction import match_contraction
-
             found = match_contraction(kernel, stage)
             if isinstance(found, str):
                 raise ScheduleError(f"{where}: gemm strategy: {found}")
@@ -651,8 +641,6 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
     parallel over the outermost non-unit loop when there is enough work for `threads`; copy
     stages computed inside their only consumer's loops. Sizes come from `target` (the host's
     by default): its vector width and registers, its L1 and L2."""
-    from strataml.schedule.contraction import match_contraction
-
     target = target or host_target()
     vector_lanes, l2_bytes = target.vector_lanes_f32, target.l2_bytes
     out = []

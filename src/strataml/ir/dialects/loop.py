@@ -97,6 +97,16 @@ class LoopFunction:
     aliased: tuple[str, ...] = ()
 
 
+def nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False,
+         kind: str = "serial") -> tuple[Stmt, ...]:
+    """Wrap `body` in loops of `kind`, outermost first; the outermost parallel if asked."""
+    nest: tuple[Stmt, ...] = tuple(body)
+    for k in range(len(loops) - 1, -1, -1):
+        v, n = loops[k]
+        nest = (For(v, n, nest, "parallel" if parallel and k == 0 else kind),)
+    return nest
+
+
 def print_function(fn: LoopFunction) -> str:
     params = ", ".join(f"%{p.name}: {p.dtype}[{p.size}]" for p in fn.params)
     shared = f" aliased({', '.join('%' + a for a in fn.aliased)})" if fn.aliased else ""

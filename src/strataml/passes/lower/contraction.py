@@ -23,6 +23,7 @@ from strataml.ir.dialects.loop import (
     Prefetch,
     Stmt,
     Store,
+    nest,
 )
 from strataml.ir.expr import (
     Binary,
@@ -251,8 +252,6 @@ class _Gemm:
         row blocks, reading B row by row (whole rows stream; a panel at a time reads 128
         bytes a row, a page apart on a 2048-wide B) and once rather than once per row
         block: 2048^3 on 1 thread 97.6 -> 94.6 ms (numpy: 94.9)."""
-        from strataml.passes.lower.kernel_to_loop import nest
-
         low, c = self.low, self.c
         i_var, j_var = self.axes[c.i_axis], self.axes[-1]
         extents = c.reduce.extents
@@ -519,8 +518,6 @@ class _Gemm:
                  ) -> list[Stmt]:
         """The last `width` (< one vector) columns: per row, the reduction loops outside and
         the columns innermost, accumulating a small stack row (vectorises across columns)."""
-        from strataml.passes.lower.kernel_to_loop import nest
-
         low, c = self.low, self.c
         i_var, j_var = self.axes[c.i_axis], self.axes[-1]
         i, jt = low.fresh("i"), low.fresh("jt")
@@ -568,8 +565,6 @@ def micro_nest(loops: list[tuple[Var, int]], step: list[Stmt], rows: int
                ) -> tuple[Stmt, ...]:
     """The register tile's reduction loops around one step: rolled (the step is already
     unrolled by hand), except short inner loops, which LLVM unrolls fully."""
-    from strataml.passes.lower.kernel_to_loop import nest
-
     inner = 1
     for _, extent in loops[1:]:
         inner *= extent
@@ -649,8 +644,6 @@ def _flattened_steps(step: list[Stmt], loops: list[tuple[Var, int]], flat: Var
 
 def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Expr,
                how: StageSchedule, c: Contraction) -> tuple[Stmt, ...]:
-    from strataml.passes.lower.kernel_to_loop import nest
-
     shape = low.buffers[buffer].shape
     m, n = shape[c.i_axis], shape[-1]
     mr, nr, lanes = how.mr, how.nr, how.lanes

@@ -19,10 +19,10 @@ from strataml.ir.dialects.loop import (
     Allocate,
     Assign,
     Declare,
-    For,
     LoopFunction,
     Param,
     Stmt,
+    nest,
 )
 from strataml.ir.expr import (
     Binary,
@@ -223,16 +223,6 @@ class StageLowering:
                 mapping[a] = v
                 loops.append((v, n))
         return mapping, loops
-
-
-def nest(loops: list[tuple[Var, int]], body: list[Stmt], parallel: bool = False,
-         kind: str = "serial") -> tuple[Stmt, ...]:
-    """Wrap `body` in loops of `kind`, outermost first; the outermost parallel if asked."""
-    nest: tuple[Stmt, ...] = tuple(body)
-    for k in range(len(loops) - 1, -1, -1):
-        v, n = loops[k]
-        nest = (For(v, n, nest, "parallel" if parallel and k == 0 else kind),)
-    return nest
 
 
 def inline_stages(kernel: Kernel, nests: dict[str, LoopNest]) -> Kernel:

@@ -18,10 +18,22 @@ from strataml.errors import ScheduleError
 from strataml.ir.bounds import Interval, interval
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
-from strataml.ir.expr import Binary, Expr, Load, Reduce, Var, binary, idx, rewrite, substitute
+from strataml.ir.dialects.loop import nest as loop_nest
+from strataml.ir.expr import (
+    Binary,
+    Expr,
+    Load,
+    Reduce,
+    Var,
+    binary,
+    idx,
+    rewrite,
+    substitute,
+    top_reduces,
+)
 from strataml.ir.index_simplify import affine_terms, build_affine
 from strataml.schedule.primitives import MAX_SCRATCH, ROOT, Loop, LoopNest, Primitive, apply_steps
-from strataml.schedule.schedule import stage_nest, top_reduces
+from strataml.schedule.schedule import stage_nest
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -356,7 +368,6 @@ class NestLowering:
         copy: list[Stmt] = []
         value = self.low.expr(source, copy_env, copy)
         copy.append(Store(scratch, row_major(list(fresh), extents), value))
-        from strataml.passes.lower.kernel_to_loop import nest as loop_nest
 
         b.prologue.setdefault(at, []).extend(
             loop_nest(list(zip(fresh, extents, strict=True)), copy))
