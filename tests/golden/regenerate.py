@@ -1,4 +1,4 @@
-"""Writes the golden files of tests/golden/graph: for each case, a small graph built in code
+"""Writes the golden files of tests/golden/passes: for each case, a small graph built in code
 (NAME.in.mlir), the passes it goes through (golden.json) and what they must leave
 (NAME.out.mlir); large constants in weights.npz. Run after a deliberate change of a pass's
 output, and review the diff: `python tests/golden/regenerate.py`."""
@@ -12,15 +12,19 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parent / "graph"
+ROOT = Path(__file__).resolve().parent / "passes"
 sys.path.insert(0, str(ROOT.parents[2]))
 
 from strataml.frontends.onnx import import_model  # noqa: E402
 from strataml.ir.dialects.graph import print_graph  # noqa: E402
 from strataml.options import CompileOptions  # noqa: E402
-from strataml.passes.manager import PassManager, parse_pipeline  # noqa: E402
+from strataml.passes.lower.phases import CompileState  # noqa: E402
+from strataml.passes.manager import LEVELS, GraphPass, PassManager, parse_pipeline  # noqa: E402
+from strataml.target import Target  # noqa: E402
 
 F = TensorProto.FLOAT
+GRAPH = ("infer-shapes,fold-constants,simplify,fold-batchnorm,fold-constants,conv3d-as-2d,"
+         "simplify,cse,dce,channels-last,fuse")
 
 
 def _model(nodes, inputs, outputs, weights=None):
@@ -66,6 +70,15 @@ def cases():
     conv3d = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 1, 1, 0, 1, 1])],
                     [("x", [1, 4, 3, 6, 6])], ["y"],
                     {"w": (rng.standard_normal((8, 4, 1, 3, 3)) * 0.1).astype(np.float32)})
+    w1, w2 = ((rng.standard_normal((64, 64)) * 0.1).astype(np.float32) for _ in range(2))
+    two_layers = _model([helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                         helper.make_node("Relu", ["h"], ["r"]),
+                         helper.make_node("MatMul", ["r", "w2"], ["m"]),
+                         helper.make_node("Relu", ["m"], ["y"])],
+                        [("x", [16, 64])], ["y"], {"w1": w1, "w2": w2})
+    winograd = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)],
+                      [("x", [1, 16, 14, 14])], ["y"],
+                      {"w": (rng.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32)})
     transposes = _model([helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
                          helper.make_node("Transpose", ["t"], ["u"], perm=[1, 0, 2]),
                          helper.make_node("Identity", ["u"], ["y"])],
@@ -86,7 +99,26 @@ def cases():
         "cpu-graph-pipeline": (small_map, "", "infer-shapes,fold-constants,simplify,"
                                "fold-batchnorm,fold-constants,conv3d-as-2d,simplify,cse,dce,"
                                "channels-last,fuse"),
+        # below the graph: the input is graph text, the output the level the last pass leaves
+        "winograd": (winograd, GRAPH, "lower-to-kernels"),
+        "gemm-lowering": (two_layers, GRAPH, "lower-to-kernels,prepack-weights,schedule,"
+                          "lower-to-loops"),
+        "memory-plan": (two_layers, GRAPH, "lower-to-kernels,prepack-weights,schedule,"
+                        "lower-to-loops,plan-memory"),
     }
+
+
+def run_golden(graph, passes: str, weights: dict[str, np.ndarray] | None = None) -> str:
+    """The text the passes leave: a graph, or for lowering passes the level the last one
+    leaves (the same call the test makes). A fixed target and one thread: the lowering's
+    choices must not move with the machine."""
+    manager = PassManager(parse_pipeline(passes), verify=True)
+    if all(isinstance(p, GraphPass) for p in manager.passes):
+        return print_graph(manager.run(graph), weights=weights)
+    target = Target("cpu", "x86_64-unknown-linux-gnu", "sapphirerapids", "+avx512f", 512, 32,
+                    48 << 10, 2 << 20, 32 << 20, 64, 1)
+    state = manager.run(CompileState(graph, target, CompileOptions(num_threads=1)))
+    return LEVELS[manager.passes[-1].level].print(state)
 
 
 def main() -> None:
@@ -96,9 +128,10 @@ def main() -> None:
     for name, (model, before, passes) in cases().items():
         graph = PassManager(parse_pipeline(before)).run(import_model(model, CompileOptions()))
         (ROOT / f"{name}.in.mlir").write_text(print_graph(graph, weights=weights) + "\n")
-        out = PassManager(parse_pipeline(passes)).run(graph)
-        (ROOT / f"{name}.out.mlir").write_text(print_graph(out, weights=weights) + "\n")
-        manifest[name] = passes
+        level = parse_pipeline(passes)[-1].level
+        out_file = f"{name}.out{LEVELS[level].suffix}"
+        (ROOT / out_file).write_text(run_golden(graph, passes, weights) + "\n")
+        manifest[name] = {"passes": passes, "out": out_file}
     np.savez(ROOT / "weights.npz", **weights)
     (ROOT / "golden.json").write_text(json.dumps(manifest, indent=1) + "\n")
 

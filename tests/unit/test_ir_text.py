@@ -29,7 +29,7 @@ from strataml.schedule import Schedule
 from strataml.target import host_target
 from tests.models.architectures import MODELS
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "graph"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "passes"
 
 
 def assert_same(a: Graph, b: Graph) -> None:
@@ -93,13 +93,15 @@ def test_every_imported_onnx_node_case_round_trips():
 
 @pytest.mark.parametrize("name", sorted(json.loads((GOLDEN / "golden.json").read_text())))
 def test_golden_pass_files(name):
-    """NAME.in.mlir through the passes golden.json names gives NAME.out.mlir, text for
-    text (regenerate with tests/golden/regenerate.py and review the diff)."""
-    passes = json.loads((GOLDEN / "golden.json").read_text())[name]
+    """NAME.in.mlir through the passes golden.json names gives its NAME.out file, text for
+    text: graph passes, and the lowering passes below them (Winograd, the gemm's loops, the
+    memory plan). Regenerate with tests/golden/regenerate.py and review the diff."""
+    from tests.golden.regenerate import run_golden
+
+    case = json.loads((GOLDEN / "golden.json").read_text())[name]
     weights = dict(np.load(GOLDEN / "weights.npz"))
     source = parse_graph((GOLDEN / f"{name}.in.mlir").read_text(), weights, f"{name}.in.mlir")
-    result = PassManager(parse_pipeline(passes), verify=True).run(source)
-    assert print_graph(result) + "\n" == (GOLDEN / f"{name}.out.mlir").read_text()
+    assert run_golden(source, case["passes"]) + "\n" == (GOLDEN / case["out"]).read_text()
 
 
 @pytest.mark.parametrize(("text", "where", "message"), [
