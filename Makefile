@@ -37,6 +37,7 @@ test-models: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check src tests bench examples
+	$(PY) -m mypy
 
 conformance: $(TEST_STAMP)
 	$(PY) tests/conformance/run_conformance.py

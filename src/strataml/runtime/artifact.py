@@ -35,7 +35,8 @@ def save_artifact(path: str | Path, plan: ExecutionPlan, executable: Executable,
     names = [s.name for s in plan.weights]
     manifest["weight_keys"] = {f"w{i}": n for i, n in enumerate(names)}
     buf = io.BytesIO()
-    np.savez(buf, **{f"w{i}": weights[n] for i, n in enumerate(names)})
+    arrays: dict[str, Any] = {f"w{i}": weights[n] for i, n in enumerate(names)}
+    np.savez(buf, **arrays)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("manifest.json", json.dumps(manifest, indent=1))
         zf.writestr("weights.npz", buf.getvalue())

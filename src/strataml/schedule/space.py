@@ -18,6 +18,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Kernel, print_kernel
@@ -79,7 +80,7 @@ class ScheduleSpace:
         stages = list(self.default.stages)
         for c in self.choices:
             if c.name in picks:
-                stages[c.stage] = replace(stages[c.stage], **{c.field: picks[c.name]})
+                stages[c.stage] = _with(stages[c.stage], c.field, picks[c.name])
         return Schedule(tuple(stages))
 
     def legal(self, schedule: Schedule) -> bool:
@@ -113,11 +114,16 @@ class ScheduleSpace:
             c = rng.choice(self.choices)
             value = rng.choice(c.values)
             stages = list(schedule.stages)
-            stages[c.stage] = replace(stages[c.stage], **{c.field: value})
+            stages[c.stage] = _with(stages[c.stage], c.field, value)
             candidate = Schedule(tuple(stages))
             if candidate != schedule and self.legal(candidate):
                 return candidate
         return schedule
+
+
+def _with(stage: StageSchedule, field: str, value: object) -> StageSchedule:
+    changes: dict[str, Any] = {field: value}
+    return replace(stage, **changes)
 
 
 def _gemm_choices(k: int, stage: StageSchedule, threads: int, target: Target

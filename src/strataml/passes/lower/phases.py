@@ -458,8 +458,8 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
             if buf.role == "temp":
                 args.append((0, offsets[f"{kernel.name}/{buf.name}"]))
             else:
-                s = slot(values[buf.name])
-                args.append((region_ids[s.region], s.offset))
+                where = slot(values[buf.name])
+                args.append((region_ids[where.region], where.offset))
         calls.append(KernelCall(kernel.name, function, tuple(args)))
     plan = ExecutionPlan(
         entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
