@@ -92,7 +92,9 @@ class StageSchedule:
     @staticmethod
     def from_dict(data: dict[str, object]) -> StageSchedule:
         data = dict(data)
-        steps = tuple(step_from_dict(d) for d in data.pop("steps", []))  # type: ignore[union-attr]
+        raw_steps = data.pop("steps", [])
+        steps = tuple(step_from_dict(d) for d in raw_steps) \
+            if isinstance(raw_steps, list) else ()
         try:
             return StageSchedule(steps=steps, **data)  # type: ignore[arg-type]
         except TypeError as exc:
@@ -385,9 +387,9 @@ def row_steps(nest: LoopNest, parallel: bool, split: int, lanes: int = 16
         return tuple(steps)
     steps.append(Reorder((*reduce_names, last)))
     steps.append(Vectorize(last))
-    outer = next((lp.name for lp in outputs[:-1] if lp.extent > 1), None)
-    if parallel and outer is not None:
-        steps.append(Parallel(outer))
+    first = next((lp.name for lp in outputs[:-1] if lp.extent > 1), None)
+    if parallel and first is not None:
+        steps.append(Parallel(first))
     return tuple(steps)
 
 

@@ -54,7 +54,7 @@ def conv3d_as_2d(view: GraphView, node: Node) -> Rewrite | None:
         batch = emit("Reshape", (picked,), "tap", shape=(n * od, c, h, w))
         w_name = view.fresh(f"{node.inputs[1]}_t{t}")
         constants[w_name] = np.ascontiguousarray(weights[:, :, t])
-        inputs = (batch, w_name)
+        inputs: tuple[str, ...] = (batch, w_name)
         if acc is None and len(node.inputs) > 2 and node.inputs[2]:
             inputs = (*inputs, node.inputs[2])
         conv = emit("Conv", inputs, "tap_conv", kernel_shape=tuple(weights.shape[3:]),
