@@ -30,8 +30,9 @@ def try_fold(node: Node, types: dict[str, TensorType],
         return [np.array(shape[start:end], dtype=np.int64)]
     if node.op == "fused" or not all(i == "" or i in constants for i in node.inputs):
         return None
-    outs = [types.get(o) for o in node.outputs]
-    if any(t is None or not t.is_static for t in outs):
+    found = [types.get(o) for o in node.outputs]
+    outs = [t for t in found if t is not None and t.is_static]
+    if len(outs) != len(found):
         return None
     size_in = sum(constants[i].size for i in node.inputs if i)
     if any(t.numel > max(MAX_FOLDED_ELEMENTS, size_in) for t in outs):
@@ -43,5 +44,4 @@ def try_fold(node: Node, types: dict[str, TensorType],
         raise
     except Exception:  # noqa: BLE001 - an op that cannot fold stays in the graph
         return None
-    return [np.asarray(v).astype(t.dtype, copy=False) if t is not None else np.asarray(v)
-            for v, t in zip(values, outs, strict=True)]
+    return [np.asarray(v).astype(t.dtype, copy=False) for v, t in zip(values, outs, strict=True)]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -154,12 +154,13 @@ def _load_op_families() -> None:
     import strataml.ir.ops  # noqa: F401
 
 
-def infer_node(node: Node, in_types: list[TensorType],
+def infer_node(node: Node, in_types: Sequence[TensorType | None],
                in_values: list[np.ndarray | None]) -> list[TensorType]:
-    """Run an op's shape rule, turning any failure into a ShapeError naming the node."""
+    """Run an op's shape rule, turning any failure into a ShapeError naming the node. An
+    omitted optional input arrives as None; the rules check for it where it may be."""
     opdef = get_op(node.op)
     try:
-        return opdef.infer(node, in_types, in_values)
+        return opdef.infer(node, cast(list[TensorType], list(in_types)), in_values)
     except (ShapeError, UnsupportedOpError):
         raise
     except Exception as exc:
@@ -167,25 +168,26 @@ def infer_node(node: Node, in_types: list[TensorType],
         raise ShapeError(f"{node.where}: {exc} (inputs: {shapes})") from exc
 
 
-def evaluate_node(node: Node, inputs: list[np.ndarray]) -> list[np.ndarray]:
+def evaluate_node(node: Node, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    """The node's numpy reference (omitted optional inputs as None, as in `infer_node`)."""
     if node.op == "fused":
         env = dict(zip(node.inputs, inputs, strict=True))
         for inner in node.body:
             for name, value in zip(inner.outputs, evaluate_node(
                     inner, [env[i] if i else None for i in inner.inputs]), strict=True):
                 env[name] = value
-        return [env[o] for o in node.outputs]
-    return get_op(node.op).reference(node, inputs)
+        return [np.asarray(env[o]) for o in node.outputs]
+    return get_op(node.op).reference(node, cast(list[np.ndarray], list(inputs)))
 
 
 def interpret(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """The numpy reference interpreter: the oracle every level is tested against."""
-    env: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in graph.constants.items()}
+    env: dict[str, np.ndarray | None] = {k: np.asarray(v) for k, v in graph.constants.items()}
     env.update({k: np.asarray(v) for k, v in feeds.items()})
     for node in graph.nodes:
         outs = evaluate_node(node, [env[i] if i else None for i in node.inputs])
         env.update(zip(node.outputs, outs, strict=True))
-    return [env[o] for o in graph.outputs]
+    return [np.asarray(env[o]) for o in graph.outputs]
 
 
 # ---------------------------------------------------------------- verifier
