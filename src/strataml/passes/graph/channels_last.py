@@ -176,7 +176,8 @@ def sink_through_elementwise(view: GraphView, node: Node) -> Rewrite | None:
             inputs.append(value)
         else:
             return None
-    if spatial is None or any(c.shape[-3] != shape.shape[2] for c in per_channel.values()):
+    if spatial is None or shape is None \
+            or any(c.shape[-3] != shape.shape[2] for c in per_channel.values()):
         return None
     constants = {}
     for k, c in per_channel.items():
@@ -203,6 +204,8 @@ def sink_through_concat(view: GraphView, node: Node) -> Rewrite | None:
             return None
         spatial = src.attr("spatial")
         inputs.append(src.inputs[0])
+    if spatial is None:
+        return None
     return _then_back(view, node, "Concat", tuple(inputs), make_attrs({"axis": 2}), spatial)
 
 

@@ -17,8 +17,9 @@ from strataml.passes.manager import GraphPass, register_pass
 
 
 def _bn_params(view: GraphView, bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
-    params = [view.const(v) for v in bn.inputs[1:5]]
-    if any(p is None for p in params) or len(bn.outputs) != 1:
+    found = [view.const(v) for v in bn.inputs[1:5]]
+    params = [p for p in found if p is not None]
+    if len(params) != 4 or len(bn.outputs) != 1:
         return None
     scale, bias, mean, var = (p.astype(np.float64) for p in params)
     if np.any(var + bn.attr("epsilon", 1e-5) < 0):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from strataml.ir.dialects.graph import Graph, Node, get_op, make_attrs
+from strataml.ir.types import Dim
 from strataml.passes.manager import GraphPass, register_pass
 
 INJECTIVE = ("elementwise", "movement")
@@ -44,6 +45,11 @@ def _runs_on_accumulators(anchor: Node) -> bool:
     cost less (EfficientNet-B0 0.87x -> 1.04x ORT), so grouped convolutions keep theirs."""
     return anchor.op in ("MatMul", "Gemm", "Einsum") or (
         anchor.op == "Conv" and anchor.attr("group", 1) == 1)
+
+
+def _same_shape(graph: Graph, shape: tuple[Dim, ...]) -> Callable[[Node], bool]:
+    """Whether a node's (first) output has `shape`."""
+    return lambda n: graph.types[n.outputs[0]].shape == shape
 
 
 def _diamond(tip: str, nodes: list[Node], consumers: dict[str, list[int]],
@@ -131,8 +137,8 @@ def fuse_graph(graph: Graph, max_ops: int = 32) -> Graph:
                     if not ok and kind == "elementwise" and v == grp.tip \
                             and graph.types[v].shape == out_shape \
                             and _runs_on_accumulators(nodes[grp.nodes[0]]):
-                        diamond = _diamond(v, nodes, consumers, lambda n, shape=out_shape: (
-                            graph.types[n.outputs[0]].shape == shape), outputs)
+                        diamond = _diamond(v, nodes, consumers, _same_shape(graph, out_shape),
+                                           outputs)
                         if diamond is not None and i in diamond:
                             grp.pending = diamond
                             ok = True

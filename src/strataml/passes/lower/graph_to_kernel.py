@@ -181,8 +181,9 @@ def lower_group(graph: Graph, node: Node, name: str
                 ref = _memoized(ref)
             env[value] = ref
     for value in node.outputs:
-        if value not in emitted:
-            ctx.output(value, ref_of(value))
+        made = ref_of(value)
+        if value not in emitted and made is not None:
+            ctx.output(value, made)
     sources = tuple(n.name or n.outputs[0] for n in body)
     return (Kernel(name, read_inputs_only(ctx.buffers, ctx.stages), tuple(ctx.stages), sources),
             ctx.values, ctx.derived)
