@@ -288,7 +288,7 @@ def gemm_tile(target: Target, rows: int, activations_as_rows: bool = False
     return mr, TILE_ROW_VECTORS * lanes
 
 
-def _row_block(rows: int, mr: int, depth: int, l2_bytes: int, item: int = 4) -> int:
+def _row_block(rows: int, mr: int, depth: int, l2_bytes: int, item: int) -> int:
     """Tiles per row block: the largest divisor of the tile count whose A rows (mr * depth
     elements of `item` bytes per tile) fit in half of L2."""
     tiles = rows // mr
@@ -297,7 +297,7 @@ def _row_block(rows: int, mr: int, depth: int, l2_bytes: int, item: int = 4) -> 
 
 
 def _unpacked_row_block(rows: int, cols: int, mr: int, depth: int, l2_bytes: int,
-                        item: int = 4) -> int:
+                        item: int) -> int:
     """Tiles per row block of a gemm that reads A and B in place. Where the output outgrows
     L2 and B fits in half of it, one tile a block: each A tile sweeps every column while its
     rows stay in L1 and B comes from L2, and the output is written row after row. Column
@@ -326,9 +326,14 @@ PANEL_PACK_DEPTH = 72
 PANEL_PACK_MAX_ROWS = 64
 
 
-def pack_depth(target: Target, nr: int, item: int = 4) -> int:
+def l1_share(target: Target, share: tuple[int, int]) -> int:
+    """Bytes of the target's L1 a block may fill (`share` = numerator, denominator)."""
+    return target.l1_bytes * share[0] // share[1]
+
+
+def pack_depth(target: Target, nr: int, item: int) -> int:
     """Reduction steps per packed B block: its kc x nr elements stay in L1."""
-    return target.l1_bytes * PACK_L1_SHARE[0] // PACK_L1_SHARE[1] // (nr * item)
+    return l1_share(target, PACK_L1_SHARE) // (nr * item)
 
 
 def _pack_block(extents: tuple[int, ...], rows: int, mr: int, panel: bool, limit: int
@@ -481,7 +486,7 @@ A_TILE_L1_SHARE = (3, 4)
 
 
 def a_tile_bytes(target: Target) -> int:
-    return target.l1_bytes * A_TILE_L1_SHARE[0] // A_TILE_L1_SHARE[1]
+    return l1_share(target, A_TILE_L1_SHARE)
 
 
 # A serial packed gemm keeps all column panels of a reduction block when they fit in L2
@@ -503,7 +508,7 @@ SHORT_KEPT_MIN_STEPS = 32
 
 
 def _kept_panels(panels: int, chunks: int, depth: int, nr: int, l2_bytes: int,
-                 item: int = 4) -> int | None:
+                 item: int) -> int | None:
     """Column shares for a gemm that keeps its panels: the fewest (a multiple of the
     parallel shares) whose panels fit in L2 (0: one, unshared); None when none does."""
     step = max(chunks, 1)
@@ -543,7 +548,7 @@ def _balanced_row_block(tiles: int, threads: int, fallback: int) -> int:
 
 
 def _rows_outer_block(extents: tuple[int, ...], rows: int, panels: int, mr: int, nr: int,
-                      kc: int, target: Target, item: int = 4) -> tuple[int, bool]:
+                      kc: int, target: Target, item: int) -> tuple[int, bool]:
     """(kc, rows_outer): with rows outermost, the longest block whose A tile stays in L1
     and whose panels together fit in a quarter of L2."""
     inner = 1
@@ -554,7 +559,7 @@ def _rows_outer_block(extents: tuple[int, ...], rows: int, panels: int, mr: int,
             or rows * extents[0] * inner * item <= l2_bytes // ROWS_OUTER_L2_SHARE:
         return kc, False
     a_budget = a_tile_bytes(target)
-    l1_panels = target.l1_bytes * PACK_L1_SHARE[0] // PACK_L1_SHARE[1]
+    l1_panels = l1_share(target, PACK_L1_SHARE)
     fits = [d for d in range(1, extents[0] + 1) if extents[0] % d == 0
             and mr * d * inner * item <= a_budget
             and panels * d * inner * nr * item <= l2_bytes // 4]
