@@ -101,10 +101,13 @@ def test_runtime_imports_nothing_from_the_compiler_at_run_time():
 
 
 # Who may import whom below the API: a package never imports one above it (the passes sit
-# above the IR, the schedules and the code generator; the frontend above the IR only).
+# above the IR, the op declarations, the schedules and the code generator; the frontend above
+# the IR only; the op declarations above the IR only).
 UPWARD = {
     "ir": ("strataml.passes", "strataml.schedule", "strataml.codegen", "strataml.frontends",
            "strataml.backends", "strataml.api"),
+    "ops": ("strataml.passes", "strataml.schedule", "strataml.codegen", "strataml.frontends",
+            "strataml.backends", "strataml.api"),
     "schedule": ("strataml.passes", "strataml.codegen", "strataml.frontends",
                  "strataml.backends", "strataml.api"),
     "codegen": ("strataml.passes", "strataml.frontends", "strataml.backends", "strataml.api"),

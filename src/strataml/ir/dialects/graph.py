@@ -1,8 +1,9 @@
 """Graph dialect: a typed SSA graph of tensor ops (ONNX-like op set, attributes normalised).
 
-An op's definition (`OpDef`) carries its shape rule and numpy reference semantics; the op
-families live in `strataml.ir.ops`. Reference semantics power constant folding and the
-interpreter that is the test oracle for every level.
+An op is declared once (`declare_op` -> `OpDef`): its attribute schema with defaults, shape
+rule, numpy reference semantics and lowering rule; the declarations live in `strataml.ops`,
+one module per op family. Reference semantics power constant folding and the interpreter that
+is the test oracle for every level.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, cast
 
 import numpy as np
@@ -33,10 +35,12 @@ class Node:
     name: str = ""
 
     def attr(self, key: str, default: AttrValue = None) -> AttrValue:
+        """The attribute's value, or its declared default; a key the op does not declare is
+        an error (a misspelt name must not read as a silent default)."""
         for k, v in self.attrs:
             if k == key:
                 return v
-        return default
+        return attr_default(self.op, key, default)
 
     @property
     def attr_dict(self) -> dict[str, AttrValue]:
@@ -54,7 +58,7 @@ class Node:
     @property
     def body(self) -> tuple[Node, ...]:
         """The nodes of a fused group (empty for ordinary ops)."""
-        return self.attr("body", ())
+        return self.attr("body") if self.op == "fused" else ()
 
     def cse_key(self) -> tuple[Any, ...]:
         return (self.op, self.inputs, tuple((k, _hashable(v)) for k, v in self.attrs))
@@ -113,13 +117,61 @@ class Graph:
 
 InferFn = Callable[[Node, list[TensorType], list["np.ndarray | None"]], list[TensorType]]
 ReferenceFn = Callable[[Node, list[np.ndarray]], list[np.ndarray]]
+# (ctx, node, input refs) -> output refs: the kernel-level types live above this module, in
+# `strataml.ops.lowering`, so they are spelt loosely here.
+LowerFn = Callable[[Any, Node, list[Any]], list[Any]]
 
 OP_KINDS = ("elementwise", "reduction", "contraction", "window", "movement", "opaque")
 
 
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # an attribute the frontend must always set
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_float(v: object) -> bool:
+    return _is_int(v) or isinstance(v, float | np.floating)
+
+
+_ATTR_CHECKS: dict[str, Callable[[object], bool]] = {
+    "int": _is_int,
+    "float": _is_float,
+    "str": lambda v: isinstance(v, str),
+    "ints": lambda v: isinstance(v, tuple) and all(_is_int(x) for x in v),
+    "floats": lambda v: isinstance(v, tuple) and all(_is_float(x) for x in v),
+    "strs": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
+    "tensor": lambda v: isinstance(v, np.ndarray),
+    "nodes": lambda v: isinstance(v, tuple) and all(isinstance(x, Node) for x in v),
+}
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One declared attribute: its kind (a key of `_ATTR_CHECKS`) and its default. REQUIRED:
+    the frontend always sets it; None: optional, absent means "not given"."""
+
+    kind: str
+    default: AttrValue = REQUIRED
+
+    def __post_init__(self) -> None:
+        if self.kind not in _ATTR_CHECKS:
+            raise ValueError(f"unknown attribute kind {self.kind!r}")
+
+    def accepts(self, value: AttrValue) -> bool:
+        return (value is None and self.default is None) or _ATTR_CHECKS[self.kind](value)
+
+
 @dataclass(frozen=True)
 class OpDef:
-    """What an op is: shape rule, numpy semantics and its structural kind (used by fusion)."""
+    """What an op is, in one place: its structural kind (used by fusion), attribute schema,
+    shape rule, numpy semantics and lowering rule (None: the op always folds away)."""
 
     name: str
     kind: str
@@ -127,9 +179,27 @@ class OpDef:
     reference: ReferenceFn
     inputs: tuple[int, int] = (1, 1)  # min, max number of inputs (-1: unbounded)
     outputs: int = 1
+    attrs: Mapping[str, Attr] | None = None  # None: not yet declared (accepts any)
+    lower: LowerFn | None = None
 
 
 OPS: dict[str, OpDef] = {}
+# The fused group is a graph-dialect construct, not an op: its one attribute is its body.
+_FUSED_ATTRS: Mapping[str, Attr] = MappingProxyType({"body": Attr("nodes", ())})
+
+
+def declare_op(name: str, kind: str, *, infer: InferFn, reference: ReferenceFn,
+               lower: LowerFn | None, attrs: Mapping[str, Attr] | None = None,
+               inputs: tuple[int, int] = (1, 1), outputs: int = 1) -> OpDef:
+    """Declare op `name` once: everything the levels below need to know about it."""
+    if kind not in OP_KINDS:
+        raise ValueError(f"op {name}: kind {kind!r} is not one of {OP_KINDS}")
+    if name in OPS:
+        raise ValueError(f"op {name} declared twice")
+    opdef = OpDef(name, kind, infer, reference, inputs, outputs,
+                  MappingProxyType(dict(attrs or {})), lower)
+    OPS[name] = opdef
+    return opdef
 
 
 def register_op(name: str, kind: str, infer: InferFn, reference: ReferenceFn,
@@ -141,6 +211,51 @@ def register_op(name: str, kind: str, infer: InferFn, reference: ReferenceFn,
     return opdef
 
 
+def _schema(op: str) -> Mapping[str, Attr] | None:
+    if op == "fused":
+        return _FUSED_ATTRS
+    _load_op_families()
+    opdef = OPS.get(op)
+    return None if opdef is None else opdef.attrs
+
+
+def attr_default(op: str, key: str, fallback: AttrValue = None) -> AttrValue:
+    schema = _schema(op)
+    if schema is None:
+        return fallback
+    spec = schema.get(key)
+    if spec is None:
+        raise VerifyError(f"op {op} declares no attribute {key!r} (it has: "
+                          f"{', '.join(sorted(schema)) or 'none'})")
+    if spec.default is REQUIRED:
+        raise VerifyError(f"op {op}: required attribute {key!r} is missing")
+    if fallback is not None and fallback != spec.default:
+        raise VerifyError(f"op {op}: attribute {key!r} read with default {fallback!r} but "
+                          f"declared with {spec.default!r}")
+    return spec.default
+
+
+def attr_problems(node: Node) -> list[str]:
+    """What is wrong with the node's attributes against its op's schema (unknown names,
+    values of the wrong kind, required ones missing), as messages naming each."""
+    schema = _schema(node.op)
+    if schema is None:
+        return []
+    problems = []
+    for key, value in node.attrs:
+        spec = schema.get(key)
+        if spec is None:
+            problems.append(f"{node.where}: unknown attribute {key!r} (declared: "
+                            f"{', '.join(sorted(schema)) or 'none'})")
+        elif not spec.accepts(value):
+            problems.append(f"{node.where}: attribute {key!r} = {value!r:.60} is not "
+                            f"of kind {spec.kind}")
+    given = {k for k, _ in node.attrs}
+    problems += [f"{node.where}: required attribute {key!r} is missing"
+                 for key, spec in schema.items() if spec.default is REQUIRED and key not in given]
+    return problems
+
+
 def get_op(name: str) -> OpDef:
     _load_op_families()
     try:
@@ -150,8 +265,9 @@ def get_op(name: str) -> OpDef:
 
 
 def _load_op_families() -> None:
-    # Imported lazily: the families import this module to register themselves.
-    import strataml.ir.ops  # noqa: F401
+    # Imported lazily: the families import this module to declare themselves.
+    import strataml.ir.ops
+    import strataml.ops  # noqa: F401
 
 
 def infer_node(node: Node, in_types: Sequence[TensorType | None],
@@ -206,6 +322,9 @@ def verify_graph(graph: Graph) -> None:
 
     def check(nodes: Iterable[Node], scope: set[str]) -> None:
         for node in nodes:
+            problems = attr_problems(node)
+            if problems:
+                raise VerifyError("; ".join(problems))
             for i in node.inputs:
                 if i and i not in scope:
                     raise VerifyError(f"{node.where}: input %{i} is used before it is defined")

@@ -1,3 +1,3 @@
 """Graph-dialect op definitions, one module per op family. Importing registers them."""
 
-from strataml.ir.ops import elementwise, indexing, layout, nn, reduce, tensor  # noqa: F401
+from strataml.ir.ops import elementwise, indexing, layout, nn, tensor  # noqa: F401

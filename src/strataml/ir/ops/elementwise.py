@@ -8,8 +8,8 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, register_op
-from strataml.ir.ops.common import broadcast_types, require_same_dtype
 from strataml.ir.types import TensorType
+from strataml.ops.common import broadcast_types, require_same_dtype
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, register_op
-from strataml.ir.ops.common import normalize_axis
 from strataml.ir.types import TensorType, is_int
+from strataml.ops.common import normalize_axis
 
 _INDEX_DTYPES = ("int32", "int64")
 
@@ -232,7 +232,7 @@ register_op("CumProd", "reduction", _infer_cumulative, _cumulative)
 
 
 def _infer_bitshift(node: Node, types: list[TensorType], values: list) -> list[TensorType]:
-    from strataml.ir.ops.common import broadcast_types, require_same_dtype
+    from strataml.ops.common import broadcast_types, require_same_dtype
 
     require_same_dtype(node, types)
     if not is_int(types[0].dtype):

@@ -13,8 +13,8 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, register_op
-from strataml.ir.ops.common import broadcast_types, normalize_axis, require_same_dtype
 from strataml.ir.types import Dim, TensorType, broadcast_shapes, is_float
+from strataml.ops.common import broadcast_types, normalize_axis, require_same_dtype
 
 # ---------------------------------------------------------------- MatMul / Gemm
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, register_op
-from strataml.ir.ops.common import normalize_axis, numel, require_same_dtype
 from strataml.ir.types import TensorType, broadcast_shapes
+from strataml.ops.common import normalize_axis, numel, require_same_dtype
 
 
 def _infer_reshape(node: Node, types: list[TensorType], values: list) -> list[TensorType]:

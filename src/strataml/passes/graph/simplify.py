@@ -9,8 +9,8 @@ from typing import ClassVar
 import numpy as np
 
 from strataml.ir.dialects.graph import Graph, Node, make_attrs
-from strataml.ir.ops.reduce import reduced_axes
 from strataml.ir.rewrite import GraphView, Pattern, Rewrite, apply_patterns
+from strataml.ops.reduce import reduced_axes
 from strataml.passes.graph.dce import eliminate_dead
 from strataml.passes.graph.einsum_as_matmul import einsum_as_matmul
 from strataml.passes.manager import GraphPass, register_pass

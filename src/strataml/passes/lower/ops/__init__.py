@@ -1,3 +1,3 @@
 """Lowering rules, one module per op family. Importing registers them."""
 
-from strataml.passes.lower.ops import elementwise, indexing, layout, nn, reduce, tensor  # noqa: F401
+from strataml.passes.lower.ops import elementwise, indexing, layout, nn, tensor  # noqa: F401

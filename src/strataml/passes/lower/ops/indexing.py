@@ -25,9 +25,9 @@ from strataml.ir.expr import (
     select,
 )
 from strataml.ir.types import SIGNED_DTYPES
-from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
-from strataml.passes.lower.ops.common import out_dtype, out_shape
-from strataml.passes.lower.tensor_ref import TensorRef
+from strataml.ops.common import out_dtype, out_shape
+from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.passes.lower.graph_to_kernel import lowering
 
 
 def _wrap(raw: Expr, dim: int) -> Expr:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from strataml.ir.dialects.graph import Node
 from strataml.ir.expr import Expr, compare, const, logical_and, reduce_identity, select
 from strataml.ir.ops.nn import window_out_dim
-from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
-from strataml.passes.lower.tensor_ref import TensorRef
+from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.passes.lower.graph_to_kernel import lowering
 
 # Extra floats per pixel of a padded channels-last copy (see `_padded`).
 PIXEL_SKEW = 16

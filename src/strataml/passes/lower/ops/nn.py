@@ -18,9 +18,9 @@ from strataml.ir.expr import (
     select,
     unary,
 )
-from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
-from strataml.passes.lower.ops.common import out_shape, power
-from strataml.passes.lower.tensor_ref import TensorRef
+from strataml.ops.common import out_shape, power
+from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.passes.lower.graph_to_kernel import lowering
 
 
 @lowering("MatMul")

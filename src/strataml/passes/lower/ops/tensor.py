@@ -15,11 +15,10 @@ from strataml.ir.expr import (
     minimum,
     select,
 )
-from strataml.ir.ops.common import normalize_axis
 from strataml.ir.ops.tensor import slice_params
-from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
-from strataml.passes.lower.ops.common import out_shape
-from strataml.passes.lower.tensor_ref import TensorRef
+from strataml.ops.common import normalize_axis, out_shape
+from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.passes.lower.graph_to_kernel import lowering
 
 
 def _flat(ix: tuple[Expr, ...], shape: tuple[int, ...]) -> Expr:

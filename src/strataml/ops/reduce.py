@@ -1,16 +1,95 @@
-"""Lowering of axis reductions (ReduceSum and friends, ArgMax/ArgMin)."""
+"""Reductions over axes: ReduceSum and friends, ArgMax/ArgMin.
+
+Normalised attributes: `axes` (non-negative, sorted; empty means all axes) and `keepdims`.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 
-from strataml.ir.dialects.graph import Node
+import numpy as np
+
+from strataml.ir.dialects.graph import Attr, Node, declare_op
 from strataml.ir.expr import Expr, compare, const, idx, select, unary
-from strataml.ir.ops.reduce import reduced_axes
-from strataml.passes.lower.graph_to_kernel import LowerContext, lowering
-from strataml.passes.lower.ops.common import out_shape
-from strataml.passes.lower.tensor_ref import TensorRef
+from strataml.ir.types import TensorType
+from strataml.ops.common import normalize_axis, out_shape
+from strataml.ops.lowering import LowerContext, TensorRef
+
+# ---------------------------------------------------------------- shape rule
+
+
+def reduced_axes(node: Node, rank: int) -> tuple[int, ...]:
+    axes = node.attr("axes")
+    if not axes:
+        return () if node.attr("noop_with_empty_axes") else tuple(range(rank))
+    return tuple(sorted({normalize_axis(a, rank, node) for a in axes}))
+
+
+def _infer_reduce(node: Node, types: list[TensorType], values: list) -> list[TensorType]:
+    x = types[0]
+    axes = reduced_axes(node, x.rank)
+    if node.attr("keepdims"):
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    dtype = "int64" if node.op in ("ArgMax", "ArgMin") else x.dtype
+    return [TensorType(dtype, shape)]
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(x)
+
+
+def _logsumexp(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True) if x.size else np.zeros((1,) * x.ndim, x.dtype)
+    m = np.where(np.isfinite(m), m, 0)
+    s = np.sum(np.exp(x - m), axis=axis, keepdims=True)
+    out = _log(s) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+# ---------------------------------------------------------------- numpy reference
+
+REDUCERS: dict[str, Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]] = {
+    "ReduceSum": lambda x, a, k: np.sum(x, axis=a, keepdims=k),
+    "ReduceMean": lambda x, a, k: np.mean(x, axis=a, keepdims=k),
+    "ReduceMax": lambda x, a, k: np.max(x, axis=a, keepdims=k),
+    "ReduceMin": lambda x, a, k: np.min(x, axis=a, keepdims=k),
+    "ReduceProd": lambda x, a, k: np.prod(x, axis=a, keepdims=k),
+    "ReduceL1": lambda x, a, k: np.sum(np.abs(x), axis=a, keepdims=k),
+    "ReduceL2": lambda x, a, k: np.sqrt(np.sum(np.square(x), axis=a, keepdims=k)),
+    "ReduceSumSquare": lambda x, a, k: np.sum(np.square(x), axis=a, keepdims=k),
+    "ReduceLogSum": lambda x, a, k: _log(np.sum(x, axis=a, keepdims=k)),
+    "ReduceLogSumExp": _logsumexp,
+}
+
+
+def _reduce(node: Node, ins: list) -> list[np.ndarray]:
+    x = ins[0]
+    axes = reduced_axes(node, x.ndim)
+    if not axes:
+        return [x.copy()]
+    out = REDUCERS[node.op](x, axes, bool(node.attr("keepdims")))
+    return [np.asarray(out).astype(x.dtype)]
+
+
+def _arg(node: Node, ins: list) -> list[np.ndarray]:
+    x = ins[0]
+    (axis,) = reduced_axes(node, x.ndim)
+    fn = np.argmax if node.op == "ArgMax" else np.argmin
+    if node.attr("select_last_index"):
+        flipped = np.flip(x, axis=axis)
+        out = x.shape[axis] - 1 - fn(flipped, axis=axis)
+    else:
+        out = fn(x, axis=axis)
+    if node.attr("keepdims"):
+        out = np.expand_dims(out, axis)
+    return [np.asarray(out, dtype=np.int64)]
+
+
+# ---------------------------------------------------------------- lowering
 
 # op -> (combiner, map applied to each element, map applied to the result given the count)
 _REDUCTIONS: dict[str, tuple[str, Callable[[Expr], Expr], Callable[[Expr, int], Expr]]] = {
@@ -53,7 +132,6 @@ def _reduce_ref(ctx: LowerContext, x: TensorRef, node: Node, combiner: str,
     return TensorRef(x.dtype, shape, fn)
 
 
-@lowering(*_REDUCTIONS)
 def lower_reduce(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                  ) -> list[TensorRef]:
     x = inputs[0]
@@ -63,16 +141,15 @@ def lower_reduce(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
         return [x]
     combiner, elem, finish = _REDUCTIONS[node.op]
     count = math.prod(x.shape[a] for a in axes)
-    raw = _reduce_ref(ctx, x, node, combiner, elem, axes, bool(node.attr("keepdims", 1)), shape)
+    raw = _reduce_ref(ctx, x, node, combiner, elem, axes, bool(node.attr("keepdims")), shape)
     return [TensorRef(x.dtype, shape, lambda ix: finish(raw.fn(ix), count))]
 
 
-@lowering("ReduceLogSumExp")
 def lower_logsumexp(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                     ) -> list[TensorRef]:
     x = ctx.materialize(inputs[0], "x")
     axes = reduced_axes(node, x.rank)
-    keep = bool(node.attr("keepdims", 1))
+    keep = bool(node.attr("keepdims"))
     shape = out_shape(ctx, node)
     if not axes:
         return [x]
@@ -91,17 +168,16 @@ def lower_logsumexp(ctx: LowerContext, node: Node, inputs: list[TensorRef | None
     return [TensorRef(x.dtype, shape, fn)]
 
 
-@lowering("ArgMax", "ArgMin")
 def lower_arg(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]) -> list[TensorRef]:
     x = ctx.materialize(inputs[0], "x")
     (axis,) = reduced_axes(node, x.rank)
-    keep = bool(node.attr("keepdims", 1))
+    keep = bool(node.attr("keepdims"))
     shape = out_shape(ctx, node)
     combiner = "max" if node.op == "ArgMax" else "min"
     best = ctx.materialize(
         _reduce_ref(ctx, x, node, combiner, lambda v: v, (axis,), keep, shape), "best")
     n = x.shape[axis]
-    last = bool(node.attr("select_last_index", 0))
+    last = bool(node.attr("select_last_index"))
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
         target = best.fn(ix)
@@ -114,3 +190,15 @@ def lower_arg(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]) -> 
                           init=idx(-1 if last else n))
 
     return [TensorRef("int64", shape, fn)]
+
+
+# ---------------------------------------------------------------- declarations
+
+_AXES = {"axes": Attr("ints", ()), "keepdims": Attr("int", 1)}
+for _name in REDUCERS:
+    declare_op(_name, "reduction", attrs={**_AXES, "noop_with_empty_axes": Attr("int", 0)},
+               infer=_infer_reduce, reference=_reduce,
+               lower=lower_logsumexp if _name == "ReduceLogSumExp" else lower_reduce)
+for _name in ("ArgMax", "ArgMin"):
+    declare_op(_name, "reduction", attrs={**_AXES, "select_last_index": Attr("int", 0)},
+               infer=_infer_reduce, reference=_arg, lower=lower_arg)
