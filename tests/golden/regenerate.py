@@ -17,8 +17,9 @@ sys.path.insert(0, str(ROOT.parents[2]))
 
 from strataml.frontends.onnx import import_model  # noqa: E402
 from strataml.ir.dialects.graph import print_graph  # noqa: E402
+from strataml.ir.dialects.kernel import Kernel, print_kernel  # noqa: E402
 from strataml.options import CompileOptions  # noqa: E402
-from strataml.passes.lower.phases import CompileState  # noqa: E402
+from strataml.passes.lower.phases import CompileState, kernel_state  # noqa: E402
 from strataml.passes.manager import LEVELS, GraphPass, PassManager, parse_pipeline  # noqa: E402
 from strataml.target import Target  # noqa: E402
 
@@ -105,20 +106,41 @@ def cases():
                           "lower-to-loops"),
         "memory-plan": (two_layers, GRAPH, "lower-to-kernels,prepack-weights,schedule,"
                         "lower-to-loops,plan-memory"),
+        # from kernel text (the input: the kernels lower-to-kernels made)
+        "schedule-conv": (small_map, f"{GRAPH},lower-to-kernels", "schedule"),
+        "kernel-to-loops": (mlp, f"{GRAPH},lower-to-kernels", "schedule,lower-to-loops"),
     }
 
 
-def run_golden(graph, passes: str, weights: dict[str, np.ndarray] | None = None) -> str:
-    """The text the passes leave: a graph, or for lowering passes the level the last one
-    leaves (the same call the test makes). A fixed target and one thread: the lowering's
-    choices must not move with the machine."""
+# A fixed target and one thread: the lowering's choices must not move with the machine.
+TARGET = Target("cpu", "x86_64-unknown-linux-gnu", "sapphirerapids", "+avx512f", 512, 32,
+                48 << 10, 2 << 20, 32 << 20, 64, 1)
+
+
+def run_golden(source, passes: str, weights: dict[str, np.ndarray] | None = None) -> str:
+    """The text the passes leave on `source` (a graph, or kernels read from text): a graph,
+    or for lowering passes the level the last one leaves (the same call the test makes)."""
     manager = PassManager(parse_pipeline(passes), verify=True)
+    options = CompileOptions(num_threads=1)
+    if isinstance(source, list):
+        return LEVELS[manager.passes[-1].level].print(
+            manager.run(kernel_state(source, TARGET, options)))
     if all(isinstance(p, GraphPass) for p in manager.passes):
-        return print_graph(manager.run(graph), weights=weights)
-    target = Target("cpu", "x86_64-unknown-linux-gnu", "sapphirerapids", "+avx512f", 512, 32,
-                    48 << 10, 2 << 20, 32 << 20, 64, 1)
-    state = manager.run(CompileState(graph, target, CompileOptions(num_threads=1)))
+        return print_graph(manager.run(source), weights=weights)
+    state = manager.run(CompileState(source, TARGET, options))
     return LEVELS[manager.passes[-1].level].print(state)
+
+
+def _input(model, before: str, weights: dict[str, np.ndarray]) -> tuple[str, object]:
+    """The case's input as text, and as what the passes take (a graph or kernels)."""
+    graph = import_model(model, CompileOptions())
+    manager = PassManager(parse_pipeline(before))
+    if before.endswith("lower-to-kernels"):
+        kernels: list[Kernel] = manager.run(CompileState(graph, TARGET, CompileOptions(
+            num_threads=1))).kernels
+        return "\n\n".join(print_kernel(k) for k in kernels), kernels
+    graph = manager.run(graph)
+    return print_graph(graph, weights=weights), graph
 
 
 def main() -> None:
@@ -126,11 +148,11 @@ def main() -> None:
     weights: dict[str, np.ndarray] = {}
     manifest = {}
     for name, (model, before, passes) in cases().items():
-        graph = PassManager(parse_pipeline(before)).run(import_model(model, CompileOptions()))
-        (ROOT / f"{name}.in.mlir").write_text(print_graph(graph, weights=weights) + "\n")
+        text, source = _input(model, before, weights)
+        (ROOT / f"{name}.in.mlir").write_text(text + "\n")
         level = parse_pipeline(passes)[-1].level
         out_file = f"{name}.out{LEVELS[level].suffix}"
-        (ROOT / out_file).write_text(run_golden(graph, passes, weights) + "\n")
+        (ROOT / out_file).write_text(run_golden(source, passes, weights) + "\n")
         manifest[name] = {"passes": passes, "out": out_file}
     np.savez(ROOT / "weights.npz", **weights)
     (ROOT / "golden.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -1,6 +1,7 @@
 """Every level prints and parses back: parse(print(x)) == x for the graph, kernel, schedule
 and loop levels of every model of the test suite (and every ONNX node case strataml imports,
-at the graph level); golden files replay the graph passes; parse errors name file:line:col;
+at the graph level); golden files replay the passes from graph or kernel text; parse errors
+name file:line:col;
 `strataml opt` reads what `--dump-ir` wrote."""
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from strataml.frontends.onnx import import_model
 from strataml.ir.dialects.graph import Graph, print_graph
 from strataml.ir.dialects.kernel import print_kernel
 from strataml.ir.dialects.loop import print_function
-from strataml.ir.parse import ParseError, parse_function, parse_graph, parse_kernel
+from strataml.ir.parse import (
+    ParseError,
+    parse_function,
+    parse_graph,
+    parse_kernel,
+    parse_kernels,
+)
 from strataml.options import CompileOptions
 from strataml.passes.lower.kernel_to_loop import prepare_kernel
 from strataml.passes.lower.phases import CompileState
@@ -100,7 +107,9 @@ def test_golden_pass_files(name):
 
     case = json.loads((GOLDEN / "golden.json").read_text())[name]
     weights = dict(np.load(GOLDEN / "weights.npz"))
-    source = parse_graph((GOLDEN / f"{name}.in.mlir").read_text(), weights, f"{name}.in.mlir")
+    text = (GOLDEN / f"{name}.in.mlir").read_text()
+    source = (parse_kernels(text, f"{name}.in.mlir") if text.startswith("kernel")
+              else parse_graph(text, weights, f"{name}.in.mlir"))
     assert run_golden(source, case["passes"]) + "\n" == (GOLDEN / case["out"]).read_text()
 
 
@@ -151,3 +160,16 @@ def test_loop_parse_errors_name_the_position():
     text = "func @f(%a: float32[4]) loc('n') {\n  for i in 0..4 {\n    %b[i] = 1.0:float32\n  }\n}"
     with pytest.raises(ParseError, match=r"^f\.mlir:3:5: store to unknown buffer %b"):
         parse_function(text, "f.mlir")
+
+
+def test_opt_runs_the_kernel_level_passes_on_kernel_text(capsys):
+    """Kernel text through `schedule,lower-to-loops` gives the loop text the golden file
+    holds; a pass that needs the graph (the memory plan) says so instead of failing deep."""
+    source = str(GOLDEN / "kernel-to-loops.in.mlir")
+    assert main(["opt", source, "--passes", "schedule,lower-to-loops",
+                 "--num-threads", "1"]) == 0
+    loops = capsys.readouterr().out
+    assert loops.startswith("func @k0_")
+    assert "for " in loops
+    assert main(["opt", source, "--passes", "schedule,lower-to-loops,plan-memory"]) != 0
+    assert "needs the graph the kernels were lowered from" in capsys.readouterr().err

@@ -450,22 +450,33 @@ def cmd_opt(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _opt_below_graph(args: argparse.Namespace, passes: list[Any], out: TextIO) -> int:
-    """Kernel or loop IR text: parsed and printed back (the passes below the graph start
-    from a graph today, so none runs on this text yet)."""
+    """Kernel or loop IR text: parsed, run through the passes (kernel text: `schedule` and
+    `lower-to-loops`; the passes below need the graph) and printed."""
+    from strataml.backends import resolve_target
     from strataml.ir.dialects.kernel import print_kernel, verify_kernel
     from strataml.ir.dialects.loop import print_function, verify_function
     from strataml.ir.parse import parse_functions, parse_kernels
+    from strataml.passes.lower.phases import kernel_state
+    from strataml.passes.manager import LEVELS, PassManager
 
-    if passes:
-        raise CliError("passes on kernel or loop IR text are not supported yet: start from "
-                       "the graph text or the model")
     text = Path(args.model).read_text()
     if text.lstrip().startswith("kernel"):
         kernels = parse_kernels(text, args.model)
         for kernel in kernels if args.verify else ():
             verify_kernel(kernel)
-        print("\n\n".join(print_kernel(k) for k in kernels), file=out)
+        if not passes:
+            print("\n\n".join(print_kernel(k) for k in kernels), file=out)
+            return 0
+        _, target = resolve_target(_target(args))
+        manager = PassManager(passes, verify=args.verify, bisect=args.bisect)
+        ran = passes[:args.bisect] if args.bisect is not None else passes
+        state = manager.run(kernel_state(kernels, target, _options(args)))
+        print(LEVELS[ran[-1].level].print(state) if ran else
+              "\n\n".join(print_kernel(k) for k in kernels), file=out)
         return 0
+    if passes:
+        raise CliError("no pass runs on loop IR text (the passes below the loop level need "
+                       "the memory plan, made from the graph): start from kernel or graph text")
     functions = parse_functions(text, args.model)
     for fn in functions if args.verify else ():
         verify_function(fn)

@@ -72,6 +72,22 @@ class CompileState:
                             f"plan-memory, emit-llvm)")
 
 
+def kernel_state(kernels: list[Kernel], target: Target, options: CompileOptions
+                 ) -> CompileState:
+    """A compile state that starts at the kernel level (kernels read from text): the passes
+    from `schedule` down to the loops run on it; those that bind kernels to graph values
+    (weight packing, the memory plan, code generation) need the graph and refuse it."""
+    empty = Graph("kernels", (), (), (), {})
+    return CompileState(empty, target, options, kernels=list(kernels),
+                        bindings=[{} for _ in kernels], done=frozenset({"lower-to-kernels"}))
+
+
+def _needs_graph(state: CompileState, pass_name: str) -> None:
+    if state.kernels and not state.nodes:
+        raise PassError(f"pass {pass_name} needs the graph the kernels were lowered from, "
+                        "which kernel text does not carry: run it from the graph text")
+
+
 def _print_kernels(state: CompileState) -> str:
     return "\n\n".join(print_kernel(k) for k in state.kernels)
 
@@ -188,6 +204,7 @@ class PrepackWeights(LoweringPass):
 
     def lower(self, state: CompileState) -> CompileState:
         state.need("kernels", "lower-to-kernels", self.name)
+        _needs_graph(state, self.name)
         kernels, bindings = list(state.kernels), [dict(b) for b in state.bindings]
         graph = _prepack_weights(state.graph, kernels, bindings,
                                  TILE_ROW_VECTORS * state.target.vector_lanes_f32)
@@ -282,6 +299,7 @@ class PlanMemory(LoweringPass):
 
     def lower(self, state: CompileState) -> CompileState:
         state.need("loop functions", "lower-to-loops", self.name)
+        _needs_graph(state, self.name)
         plan, calls, weights = _plan(state.graph, state.kernels, state.bindings,
                                      state.functions, state.placed,
                                      [state.pairs_of[f] for f in state.functions])
