@@ -73,11 +73,11 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
         return "the reduction has no axes"
     if not isinstance(r.body, Binary) or r.body.op != "mul" or r.dtype != "float32":
         return "reduction body is not a float32 product"
-    operands = (r.body.a, r.body.b)
-    if not all(isinstance(x, Load) for x in operands) or len(stage.axes) < 2:
+    left, right = r.body.a, r.body.b
+    if not isinstance(left, Load) or not isinstance(right, Load) or len(stage.axes) < 2:
         return "product operands are not plain loads"
     j = stage.axes[-1]
-    for b, a in (operands, operands[::-1]):
+    for b, a in ((left, right), (right, left)):
         panel = _panel_width(b, j)
         if any(_mentions(x, j) for x in a.indices):
             continue

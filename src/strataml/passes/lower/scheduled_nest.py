@@ -36,6 +36,8 @@ from strataml.schedule.primitives import MAX_SCRATCH, ROOT, Loop, LoopNest, Prim
 from strataml.schedule.schedule import stage_nest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from strataml.passes.lower.kernel_to_loop import StageLowering
 
 _COMBINE = {"sum": "add", "prod": "mul", "max": "max", "min": "min"}
@@ -137,11 +139,13 @@ class NestLowering:
                     and lp.extent > 1]
         shared_before = parallel[0] if parallel and not in_parallel else -2
         b = _Nest(nest.loops, values, env, shared_before)
-        by_loop = {Var("int64", lp.name): v for lp, v in zip(nest.loops, values, strict=True)}
+        by_loop: dict[Expr, Expr] = {Var("int64", lp.name): v
+                                     for lp, v in zip(nest.loops, values, strict=True)}
         local = {name: substitute(e, by_loop) for name, e in nest.origin}
         starts = box[1] if box is not None else {}
-        outputs = {a: local[a.name] + starts[a.name] if a.name in starts else local[a.name]
-                   for a in stage.axes}
+        outputs: dict[Expr, Expr] = {
+            a: local[a.name] + starts[a.name] if a.name in starts else local[a.name]
+            for a in stage.axes}
         body = self.from_boxes(substitute(stage.body, outputs), env)
         target = (box[0], tuple(local[a.name] for a in stage.axes)) if box is not None \
             else (stage.buffer, tuple(outputs[a] for a in stage.axes))
@@ -161,7 +165,11 @@ class NestLowering:
             self.compute_at(producer, nest, b, parts, first, in_parallel)
         for buffer, at in nest.packs:
             self.pack(buffer, b.position(nest, at), nest, b, parts, first)
-        finish, init, rbody = parts["finish"], parts["init"], parts["rbody"]
+        finished = parts["finish"]
+        if finished is None:  # (packs and producers rewrite the parts, never drop one)
+            raise ScheduleError("the stage's value was lost while its packs and computed-at "
+                                "producers were placed (a compiler bug: please report it)")
+        finish, init, rbody = finished, parts["init"], parts["rbody"]
 
         def store(value: Expr) -> Store:
             out = low.buffers[target[0]]
@@ -251,7 +259,7 @@ class NestLowering:
         return found
 
     @staticmethod
-    def _replace(parts: dict[str, Expr | None], fn) -> None:
+    def _replace(parts: dict[str, Expr | None], fn: Callable[[Expr], Expr | None]) -> None:
         for key, e in parts.items():
             if e is not None:
                 parts[key] = rewrite(e, fn)
