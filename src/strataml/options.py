@@ -28,6 +28,9 @@ class CompileOptions:
     # NN-schedule-after-schedule.txt names them): a `strataml.schedule.Schedule` or its JSON
     # text. They apply to the kernel as that file prints it; the others get the default rules.
     schedules: dict[str, Any] = field(default_factory=dict)
+    # Decisions above the schedules, by graph node name: {"Conv_3": {"algorithm": "im2col",
+    # "layout": "channels-first"}} (what `strataml.passes.decisions.decision_space` lists).
+    decisions: dict[str, dict[str, str]] = field(default_factory=dict)
     # Denormal floats (below 1.2e-38) computed as zero, as inference runtimes do: on x86 they
     # cost ~100x per operation (see codegen/llvm.py). False: IEEE gradual underflow.
     flush_denormals: bool = True

@@ -157,7 +157,7 @@ def _is_contraction(node) -> bool:
         return True
     if node.op != "Conv":
         return False
-    w_group = node.attr("group", 1)
+    w_group = node.attr("group")
     return w_group == 1 or (len(node.attr("kernel_shape")) > 1 and w_group > 1)
 
 
@@ -185,8 +185,8 @@ def test_exported_family_takes_the_fast_paths(family, dynamo, tmp_path):
         for n in inner:
             if n.op == "Conv":
                 assert len(n.attr("kernel_shape")) <= 2, f"{n.where}: a 3-D conv survived"
-            depthwise = n.op == "Conv" and n.attr("group", 1) > 1 and n.attr(
-                "group", 1) == program.graph.types[n.inputs[0]].shape[1]
+            depthwise = n.op == "Conv" and n.attr("group") > 1 and n.attr(
+                "group") == program.graph.types[n.inputs[0]].shape[1]
             if _is_contraction(n) and not depthwise:
                 kernel = by_index[i]
                 schedule = program.schedules[kernel.name]

@@ -115,9 +115,9 @@ BANDED = [
 @pytest.mark.parametrize("bias_and_epilogue", [False, True])
 def test_conv_path_matches_ort(rng, monkeypatch, x_shape, w_shape, attrs, temps,
                                bias_and_epilogue):
-    from strataml.passes.lower.ops import nn
+    from strataml.ops import conv
 
-    monkeypatch.setattr(nn, "WINOGRAD_MIN_CHANNELS", 1 << 30)  # the other paths
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1 << 30)  # the other paths
     _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue)
 
 
@@ -126,10 +126,10 @@ def test_conv_path_matches_ort(rng, monkeypatch, x_shape, w_shape, attrs, temps,
 @pytest.mark.parametrize("bias_and_epilogue", [False, True])
 def test_winograd_rows_conv_matches_ort(rng, monkeypatch, x_shape, w_shape, attrs,
                                         bias_and_epilogue):
-    from strataml.passes.lower.ops import nn
+    from strataml.ops import conv
 
-    monkeypatch.setattr(nn, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(nn, "WINOGRAD_MIN_COLUMNS", 0)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_COLUMNS", 0)
     _check_conv_path(rng, x_shape, w_shape, attrs, WINOGRAD_TEMPS, bias_and_epilogue)
 
 
@@ -179,10 +179,10 @@ def test_winograd_default_rule(rng, x_shape, w_shape, winograd):
 @pytest.mark.parametrize("bias_and_epilogue", [False, True])
 def test_grouped_conv_per_group_matches_ort(rng, monkeypatch, x_shape, w_shape, attrs, temps,
                                             bias_and_epilogue):
-    from strataml.passes.lower.ops import nn
+    from strataml.ops import conv
 
-    monkeypatch.setattr(nn, "MIN_GROUP_WORK", 0)
-    monkeypatch.setattr(nn, "MIN_GROUP_PLANE_WORK", 0)
+    monkeypatch.setattr(conv, "MIN_GROUP_WORK", 0)
+    monkeypatch.setattr(conv, "MIN_GROUP_PLANE_WORK", 0)
     _check_conv_path(rng, x_shape, w_shape, attrs, temps, bias_and_epilogue)
 
 

@@ -52,7 +52,7 @@ def _mkn(op: Node, shapes: list[tuple[int, ...]], out: tuple[int, ...]) -> tuple
     if op.op == "Conv":
         w = shapes[1]  # [Cout, Cin, kh, kw]: rows Cout, depth Cin*kh*kw, columns the pixels
         return out[1] * out[0], int(np.prod(w[1:])), int(np.prod(out[2:]))
-    k = shapes[0][-1] if not (op.op == "Gemm" and op.attr("transA", 0)) else shapes[0][0]
+    k = shapes[0][-1] if not (op.op == "Gemm" and op.attr("transA")) else shapes[0][0]
     return int(np.prod(out[:-1])), k, out[-1]
 
 
@@ -62,7 +62,7 @@ def _npu_step(program: CompiledProgram, k: int) -> NpuStep | None:
     body = node.body or (node,)
     heads = [n for n in body if n.op in CONTRACTIONS]
     if len(heads) != 1 or any(n.op not in CONTRACTIONS + ELEMENTWISE for n in body) \
-            or heads[0].attr("group", 1) != 1:
+            or (heads[0].op == "Conv" and heads[0].attr("group") != 1):
         return None
     args = dict(zip((b.name for b in kernel.params), program.plan.calls[k].args, strict=True))
     where = {v: args[b] for b, v in values.items() if b in args}

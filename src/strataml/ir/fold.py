@@ -24,10 +24,9 @@ def try_fold(node: Node, types: dict[str, TensorType],
         data = np.empty(shape, dtype=np.uint8) if np.prod(shape) < 1 << 20 else None
         if data is not None:
             return evaluate_node(node, [data])
-        start, end = node.attr("start", 0), node.attr("end", None)
         if node.op == "Size":
             return [np.array(int(np.prod(shape)), dtype=np.int64)]
-        return [np.array(shape[start:end], dtype=np.int64)]
+        return [np.array(shape[node.attr("start"):node.attr("end")], dtype=np.int64)]
     if node.op == "fused" or not all(i == "" or i in constants for i in node.inputs):
         return None
     found = [types.get(o) for o in node.outputs]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from strataml.errors import StrataError
-from strataml.ir.dialects.graph import Graph, Node, make_attrs
+from strataml.ir.dialects.graph import Graph, Node, attr_problems, make_attrs
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import (
     Allocate,
@@ -215,6 +215,7 @@ def _nodes(lx: _Lexer, types: dict[str, TensorType], weights: Mapping[str, np.nd
                 raise lx.error("a constant belongs at the top of a graph, with its type")
             constants[outputs[0]] = _elements(lx, types[outputs[0]], weights)
             continue
+        op_at = lx.tokens[lx.pos - 1][2]
         lx.take(text="(")
         inputs = _items(lx, ")", lambda: _ref(lx.take("ref")))
         attrs: dict[str, object] = {}
@@ -230,7 +231,11 @@ def _nodes(lx: _Lexer, types: dict[str, TensorType], weights: Mapping[str, np.nd
         if op == "fused":
             lx.take(text="{")
             attrs["body"] = tuple(_nodes(lx, types, weights, None))
-        nodes.append(Node(op, tuple(inputs), tuple(outputs), make_attrs(attrs), name))
+        node = Node(op, tuple(inputs), tuple(outputs), make_attrs(attrs), name)
+        problems = attr_problems(node)  # (an unknown op is the verifier's to report)
+        if problems:
+            raise lx.error("; ".join(problems), op_at)
+        nodes.append(node)
     return nodes
 
 

@@ -2,4 +2,15 @@
 (`declare_op`): attribute schema with defaults, shape rule, numpy reference and lowering rule.
 Importing the package declares them all."""
 
-from strataml.ops import reduce  # noqa: F401
+from strataml.ops import (  # noqa: F401
+    conv,
+    conv_transpose,
+    elementwise,
+    indexing,
+    layout,
+    matmul,
+    norm,
+    pool,
+    reduce,
+    tensor,
+)

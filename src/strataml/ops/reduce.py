@@ -135,18 +135,20 @@ def _reduce_ref(ctx: LowerContext, x: TensorRef, node: Node, combiner: str,
 def lower_reduce(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                  ) -> list[TensorRef]:
     x = inputs[0]
+    assert x is not None
     axes = reduced_axes(node, x.rank)
     shape = out_shape(ctx, node)
     if not axes:
         return [x]
     combiner, elem, finish = _REDUCTIONS[node.op]
-    count = math.prod(x.shape[a] for a in axes)
+    count = math.prod([x.shape[a] for a in axes])
     raw = _reduce_ref(ctx, x, node, combiner, elem, axes, bool(node.attr("keepdims")), shape)
     return [TensorRef(x.dtype, shape, lambda ix: finish(raw.fn(ix), count))]
 
 
 def lower_logsumexp(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                     ) -> list[TensorRef]:
+    assert inputs[0] is not None
     x = ctx.materialize(inputs[0], "x")
     axes = reduced_axes(node, x.rank)
     keep = bool(node.attr("keepdims"))
@@ -169,6 +171,7 @@ def lower_logsumexp(ctx: LowerContext, node: Node, inputs: list[TensorRef | None
 
 
 def lower_arg(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]) -> list[TensorRef]:
+    assert inputs[0] is not None
     x = ctx.materialize(inputs[0], "x")
     (axis,) = reduced_axes(node, x.rank)
     keep = bool(node.attr("keepdims"))

@@ -16,6 +16,7 @@ from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel
 from strataml.ir.dialects.loop import LoopFunction
 from strataml.options import CompileOptions, Target
+from strataml.passes.decisions import pin_decisions
 from strataml.passes.lower.phases import CompileState, check_supported
 from strataml.passes.manager import GraphPass, LoweringPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan
@@ -70,6 +71,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     It must end with the lowering passes, down to emit-llvm."""
     dump = Path(options.dump_ir_dir) if options.dump_ir_dir else None
     manager = PassManager(parse_pipeline(pipeline), verify=options.verify, dump_dir=dump)
+    graph = pin_decisions(graph, options.decisions)
     state = manager.run(CompileState(graph, target, options))
     assert state.plan is not None
     assert state.executable is not None

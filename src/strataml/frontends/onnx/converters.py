@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from strataml.errors import ShapeError
-from strataml.ir.dialects.graph import Node, make_attrs
+from strataml.ir.dialects.graph import Node, get_op, make_attrs
 from strataml.ir.types import TensorType
 
 
@@ -120,51 +120,34 @@ def _check_attrs(n: OnnxNode, allowed: set[str]) -> None:
 
 # ---------------------------------------------------------------- ops taken as they are
 
-PASSTHROUGH: dict[str, set[str]] = {
-    **{op: set() for op in (
-        "Add", "Sub", "Mul", "Div", "Pow", "PRelu", "And", "Or", "Xor", "Equal", "Less",
-        "LessOrEqual", "Greater", "GreaterOrEqual", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
-        "Where", "Sum", "Mean", "Max", "Min", "Neg", "Abs", "Relu", "Sigmoid", "Tanh", "Exp",
-        "Log", "Sqrt", "Reciprocal", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh",
-        "Cosh", "Asinh", "Acosh", "Atanh", "Erf", "Floor", "Ceil", "Round", "Sign", "Not",
-        "Identity", "Softsign", "Softplus", "Mish", "IsNaN", "MatMul", "GlobalAveragePool",
-        "GlobalMaxPool", "Size")},
-    "Mod": {"fmod"},
-    "Gelu": {"approximate"},
-    "HardSigmoid": {"alpha", "beta"},
-    "HardSwish": set(),
-    "LeakyRelu": {"alpha"},
-    "Elu": {"alpha"},
-    "Selu": {"alpha", "gamma"},
-    "Celu": {"alpha"},
-    "ThresholdedRelu": {"alpha"},
-    "IsInf": {"detect_positive", "detect_negative"},
-    "Gemm": {"alpha", "beta", "transA", "transB"},
-    "LRN": {"size", "alpha", "beta", "bias"},
-    "Shape": {"start", "end"},
-    "Concat": {"axis"},
-    "Gather": {"axis"},
-    "LayerNormalization": {"axis", "epsilon", "stash_type"},
-    "GatherElements": {"axis"},
-    "GatherND": {"batch_dims"},
-    "ScatterElements": {"axis", "reduction"},
-    "ScatterND": {"reduction"},
-    "BitShift": {"direction"},
-    "Einsum": {"equation"},
-    "Shrink": {"bias", "lambd"},
-    "Swish": {"alpha"},
-    "BitwiseNot": set(),
-}
+# ONNX ops the graph dialect takes as they are: same name, same inputs, and the attributes
+# the op declares (`strataml.ops`), which are ONNX's; the declaration checks them.
+PASSTHROUGH = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "PRelu", "And", "Or", "Xor", "Equal", "Less",
+    "LessOrEqual", "Greater", "GreaterOrEqual", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+    "BitwiseNot", "Where", "Sum", "Mean", "Max", "Min", "Neg", "Abs", "Relu", "Sigmoid", "Tanh",
+    "Exp", "Log", "Sqrt", "Reciprocal", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh",
+    "Cosh", "Asinh", "Acosh", "Atanh", "Erf", "Floor", "Ceil", "Round", "Sign", "Not",
+    "Identity", "Softsign", "Softplus", "Mish", "IsNaN", "MatMul", "GlobalAveragePool",
+    "GlobalMaxPool", "Size", "Mod", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu",
+    "Selu", "Celu", "ThresholdedRelu", "IsInf", "Gemm", "LRN", "Shape", "Concat", "Gather",
+    "GatherElements", "GatherND", "ScatterElements", "ScatterND", "BitShift", "Einsum",
+    "Shrink", "Swish",
+})
 
 
 def _passthrough(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
-    _check_attrs(n, PASSTHROUGH[n.op])
+    _check_attrs(n, set(get_op(n.op).attrs))
+    return [n.node(inputs=_strip_inputs(n.inputs), **n.attrs)]
+
+
+@converter("LayerNormalization")
+def convert_layer_norm(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
+    _check_attrs(n, {"axis", "epsilon", "stash_type"})  # (stash_type: we compute in fp32)
+    if any(not o for o in n.outputs):
+        raise Unsupported("skipped (empty) LayerNormalization outputs")
     attrs = {k: v for k, v in n.attrs.items() if k != "stash_type"}
-    if n.op == "LayerNormalization":
-        attrs["num_outputs"] = len([o for o in n.outputs if o])
-        if any(not o for o in n.outputs):
-            raise Unsupported("skipped (empty) LayerNormalization outputs")
-    return [n.node(inputs=_strip_inputs(n.inputs), **attrs)]
+    return [n.node(inputs=_strip_inputs(n.inputs), num_outputs=len(n.outputs), **attrs)]
 
 
 for _op in PASSTHROUGH:

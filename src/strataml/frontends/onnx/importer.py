@@ -22,7 +22,7 @@ from strataml.frontends.onnx.converters import (
     Unsupported,
     onnx_dtype,
 )
-from strataml.ir.dialects.graph import Graph, Node, get_op, infer_node
+from strataml.ir.dialects.graph import Graph, Node, attr_problems, get_op, infer_node
 from strataml.ir.fold import try_fold
 from strataml.ir.types import DTYPES, Dim, TensorType
 from strataml.options import CompileOptions
@@ -275,6 +275,9 @@ class _Importer:
 
     def _add(self, node: Node) -> None:
         opdef = get_op(node.op)
+        problems = attr_problems(node)
+        if problems:
+            raise ModelLoadError("malformed attributes: " + "; ".join(problems))
         lo, hi = opdef.inputs
         present = len(node.inputs)
         if present < lo or (hi >= 0 and present > hi):

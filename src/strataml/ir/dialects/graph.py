@@ -34,13 +34,14 @@ class Node:
     attrs: tuple[tuple[str, AttrValue], ...] = ()
     name: str = ""
 
-    def attr(self, key: str, default: AttrValue = None) -> AttrValue:
-        """The attribute's value, or its declared default; a key the op does not declare is
-        an error (a misspelt name must not read as a silent default)."""
+    def attr(self, key: str) -> AttrValue:
+        """The attribute's value, or its declared default (declared once, so no reader
+        writes it again); a key the op does not declare is an error: a misspelt name must
+        not read as a silent default."""
         for k, v in self.attrs:
             if k == key:
                 return v
-        return attr_default(self.op, key, default)
+        return attr_default(self.op, key)
 
     @property
     def attr_dict(self) -> dict[str, AttrValue]:
@@ -159,13 +160,18 @@ class Attr:
 
     kind: str
     default: AttrValue = REQUIRED
+    # A decision the default rules make when the attribute is absent (a convolution's
+    # algorithm, its layout): the values that may pin it, which a tuner enumerates.
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in _ATTR_CHECKS:
             raise ValueError(f"unknown attribute kind {self.kind!r}")
 
     def accepts(self, value: AttrValue) -> bool:
-        return (value is None and self.default is None) or _ATTR_CHECKS[self.kind](value)
+        if value is None and self.default is None:
+            return True
+        return _ATTR_CHECKS[self.kind](value) and (not self.choices or value in self.choices)
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,7 @@ class OpDef:
     reference: ReferenceFn
     inputs: tuple[int, int] = (1, 1)  # min, max number of inputs (-1: unbounded)
     outputs: int = 1
-    attrs: Mapping[str, Attr] | None = None  # None: not yet declared (accepts any)
+    attrs: Mapping[str, Attr] = field(default_factory=dict)
     lower: LowerFn | None = None
 
 
@@ -202,16 +208,9 @@ def declare_op(name: str, kind: str, *, infer: InferFn, reference: ReferenceFn,
     return opdef
 
 
-def register_op(name: str, kind: str, infer: InferFn, reference: ReferenceFn,
-                inputs: tuple[int, int] = (1, 1), outputs: int = 1) -> OpDef:
-    assert kind in OP_KINDS, kind
-    assert name not in OPS, f"op {name} registered twice"
-    opdef = OpDef(name, kind, infer, reference, inputs, outputs)
-    OPS[name] = opdef
-    return opdef
-
-
 def _schema(op: str) -> Mapping[str, Attr] | None:
+    """The op's attribute schema; None for an op the dialect does not define (reported as
+    such by the verifier and the lowering, not here)."""
     if op == "fused":
         return _FUSED_ATTRS
     _load_op_families()
@@ -219,19 +218,16 @@ def _schema(op: str) -> Mapping[str, Attr] | None:
     return None if opdef is None else opdef.attrs
 
 
-def attr_default(op: str, key: str, fallback: AttrValue = None) -> AttrValue:
+def attr_default(op: str, key: str) -> AttrValue:
     schema = _schema(op)
     if schema is None:
-        return fallback
+        raise UnsupportedOpError([f"op {op} is not defined in the graph dialect"])
     spec = schema.get(key)
     if spec is None:
         raise VerifyError(f"op {op} declares no attribute {key!r} (it has: "
                           f"{', '.join(sorted(schema)) or 'none'})")
     if spec.default is REQUIRED:
         raise VerifyError(f"op {op}: required attribute {key!r} is missing")
-    if fallback is not None and fallback != spec.default:
-        raise VerifyError(f"op {op}: attribute {key!r} read with default {fallback!r} but "
-                          f"declared with {spec.default!r}")
     return spec.default
 
 
@@ -248,8 +244,10 @@ def attr_problems(node: Node) -> list[str]:
             problems.append(f"{node.where}: unknown attribute {key!r} (declared: "
                             f"{', '.join(sorted(schema)) or 'none'})")
         elif not spec.accepts(value):
+            wanted = (f"one of {', '.join(spec.choices)}" if spec.choices
+                      else f"of kind {spec.kind}")
             problems.append(f"{node.where}: attribute {key!r} = {value!r:.60} is not "
-                            f"of kind {spec.kind}")
+                            f"{wanted}")
     given = {k for k, _ in node.attrs}
     problems += [f"{node.where}: required attribute {key!r} is missing"
                  for key, spec in schema.items() if spec.default is REQUIRED and key not in given]
@@ -266,7 +264,6 @@ def get_op(name: str) -> OpDef:
 
 def _load_op_families() -> None:
     # Imported lazily: the families import this module to declare themselves.
-    import strataml.ir.ops
     import strataml.ops  # noqa: F401
 
 

@@ -21,8 +21,8 @@ from typing import ClassVar
 import numpy as np
 
 from strataml.ir.dialects.graph import Graph, Node, get_op, make_attrs
-from strataml.ir.ops.layout import is_depthwise
 from strataml.ir.rewrite import GraphView, Rewrite, apply_patterns
+from strataml.ops.layout import is_depthwise
 from strataml.passes.manager import GraphPass, register_pass
 
 # Output maps of at most this many pixels go channels-last: 7x7 (ResNet-18 5.7%, ResNet-50
@@ -70,7 +70,7 @@ def _pays(node: Node, x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[in
     """Channels-last pays for a conv on a small map, an image stem, or a strided KxK conv
     on a medium map (see the constants above)."""
     pixels = out[2] * out[3]
-    strided = max(node.attr("strides", (1, 1))) > 1 and max(kernel) > 1
+    strided = max(node.attr("strides")) > 1 and max(kernel) > 1
     return (pixels <= CHANNELS_LAST_MAX_PIXELS or x[1] <= CHANNELS_LAST_STEM_CHANNELS
             or (strided and pixels <= CHANNELS_LAST_STRIDED_MAX_PIXELS))
 
@@ -83,31 +83,60 @@ def _depthwise_after_channels_last(view: GraphView, node: Node, x: tuple[int, ..
     moves past it rather than being added."""
     src = view.producer.get(node.inputs[0])
     return src is not None and src.op == TO_FIRST \
-        and is_depthwise(node.attr("group", 1), x[1], weights)
+        and is_depthwise(node.attr("group"), x[1], weights)
 
 
-def convert_conv(view: GraphView, node: Node) -> Rewrite | None:
-    """Conv -> ChannelsLastToFirst(ConvChannelsLast(x)) where channels-last pays."""
+# The layouts a Conv node's `layout` attribute may pin (absent: the rules above decide).
+LAYOUTS = ("channels-first", "channels-last")
+
+
+def _conv_shapes(view: GraphView, node: Node
+                 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """Input, output and weight shapes of a Conv that ConvChannelsLast can compute (2-D,
+    constant weights and bias, one group or depthwise behind a conversion, whole vectors of
+    output channels); None if it cannot."""
     x, out = _static(view, node.inputs[0]), _static(view, node.outputs[0])
     weights = view.const(node.inputs[1])
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
     if (x is None or out is None or len(x) != 4 or weights is None or weights.ndim != 4
-            or not (node.attr("group", 1) == 1 or _depthwise_after_channels_last(
+            or not (node.attr("group") == 1 or _depthwise_after_channels_last(
                 view, node, x, weights.shape))
             or (has_bias and view.const(node.inputs[2]) is None)
-            or not _pays(node, x, out, weights.shape[2:])
             or out[1] % CHANNELS_LAST_CHANNEL_MULTIPLE):
         return None
-    attrs = {"kernel_shape": tuple(weights.shape[2:]), "strides": (1, 1), "pads": (0,) * 4,
-             "dilations": (1, 1), **node.attr_dict, "spatial": tuple(x[2:]),
-             "channels_last_input": 0}
+    return x, out, weights.shape
+
+
+def layout_choice(view: GraphView, node: Node) -> tuple[tuple[str, ...], str]:
+    """The layouts this Conv may take and the one the rules pick: the decision as a choice
+    a tuner can override through the node's `layout` attribute."""
+    shapes = _conv_shapes(view, node)
+    if shapes is None:
+        return ("channels-first",), "channels-first"
+    x, out, weights = shapes
+    return LAYOUTS, "channels-last" if _pays(node, x, out, weights[2:]) else "channels-first"
+
+
+def convert_conv(view: GraphView, node: Node) -> Rewrite | None:
+    """Conv -> ChannelsLastToFirst(ConvChannelsLast(x)) where channels-last pays, or where
+    the node's `layout` attribute asks for it."""
+    pinned = node.attr("layout")
+    shapes = None if pinned == "channels-first" else _conv_shapes(view, node)
+    if shapes is None:
+        return None
+    x, out, weights = shapes
+    if pinned is None and not _pays(node, x, out, weights[2:]):
+        return None
+    own = {k: v for k, v in node.attrs if k not in ("layout", "algorithm")}
+    attrs = {"kernel_shape": tuple(weights[2:]), "strides": (1, 1), "pads": (0,) * 4,
+             "dilations": (1, 1), **own, "spatial": tuple(x[2:]), "channels_last_input": 0}
     return _then_back(view, node, "ConvChannelsLast", node.inputs, make_attrs(attrs), out[2:])
 
 
 def read_channels_last(view: GraphView, node: Node) -> Rewrite | None:
     """A channels-last conv fed by a conversion to channels-first reads what it converts."""
     src = view.producer.get(node.inputs[0])
-    if node.attr("channels_last_input", 0) or src is None or src.op != TO_FIRST:
+    if node.attr("channels_last_input") or src is None or src.op != TO_FIRST:
         return None
     conv = Node(node.op, (src.inputs[0], *node.inputs[1:]), node.outputs,
                 make_attrs({**node.attr_dict, "channels_last_input": 1}), node.name)
@@ -139,8 +168,8 @@ def pool_globally_channels_last(view: GraphView, node: Node) -> Rewrite | None:
         return None
     if node.op == "AveragePool" and (
             tuple(node.attr("kernel_shape")) != tuple(src.attr("spatial"))
-            or any(node.attr("pads", (0,) * 4)) or any(d != 1 for d in node.attr(
-                "dilations", (1, 1)))):
+            or any(node.attr("pads")) or any(d != 1 for d in node.attr(
+                "dilations"))):
         return None
     mean = view.fresh(f"{node.outputs[0]}_channels_last")
     return Rewrite(nodes=[
@@ -195,7 +224,7 @@ def sink_through_concat(view: GraphView, node: Node) -> Rewrite | None:
     consumers read channels-last."""
     out = _static(view, node.outputs[0])
     if out is None or len(out) != 4 or len(node.outputs) != 1 \
-            or node.attr("axis", 0) not in (1, -3):
+            or node.attr("axis") not in (1, -3):
         return None
     inputs, spatial = [], None
     for value in node.inputs:

@@ -29,9 +29,9 @@ def conv3d_as_2d(view: GraphView, node: Node) -> Rewrite | None:
         return None
     n, c, _, h, w = x_type.static_shape()
     _, co, od, oh, ow = out_type.static_shape()
-    sd, sh, sw = node.attr("strides", (1, 1, 1))
-    dd, dh, dw = node.attr("dilations", (1, 1, 1))
-    pd0, ph0, pw0, pd1, ph1, pw1 = node.attr("pads", (0,) * 6)
+    sd, sh, sw = node.attr("strides")
+    dd, dh, dw = node.attr("dilations")
+    pd0, ph0, pw0, pd1, ph1, pw1 = node.attr("pads")
     taps = weights.shape[2]
     where = node.name
     nodes: list[Node] = []
@@ -59,7 +59,7 @@ def conv3d_as_2d(view: GraphView, node: Node) -> Rewrite | None:
             inputs = (*inputs, node.inputs[2])
         conv = emit("Conv", inputs, "tap_conv", kernel_shape=tuple(weights.shape[3:]),
                     strides=(sh, sw), dilations=(dh, dw), pads=(ph0, pw0, ph1, pw1),
-                    group=node.attr("group", 1))
+                    group=node.attr("group"))
         acc = conv if acc is None else emit("Add", (conv, acc), "taps")
     if acc is None:
         return None

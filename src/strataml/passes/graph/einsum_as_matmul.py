@@ -10,8 +10,8 @@ transposed once at compile time (fold-constants), the rest becomes a copy or fus
 from __future__ import annotations
 
 from strataml.ir.dialects.graph import Node, make_attrs
-from strataml.ir.ops.nn import parse_einsum
 from strataml.ir.rewrite import GraphView, Rewrite
+from strataml.ops.matmul import parse_einsum
 
 
 def _size(view: GraphView, shape: tuple, letters: str, term: str) -> list[int]:

@@ -22,9 +22,9 @@ def _bn_params(view: GraphView, bn: Node) -> tuple[np.ndarray, np.ndarray] | Non
     if len(params) != 4 or len(bn.outputs) != 1:
         return None
     scale, bias, mean, var = (p.astype(np.float64) for p in params)
-    if np.any(var + bn.attr("epsilon", 1e-5) < 0):
+    if np.any(var + bn.attr("epsilon") < 0):
         return None  # a negative variance: leave the node to compute what ONNX says (NaN)
-    s = scale / np.sqrt(var + bn.attr("epsilon", 1e-5))
+    s = scale / np.sqrt(var + bn.attr("epsilon"))
     return s, bias - mean * s
 
 
@@ -45,12 +45,12 @@ def fold_into_producer(view: GraphView, bn: Node) -> Rewrite | None:
         new_w = weight * s.reshape((-1,) + (1,) * (weight.ndim - 1))
         out_ch = weight.shape[0]
     else:
-        if src.attr("transA", 0) or view.type(src.outputs[0]).rank != 2:
+        if src.attr("transA") or view.type(src.outputs[0]).rank != 2:
             return None
-        tb = src.attr("transB", 0)
+        tb = src.attr("transB")
         new_w = weight * (s.reshape(-1, 1) if tb else s.reshape(1, -1))
         out_ch = weight.shape[0] if tb else weight.shape[1]
-        alpha, beta = src.attr("alpha", 1.0), src.attr("beta", 1.0)
+        alpha, beta = src.attr("alpha"), src.attr("beta")
         new_w = new_w * alpha
         if old_bias is not None:
             old_bias = np.broadcast_to(old_bias * beta, (out_ch,)) if old_bias.size in (

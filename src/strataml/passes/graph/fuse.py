@@ -44,7 +44,7 @@ def _runs_on_accumulators(anchor: Node) -> bool:
     computed its reduction inside SiLU's diamond at 20 GFLOP/s where the separate pass had
     cost less (EfficientNet-B0 0.87x -> 1.04x ORT), so grouped convolutions keep theirs."""
     return anchor.op in ("MatMul", "Gemm", "Einsum") or (
-        anchor.op == "Conv" and anchor.attr("group", 1) == 1)
+        anchor.op == "Conv" and anchor.attr("group") == 1)
 
 
 def _same_shape(graph: Graph, shape: tuple[Dim, ...]) -> Callable[[Node], bool]:

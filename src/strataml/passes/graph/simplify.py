@@ -10,6 +10,7 @@ import numpy as np
 
 from strataml.ir.dialects.graph import Graph, Node, make_attrs
 from strataml.ir.rewrite import GraphView, Pattern, Rewrite, apply_patterns
+from strataml.ir.types import Dim
 from strataml.ops.reduce import reduced_axes
 from strataml.passes.graph.dce import eliminate_dead
 from strataml.passes.graph.einsum_as_matmul import einsum_as_matmul
@@ -73,10 +74,17 @@ def collapse_transposes(view: GraphView, node: Node) -> Rewrite | None:
                                make_attrs({"perm": combined}), node.name)])
 
 
+def _known(dims: tuple[Dim, ...]) -> tuple[int, ...] | None:
+    """`dims` when none is symbolic, else None: a constant built to their shape (a layer
+    norm's scale and bias) needs them all."""
+    ints = tuple(d for d in dims if isinstance(d, int))
+    return ints if len(ints) == len(dims) else None
+
+
 def _last_axes(view: GraphView, node: Node, x: str) -> tuple[int, ...] | None:
     rank = view.type(x).rank
     axes = reduced_axes(node, rank)
-    if not axes or not node.attr("keepdims", 1) or axes != tuple(range(axes[0], rank)):
+    if not axes or not node.attr("keepdims") or axes != tuple(range(axes[0], rank)):
         return None
     return axes
 
@@ -112,8 +120,10 @@ def recognise_layernorm(view: GraphView, div: Node) -> Rewrite | None:
     if axes is None or axes != _last_axes(view, mean2, mean2.inputs[0]):
         return None
     xt = view.type(x)
+    norm_shape = _known(xt.shape[axes[0]:])
+    if norm_shape is None:
+        return None
     ones = view.fresh("ln_scale")
-    norm_shape = xt.shape[axes[0]:]
     node = Node("LayerNormalization", (x, ones), div.outputs,
                 make_attrs({"axis": axes[0], "epsilon": float(np.asarray(eps).reshape(-1)[0])}),
                 div.name)
@@ -135,8 +145,8 @@ def absorb_affine_into_layernorm(view: GraphView, node: Node) -> Rewrite | None:
         bias = view.const(ln.inputs[2]) if len(ln.inputs) > 2 and ln.inputs[2] else None
         if scale is None or (len(ln.inputs) > 2 and ln.inputs[2] and bias is None):
             continue
-        tail = view.type(v).shape[ln.attr("axis") % view.type(v).rank:]
-        if c.ndim > len(tail) or view.type(node.outputs[0]) != view.type(v):
+        tail = _known(view.type(v).shape[ln.attr("axis") % view.type(v).rank:])
+        if tail is None or c.ndim > len(tail) or view.type(node.outputs[0]) != view.type(v):
             continue
         bias = np.zeros(tail, scale.dtype) if bias is None else bias
         if node.op == "Mul":
@@ -156,7 +166,7 @@ def weights_k_major(view: GraphView, node: Node) -> Rewrite | None:
     """Gemm(A, B, transB=1) with constant B -> Gemm(A, B^T): the weights are transposed once
     at compile time so the kernel reads them contiguously along the output columns."""
     weights = view.const(node.inputs[1])
-    if not node.attr("transB", 0) or weights is None:
+    if not node.attr("transB") or weights is None:
         return None
     name = view.fresh(f"{node.inputs[1]}_t")
     return Rewrite(nodes=[Node("Gemm", (node.inputs[0], name, *node.inputs[2:]), node.outputs,

@@ -18,24 +18,12 @@ from strataml.ir.expr import Expr, Reduce, idx
 from strataml.ops.lowering import LowerContext, TensorRef
 
 LowerRule = Callable[[LowerContext, Node, list["TensorRef | None"]], list[TensorRef]]
-LOWERINGS: dict[str, LowerRule] = {}
-
-
-def lowering(*ops: str) -> Callable[[LowerRule], LowerRule]:
-    def register(rule: LowerRule) -> LowerRule:
-        for op in ops:
-            assert op not in LOWERINGS, f"lowering for {op} registered twice"
-            LOWERINGS[op] = rule
-        return rule
-    return register
 
 
 def load_rules() -> dict[str, LowerRule]:
     """Op name -> lowering rule, for every declared op that has one."""
-    import strataml.passes.lower.ops  # noqa: F401  (registers the rules)
-
     get_op("Add")  # loads the declarations
-    return {**LOWERINGS, **{name: d.lower for name, d in OPS.items() if d.lower is not None}}
+    return {name: d.lower for name, d in OPS.items() if d.lower is not None}
 
 
 # A value read more than once inside a kernel is computed once into a buffer when its
