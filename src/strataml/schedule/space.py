@@ -152,8 +152,9 @@ def schedule_space(kernel: Kernel, threads: int = 1, target: Target | None = Non
     """The space around the default rules' schedule for the prepared `kernel`: for a gemm
     stage its register tile, row block, reduction block, loop order, parallel shares and
     panel keeping; for a loop-nest stage its trace with or without its parallel loop. The
-    default is the default rules' choice for every decision. (The algorithm and layout of a
-    convolution are chosen a level up, when the graph is lowered to kernels.)"""
+    default is the default rules' choice for every decision. (A convolution's algorithm and
+    layout are decided a level up, before its kernel exists: `passes.decisions` lists them
+    as choices of the node and pins them through `CompileOptions.decisions`.)"""
     target = target or host_target()
     default = default_schedule(kernel, threads, target)
     choices: list[Choice] = []

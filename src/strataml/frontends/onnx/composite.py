@@ -9,7 +9,6 @@ already handle well. Registered into `converters.CONVERTERS` on import.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -49,10 +48,9 @@ def convert_attention(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 
     _check_attrs(n, _ATTENTION_ATTRS)
     a = n.attrs
-    q_t, k_t, v_t = (ctx.type(n.inputs[i]) for i in range(3))
-    if not (q_t.is_static and k_t.is_static and v_t.is_static):
-        raise Unsupported("symbolic Q/K/V shapes")
-    dtype = q_t.dtype
+    q_in, k_in, v_in = (ctx.static_shape(n.inputs[i], what)
+                        for i, what in enumerate(("Q", "K", "V")))
+    dtype = ctx.type(n.inputs[0]).dtype
     if dtype not in ("float32", "float16", "float64"):
         raise Unsupported(f"element type {dtype}")
     mask_name, past_k, past_v = _operand(n, 3), _operand(n, 4), _operand(n, 5)
@@ -65,32 +63,33 @@ def convert_attention(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     neg_inf = b.const(-np.inf, dtype)
     zero = b.const(0, dtype)
 
-    rank = q_t.rank
-    batch = q_t.shape[0]
+    rank = len(q_in)
+    batch = q_in[0]
+    q_shape: tuple[int, ...]
     if rank == 3:
         if "q_num_heads" not in a or "kv_num_heads" not in a:
             raise Unsupported("3-D inputs need q_num_heads and kv_num_heads")
         hq, hkv = a["q_num_heads"], a["kv_num_heads"]
 
-        def heads(x: str, t: Any, h: int) -> str:
-            r = b.op("Reshape", x, shape=(t.shape[0], t.shape[1], h, t.shape[2] // h))
+        def heads(x: str, shape: tuple[int, ...], h: int) -> str:
+            r = b.op("Reshape", x, shape=(shape[0], shape[1], h, shape[2] // h))
             return b.op("Transpose", r, perm=(0, 2, 1, 3))
-        q, k, v = heads(n.inputs[0], q_t, hq), heads(n.inputs[1], k_t, hkv), \
-            heads(n.inputs[2], v_t, hkv)
-        q_shape = (batch, hq, q_t.shape[1], q_t.shape[2] // hq)
-        kv_len = k_t.shape[1]
+        q, k, v = heads(n.inputs[0], q_in, hq), heads(n.inputs[1], k_in, hkv), \
+            heads(n.inputs[2], v_in, hkv)
+        q_shape = (batch, hq, q_in[1], q_in[2] // hq)
+        kv_len = k_in[1]
     elif rank == 4:
         q, k, v = n.inputs[:3]
-        q_shape = tuple(q_t.shape)
-        hkv = k_t.shape[1]
-        kv_len = k_t.shape[2]
+        q_shape = q_in
+        hkv = k_in[1]
+        kv_len = k_in[2]
     else:
         raise Unsupported(f"Q of rank {rank}")
     hq, q_len, head = q_shape[1], q_shape[2], q_shape[3]
 
     past_len = 0
     if past_k:
-        past_len = ctx.type(past_k).shape[2]
+        past_len = ctx.static_shape(past_k, "past_key")[2]
         k = b.op("Concat", past_k, k, axis=2, out=_output(n, 1) or None)
         v = b.op("Concat", past_v, v, axis=2, out=_output(n, 2) or None)
     else:
@@ -105,11 +104,12 @@ def convert_attention(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     bool_mask = False
     if mask_name:
         m_t = ctx.type(mask_name)
+        m_shape = ctx.static_shape(mask_name, "attn_mask")
         mask = mask_name
         bool_mask = m_t.dtype == "bool"
-        short = total_kv - m_t.shape[-1]
+        short = total_kv - m_shape[-1]
         if short > 0:
-            fill = np.full((*m_t.shape[:-1], short), False if bool_mask else -np.inf)
+            fill = np.full((*m_shape[:-1], short), False if bool_mask else -np.inf)
             mask = b.op("Concat", mask, b.const(fill, m_t.dtype), axis=-1 % m_t.rank)
         if bool_mask:
             mask = b.op("Where", mask, zero, neg_inf)
@@ -166,8 +166,8 @@ def convert_attention(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
         reps = hq // hkv
         for name in ("k", "v"):
             x = k if name == "k" else v
-            t = k_t if name == "k" else v_t
-            d = t.shape[-1] if rank == 4 else t.shape[-1] // hkv
+            shape = k_in if name == "k" else v_in
+            d = shape[-1] if rank == 4 else shape[-1] // hkv
             x = b.op("Unsqueeze", x, axes=(2,))
             x = b.op("Expand", x, shape=(batch, hkv, reps, total_kv, d))
             x = b.op("Reshape", x, shape=(batch, hq, total_kv, d))
@@ -215,7 +215,7 @@ def convert_attention(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     y = b.op("MatMul", probs, v, out=None if rank == 3 else n.outputs[0])
     if rank == 3:
         y = b.op("Transpose", y, perm=(0, 2, 1, 3))
-        b.op("Reshape", y, out=n.outputs[0], shape=(batch, q_len, hq * (v_t.shape[2] // hkv)))
+        b.op("Reshape", y, out=n.outputs[0], shape=(batch, q_len, hq * (v_in[2] // hkv)))
     return b.nodes
 
 

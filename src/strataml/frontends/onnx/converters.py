@@ -56,6 +56,14 @@ class ConvertContext:
     def type(self, value: str) -> TensorType:
         return self.types[value]
 
+    def static_shape(self, value: str, what: str = "") -> tuple[int, ...]:
+        """`value`'s shape as ints, for a converter that computes with its dims; a symbolic
+        dim makes the node Unsupported (named in the report) rather than a TypeError."""
+        t = self.type(value)
+        if not t.is_static:
+            raise Unsupported(f"{what or value} needs a static shape, got {t}")
+        return t.static_shape()
+
 
 @dataclass
 class OnnxNode:
@@ -184,7 +192,7 @@ def convert_constant(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 # ---------------------------------------------------------------- windows
 
 
-def _resolve_auto_pad(n: OnnxNode, in_shape: tuple[int, ...], kernel: list[int],
+def _resolve_auto_pad(ctx: ConvertContext, n: OnnxNode, kernel: list[int],
                       strides: list[int], dilations: list[int]) -> list[int]:
     nsp = len(kernel)
     auto_pad = n.attrs.get("auto_pad", "NOTSET")
@@ -194,11 +202,10 @@ def _resolve_auto_pad(n: OnnxNode, in_shape: tuple[int, ...], kernel: list[int],
         return [0] * (2 * nsp)
     if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
         raise Unsupported(f"auto_pad={auto_pad}")
+    in_shape = ctx.static_shape(n.inputs[0], f"the input of auto_pad={auto_pad}")
     begin, end = [], []
     for i in range(nsp):
         size = in_shape[2 + i]
-        if not isinstance(size, int):
-            raise Unsupported("auto_pad SAME with a symbolic spatial dim")
         out = -(-size // strides[i])
         total = max(0, (out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - size)
         small, big = total // 2, total - total // 2
@@ -214,7 +221,7 @@ def _window_attrs(ctx: ConvertContext, n: OnnxNode, kernel: list[int]) -> dict[s
         raise Unsupported(f"input must have spatial dims, got {x}")
     strides = list(n.attrs.get("strides", [1] * nsp))
     dilations = list(n.attrs.get("dilations", [1] * nsp))
-    pads = _resolve_auto_pad(n, x.shape, kernel, strides, dilations)
+    pads = _resolve_auto_pad(ctx, n, kernel, strides, dilations)
     return {"kernel_shape": tuple(kernel), "strides": tuple(strides),
             "dilations": tuple(dilations), "pads": tuple(pads)}
 
@@ -280,11 +287,12 @@ def convert_softmax(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     if axis == x.rank - 1:
         return [n.node(axis=axis)]
     # Before opset 13 the input is coerced to 2-D at `axis`.
-    flat = (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
+    shape = ctx.static_shape(n.inputs[0], f"the input {n.op} coerces to 2-D (opset < 13)")
+    flat = (int(np.prod(shape[:axis])), int(np.prod(shape[axis:])))
     a, b = ctx.fresh(n.outputs[0] + "_2d"), ctx.fresh(n.outputs[0] + "_2d_out")
     return [n.node("Reshape", inputs=n.inputs[:1], outputs=(a,), shape=flat),
             n.node(inputs=(a,), outputs=(b,), axis=1),
-            n.node("Reshape", inputs=(b,), outputs=n.outputs, shape=tuple(x.shape))]
+            n.node("Reshape", inputs=(b,), outputs=n.outputs, shape=shape)]
 
 
 # ---------------------------------------------------------------- reductions
@@ -379,13 +387,13 @@ def convert_split(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"axis", "split", "num_outputs"})
     x = ctx.type(n.inputs[0])
     axis = _axis(n, n.attrs.get("axis", 0), x.rank)
-    dim = x.shape[axis]
     if "split" in n.attrs:
         split = list(n.attrs["split"])
     elif len(n.inputs) > 1 and n.inputs[1]:
         split = [int(s) for s in ctx.require_const(n.inputs[1], "split")]
     else:
         parts = n.attrs.get("num_outputs", len(n.outputs))
+        dim = ctx.static_shape(n.inputs[0], "the input of an even Split")[axis]
         size = -(-dim // parts)
         split = [min(size, dim - i * size) for i in range(parts)]
     if len(split) != len(n.outputs):
@@ -405,7 +413,13 @@ def convert_slice(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
             if len(n.inputs) > i and n.inputs[i]:
                 return [int(v) for v in ctx.require_const(n.inputs[i], what).reshape(-1)]
             return None
-        starts, ends = operand(1, "starts"), operand(2, "ends")
+
+        def required(i: int, what: str) -> list[int]:
+            values = operand(i, what)
+            if values is None:
+                raise Unsupported(f"missing {what}")
+            return values
+        starts, ends = required(1, "starts"), required(2, "ends")
         axes = operand(3, "axes") or list(range(len(starts)))
         steps = operand(4, "steps") or [1] * len(starts)
     rank = ctx.type(n.inputs[0]).rank
@@ -639,12 +653,13 @@ def convert_center_crop_pad(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     """Crop (Slice) the axes that shrink and pad (Pad) the ones that grow, both centred."""
     _check_attrs(n, {"axes"})
     x = ctx.type(n.inputs[0])
+    shape = ctx.static_shape(n.inputs[0], "CenterCropPad's input")
     sizes = [int(v) for v in ctx.require_const(n.inputs[1], "shape").reshape(-1)]
     axes = [_axis(n, a, x.rank) for a in n.attrs.get("axes", range(x.rank))]
     starts, ends, crop_axes = [], [], []
     pads = [0] * (2 * x.rank)
     for a, size in zip(axes, sizes, strict=True):
-        dim = x.shape[a]
+        dim = shape[a]
         if size < dim:
             start = (dim - size) // 2
             starts.append(start)
@@ -666,22 +681,24 @@ def convert_center_crop_pad(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 def convert_conv_transpose(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"auto_pad", "dilations", "group", "kernel_shape", "output_padding",
                      "output_shape", "pads", "strides"})
-    x, w = ctx.type(n.inputs[0]), ctx.type(n.inputs[1])
-    nsp = x.rank - 2
-    kernel = list(n.attrs.get("kernel_shape", w.shape[2:]))
+    x_shape = ctx.static_shape(n.inputs[0], "ConvTranspose's input")
+    w = ctx.type(n.inputs[1])
+    w_shape = ctx.static_shape(n.inputs[1], "ConvTranspose's weight")
+    nsp = len(x_shape) - 2
+    kernel = list(n.attrs.get("kernel_shape", w_shape[2:]))
     strides = list(n.attrs.get("strides", [1] * nsp))
     dil = list(n.attrs.get("dilations", [1] * nsp))
     out_pad = list(n.attrs.get("output_padding", [0] * nsp))
     auto_pad = n.attrs.get("auto_pad", "NOTSET")
-    if list(kernel) != list(w.shape[2:]):
+    if list(kernel) != list(w_shape[2:]):
         raise Unsupported(f"kernel_shape {kernel} differs from the weight {w}")
     span = [(kernel[d] - 1) * dil[d] + 1 for d in range(nsp)]
-    full = [strides[d] * (x.shape[2 + d] - 1) + out_pad[d] + span[d] for d in range(nsp)]
+    full = [strides[d] * (x_shape[2 + d] - 1) + out_pad[d] + span[d] for d in range(nsp)]
     if "output_shape" in n.attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         if "output_shape" in n.attrs:
             out = list(n.attrs["output_shape"])[-nsp:]
         else:
-            out = [x.shape[2 + d] * strides[d] for d in range(nsp)]
+            out = [x_shape[2 + d] * strides[d] for d in range(nsp)]
         total = [full[d] - out[d] for d in range(nsp)]
         if auto_pad == "SAME_UPPER":
             begin = [t // 2 for t in total]

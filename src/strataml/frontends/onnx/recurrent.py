@@ -105,7 +105,8 @@ def convert_recurrent(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
             xw = b.op("Add", xw, wb)
         rt = b.op("Transpose", r, perm=(1, 0))
         h = pick(init_h, d) if init_h else zeros
-        c = (pick(init_c, d) if init_c else zeros) if n.op == "LSTM" else None
+        # The cell state is LSTM's alone; RNN and GRU carry zeros that no step reads.
+        c = pick(init_c, d) if init_c and n.op == "LSTM" else zeros
         p = pick(peep, d) if peep else None
         steps = range(seq) if dname == "forward" else range(seq - 1, -1, -1)
         outs: dict[int, str] = {}
@@ -167,7 +168,9 @@ def convert_recurrent(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
                     c_new = b.op("Where", valid[t], c_new, c)
             else:
                 outs[t] = h_new
-            h, c = h_new, c_new
+            h = h_new
+            if c_new is not None:
+                c = c_new
         ys.append([outs[t] for t in range(seq)])
         hs.append(h)
         cs.append(c)
