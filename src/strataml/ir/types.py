@@ -47,10 +47,6 @@ def is_int(dtype: str) -> bool:
     return scalar_dtype(dtype) in INT_DTYPES
 
 
-def to_numpy(dtype: str) -> np.dtype:
-    return np.dtype(dtype)
-
-
 def from_numpy(dtype: np.dtype | type) -> str:
     name = np.dtype(dtype).name
     if name not in DTYPES:

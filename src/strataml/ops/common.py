@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node
 from strataml.ir.expr import Const, Expr, binary, cast, compare, const, select, unary
@@ -32,12 +30,6 @@ def require_same_dtype(node: Node, types: Sequence[TensorType]) -> None:
     dtypes = {t.dtype for t in types}
     if len(dtypes) > 1:
         raise ShapeError(f"{node.where}: inputs have different dtypes {sorted(dtypes)}")
-
-
-def const_ints(node: Node, value: np.ndarray | None, what: str) -> list[int]:
-    if value is None:
-        raise ShapeError(f"{node.where}: {what} must be a constant known at compile time")
-    return [int(v) for v in np.asarray(value).reshape(-1)]
 
 
 def numel(shape: Sequence[Dim]) -> Dim:
