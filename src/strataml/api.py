@@ -59,19 +59,38 @@ class CompiledModel:
 
 
 def compile(model: Any, target: str | Target = "cpu", options: CompileOptions | None = None,
-            **option_fields: Any) -> CompiledModel:
-    """Compile an ONNX model (path, bytes or ModelProto) for `target`: a backend's name
-    (`strataml backends` lists them) or a `Target`."""
-    from strataml.backends import resolve_target
-    from strataml.frontends.onnx import import_model
+            *, example_inputs: Any = None, dynamic_shapes: Any = None,
+            **option_fields: Any) -> Any:
+    """Compile a model for `target`: a backend's name (`strataml backends` lists them) or a
+    `Target`. An ONNX model (path, bytes or ModelProto) gives a CompiledModel (`run(feeds)`);
+    a torch.nn.Module, with `example_inputs` (and optionally torch.export's
+    `dynamic_shapes`), gives a model called like the module (`strataml.torch_compile`)."""
+    from strataml.torch_compile import compile_module, is_torch_module
 
     if options is None:
         options = CompileOptions(**option_fields)
     elif option_fields:
         raise TypeError("pass either options= or individual option keywords, not both")
-    backend, resolved = resolve_target(target)
+    if is_torch_module(model):
+        if example_inputs is None:
+            raise TypeError("compiling a torch.nn.Module needs example_inputs=(tensor, ...)")
+        return compile_module(model, example_inputs, target, options, dynamic_shapes,
+                              compile_graph_for)
+    if example_inputs is not None or dynamic_shapes is not None:
+        raise TypeError("example_inputs and dynamic_shapes are for torch.nn.Module models")
+    from strataml.frontends.onnx import import_model
+
     start = time.perf_counter()
-    graph = import_model(model, options)
+    return compile_graph_for(import_model(model, options), target, options, start)
+
+
+def compile_graph_for(graph: Any, target: str | Target, options: CompileOptions,
+                      start: float | None = None) -> CompiledModel:
+    """A graph-dialect graph (from any frontend) compiled by `target`'s backend."""
+    from strataml.backends import resolve_target
+
+    start = time.perf_counter() if start is None else start
+    backend, resolved = resolve_target(target)
     program = backend.compile(graph, resolved, options)
     device = backend.device()
     info = {"target": resolved.to_json(), "device": device.name,
