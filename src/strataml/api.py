@@ -51,7 +51,7 @@ class CompiledModel:
         return self._executor.profile(feeds, repeats)
 
     def save(self, path: str | Path) -> None:
-        save_artifact(path, self.plan, self.executable, self.weights, {"info": self.info})
+        save_artifact(path, self.plan, self.executable, self.weights, self.info)
 
     def __repr__(self) -> str:
         return (f"CompiledModel(inputs={self.input_names}, outputs={self.output_names}, "

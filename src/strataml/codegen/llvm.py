@@ -54,7 +54,7 @@ from strataml.ir.types import (
     split_vector,
 )
 from strataml.options import Target
-from strataml.runtime.hal import KernelCall
+from strataml.runtime.hal import CONTRACT_SECTION, KernelCall
 
 _INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16,
              "uint32": 32, "uint64": 64}
@@ -67,9 +67,11 @@ _INTRINSIC_UNARY = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt",
 _FLOAT_SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16"}
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 I64 = ir.IntType(64)
+I8 = ir.IntType(8)
 I32 = ir.IntType(32)
 PTR = ir.PointerType(ir.IntType(8))
 NUM_THREADS_GLOBAL = "strataml_num_threads"
+CONTRACT_SYMBOL = "strataml_contract"
 WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64])
 POOL_ENTRY = "strataml_parallel_for"  # runtime/thread_pool.py defines it
 
@@ -627,15 +629,27 @@ def _threads_global(module: ir.Module) -> ir.GlobalVariable:
     return gv
 
 
+def _contract_global(module: ir.Module, digest: bytes) -> None:
+    """The plan's contract digest as a constant in its own section, which the loader reads
+    from the object file without linking it (`runtime.hal.contract_digest`)."""
+    ty = ir.ArrayType(I8, len(digest))
+    gv = ir.GlobalVariable(module, ty, name=CONTRACT_SYMBOL)
+    gv.initializer = ir.Constant(ty, bytearray(digest))
+    gv.global_constant = True
+    gv.section = CONTRACT_SECTION
+
+
 def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
                  entry_name: str = "strataml_entry", flush_denormals: bool = False,
-                 scaled_exp: bool = False) -> ir.Module:
+                 scaled_exp: bool = False, contract: bytes = b"") -> ir.Module:
     """`flush_denormals` (x86 only): every kernel and parallel chunk runs with FTZ and DAZ
     set, and gives the caller's mode back when it returns. `scaled_exp`: the target's ldexp
-    is one instruction (see `vector_math`)."""
+    is one instruction (see `vector_math`). `contract`: the plan's digest, embedded."""
     math = vector_math(flush_denormals, scaled_exp)
     module = ir.Module(name="strataml")
     _threads_global(module)  # always present, so the runtime can set it
+    if contract:
+        _contract_global(module, contract)
     emitted: dict[str, ir.Function] = {}
     for fn in functions:
         emitter = _FunctionEmitter(module, fn, flush_denormals=flush_denormals, math=math)

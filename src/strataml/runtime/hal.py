@@ -6,6 +6,8 @@ artifact with another version is refused at load time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -15,6 +17,8 @@ KERNEL_ABI_VERSION = 3  # 3: parallel loops call strataml's pool, not libgomp
 ALIGNMENT = 64  # bytes; every planned buffer starts on a cache line (and an AVX-512 vector)
 
 REGIONS = ("arena", "weights", "io")
+# The object-file section holding the code's contract digest (see `contract_digest`).
+CONTRACT_SECTION = ".strataml.contract"
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,39 @@ class ExecutionPlan:
 
 @dataclass(frozen=True)
 class Executable:
-    """Compiled code for one device: a format name and its bytes."""
+    """Compiled code for one device: a format name, its bytes and the ISA features the code
+    was built for (a host lacking one would die on an illegal instruction)."""
 
     format: str  # "object" (relocatable object file for the host CPU)
     triple: str
     data: bytes
+    features: tuple[str, ...] = ()
+
+
+def required_features(llvm_features: str) -> tuple[str, ...]:
+    """The features an LLVM feature string ("+avx2,-avx512f,...") enables."""
+    return tuple(sorted({f[1:] for f in llvm_features.split(",") if f.startswith("+")}))
+
+
+def weights_blob(plan: ExecutionPlan, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """The weights region as the code reads it: every weight at its slot's offset."""
+    blob = np.zeros(plan.weights_bytes, dtype=np.uint8)
+    for slot in plan.weights:
+        raw = np.ascontiguousarray(weights[slot.name], dtype=slot.dtype).reshape(-1)
+        blob[slot.offset:slot.offset + slot.nbytes] = raw.view(np.uint8)
+    return blob
+
+
+def contract_digest(plan: ExecutionPlan, triple: str, features: tuple[str, ...],
+                    weights_sha256: str) -> bytes:
+    """SHA-256 of everything the code takes on trust: the plan (arena size, every offset and
+    shape the code was built around), its architecture and features, and the weights. The
+    code generator embeds it in the object (`CONTRACT_SECTION`); the loader recomputes it from
+    an artifact's manifest, so a manifest edited apart from the code is refused."""
+    contract = {"abi_version": KERNEL_ABI_VERSION, "plan": plan.to_json(), "triple": triple,
+                "features": list(features), "weights_sha256": weights_sha256}
+    text = json.dumps(contract, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()
 
 
 class Device(Protocol):
@@ -117,6 +149,15 @@ class Device(Protocol):
     def launch(self, entry: LoadedEntry, arena: int, weights: int, io: int) -> None: ...
 
     def wait(self) -> None: ...
+
+    def refusals(self, executable: Executable) -> list[str]:
+        """Why this device cannot run `executable` (another architecture, missing ISA
+        features); empty when it can."""
+        ...
+
+    def embedded_contract(self, executable: Executable) -> bytes | None:
+        """The contract digest the code generator embedded (None when there is none)."""
+        ...
 
 
 class LoadedEntry(Protocol):

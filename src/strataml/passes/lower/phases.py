@@ -9,6 +9,7 @@ reads is a PassError naming the missing pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +36,15 @@ from strataml.passes.lower.memory_plan import (
 )
 from strataml.passes.lower.prepack import pack_panels, packed_name, prepack_weights
 from strataml.passes.manager import LEVELS, Level, LoweringPass, register_pass
-from strataml.runtime.hal import Executable, ExecutionPlan, KernelCall, TensorSlot
+from strataml.runtime.hal import (
+    Executable,
+    ExecutionPlan,
+    KernelCall,
+    TensorSlot,
+    contract_digest,
+    required_features,
+    weights_blob,
+)
 from strataml.schedule import Schedule
 from strataml.schedule.schedule import TILE_ROW_VECTORS, default_schedule
 from strataml.target import Target
@@ -319,13 +328,16 @@ class EmitLlvm(LoweringPass):
         state.need("a memory plan", "plan-memory", self.name)
         assert state.plan is not None
         target, options = state.target, state.options
+        features = required_features(target.features)
+        weights_sha = hashlib.sha256(weights_blob(state.plan, state.weights).data).hexdigest()
+        contract = contract_digest(state.plan, target.triple, features, weights_sha)
         module = build_module(state.loops, state.calls, state.plan.entry,
                               flush_denormals=options.flush_denormals
                               and target.triple.startswith(("x86_64", "i386", "i686")),
-                              scaled_exp=target.has("avx512f"))
+                              scaled_exp=target.has("avx512f"), contract=contract)
         obj, llvm_ir = compile_module(module, target, options.opt_level)
         return replace(state, llvm_ir=llvm_ir,
-                       executable=Executable("object", target.triple, obj))
+                       executable=Executable("object", target.triple, obj, features))
 
 
 def _prepack_weights(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],

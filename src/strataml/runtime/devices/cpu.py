@@ -12,7 +12,8 @@ import threading
 import llvmlite.binding as llvm
 import numpy as np
 
-from strataml.runtime.hal import Executable, aligned_empty
+from strataml.runtime.hal import CONTRACT_SECTION, Executable, aligned_empty
+from strataml.runtime.object_file import ELF_MACHINES, ElfObject, ObjectFileError
 from strataml.runtime.thread_pool import ensure_thread_pool
 
 _INIT_LOCK = threading.Lock()
@@ -91,6 +92,31 @@ class CpuDevice:
 
     def wait(self) -> None:
         return None
+
+    def refusals(self, executable: Executable) -> list[str]:
+        if executable.format != "object":
+            return [f"the cpu device runs 'object' executables, not {executable.format!r}"]
+        arch, host = executable.triple.split("-")[0], llvm.get_process_triple()
+        if arch != host.split("-")[0]:
+            return [f"the code is for {executable.triple}, this host is {host}"]
+        try:
+            machine = ElfObject(executable.data).machine
+        except ObjectFileError as exc:
+            return [f"the code is not a well-formed object file ({exc})"]
+        if machine != ELF_MACHINES.get(arch, machine):
+            return [f"the object file's machine ({machine}) is not {arch}'s"]
+        have = llvm.get_host_cpu_features()
+        missing = [f for f in executable.features if not have.get(f, False)]
+        if missing:
+            return [f"the code uses CPU features this host lacks: {', '.join(missing)}"]
+        return []
+
+    def embedded_contract(self, executable: Executable) -> bytes | None:
+        """Read by our own bounds-checked parser: LLVM's crashes on malformed objects."""
+        try:
+            return ElfObject(executable.data).section(CONTRACT_SECTION)
+        except ObjectFileError:
+            return None
 
     def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
              ) -> CpuEntry:
