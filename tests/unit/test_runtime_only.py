@@ -1,0 +1,98 @@
+"""A deployed artifact needs only the runtime: in a fresh virtual environment holding
+strataml's sources, numpy and llvmlite (no onnx, no torch, no onnxruntime), an artifact made
+here loads and runs, gives this process's answers, and no compiler module is imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import venv
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import strataml
+
+# The runtime's modules; anything else of strataml's is the compiler.
+RUNTIME_MODULES = ("strataml", "strataml.api", "strataml.config", "strataml.errors",
+                   "strataml.options", "strataml.target", "strataml.runtime")
+
+_CHILD = """
+import json, sys, time
+import numpy as np
+try:
+    import onnx  # noqa: F401
+    sys.exit("onnx is importable: this is not a runtime-only environment")
+except ImportError:
+    pass
+start = time.perf_counter()
+import strataml
+model = strataml.load(sys.argv[1])
+x = np.load(sys.argv[2])
+(y,) = model.run({"x": x})
+np.save(sys.argv[3], y)
+print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("strataml")),
+                  "others": sorted(m for m in ("onnx", "torch", "onnxruntime")
+                                   if m in sys.modules),
+                  "seconds": time.perf_counter() - start}))
+"""
+
+
+def _model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "deploy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 1, 1])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _package_dir(name: str) -> Path:
+    module = __import__(name)
+    return Path(module.__file__).parent
+
+
+def test_artifact_runs_where_only_the_runtime_is_installed(tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    if not python.exists():
+        pytest.skip("venv without a bin/python (not a POSIX layout)")
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; "
+                                "print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    # Only the runtime's dependencies (and their shared libraries) plus strataml's sources.
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for name in ("numpy", "llvmlite"):
+        package = _package_dir(name)
+        (deps / name).symlink_to(package)
+        libs = package.parent / f"{name}.libs"
+        if libs.is_dir():
+            (deps / libs.name).symlink_to(libs)
+    src = Path(strataml.__file__).parent.parent
+    (site / "runtime_only.pth").write_text(f"{deps}\n{src}\n")
+
+    model = strataml.compile(_model())
+    artifact = tmp_path / "m.smod"
+    model.save(artifact)
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    child = subprocess.run([str(python), "-I", "-c", _CHILD, str(artifact),
+                            str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                           capture_output=True, text=True, timeout=120,
+                           env={"PATH": "/usr/bin:/bin", "STRATAML_NUM_THREADS": "1"})
+    assert child.returncode == 0, child.stderr
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert report["others"] == []
+    compiler = [m for m in report["modules"]
+                if m not in RUNTIME_MODULES and not m.startswith("strataml.runtime.")]
+    assert compiler == [], f"the runtime imported compiler modules: {compiler}"
+    (want,) = model.run({"x": x})
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
