@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,22 @@ class CompiledModel:
     def output_names(self) -> list[str]:
         return [s.name for s in self.plan.outputs]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], out: Sequence[np.ndarray] | None = None
+            ) -> list[np.ndarray]:
         """Outputs in graph-output order. Inputs are checked before native code runs and are
-        never modified."""
-        return self._executor.run(feeds)
+        never modified. Safe to call from several threads (calls on one model take turns).
+
+        `out`: one array per output, in graph-output order, that the results are written into
+        and returned (no result is allocated); each must be C-contiguous with the output's
+        dtype and shape and overlap no input, else InputError says which and what it needs."""
+        return self._executor.run(feeds, out)
+
+    def run_async(self, feeds: Mapping[str, np.ndarray],
+                  out: Sequence[np.ndarray] | None = None) -> Future[list[np.ndarray]]:
+        """`run` in the background: a Future whose result is what `run` returns. Feeds and
+        `out` are checked before this returns (InputError raises here, not from the future);
+        they are used in place, so leave them untouched until the future is done."""
+        return self._executor.run_async(feeds, out)
 
     def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
                 ) -> list[tuple[str, float]]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import llvmlite.binding as llvm
 from llvmlite import ir
+from llvmlite.binding import ffi
 
 from strataml.codegen.vector_math import VECTOR_MATH, MathFunction, vector_math
 from strataml.errors import CodegenError
@@ -719,6 +720,19 @@ def compile_module(module: ir.Module, target: Target, opt_level: int = 3) -> tup
     pto.slp_vectorization = opt_level >= 2
     pto.loop_unrolling = True  # the micro-kernels are unrolled by construction
     pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(parsed, pb)
+    mpm = pb.getModulePassManager()
+    try:
+        mpm.run(parsed, pb)
+    finally:
+        _free_pass_manager(mpm)
     return tm.emit_object(parsed), str(parsed)
+
+
+def _free_pass_manager(mpm: llvm.ModulePassManager) -> None:
+    """Free the pipeline's passes (~75 KB of native memory a compile). llvmlite 0.45-0.50
+    never does: ModulePassManager lists ffi.ObjectRef before NewPassManager among its bases,
+    so close() and garbage collection reach ObjectRef's empty _dispose. Detached afterwards,
+    so a llvmlite that fixes this does not free it twice."""
+    ffi.lib.LLVMPY_DisposeNewModulePassManger(mpm)
+    mpm.detach()
 

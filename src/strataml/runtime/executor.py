@@ -1,19 +1,46 @@
 """Runs a static execution plan: check inputs, one native call, return the results.
 
 Inputs are read in place (a copy only when an array is not C-contiguous) and kernel-made
-outputs are written straight into fresh result arrays, through the per-call io table."""
+outputs are written straight into the result arrays (fresh ones, or the caller's `out=`),
+through the per-call io table."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from strataml.config import num_threads_from_env
 from strataml.errors import InputError
 from strataml.runtime.hal import Device, Executable, ExecutionPlan
+
+_POOL_LOCK = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _run_pool() -> ThreadPoolExecutor:
+    """The threads that carry out `run_async` calls, shared by every model: a thread per model
+    would have to be ended with the model, and a call holds a thread only while it runs (or,
+    on a device whose launch is asynchronous, while it waits)."""
+    global _pool
+    with _POOL_LOCK:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(thread_name_prefix="strataml-run")
+        return _pool
+
+
+def _forget_pool() -> None:
+    """A forked child has none of the parent's threads: it starts a pool of its own."""
+    global _POOL_LOCK, _pool
+    _POOL_LOCK, _pool = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 class Executor:
@@ -41,7 +68,9 @@ class Executor:
         # Outputs written by kernels own an io entry; the rest copy an input or a weight.
         self._direct = [s.region == "io" and s.offset >= n_in and s.offset == n_in + k
                         for k, s in enumerate(plan.outputs)]
+        self._copied = [(n_in + k, s) for k, s in enumerate(plan.outputs) if not self._direct[k]]
         self._expect = [(s.name, np.dtype(s.dtype), s.shape) for s in plan.inputs]
+        self._out_expect = [(np.dtype(s.dtype), s.shape) for s in plan.outputs]
         self._table = (ctypes.c_void_p * max(self._io_size, 1))()
         self._table_address = ctypes.addressof(self._table)
         self._bases = (self._arena.ctypes.data, self._weights.ctypes.data)
@@ -84,11 +113,67 @@ class Executor:
                                  f"was compiled for {list(slot.shape)} (recompile with "
                                  "input_shapes to change it)")
 
-    def _arrays(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def check_out(self, out: object, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The caller's result arrays, if each is exactly what the kernels write into:
+        C-contiguous, writeable, the output's dtype and shape (else a copy would be needed,
+        which `out=` promises not to make), overlapping no input and no other result (else
+        bytes would be written while still being read)."""
+        # (a list, not a dict of name -> array: one value may be two outputs of the graph)
+        if not isinstance(out, list | tuple) or len(out) != len(self._out_expect):
+            raise InputError(self._out_problem(out, inputs))
+        for k, arr in enumerate(out):
+            dtype, shape = self._out_expect[k]
+            if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.shape == shape
+                    and arr.flags.c_contiguous and arr.flags.writeable):
+                raise InputError(self._out_problem(out, inputs))
+            for other in (*inputs, *out[:k]):
+                if np.may_share_memory(arr, other):
+                    raise InputError(self._out_problem(out, inputs))
+        return list(out)
+
+    def _out_problem(self, out: object, inputs: Sequence[np.ndarray]) -> str:
+        """What is wrong with `out` (worked out only once check_out has found something)."""
+        slots = self.plan.outputs
+        names = [s.name for s in slots]
+        if not isinstance(out, list | tuple):
+            return (f"out must be a list of numpy arrays, one per output in graph-output order "
+                    f"{names}, got {type(out).__name__}")
+        if len(out) != len(slots):
+            return (f"out has {len(out)} arrays, the model has {len(slots)} outputs {names}: "
+                    "give one array per output, in that order")
+        for k, (slot, arr) in enumerate(zip(slots, out, strict=True)):
+            where = f"out[{k}] (output '{slot.name}')"
+            expect = f"a C-contiguous {slot.dtype} array of shape {list(slot.shape)}"
+            if not isinstance(arr, np.ndarray):
+                return f"{where} must be {expect}, got {type(arr).__name__}"
+            if arr.dtype != np.dtype(slot.dtype) or arr.shape != slot.shape:
+                return (f"{where} is a {arr.dtype} array of shape {list(arr.shape)}, the model "
+                        f"writes {expect}")
+            if not arr.flags.c_contiguous:
+                return (f"{where} is not C-contiguous (strides {arr.strides}), the model writes "
+                        f"{expect} such as np.empty({slot.shape}, '{slot.dtype}')")
+            if not arr.flags.writeable:
+                return f"{where} is read-only"
+            for (name, _, _), x in zip(self._expect, inputs, strict=True):
+                if np.may_share_memory(arr, x):
+                    return (f"{where} shares memory with input '{name}': inputs are read while "
+                            "outputs are written; pass separate arrays")
+            for j in range(k):
+                if np.may_share_memory(arr, out[j]):
+                    return (f"{where} shares memory with out[{j}] (output '{slots[j].name}'); "
+                            "pass separate arrays")
+        return "out is not usable"  # (unreachable: check_out found a problem above)
+
+    def _arrays(self, feeds: Mapping[str, np.ndarray],
+                out: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """The io table's arrays: the inputs, then one result array per output."""
         if not self._fast_check(feeds):
             self.check_inputs(feeds)
         arrays: list[np.ndarray] = [np.ascontiguousarray(feeds[s.name]) for s in self.plan.inputs]
-        arrays += [np.empty(s.shape, s.dtype) for s in self.plan.outputs]
+        if out is None:
+            arrays += [np.empty(s.shape, s.dtype) for s in self.plan.outputs]
+        else:
+            arrays += self.check_out(out, arrays)
         return arrays
 
     def _bind(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], ctypes.Array]:
@@ -121,8 +206,22 @@ class Executor:
         del arrays  # kept alive until the kernels have run
         return [(name, float(np.median(times[name]))) for name, _, _ in steps]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        arrays = self._arrays(feeds)
+    def run(self, feeds: Mapping[str, np.ndarray], out: Sequence[np.ndarray] | None = None
+            ) -> list[np.ndarray]:
+        return self._execute(self._arrays(feeds, out))
+
+    def run_async(self, feeds: Mapping[str, np.ndarray],
+                  out: Sequence[np.ndarray] | None = None) -> Future[list[np.ndarray]]:
+        """`run` on a pool thread. The arrays are checked here, so bad ones raise InputError
+        from this call, not from the future; they are then read and written in place, so they
+        must stay untouched until the future is done. The pool thread goes through the same
+        lock, launch and wait as `run`: on a device whose launch is asynchronous it only waits,
+        and calls on one model still take the arena one at a time (in any order)."""
+        arrays = self._arrays(feeds, out)
+        return _run_pool().submit(self._execute, arrays)
+
+    def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """One call of the plan on the io table's arrays; returns the result arrays."""
         with self._lock:  # one arena and one io table per model: calls are serialised
             table = self._table
             for k, a in enumerate(arrays):
@@ -133,15 +232,12 @@ class Executor:
                 self._device.launch(self._entry, self._bases[0], self._bases[1],
                                     self._table_address)
                 self._device.wait()
-        results = []
-        for k, slot in enumerate(self.plan.outputs):
-            if self._direct[k]:
-                results.append(arrays[slot.offset])
-            elif slot.region == "io":
-                results.append(arrays[slot.offset].copy())
-            else:
-                out = np.empty(slot.shape, slot.dtype)
-                self._device.copy_out(self._arena if slot.region == "arena" else
-                                      self._weights, slot.offset, out)
-                results.append(out)
-        return results
+            # Outputs the kernels did not write (an input, a duplicate, a constant) are copied
+            # into theirs, still under the lock: the next call overwrites the arena.
+            for at, slot in self._copied:
+                if slot.region == "io":  # (a 0-d input is bound as shape (1,))
+                    np.copyto(arrays[at], arrays[slot.offset].reshape(slot.shape))
+                else:
+                    self._device.copy_out(self._arena if slot.region == "arena" else
+                                          self._weights, slot.offset, arrays[at])
+        return arrays[len(self.plan.inputs):]
