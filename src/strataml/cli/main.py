@@ -100,10 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="strataml", description="strataml: an ML compiler from ONNX to native code.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("compile", help="compile an ONNX model to a .smod artifact")
+    p = sub.add_parser("compile", help="compile an ONNX model to a .smod artifact or a C "
+                       "library")
     p.add_argument("model", help="the .onnx model")
     p.add_argument("-o", "--output", default=None, help="the .smod artifact (default: "
-                   "MODEL with a .smod suffix)")
+                   "MODEL with a .smod suffix); with --emit c-lib, a directory (default: "
+                   "MODEL's name)")
+    p.add_argument("--emit", choices=("smod", "c-lib"), default="smod",
+                   help="c-lib: libmodel.so, strataml.h and model.weights, for C programs "
+                   "(docs: examples/c)")
+    p.add_argument("--cc", default=None, metavar="CC",
+                   help="the C compiler for --emit c-lib (default: $CC, else cc)")
     p.add_argument("--dump-ir", default=None, metavar="DIR",
                    help="write every level and the IR after each pass to DIR")
     _add_compile_options(p)
@@ -190,8 +197,18 @@ def _kib(n: int) -> str:
 def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     import strataml
 
-    output = Path(args.output) if args.output else Path(args.model).with_suffix(".smod")
     model = strataml.compile(args.model, _target(args), options=_options(args, args.dump_ir))
+    if args.emit == "c-lib":
+        from strataml.deploy.c_library import emit_c_library
+
+        out_dir = Path(args.output) if args.output else Path(args.model).with_suffix("")
+        try:
+            lib = emit_c_library(model, out_dir, cc=args.cc)
+        except OSError as exc:
+            raise CliError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+        print(f"compiled {args.model} -> {lib.library}, {lib.header}, {lib.weights}", file=out)
+        return 0
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(".smod")
     try:
         model.save(output)
     except OSError as exc:

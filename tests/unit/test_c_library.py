@@ -1,0 +1,150 @@
+"""`strataml compile --emit c-lib`: a C program (examples/c) builds against the library with
+`cc` and runs the model with no Python; its outputs match strataml's Python runtime."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import strataml
+from strataml.cli.main import main
+from strataml.deploy.c_library import API, emit_c_library, weights_checksum
+from strataml.target import NAMED_TARGETS
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c"
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
+                                reason="needs cc and make")
+
+
+def _conv_net() -> onnx.ModelProto:
+    """Big enough for parallel loops (the thread pool linked into the library), with an
+    output that is a copy of an arena buffer and one the kernels write in place."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((10, 16)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["logits"], transB=1),
+             helper.make_node("Softmax", ["logits"], ["probs"])]
+    graph = helper.make_graph(
+        nodes, "cnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 32, 32])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [2, 10]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10])], [w1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The library (through the CLI) and examples/c's program built against it."""
+    work = tmp_path_factory.mktemp("clib")
+    onnx.save(_conv_net(), str(work / "cnet.onnx"))
+    lib_dir = work / "lib"
+    assert main(["compile", str(work / "cnet.onnx"), "--emit", "c-lib", "-o", str(lib_dir),
+                 "--num-threads", "2"]) == 0
+    assert {p.name for p in lib_dir.iterdir()} == {"libmodel.so", "strataml.h",
+                                                  "model.weights"}
+    build = work / "example"
+    shutil.copytree(EXAMPLE, build)
+    done = subprocess.run(["make", "-C", str(build), f"MODEL_DIR={lib_dir}"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return lib_dir, build / "run_model"
+
+
+def _run(program: Path, *args: str, threads: str = "2") -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *args], capture_output=True, text=True, timeout=60,
+                          env={"STRATAML_NUM_THREADS": threads})
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_c_program_matches_python(built: tuple[Path, Path], tmp_path: Path,
+                                  threads: str) -> None:
+    lib_dir, program = built
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    x.tofile(tmp_path / "x.bin")
+    done = _run(program, str(lib_dir / "model.weights"), str(tmp_path / "x.bin"),
+                "-o", str(tmp_path), threads=threads)
+    assert done.returncode == 0, done.stderr
+    assert "input x: float32 [2, 3, 32, 32]" in done.stdout
+    assert "output probs: float32 [2, 10]" in done.stdout
+    want = strataml.compile(_conv_net(), num_threads=int(threads)).run({"x": x})
+    for k, expected in enumerate(want):
+        got = np.fromfile(tmp_path / f"output_{k}.bin", dtype=np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    # An independent reference too: softmax of the logits.
+    logits = want[1]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(np.fromfile(tmp_path / "output_0.bin", np.float32).reshape(2, 10),
+                               e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_weights_are_checked(built: tuple[Path, Path], tmp_path: Path) -> None:
+    lib_dir, program = built
+    weights = (lib_dir / "model.weights").read_bytes()
+    (tmp_path / "short.weights").write_bytes(weights[:-4])
+    done = _run(program, str(tmp_path / "short.weights"))
+    assert done.returncode == 1
+    assert f"holds {len(weights) - 4} bytes, model 'model' takes {len(weights)}" in done.stderr
+    flipped = bytearray(weights)
+    flipped[100] ^= 1
+    (tmp_path / "flipped.weights").write_bytes(bytes(flipped))
+    done = _run(program, str(tmp_path / "flipped.weights"))
+    assert done.returncode == 1
+    assert "checksum differs" in done.stderr
+    done = _run(program, str(tmp_path / "missing.weights"))
+    assert "cannot open weights file" in done.stderr
+
+
+def test_library_exports_only_the_api(built: tuple[Path, Path]) -> None:
+    lib_dir, _ = built
+    if shutil.which("nm") is None:
+        pytest.skip("needs nm")
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(lib_dir / "libmodel.so")],
+                             capture_output=True, text=True, check=True).stdout.split()
+    exported = {s for s in symbols if s.startswith("strataml")}
+    assert exported == set(API)
+    assert "strataml_entry" not in symbols
+    needed = subprocess.run(["readelf", "-d", str(lib_dir / "libmodel.so")],
+                            capture_output=True, text=True).stdout
+    libs = {line.split("[")[1].split("]")[0] for line in needed.splitlines()
+            if "(NEEDED)" in line}
+    assert libs <= {"libc.so.6", "libm.so.6", "libpthread.so.0"}, libs
+
+
+def test_no_memory_errors_under_valgrind(tmp_path: Path) -> None:
+    """Memcheck over create, run and destroy: no invalid access, no leak. Built for AVX2
+    (x86-64-v3): valgrind does not decode AVX-512."""
+    if shutil.which("valgrind") is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs valgrind on x86-64")
+    model = strataml.compile(_conv_net(), target=NAMED_TARGETS["x86-64-v3"])
+    lib = emit_c_library(model, tmp_path / "lib")
+    program = tmp_path / "run_model"
+    subprocess.run(["cc", "-O1", "-std=c11", f"-I{tmp_path / 'lib'}", "-o", str(program),
+                    str(EXAMPLE / "run_model.c"), f"-L{tmp_path / 'lib'}", "-lmodel",
+                    f"-Wl,-rpath,{tmp_path / 'lib'}"], check=True)
+    done = subprocess.run(["valgrind", "--error-exitcode=9", "--leak-check=full",
+                           "--errors-for-leak-kinds=definite,indirect", str(program),
+                           str(lib.weights)],
+                          capture_output=True, text=True, timeout=300,
+                          env={"STRATAML_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ERROR SUMMARY: 0 errors" in done.stderr
+
+
+def test_checksum_matches_the_c_runtime_definition() -> None:
+    """weights_checksum against a plain-Python reading of the C loop."""
+    blob = np.frombuffer(np.random.default_rng(2).bytes(8 * 37 + 5), np.uint8)
+    padded = bytes(blob) + b"\0" * 3
+    want = sum(int.from_bytes(padded[8 * i:8 * i + 8], "little") * (2 * i + 1)
+               for i in range(len(padded) // 8)) % (1 << 64)
+    assert weights_checksum(blob) == want
