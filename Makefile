@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 JOBS ?= 2
 
-.PHONY: demo test test-models lint conformance bench bench-zoo clean
+.PHONY: demo test test-models lint conformance bench bench-zoo clean cross-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ test: $(TEST_STAMP)
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m pytest -q -n $(JOBS) tests
 	$(PY) -m pytest -q examples/sim_npu
+
+# qemu-user and Debian's cross gcc for tests/unit/test_cross_targets.py (root, apt); without
+# them those tests skip. .ci/run calls this before `make test`.
+CROSS_PACKAGES = qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+	gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+cross-tools:
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(CROSS_PACKAGES) >/dev/null || (apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(CROSS_PACKAGES) >/dev/null)
 
 # Every end-to-end model, the slow ones included (compile, ONNX Runtime check, reload).
 test-models: $(TEST_STAMP)

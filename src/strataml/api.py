@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from strataml.errors import StrataError
 from strataml.options import CompileOptions, Target
 from strataml.runtime.artifact import load_artifact, save_artifact
 from strataml.runtime.devices import get_device
@@ -31,7 +32,19 @@ class CompiledModel:
         self.program = program  # the compiler's IR of every level (None after load)
         if device is None:  # (a loaded artifact: the runtime's device it was built for)
             device = get_device(str(self.info.get("device", "cpu")))
-        self._executor = Executor(plan, executable, self.weights, device, num_threads)
+        # Code for another machine (a cross target) is saved or emitted, not run here.
+        self.runs_elsewhere = "; ".join(device.refusals(executable))
+        self._built: Executor | None = None
+        if not self.runs_elsewhere:
+            self._built = Executor(plan, executable, self.weights, device, num_threads)
+
+    @property
+    def _executor(self) -> Executor:
+        if self._built is None:
+            raise StrataError(f"this model cannot run on this machine ({self.runs_elsewhere}): "
+                              "save() it or emit a C library (strataml compile --emit c-lib) "
+                              "and run it where it was built for")
+        return self._built
 
     @property
     def input_names(self) -> list[str]:

@@ -32,6 +32,13 @@ class Target:
     line_bytes: int = 64
     cores: int = 1  # the threads a parallel loop may use by default
 
+    def __post_init__(self) -> None:
+        if self.vector_bits < 64:
+            raise ValueError(f"Target {self.cpu or self.triple}: vector_bits={self.vector_bits}; "
+                             "the schedules tile for at least 2 float lanes (a core without a "
+                             "vector unit: give 128, and LLVM spreads each vector over scalar "
+                             "registers)")
+
     @property
     def vector_lanes_f32(self) -> int:
         return max(1, self.vector_bits // 32)
@@ -119,4 +126,16 @@ NAMED_TARGETS: dict[str, Target] = {
     "x86-64-v3": Target("cpu", "x86_64-unknown-linux-gnu", "haswell",
                         "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,-avx512f", 256, 16,
                         32 << 10, 256 << 10, 8 << 20, 64, 1),
+    # Any ARMv8-A Linux machine: NEON is part of the base ISA.
+    "aarch64-linux-gnu": Target("cpu", "aarch64-unknown-linux-gnu", "generic",
+                                "+neon,+fp-armv8", 128, 32, 64 << 10, 1 << 20, 8 << 20, 64, 1),
+    # RV64GC with the vector extension 1.0 at its minimum length (VLEN >= 128, Zvl128b):
+    # LLVM maps fixed-width vectors onto RVV registers.
+    "riscv64-linux-gnu": Target("cpu", "riscv64-unknown-linux-gnu", "generic-rv64",
+                                "+m,+a,+f,+d,+c,+v", 128, 32, 32 << 10, 1 << 20, 4 << 20, 64,
+                                1),
+    # RV64GC without the vector extension: the rules' 4-lane vectors become 4 scalar
+    # registers each (LLVM scalarises them), which is unrolling.
+    "riscv64gc-linux-gnu": Target("cpu", "riscv64-unknown-linux-gnu", "generic-rv64",
+                                  "+m,+a,+f,+d,+c", 128, 32, 32 << 10, 1 << 20, 4 << 20, 64, 1),
 }

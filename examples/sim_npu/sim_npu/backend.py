@@ -148,6 +148,9 @@ class SimNpuDevice(CpuDevice):
         self.config = config
         self.loaded: dict[str, SimEntry] = {}
 
+    def refusals(self, executable: Executable) -> list[str]:
+        return []  # (the simulator runs what this process built for it)
+
     def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
              ) -> SimEntry:
         payload = pickle.loads(executable.data)

@@ -87,8 +87,11 @@ def get_backend(name: str) -> Backend:
         return _loaded[name]
     _read_entry_points()
     if name not in BACKENDS:
+        from strataml.target import NAMED_TARGETS
+
         raise ValueError(f"unknown target {name!r}; known backends: "
-                         f"{', '.join(known_backends())}")
+                         f"{', '.join(known_backends())}; named machines: "
+                         f"{', '.join(NAMED_TARGETS)}")
     factory = BACKENDS[name]
     if isinstance(factory, str):
         module, attr = factory.split(":")
@@ -103,5 +106,10 @@ def resolve_target(target: str | Target) -> tuple[Backend, Target]:
     target) or a `Target` (built by the backend its `name` says)."""
     if isinstance(target, Target):
         return get_backend(target.name), target
+    from strataml.target import NAMED_TARGETS
+
+    if target in NAMED_TARGETS:  # a machine described as data (cross-compiling to it)
+        named = NAMED_TARGETS[target]
+        return get_backend(named.name), named
     backend = get_backend(target)
     return backend, backend.default_target()

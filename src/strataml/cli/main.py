@@ -89,8 +89,10 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", action="append", type=_parse_dim, default=[],
                    metavar="NAME=VALUE", help="bind symbolic dim NAME (default 1)")
     p.add_argument("--num-threads", type=_positive, default=None, metavar="N")
-    p.add_argument("--target", default="cpu", metavar="BACKEND",
-                   help="the backend to build for (`strataml backends` lists them)")
+    p.add_argument("--target", default="cpu", metavar="TARGET",
+                   help="a backend (`strataml backends` lists them) or a named machine: "
+                   "aarch64-linux-gnu, riscv64-linux-gnu (RVV), riscv64gc-linux-gnu, "
+                   "neoverse-n1, cortex-a76, x86-64-v3")
     p.add_argument("--verify", action="store_true",
                    help="run the IR verifiers between passes and levels")
 
@@ -177,11 +179,12 @@ def _options(args: argparse.Namespace, dump_ir: str | None = None) -> CompileOpt
 
 
 def _target(args: argparse.Namespace) -> str:
-    """--target, checked: an unknown backend is a usage error that lists the known ones."""
-    from strataml.backends import get_backend
+    """--target, checked: an unknown backend or machine is a usage error that lists the
+    known ones."""
+    from strataml.backends import resolve_target
 
     try:
-        get_backend(args.target)
+        resolve_target(args.target)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     return str(args.target)

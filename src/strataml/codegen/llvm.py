@@ -690,8 +690,8 @@ def _set_llvm_options() -> None:
 
 
 def target_machine(target: Target, opt_level: int = 3) -> llvm.TargetMachine:
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
+    llvm.initialize_all_targets()  # (cross targets: aarch64, riscv64, wasm32, ...)
+    llvm.initialize_all_asmprinters()
     _set_llvm_options()
     features = target.features
     if "+avx512f" in features.split(","):
@@ -705,11 +705,31 @@ def target_machine(target: Target, opt_level: int = 3) -> llvm.TargetMachine:
         codemodel="default")
 
 
+def target_abi(triple: str, features: str) -> str | None:
+    """The calling convention's name where a triple leaves it open: RISC-V passes floats in
+    FP registers only under lp64f / lp64d, which the C compiler's code uses (the linker
+    refuses to mix them)."""
+    if triple.startswith("riscv64"):
+        enabled = set(features.split(","))
+        return "lp64d" if "+d" in enabled else "lp64f" if "+f" in enabled else "lp64"
+    return None
+
+
+def with_target_abi(text: str, triple: str, features: str) -> str:
+    """LLVM IR text with the target-abi module flag the RISC-V back end reads."""
+    abi = target_abi(triple, features)
+    if abi is None:
+        return text
+    return (f'{text}\n!llvm.module.flags = !{{!9000}}\n'
+            f'!9000 = !{{i32 1, !"target-abi", !"{abi}"}}\n')
+
+
 def compile_module(module: ir.Module, target: Target, opt_level: int = 3) -> tuple[bytes, str]:
     """Optimise and emit object code. Returns (object bytes, optimised LLVM IR text)."""
     tm = target_machine(target, opt_level)
     try:
-        parsed = llvm.parse_assembly(_loop_metadata(str(module)))
+        parsed = llvm.parse_assembly(with_target_abi(_loop_metadata(str(module)),
+                                                     target.triple, target.features))
         parsed.triple = tm.triple
         parsed.data_layout = str(tm.target_data)
         parsed.verify()

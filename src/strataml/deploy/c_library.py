@@ -20,6 +20,7 @@ from typing import Any
 import llvmlite.binding as llvm
 import numpy as np
 
+from strataml.codegen.llvm import with_target_abi
 from strataml.errors import StrataError
 from strataml.runtime.hal import ExecutionPlan, TensorSlot, weights_blob
 from strataml.runtime.thread_pool import pool_ir
@@ -95,14 +96,26 @@ def plan_source(plan: ExecutionPlan, checksum: int, name: str) -> str:
     return "\n".join(lines)
 
 
-def _pool_object(triple: str) -> bytes:
-    """strataml's thread pool compiled for `triple` (the same IR the Python runtime JITs)."""
+def _pool_object(triple: str, features: tuple[str, ...]) -> bytes:
+    """strataml's thread pool compiled for `triple` with the model's features and ABI (the
+    same IR the Python runtime JITs)."""
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    module = llvm.parse_assembly(pool_ir())
+    flags = ",".join(f"+{f}" for f in features)
+    module = llvm.parse_assembly(with_target_abi(pool_ir(triple), triple, flags))
     module.triple = triple
-    machine = llvm.Target.from_triple(triple).create_target_machine(opt=2, reloc="pic")
+    machine = llvm.Target.from_triple(triple).create_target_machine(
+        features=flags, opt=2, reloc="pic")
     return machine.emit_object(module)
+
+
+def default_compiler(triple: str) -> str:
+    """$CC (else cc) for the host's architecture; Debian's cross gcc name for another
+    (aarch64-linux-gnu-gcc, riscv64-linux-gnu-gcc)."""
+    arch = triple.split("-")[0]
+    if arch == llvm.get_process_triple().split("-")[0]:
+        return os.environ.get("CC", "cc")
+    return f"{arch}-linux-gnu-gcc"
 
 
 def emit_c_library(model: Any, out_dir: str | Path, name: str = "model",
@@ -113,9 +126,10 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "model",
     if executable.format != "object":
         raise CLibraryError(f"a C library needs object code; the {executable.format!r} "
                             "backend's executables are not")
-    compiler = cc or os.environ.get("CC", "cc")
+    compiler = cc or default_compiler(executable.triple)
     if shutil.which(compiler) is None:
-        raise CLibraryError(f"no C compiler {compiler!r} on PATH (set CC or pass --cc)")
+        raise CLibraryError(f"no C compiler {compiler!r} on PATH for {executable.triple} "
+                            "(pass --cc, or set CC for the host)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     blob = weights_blob(plan, model.weights)
@@ -123,7 +137,7 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "model",
     with tempfile.TemporaryDirectory(prefix="strataml-clib-") as tmp:
         work = Path(tmp)
         (work / "kernels.o").write_bytes(executable.data)
-        (work / "pool.o").write_bytes(_pool_object(executable.triple))
+        (work / "pool.o").write_bytes(_pool_object(executable.triple, executable.features))
         (work / "plan.c").write_text(plan_source(plan, weights_checksum(blob), name))
         (work / "exports.map").write_text(
             "{\n  global:\n" + "".join(f"    {s};\n" for s in API) + "  local: *;\n};\n")

@@ -65,18 +65,19 @@ _lock = threading.Lock()
 _engine: llvm.ExecutionEngine | None = None
 
 
-def _platform_bits() -> dict[str, str]:
+def _platform_bits(machine: str, linux: bool) -> dict[str, str]:
     """The few things that differ by machine: the spin-wait hint and the futex call."""
-    machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
         pause, futex_nr = "call void @llvm.x86.sse2.pause()", 202
         pause_decl = "declare void @llvm.x86.sse2.pause()"
     elif machine in ("aarch64", "arm64"):
         pause, futex_nr = "call void @llvm.aarch64.hint(i32 1)", 98
         pause_decl = "declare void @llvm.aarch64.hint(i32)"
+    elif machine == "riscv64":  # the generic syscall table, as aarch64's
+        pause, futex_nr, pause_decl = "", 98, ""
     else:
         pause, futex_nr, pause_decl = "", -1, ""
-    linux = sys.platform.startswith("linux") and futex_nr >= 0
+    linux = linux and futex_nr >= 0
     if linux:
         wait = (f"call i64 (i64, ...) @syscall(i64 {futex_nr}, ptr %addr, i64 128, i64 %v, "
                 "ptr null, ptr null, i64 0)")
@@ -503,10 +504,15 @@ declare i32 @llvm.smin.i32(i32, i32)
 """
 
 
-def pool_ir() -> str:
-    """The pool's LLVM IR for this machine."""
+def pool_ir(triple: str | None = None) -> str:
+    """The pool's LLVM IR for this machine, or for a Linux `triple` (a C library built for
+    another machine)."""
+    if triple is None:
+        bits = _platform_bits(platform.machine().lower(), sys.platform.startswith("linux"))
+    else:
+        bits = _platform_bits(triple.split("-")[0], "linux" in triple)
     text = _POOL_IR
-    for key, value in {**_platform_bits(), "MAX_THREADS": str(MAX_THREADS),
+    for key, value in {**bits, "MAX_THREADS": str(MAX_THREADS),
                        "CHUNKS_PER_PART": str(CHUNKS_PER_PART),
                        "WORKER_SPIN_NS": str(WORKER_SPIN_NS),
                        "BUSY_SPIN_NS": str(BUSY_SPIN_NS), "BUSY_WINDOW_NS": str(BUSY_WINDOW_NS),
