@@ -31,10 +31,11 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n $(JOBS) tests
 	$(PY) -m pytest -q examples/sim_npu
 
-# qemu-user and Debian's cross gcc for tests/unit/test_cross_targets.py (root, apt); without
-# them those tests skip. .ci/run calls this before `make test`.
+# qemu-user and Debian's cross gcc for tests/unit/test_cross_targets.py, lld's wasm-ld for
+# tests/unit/test_wasm.py (root, apt); without them those tests skip. .ci/run calls this
+# before `make test`.
 CROSS_PACKAGES = qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-	gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+	gcc-riscv64-linux-gnu libc6-dev-riscv64-cross lld
 cross-tools:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    $(CROSS_PACKAGES) >/dev/null || (apt-get update -qq && \

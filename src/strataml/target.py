@@ -134,6 +134,10 @@ NAMED_TARGETS: dict[str, Target] = {
     "riscv64-linux-gnu": Target("cpu", "riscv64-unknown-linux-gnu", "generic-rv64",
                                 "+m,+a,+f,+d,+c,+v", 128, 32, 32 << 10, 1 << 20, 4 << 20, 64,
                                 1),
+    # WebAssembly with 128-bit SIMD (every current browser and Node >= 16); one thread.
+    "wasm32": Target("cpu", "wasm32-unknown-unknown", "generic",
+                     "+simd128,+bulk-memory,+nontrapping-fptoint,+sign-ext,+mutable-globals",
+                     128, 16, 32 << 10, 1 << 20, 8 << 20, 64, 1),
     # RV64GC without the vector extension: the rules' 4-lane vectors become 4 scalar
     # registers each (LLVM scalarises them), which is unrolling.
     "riscv64gc-linux-gnu": Target("cpu", "riscv64-unknown-linux-gnu", "generic-rv64",

@@ -92,7 +92,7 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="cpu", metavar="TARGET",
                    help="a backend (`strataml backends` lists them) or a named machine: "
                    "aarch64-linux-gnu, riscv64-linux-gnu (RVV), riscv64gc-linux-gnu, "
-                   "neoverse-n1, cortex-a76, x86-64-v3")
+                   "wasm32, neoverse-n1, cortex-a76, x86-64-v3")
     p.add_argument("--verify", action="store_true",
                    help="run the IR verifiers between passes and levels")
 
@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="the .smod artifact (default: "
                    "MODEL with a .smod suffix); with --emit c-lib, a directory (default: "
                    "MODEL's name)")
-    p.add_argument("--emit", choices=("smod", "c-lib"), default="smod",
+    p.add_argument("--emit", choices=("smod", "c-lib", "wasm"), default="smod",
                    help="c-lib: libmodel.so, strataml.h and model.weights, for C programs "
-                   "(docs: examples/c)")
+                   "(examples/c); wasm (with --target wasm32): model.wasm, model.json, "
+                   "model.weights and the strataml.js loader (examples/wasm)")
     p.add_argument("--cc", default=None, metavar="CC",
                    help="the C compiler for --emit c-lib (default: $CC, else cc)")
     p.add_argument("--dump-ir", default=None, metavar="DIR",
@@ -201,6 +202,19 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     import strataml
 
     model = strataml.compile(args.model, _target(args), options=_options(args, args.dump_ir))
+    if args.emit == "wasm":
+        from strataml.deploy.wasm import emit_wasm
+
+        out_dir = Path(args.output) if args.output else Path(args.model).with_suffix("")
+        if not model.executable.triple.startswith("wasm32"):
+            raise CliError("--emit wasm needs --target wasm32")
+        try:
+            mod = emit_wasm(model, out_dir)
+        except OSError as exc:
+            raise CliError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+        print(f"compiled {args.model} -> {mod.wasm}, {mod.plan}, {mod.weights}, {mod.loader}",
+              file=out)
+        return 0
     if args.emit == "c-lib":
         from strataml.deploy.c_library import emit_c_library
 
