@@ -20,8 +20,7 @@ from strataml.target import NAMED_TARGETS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c"
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
-                                reason="needs cc and make")
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs cc")
 
 
 def _conv_net() -> onnx.ModelProto:
@@ -43,6 +42,21 @@ def _conv_net() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+BUILD_LINE = ("$CC -O2 examples/c/run_model.c -IDIR -LDIR -lstrataml_model -lm -lpthread "
+              "-o run_model")
+
+
+def build_run_model(lib_dir: Path, program: Path, cc: str = "cc") -> None:
+    """examples/c/run_model.c built by the line its README gives (no rpath, no env)."""
+    readme = (EXAMPLE / "README.md").read_text()
+    assert BUILD_LINE in readme
+    line = BUILD_LINE.replace("$CC", cc).replace("DIR", str(lib_dir))
+    line = line.replace("examples/c/run_model.c", str(EXAMPLE / "run_model.c"))
+    line = line.replace("-o run_model", f"-o {program}")
+    done = subprocess.run(line.split(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The library (through the CLI) and examples/c's program built against it."""
@@ -51,14 +65,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     lib_dir = work / "lib"
     assert main(["compile", str(work / "cnet.onnx"), "--emit", "c-lib", "-o", str(lib_dir),
                  "--num-threads", "2"]) == 0
-    assert {p.name for p in lib_dir.iterdir()} == {"libmodel.so", "strataml.h",
-                                                  "model.weights"}
-    build = work / "example"
-    shutil.copytree(EXAMPLE, build)
-    done = subprocess.run(["make", "-C", str(build), f"MODEL_DIR={lib_dir}"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return lib_dir, build / "run_model"
+    assert {p.name for p in lib_dir.iterdir()} == {"libstrataml_model.so", "strataml_model.h",
+                                                  "strataml_model.weights"}
+    build_run_model(lib_dir, work / "run_model")
+    return lib_dir, work / "run_model"
 
 
 def _run(program: Path, *args: str, threads: str = "2") -> subprocess.CompletedProcess:
@@ -71,37 +81,55 @@ def test_c_program_matches_python(built: tuple[Path, Path], tmp_path: Path,
                                   threads: str) -> None:
     lib_dir, program = built
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    x.tofile(tmp_path / "x.bin")
-    done = _run(program, str(lib_dir / "model.weights"), str(tmp_path / "x.bin"),
-                "-o", str(tmp_path), threads=threads)
+    np.save(tmp_path / "x.npy", x)
+    done = _run(program, str(lib_dir), str(tmp_path / "x.npy"), "--out", str(tmp_path),
+                threads=threads)
     assert done.returncode == 0, done.stderr
-    assert "input x: float32 [2, 3, 32, 32]" in done.stdout
-    assert "output probs: float32 [2, 10]" in done.stdout
-    want = strataml.compile(_conv_net(), num_threads=int(threads)).run({"x": x})
-    for k, expected in enumerate(want):
-        got = np.fromfile(tmp_path / f"output_{k}.bin", dtype=np.float32).reshape(2, 10)
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert "input x: float32 (2, 3, 32, 32)" in done.stdout
+    assert "output probs: float32 (2, 10)" in done.stdout
+    probs, logits = strataml.compile(_conv_net(), num_threads=int(threads)).run({"x": x})
+    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), probs, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), logits, rtol=1e-6, atol=1e-7)
     # An independent reference too: softmax of the logits.
-    logits = want[1]
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(np.fromfile(tmp_path / "output_0.bin", np.float32).reshape(2, 10),
+    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"),
                                e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_inputs_are_checked(built: tuple[Path, Path], tmp_path: Path) -> None:
+    lib_dir, program = built
+    np.save(tmp_path / "wrong_shape.npy", np.zeros((2, 3, 32, 31), np.float32))
+    done = _run(program, str(lib_dir), str(tmp_path / "wrong_shape.npy"))
+    assert done.returncode == 1
+    assert "the model takes a C-order float32 array of shape (2, 3, 32, 32)" in done.stderr
+    np.save(tmp_path / "wrong_dtype.npy", np.zeros((2, 3, 32, 32), np.float64))
+    done = _run(program, str(lib_dir), str(tmp_path / "wrong_dtype.npy"))
+    assert done.returncode == 1
+    assert "'<f8'" in done.stderr
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.zeros((2, 3, 32, 32), np.float32)))
+    assert _run(program, str(lib_dir), str(tmp_path / "fortran.npy")).returncode == 1
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    done = _run(program, str(lib_dir), str(tmp_path / "junk.npy"))
+    assert "is not an .npy file" in done.stderr
 
 
 def test_weights_are_checked(built: tuple[Path, Path], tmp_path: Path) -> None:
     lib_dir, program = built
-    weights = (lib_dir / "model.weights").read_bytes()
-    (tmp_path / "short.weights").write_bytes(weights[:-4])
-    done = _run(program, str(tmp_path / "short.weights"))
+    weights = (lib_dir / "strataml_model.weights").read_bytes()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "strataml_model.weights").write_bytes(weights[:-4])
+    done = _run(program, str(bad))
     assert done.returncode == 1
-    assert f"holds {len(weights) - 4} bytes, model 'model' takes {len(weights)}" in done.stderr
+    assert f"holds {len(weights) - 4} bytes, model 'strataml_model' takes {len(weights)}" \
+        in done.stderr
     flipped = bytearray(weights)
     flipped[100] ^= 1
-    (tmp_path / "flipped.weights").write_bytes(bytes(flipped))
-    done = _run(program, str(tmp_path / "flipped.weights"))
+    (bad / "strataml_model.weights").write_bytes(bytes(flipped))
+    done = _run(program, str(bad))
     assert done.returncode == 1
     assert "checksum differs" in done.stderr
-    done = _run(program, str(tmp_path / "missing.weights"))
+    done = _run(program, str(tmp_path / "missing"))
     assert "cannot open weights file" in done.stderr
 
 
@@ -109,12 +137,12 @@ def test_library_exports_only_the_api(built: tuple[Path, Path]) -> None:
     lib_dir, _ = built
     if shutil.which("nm") is None:
         pytest.skip("needs nm")
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(lib_dir / "libmodel.so")],
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(lib_dir / "libstrataml_model.so")],
                              capture_output=True, text=True, check=True).stdout.split()
     exported = {s for s in symbols if s.startswith("strataml")}
     assert exported == set(API)
     assert "strataml_entry" not in symbols
-    needed = subprocess.run(["readelf", "-d", str(lib_dir / "libmodel.so")],
+    needed = subprocess.run(["readelf", "-d", str(lib_dir / "libstrataml_model.so")],
                             capture_output=True, text=True).stdout
     libs = {line.split("[")[1].split("]")[0] for line in needed.splitlines()
             if "(NEEDED)" in line}
@@ -129,12 +157,10 @@ def test_no_memory_errors_under_valgrind(tmp_path: Path) -> None:
     model = strataml.compile(_conv_net(), target=NAMED_TARGETS["x86-64-v3"])
     lib = emit_c_library(model, tmp_path / "lib")
     program = tmp_path / "run_model"
-    subprocess.run(["cc", "-O1", "-std=c11", f"-I{tmp_path / 'lib'}", "-o", str(program),
-                    str(EXAMPLE / "run_model.c"), f"-L{tmp_path / 'lib'}", "-lmodel",
-                    f"-Wl,-rpath,{tmp_path / 'lib'}"], check=True)
+    build_run_model(lib.library.parent, program)
     done = subprocess.run(["valgrind", "--error-exitcode=9", "--leak-check=full",
                            "--errors-for-leak-kinds=definite,indirect", str(program),
-                           str(lib.weights)],
+                           str(lib.library.parent)],
                           capture_output=True, text=True, timeout=300,
                           env={"STRATAML_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

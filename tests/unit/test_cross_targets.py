@@ -18,7 +18,7 @@ import strataml
 from strataml.cli.main import main
 from strataml.errors import ArtifactError, StrataError
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "c"
+from .test_c_library import build_run_model
 
 # target name -> (architecture, qemu's options)
 TARGETS = {
@@ -85,23 +85,18 @@ def test_cross_library_runs_under_emulation(target: str, tmp_path: Path) -> None
     lib = tmp_path / "lib"
     assert main(["compile", str(tmp_path / "block.onnx"), "--target", target, "--emit", "c-lib",
                  "-o", str(lib), "--num-threads", "2"]) == 0
-    build = tmp_path / "example"
-    shutil.copytree(EXAMPLE, build)
-    done = subprocess.run(["make", "-C", str(build), f"MODEL_DIR={lib}", f"CC={cc}"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    build_run_model(lib, tmp_path / "run_model", cc)
     x = np.random.default_rng(1).standard_normal((2, 24, 32)).astype(np.float32)
-    x.tofile(tmp_path / "x.bin")
+    np.save(tmp_path / "x.npy", x)
     done = subprocess.run([qemu, *qemu_options, "-L", f"/usr/{arch}-linux-gnu",
-                           "-E", f"LD_LIBRARY_PATH={lib}", "-E", "STRATAML_NUM_THREADS=2",
-                           str(build / "run_model"), str(lib / "model.weights"),
-                           str(tmp_path / "x.bin"), "-o", str(tmp_path)],
+                           "-E", "STRATAML_NUM_THREADS=2", str(tmp_path / "run_model"),
+                           str(lib), str(tmp_path / "x.npy"), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     host = strataml.compile(_encoder_block()).run({"x": x})
-    for k, want in enumerate(host):
-        got = np.fromfile(tmp_path / f"output_{k}.bin", np.float32).reshape(want.shape)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for name, want in zip(("t", "z"), host, strict=True):
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), want, rtol=1e-4,
+                                   atol=1e-5)
 
 
 def test_schedules_read_the_targets_vector_width() -> None:

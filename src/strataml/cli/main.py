@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "MODEL with a .smod suffix); with --emit c-lib, a directory (default: "
                    "MODEL's name)")
     p.add_argument("--emit", choices=("smod", "c-lib", "wasm"), default="smod",
-                   help="c-lib: libmodel.so, strataml.h and model.weights, for C programs "
+                   help="c-lib: libstrataml_model.so, strataml_model.h and "
+                   "strataml_model.weights, for C programs "
                    "(examples/c); wasm (with --target wasm32): model.wasm, model.json, "
                    "model.weights and the strataml.js loader (examples/wasm)")
     p.add_argument("--cc", default=None, metavar="CC",

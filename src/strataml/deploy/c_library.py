@@ -1,4 +1,5 @@
-"""A compiled model as a C library: a shared object, the C API header and the weights file.
+"""A compiled model as a C library: DIR/libstrataml_model.so, DIR/strataml_model.h (the C
+API) and DIR/strataml_model.weights.
 
 The model's object code and strataml's thread pool (its LLVM IR, built for the model's
 target) are linked with a small C runtime (deploy/c/strataml_runtime.c) and the plan written
@@ -26,7 +27,7 @@ from strataml.runtime.hal import ExecutionPlan, TensorSlot, weights_blob
 from strataml.runtime.thread_pool import pool_ir
 
 SOURCES = Path(__file__).parent / "c"
-HEADER = "strataml.h"
+LIBRARY, HEADER, WEIGHTS = "libstrataml_model.so", "strataml_model.h", "strataml_model.weights"
 REGION_IDS = {"arena": 0, "weights": 1, "io": 2}
 # The C API: everything else in the library (kernels, the pool, the plan) stays local.
 API = ("strataml_create", "strataml_create_from_memory", "strataml_destroy",
@@ -118,10 +119,15 @@ def default_compiler(triple: str) -> str:
     return f"{arch}-linux-gnu-gcc"
 
 
-def emit_c_library(model: Any, out_dir: str | Path, name: str = "model",
+def emit_c_library(model: Any, out_dir: str | Path, name: str = "strataml_model",
                    cc: str | None = None) -> CLibrary:
-    """Write lib{name}.so, strataml.h and {name}.weights into `out_dir` for a compiled model
-    (`strataml.compile(...)`'s result)."""
+    """Write libstrataml_model.so, strataml_model.h and strataml_model.weights into `out_dir`
+    for a compiled model (`strataml.compile(...)`'s result); `name` is the model's name in
+    the library's messages.
+
+    The library's soname is its absolute path, so a program linked against it
+    (`-LDIR -lstrataml_model`, no rpath) finds it where it was written; a library installed
+    elsewhere is relinked (or found through LD_LIBRARY_PATH if built to a relative name)."""
     executable, plan = model.executable, model.plan
     if executable.format != "object":
         raise CLibraryError(f"a C library needs object code; the {executable.format!r} "
@@ -130,10 +136,10 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "model",
     if shutil.which(compiler) is None:
         raise CLibraryError(f"no C compiler {compiler!r} on PATH for {executable.triple} "
                             "(pass --cc, or set CC for the host)")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     blob = weights_blob(plan, model.weights)
-    library = out / f"lib{name}.so"
+    library = out / LIBRARY
     with tempfile.TemporaryDirectory(prefix="strataml-clib-") as tmp:
         work = Path(tmp)
         (work / "kernels.o").write_bytes(executable.data)
@@ -145,6 +151,7 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "model",
                    "-o", str(library), str(SOURCES / "strataml_runtime.c"),
                    str(work / "plan.c"), str(work / "kernels.o"), str(work / "pool.o"),
                    f"-Wl,--version-script={work / 'exports.map'}", "-Wl,--no-undefined",
+                   f"-Wl,-soname,{library}",
                    *(f"-l{lib}" for lib in plan.native_libs), "-lm", "-lpthread"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -152,6 +159,6 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "model",
                                 f"{done.stderr.strip()}")
     header = out / HEADER
     shutil.copyfile(SOURCES / HEADER, header)
-    weights = out / f"{name}.weights"
+    weights = out / WEIGHTS
     weights.write_bytes(blob.tobytes())
     return CLibrary(library, header, weights)

@@ -3,7 +3,7 @@
  * The compiler decided everything at compile time (model_plan.c): this file only allocates
  * the arena and the weights region, checks the weights it is given against the size and
  * checksum the code was built with, fills the io table and calls the entry point. */
-#include "strataml.h"
+#include "strataml_model.h"
 #include "strataml_plan.h"
 
 #include <pthread.h>

@@ -1,15 +1,16 @@
 /* strataml's C API: run one compiled model with no Python.
  *
- * A library made by `strataml compile MODEL --emit c-lib -o DIR` holds the model's code and
- * its plan; its weights come from DIR/model.weights (a file or bytes in memory), checked
- * against the size and checksum the library was built with. Every call that can fail takes
+ * A library made by `strataml compile MODEL --emit c-lib -o DIR` (DIR/libstrataml_model.so)
+ * holds the model's code and its plan; its weights come from DIR/strataml_model.weights (a
+ * file or bytes in memory), checked against the size and checksum the library was built
+ * with. Every call that can fail takes
  * an error buffer (may be NULL) and writes one line saying what went wrong.
  *
  * Thread safety: calls on one model take turns (a model has one scratch arena); distinct
  * models run concurrently. The library depends on libc, libm and pthreads only.
  */
-#ifndef STRATAML_H
-#define STRATAML_H
+#ifndef STRATAML_MODEL_H
+#define STRATAML_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -58,4 +59,4 @@ const char *strataml_version(void);
 #ifdef __cplusplus
 }
 #endif
-#endif /* STRATAML_H */
+#endif /* STRATAML_MODEL_H */
