@@ -76,8 +76,7 @@ def _embedding() -> onnx.ModelProto:
 def _build(model: onnx.ModelProto, work: Path) -> Path:
     onnx.save(model, str(work / "m.onnx"))
     out = work / "wasm"
-    assert main(["compile", str(work / "m.onnx"), "--target", "wasm32", "--emit", "wasm",
-                 "-o", str(out)]) == 0
+    assert main(["compile", str(work / "m.onnx"), "--target", "wasm32", "-o", str(out)]) == 0
     return out
 
 
@@ -102,7 +101,7 @@ def test_wasm_module_matches_host(server: tuple[Path, str], mode: str) -> None:
     work, url = server
     out = _build(_encoder_block(), work)
     assert {p.name for p in out.iterdir()} == {"model.wasm", "model.json", "model.weights",
-                                              "strataml.js"}
+                                              "strataml.js", "run.mjs"}
     x = np.random.default_rng(1).standard_normal((2, 24, 32)).astype(np.float32)
     x.tofile(out / "in_0.bin")
     done = _node(out, mode, f"{url}/wasm")
@@ -110,6 +109,27 @@ def test_wasm_module_matches_host(server: tuple[Path, str], mode: str) -> None:
     for k, want in enumerate(strataml.compile(_encoder_block()).run({"x": x})):
         got = np.fromfile(out / f"out_{k}.bin", np.float32).reshape(want.shape)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_run_mjs_from_npy_to_npy(tmp_path: Path) -> None:
+    """The documented command: node DIR/run.mjs IN1.npy ... --out OUTDIR."""
+    out = _build(_encoder_block(), tmp_path)
+    x = np.random.default_rng(5).standard_normal((2, 24, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    results = tmp_path / "results"
+    results.mkdir()
+    done = subprocess.run(["node", str(out / "run.mjs"), str(tmp_path / "x.npy"), "--out",
+                           str(results)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name, want in zip(("t", "z"), strataml.compile(_encoder_block()).run({"x": x}),
+                          strict=True):
+        np.testing.assert_allclose(np.load(results / f"{name}.npy"), want, rtol=1e-4,
+                                   atol=1e-5)
+    np.save(tmp_path / "bad.npy", np.zeros((2, 24, 31), np.float32))
+    done = subprocess.run(["node", str(out / "run.mjs"), str(tmp_path / "bad.npy")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "input 'x' takes a C-order float32 array of shape (2, 24, 32)" in done.stderr
 
 
 def test_int64_inputs_cross_as_bigint(tmp_path: Path) -> None:
@@ -141,5 +161,6 @@ def test_loader_refuses_bad_weights_and_inputs(tmp_path: Path) -> None:
 def test_emit_wasm_needs_the_wasm_target(tmp_path: Path, capsys: pytest.CaptureFixture
                                          ) -> None:
     onnx.save(_embedding(), str(tmp_path / "m.onnx"))
-    assert main(["compile", str(tmp_path / "m.onnx"), "--emit", "wasm"]) == 2
+    assert main(["compile", str(tmp_path / "m.onnx"), "--emit", "wasm", "-o",
+                 str(tmp_path / "w")]) == 2
     assert "--emit wasm needs --target wasm32" in capsys.readouterr().err

@@ -108,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="the .smod artifact (default: "
                    "MODEL with a .smod suffix); with --emit c-lib, a directory (default: "
                    "MODEL's name)")
-    p.add_argument("--emit", choices=("smod", "c-lib", "wasm"), default="smod",
-                   help="c-lib: libstrataml_model.so, strataml_model.h and "
-                   "strataml_model.weights, for C programs "
-                   "(examples/c); wasm (with --target wasm32): model.wasm, model.json, "
-                   "model.weights and the strataml.js loader (examples/wasm)")
+    p.add_argument("--emit", choices=("smod", "c-lib", "wasm"), default=None,
+                   help="smod (the default): a .smod artifact; c-lib: libstrataml_model.so, "
+                   "strataml_model.h and strataml_model.weights, for C programs "
+                   "(examples/c); wasm (the default for --target wasm32): model.wasm, "
+                   "model.json, model.weights, run.mjs and the strataml.js loader for pages")
     p.add_argument("--cc", default=None, metavar="CC",
                    help="the C compiler for --emit c-lib (default: $CC, else cc)")
     p.add_argument("--dump-ir", default=None, metavar="DIR",
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each output to DIR/NAME.npy")
     p.add_argument("--repeat", type=_positive, default=1, metavar="N",
                    help="run N times and report the median latency")
+    p.add_argument("--profile", default=None, metavar="PATH",
+                   help="then time each kernel call, N times over: write a Chrome / Perfetto "
+                   "trace to PATH and print each kernel's time, share, GFLOP/s and bytes")
     _add_compile_options(p)
 
     p = sub.add_parser("inspect", help="op histogram, unsupported ops and the IR of a level "
@@ -203,6 +206,8 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     import strataml
 
     model = strataml.compile(args.model, _target(args), options=_options(args, args.dump_ir))
+    if args.emit is None:
+        args.emit = "wasm" if model.executable.triple.startswith("wasm32") else "smod"
     if args.emit == "wasm":
         from strataml.deploy.wasm import emit_wasm
 
@@ -213,8 +218,8 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
             mod = emit_wasm(model, out_dir)
         except OSError as exc:
             raise CliError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
-        print(f"compiled {args.model} -> {mod.wasm}, {mod.plan}, {mod.weights}, {mod.loader}",
-              file=out)
+        print(f"compiled {args.model} -> {mod.wasm}, {mod.plan}, {mod.weights}, {mod.loader}; "
+              f"run: node {out_dir / 'run.mjs'} IN1.npy ... --out OUTDIR", file=out)
         return 0
     if args.emit == "c-lib":
         from strataml.deploy.c_library import emit_c_library
@@ -312,7 +317,62 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     ms = np.array(times) * 1e3
     print(f"latency: median {np.median(ms):.3f} ms, min {ms.min():.3f} ms over "
           f"{args.repeat} run(s)", file=out)
+    if args.profile:
+        _profile(args, model, feeds, out)
     return 0
+
+
+def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np.ndarray],
+             out: TextIO) -> None:
+    """`run --profile`: every kernel call timed, one at a time, `--repeat` times over; the
+    calls written as a trace, each kernel's median printed slowest first. FLOPs and bytes come
+    from the kernel IR, which a loaded .smod keeps none of (nor the size of its arena's
+    buffers): there those columns read '-'."""
+    from strataml.config import num_threads_from_env
+    from strataml.perf.peak import measure_bandwidth_gbs, measure_peak_gflops
+    from strataml.perf.roofline import KernelPerf, kernel_seconds, profile_rows
+    from strataml.perf.trace import chrome_trace
+    from strataml.runtime.executor import kernel_medians
+
+    plan = model.plan
+    if not plan.calls:
+        raise CliError(f"{args.model}: the plan lists no kernel calls to time (compile it "
+                       "again with this strataml)")
+    threads = args.num_threads or num_threads_from_env() or plan.num_threads
+    spans = model._executor.timeline(feeds, args.repeat)  # (api.py has no timeline of its own)
+    profile = kernel_medians(spans, plan)
+    rows: list[tuple[str, float, KernelPerf | None]]
+    peak = 0.0
+    if model.program is not None:
+        peak, bandwidth = measure_peak_gflops(threads), measure_bandwidth_gbs(threads)
+        rows = [(r.name, r.seconds, r) for r in profile_rows(model, profile, peak, bandwidth)]
+        machine = f"fp32 peak {peak:.1f} GFLOP/s, memory bandwidth {bandwidth:.1f} GB/s"
+    else:
+        rows = sorted(((name, t, None) for name, t in kernel_seconds(profile).items()),
+                      key=lambda row: -row[1])
+        machine = "FLOPs and bytes '-': a loaded artifact keeps no kernel IR"
+    trace = chrome_trace(
+        spans, len(plan.calls), process_name=f"strataml run {Path(args.model).name}",
+        thread_name=f"kernels, in plan order ({threads} pool thread(s) each)",
+        details={r.name: {"flops": r.flops, "bytes": r.bytes} for _, _, r in rows if r})
+    try:
+        Path(args.profile).write_text(json.dumps(trace) + "\n")
+    except OSError as exc:
+        raise CliError(f"cannot write {args.profile}: {exc.strerror or exc}") from None
+    total = sum(t for _, t, _ in rows)
+    print(f"--- profile: {threads} thread(s), {machine}, median of {args.repeat} run(s) ---",
+          file=out)
+    print(f"{'ms':>9} {'share':>6} {'GFLOP/s':>8} {'%peak':>6} {'MB':>8} {'GB/s':>7} "
+          f"{'roof%':>6} kernel", file=out)
+    for name, t, r in rows:
+        share = f"{100 * t / total if total else 0.0:5.1f}%"
+        work = (f"{'-':>8} {'-':>6} {'-':>8} {'-':>7} {'-':>6}" if r is None else
+                f"{r.gflops:8.2f} {100 * r.gflops / peak:5.1f}% {r.bytes / 1e6:8.3f} "
+                f"{r.gbs:7.2f} {100 * r.roofline_fraction:5.1f}%")
+        print(f"{t * 1e3:9.4f} {share} {work} {name}", file=out)
+    print(f"total {total * 1e3:.4f} ms in {len(rows)} kernel(s), run one at a time", file=out)
+    print(f"trace written to {args.profile} (open it in ui.perfetto.dev or chrome://tracing)",
+          file=out)
 
 
 def _file_name(value: str) -> str:

@@ -1,5 +1,6 @@
-"""A model for WebAssembly: model.wasm, model.json (its plan), model.weights and
-strataml.js, a loader that runs it in a browser page or in Node (`run(inputs) -> outputs`).
+"""A model for WebAssembly: model.wasm, model.json (its plan), model.weights, strataml.js
+(a loader that runs it in a browser page or in Node: `run(inputs) -> outputs`) and run.mjs
+(`node DIR/run.mjs IN1.npy ... --out OUTDIR`).
 
 The model's wasm32 object code (SIMD128) is linked by `wasm-ld` (Debian's lld) with a serial
 `strataml_parallel_for` (WebAssembly here has one thread), exporting the entry point and
@@ -24,6 +25,7 @@ from strataml.errors import StrataError
 from strataml.runtime.hal import ExecutionPlan, TensorSlot, weights_blob
 
 LOADER = Path(__file__).parent / "js" / "strataml.js"
+RUNNER = Path(__file__).parent / "js" / "run.mjs"
 WASM_LD = ("wasm-ld", "wasm-ld-14", "wasm-ld-15", "wasm-ld-16", "wasm-ld-17")
 STACK_BYTES = 1 << 20
 
@@ -71,8 +73,8 @@ def _linker() -> str:
 
 
 def emit_wasm(model: Any, out_dir: str | Path, name: str = "model") -> WasmModule:
-    """Write {name}.wasm, {name}.json, {name}.weights and strataml.js into `out_dir` for a
-    model compiled with `target="wasm32"`."""
+    """Write {name}.wasm, {name}.json, {name}.weights, strataml.js and run.mjs into `out_dir`
+    for a model compiled with `target="wasm32"` (run.mjs loads "model": keep the name)."""
     executable, plan = model.executable, model.plan
     if not executable.triple.startswith("wasm32"):
         raise WasmError(f"the model was compiled for {executable.triple}; compile it with "
@@ -104,4 +106,5 @@ def emit_wasm(model: Any, out_dir: str | Path, name: str = "model") -> WasmModul
     weights.write_bytes(blob.tobytes())
     loader = out / LOADER.name
     shutil.copyfile(LOADER, loader)
+    shutil.copyfile(RUNNER, out / RUNNER.name)
     return WasmModule(wasm, plan_path, weights, loader)
