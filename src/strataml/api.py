@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from strataml.errors import StrataError
+from strataml.errors import InputError, StrataError
 from strataml.options import CompileOptions, Target
 from strataml.runtime.artifact import load_artifact, save_artifact
 from strataml.runtime.devices import get_device
@@ -54,22 +54,39 @@ class CompiledModel:
     def output_names(self) -> list[str]:
         return [s.name for s in self.plan.outputs]
 
-    def run(self, feeds: Mapping[str, np.ndarray], out: Sequence[np.ndarray] | None = None
+    def run(self, feeds: Mapping[str, np.ndarray],
+            out: Mapping[str, np.ndarray] | Sequence[np.ndarray] | None = None
             ) -> list[np.ndarray]:
         """Outputs in graph-output order. Inputs are checked before native code runs and are
         never modified. Safe to call from several threads (calls on one model take turns).
 
-        `out`: one array per output, in graph-output order, that the results are written into
-        and returned (no result is allocated); each must be C-contiguous with the output's
-        dtype and shape and overlap no input, else InputError says which and what it needs."""
-        return self._executor.run(feeds, out)
+        `out`: arrays the results are written into and returned (no result is allocated),
+        as {output name: array} or a list in graph-output order (the list form where one value
+        is two of the graph's outputs); each must be C-contiguous
+        with the output's dtype and shape and overlap no input, else InputError says which
+        and what it needs."""
+        return self._executor.run(feeds, self._out_list(out))
 
     def run_async(self, feeds: Mapping[str, np.ndarray],
-                  out: Sequence[np.ndarray] | None = None) -> Future[list[np.ndarray]]:
+                  out: Mapping[str, np.ndarray] | Sequence[np.ndarray] | None = None
+                  ) -> Future[list[np.ndarray]]:
         """`run` in the background: a Future whose result is what `run` returns. Feeds and
         `out` are checked before this returns (InputError raises here, not from the future);
         they are used in place, so leave them untouched until the future is done."""
-        return self._executor.run_async(feeds, out)
+        return self._executor.run_async(feeds, self._out_list(out))
+
+    def _out_list(self, out: Mapping[str, np.ndarray] | Sequence[np.ndarray] | None
+                  ) -> Sequence[np.ndarray] | None:
+        """`out` by name as the executor's list in graph-output order."""
+        if not isinstance(out, Mapping):
+            return out
+        names = self.output_names
+        missing = [n for n in names if n not in out]
+        extra = sorted(str(k) for k in out if k not in names)
+        if missing or extra:
+            raise InputError(f"out names {sorted(map(str, out))}: missing {missing}, unexpected "
+                             f"{extra}; the model's outputs are {names}")
+        return [out[n] for n in names]
 
     def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
                 ) -> list[tuple[str, float]]:

@@ -179,6 +179,22 @@ def test_out_arrays_are_written_and_returned(rng):
     assert table[3] == out[2].ctypes.data
 
 
+def test_out_by_name(rng):
+    """out={name: array}: the same arrays written as the list form, named per output."""
+    x = rng.standard_normal((16, 32)).astype(np.float32)
+    compiled = strataml.compile(_mlp())
+    names = compiled.output_names
+    out = {n: np.empty(s.shape, s.dtype) for n, s in zip(names, compiled.plan.outputs,
+                                                         strict=True)}
+    results = compiled.run({"x": x}, out=out)
+    assert all(r is out[n] for r, n in zip(results, names, strict=True))
+    for got, want in zip(results, compiled.run({"x": x}), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert compiled.run_async({"x": x}, out=out).result()[0] is out[names[0]]
+    with pytest.raises(InputError, match=r"missing \[.*\], unexpected \['nope'\]"):
+        compiled.run({"x": x}, out={"nope": out[names[0]]})
+
+
 def test_out_allocates_no_result():
     """A 2 MB result: without out= it is allocated per call, with out= nothing is."""
     model = onnx_model([helper.make_node("Relu", ["x"], ["y"])],
@@ -208,6 +224,8 @@ def _bad_out(kind: str, x: np.ndarray) -> object:
     good = [np.empty((2, 3), np.float32) for _ in range(5)]
     if kind == "dict":
         return {"r": good[0]}
+    if kind == "set":
+        return {1, 2}
     if kind == "count":
         return good[:4]
     if kind == "type":
@@ -228,8 +246,10 @@ def _bad_out(kind: str, x: np.ndarray) -> object:
 
 
 @pytest.mark.parametrize(("kind", "message"), [
-    ("dict", r"out must be a list of numpy arrays, one per output in graph-output order "
-             r"\['r', 'x', 's', 'r', 'c'\], got dict"),
+    ("dict", r"out names \['r'\]: missing \['x', 's', 'c'\], unexpected \[\]; the model's "
+             r"outputs are \['r', 'x', 's', 'r', 'c'\]"),
+    ("set", r"out must be a list of numpy arrays, one per output in graph-output order "
+            r"\['r', 'x', 's', 'r', 'c'\], got set"),
     ("count", r"out has 4 arrays, the model has 5 outputs"),
     ("type", r"out\[2\] \(output 's'\) must be a C-contiguous float32 array of shape \[2, 3\], "
              r"got list"),
