@@ -346,11 +346,12 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
     if model.program is not None:
         peak, bandwidth = measure_peak_gflops(threads), measure_bandwidth_gbs(threads)
         rows = [(r.name, r.seconds, r) for r in profile_rows(model, profile, peak, bandwidth)]
-        machine = f"fp32 peak {peak:.1f} GFLOP/s, memory bandwidth {bandwidth:.1f} GB/s"
+        machine = f", fp32 peak {peak:.1f} GFLOP/s, memory bandwidth {bandwidth:.1f} GB/s"
     else:
         rows = sorted(((name, t, None) for name, t in kernel_seconds(profile).items()),
                       key=lambda row: -row[1])
-        machine = "FLOPs and bytes '-': a loaded artifact keeps no kernel IR"
+        machine = (" (FLOPs and bytes need the kernel IR, which a loaded .smod does not "
+                   "keep: profile the .onnx model for them)")
     trace = chrome_trace(
         spans, len(plan.calls), process_name=f"strataml run {Path(args.model).name}",
         thread_name=f"kernels, in plan order ({threads} pool thread(s) each)",
@@ -360,7 +361,7 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
     except OSError as exc:
         raise CliError(f"cannot write {args.profile}: {exc.strerror or exc}") from None
     total = sum(t for _, t, _ in rows)
-    print(f"--- profile: {threads} thread(s), {machine}, median of {args.repeat} run(s) ---",
+    print(f"--- profile: median of {args.repeat} run(s), {threads} thread(s){machine} ---",
           file=out)
     print(f"{'ms':>9} {'share':>6} {'GFLOP/s':>8} {'%peak':>6} {'MB':>8} {'GB/s':>7} "
           f"{'roof%':>6} kernel", file=out)

@@ -127,13 +127,25 @@ def kernel_report(compiled: CompiledModel, feeds: Mapping[str, np.ndarray], repe
     threads = threads or compiled.plan.num_threads
     peak = peak_gflops if peak_gflops is not None else measure_peak_gflops(threads)
     bandwidth = bandwidth_gbs if bandwidth_gbs is not None else measure_bandwidth_gbs(threads)
-    profile = compiled.profile(feeds, repeats)
+    return profile_rows(compiled, compiled.profile(feeds, repeats), peak, bandwidth)
+
+
+def kernel_seconds(profile: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Seconds per kernel, in plan order, from a profile's (kernel, median seconds) per call:
+    a kernel the plan calls several times counts each call."""
     calls = Counter(name for name, _ in profile)
-    seconds = {name: t * calls[name] for name, t in profile}
+    return {name: t * calls[name] for name, t in profile}
+
+
+def profile_rows(compiled: CompiledModel, profile: Sequence[tuple[str, float]],
+                 peak_gflops: float, bandwidth_gbs: float) -> list[KernelPerf]:
+    """The rows of `kernel_report` for a profile already measured (`CompiledModel.profile`'s
+    list), slowest first; `compiled` must keep its kernel IR."""
     kernels = {k.name: k for k in compiled.program.kernels}
     schedules = compiled.program.schedules
-    rows = [kernel_perf(kernels[name], t, strategy_of(schedules.get(name)), peak, bandwidth)
-            for name, t in seconds.items()]
+    rows = [kernel_perf(kernels[name], t, strategy_of(schedules.get(name)), peak_gflops,
+                        bandwidth_gbs)
+            for name, t in kernel_seconds(profile).items()]
     return sorted(rows, key=lambda r: -r.seconds)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -41,6 +42,17 @@ def _forget_pool() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
+
+
+def kernel_medians(spans: Sequence[tuple[str, int, int]], plan: ExecutionPlan
+                   ) -> list[tuple[str, float]]:
+    """(kernel, median seconds of its calls) for each call of `plan`, in plan order, from the
+    spans of `Executor.timeline`."""
+    times: dict[str, list[int]] = {}
+    for name, start, end in spans:
+        times.setdefault(name, []).append(end - start)
+    return [(call.kernel, float(np.median(times.get(call.kernel, []))) / 1e9)
+            for call in plan.calls]
 
 
 class Executor:
@@ -182,11 +194,11 @@ class Executor:
             *(a.__array_interface__["data"][0] for a in arrays))
         return arrays, table
 
-    def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
-                ) -> list[tuple[str, float]]:
-        """Median seconds of each kernel call of the plan, run one at a time in plan order."""
-        import time
-
+    def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
+                 ) -> list[tuple[str, int, int]]:
+        """(kernel, start, end) of every kernel call, in nanoseconds from when timing began:
+        the plan's calls in order, `repeats` times over, one at a time on this thread. Apart
+        from `run`, whose single native entry leaves no seam to time between kernels."""
         arrays, table = self._bind(feeds)
         bases = (self._arena.ctypes.data, self._weights.ctypes.data)
         steps = []
@@ -196,15 +208,22 @@ class Executor:
             args = [table[offset] if region == 2 else bases[region] + offset
                     for region, offset in call.args]
             steps.append((call.kernel, fn, args))
-        times: dict[str, list[float]] = {name: [] for name, _, _ in steps}
+        clock = time.perf_counter_ns
+        spans: list[tuple[str, int, int]] = []
         with self._lock:
+            origin = clock()
             for _ in range(repeats):
                 for name, fn, args in steps:
-                    start = time.perf_counter()
+                    start = clock()
                     fn(*args)
-                    times[name].append(time.perf_counter() - start)
+                    spans.append((name, start - origin, clock() - origin))
         del arrays  # kept alive until the kernels have run
-        return [(name, float(np.median(times[name]))) for name, _, _ in steps]
+        return spans
+
+    def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
+                ) -> list[tuple[str, float]]:
+        """Median seconds of each kernel call of the plan, run one at a time in plan order."""
+        return kernel_medians(self.timeline(feeds, repeats), self.plan)
 
     def run(self, feeds: Mapping[str, np.ndarray], out: Sequence[np.ndarray] | None = None
             ) -> list[np.ndarray]:
