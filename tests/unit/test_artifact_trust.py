@@ -144,11 +144,11 @@ CASES: list[tuple[str, Callable[[Files, bytes], bytes], str]] = [
     ("truncated before the directory", lambda f, d: d[:-22], "container check: not a readable zip"),
     ("bit flip in the code, zip CRC not fixed", lambda f, d: _flip(d, d.find(b"\x7fELF") + 200),
      "container check: not a readable zip"),
-    ("bit flip in the code, repacked", lambda f, d: _pack({**f, "kernels.o":
-                                                           _flip(f["kernels.o"], 300)}),
-     "digest check: part kernels.o"),
+    ("bit flip in the code, repacked", lambda f, d: _pack({**f, "code.bin":
+                                                           _flip(f["code.bin"], 300)}),
+     "digest check: part code.bin"),
     ("bit flip in the ELF header, repacked",
-     lambda f, d: _pack({**f, "kernels.o": _flip(f["kernels.o"], 0x28)}), "digest check"),
+     lambda f, d: _pack({**f, "code.bin": _flip(f["code.bin"], 0x28)}), "digest check"),
     ("bit flip in the weights, repacked",
      lambda f, d: _pack({**f, "weights.bin": _flip(f["weights.bin"], 17)}),
      "digest check: part weights.bin"),
@@ -156,12 +156,12 @@ CASES: list[tuple[str, Callable[[Files, bytes], bytes], str]] = [
                                                               _flip(f["weights.bin"], 5)),
      "contract check"),
     ("code replaced by random bytes, digest updated",
-     lambda f, d: _rehash(f, "kernels.o", np.random.default_rng(0).bytes(4096)),
+     lambda f, d: _rehash(f, "code.bin", np.random.default_rng(0).bytes(4096)),
      "not a well-formed object"),
     ("code truncated, digest updated",
-     lambda f, d: _rehash(f, "kernels.o", f["kernels.o"][:100]), "not a well-formed object"),
+     lambda f, d: _rehash(f, "code.bin", f["code.bin"][:100]), "not a well-formed object"),
     ("code without its contract section, digest updated",
-     lambda f, d: _rehash(f, "kernels.o", f["kernels.o"].replace(b".strataml.contract",
+     lambda f, d: _rehash(f, "code.bin", f["code.bin"].replace(b".strataml.contract",
                                                                  b".strataml.contrakt")),
      "no contract digest"),
     ("format version 0", lambda f, d: _with_manifest(f, _set("format_version", 0)),
@@ -240,8 +240,8 @@ CASES: list[tuple[str, Callable[[Files, bytes], bytes], str]] = [
      "points outside"),
     ("absolute path", lambda f, d: _pack({**f, "/etc/evil": b"x"}), "points outside"),
     ("unexpected entry", lambda f, d: _pack({**f, "extra.bin": b"x"}), "unexpected entry"),
-    ("missing code part", lambda f, d: _pack({k: v for k, v in f.items() if k != "kernels.o"}),
-     "missing part kernels.o"),
+    ("missing code part", lambda f, d: _pack({k: v for k, v in f.items() if k != "code.bin"}),
+     "missing part code.bin"),
     ("missing weights part",
      lambda f, d: _pack({k: v for k, v in f.items() if k != "weights.bin"}),
      "missing part weights.bin"),
@@ -283,7 +283,7 @@ def test_format_is_documented_by_the_manifest(saved: tuple[bytes, list[np.ndarra
     manifest = _manifest(_files(saved[0]))
     assert manifest["format"] == artifact.FORMAT
     assert manifest["format_version"] == artifact.FORMAT_VERSION
-    for name in ("kernels.o", "weights.bin"):
+    for name in ("code.bin", "weights.bin"):
         assert set(manifest["parts"][name]) == {"bytes", "sha256"}
     assert "avx2" in manifest["executable"]["features"] or \
         not host_target().has("avx2")
@@ -322,7 +322,7 @@ def test_save_replaces_atomically(tmp_path: Path) -> None:
 def test_object_parser_survives_fuzzing(saved: tuple[bytes, list[np.ndarray]]) -> None:
     """The bounds-checked ELF reader either reads or refuses: never an IndexError, a struct
     error or a read past the data."""
-    code = _files(saved[0])["kernels.o"]
+    code = _files(saved[0])["code.bin"]
     assert ElfObject(code).section(".strataml.contract") is not None
     rng = np.random.default_rng(0)
     refused = 0

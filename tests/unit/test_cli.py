@@ -79,7 +79,8 @@ def test_compile_dump_ir_writes_every_level(model_path, tmp_path):
     levels = [n.split("-", 2)[1] for n in names]  # NN-LEVEL-after-PASS: pipeline order
     assert levels == sorted(levels, key=["graph", "kernel", "schedule", "loop", "plan",
                                          "llvm"].index)
-    assert names[-1].endswith("-llvm-after-emit-llvm.ll")
+    assert names[-2].endswith("-llvm-after-emit-llvm.ll")
+    assert names[-1].endswith("-llvm-after-link-shared.ll")
     for level in ("kernel", "schedule", "loop", "plan", "llvm"):
         assert any(f"-{level}-after-" in n for n in names)
     assert "kernel @" in dumped(dump, "kernel")

@@ -176,13 +176,13 @@ class SimNpuBackend:
     def compile(self, graph: Graph, target: Target, options: CompileOptions
                 ) -> CompiledProgram:
         # The CPU's pipeline less its channels-last rewrite: the engine takes convs as they are.
-        pipeline = CPU_PIPELINE.replace("channels-last,", "")
+        pipeline = CPU_PIPELINE.replace("channels-last,", "").replace(",link-shared", "")
         program = compile_graph(graph, replace(target, name="cpu"), options, pipeline)
         steps: list[tuple[str, Any]] = []
         for k in range(len(program.kernels)):
             npu = _npu_step(program, k)
             steps.append(("npu", npu) if npu is not None else ("cpu", k))
-        data = pickle.dumps({"object": program.executable.data, "steps": steps,
+        data = pickle.dumps({"object": program.object_code, "steps": steps,
                              "calls": program.plan.calls})
         return replace(program, executable=Executable("sim-npu", target.triple, data))
 

@@ -21,10 +21,9 @@ from typing import Any
 import llvmlite.binding as llvm
 import numpy as np
 
-from strataml.codegen.llvm import with_target_abi
+from strataml.codegen.link import pool_object
 from strataml.errors import StrataError
 from strataml.runtime.hal import ExecutionPlan, TensorSlot, weights_blob
-from strataml.runtime.thread_pool import pool_ir
 
 SOURCES = Path(__file__).parent / "c"
 LIBRARY, HEADER, WEIGHTS = "libstrataml_model.so", "strataml_model.h", "strataml_model.weights"
@@ -97,17 +96,16 @@ def plan_source(plan: ExecutionPlan, checksum: int, name: str) -> str:
     return "\n".join(lines)
 
 
-def _pool_object(triple: str, features: tuple[str, ...]) -> bytes:
-    """strataml's thread pool compiled for `triple` with the model's features and ABI (the
-    same IR the Python runtime JITs)."""
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    flags = ",".join(f"+{f}" for f in features)
-    module = llvm.parse_assembly(with_target_abi(pool_ir(triple), triple, flags))
-    module.triple = triple
-    machine = llvm.Target.from_triple(triple).create_target_machine(
-        features=flags, opt=2, reloc="pic")
-    return machine.emit_object(module)
+def object_code(model: Any) -> bytes:
+    """The model's relocatable object code: kept by the compiler beside the shared library
+    it links for the host (a loaded artifact of that kind has only the library)."""
+    program = getattr(model, "program", None)
+    if program is not None and program.object_code:
+        return bytes(program.object_code)
+    if model.executable.format == "object":
+        return bytes(model.executable.data)
+    raise CLibraryError(f"a C library needs the model's object code; a loaded "
+                        f"{model.executable.format!r} artifact has none: compile the model")
 
 
 def default_compiler(triple: str) -> str:
@@ -129,9 +127,7 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "strataml_model"
     (`-LDIR -lstrataml_model`, no rpath) finds it where it was written; a library installed
     elsewhere is relinked (or found through LD_LIBRARY_PATH if built to a relative name)."""
     executable, plan = model.executable, model.plan
-    if executable.format != "object":
-        raise CLibraryError(f"a C library needs object code; the {executable.format!r} "
-                            "backend's executables are not")
+    code = object_code(model)
     compiler = cc or default_compiler(executable.triple)
     if shutil.which(compiler) is None:
         raise CLibraryError(f"no C compiler {compiler!r} on PATH for {executable.triple} "
@@ -142,8 +138,8 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "strataml_model"
     library = out / LIBRARY
     with tempfile.TemporaryDirectory(prefix="strataml-clib-") as tmp:
         work = Path(tmp)
-        (work / "kernels.o").write_bytes(executable.data)
-        (work / "pool.o").write_bytes(_pool_object(executable.triple, executable.features))
+        (work / "kernels.o").write_bytes(code)
+        (work / "pool.o").write_bytes(pool_object(executable.triple, executable.features))
         (work / "plan.c").write_text(plan_source(plan, weights_checksum(blob), name))
         (work / "exports.map").write_text(
             "{\n  global:\n" + "".join(f"    {s};\n" for s in API) + "  local: *;\n};\n")

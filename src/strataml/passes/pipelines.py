@@ -33,7 +33,7 @@ CPU_GRAPH_PIPELINE = ("infer-shapes,fold-constants,simplify,fold-batchnorm,fold-
                       "conv3d-as-2d,simplify,cse,dce,channels-last,fuse")
 # Below the graph (passes/lower/phases.py), each level built from the one before.
 CPU_LOWERING_PIPELINE = ("lower-to-kernels,prepack-weights,schedule,lower-to-loops,"
-                         "plan-memory,emit-llvm")
+                         "plan-memory,emit-llvm,link-shared")
 CPU_PIPELINE = f"{CPU_GRAPH_PIPELINE},{CPU_LOWERING_PIPELINE}"
 
 
@@ -62,13 +62,14 @@ class CompiledProgram:
     # backend that partitions a model needs to run a kernel its own way)
     nodes: list[Node] = field(default_factory=list)
     bindings: list[dict[str, str]] = field(default_factory=list)
+    object_code: bytes = b""  # the relocatable object the executable was linked from
 
 
 def compile_graph(graph: Graph, target: Target, options: CompileOptions,
                   pipeline: str = CPU_PIPELINE) -> CompiledProgram:
     """A pipeline (the CPU's by default), graph passes and lowering passes alike, through one
     pass manager (`--dump-ir` writes the IR after each of them, numbered in pipeline order).
-    It must end with the lowering passes, down to emit-llvm."""
+    It must end with the lowering passes, down to emit-llvm (link-shared optional)."""
     dump = Path(options.dump_ir_dir) if options.dump_ir_dir else None
     manager = PassManager(parse_pipeline(pipeline), verify=options.verify, dump_dir=dump)
     graph = pin_decisions(graph, options.decisions)
@@ -77,4 +78,7 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     assert state.executable is not None
     return CompiledProgram(state.plan, state.executable, state.weights, state.graph,
                            state.kernels, state.loops, state.llvm_ir, list(manager.timings),
-                           state.schedules, state.nodes, state.bindings)
+                           state.schedules, state.nodes, state.bindings,
+                           state.object_code or (state.executable.data
+                                                 if state.executable.format == "object"
+                                                 else b""))

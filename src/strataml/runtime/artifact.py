@@ -1,5 +1,6 @@
-"""The .smod artifact, format 2 (docs/artifact.md): a zip of three stored parts,
-manifest.json, kernels.o and weights.bin, trusted only after every check passes.
+"""The .smod artifact, format 2 (docs/artifact.md): a zip of stored parts, manifest.json,
+code.bin, weights.bin and (for a shared-object executable) runtime.bin, trusted only after
+every check passes.
 
 An artifact may come from anywhere, so the loader believes nothing it has not checked:
 sizes are bounded before anything is read, every part's SHA-256 is verified, every value of
@@ -40,8 +41,8 @@ from strataml.runtime.hal import (
 
 FORMAT = "strataml-smod"
 FORMAT_VERSION = 2  # 2: stored parts with SHA-256 digests, raw weights, embedded contract
-MANIFEST, CODE, WEIGHTS = "manifest.json", "kernels.o", "weights.bin"
-PARTS = (MANIFEST, CODE, WEIGHTS)
+MANIFEST, CODE, WEIGHTS, RUNTIME = "manifest.json", "code.bin", "weights.bin", "runtime.bin"
+PARTS = (MANIFEST, CODE, WEIGHTS)  # always there; RUNTIME where the executable has one
 MAX_MANIFEST_BYTES = 64 << 20  # a plan of ~100k kernel calls; larger is not a manifest
 MAX_CODE_BYTES = 2 << 30
 MAX_REGION_BYTES = 1 << 40  # (a region must also fit in memory: allocation says so)
@@ -62,14 +63,16 @@ def save_artifact(path: str | Path, plan: ExecutionPlan, executable: Executable,
     """Write the artifact next to `path` and move it into place, so a crash mid-write never
     leaves a truncated artifact under the final name."""
     blob = weights_blob(plan, weights)
-    parts: dict[str, Any] = {CODE: executable.data, WEIGHTS: blob.data}
+    parts: dict[str, Any] = {CODE: bytes(executable.data), WEIGHTS: blob.data}
+    if executable.runtime_lib:
+        parts[RUNTIME] = bytes(executable.runtime_lib)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "abi_version": KERNEL_ABI_VERSION,
         "executable": {"format": executable.format, "triple": executable.triple,
                        "features": list(executable.features)},
-        "parts": {name: {"bytes": len(bytes(data)) if name == CODE else blob.nbytes,
+        "parts": {name: {"bytes": blob.nbytes if name == WEIGHTS else len(data),
                          "sha256": _sha256(data)} for name, data in parts.items()},
         "plan": plan.to_json(),
         "info": info,
@@ -81,7 +84,7 @@ def save_artifact(path: str | Path, plan: ExecutionPlan, executable: Executable,
                 zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
             for name, data in parts.items():
-                zf.writestr(name, bytes(data) if name == CODE else data)
+                zf.writestr(name, data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -107,12 +110,18 @@ def load_artifact(path: str | Path) -> tuple[ExecutionPlan, Executable,
             parts = _get(manifest, "parts", dict, "manifest")
             code = _read_part(zf, entries[CODE], parts, MAX_CODE_BYTES, None)
             blob = _read_part(zf, entries[WEIGHTS], parts, MAX_REGION_BYTES, plan.weights_bytes)
+            runtime = (_read_part(zf, entries[RUNTIME], parts, MAX_CODE_BYTES, None)
+                       if RUNTIME in entries else None)
         features = _get(exe, "features", list, "executable")
         if not all(isinstance(f, str) for f in features):
             raise ArtifactError("manifest check: executable.features must list feature names")
         executable = Executable(_get(exe, "format", str, "executable"),
                                 _get(exe, "triple", str, "executable"),
-                                bytes(code), tuple(features))
+                                bytes(code), tuple(features),
+                                bytes(runtime) if runtime is not None else b"")
+        if (executable.format == "shared-object") != (runtime is not None):
+            raise ArtifactError(f"container check: a {executable.format!r} executable "
+                                f"{'needs' if runtime is None else 'takes no'} part {RUNTIME}")
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
@@ -153,9 +162,10 @@ def _entries(zf: zipfile.ZipFile, archive_bytes: int) -> dict[str, zipfile.ZipIn
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") \
                 or ":" in name:
             raise ArtifactError(f"container check: entry {name!r} points outside the artifact")
-        if name not in PARTS:
+        if name not in (*PARTS, RUNTIME):
             raise ArtifactError(f"container check: unexpected entry {name!r} (a format-"
-                                f"{FORMAT_VERSION} artifact holds {', '.join(PARTS)})")
+                                f"{FORMAT_VERSION} artifact holds {', '.join(PARTS)} and "
+                                f"optionally {RUNTIME})")
         if name in found:
             raise ArtifactError(f"container check: entry {name!r} appears twice")
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:

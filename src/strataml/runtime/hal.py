@@ -93,10 +93,13 @@ class Executable:
     """Compiled code for one device: a format name, its bytes and the ISA features the code
     was built for (a host lacking one would die on an illegal instruction)."""
 
-    format: str  # "object" (relocatable object file for the host CPU)
+    # "shared-object": a shared library the system loader opens (the host CPU's, when a
+    # linker was there at compile time); "object": a relocatable object LLVM's JIT links
+    format: str
     triple: str
     data: bytes
     features: tuple[str, ...] = ()
+    runtime_lib: bytes = b""  # a shared object's runtime library (the thread pool)
 
 
 def required_features(llvm_features: str) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ The protocol (one process-wide pool, `strataml_parallel_for(worker, ctx, extent,
   of a chunk, which the caller must wait for, where a sleeper that a job wakes gets the core
   back at once.
 - Worker k keeps to the (k+1)-th core the process may use; the caller stays free, so the
-  scheduler moves it off a taken core (see `_spread_workers`).
+  scheduler moves it off a taken core (see `spread_workers`).
 - One job at a time: a loop started while another is in flight (a second Python thread running
   another model, or a loop nested in a worker) runs serially on its caller's thread.
 
@@ -43,8 +43,7 @@ import os
 import platform
 import sys
 import threading
-
-import llvmlite.binding as llvm
+from typing import Any
 
 from strataml.config import pin_threads_from_env
 
@@ -62,7 +61,7 @@ PREEMPTED_GAP_NS = 2_000_000
 CALLER_SPIN_NS = 30_000  # the caller polls this long for running chunks, then sleeps
 
 _lock = threading.Lock()
-_engine: llvm.ExecutionEngine | None = None
+_engine: Any = None  # llvmlite's ExecutionEngine (imported only where a JIT is used)
 
 
 def _platform_bits(machine: str, linux: bool) -> dict[str, str]:
@@ -522,7 +521,7 @@ def pool_ir(triple: str | None = None) -> str:
     return text
 
 
-def _spread_workers(setter_address: int) -> None:
+def spread_workers(setter_address: int) -> None:
     """Worker k keeps to the (k+1)-th core this process may use (round robin), the caller
     to none. Left free, a woken worker tends to be queued on its waker's core: where another
     process holds the other core, both threads then share one (a 64x1024 MLP under a
@@ -541,6 +540,8 @@ def _spread_workers(setter_address: int) -> None:
 def ensure_thread_pool() -> int:
     """Compile the pool once per process and make `strataml_parallel_for` visible to the
     object code loaded after it; returns the entry's address."""
+    import llvmlite.binding as llvm
+
     global _engine
     with _lock:
         if _engine is None:
@@ -555,7 +556,7 @@ def ensure_thread_pool() -> int:
                 engine.get_function_address("strataml_pool_forget_workers"))
             if hasattr(os, "register_at_fork"):  # a child forked from Python starts its own
                 os.register_at_fork(after_in_child=forget)
-            _spread_workers(engine.get_function_address("strataml_pool_keep_to_core"))
+            spread_workers(engine.get_function_address("strataml_pool_keep_to_core"))
             llvm.add_symbol(POOL_ENTRY, engine.get_function_address(POOL_ENTRY))
             _engine = engine
         return _engine.get_function_address(POOL_ENTRY)

@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import llvmlite.binding as llvm
 import numpy as np
 
+from strataml.codegen.link import host_linker, model_library, runtime_library
 from strataml.codegen.llvm import build_module, compile_module
 from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, Node
@@ -70,6 +72,7 @@ class CompileState:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     llvm_ir: str = ""
     executable: Executable | None = None
+    object_code: bytes = b""  # emit-llvm's object, kept when link-shared makes a library
     # kernel name -> its prepared form (what schedules and loops see)
     prepared: dict[str, Kernel] = field(default_factory=dict)
     done: frozenset[str] = frozenset()  # the lowering passes that have run
@@ -338,6 +341,33 @@ class EmitLlvm(LoweringPass):
         obj, llvm_ir = compile_module(module, target, options.opt_level)
         return replace(state, llvm_ir=llvm_ir,
                        executable=Executable("object", target.triple, obj, features))
+
+
+@register_pass
+@dataclass(frozen=True)
+class LinkShared(LoweringPass):
+    """The host's object code as a shared library with its runtime library beside it, so
+    a saved model loads with the system's dynamic loader, without LLVM. Code for another
+    machine (a cross target, wasm) and a host without a C compiler keep the object."""
+
+    name = "link-shared"
+    level = "llvm"
+
+    def lower(self, state: CompileState) -> CompileState:
+        state.need("object code", "emit-llvm", self.name)
+        executable = state.executable
+        assert executable is not None
+        assert state.plan is not None
+        cc = host_linker()
+        host_arch = llvm.get_process_triple().split("-")[0]
+        if cc is None or executable.format != "object" or \
+                executable.triple.split("-")[0] != host_arch:
+            return state
+        library = model_library(executable.data, state.plan.native_libs, cc)
+        runtime = runtime_library(executable.triple, executable.features, cc)
+        return replace(state, object_code=executable.data,
+                       executable=replace(executable, format="shared-object", data=library,
+                                          runtime_lib=runtime))
 
 
 def _prepack_weights(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],

@@ -1,41 +1,75 @@
-"""The host CPU device: loads relocatable object code with LLVM's JIT linker.
+"""The host CPU device: opens a model's shared library with the system's dynamic loader, or
+links a relocatable object with LLVM's JIT linker.
 
-Loading links the object file; it never runs LLVM's optimiser or code generator again.
+Neither runs LLVM's optimiser or code generator again. A shared-object executable (what the
+compiler makes where it has a C compiler to link with) needs no llvmlite at all: the runtime
+library it calls (the thread pool) is opened once per process with its symbols global, and
+each model's library beside it. Dropping a model closes its library: by then no thread runs
+its code (a parallel loop returns only when every chunk has).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import itertools
+import os
+import platform
+import tempfile
 import threading
+from pathlib import Path
+from typing import Any
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from strataml.runtime.hal import CONTRACT_SECTION, Executable, aligned_empty
 from strataml.runtime.object_file import ELF_MACHINES, ElfObject, ObjectFileError
-from strataml.runtime.thread_pool import ensure_thread_pool
 
 _INIT_LOCK = threading.Lock()
 _initialised = False
-
-
-def _init_llvm() -> None:
-    global _initialised
-    with _INIT_LOCK:
-        if _initialised:
-            return
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        libm = ctypes.util.find_library("m")
-        if libm:
-            llvm.load_library_permanently(libm)
-        _initialised = True
-
-
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 NUM_THREADS_SYMBOL = "strataml_num_threads"
 _loaded_libs: set[str] = set()
+_runtime_libs: dict[str, ctypes.CDLL] = {}  # by SHA-256: opened once, never closed
+_names = itertools.count()
+ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "x64": "x86_64"}
+# LLVM's names of features whose /proc/cpuinfo flag is spelled otherwise (x86, aarch64).
+_CPUINFO_NAMES = {"sse3": "pni", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "bmi": "bmi1",
+                  "lzcnt": "abm", "avxvnni": "avx_vnni", "fp-armv8": "fp", "neon": "asimd",
+                  "dotprod": "asimddp", "fullfp16": "fphp", "i8mm": "i8mm", "bf16": "bf16"}
+# Without llvmlite, /proc/cpuinfo is asked about the instruction-set extensions code is made
+# of (features it names otherwise, or not at all, such as avx10.1, are not checked there).
+ISA_EXTENSIONS = frozenset({
+    "sse", "sse2", "sse3", "ssse3", "sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "bmi",
+    "bmi2", "lzcnt", "popcnt", "movbe", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+    "avx512cd", "avx512vnni", "avx512bf16", "avx512fp16", "avx512vbmi", "avx512vbmi2",
+    "avx512bitalg", "avx512vpopcntdq", "avx512ifma", "avxvnni", "amx-tile", "amx-int8",
+    "amx-bf16", "neon", "fp-armv8", "dotprod", "sve", "sve2", "i8mm", "bf16", "fullfp16"})
+
+
+def _cpuinfo_spellings(name: str) -> set[str]:
+    spellings = {name, name.replace("-", "_"), _CPUINFO_NAMES.get(name, name)}
+    if name.startswith("avx512"):
+        spellings.add("avx512_" + name[len("avx512"):])
+    return spellings
+
+
+def _llvm() -> Any:
+    """llvmlite's binding, initialised once: only the JIT path and feature detection use
+    it, so a runtime-only install runs shared-object artifacts without it."""
+    import llvmlite.binding as llvm
+
+    global _initialised
+    with _INIT_LOCK:
+        if not _initialised:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            libm = ctypes.util.find_library("m")
+            if libm:
+                llvm.load_library_permanently(libm)
+            _initialised = True
+    return llvm
 
 
 def load_native_lib(name: str) -> None:
@@ -45,14 +79,92 @@ def load_native_lib(name: str) -> None:
     path = ctypes.util.find_library(name)
     if path is None:
         raise RuntimeError(f"the compiled code needs lib{name}, which is not installed here")
-    llvm.load_library_permanently(path)
+    _llvm().load_library_permanently(path)
     _loaded_libs.add(name)
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return ARCH_ALIASES.get(machine, machine)
+
+
+def host_features() -> dict[str, bool]:
+    """The host's ISA features by LLVM's names: from LLVM where llvmlite is installed, else
+    from /proc/cpuinfo's flags (a name cpuinfo has no flag for reads as absent)."""
+    try:
+        import llvmlite.binding as llvm
+    except ImportError:
+        pass
+    else:
+        return dict(llvm.get_host_cpu_features())
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features", "isa"):
+                flags.update(value.split())
+    except OSError:
+        return {}
+    return _CpuinfoFeatures(flags)
+
+
+class _CpuinfoFeatures(dict):
+    """Features as /proc/cpuinfo reports them: an ISA extension it does not list is absent;
+    any other feature cannot be checked there and counts as present."""
+
+    def __init__(self, flags: set[str]) -> None:
+        super().__init__()
+        self.flags = flags
+
+    def get(self, name: str, default: Any = None) -> bool:  # type: ignore[override]
+        return name not in ISA_EXTENSIONS or bool(_cpuinfo_spellings(name) & self.flags)
+
+
+def _open_library(data: bytes, global_symbols: bool) -> ctypes.CDLL:
+    """A shared library from bytes: written to a file of a name never used before in this
+    process (the loader would hand back an older library of the same name), opened, and
+    unlinked (the mapping stays)."""
+    name = f"strataml-{os.getpid()}-{next(_names)}-"
+    fd, path = tempfile.mkstemp(prefix=name, suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        mode = ctypes.RTLD_GLOBAL if global_symbols else ctypes.RTLD_LOCAL
+        return ctypes.CDLL(path, mode=mode)
+    finally:
+        os.unlink(path)
+
+
+def _address(lib: ctypes.CDLL, name: str) -> int:
+    """A symbol's address in `lib` (AttributeError when it has none)."""
+    return int(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0)
+
+
+def _runtime(data: bytes) -> ctypes.CDLL:
+    """The runtime library (the thread pool), opened once per process per build of it."""
+    from strataml.runtime.thread_pool import spread_workers
+
+    key = hashlib.sha256(data).hexdigest()
+    with _INIT_LOCK:
+        lib = _runtime_libs.get(key)
+        if lib is None:
+            lib = _open_library(data, global_symbols=True)
+            forget = ctypes.CFUNCTYPE(None)(_address(lib, "strataml_pool_forget_workers"))
+            if hasattr(os, "register_at_fork"):  # a forked child starts its own workers
+                os.register_at_fork(after_in_child=forget)
+            spread_workers(_address(lib, "strataml_pool_keep_to_core"))
+            _runtime_libs[key] = lib
+            _forgets.append(forget)
+    return lib
+
+
+_forgets: list[Any] = []  # (the fork callbacks' ctypes functions, kept alive)
 
 
 class CpuEntry:
     """A callable entry point; keeps its execution engine alive."""
 
-    def __init__(self, engine: llvm.ExecutionEngine, address: int) -> None:
+    def __init__(self, engine: Any, address: int) -> None:
         self._engine = engine
         self._fn = _ENTRY_TYPE(address)
         threads_at = engine.get_global_value_address(NUM_THREADS_SYMBOL)
@@ -68,6 +180,39 @@ class CpuEntry:
     def set_num_threads(self, n: int) -> None:
         if self._threads is not None:
             self._threads.value = max(1, int(n))
+
+
+class SharedLibraryEntry:
+    """A model's shared library and its entry point; closes the library when dropped."""
+
+    def __init__(self, lib: ctypes.CDLL, entry: str) -> None:
+        self._lib = lib
+        try:
+            self._fn = _ENTRY_TYPE(self.function_address(entry))
+        except AttributeError:
+            raise ValueError(f"entry point {entry!r} not found in the executable") from None
+        try:
+            self._threads: ctypes.c_int32 | None = ctypes.c_int32.in_dll(lib, NUM_THREADS_SYMBOL)
+        except ValueError:
+            self._threads = None
+
+    def __call__(self, arena: int, weights: int, io: int) -> None:
+        self._fn(arena, weights, io)
+
+    def function_address(self, name: str) -> int:
+        return _address(self._lib, name)
+
+    def set_num_threads(self, n: int) -> None:
+        if self._threads is not None:
+            self._threads.value = max(1, int(n))
+
+    def __del__(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is not None:
+            self._fn = self._threads = None  # type: ignore[assignment]
+            import _ctypes
+
+            _ctypes.dlclose(lib._handle)
 
 
 class CpuDevice:
@@ -94,18 +239,23 @@ class CpuDevice:
         return None
 
     def refusals(self, executable: Executable) -> list[str]:
-        if executable.format != "object":
-            return [f"the cpu device runs 'object' executables, not {executable.format!r}"]
-        arch, host = executable.triple.split("-")[0], llvm.get_process_triple()
-        if arch != host.split("-")[0]:
+        if executable.format not in ("object", "shared-object"):
+            return [f"the cpu device runs 'object' and 'shared-object' executables, not "
+                    f"{executable.format!r}"]
+        arch, host = executable.triple.split("-")[0], host_arch()
+        if arch != host:
             return [f"the code is for {executable.triple}, this host is {host}"]
-        try:
-            machine = ElfObject(executable.data).machine
-        except ObjectFileError as exc:
-            return [f"the code is not a well-formed object file ({exc})"]
-        if machine != ELF_MACHINES.get(arch, machine):
-            return [f"the object file's machine ({machine}) is not {arch}'s"]
-        have = llvm.get_host_cpu_features()
+        for what, data in (("code", executable.data), ("runtime library",
+                                                       executable.runtime_lib)):
+            if not data:
+                continue
+            try:
+                machine = ElfObject(data).machine
+            except ObjectFileError as exc:
+                return [f"the {what} is not a well-formed object file ({exc})"]
+            if machine != ELF_MACHINES.get(arch, machine):
+                return [f"the {what}'s machine ({machine}) is not {arch}'s"]
+        have = host_features()
         missing = [f for f in executable.features if not have.get(f, False)]
         if missing:
             return [f"the code uses CPU features this host lacks: {', '.join(missing)}"]
@@ -119,13 +269,21 @@ class CpuDevice:
             return None
 
     def load(self, executable: Executable, entry: str, native_libs: tuple[str, ...] = ()
-             ) -> CpuEntry:
-        _init_llvm()
+             ) -> CpuEntry | SharedLibraryEntry:
+        if executable.format == "shared-object":
+            if not executable.runtime_lib:
+                raise ValueError("a shared-object executable comes with its runtime library")
+            _runtime(executable.runtime_lib)
+            return SharedLibraryEntry(_open_library(executable.data, global_symbols=False),
+                                      entry)
+        if executable.format != "object":
+            raise ValueError(f"the cpu device cannot load {executable.format!r} executables")
+        from strataml.runtime.thread_pool import ensure_thread_pool
+
+        llvm = _llvm()
         ensure_thread_pool()  # parallel loops call into it
         for lib in native_libs:
             load_native_lib(lib)
-        if executable.format != "object":
-            raise ValueError(f"the cpu device cannot load {executable.format!r} executables")
         host = llvm.get_process_triple()
         if executable.triple.split("-")[0] != host.split("-")[0]:
             raise ValueError(f"executable is for {executable.triple}, this host is {host}")
