@@ -55,6 +55,20 @@ def kernel_medians(spans: Sequence[tuple[str, int, int]], plan: ExecutionPlan
             for call in plan.calls]
 
 
+_char_over = ctypes.c_char.from_buffer
+_address_of = ctypes.addressof
+
+
+def data_address(a: np.ndarray) -> int:
+    """The address of an array's first byte. Through ctypes' buffer view where the array
+    allows one (writeable, not empty): ~0.4 us against ~1.1 us for `__array_interface__`,
+    and a tiny model's call binds one per input and output."""
+    try:
+        return _address_of(_char_over(a))  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # (read-only or empty)
+        return int(a.__array_interface__["data"][0])
+
+
 class Executor:
     def __init__(self, plan: ExecutionPlan, executable: Executable,
                  weights: Mapping[str, np.ndarray], device: Device,
@@ -181,9 +195,10 @@ class Executor:
         """The io table's arrays: the inputs, then one result array per output."""
         if not self._fast_check(feeds):
             self.check_inputs(feeds)
-        arrays: list[np.ndarray] = [np.ascontiguousarray(feeds[s.name]) for s in self.plan.inputs]
+        arrays: list[np.ndarray] = [np.ascontiguousarray(feeds[name])
+                                    for name, _, _ in self._expect]
         if out is None:
-            arrays += [np.empty(s.shape, s.dtype) for s in self.plan.outputs]
+            arrays += [np.empty(shape, dtype) for dtype, shape in self._out_expect]
         else:
             arrays += self.check_out(out, arrays)
         return arrays
@@ -191,7 +206,7 @@ class Executor:
     def _bind(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], ctypes.Array]:
         arrays = self._arrays(feeds)
         table = (ctypes.c_void_p * max(self._io_size, 1))(
-            *(a.__array_interface__["data"][0] for a in arrays))
+            *(data_address(a) for a in arrays))
         return arrays, table
 
     def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
@@ -244,7 +259,7 @@ class Executor:
         with self._lock:  # one arena and one io table per model: calls are serialised
             table = self._table
             for k, a in enumerate(arrays):
-                table[k] = a.__array_interface__["data"][0]
+                table[k] = data_address(a)
             if self._device.synchronous:  # (a call less per run: tiny models feel it)
                 self._entry(self._bases[0], self._bases[1], self._table_address)
             else:

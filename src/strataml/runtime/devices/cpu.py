@@ -10,12 +10,14 @@ its code (a parallel loop returns only when every chunk has).
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import ctypes.util
 import hashlib
 import itertools
 import os
 import platform
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -206,13 +208,14 @@ class SharedLibraryEntry:
         if self._threads is not None:
             self._threads.value = max(1, int(n))
 
-    def __del__(self) -> None:
+    def __del__(self, _dlclose: Any = _ctypes.dlclose, _finalizing: Any = sys.is_finalizing
+                ) -> None:
         lib = getattr(self, "_lib", None)
-        if lib is not None:
+        # (at interpreter exit the process unmaps everything itself: nothing to close, and a
+        # daemon thread may still be inside the code)
+        if lib is not None and not _finalizing():
             self._fn = self._threads = None  # type: ignore[assignment]
-            import _ctypes
-
-            _ctypes.dlclose(lib._handle)
+            _dlclose(lib._handle)
 
 
 class CpuDevice:
