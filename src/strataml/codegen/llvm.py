@@ -467,26 +467,47 @@ class _FunctionEmitter:
             test = b.icmp_unsigned(cmp, a, c) if unsigned else b.icmp_signed(cmp, a, c)
             return b.select(test, a, c)
         if op in ("div", "truncdiv", "floordiv", "mod", "fmod"):
-            # Division by zero would trap: a zero divisor divides by one instead.
-            zero = ir.Constant(a.type, 0)
-            safe = b.select(b.icmp_unsigned("==", c, zero), ir.Constant(a.type, 1), c)
-            if unsigned:
-                return b.urem(a, safe) if op in ("mod", "fmod") else b.udiv(a, safe)
-            if op in ("div", "truncdiv"):
-                return b.sdiv(a, safe)
-            if op == "fmod":
-                return b.srem(a, safe)
-            r = b.srem(a, safe)
-            adjust = b.and_(b.icmp_signed("!=", r, zero),
-                            b.xor(b.icmp_signed("<", r, zero), b.icmp_signed("<", safe, zero)))
-            if op == "mod":
-                return b.select(adjust, b.add(r, safe), r)
-            q = b.sdiv(a, safe)
-            return b.select(adjust, b.sub(q, ir.Constant(a.type, 1)), q)
+            return self.integer_divide(op, unsigned, a, c)
         if op == "pow":
             fa, fc = (b.sitofp(v, ir.DoubleType()) for v in (a, c))
             return b.fptosi(self.intrinsic("llvm.pow", "float64", [fa, fc]), a.type)
         raise CodegenError(f"{self.loop_fn.name}: binary {op} on {dtype} is not supported")
+
+    def integer_divide(self, op: str, unsigned: bool, a: ir.Value, c: ir.Value) -> ir.Value:
+        """An integer quotient or remainder that cannot trap.
+
+        x86's div/idiv fault on a zero divisor and idiv also on INT_MIN / -1 (LLVM leaves
+        both undefined), so neither reaches the instruction. A zero divisor divides by one
+        (quotient the dividend, remainder 0; ONNX Runtime raises an error there, which a
+        kernel has no way to do); a signed -1 divisor negates instead, wrapping INT_MIN to
+        INT_MIN as ONNX Runtime's Div does, remainder 0. A constant divisor that is neither
+        needs no guard."""
+        b = self.builder
+        zero, one = ir.Constant(a.type, 0), ir.Constant(a.type, 1)
+        is_minus_one: ir.Value | None = None
+        if isinstance(c, ir.Constant) and isinstance(c.constant, int) and _divides_safely(
+                c.constant, a.type.width, unsigned):
+            safe = c
+        elif unsigned:
+            safe = b.select(b.icmp_unsigned("==", c, zero), one, c)
+        else:
+            is_minus_one = b.icmp_signed("==", c, ir.Constant(a.type, -1))
+            safe = b.select(b.or_(b.icmp_unsigned("==", c, zero), is_minus_one), one, c)
+        if unsigned:
+            return b.urem(a, safe) if op in ("mod", "fmod") else b.udiv(a, safe)
+        if op == "fmod":
+            return b.srem(a, safe)
+        quotient = b.sdiv(a, safe)
+        if is_minus_one is not None:
+            quotient = b.select(is_minus_one, b.neg(a), quotient)
+        if op in ("div", "truncdiv"):
+            return quotient
+        r = b.srem(a, safe)
+        adjust = b.and_(b.icmp_signed("!=", r, zero),
+                        b.xor(b.icmp_signed("<", r, zero), b.icmp_signed("<", safe, zero)))
+        if op == "mod":
+            return b.select(adjust, b.add(r, safe), r)
+        return b.select(adjust, b.sub(quotient, one), quotient)
 
     def cast(self, x: ir.Value, src: str, dst: str) -> ir.Value:
         b = self.builder
@@ -513,6 +534,12 @@ class _FunctionEmitter:
         if t.width > x.type.width:
             return b.zext(x, t) if src in UNSIGNED_DTYPES or src == "bool" else b.sext(x, t)
         return x
+
+
+def _divides_safely(divisor: int, width: int, unsigned: bool) -> bool:
+    """Whether a constant divisor can neither fault nor overflow: not 0, nor a signed -1."""
+    bits = divisor & ((1 << width) - 1)
+    return bits != 0 and (unsigned or bits != (1 << width) - 1)
 
 
 def _shared_scratch(fn: LoopFunction) -> list[Allocate]:

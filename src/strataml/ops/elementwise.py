@@ -128,17 +128,23 @@ def _cast(node: Node, x: np.ndarray) -> np.ndarray:
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if np.issubdtype(a.dtype, np.integer):
-        with np.errstate(divide="ignore"):
-            return np.trunc(np.divide(a, np.where(b == 0, 1, b))).astype(a.dtype)
-    return np.divide(a, b).astype(a.dtype)
+    if not np.issubdtype(a.dtype, np.integer):
+        return np.divide(a, b).astype(a.dtype)
+    # Exact in integers (through float64 a large int64 would round). As the kernels do
+    # (`integer_divide` in codegen): a zero divisor divides by one, where ONNX Runtime
+    # raises, and a -1 divisor negates, INT_MIN wrapping to itself as in ONNX Runtime.
+    minus_one = (b == -1) if np.issubdtype(a.dtype, np.signedinteger) else False
+    safe = np.where((b == 0) | minus_one, 1, b).astype(b.dtype)
+    quotient = (a - np.fmod(a, safe)) // safe
+    return np.where(minus_one, np.negative(a), quotient).astype(a.dtype)
 
 
 def _mod(node: Node, ins: list) -> list[np.ndarray]:
     a, b = ins[0], ins[1]
-    if node.attr("fmod"):
-        return [np.fmod(a, b)]
-    return [np.mod(a, np.where(b == 0, 1, b) if np.issubdtype(a.dtype, np.integer) else b)]
+    if np.issubdtype(a.dtype, np.integer):
+        # A zero divisor leaves remainder 0 (ONNX Runtime raises), INT_MIN % -1 is 0.
+        b = np.where(b == 0, 1, b).astype(b.dtype)
+    return [np.fmod(a, b) if node.attr("fmod") else np.mod(a, b)]
 
 
 def _clip(node: Node, ins: list) -> list[np.ndarray]:
@@ -189,7 +195,11 @@ def _isinf_expr(n: Node, x: Expr) -> Expr:
 
 def _sign_expr(x: Expr) -> Expr:
     zero = c(0, x)
-    return select(compare("gt", x, zero), c(1, x), select(compare("lt", x, zero), c(-1, x), zero))
+    neither: Expr = zero  # -0 gives +0; NaN stays NaN (as in numpy and ONNX Runtime)
+    if is_float(x.dtype):
+        neither = select(compare("ne", x, x), x, zero)
+    return select(compare("gt", x, zero), c(1, x),
+                  select(compare("lt", x, zero), c(-1, x), neither))
 
 
 def _selu_expr(n: Node, x: Expr) -> Expr:

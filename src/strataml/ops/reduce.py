@@ -11,8 +11,8 @@ from collections.abc import Callable
 import numpy as np
 
 from strataml.ir.dialects.graph import Attr, Node, declare_op
-from strataml.ir.expr import Expr, compare, const, idx, select, unary
-from strataml.ir.types import TensorType
+from strataml.ir.expr import Expr, compare, const, idx, reduce_identity, select, unary
+from strataml.ir.types import TensorType, is_float
 from strataml.ops.common import normalize_axis, out_shape
 from strataml.ops.lowering import LowerContext, TensorRef
 
@@ -76,14 +76,19 @@ def _reduce(node: Node, ins: list) -> list[np.ndarray]:
 
 
 def _arg(node: Node, ins: list) -> list[np.ndarray]:
+    """ONNX Runtime's scan (see `lower_arg`): NaN never wins, unless it is the first."""
     x = ins[0]
     (axis,) = reduced_axes(node, x.ndim)
-    fn = np.argmax if node.op == "ArgMax" else np.argmin
+    is_max = node.op == "ArgMax"
+    nan = np.isnan(x) if np.issubdtype(x.dtype, np.floating) else np.zeros(x.shape, bool)
+    filled = np.where(nan, -np.inf if is_max else np.inf, x) if nan.any() else x
+    best = (np.max if is_max else np.min)(filled, axis=axis, keepdims=True)
+    hit = (x == best) & ~nan
     if node.attr("select_last_index"):
-        flipped = np.flip(x, axis=axis)
-        out = x.shape[axis] - 1 - fn(flipped, axis=axis)
+        out = x.shape[axis] - 1 - np.argmax(np.flip(hit, axis=axis), axis=axis)
     else:
-        out = fn(x, axis=axis)
+        out = np.argmax(hit, axis=axis)
+    out = np.where(np.take(nan, 0, axis=axis), 0, out)
     if node.attr("keepdims"):
         out = np.expand_dims(out, axis)
     return [np.asarray(out, dtype=np.int64)]
@@ -171,26 +176,42 @@ def lower_logsumexp(ctx: LowerContext, node: Node, inputs: list[TensorRef | None
 
 
 def lower_arg(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]) -> list[TensorRef]:
+    """The index ONNX Runtime's scan finds: it keeps the first element and moves on to a
+    later one that compares greater (ArgMax; less for ArgMin; or equal as well with
+    select_last_index), so a NaN never wins, unless it is the first element, which then
+    nothing beats. Two passes do the same, both vectorisable: the extreme with NaN read as
+    the identity, then the first (or last) index holding it, 0 if the first is NaN."""
     assert inputs[0] is not None
     x = ctx.materialize(inputs[0], "x")
     (axis,) = reduced_axes(node, x.rank)
     keep = bool(node.attr("keepdims"))
     shape = out_shape(ctx, node)
     combiner = "max" if node.op == "ArgMax" else "min"
+    floating = is_float(x.dtype)
+    identity = reduce_identity(combiner, x.dtype)
+
+    def skip_nan(v: Expr) -> Expr:
+        return select(compare("ne", v, v), identity, v) if floating else v
+
     best = ctx.materialize(
-        _reduce_ref(ctx, x, node, combiner, lambda v: v, (axis,), keep, shape), "best")
+        _reduce_ref(ctx, x, node, combiner, skip_nan, (axis,), keep, shape), "best")
     n = x.shape[axis]
     last = bool(node.attr("select_last_index"))
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
         target = best.fn(ix)
 
-        def body(r: Expr) -> Expr:
-            hit = compare("eq", x(*_in_index(ix, (r,), x.rank, (axis,), keep)), target)
-            return select(hit, r, idx(-1 if last else n))
+        def at(r: Expr) -> Expr:
+            return x(*_in_index(ix, (r,), x.rank, (axis,), keep))
 
-        return ctx.reduce("max" if last else "min", (n,), body,
-                          init=idx(-1 if last else n))
+        def body(r: Expr) -> Expr:
+            return select(compare("eq", at(r), target), r, idx(-1 if last else n))
+
+        found = ctx.reduce("max" if last else "min", (n,), body, init=idx(-1 if last else n))
+        if not floating or n == 0:
+            return found
+        first = at(idx(0))
+        return select(compare("ne", first, first), idx(0), found)
 
     return [TensorRef("int64", shape, fn)]
 
