@@ -1,0 +1,56 @@
+"""ResNet-18 and the benchmark BERT encoder (6 layers, hidden 384, 12 heads, sequence 128)
+compiled for aarch64 (NEON) and riscv64 (RVV), run as C libraries under qemu-user through
+examples/c/run_model.c, match the host build within rtol 1e-3 / atol 1e-4. Needs
+`make cross-tools` (they skip without it); ~2 minutes, most of it RVV emulation."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import strataml
+from strataml.deploy.c_library import emit_c_library
+from tests.models.architectures import bert_encoder_bench, bert_inputs, image_inputs, resnet18
+from tests.unit.test_c_library import build_run_model
+
+TARGETS = {"aarch64-linux-gnu": ("aarch64", []),
+           "riscv64-linux-gnu": ("riscv64", ["-cpu", "rv64,v=true,vlen=128"])}
+MODELS: dict[str, tuple[Callable[[], onnx.ModelProto],
+                        Callable[[onnx.ModelProto], dict[str, np.ndarray]]]] = {
+    "resnet18": (resnet18, image_inputs), "bert_bench": (bert_encoder_bench, bert_inputs)}
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_under_emulation_matches_host(target: str, name: str, tmp_path: Path) -> None:
+    arch, qemu_options = TARGETS[target]
+    cc, qemu = f"{arch}-linux-gnu-gcc", f"qemu-{arch}"
+    for tool in (cc, qemu):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (make cross-tools)")
+    if name == "resnet18":
+        pytest.importorskip("torch")  # (the architecture is exported from torch.nn)
+    build, make_inputs = MODELS[name]
+    model = build()
+    feeds = make_inputs(model)
+    host = strataml.compile(model).run(feeds)
+    lib = emit_c_library(strataml.compile(model, target=target, num_threads=2), tmp_path)
+    build_run_model(tmp_path, tmp_path / "run_model", cc)
+    files = []
+    for k, value in enumerate(feeds.values()):
+        files.append(str(tmp_path / f"in{k}.npy"))
+        np.save(files[-1], value)
+    done = subprocess.run([qemu, *qemu_options, "-L", f"/usr/{arch}-linux-gnu",
+                           "-E", "STRATAML_NUM_THREADS=2", str(tmp_path / "run_model"),
+                           str(lib.library.parent), *files, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for output, want in zip(strataml.compile(model).output_names, host, strict=True):
+        np.testing.assert_allclose(np.load(tmp_path / f"{output}.npy"), want, rtol=1e-3,
+                                   atol=1e-4)
