@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 JOBS ?= 2
 
-.PHONY: demo test test-models lint conformance bench bench-zoo clean cross-tools
+.PHONY: demo test test-models lint conformance bench bench-zoo bench-wasm clean cross-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,17 @@ $(BENCH_STAMP): $(TEST_STAMP)
 
 bench-zoo: $(BENCH_STAMP)
 	$(PY) bench/zoo.py $(ZOO_ARGS)
+
+# strataml's wasm32 build under Node vs onnxruntime-web (npm, pinned as in bench/wasm.py, into
+# build/ort-web), one thread. Needs node 20+ and wasm-ld (make cross-tools); torch builds the
+# CNNs. WASM_ARGS="--models resnet18 --rounds 7 --runs 20" etc.
+ORT_WEB := build/ort-web/node_modules/onnxruntime-web/package.json
+$(ORT_WEB):
+	mkdir -p build/ort-web
+	npm install --prefix build/ort-web --no-audit --no-fund --silent onnxruntime-web@1.30.0
+
+bench-wasm: $(TEST_STAMP) $(ORT_WEB)
+	$(PY) bench/wasm.py $(WASM_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -27,14 +27,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# This file is named after what it measures: drop its folder from the path while torch is
-# imported (else `import torch` finds this file), then put it back for bench/zoo.py.
+# This file is named after what it measures, so `import torch` in any script of bench/ (whose
+# folder is first on sys.path) finds it: it then hands over the real torch, imported with its
+# folder off the path (the import statement binds what sys.modules holds when it returns).
 HERE = Path(__file__).resolve().parent
+_path = sys.path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-import torch  # noqa: E402
+if __name__ == "torch":
+    del sys.modules["torch"]
+    import torch as _real_torch
 
-sys.path.insert(0, str(HERE))
-from zoo import import_torchvision  # noqa: E402
+    sys.modules["torch"] = _real_torch
+    sys.path = _path
+else:
+    import torch
+
+    sys.path = _path
+    from zoo import import_torchvision
 
 
 def _resnet18() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
