@@ -24,7 +24,8 @@ class CompiledModel:
     def __init__(self, plan: ExecutionPlan, executable: Executable,
                  weights: Mapping[str, np.ndarray], info: dict[str, Any] | None = None,
                  program: Any = None, num_threads: int | None = None,
-                 device: Device | None = None) -> None:
+                 device: Device | None = None, weights_region: np.ndarray | None = None
+                 ) -> None:
         self.plan = plan
         self.executable = executable
         self.weights = dict(weights)
@@ -36,7 +37,8 @@ class CompiledModel:
         self.runs_elsewhere = "; ".join(device.refusals(executable))
         self._built: Executor | None = None
         if not self.runs_elsewhere:
-            self._built = Executor(plan, executable, self.weights, device, num_threads)
+            self._built = Executor(plan, executable, self.weights, device, num_threads,
+                                   weights_region)
 
     @property
     def _executor(self) -> Executor:
@@ -148,6 +150,6 @@ def load(path: str | Path, num_threads: int | None = None) -> CompiledModel:
     """Load a saved .smod artifact; links its object code, never recompiles.
 
     Threads: `num_threads`, else STRATAML_NUM_THREADS, else the count it was compiled for."""
-    plan, executable, weights, manifest = load_artifact(path)
+    plan, executable, weights, manifest, region = load_artifact(path)
     return CompiledModel(plan, executable, weights, manifest.get("info", {}),
-                         num_threads=num_threads)
+                         num_threads=num_threads, weights_region=region)

@@ -92,9 +92,12 @@ def save_artifact(path: str | Path, plan: ExecutionPlan, executable: Executable,
 
 
 def load_artifact(path: str | Path) -> tuple[ExecutionPlan, Executable,
-                                             dict[str, np.ndarray], dict[str, Any]]:
-    """Plan, code, weights (views of one blob) and manifest, each checked; see the module
-    docstring. The device the manifest names must accept the code."""
+                                             dict[str, np.ndarray], dict[str, Any],
+                                             np.ndarray]:
+    """Plan, code, weights (views of one blob), manifest and the blob itself (the weights
+    region as the code reads it, 64-byte aligned: a host-memory device uses it as it is),
+    each checked; see the module docstring. The device the manifest names must accept the
+    code."""
     from strataml.runtime.devices import get_device
 
     path = Path(path)
@@ -147,7 +150,7 @@ def load_artifact(path: str | Path) -> tuple[ExecutionPlan, Executable,
                             "are not those the code was built for (edited apart from the code)")
     weights = {s.name: np.frombuffer(blob, s.dtype, _count(s.shape), s.offset).reshape(s.shape)
                for s in plan.weights}
-    return plan, executable, weights, manifest
+    return plan, executable, weights, manifest, blob
 
 
 # ---------------------------------------------------------------- the zip container

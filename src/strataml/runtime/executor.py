@@ -17,7 +17,7 @@ import numpy as np
 
 from strataml.config import num_threads_from_env
 from strataml.errors import InputError
-from strataml.runtime.hal import Device, Executable, ExecutionPlan
+from strataml.runtime.hal import ALIGNMENT, Device, Executable, ExecutionPlan
 
 _POOL_LOCK = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -72,7 +72,8 @@ def data_address(a: np.ndarray) -> int:
 class Executor:
     def __init__(self, plan: ExecutionPlan, executable: Executable,
                  weights: Mapping[str, np.ndarray], device: Device,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None,
+                 weights_region: np.ndarray | None = None) -> None:
         self.plan = plan
         if not device.shares_host_memory:
             raise NotImplementedError(f"device {device.name!r} keeps its own memory: the "
@@ -84,11 +85,15 @@ class Executor:
         # An explicit count wins; else STRATAML_NUM_THREADS; else what the plan was built for.
         self._entry.set_num_threads(num_threads or num_threads_from_env() or plan.num_threads)
         self._arena = device.allocate(plan.arena_bytes)
-        self._weights = device.allocate(plan.weights_bytes)
         self._lock = threading.Lock()
-        for slot in plan.weights:
-            value = np.asarray(weights[slot.name], dtype=slot.dtype).reshape(slot.shape)
-            device.copy_in(self._weights, slot.offset, value)
+        if (weights_region is not None and weights_region.nbytes == plan.weights_bytes
+                and weights_region.ctypes.data % ALIGNMENT == 0):
+            self._weights = weights_region  # (a loaded artifact's blob: no second copy)
+        else:
+            self._weights = device.allocate(plan.weights_bytes)
+            for slot in plan.weights:
+                value = np.asarray(weights[slot.name], dtype=slot.dtype).reshape(slot.shape)
+                device.copy_in(self._weights, slot.offset, value)
         n_in = len(plan.inputs)
         self._io_size = n_in + len(plan.outputs)
         # Outputs written by kernels own an io entry; the rest copy an input or a weight.
