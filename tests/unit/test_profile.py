@@ -160,3 +160,33 @@ def test_kernel_medians_take_every_call_of_a_kernel():
     spans = [("a", 0, 1_000), ("b", 0, 5_000), ("a", 0, 3_000),
              ("a", 0, 2_000), ("b", 0, 7_000), ("a", 0, 9_000)]
     assert kernel_medians(spans, plan) == [("a", 2.5e-6), ("b", 6e-6), ("a", 2.5e-6)]
+
+
+def test_pool_threads_have_rows_of_their_own():
+    """Every chunk of every parallel loop is recorded by the pool while profiling: on the row
+    of the participant that ran it, named by the kernel call it lies within."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    model = onnx_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+        {"x": ("float32", [512, 256])}, {"y": ("float32", [512, 256])},
+        {"w": w})
+    compiled = strataml.compile(model, num_threads=2)
+    feeds = {"x": rng.standard_normal((512, 256)).astype(np.float32)}
+    spans, chunks = compiled._executor.thread_timeline(feeds, 3)
+    assert chunks, "a 512-row gemm at 2 threads runs parallel loops"
+    assert {p for p, _, _ in chunks} <= {0, 1}
+    for participant, start, end in chunks:
+        assert start <= end
+        assert any(s <= start and end <= e for _, s, e in spans), (participant, start, end)
+    trace = chrome_trace(spans, len(compiled.plan.calls), process_name="p", thread_name="t",
+                         pid=1, tid=7, chunks=chunks)
+    chunk_events = [e for e in trace["traceEvents"] if e.get("cat") == "chunk"]
+    assert len(chunk_events) == len(chunks)
+    assert {e["name"] for e in chunk_events} <= set(compiled.plan.kernels)
+    names = {e["tid"]: e["args"]["name"] for e in trace["traceEvents"]
+             if e["name"] == "thread_name"}
+    assert all(names[e["tid"]].startswith("pool: ") for e in chunk_events)
+    # Tracing is off again: a plain run records nothing more.
+    compiled.run(feeds)
+    assert compiled._executor._entry.pool_trace_length() == 0

@@ -339,7 +339,8 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
         raise CliError(f"{args.model}: the plan lists no kernel calls to time (compile it "
                        "again with this strataml)")
     threads = args.num_threads or num_threads_from_env() or plan.num_threads
-    spans = model._executor.timeline(feeds, args.repeat)  # (api.py has no timeline of its own)
+    # (api.py has no timeline of its own)
+    spans, chunks = model._executor.thread_timeline(feeds, args.repeat)
     profile = kernel_medians(spans, plan)
     rows: list[tuple[str, float, KernelPerf | None]]
     peak = 0.0
@@ -355,7 +356,8 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
     trace = chrome_trace(
         spans, len(plan.calls), process_name=f"strataml run {Path(args.model).name}",
         thread_name=f"kernels, in plan order ({threads} pool thread(s) each)",
-        details={r.name: {"flops": r.flops, "bytes": r.bytes} for _, _, r in rows if r})
+        details={r.name: {"flops": r.flops, "bytes": r.bytes} for _, _, r in rows if r},
+        chunks=chunks)
     try:
         Path(args.profile).write_text(json.dumps(trace) + "\n")
     except OSError as exc:

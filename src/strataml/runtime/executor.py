@@ -214,8 +214,8 @@ class Executor:
             *(data_address(a) for a in arrays))
         return arrays, table
 
-    def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
-                 ) -> list[tuple[str, int, int]]:
+    def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10,
+                 origin: int | None = None) -> list[tuple[str, int, int]]:
         """(kernel, start, end) of every kernel call, in nanoseconds from when timing began:
         the plan's calls in order, `repeats` times over, one at a time on this thread. Apart
         from `run`, whose single native entry leaves no seam to time between kernels."""
@@ -231,7 +231,7 @@ class Executor:
         clock = time.perf_counter_ns
         spans: list[tuple[str, int, int]] = []
         with self._lock:
-            origin = clock()
+            origin = clock() if origin is None else origin
             for _ in range(repeats):
                 for name, fn, args in steps:
                     start = clock()
@@ -239,6 +239,28 @@ class Executor:
                     spans.append((name, start - origin, clock() - origin))
         del arrays  # kept alive until the kernels have run
         return spans
+
+    def thread_timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10,
+                        capacity: int = 1 << 18
+                        ) -> tuple[list[tuple[str, int, int]], list[tuple[int, int, int]]]:
+        """`timeline`'s kernel spans, and every chunk the pool's threads ran meanwhile:
+        (participant, start, end) in the same nanoseconds (participant 0 is this thread, k
+        the k-th worker). Chunks past `capacity` are dropped."""
+        trace = getattr(self._entry, "trace_pool", None)
+        length = getattr(self._entry, "pool_trace_length", None)
+        if trace is None or length is None:  # (another device's entry: no pool to ask)
+            return self.timeline(feeds, repeats), []
+        records = np.zeros((capacity, 4), np.int64)
+        origin = time.perf_counter_ns()
+        trace(records.ctypes.data, capacity)
+        try:
+            spans = self.timeline(feeds, repeats, origin)
+        finally:
+            count = min(length(), capacity)
+            trace(None, 0)
+        chunks = [(int(me), int(t0) - origin, int(t1) - origin)
+                  for me, _, t0, t1 in records[:count]]
+        return spans, sorted(chunks, key=lambda c: (c[0], c[1]))
 
     def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10
                 ) -> list[tuple[str, float]]:

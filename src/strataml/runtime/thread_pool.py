@@ -124,6 +124,9 @@ _POOL_IR = r"""
 @busy_until = internal global i64 0, align 64     ; until then (ns), workers poll briefly
 @worker_cpu = internal global [@@MAX_THREADS@@ x i32] zeroinitializer ; 1 + the core a worker
                                                   ; keeps to (0: any)
+@trace_buf = internal global ptr null, align 64   ; when set (profiling): each chunk run is
+@trace_cap = internal global i64 0                ; recorded as {participant, job, start ns,
+@trace_len = internal global i64 0                ; end ns} at the next free slot
 
 declare i64 @syscall(i64, ...)
 declare i32 @sched_yield()
@@ -183,7 +186,7 @@ define internal i64 @part_start(i64 %p, i64 %nchunks, i64 %nparts) {
 ; carries the part's end beside the next chunk, so a claim is decided by the word alone: a
 ; thread that read a later job's descriptor can never claim from a finished job's words, and
 ; a claim that succeeds proves the job unfinished, so the descriptor read before it is its own.
-define internal void @drain_part(i32 %jobno, i64 %p) {
+define internal void @drain_part(i32 %jobno, i64 %p, i64 %me) {
 entry:
   %word = getelementptr [@@MAX_THREADS@@ x [8 x i64]], ptr @claims, i64 0, i64 %p, i64 0
   br label %loop
@@ -214,7 +217,32 @@ work:
   %e0 = add i64 %b, %ch
   %lt = icmp slt i64 %e0, %ext
   %e = select i1 %lt, i64 %e0, i64 %ext
+  %tbuf = load atomic ptr, ptr @trace_buf monotonic, align 8
+  %tracing = icmp ne ptr %tbuf, null
+  br i1 %tracing, label %traced, label %plain
+plain:
   call void %f(ptr %x, i64 %b, i64 %e)
+  br label %finished
+traced:
+  %t0 = call i64 @now_ns()
+  call void %f(ptr %x, i64 %b, i64 %e)
+  %t1 = call i64 @now_ns()
+  %slot = atomicrmw add ptr @trace_len, i64 1 seq_cst
+  %cap = load atomic i64, ptr @trace_cap monotonic, align 8
+  %room = icmp ult i64 %slot, %cap
+  br i1 %room, label %record, label %finished
+record:
+  %rec = getelementptr [4 x i64], ptr %tbuf, i64 %slot
+  %jz = zext i32 %jobno to i64
+  %r1 = getelementptr i64, ptr %rec, i64 1
+  %r2 = getelementptr i64, ptr %rec, i64 2
+  %r3 = getelementptr i64, ptr %rec, i64 3
+  store i64 %me, ptr %rec
+  store i64 %jz, ptr %r1
+  store i64 %t0, ptr %r2
+  store i64 %t1, ptr %r3
+  br label %finished
+finished:
   %old = atomicrmw add ptr @done, i32 1 seq_cst
   %new = add i32 %old, 1
   %n32 = trunc i64 %nchunks to i32
@@ -243,7 +271,7 @@ loop:
 body:
   %q = add i64 %me, %k
   %p = urem i64 %q, %nparts
-  call void @drain_part(i32 %jobno, i64 %p)
+  call void @drain_part(i32 %jobno, i64 %p, i64 %me)
   %k1 = add i64 %k, 1
   br label %loop
 exit:
@@ -281,6 +309,21 @@ define void @strataml_pool_forget_workers() {
   store atomic i32 0, ptr @running seq_cst, align 4
   store atomic i32 0, ptr @caller_waiting seq_cst, align 4
   ret void
+}
+
+; Profiling: record every chunk into %buf (room for %cap records of 4 x i64); null stops.
+define void @strataml_pool_trace(ptr %buf, i64 %cap) {
+  store atomic ptr null, ptr @trace_buf seq_cst, align 8
+  store atomic i64 0, ptr @trace_len seq_cst, align 8
+  store atomic i64 %cap, ptr @trace_cap seq_cst, align 8
+  store atomic ptr %buf, ptr @trace_buf seq_cst, align 8
+  ret void
+}
+
+; How many chunks were recorded (may exceed the room given: the rest were dropped).
+define i64 @strataml_pool_trace_len() {
+  %n = load atomic i64, ptr @trace_len seq_cst, align 8
+  ret i64 %n
 }
 
 ; Called before any worker starts (runtime/thread_pool.py): worker %id keeps to core %cpu.
@@ -560,3 +603,10 @@ def ensure_thread_pool() -> int:
             llvm.add_symbol(POOL_ENTRY, engine.get_function_address(POOL_ENTRY))
             _engine = engine
         return _engine.get_function_address(POOL_ENTRY)
+
+
+def pool_function(name: str) -> int:
+    """The address of one of the JIT-compiled pool's functions (the pool compiled first)."""
+    ensure_thread_pool()
+    assert _engine is not None
+    return int(_engine.get_function_address(name))

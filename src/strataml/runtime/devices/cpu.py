@@ -183,12 +183,28 @@ class CpuEntry:
         if self._threads is not None:
             self._threads.value = max(1, int(n))
 
+    def trace_pool(self, buffer: int, capacity: int) -> None:
+        from strataml.runtime.thread_pool import pool_function
+
+        _TRACE_TYPE(pool_function("strataml_pool_trace"))(buffer, capacity)
+
+    def pool_trace_length(self) -> int:
+        from strataml.runtime.thread_pool import pool_function
+
+        return int(_LENGTH_TYPE(pool_function("strataml_pool_trace_len"))())
+
+
+# The pool's profiling hooks (runtime/thread_pool.py): record chunks into a buffer; count.
+_TRACE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+_LENGTH_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64)
+
 
 class SharedLibraryEntry:
     """A model's shared library and its entry point; closes the library when dropped."""
 
-    def __init__(self, lib: ctypes.CDLL, entry: str) -> None:
+    def __init__(self, lib: ctypes.CDLL, entry: str, runtime: ctypes.CDLL) -> None:
         self._lib = lib
+        self._runtime = runtime
         try:
             self._fn = _ENTRY_TYPE(self.function_address(entry))
         except AttributeError:
@@ -203,6 +219,12 @@ class SharedLibraryEntry:
 
     def function_address(self, name: str) -> int:
         return _address(self._lib, name)
+
+    def trace_pool(self, buffer: int, capacity: int) -> None:
+        _TRACE_TYPE(_address(self._runtime, "strataml_pool_trace"))(buffer, capacity)
+
+    def pool_trace_length(self) -> int:
+        return int(_LENGTH_TYPE(_address(self._runtime, "strataml_pool_trace_len"))())
 
     def set_num_threads(self, n: int) -> None:
         if self._threads is not None:
@@ -276,9 +298,9 @@ class CpuDevice:
         if executable.format == "shared-object":
             if not executable.runtime_lib:
                 raise ValueError("a shared-object executable comes with its runtime library")
-            _runtime(executable.runtime_lib)
+            runtime = _runtime(executable.runtime_lib)
             return SharedLibraryEntry(_open_library(executable.data, global_symbols=False),
-                                      entry)
+                                      entry, runtime)
         if executable.format != "object":
             raise ValueError(f"the cpu device cannot load {executable.format!r} executables")
         from strataml.runtime.thread_pool import ensure_thread_pool
