@@ -43,10 +43,22 @@ class CompiledModel:
     @property
     def _executor(self) -> Executor:
         if self._built is None:
+            self._built = self._emulated()
+        return self._built
+
+    def _emulated(self) -> Any:
+        """Code for another Linux CPU runs here under qemu-user where it and the cross gcc are
+        installed (deploy/emulate.py: to check a cross build's answers, not its speed)."""
+        from strataml.deploy.emulate import EmulatedRunner, emulator_problems
+
+        problems = emulator_problems(self.executable.triple)
+        if self.executable.format != "object" or problems:
             raise StrataError(f"this model cannot run on this machine ({self.runs_elsewhere}): "
                               "save() it or emit a C library (strataml compile --emit c-lib) "
-                              "and run it where it was built for")
-        return self._built
+                              "and run it where it was built for"
+                              + (f"; to emulate it here: {'; '.join(problems)}"
+                                 if problems else ""))
+        return EmulatedRunner(self)
 
     @property
     def input_names(self) -> list[str]:

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import strataml
 from strataml.cli.main import main
-from strataml.errors import ArtifactError, StrataError
+from strataml.deploy.emulate import emulator_problems
+from strataml.errors import ArtifactError, InputError, StrataError
 
 from .test_c_library import build_run_model
 
@@ -113,15 +114,28 @@ def test_schedules_read_the_targets_vector_width() -> None:
     assert host_lanes in lanes["cpu"]
 
 
-def test_cross_built_model_says_where_it_runs(tmp_path: Path) -> None:
+def test_cross_built_model_runs_under_emulation_or_says_where_it_runs(tmp_path: Path) -> None:
+    """From Python: with qemu-user and the cross gcc, run() emulates the aarch64 build (and
+    matches the host's); without them it says where the model runs and what is missing."""
     model = strataml.compile(_encoder_block(), target="aarch64-linux-gnu")
     assert model.executable.triple.startswith("aarch64")
-    with pytest.raises(StrataError, match=r"cannot run on this machine.*aarch64"):
-        model.run({"x": np.zeros((2, 24, 32), np.float32)})
+    x = np.random.default_rng(2).standard_normal((2, 24, 32)).astype(np.float32)
+    if emulator_problems(model.executable.triple):
+        with pytest.raises(StrataError, match=r"cannot run on this machine.*aarch64"):
+            model.run({"x": x})
+    else:
+        for got, want in zip(model.run({"x": x}), strata_host().run({"x": x}), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        with pytest.raises(InputError, match="input 'x' is float32 \\[2, 24, 31\\]"):
+            model.run({"x": x[..., :31].copy()})
     model.save(tmp_path / "arm.smod")
     with pytest.raises(ArtifactError, match="this host cannot run the code: the code is for "
                                             "aarch64"):
         strataml.load(tmp_path / "arm.smod")
+
+
+def strata_host() -> strataml.CompiledModel:
+    return strataml.compile(_encoder_block())
 
 
 def test_unknown_target_lists_backends_and_machines() -> None:
