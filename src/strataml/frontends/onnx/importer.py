@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from strataml.errors import ModelLoadError, ShapeError, StrataError, UnsupportedOpError
+from strataml.frontends.admit import admit_node
 from strataml.frontends.onnx.converters import (
     CONVERTERS,
     ConvertContext,
@@ -22,8 +23,7 @@ from strataml.frontends.onnx.converters import (
     Unsupported,
     onnx_dtype,
 )
-from strataml.ir.dialects.graph import Graph, Node, attr_problems, get_op, infer_node
-from strataml.ir.fold import try_fold
+from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.types import DTYPES, Dim, TensorType
 from strataml.options import CompileOptions
 
@@ -274,30 +274,7 @@ class _Importer:
                                  ) from exc
 
     def _add(self, node: Node) -> None:
-        opdef = get_op(node.op)
-        problems = attr_problems(node)
-        if problems:
-            raise ModelLoadError("malformed attributes: " + "; ".join(problems))
-        lo, hi = opdef.inputs
-        present = len(node.inputs)
-        if present < lo or (hi >= 0 and present > hi):
-            raise ShapeError(f"{node.where}: takes {lo}..{hi if hi >= 0 else 'n'} inputs, "
-                             f"got {present}")
-        in_types = [self.types[i] if i else None for i in node.inputs]
-        values = [self.constants.get(i) if i else None for i in node.inputs]
-        out_types = infer_node(node, in_types, values)
-        if len(out_types) < len(node.outputs):
-            raise ShapeError(f"{node.where}: produces {len(out_types)} outputs, "
-                             f"{len(node.outputs)} requested")
-        for o, t in zip(node.outputs, out_types, strict=False):
-            self.types[o] = t
-        folded = try_fold(node, self.types, self.constants)
-        if folded is not None:
-            for o, v in zip(node.outputs, folded, strict=True):
-                self.constants[o] = v
-                self.types[o] = TensorType.of(v)
-            return
-        self.nodes.append(node)
+        admit_node(node, self.types, self.constants, self.nodes)
 
 
 def import_model(model: Any, options: CompileOptions | None = None) -> Graph:

@@ -22,6 +22,7 @@ import torch
 import torch.fx
 
 from strataml.errors import ModelLoadError, ShapeError, StrataError, UnsupportedOpError
+from strataml.frontends.admit import admit_node
 from strataml.frontends.torch.aten import ATEN
 from strataml.frontends.torch.context import (
     ConvertContext,
@@ -31,8 +32,7 @@ from strataml.frontends.torch.context import (
     static_dim,
     tensor_type,
 )
-from strataml.ir.dialects.graph import Graph, Node, attr_problems, get_op, infer_node
-from strataml.ir.fold import try_fold
+from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
 
@@ -306,27 +306,7 @@ class _Importer:
                                      f"torch traced {expected} (a converter bug)")
 
     def _add(self, node: Node) -> None:
-        opdef = get_op(node.op)
-        problems = attr_problems(node)
-        if problems:
-            raise ModelLoadError("malformed attributes: " + "; ".join(problems))
-        lo, hi = opdef.inputs
-        present = len(node.inputs)
-        if present < lo or (hi >= 0 and present > hi):
-            raise ShapeError(f"{node.where}: takes {lo}..{hi if hi >= 0 else 'n'} inputs, "
-                             f"got {present}")
-        in_types = [self.types[i] if i else None for i in node.inputs]
-        values = [self.constants.get(i) if i else None for i in node.inputs]
-        out_types = infer_node(node, in_types, values)
-        for o, t in zip(node.outputs, out_types, strict=False):
-            self.types[o] = t
-        folded = try_fold(node, self.types, self.constants)
-        if folded is not None:
-            for o, v in zip(node.outputs, folded, strict=True):
-                self.constants[o] = v
-                self.types[o] = TensorType.of(v)
-            return
-        self.nodes.append(node)
+        admit_node(node, self.types, self.constants, self.nodes)
 
     # ------------------------------------------------------------ outputs
 
