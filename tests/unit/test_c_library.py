@@ -174,3 +174,28 @@ def test_checksum_matches_the_c_runtime_definition() -> None:
     want = sum(int.from_bytes(padded[8 * i:8 * i + 8], "little") * (2 * i + 1)
                for i in range(len(padded) // 8)) % (1 << 64)
     assert weights_checksum(blob) == want
+
+
+def test_division_by_zero_is_an_error_from_c(tmp_path: Path) -> None:
+    """The C API reports what run() raises: an integer Div that met a zero divisor."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["a", "b"], ["q"])], "div",
+        [helper.make_tensor_value_info(n, TensorProto.INT32, [64]) for n in "ab"],
+        [helper.make_tensor_value_info("q", TensorProto.INT32, [64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    lib = emit_c_library(strataml.compile(model), tmp_path / "lib")
+    build_run_model(lib.library.parent, tmp_path / "run_model")
+    a = np.arange(64, dtype=np.int32)
+    b = np.full(64, 2, np.int32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    done = _run(tmp_path / "run_model", str(lib.library.parent), str(tmp_path / "a.npy"),
+                str(tmp_path / "b.npy"), "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "q.npy"), a // 2)
+    b[40] = 0
+    np.save(tmp_path / "b.npy", b)
+    done = _run(tmp_path / "run_model", str(lib.library.parent), str(tmp_path / "a.npy"),
+                str(tmp_path / "b.npy"))
+    assert done.returncode == 1
+    assert "integer division by zero" in done.stderr

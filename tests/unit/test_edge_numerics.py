@@ -13,13 +13,15 @@ Where ONNX Runtime has no rule of its own, a stated one is tested instead:
   in a SIMD lane: [5, 1, nan, 2] pools to 2 but [5, nan, 1, 2] to 5 in float32, 5 and 5 in
   float64. strataml propagates NaN there (as numpy and torch do, and as ORT's Max/Min do),
   and matches ORT exactly on NaN-free input.
-- Integer division or remainder by zero: ORT raises an error; a kernel cannot, so strataml
-  divides by one (the quotient is the dividend, the remainder 0). INT64_MIN / -1 kills ORT
-  itself (SIGFPE); strataml wraps to INT64_MIN, as ORT does for the narrower types.
+- Integer division or remainder by zero: ORT raises an error, and so does strataml's run()
+  (InputError: the kernel divides by one instead of trapping and sets the model's fault
+  word, which the runtime reads after the run). INT64_MIN / -1 kills ORT itself (SIGFPE);
+  strataml wraps to INT64_MIN, as ORT does for the narrower types.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -337,19 +339,19 @@ def _div_reference(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
                                    "uint64"])
 def test_integer_division_never_traps_and_matches_ort(dtype, tmp_path, rng):
     a, b = _edge_operands(dtype, rng)
+    zero_divisor = b == 0
+    b[zero_divisor] = 3  # (a zero divisor raises: test_integer_division_by_zero_raises)
     minus_one = np.array([-1 if dtype[0] == "i" else 1], dtype)
     models = {"div": _model("Div", {"a": a, "b": b}),
               "mod": _model("Mod", {"a": a, "b": b}, fmod=0),
               "fmod": _model("Mod", {"a": a, "b": b}, fmod=1),
-              # constant divisors: -1 (or 1) and 0 reach codegen as constants
+              # constant divisors: -1 (or 1) reach codegen as constants
               "div_const": _model("Div", {"a": a}, initializers={"c": minus_one}),
-              "div_zero": _model("Div", {"a": a}, initializers={"c": np.zeros(1, dtype)}),
               "mod_const": _model("Mod", {"a": a}, initializers={"c": minus_one}, fmod=0)}
     outs = _run_isolated(tmp_path, models, {"a": a, "b": b})
-    ops = {"div": "Div", "mod": "Mod", "fmod": "fmod", "div_const": "Div", "div_zero": "Div",
-           "mod_const": "Mod"}
+    ops = {"div": "Div", "mod": "Mod", "fmod": "fmod", "div_const": "Div", "mod_const": "Mod"}
     divisors = {"div_const": np.broadcast_to(minus_one, a.shape),
-                "div_zero": np.zeros_like(a), "mod_const": np.broadcast_to(minus_one, a.shape)}
+                "mod_const": np.broadcast_to(minus_one, a.shape)}
     for name, by_threads in outs.items():
         want = _div_reference(a, divisors.get(name, b), ops[name])
         for threads, got in by_threads.items():
@@ -362,5 +364,64 @@ def test_integer_division_never_traps_and_matches_ort(dtype, tmp_path, rng):
         attrs = {} if fmod is None else {"fmod": fmod}
         (want,) = ort_run(_model(op, sub, **attrs), sub)
         np.testing.assert_array_equal(outs[name][1][keep], want, strict=True, err_msg=name)
+    b[zero_divisor] = 0
     with pytest.raises(Exception, match="by zero"):
         ort_run(models["mod"], {"a": a, "b": b})
+
+
+_ZERO_CHILD = """
+import json, sys
+import numpy as np
+import onnx
+import strataml
+from strataml.errors import InputError
+
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+report = {}
+for path in sys.argv[3:]:
+    for threads in (1, 2):
+        model = strataml.compile(onnx.load(path), num_threads=threads)
+        names = [i.name for i in onnx.load(path).graph.input]
+        feeds = {"a": a, "b": b}
+        try:
+            model.run({k: feeds[k] for k in names})
+            report[f"{path}|{threads}"] = "ran"
+        except InputError as exc:
+            report[f"{path}|{threads}"] = str(exc)
+        if "b" not in names:  # (a constant zero divisor: every run raises)
+            report[f"{path}|{threads}|after"] = "n/a"
+            continue
+        (again,) = model.run({"a": a, "b": np.ones_like(b)})  # (the fault word was cleared)
+        want = np.zeros_like(a) if path.endswith("mod.onnx") else a  # (x mod 1, x / 1)
+        report[f"{path}|{threads}|after"] = bool(np.array_equal(again, want))
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "int64", "uint8", "uint64"])
+def test_integer_division_by_zero_raises(dtype, tmp_path, rng):
+    """As ONNX Runtime raises "Integer division by zero": run() raises InputError, without a
+    trap, at 1 and 2 threads, for a divisor input holding one zero among 1000 (in a vector
+    body or the tail) or a constant zero; the next run with good inputs is right."""
+    a, _ = _edge_operands(dtype, rng)
+    b = np.full(a.shape, 3, dtype)
+    b[517] = 0
+    models = {"div": _model("Div", {"a": a, "b": b}),
+              "mod": _model("Mod", {"a": a, "b": b}, fmod=0),
+              "div_const_zero": _model("Div", {"a": a},
+                                       initializers={"c": np.zeros(1, dtype)})}
+    paths = []
+    for name, model in models.items():
+        paths.append(str(tmp_path / f"{name}.onnx"))
+        onnx.save(model, paths[-1])
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    done = subprocess.run([sys.executable, "-c", _ZERO_CHILD, str(tmp_path / "a.npy"),
+                           str(tmp_path / "b.npy"), *paths], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"child died ({done.returncode}): {done.stderr[-2000:]}"
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for path in paths:
+        for threads in (1, 2):
+            assert "integer division by zero" in report[f"{path}|{threads}"], (path, threads)
+            assert report[f"{path}|{threads}|after"] in (True, "n/a"), (path, threads)

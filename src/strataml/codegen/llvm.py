@@ -72,6 +72,8 @@ I8 = ir.IntType(8)
 I32 = ir.IntType(32)
 PTR = ir.PointerType(ir.IntType(8))
 NUM_THREADS_GLOBAL = "strataml_num_threads"
+FAULT_GLOBAL = "strataml_fault"  # FAULT_DIVIDE_BY_ZERO when an integer division met a zero
+FAULT_DIVIDE_BY_ZERO = 1
 CONTRACT_SYMBOL = "strataml_contract"
 WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64])
 POOL_ENTRY = "strataml_parallel_for"  # runtime/thread_pool.py defines it
@@ -473,13 +475,24 @@ class _FunctionEmitter:
             return b.fptosi(self.intrinsic("llvm.pow", "float64", [fa, fc]), a.type)
         raise CodegenError(f"{self.loop_fn.name}: binary {op} on {dtype} is not supported")
 
+    def note_fault(self, is_zero: ir.Value) -> None:
+        """Sets the model's fault word where any lane divides by zero (the runtime raises)."""
+        b = self.builder
+        if isinstance(is_zero.type, ir.VectorType):
+            reduce = _declare(self.module, f"llvm.vector.reduce.or.v{is_zero.type.count}i1",
+                              ir.IntType(1), [is_zero.type])
+            is_zero = b.call(reduce, [is_zero])
+        flag = b.zext(is_zero, I32)
+        b.atomic_rmw("or", _fault_global(self.module),
+                     b.mul(flag, ir.Constant(I32, FAULT_DIVIDE_BY_ZERO)), "monotonic")
+
     def integer_divide(self, op: str, unsigned: bool, a: ir.Value, c: ir.Value) -> ir.Value:
         """An integer quotient or remainder that cannot trap.
 
         x86's div/idiv fault on a zero divisor and idiv also on INT_MIN / -1 (LLVM leaves
         both undefined), so neither reaches the instruction. A zero divisor divides by one
-        (quotient the dividend, remainder 0; ONNX Runtime raises an error there, which a
-        kernel has no way to do); a signed -1 divisor negates instead, wrapping INT_MIN to
+        (quotient the dividend, remainder 0) and sets the model's fault word, so the run
+        raises as ONNX Runtime's does; a signed -1 divisor negates instead, wrapping INT_MIN to
         INT_MIN as ONNX Runtime's Div does, remainder 0. A constant divisor that is neither
         needs no guard."""
         b = self.builder
@@ -489,10 +502,14 @@ class _FunctionEmitter:
                 c.constant, a.type.width, unsigned):
             safe = c
         elif unsigned:
-            safe = b.select(b.icmp_unsigned("==", c, zero), one, c)
+            is_zero = b.icmp_unsigned("==", c, zero)
+            self.note_fault(is_zero)
+            safe = b.select(is_zero, one, c)
         else:
+            is_zero = b.icmp_unsigned("==", c, zero)
+            self.note_fault(is_zero)
             is_minus_one = b.icmp_signed("==", c, ir.Constant(a.type, -1))
-            safe = b.select(b.or_(b.icmp_unsigned("==", c, zero), is_minus_one), one, c)
+            safe = b.select(b.or_(is_zero, is_minus_one), one, c)
         if unsigned:
             return b.urem(a, safe) if op in ("mod", "fmod") else b.udiv(a, safe)
         if op == "fmod":
@@ -649,6 +666,16 @@ def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) ->
     return fn
 
 
+def _fault_global(module: ir.Module) -> ir.GlobalVariable:
+    """The model's fault word: generated code sets it (a division by zero) rather than trap
+    or say nothing; the runtime reads it after each run, raises, and clears it."""
+    gv = module.globals.get(FAULT_GLOBAL)
+    if gv is None:
+        gv = ir.GlobalVariable(module, I32, name=FAULT_GLOBAL)
+        gv.initializer = ir.Constant(I32, 0)
+    return gv
+
+
 def _threads_global(module: ir.Module) -> ir.GlobalVariable:
     gv = module.globals.get(NUM_THREADS_GLOBAL)
     if gv is None:
@@ -676,6 +703,7 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
     math = vector_math(flush_denormals, scaled_exp)
     module = ir.Module(name="strataml")
     _threads_global(module)  # always present, so the runtime can set it
+    _fault_global(module)  # ... and read this
     if contract:
         _contract_global(module, contract)
     emitted: dict[str, ir.Function] = {}

@@ -84,6 +84,7 @@ class Executor:
         self._entry = device.load(executable, plan.entry, plan.native_libs)
         # An explicit count wins; else STRATAML_NUM_THREADS; else what the plan was built for.
         self._entry.set_num_threads(num_threads or num_threads_from_env() or plan.num_threads)
+        self._fault = getattr(self._entry, "fault", None)  # (the code's fault word)
         self._arena = device.allocate(plan.arena_bytes)
         self._lock = threading.Lock()
         if (weights_region is not None and weights_region.nbytes == plan.weights_bytes
@@ -293,6 +294,10 @@ class Executor:
                 self._device.launch(self._entry, self._bases[0], self._bases[1],
                                     self._table_address)
                 self._device.wait()
+            if self._fault is not None and self._fault.value:
+                self._fault.value = 0
+                raise InputError("integer division by zero: a Div or Mod of this model met a "
+                                 "zero divisor in these inputs (its outputs are not valid)")
             # Outputs the kernels did not write (an input, a duplicate, a constant) are copied
             # into theirs, still under the lock: the next call overwrites the arena.
             for at, slot in self._copied:

@@ -28,5 +28,6 @@ extern const strataml_plan strataml_plan_data;
 /* The compiled code (kernels.o) and its thread-count knob. */
 void strataml_entry(void *arena, void *weights, void **io);
 extern int32_t strataml_num_threads;
+extern int32_t strataml_fault; /* nonzero after a run that divided an integer by zero */
 
 #endif

@@ -212,6 +212,13 @@ int strataml_run(strataml_model *m, const void *const *inputs, void *const *outp
     for (int k = 0; k < plan->num_outputs; k++) m->io[n_in + k] = outputs[k];
     strataml_num_threads = m->threads;
     strataml_entry(m->arena, m->weights, m->io);
+    if (strataml_fault) {
+        strataml_fault = 0;
+        pthread_mutex_unlock(&m->lock);
+        fail(error, error_size, "integer division by zero: a Div or Mod of model '%s' met a "
+             "zero divisor in these inputs", plan->model_name);
+        return 1;
+    }
     /* Outputs the kernels did not write in place: a copy of an input, of another output,
      * of a weight or of an arena buffer. */
     for (int k = 0; k < plan->num_outputs; k++) {

@@ -32,6 +32,7 @@ _INIT_LOCK = threading.Lock()
 _initialised = False
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 NUM_THREADS_SYMBOL = "strataml_num_threads"
+FAULT_SYMBOL = "strataml_fault"  # set by generated code (codegen/llvm.py FAULT_GLOBAL)
 _loaded_libs: set[str] = set()
 _runtime_libs: dict[str, ctypes.CDLL] = {}  # by SHA-256: opened once, never closed
 _names = itertools.count()
@@ -171,6 +172,8 @@ class CpuEntry:
         self._fn = _ENTRY_TYPE(address)
         threads_at = engine.get_global_value_address(NUM_THREADS_SYMBOL)
         self._threads = ctypes.c_int32.from_address(threads_at) if threads_at else None
+        fault_at = engine.get_global_value_address(FAULT_SYMBOL)
+        self.fault = ctypes.c_int32.from_address(fault_at) if fault_at else None
 
     def __call__(self, arena: int, weights: int, io: int) -> None:
         self._fn(arena, weights, io)
@@ -199,6 +202,13 @@ _TRACE_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 _LENGTH_TYPE = ctypes.CFUNCTYPE(ctypes.c_int64)
 
 
+def _global_int(lib: ctypes.CDLL, name: str) -> ctypes.c_int32 | None:
+    try:
+        return ctypes.c_int32.in_dll(lib, name)
+    except ValueError:  # (code from before the symbol existed)
+        return None
+
+
 class SharedLibraryEntry:
     """A model's shared library and its entry point; closes the library when dropped."""
 
@@ -209,10 +219,8 @@ class SharedLibraryEntry:
             self._fn = _ENTRY_TYPE(self.function_address(entry))
         except AttributeError:
             raise ValueError(f"entry point {entry!r} not found in the executable") from None
-        try:
-            self._threads: ctypes.c_int32 | None = ctypes.c_int32.in_dll(lib, NUM_THREADS_SYMBOL)
-        except ValueError:
-            self._threads = None
+        self._threads = _global_int(lib, NUM_THREADS_SYMBOL)
+        self.fault = _global_int(lib, FAULT_SYMBOL)
 
     def __call__(self, arena: int, weights: int, io: int) -> None:
         self._fn(arena, weights, io)
@@ -236,7 +244,7 @@ class SharedLibraryEntry:
         # (at interpreter exit the process unmaps everything itself: nothing to close, and a
         # daemon thread may still be inside the code)
         if lib is not None and not _finalizing():
-            self._fn = self._threads = None  # type: ignore[assignment]
+            self._fn = self._threads = self.fault = None  # type: ignore[assignment]
             _dlclose(lib._handle)
 
 
