@@ -60,3 +60,27 @@ def test_model_under_emulation_matches_host(target: str, name: str, tmp_path: Pa
         # From Python: the same build through run(), emulated (deploy/emulate.py).
         for got, want in zip(cross.run(feeds), host, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_mobilenet_v2_as_wasm32_under_node_matches_host(tmp_path: Path) -> None:
+    """MobileNetV2 built for wasm32 (SIMD128) runs under Node through run.mjs."""
+    if shutil.which("node") is None or not any(shutil.which(f"wasm-ld{v}") for v in
+                                               ("", "-14", "-15", "-16", "-17")):
+        pytest.skip("needs node and wasm-ld (make cross-tools)")
+    pytest.importorskip("torch")
+    from strataml.deploy.wasm import emit_wasm
+    from tests.models.architectures import mobilenet_v2
+
+    model = mobilenet_v2()
+    feeds = image_inputs(model)
+    (want,) = strataml.compile(model).run(feeds)
+    wasm = emit_wasm(strataml.compile(model, target="wasm32"), tmp_path / "web")
+    (x,) = feeds.values()
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run(["node", str(wasm.wasm.parent / "run.mjs"), str(tmp_path / "x.npy"),
+                           "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    output = strataml.compile(model).output_names[0]
+    np.testing.assert_allclose(np.load(tmp_path / f"{output}.npy"), want, rtol=1e-3,
+                               atol=1e-4)
