@@ -31,6 +31,9 @@ class CompileOptions:
     # Decisions above the schedules, by graph node name: {"Conv_3": {"algorithm": "im2col",
     # "layout": "channels-first"}} (what `strataml.passes.decisions.decision_space` lists).
     decisions: dict[str, dict[str, str]] = field(default_factory=dict)
+    # A tuning database (`strataml tune`): its best records decide the workloads they cover;
+    # `decisions` given here win over them.
+    tuning_db: str | None = None
     # Denormal floats (below 1.2e-38) computed as zero, as inference runtimes do: on x86 they
     # cost ~100x per operation (see codegen/llvm.py). False: IEEE gradual underflow.
     flush_denormals: bool = True

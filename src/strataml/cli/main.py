@@ -1,4 +1,4 @@
-"""`strataml compile | run | inspect | opt`: the compiler as commands.
+"""`strataml compile | run | inspect | opt | tune | backends`: the compiler as commands.
 
 Every error strataml raises on purpose (a `StrataError`) becomes one clear line on stderr
 and exit status 2; a traceback here would mean a bug in strataml, not in the user's model.
@@ -152,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="--perf: seed of the random inputs")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="--perf: also write the rows to PATH as JSON")
+    p.add_argument("--tuning-db", default=None, metavar="DB",
+                   help="compile with DB's tuning records and mark each kernel tuned or "
+                   "default")
+    _add_compile_options(p)
+
+    p = sub.add_parser("tune", help="measure the model's decisions into a tuning database, "
+                       "or merge databases")
+    p.add_argument("model", nargs="?", help="the .onnx model (not with --merge)")
+    p.add_argument("--db", required=True, metavar="DB",
+                   help="the SQLite tuning database (created if missing; the output of "
+                   "--merge)")
+    p.add_argument("--trials", type=_positive, default=None, metavar="N",
+                   help="stop after N candidate builds")
+    p.add_argument("--budget", default=None, metavar="TIME",
+                   help="stop after TIME (e.g. 90s, 10m, 1h)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DB",
+                   help="fold these databases into --db instead of tuning")
+    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+                   help="threads the model is built and timed with (default: all cores)")
     _add_compile_options(p)
 
     sub.add_parser("backends", help="list the known backends, one per line, name first")
@@ -452,6 +471,8 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
     print("unsupported: none", file=out)
     if args.perf:
         return _print_perf(args, out)
+    if args.tuning_db:
+        return _print_tuned(args, options, out)
     from strataml.backends import get_backend
 
     backend = get_backend(_target(args))
@@ -597,6 +618,79 @@ def _read_graph_text(path: str) -> Graph:
     return parse_graph(text, weights, path)
 
 
+def _print_tuned(args: argparse.Namespace, options: CompileOptions, out: TextIO) -> int:
+    """Each kernel, marked `tuned` where a record of the database decided its node."""
+    import dataclasses
+
+    import strataml
+
+    if not Path(args.tuning_db).is_file():
+        raise CliError(f"{args.tuning_db}: no such tuning database")
+    model = strataml.compile(args.model, _target(args),
+                             options=dataclasses.replace(options, tuning_db=args.tuning_db))
+    program = model.program
+    print(f"--- kernels with {args.tuning_db} ---", file=out)
+    for kernel, node in zip(program.kernels, program.nodes, strict=False):
+        picks = program.tuned.get(node.name)
+        mark = "tuned" if picks else "default"
+        detail = f"  ({', '.join(f'{k}={v}' for k, v in picks.items())})" if picks else ""
+        print(f"  {mark:<8} {kernel.name}{detail}", file=out)
+    return 0
+
+
+def _seconds(text: str) -> float:
+    """'90s', '10m', '1h' or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise CliError(f"--budget: expected a time like 90s, 10m or 1h, got {text!r}") from None
+
+
+def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
+    from strataml.tuning.database import TuningDatabase
+
+    if args.merge:
+        missing = [p for p in args.merge if not Path(p).is_file()]
+        if missing:
+            raise CliError(f"--merge: no such database: {', '.join(missing)}")
+        with TuningDatabase(args.db) as db:
+            rows = db.merge(args.merge)
+            print(f"merged {rows} records from {len(args.merge)} database(s) into {args.db}: "
+                  f"{len(db.keys())} workloads", file=out)
+        return 0
+    if not args.model:
+        raise CliError("tune needs a model (or --merge A.db B.db)")
+    if args.trials is None and args.budget is None:
+        raise CliError("tune needs --trials N or --budget TIME")
+    from strataml.backends import resolve_target
+    from strataml.frontends.onnx import import_model
+    from strataml.tuning.tuner import describe, tune
+
+    options = _options(args)
+    graph = import_model(args.model, options)
+    _, target = resolve_target(_target(args))
+    threads = args.threads or args.num_threads or options.threads()
+    start = time.perf_counter()
+
+    def progress(result: Any) -> None:
+        pick = ", ".join(f"{k}={v}" for k, v in result.best.items()) or "default"
+        print(f"  [{time.perf_counter() - start:6.1f} s] {result.op} {result.node}: "
+              f"{result.trials} trial(s), best {pick} ({result.ratio:.3f} of default)",
+              file=out, flush=True)
+
+    with TuningDatabase(args.db) as db:
+        results = tune(graph, target, db, trials=args.trials,
+                       budget_seconds=_seconds(args.budget) if args.budget else None,
+                       threads=threads, progress=progress)
+    print("\n".join(describe(results)), file=out)
+    print(f"{len(results)} workload(s) in {time.perf_counter() - start:.1f} s; records in "
+          f"{args.db}", file=out)
+    return 0
+
+
 def cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
     from strataml.backends import get_backend, known_backends
 
@@ -610,7 +704,7 @@ def cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
 
 
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect, "opt": cmd_opt,
-            "backends": cmd_backends}
+            "tune": cmd_tune, "backends": cmd_backends}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

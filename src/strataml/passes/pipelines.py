@@ -63,6 +63,7 @@ class CompiledProgram:
     nodes: list[Node] = field(default_factory=list)
     bindings: list[dict[str, str]] = field(default_factory=list)
     object_code: bytes = b""  # the relocatable object the executable was linked from
+    tuned: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> tuning_db's picks
 
 
 def compile_graph(graph: Graph, target: Target, options: CompileOptions,
@@ -72,7 +73,20 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     It must end with the lowering passes, down to emit-llvm (link-shared optional)."""
     dump = Path(options.dump_ir_dir) if options.dump_ir_dir else None
     manager = PassManager(parse_pipeline(pipeline), verify=options.verify, dump_dir=dump)
-    graph = pin_decisions(graph, options.decisions)
+    tuned: dict[str, dict[str, str]] = {}
+    if options.tuning_db:
+        from strataml.tuning.database import TuningDatabase
+        from strataml.tuning.tuner import tuned_decisions
+
+        with TuningDatabase(options.tuning_db) as db:
+            tuned = tuned_decisions(graph, target, db)
+        # (a decision given explicitly wins: the database's pick for it is not applied)
+        tuned = {node: kept for node, picks in tuned.items()
+                 if (kept := {a: v for a, v in picks.items()
+                              if a not in options.decisions.get(node, {})})}
+    decisions = {node: {**tuned.get(node, {}), **options.decisions.get(node, {})}
+                 for node in {*tuned, *options.decisions}}
+    graph = pin_decisions(graph, decisions)
     state = manager.run(CompileState(graph, target, options))
     assert state.plan is not None
     assert state.executable is not None
@@ -81,4 +95,4 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
                            state.schedules, state.nodes, state.bindings,
                            state.object_code or (state.executable.data
                                                  if state.executable.format == "object"
-                                                 else b""))
+                                                 else b""), tuned)
