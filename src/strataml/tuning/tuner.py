@@ -9,8 +9,9 @@ picked shifted-plane over the rules' choice for SqueezeNet's 3x3 convolutions (1
 faster alone) and made the model 5% slower (layouts and caches around it differ).
 
 What is searched today: a node's algorithm (a convolution's winograd / banded /
-shifted-plane / im2col / direct), exhaustively. Not yet: layouts, the schedule space (tiles,
-blocking), evolutionary search, a cost model, parallel builds (issue 19).
+shifted-plane / im2col / direct) and its layout (channels-first / channels-last), one
+decision at a time, exhaustively. Not yet: the schedule space (tiles, blocking),
+combinations, evolutionary search, a cost model, parallel builds (issue 19).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from strataml.passes.decisions import NodeChoice, decision_space
 from strataml.target import Target
 from strataml.tuning.database import TuningDatabase
 
-SEARCHED = ("algorithm",)
+SEARCHED = ("algorithm", "layout")
 RTOL = 1e-3  # a candidate's answer against the default's, relative to the output's range
 
 
@@ -106,10 +107,10 @@ def tune(graph: Graph, target: Target, db: TuningDatabase, *, trials: int | None
             if any(n.name == first.node for n in graph.nodes) else "?"
         db.record(key, {}, 1.0, result.op, target.features, __version__)
         done = db.measured(key)
-        for value in first.values:
-            if value == first.default:
-                continue
-            candidate = {first.attr: value}
+        alternatives = [(c.attr, v) for c in choices if c.node == first.node
+                        for v in c.values if v != c.default]
+        for attr, value in alternatives:
+            candidate = {attr: value}
             if json.dumps(candidate, sort_keys=True) in done:
                 continue
             if (trials is not None and spent >= trials) or (
@@ -117,7 +118,7 @@ def tune(graph: Graph, target: Target, db: TuningDatabase, *, trials: int | None
                 break
             spent += 1
             result.trials += 1
-            decisions = {c.node: candidate for c in choices}
+            decisions = {node: candidate for node in {c.node for c in choices}}
             try:
                 model = compile_graph_for(graph, target, CompileOptions(
                     num_threads=threads, decisions=decisions))
