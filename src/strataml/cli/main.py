@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from strataml.errors import InputError, StrataError, UnsupportedOpError
+from strataml.runtime.feeds import random_feeds
 
 if TYPE_CHECKING:
     from strataml.api import CompiledModel
@@ -275,16 +276,6 @@ def _load_any(args: argparse.Namespace, out: TextIO) -> CompiledModel:
     return model
 
 
-def random_feed(dtype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Values every op accepts: small non-negative integers stay valid indices and sizes."""
-    kind = np.dtype(dtype).kind
-    if kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if kind == "b":
-        return rng.random(shape) < 0.5
-    return rng.integers(0, 3, size=shape).astype(dtype)
-
-
 def _read_npy(name: str, path: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
@@ -293,17 +284,6 @@ def _read_npy(name: str, path: str) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise InputError(f"input '{name}': {path} is not a readable .npy file ({exc})"
                          ) from None
-
-
-def random_feeds(model: CompiledModel, seed: int, given: dict[str, np.ndarray] | None = None
-                 ) -> dict[str, np.ndarray]:
-    """`given`, plus a seeded random value for every input of the plan it lacks."""
-    feeds = dict(given or {})
-    rng = np.random.default_rng(seed)
-    for slot in model.plan.inputs:
-        if slot.name not in feeds:
-            feeds[slot.name] = random_feed(slot.dtype, slot.shape, rng)
-    return feeds
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:

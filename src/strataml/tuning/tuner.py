@@ -29,6 +29,7 @@ from strataml.errors import StrataError
 from strataml.ir.dialects.graph import Graph
 from strataml.options import CompileOptions
 from strataml.passes.decisions import NodeChoice, decision_space
+from strataml.runtime.feeds import random_feeds
 from strataml.target import Target
 from strataml.tuning.database import TuningDatabase
 
@@ -49,18 +50,6 @@ class TaskResult:
     best: dict[str, str] = field(default_factory=dict)
     trials: int = 0
     failures: list[str] = field(default_factory=list)
-
-
-def _feeds(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name in graph.inputs:
-        t = graph.types[name]
-        if t.dtype.startswith(("int", "uint")):  # (indices: small, non-negative)
-            feeds[name] = rng.integers(0, 2, t.static_shape()).astype(t.dtype)
-        else:
-            feeds[name] = rng.standard_normal(t.static_shape()).astype(t.dtype)
-    return feeds
 
 
 def _median_ms(model: Any, feeds: Mapping[str, np.ndarray], runs: int) -> float:
@@ -95,16 +84,16 @@ def tune(graph: Graph, target: Target, db: TuningDatabase, *, trials: int | None
     for choice in decision_space(graph, target):
         if choice.attr in SEARCHED:
             space.setdefault(choice.key, []).append(choice)
-    feeds = _feeds(graph)
     default = compile_graph_for(graph, target, CompileOptions(num_threads=threads))
+    feeds = random_feeds(default, seed=0)
     reference = default.run(feeds)
+    ops = {n.name: n.op for n in graph.nodes}
     spent = 0
     results = []
     for key, choices in space.items():
         first = choices[0]
-        result = TaskResult(key, first.node, "", len({c.node for c in choices}))
-        result.op = next(n.op for n in graph.nodes if n.name == first.node) \
-            if any(n.name == first.node for n in graph.nodes) else "?"
+        result = TaskResult(key, first.node, ops.get(first.node, "?"),
+                            len({c.node for c in choices}))
         db.record(key, {}, 1.0, result.op, target.features, __version__)
         done = db.measured(key)
         alternatives = [(c.attr, v) for c in choices if c.node == first.node

@@ -20,6 +20,7 @@ import platform
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +92,18 @@ def host_arch() -> str:
     return ARCH_ALIASES.get(machine, machine)
 
 
-def host_features() -> dict[str, bool]:
-    """The host's ISA features by LLVM's names: from LLVM where llvmlite is installed, else
-    from /proc/cpuinfo's flags (a name cpuinfo has no flag for reads as absent)."""
+def host_has() -> Callable[[str], bool]:
+    """Whether the host has an ISA feature, by LLVM's name: LLVM's own detection where
+    llvmlite is installed, else /proc/cpuinfo's flags, asked only about the instruction-set
+    extensions code is made of (a feature it names otherwise, or not at all, counts as
+    present there)."""
     try:
         import llvmlite.binding as llvm
     except ImportError:
         pass
     else:
-        return dict(llvm.get_host_cpu_features())
+        features = llvm.get_host_cpu_features()
+        return lambda name: bool(features.get(name, False))
     flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -107,20 +111,8 @@ def host_features() -> dict[str, bool]:
             if key.strip() in ("flags", "Features", "isa"):
                 flags.update(value.split())
     except OSError:
-        return {}
-    return _CpuinfoFeatures(flags)
-
-
-class _CpuinfoFeatures(dict):
-    """Features as /proc/cpuinfo reports them: an ISA extension it does not list is absent;
-    any other feature cannot be checked there and counts as present."""
-
-    def __init__(self, flags: set[str]) -> None:
-        super().__init__()
-        self.flags = flags
-
-    def get(self, name: str, default: Any = None) -> bool:  # type: ignore[override]
-        return name not in ISA_EXTENSIONS or bool(_cpuinfo_spellings(name) & self.flags)
+        return lambda name: name not in ISA_EXTENSIONS
+    return lambda name: name not in ISA_EXTENSIONS or bool(_cpuinfo_spellings(name) & flags)
 
 
 def _open_library(data: bytes, global_symbols: bool) -> ctypes.CDLL:
@@ -288,8 +280,8 @@ class CpuDevice:
                 return [f"the {what} is not a well-formed object file ({exc})"]
             if machine != ELF_MACHINES.get(arch, machine):
                 return [f"the {what}'s machine ({machine}) is not {arch}'s"]
-        have = host_features()
-        missing = [f for f in executable.features if not have.get(f, False)]
+        has = host_has()
+        missing = [f for f in executable.features if not has(f)]
         if missing:
             return [f"the code uses CPU features this host lacks: {', '.join(missing)}"]
         return []
