@@ -1,5 +1,5 @@
-"""Tuning (a first slice of issue 19): the SQLite database, measured in-model choices of a
-convolution's algorithm, records applied by compile(tuning_db=) only on the CPU and compiler
+"""Tuning's first phase and its database: the SQLite database, measured in-model choices of
+a convolution's algorithm, records applied by compile(tuning_db=) only on the CPU and compiler
 they were made for, merging, and the CLI (tune, tune --merge, inspect --tuning-db)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from strataml.frontends.onnx import import_model
 from strataml.passes.decisions import decision_space
 from strataml.target import host_target
 from strataml.tuning.database import MIN_GAIN, TuningDatabase
-from strataml.tuning.tuner import SEARCHED, tune
+from strataml.tuning.tuner import SEARCHED, tune_decisions
 
 
 def _model() -> onnx.ModelProto:
@@ -71,7 +71,7 @@ def test_tune_measures_each_workload_once_and_resumes(tmp_path: Path) -> None:
     assert len({c.key for c in decision_space(graph, target) if c.attr == "algorithm"}) == 2
     # (c1 and c2 are one workload)
     with TuningDatabase(tmp_path / "t.db") as db:
-        results = tune(graph, target, db, trials=20, threads=1, rounds=1)
+        results = tune_decisions(graph, target, db, trials=20, threads=1, rounds=1)
         assert {r.key for r in results} == keys
         assert all(not r.failures for r in results), [r.failures for r in results]
         shared = next(r for r in results if r.nodes == 2)
@@ -79,7 +79,7 @@ def test_tune_measures_each_workload_once_and_resumes(tmp_path: Path) -> None:
         for key in keys:
             assert db.measured(key)["{}"] == 1.0
             assert len(db.measured(key)) >= 2
-        again = tune(graph, target, db, trials=20, threads=1, rounds=1)
+        again = tune_decisions(graph, target, db, trials=20, threads=1, rounds=1)
         assert sum(r.trials for r in again) == 0  # (everything measured: resumed, not redone)
 
 
@@ -117,11 +117,14 @@ def test_records_apply_on_their_own_cpu_and_compiler_only(tmp_path: Path) -> Non
 def test_cli_tune_merge_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     onnx.save(_model(), str(tmp_path / "m.onnx"))
     db = str(tmp_path / "t.db")
-    assert main(["tune", str(tmp_path / "m.onnx"), "--db", db, "--trials", "2",
-                 "--num-threads", "1"]) == 0
+    plot = tmp_path / "search.png"
+    assert main(["tune", str(tmp_path / "m.onnx"), "--db", db, "--trials", "6",
+                 "--num-threads", "1", "--plot", str(plot), "--builders", "1"]) == 0
     out = capsys.readouterr().out
-    assert "tuned/default" in out
-    assert "workload(s) in" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tuned/default" in out  # (the decisions' table)
+    assert "default ms" in out
+    assert "model: default" in out
     assert main(["tune", "--merge", db, "--db", str(tmp_path / "merged.db")]) == 0
     assert "merged" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "m.onnx"), "--tuning-db", db]) == 0

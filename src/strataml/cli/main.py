@@ -158,20 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "default")
     _add_compile_options(p)
 
-    p = sub.add_parser("tune", help="measure the model's decisions into a tuning database, "
-                       "or merge databases")
+    p = sub.add_parser("tune", help="search the model's decisions and kernel schedules into "
+                       "a tuning database, or merge databases")
     p.add_argument("model", nargs="?", help="the .onnx model (not with --merge)")
     p.add_argument("--db", required=True, metavar="DB",
                    help="the SQLite tuning database (created if missing; the output of "
                    "--merge)")
     p.add_argument("--trials", type=_positive, default=None, metavar="N",
-                   help="stop after N candidate builds")
+                   help="stop after N measured candidates")
     p.add_argument("--budget", default=None, metavar="TIME",
                    help="stop after TIME (e.g. 90s, 10m, 1h)")
     p.add_argument("--merge", nargs="+", default=None, metavar="DB",
                    help="fold these databases into --db instead of tuning")
     p.add_argument("--threads", type=_positive, default=None, metavar="N",
                    help="threads the model is built and timed with (default: all cores)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="write best latency vs trials (whole model and per kernel) as a PNG "
+                   "(needs matplotlib)")
+    p.add_argument("--runner", choices=("local", "ray"), default="local",
+                   help="where candidates are built and timed: worker processes here, or a "
+                   "Ray cluster's nodes (needs ray)")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="--runner ray: the cluster's address (default: the one Ray finds)")
+    p.add_argument("--builders", type=_positive, default=None, metavar="N",
+                   help="--runner local: build N candidates at once (default: the cores, <= 4)")
+    p.add_argument("--patience", type=_positive, default=24, metavar="N",
+                   help="a kernel's search stops after N trials without a better schedule")
     _add_compile_options(p)
 
     sub.add_parser("backends", help="list the known backends, one per line, name first")
@@ -599,7 +611,8 @@ def _read_graph_text(path: str) -> Graph:
 
 
 def _print_tuned(args: argparse.Namespace, options: CompileOptions, out: TextIO) -> int:
-    """Each kernel, marked `tuned` where a record of the database decided its node."""
+    """Each kernel, marked `tuned` where a record of the database decided its node or its
+    schedule (a schedule taken from the nearest tuned workload says so)."""
     import dataclasses
 
     import strataml
@@ -611,9 +624,16 @@ def _print_tuned(args: argparse.Namespace, options: CompileOptions, out: TextIO)
     program = model.program
     print(f"--- kernels with {args.tuning_db} ---", file=out)
     for kernel, node in zip(program.kernels, program.nodes, strict=False):
-        picks = program.tuned.get(node.name)
-        mark = "tuned" if picks else "default"
-        detail = f"  ({', '.join(f'{k}={v}' for k, v in picks.items())})" if picks else ""
+        picks = program.tuned.get(node.name, {})
+        how = program.tuned_schedules.get(kernel.name)
+        mark = "tuned" if picks or how else "default"
+        notes = [f"{k}={v}" for k, v in picks.items()]
+        if how:
+            notes.append(f"schedule {how}: {program.schedules[kernel.name]}"
+                         if how == "tuned" else
+                         f"schedule transferred from the nearest tuned workload: "
+                         f"{program.schedules[kernel.name]}")
+        detail = f"  ({'; '.join(notes)})" if notes else ""
         print(f"  {mark:<8} {kernel.name}{detail}", file=out)
     return 0
 
@@ -647,28 +667,77 @@ def cmd_tune(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError("tune needs --trials N or --budget TIME")
     from strataml.backends import resolve_target
     from strataml.frontends.onnx import import_model
-    from strataml.tuning.tuner import describe, tune
+    from strataml.tuning.runner import LocalRunner, RayRunner, Runner
+    from strataml.tuning.tuner import describe, schedule_table, tune
 
     options = _options(args)
     graph = import_model(args.model, options)
     _, target = resolve_target(_target(args))
     threads = args.threads or args.num_threads or options.threads()
+    if args.address and args.runner != "ray":
+        raise CliError("--address is for --runner ray")
+    runner: Runner = (RayRunner(args.address) if args.runner == "ray"
+                      else LocalRunner(args.builders))
     start = time.perf_counter()
+    bar = _ProgressBar(out)
 
     def progress(result: Any) -> None:
         pick = ", ".join(f"{k}={v}" for k, v in result.best.items()) or "default"
-        print(f"  [{time.perf_counter() - start:6.1f} s] {result.op} {result.node}: "
-              f"{result.trials} trial(s), best {pick} ({result.ratio:.3f} of default)",
-              file=out, flush=True)
+        bar.line(f"  [{time.perf_counter() - start:6.1f} s] {result.op} {result.node}: "
+                 f"{result.trials} trial(s), best {pick} ({result.ratio:.3f} of default)")
 
     with TuningDatabase(args.db) as db:
-        results = tune(graph, target, db, trials=args.trials,
-                       budget_seconds=_seconds(args.budget) if args.budget else None,
-                       threads=threads, progress=progress)
-    print("\n".join(describe(results)), file=out)
-    print(f"{len(results)} workload(s) in {time.perf_counter() - start:.1f} s; records in "
-          f"{args.db}", file=out)
+        report = tune(graph, target, db, trials=args.trials,
+                      budget_seconds=_seconds(args.budget) if args.budget else None,
+                      threads=threads, progress=progress, search_progress=bar.update,
+                      runner=runner, patience=args.patience)
+    bar.finish()
+    print("decisions (whole-model time with the choice over the default):", file=out)
+    print("\n".join(describe(report.decisions)), file=out)
+    print("kernel schedules (per model run):", file=out)
+    print("\n".join(schedule_table(report.tasks)), file=out)
+    print(f"model: default {report.default_ms:.3f} ms, tuned {report.tuned_ms:.3f} ms "
+          f"({report.tuned_ms / report.default_ms:.3f} of default, timed in alternation); "
+          f"{report.trials} schedule trial(s) in {report.builds} build(s), "
+          f"{report.failures} failed; {report.seconds:.1f} s; records in {args.db}", file=out)
+    if args.plot:
+        from strataml.tuning.plot import plot_search
+
+        plot_search(report, args.plot)
+        print(f"plot: {args.plot}", file=out)
     return 0
+
+
+class _ProgressBar:
+    """One live line on a terminal (kernel, trials, best so far, ETA); a line per round
+    into a log."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self.shown = False
+
+    def update(self, p: Any) -> None:
+        eta = f"ETA {p.eta:5.0f} s" if p.eta is not None else ""
+        done = p.tasks - p.active
+        filled = int(20 * done / max(p.tasks, 1))
+        text = (f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{p.tasks} kernels  "
+                f"{p.trials} trials  best {p.model_ratio:.3f} of default  "
+                f"{p.elapsed:5.0f} s  {eta}  {p.current}")
+        if self.live:
+            print(f"\r{text[:150]:<150}", end="", file=self.out, flush=True)
+            self.shown = True
+        else:
+            print(text, file=self.out, flush=True)
+
+    def line(self, text: str) -> None:
+        self.finish()
+        print(text, file=self.out, flush=True)
+
+    def finish(self) -> None:
+        if self.shown:
+            print(file=self.out)
+            self.shown = False
 
 
 def cmd_backends(args: argparse.Namespace, out: TextIO) -> int:

@@ -64,6 +64,8 @@ class CompiledProgram:
     bindings: list[dict[str, str]] = field(default_factory=list)
     object_code: bytes = b""  # the relocatable object the executable was linked from
     tuned: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> tuning_db's picks
+    # kernel -> "tuned" | "transferred": the schedules tuning_db gave
+    tuned_schedules: dict[str, str] = field(default_factory=dict)
 
 
 def compile_graph(graph: Graph, target: Target, options: CompileOptions,
@@ -95,4 +97,4 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
                            state.schedules, state.nodes, state.bindings,
                            state.object_code or (state.executable.data
                                                  if state.executable.format == "object"
-                                                 else b""), tuned)
+                                                 else b""), tuned, state.tuned_schedules)

@@ -16,7 +16,8 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,15 +35,38 @@ from strataml.schedule.schedule import (
 from strataml.target import Target, host_target
 
 
-def workload_key(kernel: Kernel, target: Target) -> str:
+def workload_key(kernel: Kernel, target: Target, threads: int | None = None) -> str:
     """sha256 of the kernel's structure (printed with its name and source nodes left out),
-    the target's description and the compiler's version."""
+    the target's description and the compiler's version (and the thread count a schedule
+    was tuned for, when given: the parallel shares depend on it)."""
+    return _key(_anonymous_text(kernel), target, threads)
+
+
+def structure_key(kernel: Kernel, target: Target, threads: int | None = None
+                  ) -> tuple[str, list[int]]:
+    """The workload key with every number of the kernel left out, and those numbers in
+    order: kernels of one structure at other sizes share the key (what transfer looks
+    up), and their sizes say how near they are."""
+    text = _anonymous_text(kernel)
+    sizes = [int(n) for n in _NUMBER.findall(text)]
+    return _key(_NUMBER.sub("#", text), target, threads), sizes
+
+
+_NUMBER = re.compile(r"(?<![\w.%-])\d+(?![\w.])")
+
+
+def _anonymous_text(kernel: Kernel) -> str:
+    return print_kernel(replace(kernel, name="kernel", source=()))
+
+
+def _key(text: str, target: Target, threads: int | None) -> str:
     from strataml import __version__
 
-    anonymous = replace(kernel, name="kernel", source=())
-    blob = json.dumps({"kernel": print_kernel(anonymous), "target": target.to_json(),
-                       "compiler": __version__}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    description: dict[str, object] = {"kernel": text, "target": target.to_json(),
+                                      "compiler": __version__}
+    if threads is not None:
+        description["threads"] = threads
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,47 @@ class ScheduleSpace:
             seen.add(schedule)
             count += 1
             yield schedule
+
+    def picks_of(self, schedule: Schedule) -> dict[str, object]:
+        """The choices where `schedule` differs from the default, JSON-able: a number or
+        flag by value (it means the same in any kernel: a transferred pick keeps it), a
+        loop trace by its position (0: the default's, 1: without its parallel loop)."""
+        picks: dict[str, object] = {}
+        for c in self.choices:
+            value = getattr(schedule.stages[c.stage], c.field)
+            if value != c.default:
+                picks[c.name] = c.values.index(value) if c.field == "steps" else value
+        return picks
+
+    def schedule_of(self, picks: Mapping[str, object]) -> Schedule | None:
+        """The schedule `picks` name here, or None where one of them is not a value of
+        this space or the combination is illegal."""
+        by_name = {c.name: c for c in self.choices}
+        values: dict[str, object] = {}
+        for name, pick in picks.items():
+            c = by_name.get(name)
+            if c is None:
+                return None
+            if c.field == "steps":
+                if not isinstance(pick, int) or not 0 <= pick < len(c.values):
+                    return None
+                values[name] = c.values[pick]
+            elif pick in c.values:
+                values[name] = pick
+            else:
+                return None
+        schedule = self.at(values)
+        return schedule if self.legal(schedule) else None
+
+    def crossover(self, a: Schedule, b: Schedule, rng: random.Random) -> Schedule:
+        """Each choice from one parent or the other; `a` where the mix is illegal."""
+        stages = list(a.stages)
+        for c in self.choices:
+            if rng.random() < 0.5:
+                stages[c.stage] = _with(stages[c.stage], c.field,
+                                        getattr(b.stages[c.stage], c.field))
+        child = Schedule(tuple(stages))
+        return child if self.legal(child) else a
 
     def mutate(self, schedule: Schedule, rng: random.Random, tries: int = 32) -> Schedule:
         """A legal neighbour of `schedule`: one choice changed (itself if none is legal)."""

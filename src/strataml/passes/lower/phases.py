@@ -75,6 +75,8 @@ class CompileState:
     object_code: bytes = b""  # emit-llvm's object, kept when link-shared makes a library
     # kernel name -> its prepared form (what schedules and loops see)
     prepared: dict[str, Kernel] = field(default_factory=dict)
+    # kernel name -> "tuned" or "transferred": schedules a tuning database gave
+    tuned_schedules: dict[str, str] = field(default_factory=dict)
     done: frozenset[str] = frozenset()  # the lowering passes that have run
 
     def need(self, what: str, made_by: str, pass_name: str) -> None:
@@ -241,21 +243,33 @@ class ScheduleKernels(LoweringPass):
                                 f"model's kernels are {[k.name for k in state.kernels]}")
         schedules: dict[str, Schedule] = {}
         prepared_of: dict[str, Kernel] = {}
+        tuned: dict[str, str] = {}
         first: dict[tuple, str] = {}
+        database = None
+        if options.tuning_db:  # (the tuner's records: a kernel's own, or its nearest's)
+            from strataml.tuning.transfer import TunedSchedules
+
+            database = TunedSchedules(options.tuning_db, target, options.threads())
         for k in state.kernels:
             given = _given_schedule(options, k.name)
             key = (k.buffers, k.stages, given)
             if key in first:
                 schedules[k.name] = schedules[first[key]]
                 prepared_of[k.name] = prepared_of[first[key]]
+                if first[key] in tuned:
+                    tuned[k.name] = tuned[first[key]]
                 continue
             first[key] = k.name
             with blame(k.where, self.name):
                 prepared = prepare_kernel(k)
+                found = database.lookup(prepared) if database and given is None else None
+                if found is not None:
+                    given, tuned[k.name] = found
                 schedules[k.name] = given or default_schedule(prepared, options.threads(),
                                                               target)
             prepared_of[k.name] = prepared
-        return replace(state, schedules=schedules, prepared=prepared_of)
+        return replace(state, schedules=schedules, prepared=prepared_of,
+                       tuned_schedules=tuned)
 
 
 @register_pass
@@ -297,8 +311,11 @@ class LowerToLoops(LoweringPass):
             functions.append(function_of[key])
         schedules = {k.name: chosen.get((k.buffers, k.stages, s), s)
                      for k in state.kernels for s in (state.schedules[k.name],)}
+        # (a tuning record's schedule the lowering had to replace was not applied after all)
+        tuned = {name: how for name, how in state.tuned_schedules.items()
+                 if schedules[name] == state.schedules[name]}
         return replace(state, loops=loops, functions=functions, pairs_of=pairs_of,
-                       schedules=schedules)
+                       schedules=schedules, tuned_schedules=tuned)
 
 
 @register_pass

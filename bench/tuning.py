@@ -1,0 +1,132 @@
+"""The auto-tuner's figures: default vs tuned vs ONNX Runtime, tuning time, transfer.
+
+    .venv/bin/python bench/tuning.py --models resnet18,bert_bench --budget 10m
+    .venv/bin/python bench/tuning.py --models light_resnet50 --transfer-from resnet18,bert_bench
+
+Per model: `strataml tune` (decisions, then kernel schedules) into a database of its own
+under --work, for --budget; then the default build, the tuned build (`tuning_db=`) and ONNX
+Runtime timed in alternated rounds (bench/models.py's `alternate`), same threads. Printed:
+tuning wall time, trials, and the medians of the per-round ratios tuned/default and
+tuned/ORT, with ORT against itself as the noise floor.
+
+--transfer-from A,B: before tuning each model, a database merged from A's and B's (tuned
+first if missing) is applied with zero trials of the model's own: what transfer alone gives
+(tuned-by-transfer / default), beside what the model's own tuning gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tests.models.architectures import MODELS
+
+from models import alternate, ort_session
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
+def tune_model(name: str, db: Path, args: argparse.Namespace) -> dict[str, float]:
+    from strataml.frontends.onnx import import_model
+    from strataml.options import CompileOptions
+    from strataml.target import host_target
+    from strataml.tuning.database import TuningDatabase
+    from strataml.tuning.tuner import tune
+
+    build, _ = MODELS[name]
+    graph = import_model(build(), CompileOptions())
+    start = time.perf_counter()
+    with TuningDatabase(db) as handle:
+        report = tune(graph, host_target(), handle, budget_seconds=_seconds(args.budget),
+                      threads=args.threads, patience=args.patience)
+    return {"seconds": time.perf_counter() - start, "trials": report.trials,
+            "builds": report.builds, "failures": report.failures,
+            "in_tuner": report.tuned_ms / report.default_ms}
+
+
+def compare(name: str, dbs: dict[str, Path | None], args: argparse.Namespace
+            ) -> dict[str, float]:
+    """Median per-round ratios of each build against the default, and against ORT."""
+    import strataml
+
+    build, make_feeds = MODELS[name]
+    model = build()
+    feeds = make_feeds(model)
+    builds = {label: strataml.compile(model, num_threads=args.threads,
+                                      tuning_db=str(db) if db else None)
+              for label, db in dbs.items()}
+    ort_a = ort_session(model, args.threads, False)
+    ort_b = ort_session(model, args.threads, False)
+    contenders = {label: (lambda m=m: m.run(feeds)) for label, m in builds.items()}
+    contenders["ort"] = lambda: ort_a.run(None, feeds)
+    contenders["ort2"] = lambda: ort_b.run(None, feeds)
+    rounds = alternate(contenders, args.rounds, args.min_time)
+    out = {f"{label}_ms": statistics.median(r[label] for r in rounds) * 1e3 for label in dbs}
+    for label in dbs:
+        out[f"{label}/default"] = statistics.median(r[label] / r["default"] for r in rounds)
+        out[f"{label}/ort"] = statistics.median(r[label] / r["ort"] for r in rounds)
+    out["ort_ms"] = statistics.median(r["ort"] for r in rounds) * 1e3
+    out["noise"] = statistics.median(r["ort2"] / r["ort"] for r in rounds)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="resnet18,light_resnet50,mobilenet_v2,bert_bench")
+    parser.add_argument("--budget", default="10m")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--work", default="build/tuning", help="where the databases go")
+    parser.add_argument("--patience", type=int, default=24,
+                        help="trials without a better schedule before a kernel's search stops")
+    parser.add_argument("--transfer-from", default="",
+                        help="models whose merged databases are applied first (transfer)")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sources = [s for s in args.transfer_from.split(",") if s]
+    for name in sources:
+        if not (work / f"{name}.db").exists():
+            print(f"tuning {name} for transfer ...", flush=True)
+            tune_model(name, work / f"{name}.db", args)
+    transfer_db = None
+    if sources:
+        from strataml.tuning.database import TuningDatabase
+
+        transfer_db = work / f"transfer-{'-'.join(sources)}.db"
+        transfer_db.unlink(missing_ok=True)
+        with TuningDatabase(transfer_db) as db:
+            db.merge([work / f"{s}.db" for s in sources])
+    for name in args.models.split(","):
+        db = work / f"{name}.db"
+        db.unlink(missing_ok=True)
+        if transfer_db is not None:
+            before = compare(name, {"default": None, "transfer": transfer_db}, args)
+            print(f"{name}: transfer only (zero trials): "
+                  f"{before['transfer/default']:.3f} of default "
+                  f"(noise {before['noise']:.3f})", flush=True)
+        tuned = tune_model(name, db, args)
+        print(f"{name}: tuned {tuned['trials']} trials in {tuned['builds']} builds, "
+              f"{tuned['failures']} failed, {tuned['seconds']:.0f} s; in the tuner "
+              f"{tuned['in_tuner']:.3f} of default", flush=True)
+        result = compare(name, {"default": None, "tuned": db}, args)
+        print(f"{name}: default {result['default_ms']:.2f} ms, tuned {result['tuned_ms']:.2f} "
+              f"ms, ORT {result['ort_ms']:.2f} ms | tuned/default "
+              f"{result['tuned/default']:.3f}, default/ORT {result['default/ort']:.3f}, "
+              f"tuned/ORT {result['tuned/ort']:.3f}, noise ORT/ORT {result['noise']:.3f}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
