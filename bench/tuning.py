@@ -9,6 +9,9 @@ Runtime timed in alternated rounds (bench/models.py's `alternate`), same threads
 tuning wall time, trials, and the medians of the per-round ratios tuned/default and
 tuned/ORT, with ORT against itself as the noise floor.
 
+At the end, the cost model's ranking of measurements it did not see (`--cost-model-only`:
+just that, on the databases already in --work).
+
 --transfer-from A,B: before tuning each model, a database merged from A's and B's (tuned
 first if missing) is applied with zero trials of the model's own: what transfer alone gives
 (tuned-by-transfer / default), beside what the model's own tuning gives.
@@ -79,6 +82,60 @@ def compare(name: str, dbs: dict[str, Path | None], args: argparse.Namespace
     return out
 
 
+def cost_model_check(dbs: list[Path], folds: int = 5, seed: int = 0) -> None:
+    """How well the cost model ranks measurements it was not trained on: every successful
+    trial of the databases (features, measured ratio), k-fold by workload (a workload's
+    trials are all held out together, as a new kernel's would be), Spearman per fold."""
+    import json
+    import random
+    import sqlite3
+
+    import numpy as np
+
+    from strataml.tuning.cost_model import make_cost_model, spearman
+    from strataml.tuning.features import FEATURE_NAMES
+
+    rows: list[tuple[str, list[float], float]] = []
+    for db in dbs:
+        con = sqlite3.connect(str(db))
+        rows += [(key, json.loads(v), r) for key, v, r in con.execute(
+            "SELECT key, vector, ratio FROM trials WHERE ratio IS NOT NULL")
+            if len(json.loads(v)) == len(FEATURE_NAMES) and r > 0]
+        con.close()
+    keys = sorted({k for k, _, _ in rows})
+    if len(keys) < folds:
+        print(f"cost model: too few workloads ({len(keys)}) to hold any out")
+        return
+    random.Random(seed).shuffle(keys)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    splits = {
+        # a new kernel's candidates: none of its workload's trials were seen
+        "by workload": [[i for i, (k, _, _) in enumerate(rows) if k in set(keys[f::folds])]
+                        for f in range(folds)],
+        # the search's case: other candidates of the same workloads were seen
+        "random": [order[f::folds] for f in range(folds)],
+    }
+    for kind in ("numpy", "lightgbm"):
+        try:
+            make_cost_model(kind)
+        except ValueError:
+            continue
+        for how, held_out in splits.items():
+            scores = []
+            for held in map(set, held_out):
+                train = [(v, np.log(r)) for i, (_, v, r) in enumerate(rows) if i not in held]
+                test = [(v, np.log(r)) for i, (_, v, r) in enumerate(rows) if i in held]
+                model = make_cost_model(kind)
+                model.fit(np.asarray([v for v, _ in train]), np.asarray([t for _, t in train]))
+                predicted = model.predict(np.asarray([v for v, _ in test]))
+                scores.append(spearman(predicted, [t for _, t in test]))
+            print(f"cost model ({kind}), held out {how}: Spearman per fold "
+                  f"{' '.join(f'{s:.2f}' for s in scores)}, median "
+                  f"{statistics.median(scores):.2f} ({len(rows)} trials, {len(keys)} "
+                  "workloads)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet18,light_resnet50,mobilenet_v2,bert_bench")
@@ -87,6 +144,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=1.0)
     parser.add_argument("--work", default="build/tuning", help="where the databases go")
+    parser.add_argument("--cost-model-only", action="store_true",
+                        help="only the cost model's held-out ranking on --work's databases")
     parser.add_argument("--patience", type=int, default=24,
                         help="trials without a better schedule before a kernel's search stops")
     parser.add_argument("--transfer-from", default="",
@@ -94,6 +153,9 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.cost_model_only:
+        cost_model_check(sorted(work.glob("*.db")))
+        return 0
     sources = [s for s in args.transfer_from.split(",") if s]
     for name in sources:
         if not (work / f"{name}.db").exists():
@@ -125,6 +187,7 @@ def main() -> int:
               f"{result['tuned/default']:.3f}, default/ORT {result['default/ort']:.3f}, "
               f"tuned/ORT {result['tuned/ort']:.3f}, noise ORT/ORT {result['noise']:.3f}",
               flush=True)
+    cost_model_check(sorted(work.glob("*.db")))
     return 0
 
 

@@ -70,8 +70,8 @@ def cluster() -> Iterator[Cluster]:
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", "--block",
-         f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"],
+         f"--temp-dir={temp_dir}", f"--dashboard-port={_free_port()}",
+         f"--dashboard-agent-listen-port={_free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         runner = _connect(head, port, log)
@@ -84,13 +84,21 @@ def cluster() -> Iterator[Cluster]:
 
 
 def _connect(head: subprocess.Popen[bytes], port: int, log: Any) -> RayRunner:
-    """The runner connected to the head, retried while the head starts up."""
+    """The runner connected to the head, retried while the head starts up. Its GCS port
+    must accept a connection first: `ray.init` on a head that died waits for it forever."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if head.poll() is not None:
             log.seek(0)
             pytest.fail(f"ray start exited with {head.returncode}:\n"
                         f"{log.read().decode(errors='replace')[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the Ray head did not open port {port} in {START_TIMEOUT:.0f} s")
+            time.sleep(0.5)
+            continue
         try:
             return RayRunner(address=f"127.0.0.1:{port}", timeout=JOB_TIMEOUT)
         except Exception:  # (ConnectionError until the head's GCS answers)

@@ -30,7 +30,7 @@ from strataml.ir.types import itemsize, split_vector
 from strataml.schedule.schedule import Schedule
 from strataml.target import Target
 
-FEATURE_NAMES = (
+LOOP_FEATURE_NAMES = (
     "log_ops", "log_vector_ops", "log_load_bytes", "log_store_bytes", "log_intensity",
     "log_loads", "log_vector_loads", "log_stores", "log_prefetches",
     "loops", "parallel_loops", "vector_loops", "unrolled_loops", "depth",
@@ -117,7 +117,7 @@ def _log(x: float) -> float:
 
 def loop_features(function: LoopFunction, schedule: Schedule, target: Target,
                   threads: int) -> np.ndarray:
-    """The feature vector (FEATURE_NAMES, in order) of one lowered candidate."""
+    """The feature vector (LOOP_FEATURE_NAMES, in order) of one lowered candidate."""
     tally = _Tally(innermost=[])
     _walk(function.body, 1.0, 0, tally)
     assert tally.innermost is not None
@@ -146,13 +146,27 @@ def loop_features(function: LoopFunction, schedule: Schedule, target: Target,
         first.column_chunks if first else 0, float(first.keep_panels) if first else 0,
         first.row_chunks if first else 0, threads,
     ]
-    assert len(values) == len(FEATURE_NAMES)
+    assert len(values) == len(LOOP_FEATURE_NAMES)
     return np.asarray(values, dtype=np.float64)
 
 
-def candidate_features(kernel: Kernel, schedule: Schedule, target: Target, threads: int
-                       ) -> np.ndarray:
-    """Lower the prepared `kernel` under `schedule` and read its features (a few ms)."""
+# What the cost model is given: a candidate's loop features and how they differ from the
+# default schedule's (the measured time is relative to the default's, so the difference is
+# what explains it; the absolute values say which kind of kernel it is).
+FEATURE_NAMES = LOOP_FEATURE_NAMES + tuple(f"delta_{n}" for n in LOOP_FEATURE_NAMES)
+
+
+def candidate_features(kernel: Kernel, schedule: Schedule, default: np.ndarray,
+                       target: Target, threads: int) -> np.ndarray:
+    """Lower the prepared `kernel` under `schedule` and read its features (a few ms), with
+    their differences from `default` (the default schedule's `schedule_features`)."""
+    own = schedule_features(kernel, schedule, target, threads)
+    return np.concatenate([own, own - default])
+
+
+def schedule_features(kernel: Kernel, schedule: Schedule, target: Target, threads: int
+                      ) -> np.ndarray:
+    """The loop features (LOOP_FEATURE_NAMES) of `kernel` lowered under `schedule`."""
     from strataml.passes.lower.kernel_to_loop import lower_kernel
 
     return loop_features(lower_kernel(kernel, schedule, target=target), schedule, target,

@@ -33,7 +33,7 @@ from strataml.schedule.space import ScheduleSpace, schedule_space, structure_key
 from strataml.target import Target
 from strataml.tuning.cost_model import CostModel, make_cost_model
 from strataml.tuning.database import MIN_GAIN, TuningDatabase
-from strataml.tuning.features import FEATURE_NAMES, candidate_features
+from strataml.tuning.features import FEATURE_NAMES, candidate_features, schedule_features
 from strataml.tuning.runner import Outcome, Runner, default_spread, task_ratio
 from strataml.tuning.transfer import nearest_picks
 
@@ -71,6 +71,7 @@ class Task:
     # measurement must not become a record): picks -> its first ratio
     unconfirmed: dict[str, float] = field(default_factory=dict)
     noise: list[float] = field(default_factory=list)  # each timing's default spread
+    default_features: np.ndarray | None = None  # the default schedule's loop features
 
     @property
     def applied_ratio(self) -> float:
@@ -193,8 +194,12 @@ class ScheduleSearch:
     def _features(self, task: Task, schedule: Schedule, picks: str) -> list[float] | None:
         if picks not in task.features:
             try:
-                task.features[picks] = candidate_features(task.kernel, schedule, self.target,
-                                                          self.threads).tolist()
+                if task.default_features is None:
+                    task.default_features = schedule_features(
+                        task.kernel, task.space.default, self.target, self.threads)
+                task.features[picks] = candidate_features(
+                    task.kernel, schedule, task.default_features, self.target,
+                    self.threads).tolist()
             except StrataError as exc:  # illegal after all: rejected before any build
                 task.failed[picks] = f"rejected: {exc}"
                 return None
