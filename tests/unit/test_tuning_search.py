@@ -376,3 +376,9 @@ def test_a_stopped_search_resumes_with_its_unconfirmed_winner_first(tmp_path: Pa
         assert gemm.unconfirmed == {picks: 0.7}
         assert gemm.failed == {'{"stage0.mc": 1}': "wrong answer"}
         assert search.propose(gemm, set()) == picks
+
+
+def test_a_missing_tuning_database_is_an_error_not_a_new_file(tmp_path: Path) -> None:
+    with pytest.raises(StrataError, match="no such file"):
+        strataml.compile(_mlp(), tuning_db=str(tmp_path / "typo.db"))
+    assert not (tmp_path / "typo.db").exists()

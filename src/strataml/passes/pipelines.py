@@ -77,7 +77,12 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     manager = PassManager(parse_pipeline(pipeline), verify=options.verify, dump_dir=dump)
     tuned: dict[str, dict[str, str]] = {}
     if options.tuning_db:
+        from strataml.errors import StrataError
         from strataml.tuning.database import TuningDatabase
+
+        if not Path(options.tuning_db).is_file():  # (opening it would create an empty one)
+            raise StrataError(f"tuning_db {options.tuning_db}: no such file (strataml tune "
+                              "MODEL --db DB creates one)")
         from strataml.tuning.tuner import tuned_decisions
 
         with TuningDatabase(options.tuning_db) as db:
