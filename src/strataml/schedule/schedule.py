@@ -700,6 +700,7 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
             mc = _row_block(rows, mr, depth, l2_bytes, item) if kc else \
                 _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes, item)
             part_tiles = rows // threads // mr
+            panels = shape[-1] // nr
             if rows_outer and big and part_tiles >= MIN_ROWS_PER_CHUNK:
                 # A contiguous share of the rows a thread, one row block each: a thread
                 # packs the panels once. Row blocks dealt out had to divide the tiles
@@ -708,12 +709,17 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
                 mc = part_tiles
             elif rows_outer and big:
                 mc = _balanced_row_block(rows // mr, threads, mc)
-            panels = shape[-1] // nr
             # Threads share out the longer side: a tall A (rows >= columns) by rows, so each
             # thread reads its part of A once and its row blocks stay in its own L2; shares
             # of the column panels would have each thread stream all of A (MLAS splits the
             # same way). [1024, 2304] x [2304, 256]: 4.3 -> 3.7 ms.
-            row_chunks = threads if big and kc and (rows >= shape[-1] or rows_outer) \
+            # A wide A with too few column panels to deal out (MobileNetV2's and
+            # DenseNet's 1x1 convs at 14x14, channels first: 196 columns, 6 panels) is
+            # shared by rows too; the panels then stay in each thread's L2. The tuner found
+            # it (0.68-0.79 of those kernels' time); whole models 0.97-0.99, alternated.
+            few_panels = unbatched and panels < MIN_PANELS_PER_CHUNK * threads
+            row_chunks = threads if big and kc and (rows >= shape[-1] or rows_outer
+                                                    or few_panels) \
                 and part_tiles >= MIN_ROWS_PER_CHUNK else 0
             if row_chunks and not rows_outer:
                 mc = _row_block(rows // threads, mr, depth, l2_bytes, item)
