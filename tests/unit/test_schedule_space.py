@@ -82,3 +82,41 @@ def test_points_of_the_space_compute_the_same_product(rng):
         compiled = strataml.compile(model, num_threads=2, schedules={kernel.name: point})
         (got,) = compiled.run({"x": x})
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _depthwise(rng: np.random.Generator):
+    """A 3x3 depthwise conv (groups = channels) after a channels-last input's transpose:
+    loop-nest stages with a short reduction and a vector loop of four vectors."""
+    w = (rng.standard_normal((32, 1, 3, 3)) / 3).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], group=32, pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(
+        nodes, "depthwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                           [1, 16, 64, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 16, 64])],
+        [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_loop_stages_offer_row_blocks_unrolling_and_parallel_shares_that_compute_the_same(rng):
+    """Every legal loop trace of every kernel, built and run: the default's answer; and the
+    variants the space promises are among them."""
+    model = _depthwise(rng)
+    default = strataml.compile(model, num_threads=2)
+    x = rng.standard_normal((1, 16, 64, 32)).astype(np.float32)
+    (want,) = default.run({"x": x})
+    seen: set[str] = set()
+    for kernel in default.program.kernels:
+        space = schedule_space(prepare_kernel(kernel), 2, avx512_target())
+        for c in (c for c in space.choices if c.field == "steps"):
+            assert c.values[0] == c.default
+            for trace in c.values[1:]:
+                point = space.at({c.name: trace})
+                if not space.legal(point):
+                    continue
+                assert space.schedule_of(space.picks_of(point)) == point  # picks round-trip
+                seen.update(step.op for step in trace)
+                compiled = strataml.compile(model, num_threads=2, schedules={kernel.name: point})
+                (got,) = compiled.run({"x": x})
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert {"unroll", "split", "fuse"} <= seen

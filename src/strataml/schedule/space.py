@@ -22,8 +22,23 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from strataml.errors import ScheduleError
-from strataml.ir.dialects.kernel import Kernel, print_kernel
-from strataml.schedule.primitives import Parallel
+from strataml.ir.dialects.kernel import Kernel, Stage, print_kernel
+from strataml.schedule.primitives import (
+    ComputeAt,
+    Fuse,
+    Inline,
+    Loop,
+    LoopNest,
+    Parallel,
+    Primitive,
+    Reorder,
+    Split,
+    Unroll,
+    Vectorize,
+    apply_steps,
+    step_from_dict,
+    step_to_dict,
+)
 from strataml.schedule.schedule import (
     ROW_TILES,
     TILE_ROW_VECTORS,
@@ -31,6 +46,9 @@ from strataml.schedule.schedule import (
     StageSchedule,
     check_schedule,
     default_schedule,
+    row_applicable,
+    row_steps,
+    stage_nest,
 )
 from strataml.target import Target, host_target
 
@@ -131,14 +149,15 @@ class ScheduleSpace:
             yield schedule
 
     def picks_of(self, schedule: Schedule) -> dict[str, object]:
-        """The choices where `schedule` differs from the default, JSON-able: a number or
-        flag by value (it means the same in any kernel: a transferred pick keeps it), a
-        loop trace by its position (0: the default's, 1: without its parallel loop)."""
+        """The choices where `schedule` differs from the default, JSON-able and meaning
+        the same in any kernel of the structure (a transferred pick keeps it): a number or
+        flag by value, a loop trace as its steps."""
         picks: dict[str, object] = {}
         for c in self.choices:
             value = getattr(schedule.stages[c.stage], c.field)
             if value != c.default:
-                picks[c.name] = c.values.index(value) if c.field == "steps" else value
+                picks[c.name] = [step_to_dict(s) for s in value] if c.field == "steps" \
+                    else value
         return picks
 
     def schedule_of(self, picks: Mapping[str, object]) -> Schedule | None:
@@ -151,9 +170,10 @@ class ScheduleSpace:
             if c is None:
                 return None
             if c.field == "steps":
-                if not isinstance(pick, int) or not 0 <= pick < len(c.values):
+                trace = _trace_of(pick, c.values)
+                if trace is None:
                     return None
-                values[name] = c.values[pick]
+                values[name] = trace
             elif pick in c.values:
                 values[name] = pick
             else:
@@ -186,6 +206,21 @@ class ScheduleSpace:
         return schedule
 
 
+def _trace_of(pick: object, traces: tuple[object, ...]) -> tuple[Primitive, ...] | None:
+    """The trace a pick names among `traces`: its steps (as `picks_of` writes them), or
+    a position (records of compiler versions whose traces were 0: default, 1: serial)."""
+    if isinstance(pick, int) and not isinstance(pick, bool):
+        found = traces[pick] if 0 <= pick < min(len(traces), 2) else None
+        return found if isinstance(found, tuple) else None
+    if not isinstance(pick, list) or not all(isinstance(d, dict) for d in pick):
+        return None
+    try:
+        trace = tuple(step_from_dict(d) for d in pick)
+    except ScheduleError:
+        return None
+    return trace if trace in traces else None
+
+
 def _with(stage: StageSchedule, field: str, value: object) -> StageSchedule:
     changes: dict[str, Any] = {field: value}
     return replace(stage, **changes)
@@ -216,7 +251,7 @@ def schedule_space(kernel: Kernel, threads: int = 1, target: Target | None = Non
                    ) -> ScheduleSpace:
     """The space around the default rules' schedule for the prepared `kernel`: for a gemm
     stage its register tile, row block, reduction block, loop order, parallel shares and
-    panel keeping; for a loop-nest stage its trace with or without its parallel loop. The
+    panel keeping; for a loop-nest stage its trace varied (`loop_traces`). The
     default is the default rules' choice for every decision. (A convolution's algorithm and
     layout are decided a level up, before its kernel exists: `passes.decisions` lists them
     as choices of the node and pins them through `CompileOptions.decisions`.)"""
@@ -227,6 +262,113 @@ def schedule_space(kernel: Kernel, threads: int = 1, target: Target | None = Non
         if stage.strategy == "gemm":
             choices.extend(_gemm_choices(k, stage, threads, target))
             continue
-        serial = tuple(s for s in stage.steps if not isinstance(s, Parallel))
-        choices.append(Choice(k, "steps", (stage.steps, serial), stage.steps))
+        traces = loop_traces(kernel, kernel.stages[k], stage.steps, threads,
+                             target.vector_lanes_f32)
+        choices.append(Choice(k, "steps", traces, stage.steps))
     return ScheduleSpace(kernel, default, tuple(c for c in choices if len(set(c.values)) > 1))
+
+
+# Reduction loops this short or shorter are offered unrolled (a 3x3 window, a 7-tap filter).
+UNROLL_MAX_EXTENT = 8
+# The vector row blocks offered, in vectors: the block's accumulators stay in registers
+# across the reduction loops outside it.
+ROW_BLOCK_CHOICES = (1, 2, 4)
+
+
+def loop_traces(kernel: Kernel, stage: Stage, steps: tuple[Primitive, ...], threads: int,
+                lanes: int) -> tuple[tuple[Primitive, ...], ...]:
+    """Traces around a loop-nest stage's default `steps`, the default first and the
+    default without its parallel loop second. Around them: the other loop order (the row
+    trace's reductions outside a vector row, or the canonical nest's innermost); the
+    innermost vector loop cut into row blocks of 1, 2 or 4 vectors, the reduction loops
+    just outside it moved outside the block; short reduction loops unrolled; the parallel
+    loop dropped, fused with the loop inside it (more, smaller shares) or added where the
+    default has none. Each is checked against the stage's nest alone (the whole schedule's
+    legality is the space's to check). A stage computed inside another or inlined keeps
+    its trace: its loops are its consumer's."""
+    nest = stage_nest(kernel, stage)
+    serial = tuple(s for s in steps if not isinstance(s, Parallel))
+    if any(isinstance(s, (ComputeAt, Inline)) for s in steps):
+        return (steps, serial) if serial != steps else (steps,)
+    parallel = tuple(s for s in steps if isinstance(s, Parallel))
+    orders = [serial]
+    if not serial and row_applicable(kernel, stage) is None:
+        orders.append(row_steps(nest, False, 1, lanes))
+    elif serial and any(isinstance(s, Vectorize) for s in serial) \
+            and not any(isinstance(s, Split) for s in serial):
+        orders.append(())  # the canonical nest: reductions innermost
+    traces: list[tuple[Primitive, ...]] = [steps, serial]
+    for order in orders:
+        try:
+            base = apply_steps(nest, order)
+        except ScheduleError:
+            continue
+        short = tuple(Unroll(lp.name) for lp in base.loops if lp.reduce
+                      and lp.kind == "serial" and 1 < lp.extent <= UNROLL_MAX_EXTENT)
+        for block in (order, *_row_blocks(base, order, lanes)):
+            for unroll in ((), short) if short else ((),):
+                for par in _parallel_variants(base, parallel, threads):
+                    trace = (*block, *unroll, *par)
+                    if trace in traces:
+                        continue
+                    try:
+                        apply_steps(nest, trace)
+                    except ScheduleError:
+                        continue
+                    traces.append(trace)
+    return tuple(traces)
+
+
+def _parallel_variants(nest: LoopNest, parallel: tuple[Primitive, ...], threads: int
+                       ) -> list[tuple[Primitive, ...]]:
+    """The default's parallel step, none, and the default's parallel loop fused with the
+    loop inside it (or the outermost loop made parallel where the default has none)."""
+    out: list[tuple[Primitive, ...]] = [parallel, ()]
+    outer = [lp.name for lp in _outside_reductions(nest) if lp.kind == "serial"]
+    if threads > 1 and not parallel:
+        first = next((lp.name for lp in _outside_reductions(nest) if lp.extent > 1), None)
+        out += [(Parallel(first),)] if first is not None else []
+    elif parallel and isinstance(parallel[0], Parallel) and parallel[0].axis in outer:
+        at = outer.index(parallel[0].axis)
+        if at < len(outer) - 1:
+            inner = outer[at + 1]
+            out.append((Fuse(outer[at], inner), Parallel(f"{outer[at]}.{inner}")))
+    return out
+
+
+def _outside_reductions(nest: LoopNest) -> list[Loop]:
+    """The loops outside the first reduction loop and every vector loop."""
+    out = []
+    for lp in nest.loops:
+        if lp.reduce or lp.kind == "vector":
+            break
+        out.append(lp)
+    return out
+
+
+def _row_blocks(nest: LoopNest, serial: tuple[Primitive, ...], lanes: int
+                ) -> list[tuple[Primitive, ...]]:
+    """`serial` with its innermost vector loop cut into row blocks, the reduction loops
+    directly outside it moved outside the block (nothing where there are none)."""
+    last = nest.loops[-1] if nest.loops else None
+    if last is None or last.kind != "vector" or last.reduce:
+        return []
+    reductions: list[str] = []
+    for lp in reversed(nest.loops[:-1]):
+        if not lp.reduce:
+            break
+        reductions.insert(0, lp.name)
+    if not reductions:
+        return []
+    at = serial.index(Vectorize(last.name)) if Vectorize(last.name) in serial else -1
+    if at < 0:
+        return []
+    out = []
+    for vectors in ROW_BLOCK_CHOICES:
+        block = vectors * lanes
+        if block >= last.extent or last.extent % block:
+            continue
+        cut = (Split(last.name, block), Reorder((f"{last.name}.o", *reductions)),
+               Vectorize(f"{last.name}.i"))
+        out.append((*serial[:at], *cut, *serial[at + 1:]))
+    return out
