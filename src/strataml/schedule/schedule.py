@@ -29,6 +29,7 @@ from strataml.schedule.contraction import match_contraction
 from strataml.schedule.primitives import (
     ROOT,
     ComputeAt,
+    Fuse,
     LoopNest,
     Parallel,
     Primitive,
@@ -47,6 +48,11 @@ MAX_ROW = 4096
 # A sum of at most this many steps over a row narrower than a vector keeps the canonical
 # nest (see default_schedule): a 7x7 window's 49 steps, a Winograd tile's 36.
 NARROW_ROW_MAX_REDUCTION = 64
+# A parallel loop of fewer iterations than this many per thread that the threads do not
+# divide (a stem's 3 channels over 2 threads: one thread does two) is fused with the loop
+# inside it first (the tuner's find on stems' padding: 1.09x that kernel; whole models
+# within noise, 0.98-1.02).
+BALANCED_SHARES = 8
 # Below this much work (multiply-adds or elements) a parallel region costs more than it saves.
 PARALLEL_MIN_WORK = 1 << 15
 # A row block narrower than this no longer fills the vector units.
@@ -401,10 +407,22 @@ def row_steps(nest: LoopNest, parallel: bool, split: int, lanes: int = 16
     return tuple(steps)
 
 
-def elementwise_steps(nest: LoopNest, parallel: bool) -> tuple[Primitive, ...]:
-    """The canonical nest, its outermost non-unit output loop parallel if asked."""
-    outer = next((lp.name for lp in nest.loops if not lp.reduce and lp.extent > 1), None)
-    return (Parallel(outer),) if parallel and outer is not None else ()
+def elementwise_steps(nest: LoopNest, parallel: bool, threads: int = 1
+                      ) -> tuple[Primitive, ...]:
+    """The canonical nest, its outermost non-unit output loop parallel if asked; fused
+    with the loop inside it where it has too few iterations to share evenly among
+    `threads` (1: never fused)."""
+    outputs = [lp for lp in nest.loops if not lp.reduce]
+    k = next((k for k, lp in enumerate(outputs) if lp.extent > 1), None)
+    if not parallel or k is None:
+        return ()
+    outer = outputs[k]
+    if outer.extent % threads and outer.extent < BALANCED_SHARES * threads \
+            and k + 1 < len(outputs) and nest.loops[k + 1] == outputs[k + 1] \
+            and outputs[k + 1].kind == "serial" and outer.kind == "serial":
+        inner = outputs[k + 1].name
+        return (Fuse(outer.name, inner), Parallel(f"{outer.name}.{inner}"))
+    return (Parallel(outer.name),)
 
 
 # A copy whose innermost (vectorised) loop reads its source a vector or more apart (a
@@ -760,8 +778,12 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
             out.append(StageSchedule.loops(*row_steps(nest, big, split, vector_lanes)))
         else:
             blocked = transposed_copy_steps(kernel, st, nest, vector_lanes)
+            # (a stage reading the kernel's temporaries keeps its loops for them to be
+            # computed at, one row at a time)
+            reads_temps = any(reads(st, b.name) for b in kernel.buffers if b.role == "temp")
             out.append(StageSchedule.loops(*(blocked or ()), *elementwise_steps(
-                apply_steps(nest, blocked) if blocked else nest, big)))
+                apply_steps(nest, blocked) if blocked else nest, big,
+                1 if reads_temps else threads)))
     if compute_copies_at_consumers:
         _rows_computed_at_final(kernel, out, threads)
         _computed_at_consumers(kernel, out)
