@@ -412,17 +412,27 @@ def elementwise_steps(nest: LoopNest, parallel: bool, threads: int = 1
     """The canonical nest, its outermost non-unit output loop parallel if asked; fused
     with the loop inside it where it has too few iterations to share evenly among
     `threads` (1: never fused)."""
-    outputs = [lp for lp in nest.loops if not lp.reduce]
-    k = next((k for k, lp in enumerate(outputs) if lp.extent > 1), None)
-    if not parallel or k is None:
+    outer = next((lp for lp in nest.loops if not lp.reduce and lp.extent > 1), None)
+    if not parallel or outer is None:
         return ()
-    outer = outputs[k]
-    if outer.extent % threads and outer.extent < BALANCED_SHARES * threads \
-            and k + 1 < len(outputs) and nest.loops[k + 1] == outputs[k + 1] \
-            and outputs[k + 1].kind == "serial" and outer.kind == "serial":
-        inner = outputs[k + 1].name
-        return (Fuse(outer.name, inner), Parallel(f"{outer.name}.{inner}"))
+    if outer.extent % threads and outer.extent < BALANCED_SHARES * threads:
+        fused = fused_parallel(nest, outer.name)
+        if fused is not None:
+            return fused
     return (Parallel(outer.name),)
+
+
+def fused_parallel(nest: LoopNest, axis: str) -> tuple[Primitive, ...] | None:
+    """Loop `axis` fused with the output loop directly inside it, the fused loop parallel
+    (more, smaller shares for the threads); None where the loop inside is not a serial
+    output loop."""
+    k = nest.find(axis)
+    if k + 1 >= len(nest.loops):
+        return None
+    outer, inner = nest.loops[k], nest.loops[k + 1]
+    if outer.reduce or inner.reduce or outer.kind != "serial" or inner.kind != "serial":
+        return None
+    return (Fuse(axis, inner.name), Parallel(f"{axis}.{inner.name}"))
 
 
 # A copy whose innermost (vectorised) loop reads its source a vector or more apart (a
@@ -769,9 +779,9 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
         # row: the canonical nest would run it on scalars (maxpools 2x slower); so does a
         # long sum (a matmul's 8 columns: the row is B's row, read contiguously).
         row = row_applicable(kernel, st) is None
-        narrow_sum = row and shape[-1] < vector_lanes \
-            and top_reduces(st.body)[0].combiner == "sum" \
-            and prod(top_reduces(st.body)[0].extents) <= NARROW_ROW_MAX_REDUCTION
+        window = top_reduces(st.body)[0] if row else None  # (a row has exactly one)
+        narrow_sum = window is not None and shape[-1] < vector_lanes \
+            and window.combiner == "sum" and prod(window.extents) <= NARROW_ROW_MAX_REDUCTION
         if row and not narrow_sum:
             split = _row_split(shape[-1], threads) if big and all(
                 d == 1 for d in shape[:-1]) else 1

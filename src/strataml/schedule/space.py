@@ -25,7 +25,6 @@ from strataml.errors import ScheduleError
 from strataml.ir.dialects.kernel import Kernel, Stage, print_kernel
 from strataml.schedule.primitives import (
     ComputeAt,
-    Fuse,
     Inline,
     Loop,
     LoopNest,
@@ -46,6 +45,7 @@ from strataml.schedule.schedule import (
     StageSchedule,
     check_schedule,
     default_schedule,
+    fused_parallel,
     row_applicable,
     row_steps,
     stage_nest,
@@ -319,20 +319,18 @@ def loop_traces(kernel: Kernel, stage: Stage, steps: tuple[Primitive, ...], thre
     return tuple(traces)
 
 
-def _parallel_variants(nest: LoopNest, parallel: tuple[Primitive, ...], threads: int
+def _parallel_variants(nest: LoopNest, parallel: tuple[Parallel, ...], threads: int
                        ) -> list[tuple[Primitive, ...]]:
     """The default's parallel step, none, and the default's parallel loop fused with the
     loop inside it (or the outermost loop made parallel where the default has none)."""
     out: list[tuple[Primitive, ...]] = [parallel, ()]
-    outer = [lp.name for lp in _outside_reductions(nest) if lp.kind == "serial"]
+    outer = _outside_reductions(nest)
     if threads > 1 and not parallel:
-        first = next((lp.name for lp in _outside_reductions(nest) if lp.extent > 1), None)
+        first = next((lp.name for lp in outer if lp.extent > 1), None)
         out += [(Parallel(first),)] if first is not None else []
-    elif parallel and isinstance(parallel[0], Parallel) and parallel[0].axis in outer:
-        at = outer.index(parallel[0].axis)
-        if at < len(outer) - 1:
-            inner = outer[at + 1]
-            out.append((Fuse(outer[at], inner), Parallel(f"{outer[at]}.{inner}")))
+    elif parallel and parallel[0].axis in {lp.name for lp in outer}:
+        fused = fused_parallel(nest, parallel[0].axis)
+        out += [fused] if fused is not None else []
     return out
 
 
@@ -360,9 +358,9 @@ def _row_blocks(nest: LoopNest, serial: tuple[Primitive, ...], lanes: int
         reductions.insert(0, lp.name)
     if not reductions:
         return []
-    at = serial.index(Vectorize(last.name)) if Vectorize(last.name) in serial else -1
-    if at < 0:
+    if Vectorize(last.name) not in serial:
         return []
+    at = serial.index(Vectorize(last.name))
     out = []
     for vectors in ROW_BLOCK_CHOICES:
         block = vectors * lanes
