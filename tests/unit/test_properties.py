@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 import strataml
+from strataml.ir.sizes import dim, size_max
 from strataml.ir.types import broadcast_shapes
 from tests.unit.graphs import onnx_model
 
@@ -48,6 +49,7 @@ def test_broadcast_shapes_agrees_with_numpy(shapes):
 @PROPERTY
 @given(broadcastable_shapes(3), st.data())
 def test_broadcast_shapes_keeps_symbolic_dims_symbolic(shapes, data):
+    N = dim("N")
     """A dim that is symbolic everywhere it is not 1 stays symbolic; where it meets a
     concrete size the concrete size wins (the symbol must equal it)."""
     concrete = np.broadcast_shapes(*shapes)
@@ -59,17 +61,20 @@ def test_broadcast_shapes_keeps_symbolic_dims_symbolic(shapes, data):
     for s in shapes:
         pos = axis - (rank - len(s))
         if pos >= 0 and s[pos] != 1:
-            s = (*s[:pos], "N", *s[pos + 1:])
+            s = (*s[:pos], N, *s[pos + 1:])
         sym.append(s)
     got = broadcast_shapes(*sym)
     expected = list(concrete)
-    if any(len(s) > axis - (rank - len(s)) >= 0 and s[axis - (rank - len(s))] == "N"
+    if any(len(s) > axis - (rank - len(s)) >= 0 and s[axis - (rank - len(s))] == N
            for s in sym):
-        expected[axis] = "N"
+        expected[axis] = N
     assert got == tuple(expected)
     # A symbolic dim meeting a concrete one: the concrete one is the answer.
-    assert broadcast_shapes(("N", 3), (4, 1)) == (4, 3)
-    assert broadcast_shapes((1, "N"), ("M", 1)) == ("M", "N")
+    M = dim("M")
+    assert broadcast_shapes((N, 3), (4, 1)) == (4, 3)
+    assert broadcast_shapes((1, N), (M, 1)) == (M, N)
+    # two different run-time dims broadcast to the larger (they are equal, or one is 1)
+    assert broadcast_shapes((N,), (M,)) == (size_max(M, N),)
 
 
 def _run(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

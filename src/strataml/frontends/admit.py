@@ -37,6 +37,7 @@ def admit_node(node: Node, types: dict[str, TensorType], constants: dict[str, np
     if folded is not None:
         for o, v in zip(node.outputs, folded, strict=True):
             constants[o] = v
-            types[o] = TensorType.of(v)
+            if v.dtype != object:  # a shape value keeps its inferred (integer) type
+                types[o] = TensorType.of(v)
         return
     nodes.append(node)

@@ -7,6 +7,7 @@ import numpy as np
 
 from strataml.errors import StrataError
 from strataml.ir.dialects.graph import Node, evaluate_node
+from strataml.ir.sizes import is_symbolic, numel, shape_value
 from strataml.ir.types import TensorType
 
 # Folding never materialises a constant larger than this (elements) unless it is no larger
@@ -27,6 +28,11 @@ def try_fold(node: Node, types: dict[str, TensorType],
         if node.op == "Size":
             return [np.array(int(np.prod(shape)), dtype=np.int64)]
         return [np.array(shape[node.attr("start"):node.attr("end")], dtype=np.int64)]
+    if node.op in ("Shape", "Size"):  # of a tensor with run-time dims: a shape value
+        dims = types[node.inputs[0]].shape
+        if node.op == "Size":
+            return [shape_value([numel(dims)], scalar=True)]
+        return [shape_value(dims[node.attr("start"):node.attr("end")])]
     if node.op == "fused" or not all(i == "" or i in constants for i in node.inputs):
         return None
     found = [types.get(o) for o in node.outputs]
@@ -43,4 +49,13 @@ def try_fold(node: Node, types: dict[str, TensorType],
         raise
     except Exception:  # noqa: BLE001 - an op that cannot fold stays in the graph
         return None
-    return [np.asarray(v).astype(t.dtype, copy=False) for v, t in zip(values, outs, strict=True)]
+    return [_typed(np.asarray(v), t.dtype) for v, t in zip(values, outs, strict=True)]
+
+
+def _typed(value: np.ndarray, dtype: str) -> np.ndarray:
+    """`value` as `dtype`; a shape value holding run-time sizes stays an object array."""
+    if value.dtype == object:
+        if any(is_symbolic(x) for x in value.flat):
+            return value
+        value = np.vectorize(int, otypes=[np.int64])(value) if value.size else value
+    return value.astype(dtype, copy=False)

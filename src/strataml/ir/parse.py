@@ -12,7 +12,7 @@ import ast
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from strataml.ir.expr import (
     Unary,
     Var,
 )
+from strataml.ir.sizes import is_symbolic, parse_size, shape_value
 from strataml.ir.types import Dim, TensorType
 
 
@@ -136,9 +137,35 @@ def _type(lx: _Lexer) -> TensorType | None:
     lx.take(text="[")
 
     def dim() -> Dim:
-        return int(lx.take()) if lx.peek()[0] == "number" else lx.take("word")
+        return _size_text(lx, (",", "]"))
 
     return TensorType(dtype, tuple(_items(lx, "]", dim)))
+
+
+def _size_text(lx: _Lexer, stops: tuple[str, ...]) -> Dim:
+    """A size expression running to the next of `stops` outside parentheses (left there)."""
+    start, depth = lx.pos, 0
+    while lx.pos < len(lx.tokens):
+        text = lx.peek()[1]
+        if depth == 0 and text in stops:
+            break
+        depth += {"(": 1, ")": -1}.get(text, 0)
+        lx.pos += 1
+    if lx.pos == start:
+        raise lx.error("expected a size")
+    begin = lx.tokens[start][2]
+    end = lx.tokens[lx.pos][2] if lx.pos < len(lx.tokens) else len(lx.text)
+    try:
+        return parse_size(lx.text[begin:end])
+    except ValueError as exc:
+        raise lx.error(str(exc), begin) from None
+
+
+def _size_until(lx: _Lexer, close: str) -> Dim:
+    lx.take(text="<")
+    size = _size_text(lx, (close,))
+    lx.take(text=close)
+    return size
 
 
 def _scalar(text: str) -> int | float:
@@ -152,6 +179,8 @@ def _value(lx: _Lexer) -> object:
     kind, text = lx.peek()
     if lx.accept("["):
         return _items(lx, "]", lambda: _value(lx))
+    if kind == "symbol" and text == "<":  # a run-time size: <seq*12>
+        return _size_until(lx, ">")
     if kind == "number":
         return _scalar(lx.take())
     if kind == "string":
@@ -170,6 +199,9 @@ def _elements(lx: _Lexer, t: TensorType, weights: Mapping[str, np.ndarray]) -> n
             raise lx.error(f"weights store has no {key!r} (the weights.npz beside the file?)")
         return np.asarray(weights[key]).astype(t.dtype, copy=False).reshape(t.static_shape())
     values = _value(lx)
+    flat = values if isinstance(values, list) else [values]
+    if any(is_symbolic(v) for v in flat):  # a shape value
+        return shape_value(cast(list[Dim], flat), scalar=not t.shape).reshape(t.static_shape())
     return np.array(values, dtype=t.dtype).reshape(t.static_shape())
 
 

@@ -7,6 +7,8 @@ from math import prod
 
 import numpy as np
 
+from strataml.ir.sizes import SizeExpr, format_size, size_max
+
 DTYPES: tuple[str, ...] = (
     "float32", "float64", "float16",
     "int8", "int16", "int32", "int64",
@@ -18,8 +20,8 @@ SIGNED_DTYPES = frozenset({"int8", "int16", "int32", "int64"})
 UNSIGNED_DTYPES = frozenset({"uint8", "uint16", "uint32", "uint64"})
 INT_DTYPES = SIGNED_DTYPES | UNSIGNED_DTYPES
 
-Dim = int | str
-"""A dimension: a known size, or the name of a symbolic size ("batch")."""
+Dim = int | SizeExpr
+"""A dimension: a known size, or a symbolic one (`batch`, `seq*12`: see `ir.sizes`)."""
 
 
 def vector_dtype(dtype: str, lanes: int) -> str:
@@ -60,7 +62,7 @@ def itemsize(dtype: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class TensorType:
-    """dtype and shape; a str dim is symbolic until bound at compile time."""
+    """dtype and shape; a `SizeExpr` dim is symbolic (known at run time)."""
 
     dtype: str
     shape: tuple[Dim, ...]
@@ -87,11 +89,13 @@ class TensorType:
         return self.numel * itemsize(self.dtype)
 
     def __str__(self) -> str:
-        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+        return f"{self.dtype}[{','.join(format_size(d) for d in self.shape)}]"
 
     @staticmethod
     def of(array: np.ndarray) -> TensorType:
-        return TensorType(from_numpy(array.dtype), tuple(int(d) for d in array.shape))
+        # an object array is a shape value (`ir.sizes.shape_value`): integer sizes
+        dtype = "int64" if array.dtype == object else from_numpy(array.dtype)
+        return TensorType(dtype, tuple(int(d) for d in array.shape))
 
 
 def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
@@ -109,9 +113,12 @@ def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
                 continue
             if dim == 1:
                 dim = d
-            elif isinstance(d, str) or isinstance(dim, str):
-                # A symbolic dim meeting a different dim: trust the concrete one.
-                dim = d if isinstance(dim, str) else dim
+            elif isinstance(d, SizeExpr) and isinstance(dim, SizeExpr):
+                # two different run-time sizes broadcast when equal or one is 1: the larger
+                dim = size_max(dim, d)
+            elif isinstance(d, SizeExpr) or isinstance(dim, SizeExpr):
+                # a symbolic dim meeting a concrete one (not 1) must be 1 or equal to it
+                dim = dim if isinstance(d, SizeExpr) else d
             else:
                 raise ValueError(f"shapes {' and '.join(str(list(s)) for s in shapes)} "
                                  "do not broadcast")

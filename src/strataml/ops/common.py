@@ -33,11 +33,9 @@ def require_same_dtype(node: Node, types: Sequence[TensorType]) -> None:
 
 
 def numel(shape: Sequence[Dim]) -> Dim:
-    out = 1
+    out: Dim = 1
     for d in shape:
-        if isinstance(d, str):
-            return "?"
-        out *= d
+        out = out * d
     return out
 
 

@@ -26,7 +26,8 @@ from strataml.ir.expr import (
     minimum,
     select,
 )
-from strataml.ir.types import TensorType, broadcast_shapes
+from strataml.ir.sizes import ceildiv, is_symbolic, size_max, size_min
+from strataml.ir.types import Dim, TensorType, broadcast_shapes
 from strataml.ops.common import normalize_axis, numel, out_shape, require_same_dtype
 from strataml.ops.lowering import LowerContext, TensorRef
 
@@ -150,7 +151,7 @@ def _infer_concat(node: Node, types: list[TensorType], values: list) -> list[Ten
     require_same_dtype(node, types)
     rank = types[0].rank
     axis = normalize_axis(node.attr("axis"), rank, node)
-    total = 0
+    total: Dim = 0
     for t in types:
         if t.rank != rank:
             raise ShapeError(f"{node.where}: all inputs need rank {rank}, got {t}")
@@ -158,11 +159,7 @@ def _infer_concat(node: Node, types: list[TensorType], values: list) -> list[Ten
             if i != axis and t.shape[i] != types[0].shape[i]:
                 raise ShapeError(f"{node.where}: inputs differ on axis {i}: "
                                  f"{types[0]} vs {t}")
-        dim = t.shape[axis]
-        if isinstance(dim, str):
-            raise ShapeError(f"{node.where}: cannot concatenate along symbolic dim {dim!r} "
-                             f"of {t}")
-        total += dim
+        total = total + t.shape[axis]
     return [TensorType(types[0].dtype, (*types[0].shape[:axis], total,
                                         *types[0].shape[axis + 1:]))]
 
@@ -228,32 +225,34 @@ def lower_split(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
 # ---------------------------------------------------------------- Slice
 
 
-def slice_params(node: Node, shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """Per axis (start, step, count) after ONNX's clamping rules."""
-    out = [(0, 1, int(d)) for d in shape]
+def slice_params(node: Node, shape: tuple[Dim, ...]) -> list[tuple[Dim, int, Dim]]:
+    """Per axis (start, step, count) after ONNX's clamping rules (over run-time sizes too:
+    `x[:, :seq]` of a 512-row table counts `min(512, seq)` rows)."""
+    out: list[tuple[Dim, int, Dim]] = [(0, 1, d) for d in shape]
     starts, ends = node.attr("starts"), node.attr("ends")
     axes = node.attr("axes") or tuple(range(len(starts)))
     steps = node.attr("steps") or (1,) * len(starts)
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
         a = normalize_axis(a, len(shape), node)
-        dim = int(shape[a])
+        dim = shape[a]
         if st == 0:
             raise ShapeError(f"{node.where}: slice step 0 on axis {a}")
         s = s + dim if s < 0 else s
         e = e + dim if e < 0 else e
+        count: Dim
         if st > 0:
-            s, e = min(max(s, 0), dim), min(max(e, 0), dim)
-            count = max(0, -(-(e - s) // st))
+            s, e = size_min(size_max(s, 0), dim), size_min(size_max(e, 0), dim)
+            count = size_max(0, ceildiv(e - s, st))
         else:
-            s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
-            count = max(0, -(-(s - e) // -st))
+            s, e = size_min(size_max(s, 0), dim - 1), size_min(size_max(e, -1), dim - 1)
+            count = size_max(0, ceildiv(s - e, -st))
         out[a] = (s, st, count)
     return out
 
 
 def _infer_slice(node: Node, types: list[TensorType], values: list) -> list[TensorType]:
     x = types[0]
-    params = slice_params(node, x.static_shape())
+    params = slice_params(node, x.shape)
     return [TensorType(x.dtype, tuple(c for _, _, c in params))]
 
 
@@ -269,7 +268,7 @@ def lower_slice(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                 ) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
-    params = slice_params(node, x.shape)
+    params = [(int(s), st, c) for s, st, c in slice_params(node, x.shape)]
     return [TensorRef(x.dtype, out_shape(ctx, node), lambda ix: x(*(
         i * step + start for i, (start, step, _) in zip(ix, params, strict=True))))]
 
@@ -445,11 +444,18 @@ def _size(node: Node, ins: list) -> list[np.ndarray]:
 
 
 def _infer_range(node: Node, types: list[TensorType], values: list) -> list[TensorType]:
-    start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) if v is not None else None
-                           for v in values)
-    if start is None or limit is None or delta is None:
+    if any(v is None for v in values):
         raise ShapeError(f"{node.where}: start, limit and delta must be constants")
-    count = max(int(np.ceil((limit - start) / delta)), 0)
+    start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in values)
+    count: Dim
+    if any(is_symbolic(v) for v in (start, limit, delta)):
+        # arange(0, seq): integer start and step, a run-time limit
+        if is_symbolic(start) or is_symbolic(delta) or int(delta) <= 0:
+            raise ShapeError(f"{node.where}: a run-time Range needs a constant start and a "
+                             "positive constant delta")
+        count = size_max(0, ceildiv(limit - int(start), int(delta)))
+    else:
+        count = max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
     return [TensorType(types[0].dtype, (count,))]
 
 
@@ -479,7 +485,7 @@ def lower_constant_of_shape(ctx: LowerContext, node: Node, inputs: list[TensorRe
 
 # ---------------------------------------------------------------- declarations
 
-declare_op("Reshape", "movement", attrs={"shape": Attr("ints")},
+declare_op("Reshape", "movement", attrs={"shape": Attr("sizes")},
            infer=_infer_reshape, reference=_reshape, lower=lower_reshape)
 declare_op("Flatten", "movement", attrs={"axis": Attr("int", 1)},
            infer=_infer_flatten, reference=_reshape_to_inferred, lower=lower_reshape)
@@ -494,14 +500,14 @@ declare_op("Concat", "movement", attrs={"axis": Attr("int")},
 declare_op("Split", "movement", attrs={"axis": Attr("int", 0), "split": Attr("ints")},
            infer=_infer_split, reference=_split, lower=lower_split, outputs=-1)
 declare_op("Slice", "movement",
-           attrs={"starts": Attr("ints"), "ends": Attr("ints"), "axes": Attr("ints", None),
+           attrs={"starts": Attr("sizes"), "ends": Attr("sizes"), "axes": Attr("ints", None),
                   "steps": Attr("ints", None)},
            infer=_infer_slice, reference=_slice, lower=lower_slice)
 declare_op("Gather", "movement", attrs={"axis": Attr("int", 0)},
            infer=_infer_gather, reference=_gather, lower=lower_gather, inputs=(2, 2))
-declare_op("Expand", "movement", attrs={"shape": Attr("ints")},
+declare_op("Expand", "movement", attrs={"shape": Attr("sizes")},
            infer=_infer_expand, reference=_expand, lower=lower_expand)
-declare_op("Tile", "movement", attrs={"repeats": Attr("ints")},
+declare_op("Tile", "movement", attrs={"repeats": Attr("sizes")},
            infer=_infer_tile, reference=_tile, lower=lower_tile)
 declare_op("Pad", "movement",
            attrs={"pads": Attr("ints"), "mode": Attr("str", "constant"),
@@ -511,6 +517,6 @@ declare_op("Shape", "opaque", attrs={"start": Attr("int", 0), "end": Attr("int",
            infer=_infer_shape, reference=_shape, lower=None)
 declare_op("Size", "opaque", infer=_infer_size, reference=_size, lower=None)
 declare_op("Range", "opaque", infer=_infer_range, reference=_range, lower=None, inputs=(3, 3))
-declare_op("ConstantOfShape", "opaque", attrs={"shape": Attr("ints"), "value": Attr("tensor")},
+declare_op("ConstantOfShape", "opaque", attrs={"shape": Attr("sizes"), "value": Attr("tensor")},
            infer=_infer_const_of_shape, reference=_const_of_shape,
            lower=lower_constant_of_shape, inputs=(0, 0))

@@ -18,6 +18,7 @@ import numpy as np
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Attr, Node
 from strataml.ir.expr import Expr, compare, const, logical_and, select
+from strataml.ir.sizes import SizeExpr, SymbolicSizeError, ceildiv, floordiv
 from strataml.ir.types import Dim, TensorType
 from strataml.ops.common import out_shape
 from strataml.ops.lowering import LowerContext, TensorRef
@@ -49,10 +50,17 @@ def window_out_dim(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end:
 def window_out_dim(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end: int,
                    dilation: int, ceil_mode: int = 0) -> Dim:
     """An output size along one axis (a symbolic input size stays symbolic)."""
-    if isinstance(size, str):
-        return size
     span = dilation * (kernel - 1) + 1
     total = size + pad_begin + pad_end - span
+    if isinstance(total, SizeExpr):
+        if not ceil_mode:
+            return floordiv(total, stride) + 1
+        # The last window starts at most `pad_end - span + stride - 1` past the input's
+        # end: when that is negative it always starts inside, whatever the size.
+        if pad_end - span + stride - 1 >= 0:
+            raise SymbolicSizeError(f"a ceil_mode window over the run-time size {size} may "
+                                    "start in the end padding: bind the size")
+        return ceildiv(total, stride) + 1
     if total < 0:
         padded = size + pad_begin + pad_end
         raise ValueError(f"window {span} is larger than the padded input {padded}")

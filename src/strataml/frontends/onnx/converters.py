@@ -15,6 +15,7 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, get_op, make_attrs
+from strataml.ir.sizes import Size, exact_quotient, is_symbolic, numel
 from strataml.ir.types import TensorType
 
 
@@ -52,6 +53,12 @@ class ConvertContext:
             raise Unsupported(f"{what} must be a constant known at compile time "
                               "(data-dependent shapes are not supported)")
         return arr
+
+    def sizes(self, value: str, what: str) -> list[Size]:
+        """A constant integer operand's entries, where a shape computation may have left
+        run-time sizes (`Shape(x)[1]` of an input with a symbolic dim)."""
+        return [x if is_symbolic(x) else int(x)
+                for x in self.require_const(value, what).reshape(-1)]
 
     def type(self, value: str) -> TensorType:
         return self.types[value]
@@ -337,7 +344,7 @@ def convert_reshape(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     if ctx.opset < 5:
         target = list(n.attrs["shape"])
     else:
-        target = [int(v) for v in ctx.require_const(n.inputs[1], "the target shape")]
+        target = ctx.sizes(n.inputs[1], "the target shape")
     allowzero = n.attrs.get("allowzero", 0)
     shape: list[Any] = []
     for i, d in enumerate(target):
@@ -350,13 +357,12 @@ def convert_reshape(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     if shape.count(-1) > 1:
         raise Unsupported(f"shape {target} has more than one -1")
     if -1 in shape:
-        known = int(np.prod([d for d in shape if d != -1]))
-        total = x.numel if x.is_static else None
-        if total is None:
-            raise Unsupported("-1 in the target shape of a symbolic input")
-        if known == 0 or total % known:
+        known = numel(d for d in shape if d != -1)
+        total = numel(x.shape)
+        inferred = exact_quotient(total, known)
+        if inferred is None:
             raise Unsupported(f"cannot reshape {x} to {target}")
-        shape[shape.index(-1)] = total // known
+        shape[shape.index(-1)] = inferred
     return [n.node(inputs=n.inputs[:1], shape=tuple(shape))]
 
 
@@ -393,7 +399,9 @@ def convert_split(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
         split = [int(s) for s in ctx.require_const(n.inputs[1], "split")]
     else:
         parts = n.attrs.get("num_outputs", len(n.outputs))
-        dim = ctx.static_shape(n.inputs[0], "the input of an even Split")[axis]
+        dim = x.shape[axis]
+        if not isinstance(dim, int):
+            raise Unsupported(f"an even Split along the run-time size {dim} of {x}")
         size = -(-dim // parts)
         split = [min(size, dim - i * size) for i in range(parts)]
     if len(split) != len(n.outputs):
@@ -409,19 +417,25 @@ def convert_slice(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
         axes = list(n.attrs.get("axes", range(len(starts))))
         steps = [1] * len(starts)
     else:
-        def operand(i: int, what: str) -> list[int] | None:
+        def operand(i: int, what: str) -> list[Size] | None:
             if len(n.inputs) > i and n.inputs[i]:
-                return [int(v) for v in ctx.require_const(n.inputs[i], what).reshape(-1)]
+                return ctx.sizes(n.inputs[i], what)
             return None
 
-        def required(i: int, what: str) -> list[int]:
+        def required(i: int, what: str) -> list[Size]:
             values = operand(i, what)
             if values is None:
                 raise Unsupported(f"missing {what}")
             return values
+
+        def constant_ints(i: int, what: str) -> list[int] | None:
+            values = operand(i, what)
+            if values is not None and any(is_symbolic(v) for v in values):
+                raise Unsupported(f"{what} {values} must not depend on run-time sizes")
+            return None if values is None else [int(v) for v in values]
         starts, ends = required(1, "starts"), required(2, "ends")
-        axes = operand(3, "axes") or list(range(len(starts)))
-        steps = operand(4, "steps") or [1] * len(starts)
+        axes = constant_ints(3, "axes") or list(range(len(starts)))
+        steps = constant_ints(4, "steps") or [1] * len(starts)
     rank = ctx.type(n.inputs[0]).rank
     return [n.node(inputs=n.inputs[:1], starts=tuple(starts), ends=tuple(ends),
                    axes=tuple(_axis(n, a, rank) for a in axes), steps=tuple(steps))]
@@ -429,13 +443,13 @@ def convert_slice(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 
 @converter("Expand")
 def convert_expand(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
-    shape = tuple(int(v) for v in ctx.require_const(n.inputs[1], "the target shape"))
+    shape = tuple(ctx.sizes(n.inputs[1], "the target shape"))
     return [n.node(inputs=n.inputs[:1], shape=shape)]
 
 
 @converter("Tile")
 def convert_tile(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
-    reps = tuple(int(v) for v in ctx.require_const(n.inputs[1], "repeats"))
+    reps = tuple(ctx.sizes(n.inputs[1], "repeats"))
     return [n.node(inputs=n.inputs[:1], repeats=reps)]
 
 
@@ -480,7 +494,7 @@ def convert_clip(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 
 @converter("ConstantOfShape")
 def convert_constant_of_shape(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
-    shape = tuple(int(v) for v in ctx.require_const(n.inputs[0], "shape"))
+    shape = tuple(ctx.sizes(n.inputs[0], "shape"))
     value = n.attrs.get("value", np.zeros(1, dtype=np.float32))
     return [n.node(inputs=(), shape=shape, value=np.asarray(value).reshape(1))]
 

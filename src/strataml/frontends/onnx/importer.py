@@ -9,6 +9,7 @@ attribute is collected and reported together.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from strataml.frontends.onnx.converters import (
     onnx_dtype,
 )
 from strataml.ir.dialects.graph import Graph, Node
+from strataml.ir.sizes import dim
 from strataml.ir.types import DTYPES, Dim, TensorType
 from strataml.options import CompileOptions
 
@@ -149,9 +151,12 @@ def _constant_value(n: OnnxNode) -> np.ndarray:
 
 
 class _Importer:
-    def __init__(self, model: Any, options: CompileOptions) -> None:
+    def __init__(self, model: Any, options: CompileOptions, keep_symbolic: bool = False
+                 ) -> None:
         self.model = model
         self.options = options
+        self.keep_symbolic = keep_symbolic
+        self.dim_names: dict[str, str] = {}  # the model's dim_param -> our identifier
         self.opset = _default_opset(model)
         self.types: dict[str, TensorType] = {}
         self.constants: dict[str, np.ndarray] = {}
@@ -223,10 +228,27 @@ class _Importer:
         for d in tt.shape.dim:
             if d.HasField("dim_value"):
                 dims.append(int(d.dim_value))
-            else:
+            elif d.dim_param in self.options.dim_values or not self.keep_symbolic:
                 # Symbolic dims are bound at compile time: from options, else 1.
                 dims.append(int(self.options.dim_values.get(d.dim_param, 1)))
+            else:
+                dims.append(dim(self._dim_name(d.dim_param)))
         return TensorType(dtype, tuple(dims))
+
+    def _dim_name(self, param: str) -> str:
+        """An identifier for the model's dim name (which ONNX lets be any text; an unnamed
+        dim gets a fresh one): sizes print and parse as expressions over identifiers."""
+        key = param or f"?{len(self.dim_names)}"
+        if key not in self.dim_names:
+            base = re.sub(r"\W", "_", param) or "dim"
+            if base[0].isdigit():
+                base = f"d_{base}"
+            name, k = base, 1
+            while name in self.dim_names.values():
+                k += 1
+                name = f"{base}_{k}"
+            self.dim_names[key] = name
+        return self.dim_names[key]
 
     def _convert(self, proto: Any, index: int) -> None:
         name = proto.name or f"{proto.op_type}_{index}"
@@ -277,6 +299,10 @@ class _Importer:
         admit_node(node, self.types, self.constants, self.nodes)
 
 
-def import_model(model: Any, options: CompileOptions | None = None) -> Graph:
+def import_model(model: Any, options: CompileOptions | None = None,
+                 keep_symbolic: bool = False) -> Graph:
+    """The model as a graph. Symbolic dims are bound (`options.dim_values`, else 1) unless
+    `keep_symbolic`: then the ones not given a value stay `SizeExpr`s through every shape
+    rule (see docs/dynamic-shapes.md)."""
     proto = load_model_proto(model)
-    return _Importer(proto, options or CompileOptions()).run()
+    return _Importer(proto, options or CompileOptions(), keep_symbolic).run()

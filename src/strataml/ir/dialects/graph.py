@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 
 from strataml.errors import ShapeError, UnsupportedOpError, VerifyError
+from strataml.ir.sizes import SizeExpr
 from strataml.ir.types import TensorType
 
 AttrValue = Any  # int | float | str | tuple[...] | np.ndarray | tuple[Node, ...]
@@ -146,6 +147,9 @@ _ATTR_CHECKS: dict[str, Callable[[object], bool]] = {
     "float": _is_float,
     "str": lambda v: isinstance(v, str),
     "ints": lambda v: isinstance(v, tuple) and all(_is_int(x) for x in v),
+    # a shape-like list whose entries may be run-time sizes (a Reshape's target)
+    "sizes": lambda v: isinstance(v, tuple) and all(_is_int(x) or isinstance(x, SizeExpr)
+                                                    for x in v),
     "floats": lambda v: isinstance(v, tuple) and all(_is_float(x) for x in v),
     "strs": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
     "tensor": lambda v: isinstance(v, np.ndarray),
@@ -378,6 +382,8 @@ def weight_key(name: str, value: np.ndarray) -> str:
 
 
 def _elements(v: np.ndarray, name: str, weights: dict[str, np.ndarray] | None) -> str:
+    if v.dtype == object:  # a shape value: sizes, printed as attributes print them
+        return format_attr(tuple(v.ravel().tolist()))
     if v.size <= INLINE_ELEMENTS:
         return repr(v.ravel().tolist())
     key = weight_key(name, v)
@@ -392,6 +398,8 @@ def format_attr(v: AttrValue, name: str = "attr",
         return f"tensor<{TensorType.of(v)}>{_elements(v, name, weights)}"
     if isinstance(v, tuple):
         return "[" + ", ".join(format_attr(x, name, weights) for x in v) + "]"
+    if isinstance(v, SizeExpr):
+        return f"<{v}>"
     return repr(v)
 
 
