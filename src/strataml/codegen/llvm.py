@@ -1,16 +1,22 @@
 """Loop dialect -> LLVM IR (llvmlite) -> optimised object code for a Target.
 
-One LLVM function per kernel (`void k(ptr noalias p0, ...)`), plus an entry function that
-runs the static execution plan: `void entry(ptr arena, ptr weights, ptr io)` calls each
-kernel with buffer addresses at fixed offsets into the arena or the weights, or taken from
-the io table (the caller's input arrays and result arrays, one pointer each).
+One LLVM function per kernel (`void k(ptr noalias p0, ..., i64 dim0, ...)`: its buffers,
+then its run-time sizes, if any), plus an entry function that runs the static execution
+plan: `void entry(ptr arena, ptr weights, ptr io)` calls each kernel with buffer addresses at
+fixed offsets into the arena or the weights, or taken from the io table (the caller's input
+arrays and result arrays, one pointer each). Where a kernel takes sizes, the entry takes a
+fourth argument, `ptr dims`: the model's table of run-time sizes (i64 each), from which each
+call passes its own; a plan without sizes keeps the three-argument entry.
 
 A `parallel` loop is outlined into `void k.parN(ptr noalias p0, ..., i64 begin, i64 end)`
 and a worker `void k.parN.worker(ptr ctx, i64 begin, i64 end)` (ctx: the kernel's buffer
-pointers) that runs one chunk of the iterations; the kernel hands the worker to strataml's
-thread pool (`strataml_parallel_for(worker, ctx, extent, threads)`, which the runtime provides:
-`runtime/thread_pool.py`) with the thread count read from the module global
-`strataml_num_threads`, which the runtime sets. With one thread the loop runs directly.
+pointers, then the values of the enclosing loop variables and run-time sizes the loop reads,
+which the outlined function takes as extra i64 arguments) that runs one chunk of the
+iterations; the kernel hands the worker to strataml's thread pool
+(`strataml_parallel_for(worker, ctx, extent, threads)`, which the runtime provides:
+`runtime/thread_pool.py`; the extent may be a run-time value) with the thread count read
+from the module global `strataml_num_threads`, which the runtime sets. With one thread
+the loop runs directly.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from strataml.ir.dialects.loop import (
     Allocate,
     Assign,
     Declare,
+    Extent,
     For,
     LoopFunction,
     Prefetch,
@@ -120,8 +127,8 @@ class _FunctionEmitter:
         arg_types: list[ir.Type] = [ir.PointerType(memory_type(p.dtype)) for p in fn.params]
         shared = _shared_scratch(fn)
         if worker_of is None:
-            self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types),
-                                  name=fn.name)
+            self.fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
+                *arg_types, *(I64 for _ in fn.dims)]), name=fn.name)
         else:
             # An outlined parallel loop: the buffers, the values of enclosing loop variables
             # it reads, and its [begin, end) iteration range.
@@ -147,7 +154,12 @@ class _FunctionEmitter:
             if p.name not in fn.aliased:
                 arg.add_attribute("noalias")
             self.params[p.name] = arg
-        if worker_of is not None:
+        if worker_of is None:
+            # (a worker receives the dims it reads among its captured values)
+            for d, arg in zip(fn.dims, self.fn.args[len(fn.params):], strict=True):
+                arg.name = d.name.lstrip("%")
+                self.builder.store(arg, self.slot(d))
+        else:
             for s in fn.body:  # scratch rows are per thread
                 if isinstance(s, Allocate) and not s.shared:
                     self.stmts([s])
@@ -169,7 +181,8 @@ class _FunctionEmitter:
 
     def slot(self, v: Var) -> ir.Value:
         if v not in self.vars:
-            self.vars[v] = self.alloca_builder.alloca(value_type(v.dtype), name=v.name)
+            self.vars[v] = self.alloca_builder.alloca(value_type(v.dtype),
+                                                      name=v.name.lstrip("%"))
         return self.vars[v]
 
     # ------------------------------------------------------------ statements
@@ -212,7 +225,7 @@ class _FunctionEmitter:
         pointers = [p.name for p in self.loop_fn.params]
         pointers += [a.buffer for a in _shared_scratch(self.loop_fn)]
         n = len(pointers)
-        extent = ir.Constant(I64, s.extent)
+        extent = self.extent(s.extent)
 
         worker = ir.Function(self.module, WORKER_TYPE, name=f"{body.fn.name}.worker")
         worker.linkage = "internal"
@@ -249,6 +262,8 @@ class _FunctionEmitter:
 
     def loop(self, s: For, begin: ir.Value | None = None, end: ir.Value | None = None) -> None:
         b = self.builder
+        # (a symbolic trip count is computed once, before the loop)
+        limit = end if end is not None else self.extent(s.extent)
         iv = self.slot(s.var)
         b.store(begin if begin is not None else ir.Constant(I64, 0), iv)
         cond_bb = self.fn.append_basic_block(f"{s.var.name}.cond")
@@ -257,7 +272,6 @@ class _FunctionEmitter:
         b.branch(cond_bb)
         b.position_at_end(cond_bb)
         cur = b.load(iv)
-        limit = end if end is not None else ir.Constant(I64, s.extent)
         b.cbranch(b.icmp_signed("<", cur, limit), body_bb, exit_bb)
         b.position_at_end(body_bb)
         self.stmts(s.body)
@@ -268,6 +282,9 @@ class _FunctionEmitter:
         if hint in _LOOP_HINTS:
             back.set_metadata("llvm.loop", _loop_marker(self.module, hint))
         b.position_at_end(exit_bb)
+
+    def extent(self, n: Extent) -> ir.Value:
+        return ir.Constant(I64, n) if isinstance(n, int) else self.expr(n)
 
     def address(self, buffer: str, index: Expr, dtype: str) -> ir.Value:
         """An index built from loop variables and constants cannot overflow (its terms are
@@ -573,6 +590,8 @@ def _free_index_vars(loop: For) -> list[Var]:
             exprs: list[Expr] = []
             if isinstance(s, For):
                 bound.add(s.var)
+                if not isinstance(s.extent, int):  # (a tail's extent reads outer loops)
+                    exprs = [s.extent]
                 visit(s.body)
             elif isinstance(s, Store):
                 exprs = [s.index, s.value]
@@ -711,21 +730,33 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
         emitter = _FunctionEmitter(module, fn, flush_denormals=flush_denormals, math=math)
         emitter.emit()
         emitted[fn.name] = emitter.fn
-    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]),
+    # (the dims table only where some call reads it: a static plan's entry, which the C
+    # library, wasm and runtime callers declare, keeps its three arguments)
+    with_dims = any(call.dims for call in plan)
+    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * (3 + with_dims)),
                         name=entry_name)
     b = ir.IRBuilder(entry.append_basic_block("entry"))
-    arena, weights, io = entry.args
+    arena, weights, io = entry.args[:3]
     io_table = b.bitcast(io, ir.PointerType(PTR))
+    dims_table = b.bitcast(entry.args[3], ir.PointerType(I64)) if with_dims else None
     for call in plan:
         callee = emitted[call.function]
+        types = callee.function_type.args
+        if len(call.args) + len(call.dims) != len(types):
+            raise CodegenError(f"plan step {call.kernel}: {call.function} takes "
+                               f"{len(types)} arguments, the call passes {len(call.args)} "
+                               f"buffers and {len(call.dims)} dims")
         args = []
-        for (region, offset), ptype in zip(call.args, callee.function_type.args, strict=True):
+        for (region, offset), ptype in zip(call.args, types, strict=False):
             if region == 2:
                 raw = b.load(b.gep(io_table, [ir.Constant(I64, offset)], inbounds=True))
             else:
                 base = arena if region == 0 else weights
                 raw = b.gep(base, [ir.Constant(I64, offset)], inbounds=True)
             args.append(b.bitcast(raw, ptype))
+        for k in call.dims:
+            assert dims_table is not None
+            args.append(b.load(b.gep(dims_table, [ir.Constant(I64, k)], inbounds=True)))
         b.call(callee, args)
     b.ret_void()
     return module

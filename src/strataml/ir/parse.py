@@ -23,6 +23,7 @@ from strataml.ir.dialects.loop import (
     Allocate,
     Assign,
     Declare,
+    Extent,
     For,
     LoopFunction,
     Param,
@@ -45,6 +46,7 @@ from strataml.ir.expr import (
     Select,
     Unary,
     Var,
+    format_expr,
 )
 from strataml.ir.sizes import is_symbolic, parse_size, shape_value
 from strataml.ir.types import Dim, TensorType
@@ -322,7 +324,7 @@ _LOGICAL = ("and", "or", "xor")
 def _expr(lx: _Lexer, buffers: Mapping[str, Any], scope: Mapping[str, str] | None = None
           ) -> Expr:
     """An expression of the kernel or loop level (`scope`: the loop level's scalar locals
-    and their dtypes; any other name is an int64 axis or loop variable)."""
+    and dims (`%n`) with their dtypes; any other name is an int64 axis or loop variable)."""
     kind, _ = lx.peek()
 
     def sub() -> Expr:
@@ -334,7 +336,10 @@ def _expr(lx: _Lexer, buffers: Mapping[str, Any], scope: Mapping[str, str] | Non
             return Const(lx.take("word"), value)
         return Const("int64", value)
     if kind == "ref":
-        name = _ref(lx.take())
+        token = lx.take()
+        if scope and token in scope and lx.peek()[1] != "[":  # a loop function's dim
+            return Var(scope[token], token)
+        name = _ref(token)
         if name not in buffers:
             lx.pos -= 1
             raise lx.error(f"unknown buffer %{name}")
@@ -463,7 +468,7 @@ def _body(lx: _Lexer, buffers: dict[str, Any], scope: dict[str, str]) -> tuple[S
             lx.take(text="in")
             lx.take(text="0")
             lx.take(text="..")
-            extent = int(lx.take("number"))
+            extent = _extent(lx, buffers, scope)
             lx.take(text="{")
             out.append(For(var, extent, _body(lx, buffers, dict(scope)), loop_kind))
         elif word == "prefetch":
@@ -486,7 +491,8 @@ def _body(lx: _Lexer, buffers: dict[str, Any], scope: dict[str, str]) -> tuple[S
             out.append(Declare(Var(dtype, name), _expr(lx, buffers, scope)))
         elif word == "alloc":
             shared = lx.peek() == ("word", "shared") and bool(lx.take())
-            buffer, dtype, size = _flat_buffer(lx, buffers, "alloc")
+            buffer, dtype, size = _flat_buffer(lx, buffers, "alloc", scope, constant=True)
+            assert isinstance(size, int)  # (_flat_buffer refuses the others)
             out.append(Allocate(buffer, dtype, size, shared))
         elif word in scope:  # name = value, or name +=~ value (a reassociable sum)
             reassociate = lx.accept("+")
@@ -500,15 +506,35 @@ def _body(lx: _Lexer, buffers: dict[str, Any], scope: dict[str, str]) -> tuple[S
     return tuple(out)
 
 
-def _flat_buffer(lx: _Lexer, buffers: dict[str, Any], what: str) -> tuple[str, str, int]:
-    """`%name: dtype[size]` (a parameter or an allocation), recorded in `buffers`."""
+def _extent(lx: _Lexer, buffers: Mapping[str, Any], scope: Mapping[str, str]) -> Extent:
+    """A loop's trip count or a buffer's element count: a number, or an int64 expression
+    over the dims (and enclosing loop variables)."""
+    at = lx.pos
+    e = _expr(lx, buffers, scope)
+    if e.dtype != "int64" or (isinstance(e, Const) and type(e.value) is not int):
+        lx.pos = at
+        raise lx.error(f"a size must be an int64 expression, not {format_expr(e)}")
+    return int(e.value) if isinstance(e, Const) else e
+
+
+def _flat_buffer(lx: _Lexer, buffers: dict[str, Any], what: str, scope: Mapping[str, str],
+                 constant: bool = False) -> tuple[str, str, Extent]:
+    """`%name: dtype[size]` (a parameter or an allocation), recorded in `buffers`; the size
+    may be an expression over the dims in `scope` unless it must be `constant`."""
     buffer = _ref(lx.take("ref"))
     lx.take(text=":")
-    t = _type(lx)
-    if t is None or len(t.shape) != 1 or not isinstance(t.shape[0], int):
+    if lx.peek()[0] != "word":
         raise lx.error(f"{what} %{buffer} needs a type dtype[size]")
-    buffers[buffer] = t
-    return buffer, t.dtype, t.shape[0]
+    dtype = lx.take("word")
+    lx.take(text="[")
+    at = lx.pos
+    size = _extent(lx, buffers, scope)
+    if constant and not isinstance(size, int):
+        lx.pos = at
+        raise lx.error(f"{what} %{buffer} needs a constant size")
+    lx.take(text="]")
+    buffers[buffer] = TensorType(dtype, (size if isinstance(size, int) else str(size),))
+    return buffer, dtype, size
 
 
 def parse_function(text: str, filename: str = "<text>") -> LoopFunction:
@@ -518,9 +544,13 @@ def parse_function(text: str, filename: str = "<text>") -> LoopFunction:
     lx.take(text="@")
     name = lx.take("word")
     buffers: dict[str, Any] = {}
+    dims: list[Var] = []
+    if lx.accept("["):  # run-time sizes: func @f[%n, %m](...)
+        dims = _items(lx, "]", lambda: Var("int64", lx.take("ref")))
+    scope = {d.name: d.dtype for d in dims}
 
     def param() -> Param:
-        return Param(*_flat_buffer(lx, buffers, "parameter"))
+        return Param(*_flat_buffer(lx, buffers, "parameter", scope))
 
     lx.take(text="(")
     params = tuple(_items(lx, ")", param))
@@ -533,10 +563,10 @@ def parse_function(text: str, filename: str = "<text>") -> LoopFunction:
         lx.take(text="(")
         aliased = tuple(_items(lx, ")", lambda: _ref(lx.take("ref"))))
     lx.take(text="{")
-    body = _body(lx, buffers, {})
+    body = _body(lx, buffers, dict(scope))
     if lx.peek()[0] != "eof":
         raise lx.error("text after the end of the function")
-    return LoopFunction(name, params, body, source, aliased)
+    return LoopFunction(name, params, body, source, aliased, tuple(dims))
 
 
 def parse_functions(text: str, filename: str = "<text>") -> list[LoopFunction]:

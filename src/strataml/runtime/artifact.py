@@ -300,8 +300,12 @@ def _call(d: Any, where: str) -> KernelCall:
     function = _get(d, "function", str, where)
     if not _SYMBOL.fullmatch(function):
         raise ArtifactError(f"manifest check: {where}.function {function!r} is not a symbol")
+    dims = d.get("dims", [])  # (absent before calls took run-time sizes)
+    if not isinstance(dims, list) or not all(type(k) is int and k >= 0 for k in dims):
+        raise ArtifactError(f"manifest check: {where}.dims must be indices into the dims "
+                            "table")
     return KernelCall(_get(d, "kernel", str, where), function,
-                      tuple((a[0], a[1]) for a in args))
+                      tuple((a[0], a[1]) for a in args), tuple(dims))
 
 
 def _string(d: Any, where: str) -> str:

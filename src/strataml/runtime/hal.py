@@ -45,15 +45,27 @@ class TensorSlot:
 class KernelCall:
     """One step of the plan: call `function` with one buffer per parameter, each given as
     (region, offset): region 0 is the arena and 1 the weights blob (offsets in bytes),
-    region 2 the io table (offset = index of the pointer). `kernel` names the step."""
+    region 2 the io table (offset = index of the pointer). `kernel` names the step. `dims`:
+    for each run-time size the function takes (after its buffers), the index of its value in
+    the model's dims table (the entry's fourth argument)."""
 
     kernel: str
     function: str
     args: tuple[tuple[int, int], ...]
+    dims: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Without dims, exactly the object a plan held before calls had any (so a static
+        plan, and the contract digest over it, are what they were)."""
+        d = asdict(self)
+        if not self.dims:
+            del d["dims"]
+        return d
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> KernelCall:
-        return KernelCall(d["kernel"], d["function"], tuple(tuple(a) for a in d["args"]))
+        return KernelCall(d["kernel"], d["function"], tuple(tuple(a) for a in d["args"]),
+                          tuple(d.get("dims", ())))
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,9 @@ class ExecutionPlan:
     abi_version: int = KERNEL_ABI_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["calls"] = [c.to_json() for c in self.calls]
+        return d
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> ExecutionPlan:

@@ -24,6 +24,8 @@ from strataml.ir.dialects.loop import (
     Prefetch,
     Stmt,
     Store,
+    constant_extent,
+    constant_size,
 )
 from strataml.ir.expr import Binary, Expr, Load, Unary
 from strataml.ir.types import itemsize, split_vector
@@ -84,19 +86,20 @@ def _walk(body: tuple[Stmt, ...], trips: float, depth: int, tally: _Tally) -> No
     assert tally.innermost is not None
     for s in body:
         if isinstance(s, For):
+            extent = constant_extent(s)  # (the features count trips: a size, not a formula)
             tally.loops += 1
             tally.depth = max(tally.depth, depth + 1)
             if s.kind == "parallel":
                 tally.parallel_loops += 1
-                tally.parallel_extent = max(tally.parallel_extent, s.extent)
+                tally.parallel_extent = max(tally.parallel_extent, extent)
             elif s.kind == "vector":
                 tally.vector_loops += 1
             elif s.kind == "unroll":
                 tally.unrolled_loops += 1
-                tally.unroll_product = max(tally.unroll_product, s.extent)
+                tally.unroll_product = max(tally.unroll_product, extent)
             if not any(isinstance(c, For) for c in s.body):
-                tally.innermost.append(s.extent)
-            _walk(s.body, trips * max(s.extent, 0), depth + 1, tally)
+                tally.innermost.append(extent)
+            _walk(s.body, trips * max(extent, 0), depth + 1, tally)
         elif isinstance(s, Store):
             base, lanes = split_vector(s.value.dtype)
             tally.stores += trips
@@ -121,7 +124,7 @@ def loop_features(function: LoopFunction, schedule: Schedule, target: Target,
     tally = _Tally(innermost=[])
     _walk(function.body, 1.0, 0, tally)
     assert tally.innermost is not None
-    params_bytes = sum(p.size * itemsize(p.dtype) for p in function.params)
+    params_bytes = sum(constant_size(p) * itemsize(p.dtype) for p in function.params)
     moved = tally.load_bytes + tally.store_bytes
     gemms = [s for s in schedule.stages if s.strategy == "gemm"]
     first = gemms[0] if gemms else None

@@ -9,16 +9,18 @@ in range is clamped, so generated code never touches memory outside its buffers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from itertools import count
 
 from strataml.errors import ScheduleError
-from strataml.ir.bounds import Interval, flat_interval, interval
+from strataml.ir.bounds import Interval, dim_env, flat_interval, interval
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import (
     Allocate,
     Assign,
     Declare,
+    Extent,
     LoopFunction,
     Param,
     Stmt,
@@ -129,6 +131,20 @@ def _affine_key(e: Expr) -> tuple[frozenset[tuple[Expr, int]], int]:
     return frozenset(terms.items()), k
 
 
+def clamp_flat_index(flat: Expr, numel: Extent, env: dict[Var, Interval],
+                     rng: Interval | None = None) -> Expr:
+    """`flat` itself where `env`'s ranges (loop variables, dims) prove it inside a buffer of
+    `numel` elements, else clamped to [0, numel - 1]; `numel` may be an expression over the
+    dims, and then so is the clamp's bound (proven only by the dims' ranges: a buffer of
+    `%n` elements is provably big enough for an index below its range's low end). `rng`:
+    the index's range where the caller knows it better than `interval(flat, env)`."""
+    rng = rng or interval(flat, env)
+    size = (numel, numel) if isinstance(numel, int) else interval(numel, env)
+    if rng is not None and size is not None and rng[0] >= 0 and rng[1] <= size[0] - 1:
+        return flat
+    return minimum(maximum(flat, 0), binary("sub", numel, 1))
+
+
 @dataclass
 class StageLowering:
     kernel: Kernel
@@ -137,6 +153,8 @@ class StageLowering:
     names: count = field(default_factory=count)
     scratch: list[Allocate] = field(default_factory=list)
     reduced: dict[tuple[int, Reduce], tuple[list[Stmt], Var]] = field(default_factory=dict)
+    # the run-time sizes an index may read, with the ranges its proofs may assume
+    dims: dict[Var, Interval] = field(default_factory=dict)
 
     def fresh(self, prefix: str, dtype: str = "int64") -> Var:
         return Var(dtype, f"{prefix}{next(self.names)}")
@@ -152,6 +170,8 @@ class StageLowering:
         `clamp=False`: the caller has proven every index inside its dimension (see
         `_guarded_loads`)."""
         buf = self.buffers[load.buffer]
+        if self.dims:
+            env = {**self.dims, **env}
         whole = flat_interval(buf.shape, load.indices, env)
         flat: Expr = idx(0)
         stride = 1
@@ -160,8 +180,8 @@ class StageLowering:
                 index = minimum(maximum(index, 0), dim - 1)
             flat = binary("add", flat, binary("mul", index, stride))
             stride *= dim
-        if clamp and whole is not None and (whole[0] < 0 or whole[1] > buf.numel - 1):
-            flat = minimum(maximum(flat, 0), buf.numel - 1)
+        if clamp and whole is not None:
+            flat = clamp_flat_index(flat, buf.numel, env, whole)
         return flat
 
     def expr(self, e: Expr, env: dict[Var, Interval], out: list[Stmt],
@@ -178,7 +198,7 @@ class StageLowering:
             if isinstance(x, Reduce):
                 return self.reduction(x, env, out)
             if isinstance(x, Select) and not x.guarded and _guarded_loads(
-                    x, self.buffers, env):
+                    x, self.buffers, {**self.dims, **env} if self.dims else env):
                 return Select(x.dtype, self.expr(x.cond, env, out),
                               self.expr(x.a, env, out, clamp=False),
                               self.expr(x.b, env, out), True)
@@ -252,7 +272,8 @@ def prepare_kernel(kernel: Kernel) -> Kernel:
     return fuse_trailing_axes(simplify_indices(kernel))
 
 
-def lower_with_default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None
+def lower_with_default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None,
+                                dim_ranges: Mapping[Var, Interval | None] | None = None
                                 ) -> tuple[LoopFunction, Schedule]:
     """The prepared kernel lowered under the default schedule for `target` (the host's by
     default). Copy stages computed at their consumer need a box the lowering can prove
@@ -260,19 +281,24 @@ def lower_with_default_schedule(kernel: Kernel, threads: int = 1, target: Target
     target = target or host_target()
     try:
         schedule = default_schedule(kernel, threads, target)
-        return lower_kernel(kernel, schedule, target=target), schedule
+        return lower_kernel(kernel, schedule, target=target, dim_ranges=dim_ranges), schedule
     except ScheduleError:
         schedule = default_schedule(kernel, threads, target, compute_copies_at_consumers=False)
-        return lower_kernel(kernel, schedule, target=target), schedule
+        return lower_kernel(kernel, schedule, target=target, dim_ranges=dim_ranges), schedule
 
 
 def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int = 1,
-                 target: Target | None = None) -> LoopFunction:
+                 target: Target | None = None,
+                 dim_ranges: Mapping[Var, Interval | None] | None = None) -> LoopFunction:
     """Without a schedule, the kernel is prepared and gets the default one; a given schedule
-    applies to the kernel exactly as passed."""
+    applies to the kernel exactly as passed. `dim_ranges`: the run-time sizes (`%n`) the
+    kernel's indices read, in the order the function takes them, each with the range its
+    bound proofs may assume (None: `DEFAULT_DIM_RANGE`); an index they cannot prove inside
+    its buffer is clamped, as any other."""
     target = target or host_target()
     if schedule is None:
-        return lower_with_default_schedule(prepare_kernel(kernel), threads, target)[0]
+        return lower_with_default_schedule(prepare_kernel(kernel), threads, target,
+                                           dim_ranges)[0]
     nests = check_schedule(kernel, schedule)
     if any(n.inline for n in nests.values()):
         keep = [k for k, st in enumerate(kernel.stages)
@@ -280,7 +306,9 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
         kernel = inline_stages(kernel, nests)
         schedule = Schedule(tuple(schedule.stages[k] for k in keep))
         nests = check_schedule(kernel, schedule)
-    lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers}, target)
+    ranges = dict(dim_ranges or {})
+    dims = dim_env(ranges, {d: r for d, r in ranges.items() if r is not None})
+    lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers}, target, dims=dims)
     scheduled = NestLowering(lowering, kernel, nests, {
         st.buffer: how.steps for st, how in zip(kernel.stages, schedule.stages, strict=True)})
     body: list[Stmt] = []
@@ -292,4 +320,5 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
         elif nests[st.buffer].compute_at is None:
             body.extend(scheduled.stage(st))
     params = tuple(Param(b.name, b.dtype, b.numel) for b in kernel.params)
-    return LoopFunction(kernel.name, params, (*lowering.scratch, *body), kernel.source)
+    return LoopFunction(kernel.name, params, (*lowering.scratch, *body), kernel.source,
+                        dims=tuple(dims))
