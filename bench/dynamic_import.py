@@ -22,13 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from zoo import ZOO, ZooModel  # noqa: E402
-
-from strataml.frontends.onnx.importer import import_model  # noqa: E402
-from strataml.ir.dialects.graph import print_graph  # noqa: E402
-from strataml.options import CompileOptions  # noqa: E402
-from strataml.passes.graph.bind_dims import bind_dims, graph_dims  # noqa: E402
-from strataml.passes.graph.fold_constants import fold_graph  # noqa: E402
+from strataml.frontends.onnx.importer import import_model
+from strataml.ir.dialects.graph import print_graph
+from strataml.options import CompileOptions
+from strataml.passes.graph.bind_dims import bind_dims, graph_dims
+from strataml.passes.graph.fold_constants import fold_graph
+from zoo import ZOO, ZooModel
 
 CACHE = Path("build/zoo-dynamic")
 # which axes of each input are dynamic, by input name

@@ -533,7 +533,8 @@ def _flat_buffer(lx: _Lexer, buffers: dict[str, Any], what: str, scope: Mapping[
         lx.pos = at
         raise lx.error(f"{what} %{buffer} needs a constant size")
     lx.take(text="]")
-    buffers[buffer] = TensorType(dtype, (size if isinstance(size, int) else str(size),))
+    # only the dtype is read back (loads name their buffer's element type)
+    buffers[buffer] = TensorType(dtype, (size if isinstance(size, int) else 0,))
     return buffer, dtype, size
 
 
