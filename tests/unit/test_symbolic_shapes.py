@@ -25,6 +25,7 @@ from strataml.ir.sizes import (
     Size,
     SizeExpr,
     SymbolicSizeError,
+    assumed_ranges,
     bind_input_dims,
     ceildiv,
     dim,
@@ -37,6 +38,7 @@ from strataml.ir.sizes import (
     size_interval,
     size_max,
     size_min,
+    truncdiv,
 )
 from strataml.options import CompileOptions
 from strataml.passes.graph.bind_dims import bind_dims, graph_dims
@@ -119,6 +121,30 @@ def test_equal_sizes_have_one_spelling() -> None:
     assert str((h + 1) // 2) == "(h + 1)//2"
 
 
+def test_exporters_spellings_of_one_size_meet() -> None:
+    """The forms wav2vec2's conv stack and a Slice's clamping write, from both exporters."""
+    s, b = dim("samples"), dim("batch")
+    x = s
+    for kernel, stride in [(10, 5), (3, 2), (3, 2)]:
+        x = (x - kernel) // stride + 1
+    assert x == s // 20 - 1  # nested floordivs: one atom
+    assert evaluate(x, {"samples": 117}) == ((((117 - 10) // 5 + 1 - 3) // 2 + 1) - 3) // 2 + 1
+    assert ((s // 5) // 2) // 2 == s // 20
+    frames = (s + 240) // 320
+    clamp = size_max(frames - 1, size_min(frames, size_max(0, frames - 1)))
+    assert clamp == size_max(0, frames - 1)  # max(0, f - 1) <= f: the min drops f
+    assert exact_quotient(b * (frames - 1) * 768, b * (frames - 1) * 64) == 12
+    assert exact_quotient((s + 1) * (s + 2), s + 1) is None  # (a sum: not shown)
+    with assumed_ranges({"samples": (400, 160000)}):
+        assert size_max(0, (s + 240) // 320 - 1) == (s + 240) // 320 - 1
+        assert size_min(512, dim("seq")) != dim("seq")  # (seq keeps its default range)
+    assert truncdiv(s - 3, 2) == (s - 3) // 2
+    assert truncdiv(-7, 2) == -3  # ONNX's Div rounds toward zero
+    with pytest.raises(ValueError, match="1 <= lo <= hi"):
+        with assumed_ranges({"seq": (0, 4)}):
+            pass
+
+
 def test_questions_a_run_time_size_cannot_answer_are_refused() -> None:
     s = dim("seq")
     assert s + 1 > 0  # decided: dims are >= 1
@@ -189,16 +215,22 @@ def _attention_model() -> ModelProto:
 
 
 def _conv_model() -> ModelProto:
-    """A small CNN with a dynamic batch, flattened by Reshape(Shape(x)[0], -1)."""
+    """A small CNN with a dynamic batch: an upsampling Resize to sizes computed from
+    Shape (the batch and channels kept), flattened by Reshape(Shape(x)[0], -1)."""
     rng = np.random.default_rng(1)
     init = {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
-            "fc": rng.standard_normal((8 * 4 * 4, 10)).astype(np.float32) * 0.1,
-            "i0": np.array([0], np.int64), "minus1": np.array([-1], np.int64)}
+            "fc": rng.standard_normal((8 * 6 * 6, 10)).astype(np.float32) * 0.1,
+            "i0": np.array([0], np.int64), "i2": np.array([2], np.int64),
+            "minus1": np.array([-1], np.int64), "hw": np.array([6, 6], np.int64)}
     n = helper.make_node
     nodes = [
         n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
         n("Relu", ["c"], ["r"]),
-        n("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("MaxPool", ["r"], ["p0"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("Shape", ["p0"], ["shape0"]),
+        n("Slice", ["shape0", "i0", "i2"], ["nc"]),
+        n("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        n("Resize", ["p0", "", "", "sizes"], ["p"], mode="linear"),
         n("Shape", ["p"], ["shape"]),
         n("Gather", ["shape", "i0"], ["n"], axis=0),
         n("Concat", ["n", "minus1"], ["flat_shape"], axis=0),

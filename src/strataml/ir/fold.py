@@ -7,7 +7,7 @@ import numpy as np
 
 from strataml.errors import StrataError
 from strataml.ir.dialects.graph import Node, evaluate_node
-from strataml.ir.sizes import is_symbolic, numel, shape_value
+from strataml.ir.sizes import SymbolicSizeError, is_symbolic, numel, shape_value
 from strataml.ir.types import TensorType
 
 # Folding never materialises a constant larger than this (elements) unless it is no larger
@@ -45,6 +45,8 @@ def try_fold(node: Node, types: dict[str, TensorType],
     try:
         with np.errstate(all="ignore"):
             values = evaluate_node(node, [constants[i] if i else None for i in node.inputs])
+    except SymbolicSizeError:
+        return None  # a run-time size used as data (`seq` cast to float): a kernel's job
     except StrataError:
         raise
     except Exception:  # noqa: BLE001 - an op that cannot fold stays in the graph

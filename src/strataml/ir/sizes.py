@@ -16,9 +16,12 @@ answer would depend on the run-time value.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from math import prod
+from types import MappingProxyType
 from typing import Union
 
 import numpy as np
@@ -265,11 +268,45 @@ def floordiv(x: Size, divisor: Size) -> Size:
     rest_size = _make(rest)
     if isinstance(rest_size, int):
         return _make(_add(exact, _poly(rest_size // c)))
+    nested = _nested_floordiv(rest_size)
+    if nested is not None:  # (e//a + k)//c == (e + k*a)//(a*c): one spelling per size
+        inner, a, k = nested
+        return _make(_add(exact, _poly(floordiv(inner + k * a, a * c))))
     lo, hi = size_interval(rest_size)
     if lo // c == hi // c:  # e.g. (s + 1) // 4 is not constant, but mod(s, 4) // 4 is 0
         return _make(_add(exact, _poly(lo // c)))
     atom = _atom_size(Atom("floordiv", args=(rest_size,), divisor=c))
     return _make(_add(exact, _poly(atom)))
+
+
+def truncdiv(x: Size, divisor: Size) -> Size:
+    """ONNX's integer Div (rounds toward zero) in shape arithmetic. Over run-time sizes it
+    is `floordiv`: the two differ only where `x` is negative, and exporters spell the source
+    framework's size floordiv (`(L - k) // s + 1`) with this Div, so where they differ the
+    exported Div is the one that is off (and the dim it computes negative: an input no model
+    takes)."""
+    if isinstance(x, int) and isinstance(divisor, int) and divisor:
+        q = abs(x) // abs(divisor)
+        return q if (x >= 0) == (divisor > 0) else -q
+    return floordiv(x, divisor)
+
+
+def _nested_floordiv(x: SizeExpr) -> tuple[Size, int, int] | None:
+    """(e, a, k) when `x` is `e//a + k` (a constant k), else None."""
+    k = 0
+    atom: Atom | None = None
+    for m, c in x.terms:
+        if m == ():
+            k = c
+        elif c == 1 and len(m) == 1 and m[0][1] == 1 and m[0][0].op == "floordiv":
+            if atom is not None:
+                return None
+            atom = m[0][0]
+        else:
+            return None
+    if atom is None:
+        return None
+    return _from_expr(atom.args[0]), atom.divisor, k
 
 
 def ceildiv(x: Size, divisor: Size) -> Size:
@@ -321,15 +358,29 @@ def _extremum(op: str, a: Size, b: Size) -> Size:
 
 def _beats(op: str, y: Size, x: Size, y_first: bool) -> bool:
     """Whether keeping `y` makes `x` redundant in `op(..., x, y, ...)` (ties: the first)."""
-    other = "max" if op == "min" else "min"
-    inner = _single_atom(x)
-    if inner is not None and inner.op == other and any(_from_expr(z) == y
-                                                      for z in inner.args):
-        return True  # max(min(512, seq), seq) == seq
-    lo, hi = size_interval(x - y)
-    if op == "max":
-        return hi < 0 or (hi <= 0 and (lo < 0 or y_first))
-    return lo > 0 or (lo >= 0 and (hi > 0 or y_first))
+    small, large = (x, y) if op == "max" else (y, x)
+    if not _known_le(small, large):
+        return False
+    return y_first or not _known_le(large, small)
+
+
+def _known_le(a: Size, b: Size, depth: int = 4) -> bool:
+    """`a <= b` for every value of the dims, by intervals and through min/max arguments
+    (`max(0, x - 1) <= x` for x >= 0; `min(512, seq) <= seq`)."""
+    if size_interval(b - a)[0] >= 0:
+        return True
+    if depth == 0:
+        return False
+    ta, tb = _single_atom(a), _single_atom(b)
+    if ta is not None and ta.op == "max":
+        return all(_known_le(_from_expr(z), b, depth - 1) for z in ta.args)
+    if tb is not None and tb.op == "min":
+        return all(_known_le(a, _from_expr(z), depth - 1) for z in tb.args)
+    if ta is not None and ta.op == "min":
+        return any(_known_le(_from_expr(z), b, depth - 1) for z in ta.args)
+    if tb is not None and tb.op == "max":
+        return any(_known_le(a, _from_expr(z), depth - 1) for z in tb.args)
+    return False
 
 
 def _single_atom(x: Size) -> Atom | None:
@@ -346,8 +397,10 @@ def _from_expr(x: Size) -> Size:
 
 
 def _as_expr(x: Size) -> SizeExpr:
-    # min/max atoms hold two sizes; a constant operand is kept as a constant polynomial
-    return x if isinstance(x, SizeExpr) else SizeExpr((((), x),))
+    # min/max atoms hold sizes; a constant operand is kept as a constant polynomial
+    if isinstance(x, SizeExpr):
+        return x
+    return SizeExpr((((), x),) if x else ())
 
 
 def _sort_key(x: Size) -> tuple[int, str]:
@@ -423,11 +476,33 @@ def size_dims(x: Size) -> frozenset[str]:
     return frozenset(out)
 
 
+_ASSUMED: ContextVar[Mapping[str, Range]] = ContextVar("assumed_dim_ranges",
+                                                       default=MappingProxyType({}))
+
+
+@contextmanager
+def assumed_ranges(ranges: Mapping[str, Range]) -> Iterator[None]:
+    """Within the block, dims lie in `ranges` (a model's `dim_ranges`) wherever sizes are
+    simplified or compared: `max(0, seq - 1)` is `seq - 1` once `seq >= 1` is known not to
+    be the only bound, `min(512, seq)` is `seq` for `seq <= 512`."""
+    for name, (lo, hi) in ranges.items():
+        if not 1 <= lo <= hi:
+            raise ValueError(f"dim {name!r}: range ({lo}, {hi}) must have 1 <= lo <= hi")
+    token = _ASSUMED.set({**_ASSUMED.get(), **ranges})
+    try:
+        yield
+    finally:
+        _ASSUMED.reset(token)
+
+
 def size_interval(x: Size, ranges: Mapping[str, Range] | None = None) -> Range:
-    """Inclusive bounds of `x` over every dim in its range (default `[1, DIM_MAX]`). Sound,
-    not always tight (the terms are bounded independently)."""
+    """Inclusive bounds of `x` over every dim in its range (`ranges`, else the ranges
+    assumed by the enclosing `assumed_ranges`, else `[1, DIM_MAX]`). Sound, not always
+    tight (the terms are bounded independently)."""
     if isinstance(x, int):
         return (x, x)
+    if ranges is None:
+        ranges = _ASSUMED.get()
     lo = hi = 0
     for m, c in x.terms:
         mlo, mhi = 1, 1
@@ -470,16 +545,23 @@ def _decide(diff: Size, strict: bool, what: str) -> bool:
 
 def exact_quotient(total: Size, part: Size) -> Size | None:
     """`total / part` when it divides exactly for every value of the dims (a Reshape's -1:
-    `batch*seq*384 / (batch*seq*12)` is 32), else None."""
+    `batch*seq*384 / (batch*seq*12)` is 32), else None (also where it cannot show it:
+    a quotient that is itself a sum of terms)."""
     if isinstance(part, int):
         if part == 0:
             return None
         if isinstance(total, int):
             return total // part if total % part == 0 else None
-        q = {m: c // part for m, c in total.terms}
-        return _make(q) if all(c % part == 0 for _, c in total.terms) else None
+        scaled = {m: c // part for m, c in total.terms}
+        return _make(scaled) if all(c % part == 0 for _, c in total.terms) else None
     if len(part.terms) != 1:
-        return None
+        # a polynomial divisor (`batch*(frames - 1)*64`): try the quotient of the leading
+        # terms, and keep it if it multiplies back exactly
+        if isinstance(total, int):
+            return None
+        (tm, tc), (pm, pc) = _leading(total), _leading(part)
+        lead = exact_quotient(_make({tm: tc}), _make({pm: pc}))
+        return lead if lead is not None and part * lead == total else None
     (pm, pc), = part.terms
     out: Poly = {}
     for m, c in _poly(total).items():
@@ -494,6 +576,10 @@ def exact_quotient(total: Size, part: Size) -> Size | None:
                            key=lambda t: _atom_key(t[0])))
         out[key] = c // pc
     return _make(out)
+
+
+def _leading(x: SizeExpr) -> tuple[Monomial, int]:
+    return max(x.terms, key=lambda t: (sum(p for _, p in t[0]), _monomial_key(t[0])))
 
 
 def known_equal(a: Size, b: Size) -> bool:
@@ -555,8 +641,8 @@ def bind_input_dims(declared: Mapping[str, tuple[Size, ...]],
 
 def format_size(x: Size) -> str:
     """Canonical text: `2*seq + 1`, `batch*seq*12`, `(h + 1)//2`, `mod(s, 8)`, `min(a, 4)`."""
-    if isinstance(x, int):
-        return str(x)
+    if isinstance(x, int) or not x.terms:  # (a min/max argument holds 0 as no terms)
+        return str(x) if isinstance(x, int) else "0"
     parts: list[str] = []
     # higher-degree terms first, the constant last
     ordered = sorted(x.terms, key=lambda t: (-sum(p for _, p in t[0]), _monomial_key(t[0])))

@@ -28,6 +28,7 @@ from strataml.ir.expr import (
     select,
     unary,
 )
+from strataml.ir.sizes import truncdiv
 from strataml.ir.types import TensorType, is_float
 from strataml.ops.common import broadcast_types, out_dtype, out_shape, power, require_same_dtype
 from strataml.ops.lowering import LowerContext, TensorRef
@@ -121,6 +122,8 @@ def _isinf(node: Node, x: np.ndarray) -> np.ndarray:
 
 def _cast(node: Node, x: np.ndarray) -> np.ndarray:
     to = node.attr("to")
+    if x.dtype == object and np.issubdtype(np.dtype(to), np.integer):
+        return x.copy()  # a shape value's sizes stay sizes (`_typed` makes ints of ints)
     if np.issubdtype(x.dtype, np.floating) and np.issubdtype(np.dtype(to), np.integer):
         with np.errstate(invalid="ignore"):
             return x.astype(to)
@@ -128,6 +131,8 @@ def _cast(node: Node, x: np.ndarray) -> np.ndarray:
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype == object or b.dtype == object:  # shape values: sizes over positive divisors
+        return np.vectorize(truncdiv, otypes=[object])(a, b)
     if not np.issubdtype(a.dtype, np.integer):
         return np.divide(a, b).astype(a.dtype)
     # Exact in integers (through float64 a large int64 would round). As the kernels do

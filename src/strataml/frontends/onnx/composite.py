@@ -22,6 +22,7 @@ from strataml.frontends.onnx.converters import (
     onnx_dtype,
 )
 from strataml.ir.dialects.graph import Node
+from strataml.ir.sizes import Size, is_symbolic
 
 _ATTENTION_ATTRS = {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode",
                     "scale", "softcap", "softmax_precision", "left_window_size",
@@ -312,6 +313,13 @@ def resize_axis_table(in_size: int, out_size: int, scale: float, mode: str,
     return w, extrapolated
 
 
+def _static(size: Size) -> int:
+    """A size an axis being resized must have at compile time (its interpolation table)."""
+    if is_symbolic(size):
+        raise Unsupported(f"resizing an axis of run-time size {size}")
+    return int(size)
+
+
 @converter("Resize", "Upsample")
 def convert_resize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     """Resize as one step per resized axis: Gather (nearest) or MatMul with a constant
@@ -320,9 +328,8 @@ def convert_resize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
                      "exclude_outside", "extrapolation_value", "keep_aspect_ratio_policy",
                      "mode", "nearest_mode", "scales"})
     x_t = ctx.type(n.inputs[0])
-    if not x_t.is_static:
-        raise Unsupported("symbolic input shape")
-    rank, shape = x_t.rank, [int(d) for d in x_t.shape]
+    # (axes it keeps may be run-time sizes, a batch; the ones it resizes are static)
+    rank, shape = x_t.rank, list(x_t.shape)
     a = n.attrs
     mode = a.get("mode", "nearest")
     mode = {"bilinear": "linear", "trilinear": "linear"}.get(mode, mode)
@@ -355,19 +362,21 @@ def convert_resize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
             roi[ax] = (float(roi_in[i]), float(roi_in[k + i]))
     if sizes_in is not None:
         for i, ax in enumerate(axes):
-            sizes[ax] = int(sizes_in[i])
-            scales[ax] = sizes[ax] / shape[ax]
+            sizes[ax] = sizes_in[i] if is_symbolic(sizes_in[i]) else int(sizes_in[i])
+            scales[ax] = 1.0 if sizes[ax] == shape[ax] else _static(sizes[ax]) / _static(
+                shape[ax])
         policy = a.get("keep_aspect_ratio_policy", "stretch")
         if policy != "stretch":
             pick = min if policy == "not_larger" else max
             s = pick(scales[ax] for ax in axes)
             for ax in axes:
                 scales[ax] = s
-                sizes[ax] = int(s * shape[ax] + 0.5)
+                sizes[ax] = int(s * _static(shape[ax]) + 0.5)
     elif scales_in is not None:
         for i, ax in enumerate(axes):
             scales[ax] = float(scales_in[i])
-            sizes[ax] = int(scales[ax] * shape[ax])
+            if not math.isclose(scales[ax], 1.0):
+                sizes[ax] = int(scales[ax] * _static(shape[ax]))
     else:
         raise Unsupported("neither scales nor sizes given")
 
@@ -379,7 +388,7 @@ def convert_resize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
                                        and sizes[ax] == shape[ax] and roi[ax] == (0.0, 1.0))]
     for ax in steps:
         w, extra = resize_axis_table(
-            shape[ax], sizes[ax], scales[ax], mode, coord, nearest_mode,
+            _static(shape[ax]), _static(sizes[ax]), scales[ax], mode, coord, nearest_mode,
             a.get("cubic_coeff_a", -0.75), bool(a.get("exclude_outside", 0)),
             bool(a.get("antialias", 0)), roi[ax])
         if extra.any():
@@ -397,8 +406,10 @@ def convert_resize(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
         cur_shape[ax] = sizes[ax]
     if extrapolate is not None:
         value = b.const(a.get("extrapolation_value", 0.0), x_t.dtype)
-        cur = b.op("Where", b.const(np.broadcast_to(extrapolate, cur_shape), "bool"), value,
-                   cur)
+        static = [d for d in cur_shape if isinstance(d, int)]
+        if len(static) == len(cur_shape):
+            extrapolate = np.broadcast_to(extrapolate, static)
+        cur = b.op("Where", b.const(extrapolate, "bool"), value, cur)
     b.op("Identity", cur, out=n.outputs[0])
     return b.nodes
 

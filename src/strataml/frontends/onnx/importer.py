@@ -10,6 +10,7 @@ attribute is collected and reported together.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from strataml.frontends.onnx.converters import (
     onnx_dtype,
 )
 from strataml.ir.dialects.graph import Graph, Node
-from strataml.ir.sizes import dim
+from strataml.ir.sizes import assumed_ranges, dim
 from strataml.ir.types import DTYPES, Dim, TensorType
 from strataml.options import CompileOptions
 
@@ -232,10 +233,10 @@ class _Importer:
                 # Symbolic dims are bound at compile time: from options, else 1.
                 dims.append(int(self.options.dim_values.get(d.dim_param, 1)))
             else:
-                dims.append(dim(self._dim_name(d.dim_param)))
+                dims.append(dim(self.dim_name(d.dim_param)))
         return TensorType(dtype, tuple(dims))
 
-    def _dim_name(self, param: str) -> str:
+    def dim_name(self, param: str) -> str:
         """An identifier for the model's dim name (which ONNX lets be any text; an unnamed
         dim gets a fresh one): sizes print and parse as expressions over identifiers."""
         key = param or f"?{len(self.dim_names)}"
@@ -300,9 +301,14 @@ class _Importer:
 
 
 def import_model(model: Any, options: CompileOptions | None = None,
-                 keep_symbolic: bool = False) -> Graph:
+                 keep_symbolic: bool = False,
+                 dim_ranges: Mapping[str, tuple[int, int]] | None = None) -> Graph:
     """The model as a graph. Symbolic dims are bound (`options.dim_values`, else 1) unless
     `keep_symbolic`: then the ones not given a value stay `SizeExpr`s through every shape
-    rule (see docs/dynamic-shapes.md)."""
+    rule (see docs/dynamic-shapes.md), simplified under `dim_ranges` (by the model's dim
+    names, which the graph keeps where they are identifiers)."""
     proto = load_model_proto(model)
-    return _Importer(proto, options or CompileOptions(), keep_symbolic).run()
+    importer = _Importer(proto, options or CompileOptions(), keep_symbolic)
+    ranges = {importer.dim_name(k): v for k, v in (dim_ranges or {}).items()}
+    with assumed_ranges(ranges):
+        return importer.run()

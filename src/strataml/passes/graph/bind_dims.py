@@ -19,7 +19,6 @@ from strataml.ir.dialects.graph import AttrValue, Graph, Node, make_attrs
 from strataml.ir.sizes import Size, is_symbolic, size_dims, substitute
 from strataml.ir.types import TensorType
 from strataml.passes.graph.fold_constants import fold_graph
-from strataml.passes.graph.infer_shapes import infer_types
 from strataml.passes.manager import GraphPass, register_pass
 
 
@@ -34,7 +33,9 @@ def graph_dims(graph: Graph) -> frozenset[str]:
 
 def bind_dims(graph: Graph, values: Mapping[str, int]) -> Graph:
     """`graph` with the named dims replaced by `values` everywhere (types, attributes, shape
-    values), then its shapes re-inferred and what became constant folded."""
+    values, fused groups' bodies), then what became constant folded (a Range up to `seq`).
+    Types are substituted, not re-inferred, so a graph after fusion binds too; that the
+    two agree is what tests/unit/test_symbolic_shapes.py checks."""
     for name, v in values.items():
         if not isinstance(v, int | np.integer) or v < 0:
             raise ShapeError(f"dim {name!r}: size {v!r} must be a non-negative integer")
@@ -69,7 +70,7 @@ def bind_dims(graph: Graph, values: Mapping[str, int]) -> Graph:
     constants = {k: bind_constant(k, v) for k, v in graph.constants.items()}
     bound = Graph(graph.name, graph.inputs, graph.outputs,
                   tuple(bind_node(n) for n in graph.nodes), types, constants)
-    return fold_graph(infer_types(bound))
+    return fold_graph(bound)
 
 
 @register_pass
