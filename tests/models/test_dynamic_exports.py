@@ -22,6 +22,8 @@ from strataml.ir.sizes import bind_input_dims, evaluate
 from strataml.options import CompileOptions
 from strataml.passes.graph.bind_dims import bind_dims, graph_dims
 from strataml.passes.graph.fold_constants import fold_graph
+from strataml.passes.manager import PassManager, parse_pipeline
+from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
 from tests.conftest import ort_run
 
 torch = pytest.importorskip("torch")
@@ -58,15 +60,20 @@ def _gpt2() -> nn.Module:
 
 
 class SmallCNN(nn.Module):
+    """A 3-channel stem and a 7x7 map with 16 channels (both go channels-last), a residual
+    add, global pooling and a classifier."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8 * 4 * 4, 10)
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
-        return self.fc(y.flatten(1))
+        y = torch.relu(y + self.conv2(y))
+        return self.fc(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
 
 
 # name -> (builder, example input, dynamic axes {axis: dim}, sizes to check, exporters)
@@ -77,7 +84,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[int, str], list[dict[s
              [{"batch": 1, "seq": 1}, {"batch": 3, "seq": 11}], ("classic", "dynamo")),
     # the classic exporter cannot export transformers 5's GPT-2 (aten::diff)
     "gpt2": (_gpt2, TOKENS[:1], {1: "seq"}, [{"seq": 1}, {"seq": 13}], ("dynamo",)),
-    "cnn": (SmallCNN, torch.zeros(2, 3, 8, 8), {0: "batch"}, [{"batch": 1}, {"batch": 5}],
+    "cnn": (SmallCNN, torch.zeros(2, 3, 14, 14), {0: "batch"}, [{"batch": 1}, {"batch": 5}],
             ("classic", "dynamo")),
 }
 
@@ -132,3 +139,24 @@ def test_dynamic_export_imports_symbolically(case: str, exporter: str, tmp_path:
         got = interpret(bound, feeds)
         for out, ref in zip(got, ort_run(model, feeds), strict=True):
             np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["classic", "dynamo"])
+def test_graph_pipeline_decides_alike_with_a_symbolic_batch(exporter: str, tmp_path: Path
+                                                            ) -> None:
+    """Layouts and fusion are decided from the channels and the map, never the batch: the
+    CPU graph pipeline run on the symbolic graph, then bound, is the pipeline run on the
+    static import of that batch (channels-last stem and 7x7 convs, fused groups and all)."""
+    build, x, axes, sizes, _ = CASES["cnn"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = _export(_randomised(build()), x, axes, exporter, tmp_path / "m.onnx")
+    symbolic = PassManager(parse_pipeline(CPU_GRAPH_PIPELINE)).run(
+        import_model(model, keep_symbolic=True))
+    assert any(n.op == "fused" for n in symbolic.nodes)
+    assert "ConvChannelsLast" in print_graph(symbolic, weights={})
+    for values in sizes:
+        static = PassManager(parse_pipeline(CPU_GRAPH_PIPELINE)).run(
+            import_model(model, CompileOptions(dim_values=values)))
+        assert sorted(print_graph(bind_dims(symbolic, values), weights={}).splitlines()) == \
+            sorted(print_graph(static, weights={}).splitlines()), values

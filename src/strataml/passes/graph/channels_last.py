@@ -22,6 +22,7 @@ import numpy as np
 
 from strataml.ir.dialects.graph import Graph, Node, get_op, make_attrs
 from strataml.ir.rewrite import GraphView, Rewrite, apply_patterns
+from strataml.ir.types import Dim
 from strataml.ops.layout import is_depthwise
 from strataml.passes.manager import GraphPass, register_pass
 
@@ -49,13 +50,15 @@ CHANNELS_LAST_STRIDED_MAX_PIXELS = 196
 TO_FIRST = "ChannelsLastToFirst"
 
 
-def _static(view: GraphView, value: str) -> tuple[int, ...] | None:
-    t = view.type(value)
-    return t.static_shape() if t.is_static else None
+def _static(view: GraphView, value: str) -> tuple[Dim, ...] | None:
+    """The value's shape when all but its batch (axis 0, which may be a run-time size) are
+    known: the layout decisions read the channels and the map, never the batch."""
+    shape = view.type(value).shape
+    return shape if all(isinstance(d, int) for d in shape[1:]) else None
 
 
 def _then_back(view: GraphView, node: Node, op: str, inputs: tuple[str, ...],
-               attrs: tuple[tuple[str, object], ...], spatial: tuple[int, ...]) -> Rewrite:
+               attrs: tuple[tuple[str, object], ...], spatial: tuple[Dim, ...]) -> Rewrite:
     """`node` replaced by `op` computing channels-last, then a conversion back to its
     channels-first output of `spatial` (H, W)."""
     last = view.fresh(f"{node.outputs[0]}_channels_last")
@@ -65,7 +68,7 @@ def _then_back(view: GraphView, node: Node, op: str, inputs: tuple[str, ...],
              f"{node.name or node.outputs[0]}/to_channels_first")])
 
 
-def _pays(node: Node, x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[int, ...]
+def _pays(node: Node, x: tuple[Dim, ...], out: tuple[Dim, ...], kernel: tuple[int, ...]
           ) -> bool:
     """Channels-last pays for a conv on a small map, an image stem, or a strided KxK conv
     on a medium map (see the constants above)."""
@@ -75,7 +78,7 @@ def _pays(node: Node, x: tuple[int, ...], out: tuple[int, ...], kernel: tuple[in
             or (strided and pixels <= CHANNELS_LAST_STRIDED_MAX_PIXELS))
 
 
-def _depthwise_after_channels_last(view: GraphView, node: Node, x: tuple[int, ...],
+def _depthwise_after_channels_last(view: GraphView, node: Node, x: tuple[Dim, ...],
                                    weights: tuple[int, ...]) -> bool:
     """A depthwise conv (one filter a channel) whose input is converted from channels-last:
     channels-last, its vectors run along the channels, where channels-first they ran along
@@ -91,7 +94,7 @@ LAYOUTS = ("channels-first", "channels-last")
 
 
 def _conv_shapes(view: GraphView, node: Node
-                 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+                 ) -> tuple[tuple[Dim, ...], tuple[Dim, ...], tuple[int, ...]] | None:
     """Input, output and weight shapes of a Conv that ConvChannelsLast can compute (2-D,
     constant weights and bias, one group or depthwise behind a conversion, whole vectors of
     output channels); None if it cannot."""

@@ -25,10 +25,12 @@ from strataml.passes.manager import GraphPass, register_pass
 def conv3d_as_2d(view: GraphView, node: Node) -> Rewrite | None:
     x_type, out_type = view.type(node.inputs[0]), view.type(node.outputs[0])
     weights = view.const(node.inputs[1])
-    if x_type.rank != 5 or weights is None or not (x_type.is_static and out_type.is_static):
+    # (the batch may be a run-time size: it only scales the 2-D convs' batch, n * od)
+    if x_type.rank != 5 or weights is None or not all(
+            isinstance(d, int) for d in (*x_type.shape[1:], *out_type.shape[1:])):
         return None
-    n, c, _, h, w = x_type.static_shape()
-    _, co, od, oh, ow = out_type.static_shape()
+    n, c, _, h, w = x_type.shape
+    _, co, od, oh, ow = out_type.shape
     sd, sh, sw = node.attr("strides")
     dd, dh, dw = node.attr("dilations")
     pd0, ph0, pw0, pd1, ph1, pw1 = node.attr("pads")
