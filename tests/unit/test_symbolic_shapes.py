@@ -35,6 +35,7 @@ from strataml.ir.sizes import (
     format_size,
     mod,
     parse_size,
+    simplify_within,
     size_interval,
     size_max,
     size_min,
@@ -103,6 +104,25 @@ def test_sizes_print_parse_and_bound_soundly(expr: tuple, values: dict) -> None:
     ranges = {n: (1, 40) for n in DIMS}
     lo, hi = size_interval(size, ranges)
     assert lo <= evaluate(size, values) <= hi
+
+
+@settings(max_examples=300, deadline=None)
+@given(_expressions(), VALUES, st.integers(1, 40))
+def test_simplifying_within_ranges_keeps_the_value_in_the_ranges(expr: tuple, values: dict,
+                                                                 top: int) -> None:
+    size, formula = expr
+    ranges = {n: (1, top) for n in DIMS}
+    inside = {n: min(v, top) for n, v in values.items()}
+    assert evaluate(simplify_within(size, ranges), inside) == formula(inside)
+
+
+def test_ranges_decide_min_max_and_division() -> None:
+    s = dim("seq")
+    assert simplify_within(size_min(512, s), {"seq": (1, 64)}) == s
+    assert simplify_within(size_min(512, s), {}) == size_min(512, s)
+    assert simplify_within(size_max(s - 1, 1) * 2, {"seq": (3, 9)}) == 2 * s - 2
+    assert simplify_within(floordiv(s, 16) + mod(s, 16), {"seq": (1, 15)}) == s
+    assert simplify_within(floordiv(s, 16), {"seq": (1, 20)}) == floordiv(s, 16)
 
 
 def test_equal_sizes_have_one_spelling() -> None:

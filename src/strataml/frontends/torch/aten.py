@@ -5,9 +5,12 @@ above it that torch.compile graphs keep) to graph-dialect nodes.
 context (its arguments by schema name, operand types, constants, fresh names) and the FX
 node, returning the graph-dialect nodes that compute the node's result(s). Python numbers
 become constants of the computation's dtype, torch's implicit type promotion becomes Casts
-(the result dtype torch traced is the one computed), and dims are normalised. A converter
-raises `Unsupported(reason)` for what it cannot take. Ops built from several core ops
-(attention, group norm, adaptive pooling) are in `composite.py`.
+(the result dtype torch traced is the one computed), and dims are normalised. Sizes may be
+run-time sizes (`SizeExpr`s) where the graph op's attribute is of kind `sizes` (view,
+expand, slice, repeat, new tensors); where the op needs a size at compile time (a split, a
+pad) the converter says so. A converter raises `Unsupported(reason)` for what it cannot
+take. Ops built from several core ops (attention, group norm, adaptive pooling) are in
+`composite.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from strataml.frontends.torch.context import (
     resolve_shape,
 )
 from strataml.ir.dialects.graph import Node
-from strataml.ir.types import is_float
+from strataml.ir.sizes import Size, SizeExpr, is_symbolic, numel, shape_value
+from strataml.ir.types import TensorType, broadcast_shapes, is_float
 
 Converter = Callable[[ConvertContext, torch.fx.Node], list[Node]]
 ATEN: dict[Any, Converter] = {}  # torch OpOverload -> converter
@@ -420,7 +424,7 @@ def convert_argmax(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     keep = int(bool(ctx.arg("keepdim")))
     rank = ctx.type(x).rank
     if ctx.arg("dim") is None:  # over the flattened tensor
-        flat = ctx.reshape(x, (ctx.type(x).numel,))
+        flat = ctx.reshape(x, (numel(ctx.sizes_of(x)),))
         if not keep:
             return ctx.result(op, flat, axes=(0,), keepdims=0)
         return ctx.result("Reshape", ctx.op(op, flat, axes=(0,), keepdims=1),
@@ -510,7 +514,7 @@ def convert_convolution(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     if not transposed:
         return ctx.result("Conv", *inputs, **attrs)
     extra = ctx.ints("output_padding", nsp)
-    size = ctx.shape(x)[2:]
+    size = ctx.static(ctx.sizes_of(x)[2:], "the spatial size")
     out = tuple((size[d] - 1) * strides[d] - 2 * padding[d] + dil[d] * (kernel[d] - 1)
                 + extra[d] + 1 for d in range(nsp))
     return ctx.result("ConvTranspose", *inputs, output_spatial=out, **attrs)
@@ -562,12 +566,14 @@ def convert_batch_norm(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
         raise Unsupported("training mode (batch statistics)")
     x = ctx.tensor("input")
     dtype = ctx.type(x).dtype
-    channels = ctx.shape(x)[1]
+    channels = ctx.sizes_of(x)[1]
     mean, var = ctx.optional_tensor("running_mean"), ctx.optional_tensor("running_var")
     if mean is None or var is None:
         raise Unsupported("batch norm without running statistics")
-    weight = ctx.optional_tensor("weight") or ctx.const(np.ones(channels), dtype)
-    bias = ctx.optional_tensor("bias") or ctx.const(np.zeros(channels), dtype)
+    weight = ctx.optional_tensor("weight") or ctx.const(
+        np.ones(ctx.static([channels], "the channels")), dtype)
+    bias = ctx.optional_tensor("bias") or ctx.const(
+        np.zeros(ctx.static([channels], "the channels")), dtype)
     ctx.op("BatchNormalization", x, weight, bias, mean, var, out=ctx.out,
            epsilon=float(ctx.number("eps")))
     return ctx.nodes
@@ -605,26 +611,27 @@ def convert_embedding(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
 def convert_view(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     x = ctx.tensor("self")
     key = "shape" if "reshape" in str(n.target) else "size"
-    return ctx.result("Reshape", x, shape=resolve_shape(ctx.ints(key), ctx.type(x).numel))
+    return ctx.result("Reshape", x, shape=resolve_shape(ctx.sizes(key),
+                                                        numel(ctx.sizes_of(x))))
 
 
 @converter("flatten.using_ints")
 def convert_flatten(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     if not shape:
         return ctx.result("Reshape", x, shape=(1,))
     start, end = ctx.dim("start_dim", len(shape)), ctx.dim("end_dim", len(shape))
-    flat = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
+    flat = (*shape[:start], numel(shape[start:end + 1]), *shape[end + 1:])
     return ctx.result("Reshape", x, shape=flat)
 
 
 @converter("unflatten.int")
 def convert_unflatten(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     d = ctx.dim("dim", len(shape))
-    sizes = resolve_shape(ctx.ints("sizes"), shape[d])
+    sizes = resolve_shape(ctx.sizes("sizes"), shape[d])
     return ctx.result("Reshape", x, shape=(*shape[:d], *sizes, *shape[d + 1:]))
 
 
@@ -632,13 +639,18 @@ def convert_unflatten(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
 def convert_expand(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     """Expand; -1 keeps the input's size (aligned from the right)."""
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
-    size = ctx.ints("size")
+    shape = ctx.sizes_of(x)
+    size = ctx.sizes("size")
     lead = len(size) - len(shape)
     if lead < 0:
-        raise Unsupported(f"size {list(size)} has fewer dims than the input {list(shape)}")
-    target = tuple(shape[i - lead] if s == -1 else s for i, s in enumerate(size))
+        raise Unsupported(f"size {list(map(str, size))} has fewer dims than the input "
+                          f"{ctx.type(x)}")
+    target = tuple(shape[i - lead] if _is_minus_one(s) else s for i, s in enumerate(size))
     return ctx.result("Expand", x, shape=target)
+
+
+def _is_minus_one(s: Size) -> bool:
+    return isinstance(s, int) and s == -1
 
 
 @converter("permute.default", "permute_copy.default")
@@ -677,7 +689,7 @@ def convert_unsqueeze(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
 def convert_squeeze(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     """Squeeze the given dims (all by default) that have size 1; torch ignores the others."""
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)  # a run-time dim is not 1 (torch guarded it)
     if str(n.target).endswith("default"):
         dims: tuple[int, ...] = tuple(range(len(shape)))
     else:
@@ -695,24 +707,34 @@ _END = 2**63 - 1
 def convert_slice(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     x = ctx.tensor("self")
     dim = ctx.dim("dim", ctx.type(x).rank)
-    start, end = ctx.arg("start"), ctx.arg("end")
+    start = ctx.sizes("start")[0] if ctx.arg("start") is not None else 0
+    end = ctx.sizes("end")[0] if ctx.arg("end") is not None else _END
     step = ctx.number_int("step")
     if step < 1:
         raise Unsupported(f"step {step}")
-    return ctx.result("Slice", x, starts=(0 if start is None else int(start),),
-                      ends=(_END if end is None else int(end),), axes=(dim,), steps=(step,))
+    return ctx.result("Slice", x, starts=(_int_or_size(start),), ends=(_int_or_size(end),),
+                      axes=(dim,), steps=(step,))
+
+
+def _int_or_size(s: Size) -> Size:
+    return s if is_symbolic(s) else int(s)
 
 
 @converter("select.int", "select_copy.int")
 def convert_select(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     """One index along a dim, the dim removed: a Gather with a scalar index."""
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     dim = ctx.dim("dim", len(shape))
     index = ctx.number_int("index")
-    if not -shape[dim] <= index < shape[dim]:
-        raise Unsupported(f"index {index} is out of range for dim {dim} of size {shape[dim]}")
-    return ctx.result("Gather", x, ctx.const(index % shape[dim], "int64"), axis=dim)
+    size = shape[dim]
+    if is_symbolic(size):
+        if index < 0:  # counts from a run-time end
+            ctx.static([size], f"the size of dim {dim} (index {index})")
+        return ctx.result("Gather", x, ctx.const(index, "int64"), axis=dim)
+    if not -size <= index < size:
+        raise Unsupported(f"index {index} is out of range for dim {dim} of size {size}")
+    return ctx.result("Gather", x, ctx.const(index % size, "int64"), axis=dim)
 
 
 @converter("cat.default", "concat.default", "concatenate.default")
@@ -747,9 +769,9 @@ def _split(ctx: ConvertContext, x: str, axis: int, sizes: list[int]) -> list[str
            "split.sizes", "unsafe_split.Tensor", "chunk.default", "tensor_split.sections")
 def convert_split(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     axis = ctx.dim("dim", len(shape))
-    size = shape[axis]
+    size, = ctx.static([shape[axis]], f"the size of the split dim {axis}")
     name = str(n.target).split(".")[1]
     if name == "chunk":
         step = -(-size // max(ctx.number_int("chunks"), 1))
@@ -773,10 +795,11 @@ def convert_split(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
 @converter("unbind.int")
 def convert_unbind(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     axis = ctx.dim("dim", len(shape))
-    pieces = [ctx.fresh(f"{n.name}.piece") for _ in range(shape[axis])]
-    ctx.op_multi("Split", (x,), pieces, axis=axis, split=(1,) * shape[axis])
+    count, = ctx.static([shape[axis]], f"the size of the unbound dim {axis}")
+    pieces = [ctx.fresh(f"{n.name}.piece") for _ in range(count)]
+    ctx.op_multi("Split", (x,), pieces, axis=axis, split=(1,) * count)
     for piece, out in zip(pieces, ctx.outputs, strict=True):
         ctx.op("Squeeze", piece, out=out, axes=(axis,))
     return ctx.nodes
@@ -785,8 +808,8 @@ def convert_unbind(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
 @converter("repeat.default")
 def convert_repeat(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
-    repeats = ctx.ints("repeats")
+    shape = ctx.sizes_of(x)
+    repeats = ctx.sizes("repeats")
     lead = len(repeats) - len(shape)
     if lead < 0:
         raise Unsupported(f"repeats {list(repeats)} has fewer dims than the input")
@@ -837,7 +860,10 @@ def convert_index(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
         return ctx.result("Gather", x, indices[0], axis=present[0])
     if present != list(range(len(present))):
         raise Unsupported("index tensors on dims that are not the leading ones")
-    shape = tuple(int(d) for d in np.broadcast_shapes(*(ctx.shape(v) for v in indices)))
+    try:
+        shape = broadcast_shapes(*(ctx.sizes_of(v) for v in indices))
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
     parts = [ctx.op("Unsqueeze", ctx.op("Expand", ctx.cast(v, "int64"), shape=shape),
                     axes=(len(shape),)) for v in indices]
     return ctx.result("GatherND", x, ctx.op("Concat", *parts, axis=len(shape)), batch_dims=0)
@@ -848,7 +874,7 @@ def convert_copy_into(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     """copy(self, src): src broadcast to self's shape in self's dtype."""
     target = ctx.type(ctx.tensor("self"))
     src = ctx.cast(ctx.tensor("src"), target.dtype)
-    return ctx.result("Expand", src, shape=target.static_shape())
+    return ctx.result("Expand", src, shape=target.shape)
 
 
 # ---------------------------------------------------------------- new tensors
@@ -857,6 +883,7 @@ def convert_copy_into(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
 _FILL = {"full": "fill_value", "full_like": "fill_value", "new_full": "fill_value",
          "scalar_tensor": "s"}
 _ONES = frozenset({"ones", "ones_like", "new_ones"})
+_LIKE = frozenset({"full_like", "zeros_like", "ones_like", "empty_like"})
 
 
 @converter("full.default", "full_like.default", "new_full.default", "scalar_tensor.default",
@@ -864,24 +891,64 @@ _ONES = frozenset({"ones", "ones_like", "new_ones"})
            "ones_like.default", "new_ones.default", "empty.memory_format", "empty_like.default",
            "new_empty.default", "empty_strided.default")
 def convert_fill(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
-    """A tensor of one value is a constant (empty ones hold zeros)."""
+    """A tensor of one value is a constant (empty ones hold zeros); of a run-time shape, a
+    ConstantOfShape. The shape is read from the arguments, not from what torch traced, so
+    that sizes computed from the inputs (`input_shapes`, run-time dims) reach it."""
     name = str(n.target).split(".")[1]
-    t = ctx.meta_type()
+    dtype = ctx.out_dtype
     value = ctx.number(_FILL[name]) if name in _FILL else int(name in _ONES)
-    ctx.const(np.full(t.static_shape(), value, dtype=t.dtype), out=ctx.out)
+    shape: tuple[Size, ...] = ()
+    if name in _LIKE:
+        shape = ctx.sizes_of(ctx.tensor("self"))
+    elif name != "scalar_tensor":
+        shape = ctx.sizes("size")
+    if any(is_symbolic(d) for d in shape):
+        return ctx.result("ConstantOfShape", shape=shape, value=np.full(1, value, dtype=dtype))
+    ctx.const(np.full(tuple(int(d) for d in shape), value, dtype=dtype), out=ctx.out)
     return ctx.nodes
 
 
 @converter("arange.default", "arange.start", "arange.start_step")
 def convert_arange(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
+    """Integer bounds (sizes among them) give the length; float ones keep the length torch
+    traced. A run-time length is a Range whose limit is a shape value (it folds once the
+    dims are bound)."""
     overload = str(n.target).split(".")[2]
-    start = 0 if overload == "default" else ctx.number("start")
-    step = ctx.number("step") if overload == "start_step" else 1
-    t = ctx.meta_type()
-    values: np.ndarray = start + step * np.arange(t.static_shape()[0], dtype=np.float64)
-    if not is_float(t.dtype):
-        values = start + step * np.arange(t.static_shape()[0], dtype=np.int64)
-    ctx.const(values.astype(t.dtype), out=ctx.out)
+    bounds = [0 if overload == "default" else ctx.arg("start"), ctx.arg("end"),
+              ctx.arg("step") if overload == "start_step" else 1]
+    dtype = ctx.out_dtype
+    if not all(isinstance(v, int | SizeExpr) for v in bounds):
+        start = 0 if overload == "default" else ctx.number("start")
+        step = ctx.number("step") if overload == "start_step" else 1
+        count = ctx.meta_type().static_shape()[0]
+    elif not any(is_symbolic(v) for v in bounds):
+        start, end, step = (int(v) for v in bounds)
+        count = max(0, -((start - end) // step)) if step else 0
+    else:
+        return _run_time_arange(ctx, bounds[0], bounds[1], bounds[2], dtype)
+    values: np.ndarray = start + step * np.arange(count, dtype=np.float64)
+    if not is_float(dtype):
+        values = start + step * np.arange(count, dtype=np.int64)
+    ctx.const(values.astype(dtype), out=ctx.out)
+    return ctx.nodes
+
+
+def _run_time_arange(ctx: ConvertContext, start: Size, end: Size, step: Size,
+                     dtype: str) -> list[Node]:
+    if is_symbolic(start) or is_symbolic(step) or int(step) <= 0:
+        raise Unsupported(f"arange({start}, {end}, {step}): a run-time length needs a "
+                          "constant start and a positive constant step")
+    # Names of the node's own (not the fresh counter's), so that the names of everything
+    # after it are the ones a static import of the same graph gives.
+    ints, base = "int64", ctx.node.name
+    limit = f"{base}.limit"
+    ctx.constants[limit] = shape_value([end], scalar=True)
+    ctx.types[limit] = TensorType(ints, ())
+    values = ctx.op("Range", ctx.const(start, ints, out=f"{base}.start"), limit,
+                    ctx.const(step, ints, out=f"{base}.step"),
+                    out=ctx.out if dtype == ints else f"{base}.range")
+    if dtype != ints:
+        ctx.op("Cast", values, out=ctx.out, to=dtype)
     return ctx.nodes
 
 

@@ -16,13 +16,14 @@ import torch.fx
 from strataml.frontends.torch.aten import converter
 from strataml.frontends.torch.context import ConvertContext, Unsupported
 from strataml.ir.dialects.graph import Node
+from strataml.ir.sizes import numel
 
 # ---------------------------------------------------------------- attention
 
 
 def _repeat_heads(ctx: ConvertContext, x: str, reps: int) -> str:
     """Each of x's heads (dim -3) repeated `reps` times in place (repeat_interleave)."""
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     lead, heads, rows, cols = shape[:-3], shape[-3], shape[-2], shape[-1]
     x = ctx.op("Unsqueeze", x, axes=(len(shape) - 2,))
     x = ctx.op("Expand", x, shape=(*lead, heads, reps, rows, cols))
@@ -34,21 +35,24 @@ def _attention(ctx: ConvertContext, q: str, k: str, v: str, mask: str | None,
     """softmax(q k^T * scale + bias) v, as torch's math reference computes it; writes the
     node's first result."""
     dtype = ctx.type(q).dtype
-    q_shape, k_shape = ctx.shape(q), ctx.shape(k)
+    q_shape, k_shape = ctx.sizes_of(q), ctx.sizes_of(k)
     rank = len(q_shape)
     if rank < 2 or len(k_shape) != rank:
-        raise Unsupported(f"query {list(q_shape)} and key {list(k_shape)}")
+        raise Unsupported(f"query {ctx.type(q)} and key {ctx.type(k)}")
     length, depth, keys = q_shape[-2], q_shape[-1], k_shape[-2]
     if rank >= 3 and q_shape[-3] != k_shape[-3]:
-        if not gqa or q_shape[-3] % k_shape[-3]:
-            raise Unsupported(f"{q_shape[-3]} query heads and {k_shape[-3]} key heads")
-        reps = q_shape[-3] // k_shape[-3]
-        k, v = _repeat_heads(ctx, k, reps), _repeat_heads(ctx, v, reps)
+        q_heads, k_heads = ctx.static([q_shape[-3], k_shape[-3]], "the head counts")
+        if not gqa or q_heads % k_heads:
+            raise Unsupported(f"{q_heads} query heads and {k_heads} key heads")
+        k, v = _repeat_heads(ctx, k, q_heads // k_heads), _repeat_heads(ctx, v, q_heads // k_heads)
+    if scale is None:
+        depth, = ctx.static([depth], "the head size")
     factor = 1 / math.sqrt(depth) if scale is None else scale
     perm = (*range(rank - 2), rank - 1, rank - 2)
     scores = ctx.op("MatMul", q, ctx.op("Transpose", k, perm=perm))
     scores = ctx.op("Mul", scores, ctx.const(factor, dtype))
     if causal:
+        length, keys = ctx.static([length, keys], "a causal mask's query and key lengths")
         allowed = np.tril(np.ones((length, keys), dtype=bool))
         scores = ctx.op("Add", scores, ctx.const(np.where(allowed, 0, -np.inf), dtype))
     if mask is not None:
@@ -93,14 +97,14 @@ def convert_group_norm(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     """Normalise each group of channels over its channels and positions, then scale and
     shift per channel; native_group_norm's mean and 1/std are (N, group)."""
     x = ctx.tensor("input")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     dtype = ctx.type(x).dtype
     native = str(n.target).startswith("aten.native_group_norm")
     groups = ctx.number_int("group" if native else "num_groups")
-    batch, channels = shape[0], shape[1]
+    batch, (channels,) = shape[0], ctx.static(shape[1:2], "the channels")
     if channels % groups:
         raise Unsupported(f"{groups} groups do not divide {channels} channels")
-    grouped = ctx.reshape(x, (batch, groups, int(np.prod(shape)) // (batch * groups)))
+    grouped = ctx.reshape(x, (batch, groups, channels // groups * numel(shape[2:])))
     mean = ctx.op("ReduceMean", grouped, axes=(2,), keepdims=1)
     centred = ctx.op("Sub", grouped, mean)
     var = ctx.op("ReduceMean", ctx.op("Mul", centred, centred), axes=(2,), keepdims=1)
@@ -139,11 +143,11 @@ def _average_matrix(size: int, out: int, dtype: str) -> np.ndarray:
 
 
 def _adaptive_out(ctx: ConvertContext, x: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     nsp = len(shape) - 2
     if nsp < 1:
         raise Unsupported(f"input must be N x C x spatial..., got {ctx.type(x)}")
-    return shape[2:], ctx.ints("output_size", nsp)
+    return ctx.static(shape[2:], "the spatial size"), ctx.ints("output_size", nsp)
 
 
 @converter("_adaptive_avg_pool2d.default", "adaptive_avg_pool2d.default",
@@ -195,7 +199,7 @@ def convert_var(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     """sum((x - mean)^2) / (count - correction); std is its square root, var_mean returns
     (var, mean)."""
     x = ctx.tensor("self")
-    shape = ctx.shape(x)
+    shape = ctx.sizes_of(x)
     dtype = ctx.out_dtype
     x = ctx.cast(x, dtype)
     raw = ctx.arg("dim")
@@ -204,7 +208,7 @@ def convert_var(ctx: ConvertContext, n: torch.fx.Node) -> list[Node]:
     keep = int(bool(ctx.arg("keepdim")))
     correction = ctx.arg("correction")
     correction = 1 if correction is None else correction
-    count = int(np.prod([shape[a] for a in axes]))
+    count = int(np.prod(ctx.static([shape[a] for a in axes], "the reduced dims")))
     mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
     centred = ctx.op("Sub", x, mean)
     total = ctx.op("ReduceSum", ctx.op("Mul", centred, centred), axes=axes, keepdims=keep)

@@ -3,13 +3,14 @@ types and constants, fresh names, and the graph-dialect nodes it emits.
 
 An FX argument is a tensor (an `fx.Node` whose value is a graph value name), a Python
 number or list, a `torch.dtype`, or a size that torch traced symbolically (an `fx.Node`
-whose value the importer already knows as an int: shapes are static here).
+whose value the importer already knows: an int, or with `keep_symbolic` a `Size` over the
+graph's dims).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,12 +18,16 @@ import torch.fx
 
 from strataml.errors import ModelLoadError
 from strataml.ir.dialects.graph import Node, attr_problems, infer_node, make_attrs
+from strataml.ir.sizes import Size, SizeExpr, exact_quotient, format_size, is_symbolic, numel
 from strataml.ir.types import DTYPES, TensorType
+
+if TYPE_CHECKING:
+    from strataml.frontends.torch.sym_sizes import SymbolicDims
 
 # What the importer knows of an FX node: the graph value it became (a name), the values of
 # a node with several results (None where a result has no graph value), or a plain Python
-# value (an int that torch traced as a SymInt, say).
-Value = str | tuple[str | None, ...] | int | float | bool | None
+# value (a size that torch traced as a SymInt, say: an int, or a SizeExpr when dims are kept).
+Value = str | tuple[str | None, ...] | int | float | bool | SizeExpr | None
 
 
 class Unsupported(Exception):
@@ -50,12 +55,21 @@ def static_dim(d: Any, where: str) -> int:
     return int(hint)
 
 
-def tensor_type(val: Any, where: str) -> TensorType:
-    """The type of a traced tensor (`node.meta["val"]`, a FakeTensor)."""
+def tensor_type(val: Any, where: str, dims: SymbolicDims | None = None) -> TensorType:
+    """The type of a traced tensor (`node.meta["val"]`, a FakeTensor): its symbolic sizes
+    taken at their hints, or as sizes over `dims` when given."""
     if not isinstance(val, torch.Tensor):
         raise Unsupported(f"{where}: not a tensor ({type(val).__name__})")
-    return TensorType(numpy_dtype(val.dtype, f"{where}: element type"),
-                      tuple(static_dim(d, where) for d in val.shape))
+    dtype = numpy_dtype(val.dtype, f"{where}: element type")
+    if dims is None:
+        return TensorType(dtype, tuple(static_dim(d, where) for d in val.shape))
+    return TensorType(dtype, tuple(dims.size(d, where) for d in val.shape))
+
+
+def _run_time(raw: Any) -> str:
+    """The run-time sizes among an argument's entries, for a message."""
+    items = raw if isinstance(raw, list | tuple) else [raw]
+    return ", ".join(format_size(v) for v in items if is_symbolic(v))
 
 
 def _stand_in(t: TensorType) -> torch.Tensor:
@@ -68,13 +82,15 @@ class ConvertContext:
 
     def __init__(self, node: torch.fx.Node, values: Mapping[torch.fx.Node, Value],
                  types: dict[str, TensorType], constants: dict[str, np.ndarray],
-                 fresh: Callable[[str], str], outputs: Sequence[str]) -> None:
+                 fresh: Callable[[str], str], outputs: Sequence[str],
+                 dims: SymbolicDims | None = None) -> None:
         self.node = node
         self.values = values
         self.types = types
         self.constants = constants
         self.fresh = fresh
         self.outputs = tuple(outputs)  # the value names this node's results get
+        self.dims = dims  # how torch's symbolic sizes become ours (None: at their hints)
         self.nodes: list[Node] = []
         self._schema = getattr(node.target, "_schema", None)
 
@@ -109,9 +125,17 @@ class ConvertContext:
 
     def ints(self, key: str, count: int | None = None) -> tuple[int, ...]:
         """An int-list argument; a single int (or a one-entry list) repeats to `count`."""
-        raw = self.arg(key)
-        items = [raw] if isinstance(raw, int) else list(raw)
+        items = self.sizes(key, count)
         if any(not isinstance(v, int) for v in items):
+            raise self.run_time(key, self.arg(key))
+        return tuple(int(v) for v in items)
+
+    def sizes(self, key: str, count: int | None = None) -> tuple[Size, ...]:
+        """An int-list argument whose entries may be run-time sizes (for the attributes of
+        kind `sizes`: Reshape's shape, Slice's bounds, Expand's shape, Tile's repeats)."""
+        raw = self.arg(key)
+        items = [raw] if isinstance(raw, int | SizeExpr) else list(raw)
+        if any(not isinstance(v, int | SizeExpr) for v in items):
             raise Unsupported(f"argument {key!r} = {raw!r} must be known at compile time")
         if count is not None and len(items) == 1:
             items = items * count
@@ -119,8 +143,18 @@ class ConvertContext:
             raise Unsupported(f"argument {key!r} = {raw!r} needs {count} entries")
         return tuple(items)
 
+    def run_time(self, key: str, raw: Any) -> Unsupported:
+        """The error for an argument the op needs at compile time that holds a run-time size
+        (a split count, a pad width): it names the op, the argument and the size."""
+        shown = _shown(raw) if isinstance(raw, list | tuple) else format_size(raw)
+        return Unsupported(f"{self.node.target}: argument {key!r} = {shown} depends on the "
+                           f"run-time size {_run_time(raw)}, and the op needs it at compile "
+                           "time")
+
     def number(self, key: str) -> int | float | bool:
         raw = self.arg(key)
+        if is_symbolic(raw):
+            raise self.run_time(key, raw)
         if not isinstance(raw, int | float | bool):
             raise Unsupported(f"argument {key!r} must be a number known at compile time")
         return raw
@@ -150,7 +184,24 @@ class ConvertContext:
         return self.types[value]
 
     def shape(self, value: str) -> tuple[int, ...]:
-        return self.types[value].static_shape()
+        """`value`'s shape for a converter that computes with its dims as ints: a run-time
+        dim makes the node Unsupported, named."""
+        t = self.types[value]
+        if not t.is_static:
+            raise Unsupported(f"{self.node.target} needs the static shape of {value}, got {t}")
+        return t.static_shape()
+
+    def sizes_of(self, value: str) -> tuple[Size, ...]:
+        """`value`'s shape as sizes (run-time dims included)."""
+        return self.types[value].shape
+
+    def static(self, sizes: Sequence[Size], what: str) -> tuple[int, ...]:
+        """`sizes` as ints, where the op needs them at compile time."""
+        if any(is_symbolic(d) for d in sizes):
+            raise Unsupported(f"{self.node.target}: {what} {_shown(sizes)} depends on the "
+                              f"run-time size {_run_time(list(sizes))}, and the op needs it at "
+                              "compile time")
+        return tuple(int(d) for d in sizes)
 
     def dim(self, key: str, rank: int, offset: int = 0) -> int:
         """Dim argument `key` normalised for a tensor of `rank` (+ `offset` new dims)."""
@@ -173,7 +224,7 @@ class ConvertContext:
         val = self.node.meta.get("val")
         if index is not None and isinstance(val, list | tuple):
             val = val[index]
-        return tensor_type(val, f"result of {self.node.name}")
+        return tensor_type(val, f"result of {self.node.name}", self.dims)
 
     @property
     def out_dtype(self) -> str:
@@ -243,8 +294,9 @@ class ConvertContext:
         self.op(op, *inputs, out=self.out, **attrs)
         return self.nodes
 
-    def reshape(self, value: str, shape: Sequence[int], out: str | None = None) -> str:
-        return self.op("Reshape", value, out=out, shape=tuple(int(d) for d in shape))
+    def reshape(self, value: str, shape: Sequence[Size], out: str | None = None) -> str:
+        return self.op("Reshape", value, out=out, shape=tuple(
+            d if is_symbolic(d) else int(d) for d in shape))
 
 
 def normalize_dim(dim: int, rank: int) -> int:
@@ -255,13 +307,20 @@ def normalize_dim(dim: int, rank: int) -> int:
     return dim % r
 
 
-def resolve_shape(shape: Sequence[int], numel: int) -> tuple[int, ...]:
-    """A view's target shape with its -1 worked out."""
-    if list(shape).count(-1) > 1:
-        raise Unsupported(f"shape {list(shape)} has more than one -1")
-    if -1 not in shape:
+def resolve_shape(shape: Sequence[Size], count: Size) -> tuple[Size, ...]:
+    """A view's target shape with its -1 worked out (`count` elements; run-time sizes
+    divide exactly or the view is Unsupported)."""
+    minus = [d for d in shape if isinstance(d, int) and d == -1]
+    if len(minus) > 1:
+        raise Unsupported(f"shape {_shown(shape)} has more than one -1")
+    if not minus:
         return tuple(shape)
-    known = int(np.prod([d for d in shape if d != -1]))
-    if known == 0 or numel % known:
-        raise Unsupported(f"shape {list(shape)} does not fit {numel} elements")
-    return tuple(numel // known if d == -1 else d for d in shape)
+    known = numel(d for d in shape if not (isinstance(d, int) and d == -1))
+    rest = exact_quotient(count, known)
+    if rest is None:
+        raise Unsupported(f"shape {_shown(shape)} does not fit {format_size(count)} elements")
+    return tuple(rest if isinstance(d, int) and d == -1 else d for d in shape)
+
+
+def _shown(shape: Sequence[Size]) -> str:
+    return f"[{', '.join(format_size(d) for d in shape)}]"

@@ -4,8 +4,11 @@ The graph is what `torch.export.export(m, args).run_decompositions().module()` g
 partition cut out of one, as torch.compile hands a backend): `placeholder` nodes are the
 inputs, typed from the tensors torch traced with (`node.meta["val"]`), `get_attr` nodes the
 weights, `call_function` nodes ATen ops converted through `aten.ATEN`, and the `output`
-node a flat list of results. Shapes are static: a size torch traced symbolically is taken at
-its hint (the example input's size) unless `CompileOptions.input_shapes` names the input.
+node a flat list of results. By default shapes are static: a size torch traced symbolically
+is taken at its hint (the example input's size) unless `CompileOptions.input_shapes` names
+the input. With `keep_symbolic` (`sym_sizes.SymbolicDims`) it stays a `SizeExpr` over named
+dims instead, through every size computation, converter and shape rule
+(docs/dynamic-shapes.md).
 As in the ONNX importer, types are inferred node by node, nodes whose inputs are all
 constants fold, and every unsupported op is collected and reported together.
 """
@@ -13,8 +16,8 @@ constants fold, and every unsupported op is collected and reported together.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,20 @@ from strataml.frontends.torch.context import (
     static_dim,
     tensor_type,
 )
+from strataml.frontends.torch.sym_sizes import SymbolicDims, exported_dims
 from strataml.ir.dialects.graph import Graph, Node
+from strataml.ir.sizes import (
+    Range,
+    Size,
+    SizeExpr,
+    SymbolicSizeError,
+    format_size,
+    is_symbolic,
+    numel,
+    simplify_within,
+    size_max,
+    size_min,
+)
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
 
@@ -45,11 +61,14 @@ class TorchGraph:
     `outputs`: one entry per result of the FX graph (its output list, flattened), in order:
     the graph output that holds it, or None where the FX graph returns None. The graph's
     own outputs are the entries that are not None, each a distinct value made by a node.
+    `dim_ranges`: with `keep_symbolic`, each run-time dim's inclusive range as torch.export
+    recorded it (its `range_constraints`, within [1, DIM_MAX]); empty for a static graph.
     """
 
     graph: Graph
     inputs: tuple[str, ...]
     outputs: tuple[str | None, ...]
+    dim_ranges: Mapping[str, Range] = field(default_factory=dict)
 
     def feeds(self, args: Sequence[Any]) -> dict[str, np.ndarray]:
         """The run() feeds for the FX graph's positional arguments (tensors or arrays)."""
@@ -78,7 +97,8 @@ def _side_effect_ops() -> frozenset[Any]:
 SIDE_EFFECT_OPS = _side_effect_ops()
 # Arithmetic on sizes (ints once shapes are static), as dynamic-shape graphs spell it.
 _SIZE_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv,
-                    operator.truediv, operator.mod, operator.neg, operator.pow}
+                    operator.truediv, operator.mod, operator.neg, operator.pow, torch.sym_max,
+                    torch.sym_min}
 
 
 def _size_ops() -> frozenset[Any]:
@@ -117,10 +137,12 @@ def _where(node: torch.fx.Node) -> str:
 
 
 class _Importer:
-    def __init__(self, gm: torch.fx.GraphModule, options: CompileOptions, name: str) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, options: CompileOptions, name: str,
+                 dims: SymbolicDims | None) -> None:
         self.gm = gm
         self.options = options
         self.name = name
+        self.dims = dims
         self.values: dict[torch.fx.Node, Value] = {}
         self.types: dict[str, TensorType] = {}
         self.constants: dict[str, np.ndarray] = {}
@@ -156,7 +178,7 @@ class _Importer:
             elif node.op == "output":
                 slots = self._outputs(node)
             elif node.op == "call_module" and node.target == "_guards_fn":
-                continue  # torch.export's input checks (shapes here are static)
+                continue  # torch.export's input checks (the runtime checks inputs)
             else:
                 self.problems.append(f"{node.op} node '{node.name}' ({node.target}): not "
                                      "an ATen op (only ATen graphs are supported)")
@@ -165,7 +187,8 @@ class _Importer:
             raise UnsupportedOpError(self.problems)
         graph = Graph(self.name, tuple(self.inputs), tuple(o for o in slots if o is not None),
                       tuple(self.nodes), self.types, self.constants)
-        return TorchGraph(graph, tuple(self.inputs), slots)
+        ranges = dict(self.dims.ranges) if self.dims is not None else {}
+        return TorchGraph(graph, tuple(self.inputs), slots, ranges)
 
     # ------------------------------------------------------------ inputs and weights
 
@@ -173,9 +196,11 @@ class _Importer:
         val = node.meta.get("val", node.meta.get("example_value"))
         where = f"input '{node.name}'"
         try:
-            t = tensor_type(val, where)
+            t = tensor_type(val, where, self.dims)
         except Unsupported as exc:
-            self.problems.append(f"{exc} (only tensor inputs are supported)")
+            tensor = isinstance(val, torch.Tensor)
+            self.problems.append(str(exc) if tensor else
+                                 f"{exc} (only tensor inputs are supported)")
             self.unknown.add(node)
             return
         override = self.options.input_shapes.get(node.name)
@@ -240,6 +265,9 @@ class _Importer:
         except UnsupportedOpError as exc:
             self.problems.extend(f"{_where(node)}: {p}" for p in exc.problems)
             self.unknown.add(node)
+        except SymbolicSizeError as exc:  # a question only the run-time sizes answer
+            self.problems.append(f"{_where(node)}: {exc}")
+            self.unknown.add(node)
         except StrataError:
             raise
         except Exception as exc:
@@ -257,22 +285,25 @@ class _Importer:
             raise Unsupported(f"result {index} of {_where(source)} is not supported")
         self.values[node] = picked
 
-    def _size(self, node: torch.fx.Node) -> int | float:
-        """A size (sym_size, sym_numel) or arithmetic on sizes, as a number."""
+    def _size(self, node: torch.fx.Node) -> Size | float:
+        """A size (sym_size, sym_numel) or arithmetic on sizes: a number, or a `Size` over
+        the dims where shapes are kept symbolic."""
         if node.target in _size_ops():
             value = self.values.get(node.args[0])  # type: ignore[arg-type]
             if not isinstance(value, str):
                 raise Unsupported(f"the size of {node.args[0]} (not a tensor)")
-            shape = self.types[value].static_shape()
+            shape = self.types[value].shape
             if node.target is torch.ops.aten.sym_numel.default:
-                return int(np.prod(shape))
+                return numel(shape)
             axis = node.args[1]
             if not isinstance(axis, int):
                 raise Unsupported(f"the size of {node.args[0]} along {axis} (not a constant)")
             return shape[axis]
         args = [self.values.get(a) if isinstance(a, torch.fx.Node) else a for a in node.args]
-        if not all(isinstance(a, int | float) for a in args):
+        if not all(isinstance(a, int | float | SizeExpr) for a in args):
             raise Unsupported(f"{node.target} on non-numbers")
+        if any(is_symbolic(a) for a in args):
+            return _size_arithmetic(node.target, args)
         result: int | float = node.target(*args)  # type: ignore[operator]
         return result
 
@@ -281,7 +312,8 @@ class _Importer:
         if conv is None:
             raise Unsupported("op is not supported")
         outs = _result_names(node)
-        ctx = ConvertContext(node, self.values, self.types, self.constants, self.fresh, outs)
+        ctx = ConvertContext(node, self.values, self.types, self.constants, self.fresh, outs,
+                             self.dims)
         made = conv(ctx, node)
         for g in made:
             self._add(g)
@@ -300,10 +332,19 @@ class _Importer:
         for name, v in zip(produced, traced, strict=False):
             if name is None or not isinstance(v, torch.Tensor):
                 continue
-            expected = tensor_type(v, f"result of {node.name}")
-            if self.types[name] != expected:
+            expected = tensor_type(v, f"result of {node.name}", self.dims)
+            if self.types[name] != expected and not self._agree(self.types[name], expected):
                 raise ModelLoadError(f"{_where(node)}: converted to {self.types[name]} but "
                                      f"torch traced {expected} (a converter bug)")
+
+    def _agree(self, ours: TensorType, traced: TensorType) -> bool:
+        """Whether two symbolic types are equal over the dims' ranges, which torch uses to
+        simplify (a position table sliced to `seq` <= 64 of its 512 rows is `seq` to torch,
+        `min(512, seq)` to the shape rules)."""
+        ranges = self.dims.ranges if self.dims is not None else {}
+        return ours.dtype == traced.dtype and ours.rank == traced.rank and all(
+            simplify_within(a, ranges) == simplify_within(b, ranges)
+            for a, b in zip(ours.shape, traced.shape, strict=True))
 
     def _add(self, node: Node) -> None:
         admit_node(node, self.types, self.constants, self.nodes)
@@ -338,15 +379,34 @@ class _Importer:
         return tuple(slots)
 
 
+def _size_arithmetic(target: Any, args: list[Any]) -> Size:
+    """Arithmetic on sizes where one is a run-time size: what sizes can express (+, -, *,
+    negation, // and % by constants, natural powers, min and max), else Unsupported."""
+    if target is torch.sym_max or target is torch.sym_min:
+        return (size_max if target is torch.sym_max else size_min)(args[0], args[1])
+    if target is operator.pow:
+        base, exponent = args
+        if not isinstance(exponent, int) or isinstance(exponent, bool) or exponent < 0:
+            raise Unsupported(f"{format_size(base)} ** {exponent} (not a natural power)")
+        return numel([base] * exponent)
+    if any(isinstance(a, float) for a in args) or target is operator.truediv:
+        shown = ", ".join(map(str, args))
+        raise Unsupported(f"{target.__name__}({shown}): true division or a float on a "
+                          "run-time size (sizes stay integers)")
+    result: Size = target(*args)
+    return result
+
+
 def _structural(target: Any) -> bool:
     return (target in SIDE_EFFECT_OPS or target is operator.getitem
             or target in _size_ops() or target in _SIZE_ARITHMETIC)
 
 
 def import_fx(gm: torch.fx.GraphModule, options: CompileOptions | None = None,
-              name: str = "torch") -> TorchGraph:
-    """An ATen-level FX graph (see the module docstring) as a graph-dialect graph."""
-    return _Importer(gm, options or CompileOptions(), name).run()
+              name: str = "torch", dims: SymbolicDims | None = None) -> TorchGraph:
+    """An ATen-level FX graph (see the module docstring) as a graph-dialect graph; with
+    `dims`, torch's symbolic sizes stay symbolic as those dims."""
+    return _Importer(gm, options or CompileOptions(), name, dims).run()
 
 
 def _decompositions() -> Any:
@@ -362,12 +422,18 @@ def _decompositions() -> Any:
 
 
 def import_exported(ep: torch.export.ExportedProgram, options: CompileOptions | None = None,
-                    name: str = "torch") -> TorchGraph:
+                    name: str = "torch", *, keep_symbolic: bool = False) -> TorchGraph:
     """A torch.export program, lowered to core ATen by the default decompositions, with
-    its parameters and buffers as constants."""
+    its parameters and buffers as constants. Sizes torch traced symbolically are taken at
+    their hints unless `keep_symbolic`: then each stays a dim (named after its
+    `torch.export.Dim`, see `sym_sizes.exported_dims`) unless `options.dim_values` binds it,
+    and `TorchGraph.dim_ranges` holds the dims' ranges."""
+    options = options or CompileOptions()
     decomposed = ep.run_decompositions(_decompositions())
-    # Without guards: the graph keeps only ATen calls (the shapes here are static anyway).
-    return import_fx(decomposed.module(check_guards=False), options, name)
+    dims = exported_dims(decomposed, options.dim_values) if keep_symbolic else None
+    # Without guards: the graph keeps only ATen calls (checking inputs against the dims'
+    # ranges is the runtime's job, `ir.sizes.bind_input_dims`).
+    return import_fx(decomposed.module(check_guards=False), options, name, dims)
 
 
 def supported(node: torch.fx.Node) -> bool:
