@@ -25,38 +25,10 @@ from strataml.passes.graph.fold_constants import fold_graph
 from strataml.passes.manager import PassManager, parse_pipeline
 from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
 from tests.conftest import ort_run
+from tests.unit.test_torch_frontend import tiny_bert, tiny_gpt2
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-
-
-class LastHidden(nn.Module):
-    """A transformers model called with keywords, returning its last hidden state."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Any) -> Any:
-        return self.model(input_ids=input_ids).last_hidden_state
-
-
-def _bert() -> nn.Module:
-    from tests.unit.test_torch_frontend import _import_transformers
-
-    tf = _import_transformers()
-    return LastHidden(tf.BertModel(tf.BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        vocab_size=50)))
-
-
-def _gpt2() -> nn.Module:
-    from tests.unit.test_torch_frontend import _import_transformers
-
-    tf = _import_transformers()
-    return LastHidden(tf.GPT2Model(tf.GPT2Config(n_embd=32, n_layer=1, n_head=4,
-                                                 vocab_size=50, n_positions=64,
-                                                 use_cache=False)))
 
 
 class SmallCNN(nn.Module):
@@ -80,10 +52,10 @@ class SmallCNN(nn.Module):
 TOKENS = (torch.zeros(2, 6, dtype=torch.int64) + 3)
 CASES: dict[str, tuple[Callable[[], nn.Module], Any, dict[int, str], list[dict[str, int]],
                        tuple[str, ...]]] = {
-    "bert": (_bert, TOKENS, {0: "batch", 1: "seq"},
+    "bert": (tiny_bert, TOKENS, {0: "batch", 1: "seq"},
              [{"batch": 1, "seq": 1}, {"batch": 3, "seq": 11}], ("classic", "dynamo")),
     # the classic exporter cannot export transformers 5's GPT-2 (aten::diff)
-    "gpt2": (_gpt2, TOKENS[:1], {1: "seq"}, [{"seq": 1}, {"seq": 13}], ("dynamo",)),
+    "gpt2": (tiny_gpt2, TOKENS[:1], {1: "seq"}, [{"seq": 1}, {"seq": 13}], ("dynamo",)),
     "cnn": (SmallCNN, torch.zeros(2, 3, 14, 14), {0: "batch"}, [{"batch": 1}, {"batch": 5}],
             ("classic", "dynamo")),
 }

@@ -342,6 +342,33 @@ def _import_transformers() -> Any:
     return transformers
 
 
+class LastHidden(nn.Module):
+    """A transformers model called with keywords, returning its last hidden state."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids).last_hidden_state
+
+
+def tiny_bert() -> nn.Module:
+    """A one-layer BERT from its config (random weights): vocab 50, hidden 32, 4 heads."""
+    tf = _import_transformers()
+    return LastHidden(tf.BertModel(tf.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        vocab_size=50)))
+
+
+def tiny_gpt2() -> nn.Module:
+    """A one-layer GPT-2 from its config (random weights, no cache), 64 positions."""
+    tf = _import_transformers()
+    return LastHidden(tf.GPT2Model(tf.GPT2Config(n_embd=32, n_layer=1, n_head=4,
+                                                 vocab_size=50, n_positions=64,
+                                                 use_cache=False)))
+
+
 def test_hugging_face_bert():
     tf = _import_transformers()
     torch.manual_seed(0)

@@ -35,6 +35,7 @@ from strataml.ir.sizes import DIM_MAX, Size, dim, evaluate  # noqa: E402
 from strataml.options import CompileOptions  # noqa: E402
 from strataml.passes.graph.bind_dims import bind_dims, graph_dims  # noqa: E402
 from strataml.passes.graph.fold_constants import fold_graph  # noqa: E402
+from tests.unit.test_torch_frontend import tiny_bert, tiny_gpt2  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 batch, seq = dim("batch"), dim("seq")
@@ -82,35 +83,6 @@ class CNN(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
-class LastHidden(nn.Module):
-    """A transformers model called with keywords, returning its last hidden state."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).last_hidden_state
-
-
-def _bert() -> nn.Module:
-    from tests.unit.test_torch_frontend import _import_transformers
-
-    tf_ = _import_transformers()
-    return LastHidden(tf_.BertModel(tf_.BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        vocab_size=50)))
-
-
-def _gpt2() -> nn.Module:
-    from tests.unit.test_torch_frontend import _import_transformers
-
-    tf_ = _import_transformers()
-    return LastHidden(tf_.GPT2Model(tf_.GPT2Config(n_embd=32, n_layer=1, n_head=4,
-                                                   vocab_size=50, n_positions=64,
-                                                   use_cache=False)))
-
-
 def _floats(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
 
@@ -140,10 +112,10 @@ CASES = {
                       ({"batch": 1, "seq": 2}, {"batch": 3, "seq": 9})),
     "cnn": Case(CNN, (2, 3, 8, 8), {0: Dim("batch", max=32)}, (batch, 3, 8, 8), (batch, 10),
                 {"batch": (1, 32)}, ({"batch": 1}, {"batch": 5})),
-    "bert": Case(_bert, (2, 6), {0: Dim("batch", max=16), 1: Dim("seq", max=64)},
+    "bert": Case(tiny_bert, (2, 6), {0: Dim("batch", max=16), 1: Dim("seq", max=64)},
                  (batch, seq), (batch, seq, 32), {"batch": (1, 16), "seq": (1, 64)},
                  ({"batch": 1, "seq": 3}, {"batch": 3, "seq": 11}), _tokens),
-    "gpt2": Case(_gpt2, (1, 6), {1: Dim("seq", max=64)}, (1, seq), (1, seq, 32),
+    "gpt2": Case(tiny_gpt2, (1, 6), {1: Dim("seq", max=64)}, (1, seq), (1, seq, 32),
                  {"seq": (1, 64)}, ({"seq": 2}, {"seq": 13}), _tokens),
 }
 

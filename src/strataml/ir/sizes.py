@@ -535,42 +535,12 @@ def _atom_interval(a: Atom, ranges: Mapping[str, Range]) -> Range:
 
 
 def simplify_within(x: Size, ranges: Mapping[str, Range]) -> Size:
-    """`x` with each floordiv, mod, min and max atom that the dims' ranges decide replaced by
-    its value (`min(512, seq)` is `seq` where seq <= 64). The canonical form alone assumes
-    every dim in [1, DIM_MAX]; two sizes equal over narrower ranges (what torch.export
-    proves with its `Dim` bounds) compare equal after this."""
-    if isinstance(x, int):
-        return x
-    total: Size = 0
-    for m, c in x.terms:
-        term: Size = c
-        for a, p in m:
-            base = _atom_within(a, ranges)
-            for _ in range(p):
-                term = term * base
-        total = total + term
-    return total
-
-
-def _atom_within(a: Atom, ranges: Mapping[str, Range]) -> Size:
-    if a.op == "dim":
-        return _atom_size(a)
-    args = [simplify_within(x, ranges) for x in a.args]
-    if a.op in ("floordiv", "mod"):
-        lo, hi = size_interval(args[0], ranges)
-        if a.op == "floordiv":
-            return lo // a.divisor if lo // a.divisor == hi // a.divisor \
-                else floordiv(args[0], a.divisor)
-        return args[0] if 0 <= lo and hi < a.divisor else mod(args[0], a.divisor)
-    low = a.op == "min"
-    for y in args:  # an argument that beats every other one over the ranges is the value
-        gaps = [size_interval(y - z, ranges) for z in args if z is not y]
-        if all(hi <= 0 if low else lo >= 0 for lo, hi in gaps):
-            return y
-    out = args[0]
-    for y in args[1:]:
-        out = size_min(out, y) if low else size_max(out, y)
-    return out
+    """`x` rebuilt with the dims in `ranges`, so each floordiv, mod, min and max the ranges
+    decide is replaced by its value (`min(512, seq)` is `seq` where seq <= 64). The
+    canonical form alone assumes every dim in [1, DIM_MAX]; two sizes equal over narrower
+    ranges (what torch.export proves with its `Dim` bounds) compare equal after this."""
+    with assumed_ranges(ranges):
+        return substitute(x, {})
 
 
 def _decide(diff: Size, strict: bool, what: str) -> bool:
