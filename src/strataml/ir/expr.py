@@ -12,6 +12,7 @@ import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
+from strataml.ir.sizes import Size, SizeExpr, SymbolicSizeError
 from strataml.ir.types import FLOAT_DTYPES, is_float, is_int, split_vector
 
 UNARY_OPS = frozenset({
@@ -147,13 +148,23 @@ class Broadcast(Expr):
 
 @dataclass(frozen=True, slots=True)
 class Reduce(Expr):
-    """combiner over `axes` (each 0..extent-1) of `body`, starting from `init`."""
+    """combiner over `axes` (each 0..extent-1) of `body`, starting from `init`. At the
+    kernel level an extent may be a `SizeExpr` over run-time dims (a row over `cols`)."""
 
     combiner: str
     axes: tuple[Var, ...]
-    extents: tuple[int, ...]
+    extents: tuple[Size, ...]
     body: Expr
     init: Expr
+
+    @property
+    def static_extents(self) -> tuple[int, ...]:
+        """The extents, for code that needs them at compile time (the gemm generator)."""
+        for n in self.extents:
+            if isinstance(n, SizeExpr):
+                raise SymbolicSizeError(f"a reduction over {n} steps, known only at run "
+                                        "time; this needs static extents")
+        return tuple(int(n) for n in self.extents)
 
 
 # ---------------------------------------------------------------- constructors
@@ -298,12 +309,13 @@ def logical_and(*conds: Expr) -> Expr:
     return out
 
 
-def reduce(combiner: str, axes: tuple[Var, ...], extents: tuple[int, ...], body: Expr,
+def reduce(combiner: str, axes: tuple[Var, ...], extents: tuple[Size, ...], body: Expr,
            init: Expr | None = None) -> Expr:
     assert combiner in REDUCE_COMBINERS, combiner
     if init is None:
         init = reduce_identity(combiner, body.dtype)
-    return Reduce(body.dtype, combiner, tuple(axes), tuple(int(e) for e in extents), body, init)
+    return Reduce(body.dtype, combiner, tuple(axes), tuple(
+        e if isinstance(e, SizeExpr) else int(e) for e in extents), body, init)
 
 
 def reduce_identity(combiner: str, dtype: str) -> Const:

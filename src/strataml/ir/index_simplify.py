@@ -22,7 +22,9 @@ def simplify_indices(kernel: Kernel) -> Kernel:
     stages = []
     for st in kernel.stages:
         shape = kernel.buffer(st.buffer).shape
-        env = {a: (0, n - 1) for a, n in zip(st.axes, shape, strict=True)}
+        # (an axis over a run-time dim has no constant range: it stays unknown here)
+        env = {a: (0, n - 1) for a, n in zip(st.axes, shape, strict=True)
+               if isinstance(n, int)}
         stages.append(Stage(st.buffer, st.axes, simplify_expr(st.body, env)))
     return replace(kernel, stages=tuple(stages))
 
@@ -32,7 +34,8 @@ def simplify_expr(e: Expr, env: dict[Var, Interval]) -> Expr:
 
     def visit(x: Expr) -> Expr | None:
         if isinstance(x, Reduce):
-            inner = {**env, **{a: (0, n - 1) for a, n in zip(x.axes, x.extents, strict=True)}}
+            inner = {**env, **{a: (0, n - 1) for a, n in zip(x.axes, x.extents, strict=True)
+                               if isinstance(n, int)}}
             return Reduce(x.dtype, x.combiner, x.axes, x.extents, simplify_expr(x.body, inner),
                           simplify_expr(x.init, env))
         if isinstance(x, Binary) and x.op in ("floordiv", "mod") and is_int(x.dtype) \

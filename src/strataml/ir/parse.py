@@ -48,7 +48,7 @@ from strataml.ir.expr import (
     Var,
     format_expr,
 )
-from strataml.ir.sizes import is_symbolic, parse_size, shape_value
+from strataml.ir.sizes import Size, is_symbolic, parse_size, shape_value
 from strataml.ir.types import Dim, TensorType
 
 
@@ -370,10 +370,10 @@ def _expr(lx: _Lexer, buffers: Mapping[str, Any], scope: Mapping[str, str] | Non
     if word.startswith("reduce_"):
         lx.take(text="[")
 
-        def axis() -> tuple[Var, int]:
+        def axis() -> tuple[Var, Size]:
             name = lx.take("word")
             lx.take(text="<")
-            return Var("int64", name), int(lx.take("number"))
+            return Var("int64", name), _size_text(lx, (",", "]"))
 
         axes = _items(lx, "]", axis)
         lx.take(text="(")
@@ -416,9 +416,11 @@ def parse_kernel(text: str, filename: str = "<text>") -> Kernel:
             buffer = _ref(lx.take("ref"))
             lx.take(text=":")
             t = _type(lx)
-            if t is None or not t.is_static:
-                raise lx.error(f"buffer %{buffer} needs a static type")
-            buffers[buffer] = Buffer(buffer, t.dtype, t.static_shape(), role)
+            if t is None:
+                raise lx.error(f"buffer %{buffer} needs a type")
+            # (a static shape holds plain ints, as `static_shape` gives them)
+            shape = t.static_shape() if t.is_static else tuple(t.shape)
+            buffers[buffer] = Buffer(buffer, t.dtype, shape, role)
             continue
         at = lx.pos
         target = _ref(lx.take("ref"))

@@ -69,11 +69,11 @@ def kernel_flops(kernel: Kernel) -> int:
     same for every schedule, which is what a roofline needs."""
     flops = 0
     for stage in kernel.stages:
-        numel = kernel.buffer(stage.buffer).numel
+        numel = kernel.buffer(stage.buffer).static_numel
         reduces = top_reduces(stage.body)
         for r in reduces:
             steps = 1
-            for e in r.extents:
+            for e in r.static_extents:
                 steps *= e
             flops += 2 * numel * steps
         if not reduces and _computes(stage.body):
@@ -84,7 +84,7 @@ def kernel_flops(kernel: Kernel) -> int:
 def kernel_bytes(kernel: Kernel) -> int:
     """Compulsory traffic: every input read once and every output written once. Temps are
     excluded: a good schedule keeps them in cache, and the bound must hold for any schedule."""
-    return sum(b.numel * np.dtype(b.dtype).itemsize for b in kernel.buffers
+    return sum(b.static_numel * np.dtype(b.dtype).itemsize for b in kernel.buffers
                if b.role in ("input", "output"))
 
 

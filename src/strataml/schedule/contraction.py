@@ -55,12 +55,14 @@ def _reads_inside(kernel: Kernel, stage: Stage, r: Reduce, b: Load) -> bool:
     """Every vector of B the micro-kernel reads lies inside B's buffer (flat), for the
     whole output row and reduction: B's rows may be views that run past their own last
     dimension (a plane walked as one row), never past the buffer."""
-    shape = kernel.buffer(stage.buffer).shape
-    env = {**{a: (0, n - 1) for a, n in zip(stage.axes, shape, strict=True)},
-           **{a: (0, n - 1) for a, n in zip(r.axes, r.extents, strict=True)}}
     buf = kernel.buffer(b.buffer)
-    whole = flat_interval(buf.shape, b.indices, env)
-    return whole is not None and whole[0] >= 0 and whole[1] <= buf.numel - 1
+    if kernel.dims:  # (the gemm generator takes static sizes only, for now)
+        return False
+    shape = kernel.buffer(stage.buffer).static_shape
+    env = {**{a: (0, n - 1) for a, n in zip(stage.axes, shape, strict=True)},
+           **{a: (0, n - 1) for a, n in zip(r.axes, r.static_extents, strict=True)}}
+    whole = flat_interval(buf.static_shape, b.indices, env)
+    return whole is not None and whole[0] >= 0 and whole[1] <= buf.static_numel - 1
 
 
 def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:

@@ -83,7 +83,8 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
     out = kernel.buffer(stage.buffer)
     rank = len(out.shape)
     k = k % rank if rank else 0
-    if rank < 2 or k + 1 >= rank or out.shape[k] == 1 or out.shape[k + 1] == 1:
+    if rank < 2 or k + 1 >= rank or out.shape[k] == 1 or out.shape[k + 1] == 1 \
+            or kernel.dims:  # (a run-time width would need a run-time division)
         return None
     earlier = {st.buffer for st in kernel.stages[:-1]}
     earlier_reads = {e.buffer for st in kernel.stages[:-1] for e in st.body.walk()
@@ -91,7 +92,7 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
     if out.name in earlier | earlier_reads:
         return None
     u, v = stage.axes[k], stage.axes[k + 1]
-    height, width = out.shape[k:k + 2]
+    height, width = out.static_shape[k:k + 2]
     reshaped: dict[str, int] = {out.name: k}  # buffer -> the position of its merged dims
     other: set[str] = set()
     flat: set[str] = set()

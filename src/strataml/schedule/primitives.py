@@ -33,6 +33,7 @@ from typing import ClassVar
 
 from strataml.errors import ScheduleError
 from strataml.ir.expr import Expr, Var, binary, idx, substitute
+from strataml.ir.sizes import Size, SizeExpr
 
 MAX_UNROLL = 64
 # A scratch buffer a schedule creates (accumulator tile, pack, computed-at box) lives on the
@@ -43,10 +44,22 @@ ROOT = ""  # `at` of a Pack: before every loop, once per call
 
 @dataclass(frozen=True)
 class Loop:
+    """One loop of a nest. `extent` is a `SizeExpr` for a loop over a run-time dim: such a
+    loop can be reordered and made parallel, but not split, fused, vectorised or unrolled
+    here (those need a constant trip count; a split of it lowers through
+    `passes.lower.tail_split.split_with_tail`)."""
+
     name: str
-    extent: int
+    extent: Size
     reduce: bool
     kind: str = "serial"
+
+
+def _static_extent(loop: Loop, what: str) -> int:
+    if isinstance(loop.extent, SizeExpr):
+        raise ScheduleError(f"{what}: loop {loop.name} runs {loop.extent} times, known only "
+                            "at run time; it needs a constant extent")
+    return loop.extent
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class LoopNest:
     inline: bool = False
 
     @staticmethod
-    def of(axes: list[tuple[str, int]], reduce_axes: list[tuple[str, int]],
+    def of(axes: list[tuple[str, Size]], reduce_axes: list[tuple[str, Size]],
            combiner: str | None) -> LoopNest:
         names = [n for n, _ in axes + reduce_axes]
         if len(set(names)) != len(names):
@@ -118,6 +131,12 @@ class LoopNest:
                                         "axis instead")
         tile = [lp.extent for lp in self.loops[reduce_at[0]:] if not lp.reduce] \
             if reduce_at else []
+        symbolic = [lp.name for lp in self.loops[reduce_at[0]:] if not lp.reduce
+                    and isinstance(lp.extent, SizeExpr)] if reduce_at else []
+        if symbolic:  # (the tile is a stack array: its size is compiled in)
+            raise ScheduleError(f"output loop {symbolic[0]} runs a run-time number of times "
+                                f"inside reduction loop {self.loops[reduce_at[0]].name}: "
+                                "its accumulator tile would need a run-time size")
         if tile and prod(tile) > MAX_SCRATCH:
             raise ScheduleError(f"the accumulator tile of the output loops inside reduction "
                                 f"loop {self.loops[reduce_at[0]].name} has {prod(tile)} "
@@ -163,6 +182,7 @@ class Split(Primitive):
     def apply(self, nest: LoopNest) -> LoopNest:
         k = nest.find(self.axis)
         loop = nest.loops[k]
+        _static_extent(loop, f"split of {self.axis}")
         if self.factor < 1 or loop.extent % self.factor:
             divisors = [d for d in range(2, loop.extent) if loop.extent % d == 0]
             raise ScheduleError(f"split of {self.axis} (extent {loop.extent}) by "
@@ -187,6 +207,8 @@ class Fuse(Primitive):
     def apply(self, nest: LoopNest) -> LoopNest:
         k, k2 = nest.find(self.outer), nest.find(self.inner)
         a, b = nest.loops[k], nest.loops[k2]
+        a_n = _static_extent(a, f"fuse({self.outer}, {self.inner})")
+        b_n = _static_extent(b, f"fuse({self.outer}, {self.inner})")
         if k2 != k + 1:
             raise ScheduleError(f"fuse({self.outer}, {self.inner}): {self.inner} must be the "
                                 f"loop directly inside {self.outer}")
@@ -196,11 +218,11 @@ class Fuse(Primitive):
         if a.kind != "serial" or b.kind != "serial":
             raise ScheduleError(f"fuse({self.outer}, {self.inner}): fuse before marking "
                                 "loops vector, parallel or unroll")
-        fused = Loop(f"{self.outer}.{self.inner}", a.extent * b.extent, a.reduce)
+        fused = Loop(f"{self.outer}.{self.inner}", a_n * b_n, a.reduce)
         f = Var("int64", fused.name)
         nest = nest.with_loops([*nest.loops[:k], fused, *nest.loops[k + 2:]])
-        nest = nest.substitute_origin(self.outer, binary("floordiv", f, idx(b.extent)))
-        return nest.substitute_origin(self.inner, binary("mod", f, idx(b.extent)))
+        nest = nest.substitute_origin(self.outer, binary("floordiv", f, idx(b_n)))
+        return nest.substitute_origin(self.inner, binary("mod", f, idx(b_n)))
 
 
 @dataclass(frozen=True)
@@ -238,6 +260,7 @@ class Vectorize(Primitive):
     axis: str
 
     def apply(self, nest: LoopNest) -> LoopNest:
+        _static_extent(nest.loops[nest.find(self.axis)], f"vectorize({self.axis})")
         return _set_kind(nest, self.axis, "vector")
 
 
@@ -259,7 +282,7 @@ class Unroll(Primitive):
     axis: str
 
     def apply(self, nest: LoopNest) -> LoopNest:
-        extent = nest.loops[nest.find(self.axis)].extent
+        extent = _static_extent(nest.loops[nest.find(self.axis)], f"unroll({self.axis})")
         if extent > MAX_UNROLL:
             raise ScheduleError(f"unroll({self.axis}): extent {extent} exceeds "
                                 f"{MAX_UNROLL}; split it first")

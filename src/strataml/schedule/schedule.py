@@ -183,6 +183,10 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
         where = f"{kernel.where}, stage %{stage.buffer}"
         if s.strategy not in STRATEGIES:
             raise ScheduleError(f"{where}: unknown strategy {s.strategy!r}")
+        if s.strategy == "gemm" and kernel.dims:
+            raise ScheduleError(f"{where}: the gemm strategy needs static sizes; a kernel "
+                                f"over run-time dims ({', '.join(kernel.dims)}) takes the "
+                                "loops strategy for now")
         if s.strategy == "gemm":
             found = match_contraction(kernel, stage)
             if isinstance(found, str):
@@ -190,7 +194,7 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
             if found.panel and s.nr != found.panel:
                 raise ScheduleError(f"{where}: B is packed in panels of {found.panel} columns; "
                                     f"the gemm tile must be {found.panel} wide, not {s.nr}")
-            first = found.reduce.extents[0]
+            first = found.reduce.static_extents[0]
             if s.kc < 0 or (s.kc and first % s.kc):
                 raise ScheduleError(f"{where}: kc={s.kc} does not divide the reduction's "
                                     f"first axis ({first} steps)")
@@ -252,9 +256,9 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
 
 
 def _work(kernel: Kernel, stage: Stage) -> int:
-    size = kernel.buffer(stage.buffer).numel
+    size = kernel.buffer(stage.buffer).static_numel
     for r in top_reduces(stage.body):
-        for n in r.extents:
+        for n in r.static_extents:
             size *= n
     return size
 
@@ -393,7 +397,7 @@ def row_steps(nest: LoopNest, parallel: bool, split: int, lanes: int = 16
         outer = next((lp.name for lp in outputs[:-1] if lp.extent > 1), f"{last}.o")
         return (*steps, Parallel(outer)) if parallel else tuple(steps)
     if split > 1:
-        steps.append(Split(last, outputs[-1].extent // split))
+        steps.append(Split(last, int(outputs[-1].extent) // split))
         steps.append(Reorder((*reduce_names, f"{last}.i")))
         steps.append(Vectorize(f"{last}.i"))
         if parallel:
@@ -447,7 +451,7 @@ def _flat_strides(kernel: Kernel, load: Load, axes: list[Var]) -> dict[Var, int]
     """How far the flat index of `load` moves per step of each axis, if it is affine."""
     strides = dict.fromkeys(axes, 0)
     step = 1
-    for index, dim in zip(reversed(load.indices), reversed(kernel.buffer(load.buffer).shape),
+    for index, dim in zip(reversed(load.indices), reversed(kernel.buffer(load.buffer).static_shape),
                           strict=True):
         found = linear_in(index, axes)
         if found is None:
@@ -672,6 +676,22 @@ def _rows_computed_at_final(kernel: Kernel, stages: list[StageSchedule],
                                           if not isinstance(p, Parallel)), step)
 
 
+def symbolic_default_schedule(kernel: Kernel, threads: int = 1) -> Schedule:
+    """The safe schedule of a kernel whose buffers have run-time dims, until the rules pick
+    tiles for a representative size: every stage (contractions too) takes the canonical
+    nest, computed at the root, its outermost non-unit output loop parallel when `threads`
+    > 1 (a run-time extent goes to the pool as it is). No primitive here needs a constant
+    trip count: no split, fuse or explicit vector loop (LLVM's loop vectoriser takes the
+    innermost loop whatever its trip count, as it does for the static elementwise trace)."""
+    out = []
+    for st in kernel.stages:
+        nest = stage_nest(kernel, st)
+        outer = next((lp for lp in nest.loops if not lp.reduce and lp.extent != 1), None)
+        parallel = (Parallel(outer.name),) if threads > 1 and outer is not None else ()
+        out.append(StageSchedule.loops(*parallel))
+    return Schedule(tuple(out))
+
+
 def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None,
                      compute_copies_at_consumers: bool = True) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
@@ -680,10 +700,12 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
     stages computed inside their only consumer's loops. Sizes come from `target` (the host's
     by default): its vector width and registers, its L1 and L2."""
     target = target or host_target()
+    if kernel.dims:
+        return symbolic_default_schedule(kernel, threads)
     vector_lanes, l2_bytes = target.vector_lanes_f32, target.l2_bytes
     out = []
     for st in kernel.stages:
-        shape = kernel.buffer(st.buffer).shape
+        shape = kernel.buffer(st.buffer).static_shape
         item = itemsize(kernel.buffer(st.buffer).dtype)
         found = match_contraction(kernel, st) if len(shape) >= 2 else "rank < 2"
         mr, nr = gemm_tile(target, shape[found.i_axis] if not isinstance(
@@ -694,9 +716,9 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
             rows = shape[found.i_axis]
             unbatched = prod(shape) == rows * shape[-1]  # no batch loop around the nest
             depth = 1
-            for e in found.reduce.extents:
+            for e in found.reduce.static_extents:
                 depth *= e
-            kc = _pack_block(found.reduce.extents, rows, mr, bool(found.panel),
+            kc = _pack_block(found.reduce.static_extents, rows, mr, bool(found.panel),
                              pack_depth(target, nr, item))
             if not kc and not found.panel and big and depth >= SHORT_KEPT_MIN_STEPS \
                     and rows >= KEEP_PANELS_MIN_ROWS \
@@ -707,7 +729,7 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
                 # streams it (ResNet-50's 64 -> 256 1x1 convs on 56x56: 0.57 -> 0.48 ms). Not
                 # under a batch loop: Whisper's [1500, 64] x [64, 1500] attention scores a
                 # head keep their unpacked row sweep (6.9 ms; packed, 13.3).
-                kc = found.reduce.extents[0]
+                kc = found.reduce.static_extents[0]
             if kc and found.panel and (rows * depth * item <= l2_bytes // 2
                                        or mr * depth * item <= a_tile_bytes(target)) \
                     and rows * shape[-1] * item > l2_bytes // 2:
@@ -720,14 +742,14 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
                 # An A too big for L2 still goes in one pass when a row tile's whole
                 # reduction fits the A tile budget (L1): Whisper's [1500, 384] x [384, 1536]
                 # + GELU, 7.1-7.6 -> 6.1-6.2 ms.
-                kc = found.reduce.extents[0]
+                kc = found.reduce.static_extents[0]
             rows_outer = False
             if kc and not found.panel:
-                kc, rows_outer = _rows_outer_block(found.reduce.extents, rows,
+                kc, rows_outer = _rows_outer_block(found.reduce.static_extents, rows,
                                                    -(-shape[-1] // nr), mr, nr, kc, target,
                                                    item)
             if kc:  # A rows of one packed reduction block per row block
-                depth = kc * depth // found.reduce.extents[0]
+                depth = kc * depth // found.reduce.static_extents[0]
             mc = _row_block(rows, mr, depth, l2_bytes, item) if kc else \
                 _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes, item)
             part_tiles = rows // threads // mr

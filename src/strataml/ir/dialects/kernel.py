@@ -13,23 +13,50 @@ from math import prod
 
 from strataml.errors import VerifyError
 from strataml.ir.expr import Expr, Load, Reduce, Var, format_expr
+from strataml.ir.sizes import Size, SizeExpr, SymbolicSizeError, size_dims
 
 BUFFER_ROLES = ("input", "output", "temp")
 
 
 @dataclass(frozen=True, slots=True)
 class Buffer:
+    """A tensor the kernel reads or writes. A dim may be a `SizeExpr` over run-time dims
+    (`float32[batch,16]`); static buffers hold plain ints, as they always did."""
+
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[Size, ...]
     role: str
 
     @property
-    def numel(self) -> int:
+    def numel(self) -> Size:
         return prod(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return not any(isinstance(d, SizeExpr) for d in self.shape)
+
+    @property
+    def static_shape(self) -> tuple[int, ...]:
+        """The shape, for code that needs every dim at compile time (the gemm generator,
+        the static schedule rules); a run-time dim is an error that names the buffer."""
+        return static_sizes(self.shape, f"buffer %{self.name}")
+
+    @property
+    def static_numel(self) -> int:
+        return prod(self.static_shape)
 
     def __str__(self) -> str:
         return f"{self.role} %{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+def static_sizes(sizes: tuple[Size, ...], what: str) -> tuple[int, ...]:
+    """`sizes` as ints, or `SymbolicSizeError` saying which is known only at run time."""
+    for k, d in enumerate(sizes):
+        if isinstance(d, SizeExpr):
+            raise SymbolicSizeError(f"{what}: size {k} is {d}, known only at run time; "
+                                    "this needs static sizes")
+    return tuple(int(d) for d in sizes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +88,12 @@ class Kernel:
         return tuple(sorted(self.buffers, key=lambda b: order[b.role]))
 
     @property
+    def dims(self) -> tuple[str, ...]:
+        """The run-time dims its buffers name, sorted: the order in which the lowered loop
+        function takes them (`LoopFunction.dims`), so a caller maps them by name."""
+        return tuple(sorted({n for b in self.buffers for d in b.shape for n in size_dims(d)}))
+
+    @property
     def where(self) -> str:
         return f"kernel {self.name} (from {', '.join(self.source) or '?'})"
 
@@ -89,6 +122,12 @@ def verify_kernel(kernel: Kernel) -> None:
     buffers = {b.name: b for b in kernel.buffers}
     if len(buffers) != len(kernel.buffers):
         raise VerifyError(f"{kernel.where}: duplicate buffer names")
+    for b in kernel.buffers:
+        for axis, d in enumerate(b.shape):
+            if not isinstance(d, int | SizeExpr) or isinstance(d, bool) \
+                    or (isinstance(d, int) and d < 0):
+                raise VerifyError(f"{kernel.where}: buffer %{b.name} axis {axis} has size "
+                                  f"{d!r}: a non-negative int or a size expression")
     written: set[str] = set()
     for st in kernel.stages:
         buf = buffers.get(st.buffer)
@@ -129,6 +168,11 @@ def _check_expr(kernel: Kernel, e: Expr, bound: set[Var], buffers: dict[str, Buf
             raise VerifyError(f"{kernel.where}: load %{e.buffer} typed {e.dtype}, "
                               f"buffer is {buf.dtype}")
     if isinstance(e, Reduce):
+        # (a reduction's extent may only name the dims the caller passes: its buffers')
+        free = {n for x in e.extents for n in size_dims(x)} - set(kernel.dims)
+        if free:
+            raise VerifyError(f"{kernel.where}: reduction over {format_expr(e)} names "
+                              f"{', '.join(sorted(free))}, which no buffer's shape does")
         _check_expr(kernel, e.init, bound, buffers, readable)
         _check_expr(kernel, e.body, bound | set(e.axes), buffers, readable)
         return

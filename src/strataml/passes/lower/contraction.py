@@ -149,7 +149,8 @@ class _Gemm:
         q_count = nr // lanes
         raxes = [low.fresh("r") for _ in c.reduce.axes]
         rmap: Substitution = dict(zip(c.reduce.axes, raxes, strict=True))
-        renv = {**env, **{v: (0, e - 1) for v, e in zip(raxes, c.reduce.extents, strict=True)}}
+        renv = {**env, **{v: (0, e - 1)
+                          for v, e in zip(raxes, c.reduce.static_extents, strict=True)}}
         init = low.expr(c.reduce.init, env, [])
         accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)] for ii in range(mr)]
         out: list[Stmt] = [Declare(a, Broadcast(vec, init)) for row in accs for a in row]
@@ -173,7 +174,7 @@ class _Gemm:
                     "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
 
         out.extend(self.epilogue_prefetches(env, row0, col0, mr, q_count, lanes))
-        out.extend(micro_nest(list(zip(raxes, c.reduce.extents, strict=True)), step, mr))
+        out.extend(micro_nest(list(zip(raxes, c.reduce.static_extents, strict=True)), step, mr))
         out.extend(self.tile_epilogue(accs, env, row0, col0, lanes))
         return out
 
@@ -274,7 +275,8 @@ class _Gemm:
         row_env = {**env, i: (0, m - 1), jt: (0, width - 1)}
         point = {**self.mapping, i_var: i, j_var: jt + col0}
         rs = [low.fresh("r") for _ in c.reduce.axes]
-        r_env = {**row_env, **{v: (0, e - 1) for v, e in zip(rs, c.reduce.extents, strict=True)}}
+        r_env = {**row_env, **{v: (0, e - 1)
+                               for v, e in zip(rs, c.reduce.static_extents, strict=True)}}
         update: list[Stmt] = []
         term = low.expr(substitute(c.reduce.body, {**point, **dict(zip(
             c.reduce.axes, rs, strict=True))}), r_env, update)
@@ -283,7 +285,7 @@ class _Gemm:
         acc = low.fresh("sum", c.reduce.dtype)
         body: list[Stmt] = [For(jt, width, (Store(row, jt, low.expr(
             c.reduce.init, env, [])),), "vector")]
-        body.extend(nest(list(zip(rs, c.reduce.extents, strict=True)),
+        body.extend(nest(list(zip(rs, c.reduce.static_extents, strict=True)),
                          [For(jt, width, tuple(update), "vector")]))
         body.append(For(jt, width, (Declare(acc, row_j), *self.store(point, acc, row_env)),
                         "vector"))
@@ -341,7 +343,7 @@ class _PackedNest:
         self.all_rows = p.all_rows or p.m
         self.i, self.jj = low.fresh("i"), low.fresh("jj")
         self.init = low.expr(c.reduce.init, self.env, [])
-        extents = c.reduce.extents
+        extents = c.reduce.static_extents
         self.k_blocks = extents[0] // p.kc
         # One reduction block: each tile starts from `init` in registers and runs its
         # epilogue straight after, so the output is written once, not initialised, summed
@@ -512,7 +514,7 @@ class _PackedNest:
         per_line = low.target.line_bytes // itemsize(c.reduce.dtype)
         share, pl = -(-self.depth * p.nr // (per_line * self.mc)), low.fresh("pl")
         start = ((self.first + self.jb + 1) * self.panel_depth + self.kb * self.depth) * p.nr
-        last = low.buffers[c.b.buffer].numel - 1
+        last = low.buffers[c.b.buffer].static_numel - 1
         return [For(pl, share, (Prefetch(c.b.buffer, minimum(
             start + (ib * share + pl) * per_line, last), for_write=False),))]
 
@@ -539,7 +541,7 @@ class _PackedNest:
         item, line_bytes = itemsize(c.a.dtype), low.target.line_bytes
         lines = -(-self.depth * item // line_bytes) + 1  # +1: a row need not start on a line
         share, pl = -(-lines // p.col_tiles), low.fresh("pa")
-        last = low.buffers[a.buffer].numel - 1
+        last = low.buffers[a.buffer].static_numel - 1
         return [For(pl, share, tuple(Prefetch(a.buffer, minimum(
             found[1] + (row0 + ii) * found[0][row]
             + (self.jb * share + pl) * (line_bytes // item), last), for_write=False)
@@ -774,7 +776,7 @@ def _flattened_steps(step: list[Stmt], loops: list[tuple[Var, int]], flat: Var
 
 def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Expr,
                how: StageSchedule, c: Contraction) -> tuple[Stmt, ...]:
-    shape = low.buffers[buffer].shape
+    shape = low.buffers[buffer].static_shape
     m, n = shape[c.i_axis], shape[-1]
     mr, nr, lanes = how.mr, how.nr, how.lanes
     n_full = n - n % nr
@@ -802,7 +804,7 @@ def gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Exp
     if how.kc and (col_tiles or n % nr):
         panel = f"panel{next(low.names)}"
         inner = 1
-        for e in c.reduce.extents[1:]:
+        for e in c.reduce.static_extents[1:]:
             inner *= e
         nest_parallel = how.parallel and not loops
         chunks = how.column_chunks if (nest_parallel or how.keep_panels) \

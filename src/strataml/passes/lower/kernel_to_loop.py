@@ -5,6 +5,13 @@ The stage's schedule picks the nest: a `loops` stage is built from its primitive
 (`passes.lower.contraction`). Inlined stages are substituted into their readers first. Every
 multi-dimensional load becomes one flat index; any index the interval analysis cannot prove
 in range is clamped, so generated code never touches memory outside its buffers.
+
+A kernel whose buffers have run-time dims (`float32[batch,16]`) lowers to a function over
+those dims (`LoopFunction.dims`: the kernel's dims in `Kernel.dims` order, sorted by name,
+then any other dim `dim_ranges` names). Its loops run over `size_to_expr` extents and its
+flat indices use symbolic strides; an index into such a buffer is proven in range by size
+arithmetic (`StageLowering.index_bounds`: `i in 0..%batch` reads at most `batch - 1`), and
+only what that cannot prove is clamped.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from itertools import count
 
 from strataml.errors import ScheduleError
-from strataml.ir.bounds import Interval, dim_env, flat_interval, interval
+from strataml.ir.bounds import Interval, dim_env, flat_interval, interval, loop_interval
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.dialects.loop import (
     Allocate,
@@ -43,6 +50,9 @@ from strataml.ir.expr import (
     substitute,
 )
 from strataml.ir.index_simplify import affine_terms, simplify_indices
+from strataml.ir.size_exprs import dim_var, size_to_expr
+from strataml.ir.sizes import Size, size_interval
+from strataml.ir.sizes import dim as size_dim
 from strataml.ir.types import is_int
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
@@ -74,7 +84,9 @@ def _guarded_loads(s: Select, buffers: dict[str, Buffer], env: dict[Var, Interva
     facts = {(c.op, _affine_key(binary("sub", c.a, c.b))) for c in _conjuncts(s.cond)
              if isinstance(c, Compare) and c.op in ("ge", "lt") and is_int(c.a.dtype)}
     for load in loads:
-        for dim, index in zip(buffers[load.buffer].shape, load.indices, strict=True):
+        if not buffers[load.buffer].is_static:
+            return False  # (its loads take the symbolic proofs of `flat_index`)
+        for dim, index in zip(buffers[load.buffer].static_shape, load.indices, strict=True):
             if any(isinstance(x, Load) for x in index.walk()):
                 return False  # (a gather: its indices are data)
             low, high = interval(index, env) or (-1, dim)
@@ -155,9 +167,75 @@ class StageLowering:
     reduced: dict[tuple[int, Reduce], tuple[list[Stmt], Var]] = field(default_factory=dict)
     # the run-time sizes an index may read, with the ranges its proofs may assume
     dims: dict[Var, Interval] = field(default_factory=dict)
+    # the extent of each loop over a run-time size, as a size (for `index_bounds`)
+    loop_extents: dict[Var, Size] = field(default_factory=dict)
 
     def fresh(self, prefix: str, dtype: str = "int64") -> Var:
         return Var(dtype, f"{prefix}{next(self.names)}")
+
+    def symbolic_loop(self, v: Var, extent: Size) -> Interval | None:
+        """Note `v` as the variable of a loop over `0..extent` (a run-time size) for the
+        proofs; its interval over the dims' ranges, for everything else."""
+        self.loop_extents[v] = extent
+        return loop_interval(size_to_expr(extent), self.dims)
+
+    def _nonnegative(self, size: Size) -> bool:
+        ranges = {d.name[1:]: r for d, r in self.dims.items()}
+        return size_interval(size, ranges)[0] >= 0
+
+    def index_bounds(self, index: Expr, env: dict[Var, Interval]) -> tuple[Size, Size] | None:
+        """Bounds of an affine index as sizes, true for every value of the dims: a loop
+        variable over `0..E` adds `c * (E - 1)` at one end (E a size: this is what relates a
+        loop over `0..%n` to a buffer of `n` elements), a dim `c * dim` at both, any other
+        term its interval. None when some term has none (a gather's loaded index)."""
+        terms, k = affine_terms(index)
+        lo: Size = k
+        hi: Size = k
+        for atom, c in terms.items():
+            if isinstance(atom, Var) and atom in self.loop_extents:
+                top = c * (self.loop_extents[atom] - 1)
+                lo, hi = (lo, hi + top) if c > 0 else (lo + top, hi)
+            elif isinstance(atom, Var) and atom in self.dims:
+                value = c * size_dim(atom.name[1:])
+                lo, hi = lo + value, hi + value
+            else:
+                rng = interval(atom, env)
+                if rng is None:
+                    return None
+                a, b = sorted((c * rng[0], c * rng[1]))
+                lo, hi = lo + a, hi + b
+        return lo, hi
+
+    def symbolic_flat_index(self, buf: Buffer, indices: tuple[Expr, ...],
+                            env: dict[Var, Interval], clamp: bool) -> Expr:
+        """The flat index into a buffer with run-time dims, strides as expressions. Left
+        alone where `index_bounds` proves the flat position inside the buffer for every
+        value of the dims (each index within its dim, or a view running past one into the
+        next row); else clamped to the buffer, as the static path does. An index with no
+        bounds at all is clamped to its dimension first."""
+        known: list[tuple[Expr, tuple[Size, Size] | None]] = []
+        for d, index in zip(buf.shape, indices, strict=True):
+            bounds = self.index_bounds(index, env)
+            if bounds is None and clamp:
+                index = minimum(maximum(index, 0), size_to_expr(d - 1))
+                bounds = (0, d - 1)
+            known.append((index, bounds))
+        flat: Expr = idx(0)
+        stride: Size = 1
+        lo: Size = 0
+        hi: Size = 0
+        proven = True
+        for d, (index, bounds) in zip(reversed(buf.shape), reversed(known), strict=True):
+            flat = binary("add", flat, binary("mul", index, size_to_expr(stride)))
+            if bounds is None:
+                proven = False
+            else:  # (a stride is a positive run-time value: the bounds scale exactly)
+                lo, hi = lo + bounds[0] * stride, hi + bounds[1] * stride
+            stride = stride * d
+        if not clamp or (proven and self._nonnegative(lo)
+                         and self._nonnegative(buf.numel - 1 - hi)):
+            return flat
+        return minimum(maximum(flat, 0), size_to_expr(buf.numel - 1))
 
     def flat_index(self, load: Load, env: dict[Var, Interval], clamp: bool = True) -> Expr:
         """One index into the flat buffer, never outside it.
@@ -172,16 +250,19 @@ class StageLowering:
         buf = self.buffers[load.buffer]
         if self.dims:
             env = {**self.dims, **env}
-        whole = flat_interval(buf.shape, load.indices, env)
+        if not buf.is_static:
+            return self.symbolic_flat_index(buf, load.indices, env, clamp)
+        shape = buf.static_shape
+        whole = flat_interval(shape, load.indices, env)
         flat: Expr = idx(0)
         stride = 1
-        for dim, index in zip(reversed(buf.shape), reversed(load.indices), strict=True):
+        for dim, index in zip(reversed(shape), reversed(load.indices), strict=True):
             if clamp and whole is None and interval(index, env) is None:
                 index = minimum(maximum(index, 0), dim - 1)
             flat = binary("add", flat, binary("mul", index, stride))
             stride *= dim
         if clamp and whole is not None:
-            flat = clamp_flat_index(flat, buf.numel, env, whole)
+            flat = clamp_flat_index(flat, buf.static_numel, env, whole)
         return flat
 
     def expr(self, e: Expr, env: dict[Var, Interval], out: list[Stmt],
@@ -222,12 +303,20 @@ class StageLowering:
         fresh_axes = [self.fresh("r") for _ in r.axes]
         body_expr = substitute(r.body, dict(zip(r.axes, fresh_axes, strict=True)))
         inner_env = dict(env)
-        inner_env.update({v: (0, n - 1) for v, n in zip(fresh_axes, r.extents, strict=True)})
+        extents: list[int | Expr] = []
+        for v, n in zip(fresh_axes, r.extents, strict=True):
+            if isinstance(n, int):
+                inner_env[v] = (0, n - 1)
+                extents.append(n)
+            else:
+                if (rng := self.symbolic_loop(v, n)) is not None:
+                    inner_env[v] = rng
+                extents.append(size_to_expr(n))
         inner: list[Stmt] = []
         value = self.expr(body_expr, inner_env, inner)
         inner.append(Assign(acc, combine(r.combiner, acc, value),
                             reassociate=r.combiner in ("sum", "prod")))
-        out.extend(nest(list(zip(fresh_axes, r.extents, strict=True)), inner))
+        out.extend(nest(list(zip(fresh_axes, extents, strict=True)), inner))
         return acc
 
     def axis_vars(self, axes: tuple[Var, ...], shape: tuple[int, ...]
@@ -268,8 +357,10 @@ def inline_stages(kernel: Kernel, nests: dict[str, LoopNest]) -> Kernel:
 
 def prepare_kernel(kernel: Kernel) -> Kernel:
     """The kernel as default schedules see it: index arithmetic simplified, trailing axes
-    fused where every access allows."""
-    return fuse_trailing_axes(simplify_indices(kernel))
+    fused where every access allows (not yet over run-time dims: a fused axis of `batch*16`
+    would need its index split by a run-time stride)."""
+    simplified = simplify_indices(kernel)
+    return simplified if kernel.dims else fuse_trailing_axes(simplified)
 
 
 def lower_with_default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None,
@@ -294,7 +385,9 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
     applies to the kernel exactly as passed. `dim_ranges`: the run-time sizes (`%n`) the
     kernel's indices read, in the order the function takes them, each with the range its
     bound proofs may assume (None: `DEFAULT_DIM_RANGE`); an index they cannot prove inside
-    its buffer is clamped, as any other."""
+    its buffer is clamped, as any other. The function's dims are the kernel's own
+    (`Kernel.dims`, sorted by name; `dim_ranges` may give their ranges) followed by the
+    other dims of `dim_ranges`, in its order."""
     target = target or host_target()
     if schedule is None:
         return lower_with_default_schedule(prepare_kernel(kernel), threads, target,
@@ -307,7 +400,9 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
         schedule = Schedule(tuple(schedule.stages[k] for k in keep))
         nests = check_schedule(kernel, schedule)
     ranges = dict(dim_ranges or {})
-    dims = dim_env(ranges, {d: r for d, r in ranges.items() if r is not None})
+    own = [dim_var(n) for n in kernel.dims]
+    dims = dim_env([*own, *(d for d in ranges if d not in own)],
+                   {d: r for d, r in ranges.items() if r is not None})
     lowering = StageLowering(kernel, {b.name: b for b in kernel.buffers}, target, dims=dims)
     scheduled = NestLowering(lowering, kernel, nests, {
         st.buffer: how.steps for st, how in zip(kernel.stages, schedule.stages, strict=True)})
@@ -319,6 +414,7 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
             body.extend(gemm_stage(lowering, st.buffer, st.axes, st.body, how, found))
         elif nests[st.buffer].compute_at is None:
             body.extend(scheduled.stage(st))
-    params = tuple(Param(b.name, b.dtype, b.numel) for b in kernel.params)
+    params = tuple(Param(b.name, b.dtype, b.numel if isinstance(b.numel, int)
+                         else size_to_expr(b.numel)) for b in kernel.params)
     return LoopFunction(kernel.name, params, (*lowering.scratch, *body), kernel.source,
                         dims=tuple(dims))

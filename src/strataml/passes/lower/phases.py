@@ -480,7 +480,7 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     for s, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
         for buf in kernel.buffers:
             if buf.role == "temp":
-                temps.append(Interval(f"{kernel.name}/{buf.name}", buf.numel *
+                temps.append(Interval(f"{kernel.name}/{buf.name}", buf.static_numel *
                                       np.dtype(buf.dtype).itemsize, s, s))
                 continue
             value = values[buf.name]

@@ -27,7 +27,7 @@ def _row_major(index: Expr, reduce: Reduce) -> bool:
     found = linear_in(index, list(reduce.axes))
     if found is None or not (isinstance(found[1], Const) and found[1].value == 0):
         return False
-    return [found[0][a] for a in reduce.axes] == row_major_strides(list(reduce.extents))
+    return [found[0][a] for a in reduce.axes] == row_major_strides(list(reduce.static_extents))
 
 
 def packed_name(source: str, nr: int) -> str:

@@ -32,6 +32,8 @@ from strataml.ir.expr import (
     top_reduces,
 )
 from strataml.ir.index_simplify import affine_terms, build_affine
+from strataml.ir.size_exprs import size_to_expr
+from strataml.ir.sizes import Size
 from strataml.schedule.primitives import MAX_SCRATCH, ROOT, Loop, LoopNest, Primitive, apply_steps
 from strataml.schedule.schedule import stage_nest
 
@@ -45,6 +47,17 @@ _COMBINE = {"sum": "add", "prod": "mul", "max": "max", "min": "min"}
 
 def combine(combiner: str, acc: Expr, value: Expr) -> Expr:
     return Binary(acc.dtype, _COMBINE[combiner], acc, value)
+
+
+def _constant_extents(loops: list[Loop], what: str) -> list[int]:
+    """The loops' extents, for a scratch laid out over them (a stack array)."""
+    out = []
+    for lp in loops:
+        if not isinstance(lp.extent, int):
+            raise ScheduleError(f"{what} spans loop {lp.name}, which runs {lp.extent} times, "
+                                "known only at run time; its scratch needs a constant size")
+        out.append(lp.extent)
+    return out
 
 
 def row_major(values: list[Expr], extents: list[int]) -> Expr:
@@ -77,7 +90,9 @@ class _Nest:
             if loop.extent != 1:  # (an empty loop stays, so its body never runs)
                 value = self.values[k]
                 assert isinstance(value, Var)
-                stmts = [For(value, loop.extent, tuple(body), loop.kind)]
+                extent = loop.extent if isinstance(loop.extent, int) \
+                    else size_to_expr(loop.extent)
+                stmts = [For(value, extent, tuple(body), loop.kind)]
             else:
                 stmts = body
         return stmts
@@ -101,9 +116,12 @@ class NestLowering:
                 if (n := self.nests.get(st.buffer)) is not None and n.compute_at is not None
                 and n.compute_at[0] == consumer]
 
-    def scratch(self, prefix: str, dtype: str, shape: tuple[int, ...], shared: bool,
+    def scratch(self, prefix: str, dtype: str, shape: tuple[Size, ...], shared: bool,
                 what: str) -> str:
         size = prod(shape)
+        if not isinstance(size, int):  # (a stack array: its size is compiled in)
+            raise ScheduleError(f"{what} needs a scratch of {size} elements, known only at "
+                                "run time; keep run-time loops outside it")
         if size > MAX_SCRATCH:
             raise ScheduleError(f"{what} needs a scratch of {size} elements (at most "
                                 f"{MAX_SCRATCH}); move it to an inner loop")
@@ -131,12 +149,15 @@ class NestLowering:
         for loop in nest.loops:
             if loop.extent != 1:
                 v = low.fresh("".join(ch for ch in loop.name if ch.isalnum()) + "_")
-                env[v] = (0, max(loop.extent - 1, 0))
+                if isinstance(loop.extent, int):
+                    env[v] = (0, max(loop.extent - 1, 0))
+                elif (rng := low.symbolic_loop(v, loop.extent)) is not None:
+                    env[v] = rng
                 values.append(v)
             else:
                 values.append(idx(0))
         parallel = [k for k, lp in enumerate(nest.loops) if lp.kind == "parallel"
-                    and lp.extent > 1]
+                    and (not isinstance(lp.extent, int) or lp.extent > 1)]
         shared_before = parallel[0] if parallel and not in_parallel else -2
         b = _Nest(nest.loops, values, env, shared_before)
         by_loop: dict[Expr, Expr] = {Var("int64", lp.name): v
@@ -199,7 +220,7 @@ class NestLowering:
             result = low.expr(substitute(finish, {hole: acc}), env, scope)
             scope.append(store(result))
         else:  # a scratch tile of accumulators, one per point of the inner output loops
-            extents = [nest.loops[k].extent for k in tile]
+            extents = _constant_extents([nest.loops[k] for k in tile], "the accumulator tile")
             acc_name = self.scratch("acc", reduction.dtype, (prod(extents),), False,
                                     "the accumulator tile")
             point = row_major([values[k] for k in tile], extents)
@@ -222,7 +243,8 @@ class NestLowering:
         def visit(x: Expr, env: dict[Var, Interval]) -> Expr | None:
             if isinstance(x, Reduce):  # its axes range over its extents inside it
                 inner = {**env, **{a: (0, n - 1) for a, n in zip(x.axes, x.extents,
-                                                                  strict=True)}}
+                                                                  strict=True)
+                                   if isinstance(n, int)}}
                 return replace(x, body=rewrite(x.body, lambda y: visit(y, inner)))
             if not isinstance(x, Load) or x.buffer not in self.boxes:
                 return None
@@ -292,6 +314,9 @@ class NestLowering:
 
         ranges = {v: b.env[v] for v in inner}
         shape = self.kernel.buffer(producer.buffer).shape
+        if not self.kernel.buffer(producer.buffer).is_static:
+            raise ScheduleError(f"{what}: %{producer.buffer} has run-time dims; its box "
+                                "would need a run-time size")
         starts: dict[str, Expr] = {}
         box: list[int] = []
         lows: list[int] = []
@@ -367,7 +392,7 @@ class NestLowering:
             raise ScheduleError(f"{what}: its index depends on a reduction the schedule "
                                 "does not expose")
         deps = [k for k in range(at + 1, len(nest.loops)) if b.values[k] in used]
-        extents = [nest.loops[k].extent for k in deps]
+        extents = _constant_extents([nest.loops[k] for k in deps], what)
         scratch = self.scratch("pack", load.dtype, (prod(extents),), at < b.shared_before,
                                what)
         fresh = [self.low.fresh("p") for _ in deps]
