@@ -362,3 +362,31 @@ def test_clamped_shift_reads_the_last_element_for_the_last_row(rng):
         run(arrays, n=n)
         np.testing.assert_array_equal(arrays["y"][:-1], x[np.minimum(np.arange(n) + 1, n - 1)])
         _check_spare(arrays, ["y"])
+
+
+ODD_LANES = """kernel @odd loc('odd') {
+  input %x: float32[2*n + 2]
+  output %y: float32[n]
+  %y[i] = (%x[((2 * i) + 1)] + %x[(i + 2)])
+}"""
+
+
+def test_indices_proven_against_derived_sizes(rng):
+    """`2*i + 1` and `i + 2` for i in 0..%n against a buffer of `2*n + 2` elements: the
+    proof compares sizes (hi = 2*n - 1 and n + 1 <= 2*n + 1), not the same name."""
+    kernel = parse_kernel(ODD_LANES)
+    assert parse_kernel(print_kernel(kernel)) == kernel
+    fn = lower_kernel(kernel)
+    assert _index_clamps(fn) == []
+    run = Compiled(fn, 2)
+    for n in SIZES:
+        x = rng.standard_normal(2 * n + 2).astype(np.float32)
+        arrays = {"x": x, **_outputs(kernel, {"n": n})}
+        run(arrays, n=n)
+        np.testing.assert_array_equal(arrays["y"][:-1], x[1:2 * n:2] + x[2:n + 2])
+        _check_spare(arrays, ["y"])
+    # the last element exactly is proven; one past it is clamped
+    last = parse_kernel(ODD_LANES.replace("((2 * i) + 1)", "((2 * i) + 3)"))
+    assert _index_clamps(lower_kernel(last)) == []
+    past = parse_kernel(ODD_LANES.replace("((2 * i) + 1)", "((2 * i) + 4)"))
+    assert len(_index_clamps(lower_kernel(past))) == 1
