@@ -6,7 +6,8 @@ plan: `void entry(ptr arena, ptr weights, ptr io)` calls each kernel with buffer
 fixed offsets into the arena or the weights, or taken from the io table (the caller's input
 arrays and result arrays, one pointer each). Where a kernel takes sizes, the entry takes a
 fourth argument, `ptr dims`: the model's table of run-time sizes (i64 each), from which each
-call passes its own; a plan without sizes keeps the three-argument entry.
+call passes its own, and arena offsets that are formulas over the dims are computed from it
+(codegen/sizes.py); a plan without sizes keeps the three-argument entry.
 
 A `parallel` loop is outlined into `void k.parN(ptr noalias p0, ..., i64 begin, i64 end)`
 and a worker `void k.parN.worker(ptr ctx, i64 begin, i64 end)` (ctx: the kernel's buffer
@@ -28,6 +29,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from llvmlite.binding import ffi
 
+from strataml.codegen.sizes import SizeEmitter
 from strataml.codegen.vector_math import VECTOR_MATH, MathFunction, vector_math
 from strataml.errors import CodegenError
 from strataml.ir.dialects.loop import (
@@ -715,10 +717,13 @@ def _contract_global(module: ir.Module, digest: bytes) -> None:
 
 def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
                  entry_name: str = "strataml_entry", flush_denormals: bool = False,
-                 scaled_exp: bool = False, contract: bytes = b"") -> ir.Module:
+                 scaled_exp: bool = False, contract: bytes = b"",
+                 dims: Sequence[str] = ()) -> ir.Module:
     """`flush_denormals` (x86 only): every kernel and parallel chunk runs with FTZ and DAZ
     set, and gives the caller's mode back when it returns. `scaled_exp`: the target's ldexp
-    is one instruction (see `vector_math`). `contract`: the plan's digest, embedded."""
+    is one instruction (see `vector_math`). `contract`: the plan's digest, embedded. `dims`:
+    the plan's dims table (`ExecutionPlan.dims`), by which symbolic arena offsets read their
+    dims; given, the entry takes the table (as `ExecutionPlan.takes_dims` says)."""
     math = vector_math(flush_denormals, scaled_exp)
     module = ir.Module(name="strataml")
     _threads_global(module)  # always present, so the runtime can set it
@@ -732,13 +737,14 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
         emitted[fn.name] = emitter.fn
     # (the dims table only where some call reads it: a static plan's entry, which the C
     # library, wasm and runtime callers declare, keeps its three arguments)
-    with_dims = any(call.dims for call in plan)
+    with_dims = bool(dims) or any(call.dims for call in plan)
     entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * (3 + with_dims)),
                         name=entry_name)
     b = ir.IRBuilder(entry.append_basic_block("entry"))
     arena, weights, io = entry.args[:3]
     io_table = b.bitcast(io, ir.PointerType(PTR))
     dims_table = b.bitcast(entry.args[3], ir.PointerType(I64)) if with_dims else None
+    sizes = _entry_sizes(b, dims_table, dims)
     for call in plan:
         callee = emitted[call.function]
         types = callee.function_type.args
@@ -750,9 +756,16 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
         for (region, offset), ptype in zip(call.args, types, strict=False):
             if region == 2:
                 raw = b.load(b.gep(io_table, [ir.Constant(I64, offset)], inbounds=True))
-            else:
+            elif isinstance(offset, int):
                 base = arena if region == 0 else weights
                 raw = b.gep(base, [ir.Constant(I64, offset)], inbounds=True)
+            elif region == 0 and sizes is not None:
+                raw = b.gep(arena, [sizes.value(offset)], inbounds=True)
+            else:
+                why = ("only arena offsets may be" if sizes is not None
+                       else "the plan has no dims table (build_module's dims)")
+                raise CodegenError(f"plan step {call.kernel}: offset {offset} in region "
+                                   f"{region} is a run-time size, but {why}")
             args.append(b.bitcast(raw, ptype))
         for k in call.dims:
             assert dims_table is not None
@@ -760,6 +773,22 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
         b.call(callee, args)
     b.ret_void()
     return module
+
+
+def _entry_sizes(b: ir.IRBuilder, table: ir.Value | None, dims: Sequence[str]
+                 ) -> SizeEmitter | None:
+    """Sizes over the plan's dims, each dim loaded from its slot of the dims table."""
+    if table is None or not dims:
+        return None
+    index = {name: k for k, name in enumerate(dims)}
+
+    def load(name: str) -> ir.Value:
+        if name not in index:
+            raise CodegenError(f"a plan offset reads dim {name!r}, which is not in the plan's "
+                               f"dims table {list(dims)}")
+        return b.load(b.gep(table, [ir.Constant(I64, index[name])], inbounds=True))
+
+    return SizeEmitter(b, load)
 
 
 _options_set = False

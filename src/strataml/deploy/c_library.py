@@ -117,6 +117,13 @@ def default_compiler(triple: str) -> str:
     return f"{arch}-linux-gnu-gcc"
 
 
+def static_only_reason(plan: ExecutionPlan, what: str) -> str:
+    """Why `what` (an entry point of fixed sizes) cannot take a plan over run-time sizes."""
+    return (f"{what} runs plans of fixed sizes only, and this plan's sizes are run-time dims "
+            f"({', '.join(plan.dims) or 'its kernels take dims'}): its C API has no dims "
+            "table to pass yet; compile with fixed input shapes (dim_values) for it")
+
+
 def emit_c_library(model: Any, out_dir: str | Path, name: str = "strataml_model",
                    cc: str | None = None) -> CLibrary:
     """Write libstrataml_model.so, strataml_model.h and strataml_model.weights into `out_dir`
@@ -127,6 +134,8 @@ def emit_c_library(model: Any, out_dir: str | Path, name: str = "strataml_model"
     (`-LDIR -lstrataml_model`, no rpath) finds it where it was written; a library installed
     elsewhere is relinked (or found through LD_LIBRARY_PATH if built to a relative name)."""
     executable, plan = model.executable, model.plan
+    if plan.takes_dims:  # (checked first: nothing is built for a plan it cannot run)
+        raise CLibraryError(static_only_reason(plan, "the C library"))
     code = object_code(model)
     compiler = cc or default_compiler(executable.triple)
     if shutil.which(compiler) is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import llvmlite.binding as llvm
 
-from strataml.deploy.c_library import weights_checksum
+from strataml.deploy.c_library import static_only_reason, weights_checksum
 from strataml.errors import StrataError
 from strataml.runtime.hal import ExecutionPlan, TensorSlot, weights_blob
 
@@ -76,6 +76,8 @@ def emit_wasm(model: Any, out_dir: str | Path, name: str = "model") -> WasmModul
     """Write {name}.wasm, {name}.json, {name}.weights, strataml.js and run.mjs into `out_dir`
     for a model compiled with `target="wasm32"` (run.mjs loads "model": keep the name)."""
     executable, plan = model.executable, model.plan
+    if plan.takes_dims:
+        raise WasmError(static_only_reason(plan, "the wasm loader"))
     if not executable.triple.startswith("wasm32"):
         raise WasmError(f"the model was compiled for {executable.triple}; compile it with "
                         "target='wasm32'")

@@ -33,9 +33,12 @@ from strataml.runtime.hal import (
     Executable,
     ExecutionPlan,
     KernelCall,
+    Size,
     TensorSlot,
     aligned_empty,
     contract_digest,
+    is_size_formula,
+    size_from_json,
     weights_blob,
 )
 
@@ -52,6 +55,8 @@ DTYPE_NAMES = frozenset({"float16", "float32", "float64", "int8", "int16", "int3
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.$]*")
 _LIB = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_DIM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_SIZE_TEXT = 4096  # characters of one size formula (`64*((4*n + 63)//64) + 128*n`)
 
 
 def _sha256(data: Any) -> str:
@@ -272,6 +277,23 @@ def _items(d: dict[str, Any], key: str, where: str, parse: Callable[[Any, str], 
                  for k, item in enumerate(_get(d, key, list, where)))
 
 
+def _size(value: Any, where: str) -> Size:
+    """A byte count, offset or dim: an int in range, or a formula's text (a plan over
+    run-time sizes), parsed here and checked against the plan's dims in `_check_plan`."""
+    if type(value) is int:
+        if not 0 <= value <= MAX_REGION_BYTES:
+            raise ArtifactError(f"manifest check: {where} = {value} is outside "
+                                f"[0, {MAX_REGION_BYTES}]")
+        return value
+    if not isinstance(value, str) or len(value) > MAX_SIZE_TEXT:
+        raise ArtifactError(f"manifest check: {where} must be a count or a size formula, got "
+                            f"{type(value).__name__}")
+    try:
+        return size_from_json(value)
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"manifest check: {where} {value!r} is not a size ({exc})") from None
+
+
 def _slot(d: Any, where: str) -> TensorSlot:
     if not isinstance(d, dict):
         raise ArtifactError(f"manifest check: {where} must be an object")
@@ -279,23 +301,25 @@ def _slot(d: Any, where: str) -> TensorSlot:
     if dtype not in DTYPE_NAMES:
         raise ArtifactError(f"manifest check: {where}.dtype {dtype!r} is not a dtype")
     shape = _get(d, "shape", list, where)
-    if len(shape) > MAX_RANK or not all(type(n) is int and 0 <= n <= MAX_REGION_BYTES
-                                        for n in shape):
+    if len(shape) > MAX_RANK or not all((type(n) is int and 0 <= n <= MAX_REGION_BYTES)
+                                        or isinstance(n, str) for n in shape):
         raise ArtifactError(f"manifest check: {where}.shape {shape!r} is not a shape")
+    dims = tuple(_size(n, f"{where}.shape[{k}]") for k, n in enumerate(shape))
     region = _get(d, "region", str, where)
     if region not in REGIONS:
         raise ArtifactError(f"manifest check: {where}.region {region!r} is not one of "
                             f"{', '.join(REGIONS)}")
-    return TensorSlot(_get(d, "name", str, where), dtype, tuple(shape), region,
-                      _nat(d, "offset", where))
+    return TensorSlot(_get(d, "name", str, where), dtype, dims, region,
+                      _size(_get(d, "offset", object, where), f"{where}.offset"))
 
 
 def _call(d: Any, where: str) -> KernelCall:
     if not isinstance(d, dict):
         raise ArtifactError(f"manifest check: {where} must be an object")
     args = _get(d, "args", list, where)
-    if not all(isinstance(a, list) and len(a) == 2 and all(type(x) is int for x in a)
-               for a in args):
+    # (an arena offset may be a formula's text: the entry computes it from the dims)
+    if not all(isinstance(a, list) and len(a) == 2 and type(a[0]) is int
+               and (type(a[1]) is int or (a[0] == 0 and isinstance(a[1], str))) for a in args):
         raise ArtifactError(f"manifest check: {where}.args must be [region, offset] pairs")
     function = _get(d, "function", str, where)
     if not _SYMBOL.fullmatch(function):
@@ -305,7 +329,8 @@ def _call(d: Any, where: str) -> KernelCall:
         raise ArtifactError(f"manifest check: {where}.dims must be indices into the dims "
                             "table")
     return KernelCall(_get(d, "kernel", str, where), function,
-                      tuple((a[0], a[1]) for a in args), tuple(dims))
+                      tuple((a[0], _size(a[1], f"{where}.args[{k}]"))
+                            for k, a in enumerate(args)), tuple(dims))
 
 
 def _string(d: Any, where: str) -> str:
@@ -325,37 +350,68 @@ def _plan(d: dict[str, Any]) -> ExecutionPlan:
         if not _LIB.fullmatch(lib):
             raise ArtifactError(f"manifest check: plan.native_libs names {lib!r}, not a "
                                 "library name")
+    dims = _items(d, "dims", where, _string) if "dims" in d else ()
+    if not all(_DIM.fullmatch(name) for name in dims):
+        raise ArtifactError(f"manifest check: plan.dims {list(dims)!r} must be dim names")
+    ranges = _get(d, "dim_ranges", list, where) if "dim_ranges" in d else []
+    if not all(isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
+               and type(r[1]) is int and type(r[2]) is int for r in ranges):
+        raise ArtifactError("manifest check: plan.dim_ranges must be [name, low, high] lists")
     return ExecutionPlan(
-        entry=entry, arena_bytes=_nat(d, "arena_bytes", where),
+        entry=entry, arena_bytes=(_size(d["arena_bytes"], "plan.arena_bytes")
+                                  if isinstance(d.get("arena_bytes"), str)
+                                  else _nat(d, "arena_bytes", where)),
         weights_bytes=_nat(d, "weights_bytes", where),
         inputs=_items(d, "inputs", where, _slot), outputs=_items(d, "outputs", where, _slot),
         weights=_items(d, "weights", where, _slot),
         kernels=_items(d, "kernels", where, _string),
         calls=_items(d, "calls", where, _call),
         num_threads=max(1, _nat(d, "num_threads", where, 1 << 16)),
-        native_libs=libs, abi_version=_nat(d, "abi_version", where))
+        native_libs=libs, abi_version=_nat(d, "abi_version", where), dims=dims,
+        dim_ranges=tuple((r[0], r[1], r[2]) for r in ranges))
 
 
-def _count(shape: tuple[int, ...]) -> int:
+def _count(shape: tuple[Size, ...]) -> int:
     n = 1
     for dim in shape:
-        n *= dim
+        n *= int(dim)
     return n
+
+
+def _symbolic(plan: ExecutionPlan) -> bool:
+    """Whether any size of the plan is a formula (the plan must then have the dims)."""
+    sizes: list[Size] = [plan.arena_bytes]
+    for slots in (plan.inputs, plan.outputs, plan.weights):
+        sizes += [d for s in slots for d in (*s.shape, s.offset)]
+    sizes += [offset for call in plan.calls for _, offset in call.args]
+    return any(is_size_formula(x) for x in sizes)
 
 
 def _check_plan(plan: ExecutionPlan) -> None:
     """Every place the plan points at lies inside its region: the code is built around the
-    same numbers, and the contract digest checks they are the ones it was built with."""
+    same numbers, and the contract digest checks they are the ones it was built with. A plan
+    over run-time sizes has its formulas checked against its dims here, and every place it
+    points at checked inside the arena at each set of sizes a call binds
+    (runtime/dims.py), before native code runs."""
     n_io = len(plan.inputs) + len(plan.outputs)
+    if plan.takes_dims or _symbolic(plan):
+        from strataml.runtime.dims import plan_problems
+
+        problems = plan_problems(plan)
+        if problems:
+            raise ArtifactError(f"plan check: {'; '.join(problems)}")
     sizes = {"arena": plan.arena_bytes, "weights": plan.weights_bytes}
 
     def inside(slot: TensorSlot, what: str) -> None:
-        nbytes = _count(slot.shape) * np.dtype(slot.dtype).itemsize
-        if slot.region == "io":
+        if slot.region == "io":  # (an io offset is an int: plan_problems says so)
             if slot.offset >= n_io:
                 raise ArtifactError(f"plan check: {what} {slot.name!r} uses io entry "
                                     f"{slot.offset}; the table has {n_io}")
-        elif slot.offset + nbytes > sizes[slot.region]:
+            return
+        if slot.symbolic or is_size_formula(sizes[slot.region]):
+            return  # (checked per call, at the sizes the inputs bind: runtime/dims.py)
+        nbytes = _count(slot.shape) * np.dtype(slot.dtype).itemsize
+        if slot.offset + nbytes > sizes[slot.region]:
             raise ArtifactError(f"plan check: {what} {slot.name!r} ({nbytes} bytes at "
                                 f"{slot.offset}) overruns the {slot.region} region "
                                 f"({sizes[slot.region]} bytes)")
@@ -376,6 +432,8 @@ def _check_plan(plan: ExecutionPlan) -> None:
     limits = (plan.arena_bytes, plan.weights_bytes, n_io - 1)
     for call in plan.calls:
         for region, offset in call.args:
+            if 0 <= region <= 2 and (is_size_formula(offset) or is_size_formula(limits[region])):
+                continue  # (an arena offset over the dims: checked per call)
             if not 0 <= region <= 2 or not 0 <= offset <= limits[region]:
                 raise ArtifactError(f"plan check: kernel {call.kernel!r} reads "
                                     f"({region}, {offset}), outside its region")

@@ -1,8 +1,14 @@
-"""Runs a static execution plan: check inputs, one native call, return the results.
+"""Runs an execution plan: check inputs, one native call, return the results.
 
 Inputs are read in place (a copy only when an array is not C-contiguous) and kernel-made
 outputs are written straight into the result arrays (fresh ones, or the caller's `out=`),
-through the per-call io table."""
+through the per-call io table.
+
+A plan over run-time sizes (`ExecutionPlan.takes_dims`) binds its dims from the inputs'
+shapes first (runtime/dims.py: a bad shape is an InputError before native code runs),
+allocates the outputs at the evaluated shapes, grows the arena when these sizes need more
+than it has (it is kept, and reused, across calls), and calls the four-argument entry with
+the dims table; the entry computes its arena offsets from it."""
 
 from __future__ import annotations
 
@@ -12,12 +18,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from strataml.config import num_threads_from_env
 from strataml.errors import InputError
 from strataml.runtime.hal import ALIGNMENT, Device, Executable, ExecutionPlan
+
+if TYPE_CHECKING:
+    from strataml.runtime.dims import DimBinder, Layout
 
 _POOL_LOCK = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -85,7 +95,22 @@ class Executor:
         # An explicit count wins; else STRATAML_NUM_THREADS; else what the plan was built for.
         self._entry.set_num_threads(num_threads or num_threads_from_env() or plan.num_threads)
         self._fault = getattr(self._entry, "fault", None)  # (the code's fault word)
-        self._arena = device.allocate(plan.arena_bytes)
+        self._dims: DimBinder | None = None
+        if plan.takes_dims:
+            from strataml.errors import StrataError
+            from strataml.runtime.dims import DimBinder, plan_problems
+
+            problems = plan_problems(plan)
+            if problems:
+                raise StrataError(f"the plan's run-time sizes are unusable: "
+                                  f"{'; '.join(problems)}")
+            if not device.synchronous:
+                raise NotImplementedError(f"device {device.name!r} launches asynchronously: "
+                                          "plans over run-time sizes run on synchronous "
+                                          "devices only")
+            self._dims = DimBinder(plan)
+        # (a plan over run-time sizes gets its arena at the first call's sizes)
+        self._arena = device.allocate(int(plan.arena_bytes) if self._dims is None else 0)
         self._lock = threading.Lock()
         if (weights_region is not None and weights_region.nbytes == plan.weights_bytes
                 and weights_region.ctypes.data % ALIGNMENT == 0):
@@ -94,7 +119,7 @@ class Executor:
             self._weights = device.allocate(plan.weights_bytes)
             for slot in plan.weights:
                 value = np.asarray(weights[slot.name], dtype=slot.dtype).reshape(slot.shape)
-                device.copy_in(self._weights, slot.offset, value)
+                device.copy_in(self._weights, int(slot.offset), value)
         n_in = len(plan.inputs)
         self._io_size = n_in + len(plan.outputs)
         # Outputs written by kernels own an io entry; the rest copy an input or a weight.
@@ -103,6 +128,8 @@ class Executor:
         self._copied = [(n_in + k, s) for k, s in enumerate(plan.outputs) if not self._direct[k]]
         self._expect = [(s.name, np.dtype(s.dtype), s.shape) for s in plan.inputs]
         self._out_expect = [(np.dtype(s.dtype), s.shape) for s in plan.outputs]
+        self._static_out_shapes = cast(list[tuple[int, ...]],
+                                       [s.shape for s in plan.outputs])  # (unused with dims)
         self._table = (ctypes.c_void_p * max(self._io_size, 1))()
         self._table_address = ctypes.addressof(self._table)
         self._bases = (self._arena.ctypes.data, self._weights.ctypes.data)
@@ -110,7 +137,8 @@ class Executor:
     def _fast_check(self, feeds: Mapping[str, object]) -> bool:
         """True when every feed is exactly as compiled (the common case, checked cheaply);
         otherwise check_inputs explains what is wrong."""
-        if not isinstance(feeds, dict) or len(feeds) != len(self._expect):
+        if (self._dims is not None or not isinstance(feeds, dict)
+                or len(feeds) != len(self._expect)):
             return False
         for name, dtype, shape in self._expect:
             value = feeds.get(name)
@@ -119,6 +147,13 @@ class Executor:
         return True
 
     def check_inputs(self, feeds: Mapping[str, object]) -> None:
+        """InputError unless `feeds` is exactly what the plan takes: names, dtypes, ranks,
+        and the shapes (against their formulas, for a plan over run-time sizes)."""
+        self._layout(feeds)
+
+    def _layout(self, feeds: Mapping[str, object]) -> Layout | None:
+        """check_inputs' work; for a plan over run-time sizes, the layout at the sizes the
+        inputs' shapes bind."""
         expected = {s.name for s in self.plan.inputs}
         if not isinstance(feeds, Mapping):
             raise InputError(f"feeds must be a dict of input name -> numpy array, got "
@@ -139,31 +174,42 @@ class Executor:
                                  f"expects {slot.dtype}")
             if arr.ndim != len(slot.shape):
                 raise InputError(f"input '{slot.name}' has rank {arr.ndim} {list(arr.shape)}, "
-                                 f"the model expects rank {len(slot.shape)} {list(slot.shape)}")
-            if tuple(arr.shape) != slot.shape:
+                                 f"the model expects rank {len(slot.shape)} "
+                                 f"[{', '.join(str(d) for d in slot.shape)}]")
+            if self._dims is None and tuple(arr.shape) != slot.shape:
                 raise InputError(f"input '{slot.name}' has shape {list(arr.shape)}, the model "
                                  f"was compiled for {list(slot.shape)} (recompile with "
                                  "input_shapes to change it)")
+        if self._dims is None:
+            return None
+        return self._dims.bind({s.name: cast(np.ndarray, feeds[s.name]).shape
+                                for s in self.plan.inputs})
 
-    def check_out(self, out: object, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def check_out(self, out: object, inputs: Sequence[np.ndarray],
+                  layout: Layout | None = None) -> list[np.ndarray]:
         """The caller's result arrays, if each is exactly what the kernels write into:
         C-contiguous, writeable, the output's dtype and shape (else a copy would be needed,
         which `out=` promises not to make), overlapping no input and no other result (else
         bytes would be written while still being read)."""
         # (a list, not a dict of name -> array: one value may be two outputs of the graph)
+        shapes = self._out_shapes(layout)
         if not isinstance(out, list | tuple) or len(out) != len(self._out_expect):
-            raise InputError(self._out_problem(out, inputs))
+            raise InputError(self._out_problem(out, inputs, shapes))
         for k, arr in enumerate(out):
-            dtype, shape = self._out_expect[k]
+            dtype, shape = self._out_expect[k][0], shapes[k]
             if not (isinstance(arr, np.ndarray) and arr.dtype == dtype and arr.shape == shape
                     and arr.flags.c_contiguous and arr.flags.writeable):
-                raise InputError(self._out_problem(out, inputs))
+                raise InputError(self._out_problem(out, inputs, shapes))
             for other in (*inputs, *out[:k]):
                 if np.may_share_memory(arr, other):
-                    raise InputError(self._out_problem(out, inputs))
+                    raise InputError(self._out_problem(out, inputs, shapes))
         return list(out)
 
-    def _out_problem(self, out: object, inputs: Sequence[np.ndarray]) -> str:
+    def _out_shapes(self, layout: Layout | None) -> list[tuple[int, ...]]:
+        return self._static_out_shapes if layout is None else list(layout.output_shapes)
+
+    def _out_problem(self, out: object, inputs: Sequence[np.ndarray],
+                     shapes: Sequence[tuple[int, ...]]) -> str:
         """What is wrong with `out` (worked out only once check_out has found something)."""
         slots = self.plan.outputs
         names = [s.name for s in slots]
@@ -175,15 +221,15 @@ class Executor:
                     "give one array per output, in that order")
         for k, (slot, arr) in enumerate(zip(slots, out, strict=True)):
             where = f"out[{k}] (output '{slot.name}')"
-            expect = f"a C-contiguous {slot.dtype} array of shape {list(slot.shape)}"
+            expect = f"a C-contiguous {slot.dtype} array of shape {list(shapes[k])}"
             if not isinstance(arr, np.ndarray):
                 return f"{where} must be {expect}, got {type(arr).__name__}"
-            if arr.dtype != np.dtype(slot.dtype) or arr.shape != slot.shape:
+            if arr.dtype != np.dtype(slot.dtype) or arr.shape != shapes[k]:
                 return (f"{where} is a {arr.dtype} array of shape {list(arr.shape)}, the model "
                         f"writes {expect}")
             if not arr.flags.c_contiguous:
                 return (f"{where} is not C-contiguous (strides {arr.strides}), the model writes "
-                        f"{expect} such as np.empty({slot.shape}, '{slot.dtype}')")
+                        f"{expect} such as np.empty({shapes[k]}, '{slot.dtype}')")
             if not arr.flags.writeable:
                 return f"{where} is read-only"
             for (name, _, _), x in zip(self._expect, inputs, strict=True):
@@ -196,42 +242,65 @@ class Executor:
                             "pass separate arrays")
         return "out is not usable"  # (unreachable: check_out found a problem above)
 
-    def _arrays(self, feeds: Mapping[str, np.ndarray],
-                out: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
-        """The io table's arrays: the inputs, then one result array per output."""
+    def _arrays(self, feeds: Mapping[str, np.ndarray], out: Sequence[np.ndarray] | None = None
+                ) -> tuple[list[np.ndarray], Layout | None]:
+        """The io table's arrays: the inputs, then one result array per output; and, for a
+        plan over run-time sizes, the layout at the inputs' sizes."""
+        layout = None
         if not self._fast_check(feeds):
-            self.check_inputs(feeds)
+            layout = self._layout(feeds)
         arrays: list[np.ndarray] = [np.ascontiguousarray(feeds[name])
                                     for name, _, _ in self._expect]
         if out is None:
-            arrays += [np.empty(shape, dtype) for dtype, shape in self._out_expect]
+            if layout is None:
+                arrays += [np.empty(shape, dtype) for dtype, shape in self._out_expect]
+            else:
+                arrays += [np.empty(shape, dtype) for (dtype, _), shape
+                           in zip(self._out_expect, layout.output_shapes, strict=True)]
         else:
-            arrays += self.check_out(out, arrays)
-        return arrays
+            arrays += self.check_out(out, arrays, layout)
+        return arrays, layout
 
-    def _bind(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], ctypes.Array]:
-        arrays = self._arrays(feeds)
+    def _bind(self, feeds: Mapping[str, np.ndarray]
+              ) -> tuple[list[np.ndarray], ctypes.Array, Layout | None]:
+        arrays, layout = self._arrays(feeds)
         table = (ctypes.c_void_p * max(self._io_size, 1))(
             *(data_address(a) for a in arrays))
-        return arrays, table
+        return arrays, table, layout
+
+    def _fit_arena(self, layout: Layout) -> None:
+        """Grow the arena to what these sizes need (under the lock: no call is using it);
+        a smaller call reuses the larger arena."""
+        if layout.arena_bytes > self._arena.nbytes:
+            self._arena = self._device.allocate(layout.arena_bytes)
+            self._bases = (self._arena.ctypes.data, self._weights.ctypes.data)
 
     def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10,
                  origin: int | None = None) -> list[tuple[str, int, int]]:
         """(kernel, start, end) of every kernel call, in nanoseconds from when timing began:
         the plan's calls in order, `repeats` times over, one at a time on this thread. Apart
         from `run`, whose single native entry leaves no seam to time between kernels."""
-        arrays, table = self._bind(feeds)
-        bases = (self._arena.ctypes.data, self._weights.ctypes.data)
-        steps = []
-        for call in self.plan.calls:
-            fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(call.args)))(
-                self._entry.function_address(call.function))
-            args = [table[offset] if region == 2 else bases[region] + offset
-                    for region, offset in call.args]
-            steps.append((call.kernel, fn, args))
+        arrays, table, layout = self._bind(feeds)
         clock = time.perf_counter_ns
         spans: list[tuple[str, int, int]] = []
         with self._lock:
+            if layout is not None:
+                self._fit_arena(layout)
+            bases = (self._arena.ctypes.data, self._weights.ctypes.data)
+            steps = []
+            for k, call in enumerate(self.plan.calls):
+                # (a kernel over run-time sizes takes its dims after its buffers, as int64)
+                fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(call.args)),
+                                      *([ctypes.c_int64] * len(call.dims)))(
+                    self._entry.function_address(call.function))
+                offsets = (layout.call_offsets[k] if layout is not None
+                           else [int(offset) for _, offset in call.args])
+                args: list[Any] = [
+                    table[offset] if region == 2 else bases[region] + offset
+                    for (region, _), offset in zip(call.args, offsets, strict=True)]
+                if layout is not None:
+                    args += [layout.table[d] for d in call.dims]
+                steps.append((call.kernel, fn, args))
             origin = clock() if origin is None else origin
             for _ in range(repeats):
                 for name, fn, args in steps:
@@ -270,7 +339,7 @@ class Executor:
 
     def run(self, feeds: Mapping[str, np.ndarray], out: Sequence[np.ndarray] | None = None
             ) -> list[np.ndarray]:
-        return self._execute(self._arrays(feeds, out))
+        return self._execute(*self._arrays(feeds, out))
 
     def run_async(self, feeds: Mapping[str, np.ndarray],
                   out: Sequence[np.ndarray] | None = None) -> Future[list[np.ndarray]]:
@@ -279,16 +348,21 @@ class Executor:
         must stay untouched until the future is done. The pool thread goes through the same
         lock, launch and wait as `run`: on a device whose launch is asynchronous it only waits,
         and calls on one model still take the arena one at a time (in any order)."""
-        arrays = self._arrays(feeds, out)
-        return _run_pool().submit(self._execute, arrays)
+        arrays, layout = self._arrays(feeds, out)
+        return _run_pool().submit(self._execute, arrays, layout)
 
-    def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def _execute(self, arrays: list[np.ndarray], layout: Layout | None = None
+                 ) -> list[np.ndarray]:
         """One call of the plan on the io table's arrays; returns the result arrays."""
         with self._lock:  # one arena and one io table per model: calls are serialised
             table = self._table
             for k, a in enumerate(arrays):
                 table[k] = data_address(a)
-            if self._device.synchronous:  # (a call less per run: tiny models feel it)
+            if layout is not None:  # (a plan over run-time sizes: synchronous devices only)
+                self._fit_arena(layout)
+                self._entry.call_with_dims(self._bases[0], self._bases[1],
+                                           self._table_address, layout.table_address)
+            elif self._device.synchronous:  # (a call less per run: tiny models feel it)
                 self._entry(self._bases[0], self._bases[1], self._table_address)
             else:
                 self._device.launch(self._entry, self._bases[0], self._bases[1],
@@ -301,9 +375,13 @@ class Executor:
             # Outputs the kernels did not write (an input, a duplicate, a constant) are copied
             # into theirs, still under the lock: the next call overwrites the arena.
             for at, slot in self._copied:
+                shape, offset = slot.shape, slot.offset
+                if layout is not None:
+                    k = at - len(self.plan.inputs)
+                    shape, offset = layout.output_shapes[k], layout.output_offsets[k]
                 if slot.region == "io":  # (a 0-d input is bound as shape (1,))
-                    np.copyto(arrays[at], arrays[slot.offset].reshape(slot.shape))
+                    np.copyto(arrays[at], arrays[offset].reshape(shape))
                 else:
                     self._device.copy_out(self._arena if slot.region == "arena" else
-                                          self._weights, slot.offset, arrays[at])
+                                          self._weights, int(offset), arrays[at])
         return arrays[len(self.plan.inputs):]

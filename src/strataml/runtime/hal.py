@@ -9,9 +9,42 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from strataml.ir.sizes import SizeExpr
+
+# A byte count, offset or dim that may be known only at run time: an int, or a formula over
+# the plan's dims (`strataml.ir.sizes.SizeExpr`). The size algebra is a pure-Python leaf
+# (numpy and errors only) that the runtime imports lazily, only for plans that have dims, so
+# a static plan's runtime still imports nothing of the compiler (test_runtime_only).
+Size = Union[int, "SizeExpr"]
+
+
+def _size_json(x: Size) -> int | str:
+    """An int stays an int (a static plan's JSON is what it always was), a formula is its
+    text (`format_size`)."""
+    if isinstance(x, int):
+        return x
+    from strataml.ir.sizes import format_size
+
+    return format_size(x)
+
+
+def size_from_json(x: Any) -> Size:
+    """The inverse of `_size_json` (ValueError for text that is not a size)."""
+    if isinstance(x, str):
+        from strataml.ir.sizes import parse_size
+
+        return parse_size(x)
+    return int(x)
+
+
+def is_size_formula(x: object) -> bool:
+    """Whether `x` is a run-time size (without importing the size algebra for an int)."""
+    return not isinstance(x, int)
 
 KERNEL_ABI_VERSION = 3  # 3: parallel loops call strataml's pool, not libgomp
 ALIGNMENT = 64  # bytes; every planned buffer starts on a cache line (and an AVX-512 vector)
@@ -28,52 +61,80 @@ class TensorSlot:
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[Size, ...]  # a dim may be a formula over the plan's dims (`%n`, `2*n`)
     region: str
-    offset: int
+    offset: Size  # an arena offset may be a formula too
+
+    @property
+    def symbolic(self) -> bool:
+        return any(is_size_formula(d) for d in (*self.shape, self.offset))
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        """Bytes of a static slot (a symbolic one's: `byte_size`, evaluated per call)."""
+        return (int(np.prod([int(d) for d in self.shape], dtype=np.int64))
+                * np.dtype(self.dtype).itemsize)
+
+    def byte_size(self) -> Size:
+        """Bytes, as a formula where the shape has one."""
+        n: Size = np.dtype(self.dtype).itemsize
+        for d in self.shape:
+            n = d * n
+        return n
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype,
+                "shape": [_size_json(d) for d in self.shape], "region": self.region,
+                "offset": _size_json(self.offset)}
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> TensorSlot:
-        return TensorSlot(d["name"], d["dtype"], tuple(d["shape"]), d["region"], d["offset"])
+        return TensorSlot(d["name"], d["dtype"], tuple(size_from_json(x) for x in d["shape"]),
+                          d["region"], size_from_json(d["offset"]))
 
 
 @dataclass(frozen=True)
 class KernelCall:
     """One step of the plan: call `function` with one buffer per parameter, each given as
-    (region, offset): region 0 is the arena and 1 the weights blob (offsets in bytes),
-    region 2 the io table (offset = index of the pointer). `kernel` names the step. `dims`:
-    for each run-time size the function takes (after its buffers), the index of its value in
-    the model's dims table (the entry's fourth argument)."""
+    (region, offset): region 0 is the arena and 1 the weights blob (offsets in bytes; an
+    arena offset may be a formula over the model's dims, which the entry evaluates), region 2
+    the io table (offset = index of the pointer). `kernel` names the step. `dims`: for each
+    run-time size the function takes (after its buffers), the index of its value in the
+    model's dims table (the entry's fourth argument)."""
 
     kernel: str
     function: str
-    args: tuple[tuple[int, int], ...]
+    args: tuple[tuple[int, Size], ...]
     dims: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Without dims, exactly the object a plan held before calls had any (so a static
         plan, and the contract digest over it, are what they were)."""
         d = asdict(self)
+        d["args"] = [[region, _size_json(offset)] for region, offset in self.args]
         if not self.dims:
             del d["dims"]
         return d
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> KernelCall:
-        return KernelCall(d["kernel"], d["function"], tuple(tuple(a) for a in d["args"]),
+        return KernelCall(d["kernel"], d["function"],
+                          tuple((int(a[0]), size_from_json(a[1])) for a in d["args"]),
                           tuple(d.get("dims", ())))
 
 
 @dataclass(frozen=True)
 class ExecutionPlan:
-    """The static plan decided at compile time: the runtime only binds and launches."""
+    """The plan decided at compile time: the runtime only binds and launches.
+
+    A plan over run-time sizes has `dims`: the names of the model's dims, in the order of the
+    dims table the entry takes as its fourth argument (`KernelCall.dims` index it). Its
+    shapes, arena offsets and `arena_bytes` may then be formulas over them, which the runtime
+    evaluates once the dims are bound from the inputs' shapes; `dim_ranges` are the dims'
+    (name, low, high) bounds, checked on every call and assumed by the plan."""
 
     entry: str
-    arena_bytes: int
+    arena_bytes: Size
     weights_bytes: int
     inputs: tuple[TensorSlot, ...]
     outputs: tuple[TensorSlot, ...]
@@ -83,23 +144,45 @@ class ExecutionPlan:
     num_threads: int = 1  # the compile-time default; STRATAML_NUM_THREADS overrides at load
     native_libs: tuple[str, ...] = ()  # shared libraries the code calls
     abi_version: int = KERNEL_ABI_VERSION
+    dims: tuple[str, ...] = ()
+    dim_ranges: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def takes_dims(self) -> bool:
+        """Whether the entry takes the dims table (its fourth argument): the code generator
+        (`build_module(..., dims=plan.dims)`) and the runtime decide it by this one rule."""
+        return bool(self.dims) or any(c.dims for c in self.calls)
 
     def to_json(self) -> dict[str, Any]:
+        """A static plan's object is exactly what it was before plans had dims (the contract
+        digest over it is unchanged); sizes that are formulas are their text."""
         d = asdict(self)
+        d["arena_bytes"] = _size_json(self.arena_bytes)
+        for key in ("inputs", "outputs", "weights"):
+            d[key] = [s.to_json() for s in getattr(self, key)]
         d["calls"] = [c.to_json() for c in self.calls]
+        if not self.dims:
+            del d["dims"]
+        if not self.dim_ranges:
+            del d["dim_ranges"]
+        else:
+            d["dim_ranges"] = [list(r) for r in self.dim_ranges]
         return d
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> ExecutionPlan:
         return ExecutionPlan(
-            entry=d["entry"], arena_bytes=d["arena_bytes"], weights_bytes=d["weights_bytes"],
+            entry=d["entry"], arena_bytes=size_from_json(d["arena_bytes"]),
+            weights_bytes=d["weights_bytes"],
             inputs=tuple(TensorSlot.from_json(s) for s in d["inputs"]),
             outputs=tuple(TensorSlot.from_json(s) for s in d["outputs"]),
             weights=tuple(TensorSlot.from_json(s) for s in d["weights"]),
             kernels=tuple(d["kernels"]),
             calls=tuple(KernelCall.from_json(c) for c in d.get("calls", ())),
             num_threads=d.get("num_threads", 1),
-            native_libs=tuple(d.get("native_libs", ())), abi_version=d["abi_version"])
+            native_libs=tuple(d.get("native_libs", ())), abi_version=d["abi_version"],
+            dims=tuple(d.get("dims", ())),
+            dim_ranges=tuple((str(n), int(lo), int(hi)) for n, lo, hi in d.get("dim_ranges", ())))
 
 
 @dataclass(frozen=True)
@@ -179,6 +262,11 @@ class Device(Protocol):
 
 class LoadedEntry(Protocol):
     def __call__(self, arena: int, weights: int, io: int) -> None: ...
+
+    def call_with_dims(self, arena: int, weights: int, io: int, dims: int) -> None:
+        """The four-argument entry of a plan that `takes_dims` (`dims`: the address of the
+        dims table, one int64 per name of `ExecutionPlan.dims`)."""
+        ...
 
     def set_num_threads(self, n: int) -> None: ...
 

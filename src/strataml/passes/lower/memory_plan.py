@@ -4,14 +4,19 @@ Activations share one arena: a buffer's bytes are reused once its last reader ha
 (greedy first-fit by liveness). Weights live in a separate read-only blob. A concatenation
 whose pieces are contiguous blocks of its result costs no copy: each piece is placed inside
 the result, where its producer writes it (see `concats_by_placement`).
+
+Where a buffer's size is a run-time `Size` (`%n*64` bytes), its offset is a formula over the
+dims too (`SymbolicArenaAllocator`): the plan is made once, at compile time, and the entry
+evaluates each offset from the dims table at run time (a few integer operations per call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from strataml.ir.dialects.graph import Graph
+from strataml.ir.sizes import Range, Size, ceildiv, is_symbolic, size_interval
 from strataml.runtime.hal import ALIGNMENT
 
 
@@ -19,10 +24,17 @@ def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
+def align_size(n: Size) -> Size:
+    """`_align` of a size that may be a formula (`64*((4*n + 63)//64)`)."""
+    if isinstance(n, int):
+        return _align(n)
+    return ceildiv(n, ALIGNMENT) * ALIGNMENT
+
+
 @dataclass
 class Interval:
     name: str
-    size: int
+    size: Size  # bytes: an int, or a formula over the dims (see plan_arena)
     start: int  # first step that writes it
     end: int  # last step that reads it (inclusive)
 
@@ -65,8 +77,91 @@ class ArenaAllocator:
         self.free = merged
 
 
-def plan_arena(intervals: Sequence[Interval], steps: int) -> tuple[dict[str, int], int]:
-    """Offsets for each interval such that overlapping lifetimes never share bytes."""
+class SymbolicArenaAllocator:
+    """First-fit over free blocks whose offsets and sizes are formulas over the dims.
+
+    A free block of S bytes takes a buffer of T bytes only where `T <= S` is proven for
+    every value of the dims (their ranges, else `[1, DIM_MAX]`): a block sized for `%n*16`
+    floats takes `%n` floats, never `%m`. S is always a multiple of ALIGNMENT (offsets and
+    block sizes are sums and differences of aligned sizes), so `T <= S` also gives
+    `align(T) <= S` without having to prove it about the rounding. Otherwise the buffer goes
+    on top: `top` grows by its aligned size. Frees merge with a neighbour whose end is
+    exactly their start (sizes are canonical, so equal formulas compare equal)."""
+
+    def __init__(self, ranges: Mapping[str, Range] | None = None) -> None:
+        self.free: list[tuple[Size, Size]] = []  # (offset, size), in order of freeing
+        self.top: Size = 0
+        self.ranges = dict(ranges or {})
+
+    def _known_le(self, a: Size, b: Size) -> bool:
+        return size_interval(b - a, self.ranges)[0] >= 0
+
+    def alloc(self, size: Size) -> Size:
+        need = size if is_symbolic(size) else max(int(size), 1)
+        for k, (off, sz) in enumerate(self.free):
+            if self._known_le(need, sz):
+                used = align_size(need)
+                rest = sz - used
+                if rest == 0:
+                    self.free.pop(k)
+                else:  # (may be 0 at run time: only a buffer proven <= 0 bytes fits there)
+                    self.free[k] = (off + used, rest)
+                return off
+        # Grow: a free block at the top is extended, where the buffer is proven larger.
+        for k, (off, sz) in enumerate(self.free):
+            if off + sz == self.top and self._known_le(sz, need):
+                self.free.pop(k)
+                self.top = off + align_size(need)
+                return off
+        off = self.top
+        self.top = self.top + align_size(need)
+        return off
+
+    def release(self, offset: Size, size: Size) -> None:
+        block = (offset, align_size(size if is_symbolic(size) else max(int(size), 1)))
+        merged = True
+        while merged:
+            merged = False
+            for k, (off, sz) in enumerate(self.free):
+                if off + sz == block[0]:
+                    block = (off, sz + block[1])
+                elif block[0] + block[1] == off:
+                    block = (block[0], block[1] + sz)
+                else:
+                    continue
+                self.free.pop(k)
+                merged = True
+                break
+        self.free.append(block)
+
+
+def plan_arena(intervals: Sequence[Interval], steps: int,
+               ranges: Mapping[str, Range] | None = None) -> tuple[dict[str, Size], Size]:
+    """Offsets for each interval such that overlapping lifetimes never share bytes, and the
+    arena's size. Where every size is an int this is the static plan, exactly as it always
+    was; where some size is a formula, offsets and the arena size are formulas over the dims
+    (`SymbolicArenaAllocator`, deciding reuse under `ranges`)."""
+    if not any(is_symbolic(iv.size) for iv in intervals):
+        offsets, top = _plan_static(intervals, steps)
+        return dict(offsets), top
+    symbolic = SymbolicArenaAllocator(ranges)
+    placed: dict[str, Size] = {}
+    by_start: dict[int, list[Interval]] = {}
+    by_end: dict[int, list[Interval]] = {}
+    for iv in intervals:
+        by_start.setdefault(iv.start, []).append(iv)
+        by_end.setdefault(iv.end, []).append(iv)
+    for step in range(-1, steps + 1):
+        # (sizes do not sort symbolically: the larger by the dims' lower bounds goes first)
+        for iv in sorted(by_start.get(step, []),
+                         key=lambda i: -size_interval(i.size, symbolic.ranges)[0]):
+            placed[iv.name] = symbolic.alloc(iv.size)
+        for iv in by_end.get(step, []):
+            symbolic.release(placed[iv.name], iv.size)
+    return placed, align_size(symbolic.top)
+
+
+def _plan_static(intervals: Sequence[Interval], steps: int) -> tuple[dict[str, int], int]:
     alloc = ArenaAllocator()
     offsets: dict[str, int] = {}
     by_start: dict[int, list[Interval]] = {}
@@ -75,10 +170,10 @@ def plan_arena(intervals: Sequence[Interval], steps: int) -> tuple[dict[str, int
         by_start.setdefault(iv.start, []).append(iv)
         by_end.setdefault(iv.end, []).append(iv)
     for step in range(-1, steps + 1):
-        for iv in sorted(by_start.get(step, []), key=lambda i: -i.size):
-            offsets[iv.name] = alloc.alloc(iv.size)
+        for iv in sorted(by_start.get(step, []), key=lambda i: -int(i.size)):
+            offsets[iv.name] = alloc.alloc(int(iv.size))
         for iv in by_end.get(step, []):
-            alloc.release(offsets[iv.name], iv.size)
+            alloc.release(offsets[iv.name], int(iv.size))
     return offsets, _align(alloc.top)
 
 

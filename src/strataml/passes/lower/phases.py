@@ -25,6 +25,7 @@ from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOp
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
+from strataml.ir.sizes import Size
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
@@ -354,7 +355,8 @@ class EmitLlvm(LoweringPass):
         module = build_module(state.loops, state.calls, state.plan.entry,
                               flush_denormals=options.flush_denormals
                               and target.triple.startswith(("x86_64", "i386", "i686")),
-                              scaled_exp=target.has("avx512f"), contract=contract)
+                              scaled_exp=target.has("avx512f"), contract=contract,
+                              dims=state.plan.dims)
         obj, llvm_ir = compile_module(module, target, options.opt_level)
         return replace(state, llvm_ir=llvm_ir,
                        executable=Executable("object", target.triple, obj, features))
@@ -519,6 +521,7 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
 
     def slot(value: str) -> TensorSlot:
         t = graph.types[value]
+        offset: Size
         if value in graph.constants:
             region, offset = "weights", w_offsets[value]
         elif value in io_index:

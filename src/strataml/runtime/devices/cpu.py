@@ -32,6 +32,9 @@ from strataml.runtime.object_file import ELF_MACHINES, ElfObject, ObjectFileErro
 _INIT_LOCK = threading.Lock()
 _initialised = False
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+# The entry of a plan that takes a dims table (ExecutionPlan.takes_dims): its fourth pointer.
+_ENTRY_DIMS_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_void_p)
 NUM_THREADS_SYMBOL = "strataml_num_threads"
 FAULT_SYMBOL = "strataml_fault"  # set by generated code (codegen/llvm.py FAULT_GLOBAL)
 _loaded_libs: set[str] = set()
@@ -162,6 +165,7 @@ class CpuEntry:
     def __init__(self, engine: Any, address: int) -> None:
         self._engine = engine
         self._fn = _ENTRY_TYPE(address)
+        self._fn_dims = _ENTRY_DIMS_TYPE(address)
         threads_at = engine.get_global_value_address(NUM_THREADS_SYMBOL)
         self._threads = ctypes.c_int32.from_address(threads_at) if threads_at else None
         fault_at = engine.get_global_value_address(FAULT_SYMBOL)
@@ -169,6 +173,11 @@ class CpuEntry:
 
     def __call__(self, arena: int, weights: int, io: int) -> None:
         self._fn(arena, weights, io)
+
+    def call_with_dims(self, arena: int, weights: int, io: int, dims: int) -> None:
+        """The entry of a plan that takes a dims table (the caller knows it from the plan:
+        the code has one symbol either way)."""
+        self._fn_dims(arena, weights, io, dims)
 
     def function_address(self, name: str) -> int:
         """Address of one kernel function, for profiling kernels one at a time."""
@@ -208,14 +217,19 @@ class SharedLibraryEntry:
         self._lib = lib
         self._runtime = runtime
         try:
-            self._fn = _ENTRY_TYPE(self.function_address(entry))
+            address = self.function_address(entry)
         except AttributeError:
             raise ValueError(f"entry point {entry!r} not found in the executable") from None
+        self._fn = _ENTRY_TYPE(address)
+        self._fn_dims = _ENTRY_DIMS_TYPE(address)
         self._threads = _global_int(lib, NUM_THREADS_SYMBOL)
         self.fault = _global_int(lib, FAULT_SYMBOL)
 
     def __call__(self, arena: int, weights: int, io: int) -> None:
         self._fn(arena, weights, io)
+
+    def call_with_dims(self, arena: int, weights: int, io: int, dims: int) -> None:
+        self._fn_dims(arena, weights, io, dims)
 
     def function_address(self, name: str) -> int:
         return _address(self._lib, name)
@@ -236,7 +250,7 @@ class SharedLibraryEntry:
         # (at interpreter exit the process unmaps everything itself: nothing to close, and a
         # daemon thread may still be inside the code)
         if lib is not None and not _finalizing():
-            self._fn = self._threads = self.fault = None  # type: ignore[assignment]
+            self._fn = self._fn_dims = self._threads = self.fault = None  # type: ignore[assignment]
             _dlclose(lib._handle)
 
 

@@ -1,0 +1,144 @@
+"""A plan over run-time sizes, at the sizes of one call: bind the dims from the inputs'
+shapes, then evaluate every formula the runtime needs (arena size, output shapes, the arena
+offsets of copied outputs and of each kernel call) once per distinct set of dims.
+
+The size algebra (`strataml.ir.sizes`, numpy and errors only) is imported here, and this
+module only for plans that have dims, so a static plan's runtime imports nothing of the
+compiler. Binding runs before any native code: a bad input raises `InputError` naming the
+input, the axis, the dim and the rule (`bind_input_dims`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from strataml.errors import ArtifactError
+from strataml.ir.sizes import (
+    DIM_MAX,
+    Range,
+    bind_input_dims,
+    evaluate,
+    format_size,
+    size_dims,
+)
+from strataml.runtime.hal import ExecutionPlan, Size, TensorSlot
+
+MAX_LAYOUTS = 256  # distinct sizes remembered per model (a serving loop sees a few)
+
+
+def plan_problems(plan: ExecutionPlan) -> list[str]:
+    """What makes a plan with dims unusable before any call: a formula over a dim the
+    table lacks, a dim no input gives on its own axis (so no call could bind it), a range
+    that is not one, a dims table with a name twice."""
+    problems: list[str] = []
+    table = set(plan.dims)
+    if len(table) != len(plan.dims):
+        problems.append(f"the dims table {list(plan.dims)} names a dim twice")
+    for name, lo, hi in plan.dim_ranges:
+        if name not in table or not 0 <= lo <= hi <= DIM_MAX:
+            problems.append(f"dim range {name} in [{lo}, {hi}] is not a range of a dim of "
+                            f"the plan {list(plan.dims)}")
+    # (a dim alone on an axis prints as its name; no other size prints as a bare name)
+    given = {format_size(d) for s in plan.inputs for d in s.shape if not isinstance(d, int)}
+    for name in plan.dims:
+        if name not in given:
+            problems.append(f"dim {name!r}: no input has it as an axis of its own, so no "
+                            "call's shapes can give it")
+    sizes: list[tuple[str, Size]] = [("arena_bytes", plan.arena_bytes)]
+    for what, slots in (("input", plan.inputs), ("output", plan.outputs),
+                        ("weight", plan.weights)):
+        for s in slots:
+            sizes += [(f"{what} {s.name!r}", d) for d in (*s.shape, s.offset)]
+    for call in plan.calls:
+        sizes += [(f"kernel {call.kernel!r}", offset) for _, offset in call.args]
+        if any(not 0 <= k < len(plan.dims) for k in call.dims):
+            problems.append(f"kernel {call.kernel!r} passes dims {list(call.dims)}, outside "
+                            f"the table of {len(plan.dims)}")
+    for what, size in sizes:
+        unknown = size_dims(size) - table
+        if unknown:
+            problems.append(f"{what} reads {', '.join(sorted(unknown))}, not in the dims "
+                            f"table {list(plan.dims)}")
+    for s in (*plan.inputs, *plan.outputs):
+        if s.region != "arena" and not isinstance(s.offset, int):
+            problems.append(f"{s.name!r} lies in {s.region} at a run-time offset (only arena "
+                            "offsets may be formulas)")
+    for s in plan.weights:
+        if s.symbolic:
+            problems.append(f"weight {s.name!r} has a run-time size (weights are fixed)")
+    return problems
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The plan at one set of dims: every number the executor and the entry need."""
+
+    values: dict[str, int]
+    table: ctypes.Array[ctypes.c_int64]  # the dims table the entry reads (plan order)
+    arena_bytes: int
+    output_shapes: tuple[tuple[int, ...], ...]
+    output_offsets: tuple[int, ...]  # (of outputs copied out of the arena)
+    call_offsets: tuple[tuple[int, ...], ...]  # each call's args, evaluated (for timeline)
+
+    @property
+    def table_address(self) -> int:
+        return ctypes.addressof(self.table)
+
+
+class DimBinder:
+    """Binds a plan's dims per call and keeps the layouts of the sizes it has met."""
+
+    def __init__(self, plan: ExecutionPlan) -> None:
+        self.plan = plan
+        self.ranges: dict[str, Range] = {n: (lo, hi) for n, lo, hi in plan.dim_ranges}
+        self.declared = {s.name: s.shape for s in plan.inputs}
+        self._layouts: dict[tuple[int, ...], Layout] = {}
+
+    def bind(self, shapes: Mapping[str, tuple[int, ...]]) -> Layout:
+        """The layout for these input shapes (InputError where they break a rule)."""
+        values = bind_input_dims(self.declared, shapes, self.ranges)
+        key = tuple(values[name] for name in self.plan.dims)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.pop(next(iter(self._layouts)))
+            layout = self._layouts[key] = self._layout(values, key)
+        return layout
+
+    def _layout(self, values: dict[str, int], key: tuple[int, ...]) -> Layout:
+        """Evaluated, and checked as an artifact's static plan is: every arena place the plan
+        names lies inside the arena at these sizes (the formulas come from the manifest)."""
+        plan = self.plan
+        arena = evaluate(plan.arena_bytes, values)
+        where = f"plan check at {', '.join(f'{n}={v}' for n, v in values.items())}"
+
+        def shape(slot: TensorSlot) -> tuple[int, ...]:
+            dims = tuple(evaluate(d, values) for d in slot.shape)
+            if any(d < 0 for d in dims):
+                raise ArtifactError(f"{where}: {slot.name!r} has shape {list(dims)}")
+            return dims
+
+        output_shapes = tuple(shape(s) for s in plan.outputs)
+        output_offsets = []
+        for s, dims in zip(plan.outputs, output_shapes, strict=True):
+            offset = evaluate(s.offset, values)
+            nbytes = int(np.prod(dims, dtype=np.int64)) * np.dtype(s.dtype).itemsize
+            if s.region == "arena" and not 0 <= offset <= offset + nbytes <= arena:
+                raise ArtifactError(f"{where}: output {s.name!r} ({nbytes} bytes at {offset}) "
+                                    f"overruns the arena ({arena} bytes)")
+            output_offsets.append(offset)
+        call_offsets = []
+        for call in plan.calls:
+            offsets = tuple(evaluate(o, values) for _, o in call.args)
+            for (region, _), offset in zip(call.args, offsets, strict=True):
+                if region == 0 and not 0 <= offset <= arena:
+                    raise ArtifactError(f"{where}: kernel {call.kernel!r} reads arena offset "
+                                        f"{offset}, outside the arena ({arena} bytes)")
+            call_offsets.append(offsets)
+        table = (ctypes.c_int64 * max(len(key), 1))(*key)
+        return Layout(values, table, arena, output_shapes, tuple(output_offsets),
+                      tuple(call_offsets))
