@@ -18,12 +18,12 @@ import pytest
 
 from strataml.frontends.onnx.importer import import_model
 from strataml.ir.dialects.graph import interpret, print_graph
-from strataml.ir.sizes import bind_input_dims, evaluate
 from strataml.options import CompileOptions
 from strataml.passes.graph.bind_dims import bind_dims, graph_dims
 from strataml.passes.graph.fold_constants import fold_graph
 from strataml.passes.manager import PassManager, parse_pipeline
 from strataml.passes.pipelines import CPU_GRAPH_PIPELINE
+from strataml.sizes import bind_input_dims, evaluate
 from tests.conftest import ort_run
 from tests.unit.test_torch_frontend import tiny_bert, tiny_gpt2
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from onnx import helper
 
 import strataml
-from strataml.ir.sizes import dim, size_max
 from strataml.ir.types import broadcast_shapes
+from strataml.sizes import dim, size_max
 from tests.unit.graphs import onnx_model
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,

@@ -25,12 +25,12 @@ from strataml.ir.dialects.loop import (
 from strataml.ir.expr import Binary, Expr, Load, binary, idx, var
 from strataml.ir.parse import parse_function, parse_kernel
 from strataml.ir.size_exprs import expr_to_size, size_to_expr
-from strataml.ir.sizes import dim as size_dim
-from strataml.ir.sizes import evaluate, floordiv, mod, parse_size, size_max, size_min
 from strataml.passes.lower.kernel_to_loop import lower_kernel
 from strataml.schedule import Schedule, StageSchedule
 from strataml.schedule.primitives import Split, Vectorize
 from strataml.schedule.schedule import check_schedule, default_schedule
+from strataml.sizes import dim as size_dim
+from strataml.sizes import evaluate, floordiv, mod, parse_size, size_max, size_min
 from tests.unit.test_symbolic_loops import Compiled
 
 SIZES = [1, 2, 13, 17]  # 1, 2, primes; 13 and 17 are not multiples of any vector width

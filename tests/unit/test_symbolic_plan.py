@@ -31,8 +31,6 @@ from strataml.ir.dialects.loop import (
     verify_function,
 )
 from strataml.ir.expr import Const, Expr, Load, Var, maximum, var
-from strataml.ir.sizes import Size, evaluate, parse_size
-from strataml.ir.sizes import dim as size_dim
 from strataml.options import host_target
 from strataml.passes.lower.memory_plan import Interval, SymbolicArenaAllocator, plan_arena
 from strataml.runtime import artifact
@@ -47,6 +45,8 @@ from strataml.runtime.hal import (
     contract_digest,
     required_features,
 )
+from strataml.sizes import Size, evaluate, parse_size
+from strataml.sizes import dim as size_dim
 
 F32 = "float32"
 N, M = dim("n"), dim("m")  # loop-level dims (Var int64 %n)

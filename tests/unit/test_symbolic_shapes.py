@@ -21,7 +21,10 @@ from strataml.errors import InputError
 from strataml.frontends.onnx.importer import import_model
 from strataml.ir.dialects.graph import interpret, print_graph, verify_graph
 from strataml.ir.parse import parse_graph
-from strataml.ir.sizes import (
+from strataml.options import CompileOptions
+from strataml.passes.graph.bind_dims import bind_dims, graph_dims
+from strataml.passes.graph.fold_constants import fold_graph
+from strataml.sizes import (
     Size,
     SizeExpr,
     SymbolicSizeError,
@@ -41,9 +44,6 @@ from strataml.ir.sizes import (
     size_min,
     truncdiv,
 )
-from strataml.options import CompileOptions
-from strataml.passes.graph.bind_dims import bind_dims, graph_dims
-from strataml.passes.graph.fold_constants import fold_graph
 from tests.unit.graphs import onnx_model
 
 # ---------------------------------------------------------------- size arithmetic

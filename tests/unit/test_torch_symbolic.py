@@ -31,10 +31,10 @@ from strataml.frontends.torch.context import Unsupported  # noqa: E402
 from strataml.frontends.torch.sym_sizes import SymbolicDims, sympy_size  # noqa: E402
 from strataml.ir.dialects.graph import interpret, print_graph, verify_graph  # noqa: E402
 from strataml.ir.parse import parse_graph  # noqa: E402
-from strataml.ir.sizes import DIM_MAX, Size, dim, evaluate  # noqa: E402
 from strataml.options import CompileOptions  # noqa: E402
 from strataml.passes.graph.bind_dims import bind_dims, graph_dims  # noqa: E402
 from strataml.passes.graph.fold_constants import fold_graph  # noqa: E402
+from strataml.sizes import DIM_MAX, Size, dim, evaluate  # noqa: E402
 from tests.unit.test_torch_frontend import tiny_bert, tiny_gpt2  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5

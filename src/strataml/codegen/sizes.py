@@ -1,4 +1,4 @@
-"""Run-time sizes (`ir.sizes.Size` formulas over a model's dims) as LLVM i64 values.
+"""Run-time sizes (`strataml.sizes.Size` formulas over a model's dims) as LLVM i64 values.
 
 The plan entry computes each symbolic arena offset from the dims table it is given, rather
 than taking a table of offsets from its caller: the entry stays the one self-contained
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from strataml.ir.sizes import Atom, Size, SizeExpr
+from strataml.sizes import Atom, Size, SizeExpr
 
 I64 = ir.IntType(64)
 
@@ -62,7 +62,7 @@ class SizeEmitter:
             return self._dims[atom.name]
         args = [self.value(_size(a)) for a in atom.args]
         if atom.op in ("floordiv", "mod"):
-            d = ir.Constant(I64, atom.divisor)  # (a positive constant: see ir.sizes)
+            d = ir.Constant(I64, atom.divisor)  # (a positive constant: see strataml.sizes)
             q, r = b.sdiv(args[0], d), b.srem(args[0], d)
             negative = b.icmp_signed("<", r, ir.Constant(I64, 0))
             if atom.op == "mod":  # floor semantics: the remainder takes the divisor's sign

@@ -12,8 +12,8 @@ import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
-from strataml.ir.sizes import Size, SizeExpr, SymbolicSizeError
 from strataml.ir.types import FLOAT_DTYPES, is_float, is_int, split_vector
+from strataml.sizes import Size, SizeExpr, SymbolicSizeError
 
 UNARY_OPS = frozenset({
     "neg", "abs", "exp", "log", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan",

@@ -7,8 +7,8 @@ import numpy as np
 
 from strataml.errors import StrataError
 from strataml.ir.dialects.graph import Node, evaluate_node
-from strataml.ir.sizes import SymbolicSizeError, is_symbolic, numel, shape_value
 from strataml.ir.types import TensorType
+from strataml.sizes import SymbolicSizeError, is_symbolic, numel, shape_value
 
 # Folding never materialises a constant larger than this (elements) unless it is no larger
 # than the node's inputs: a big Expand or Tile stays a kernel (artifacts stay small), while a

@@ -48,8 +48,8 @@ from strataml.ir.expr import (
     Var,
     format_expr,
 )
-from strataml.ir.sizes import Size, is_symbolic, parse_size, shape_value
 from strataml.ir.types import Dim, TensorType
+from strataml.sizes import Size, is_symbolic, parse_size, shape_value
 
 
 class ParseError(StrataError):

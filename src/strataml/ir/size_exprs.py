@@ -11,7 +11,7 @@ over `0..%n` and a buffer of `%n` elements share `%n`).
 from __future__ import annotations
 
 from strataml.ir.expr import Binary, Const, Expr, Var, binary, idx
-from strataml.ir.sizes import (
+from strataml.sizes import (
     Atom,
     Size,
     dim,

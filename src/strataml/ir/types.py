@@ -7,7 +7,7 @@ from math import prod
 
 import numpy as np
 
-from strataml.ir.sizes import SizeExpr, format_size, size_max
+from strataml.sizes import SizeExpr, format_size, size_max
 
 DTYPES: tuple[str, ...] = (
     "float32", "float64", "float16",
@@ -21,7 +21,7 @@ UNSIGNED_DTYPES = frozenset({"uint8", "uint16", "uint32", "uint64"})
 INT_DTYPES = SIGNED_DTYPES | UNSIGNED_DTYPES
 
 Dim = int | SizeExpr
-"""A dimension: a known size, or a symbolic one (`batch`, `seq*12`: see `ir.sizes`)."""
+"""A dimension: a known size, or a symbolic one (`batch`, `seq*12`: see `strataml.sizes`)."""
 
 
 def vector_dtype(dtype: str, lanes: int) -> str:
@@ -93,7 +93,7 @@ class TensorType:
 
     @staticmethod
     def of(array: np.ndarray) -> TensorType:
-        # an object array is a shape value (`ir.sizes.shape_value`): integer sizes
+        # an object array is a shape value (`strataml.sizes.shape_value`): integer sizes
         dtype = "int64" if array.dtype == object else from_numpy(array.dtype)
         return TensorType(dtype, tuple(int(d) for d in array.shape))
 

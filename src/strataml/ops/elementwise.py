@@ -28,10 +28,10 @@ from strataml.ir.expr import (
     select,
     unary,
 )
-from strataml.ir.sizes import truncdiv
 from strataml.ir.types import TensorType, is_float
 from strataml.ops.common import broadcast_types, out_dtype, out_shape, power, require_same_dtype
 from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.sizes import truncdiv
 
 # ---------------------------------------------------------------- shape rules
 

@@ -26,10 +26,10 @@ from strataml.ir.expr import (
     minimum,
     select,
 )
-from strataml.ir.sizes import ceildiv, is_symbolic, size_max, size_min
 from strataml.ir.types import Dim, TensorType, broadcast_shapes
 from strataml.ops.common import normalize_axis, numel, out_shape, require_same_dtype
 from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.sizes import ceildiv, is_symbolic, size_max, size_min
 
 # ---------------------------------------------------------------- Reshape and its kin
 # (Flatten, Squeeze and Unsqueeze are reshapes whose target shape follows from a rule)

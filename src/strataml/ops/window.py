@@ -18,10 +18,10 @@ import numpy as np
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Attr, Node
 from strataml.ir.expr import Expr, compare, const, logical_and, select
-from strataml.ir.sizes import SizeExpr, SymbolicSizeError, ceildiv, floordiv
 from strataml.ir.types import Dim, TensorType
 from strataml.ops.common import out_shape
 from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.sizes import SizeExpr, SymbolicSizeError, ceildiv, floordiv
 
 # The window attributes of every convolution and pool (their sizes depend on the rank, so
 # the frontend always sets them).

@@ -2,9 +2,8 @@
 shapes, then evaluate every formula the runtime needs (arena size, output shapes, the arena
 offsets of copied outputs and of each kernel call) once per distinct set of dims.
 
-The size algebra (`strataml.ir.sizes`, numpy and errors only) is imported here, and this
-module only for plans that have dims, so a static plan's runtime imports nothing of the
-compiler. Binding runs before any native code: a bad input raises `InputError` naming the
+The size algebra (`strataml.sizes`, a leaf module shared with the compiler) is imported
+here, and this module only for plans that have dims. Binding runs before any native code: a bad input raises `InputError` naming the
 input, the axis, the dim and the rule (`bind_input_dims`).
 """
 
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from strataml.errors import ArtifactError
-from strataml.ir.sizes import (
+from strataml.runtime.hal import ExecutionPlan, Size, TensorSlot
+from strataml.sizes import (
     DIM_MAX,
     Range,
     bind_input_dims,
@@ -25,7 +25,6 @@ from strataml.ir.sizes import (
     format_size,
     size_dims,
 )
-from strataml.runtime.hal import ExecutionPlan, Size, TensorSlot
 
 MAX_LAYOUTS = 256  # distinct sizes remembered per model (a serving loop sees a few)
 

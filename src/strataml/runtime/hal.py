@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 import numpy as np
 
 if TYPE_CHECKING:
-    from strataml.ir.sizes import SizeExpr
+    from strataml.sizes import SizeExpr
 
 # A byte count, offset or dim that may be known only at run time: an int, or a formula over
-# the plan's dims (`strataml.ir.sizes.SizeExpr`). The size algebra is a pure-Python leaf
-# (numpy and errors only) that the runtime imports lazily, only for plans that have dims, so
-# a static plan's runtime still imports nothing of the compiler (test_runtime_only).
+# the plan's dims (`strataml.sizes.SizeExpr`). The size algebra is a leaf module shared with
+# the compiler (numpy and errors only), imported lazily: only plans that have dims need it.
 Size = Union[int, "SizeExpr"]
 
 
@@ -28,7 +27,7 @@ def _size_json(x: Size) -> int | str:
     text (`format_size`)."""
     if isinstance(x, int):
         return x
-    from strataml.ir.sizes import format_size
+    from strataml.sizes import format_size
 
     return format_size(x)
 
@@ -36,7 +35,7 @@ def _size_json(x: Size) -> int | str:
 def size_from_json(x: Any) -> Size:
     """The inverse of `_size_json` (ValueError for text that is not a size)."""
     if isinstance(x, str):
-        from strataml.ir.sizes import parse_size
+        from strataml.sizes import parse_size
 
         return parse_size(x)
     return int(x)

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 from strataml.errors import ScheduleError
 from strataml.ir.expr import Expr, Var, binary, idx, substitute
-from strataml.ir.sizes import Size, SizeExpr
+from strataml.sizes import Size, SizeExpr
 
 MAX_UNROLL = 64
 # A scratch buffer a schedule creates (accumulator tile, pack, computed-at box) lives on the

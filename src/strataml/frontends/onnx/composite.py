@@ -22,7 +22,7 @@ from strataml.frontends.onnx.converters import (
     onnx_dtype,
 )
 from strataml.ir.dialects.graph import Node
-from strataml.ir.sizes import Size, is_symbolic
+from strataml.sizes import Size, is_symbolic
 
 _ATTENTION_ATTRS = {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode",
                     "scale", "softcap", "softmax_precision", "left_window_size",

@@ -15,8 +15,8 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Node, get_op, make_attrs
-from strataml.ir.sizes import Size, exact_quotient, is_symbolic, numel
 from strataml.ir.types import TensorType
+from strataml.sizes import Size, exact_quotient, is_symbolic, numel
 
 
 class Unsupported(Exception):

@@ -26,9 +26,9 @@ from strataml.frontends.onnx.converters import (
     onnx_dtype,
 )
 from strataml.ir.dialects.graph import Graph, Node
-from strataml.ir.sizes import assumed_ranges, dim
 from strataml.ir.types import DTYPES, Dim, TensorType
 from strataml.options import CompileOptions
+from strataml.sizes import assumed_ranges, dim
 
 MIN_OPSET = 7
 

@@ -29,8 +29,8 @@ from strataml.frontends.torch.context import (
     resolve_shape,
 )
 from strataml.ir.dialects.graph import Node
-from strataml.ir.sizes import Size, SizeExpr, is_symbolic, numel, shape_value
 from strataml.ir.types import TensorType, broadcast_shapes, is_float
+from strataml.sizes import Size, SizeExpr, is_symbolic, numel, shape_value
 
 Converter = Callable[[ConvertContext, torch.fx.Node], list[Node]]
 ATEN: dict[Any, Converter] = {}  # torch OpOverload -> converter

@@ -16,7 +16,7 @@ import torch.fx
 from strataml.frontends.torch.aten import converter
 from strataml.frontends.torch.context import ConvertContext, Unsupported
 from strataml.ir.dialects.graph import Node
-from strataml.ir.sizes import numel
+from strataml.sizes import numel
 
 # ---------------------------------------------------------------- attention
 

@@ -18,8 +18,8 @@ import torch.fx
 
 from strataml.errors import ModelLoadError
 from strataml.ir.dialects.graph import Node, attr_problems, infer_node, make_attrs
-from strataml.ir.sizes import Size, SizeExpr, exact_quotient, format_size, is_symbolic, numel
 from strataml.ir.types import DTYPES, TensorType
+from strataml.sizes import Size, SizeExpr, exact_quotient, format_size, is_symbolic, numel
 
 if TYPE_CHECKING:
     from strataml.frontends.torch.sym_sizes import SymbolicDims

@@ -37,7 +37,9 @@ from strataml.frontends.torch.context import (
 )
 from strataml.frontends.torch.sym_sizes import SymbolicDims, exported_dims
 from strataml.ir.dialects.graph import Graph, Node
-from strataml.ir.sizes import (
+from strataml.ir.types import TensorType
+from strataml.options import CompileOptions
+from strataml.sizes import (
     Range,
     Size,
     SizeExpr,
@@ -49,8 +51,6 @@ from strataml.ir.sizes import (
     size_max,
     size_min,
 )
-from strataml.ir.types import TensorType
-from strataml.options import CompileOptions
 
 
 @dataclass(frozen=True)
@@ -432,7 +432,7 @@ def import_exported(ep: torch.export.ExportedProgram, options: CompileOptions | 
     decomposed = ep.run_decompositions(_decompositions())
     dims = exported_dims(decomposed, options.dim_values) if keep_symbolic else None
     # Without guards: the graph keeps only ATen calls (checking inputs against the dims'
-    # ranges is the runtime's job, `ir.sizes.bind_input_dims`).
+    # ranges is the runtime's job, `strataml.sizes.bind_input_dims`).
     return import_fx(decomposed.module(check_guards=False), options, name, dims)
 
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils._sympy import functions as tf
 
 from strataml.frontends.torch.context import Unsupported
-from strataml.ir.sizes import (
+from strataml.sizes import (
     DIM_MAX,
     Range,
     Size,

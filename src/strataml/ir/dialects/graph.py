@@ -19,8 +19,8 @@ from typing import Any, cast
 import numpy as np
 
 from strataml.errors import ShapeError, UnsupportedOpError, VerifyError
-from strataml.ir.sizes import SizeExpr
 from strataml.ir.types import TensorType
+from strataml.sizes import SizeExpr
 
 AttrValue = Any  # int | float | str | tuple[...] | np.ndarray | tuple[Node, ...]
 

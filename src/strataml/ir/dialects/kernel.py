@@ -13,7 +13,7 @@ from math import prod
 
 from strataml.errors import VerifyError
 from strataml.ir.expr import Expr, Load, Reduce, Var, format_expr
-from strataml.ir.sizes import Size, SizeExpr, SymbolicSizeError, size_dims
+from strataml.sizes import Size, SizeExpr, SymbolicSizeError, size_dims
 
 BUFFER_ROLES = ("input", "output", "temp")
 

@@ -16,10 +16,10 @@ import numpy as np
 
 from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import AttrValue, Graph, Node, make_attrs
-from strataml.ir.sizes import Size, is_symbolic, size_dims, substitute
 from strataml.ir.types import TensorType
 from strataml.passes.graph.fold_constants import fold_graph
 from strataml.passes.manager import GraphPass, register_pass
+from strataml.sizes import Size, is_symbolic, size_dims, substitute
 
 
 def graph_dims(graph: Graph) -> frozenset[str]:

@@ -51,8 +51,6 @@ from strataml.ir.expr import (
 )
 from strataml.ir.index_simplify import affine_terms, simplify_indices
 from strataml.ir.size_exprs import dim_var, size_to_expr
-from strataml.ir.sizes import Size, size_interval
-from strataml.ir.sizes import dim as size_dim
 from strataml.ir.types import is_int
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
@@ -64,6 +62,8 @@ from strataml.schedule.schedule import (
     check_schedule,
     default_schedule,
 )
+from strataml.sizes import Size, size_interval
+from strataml.sizes import dim as size_dim
 from strataml.target import Target, host_target
 
 

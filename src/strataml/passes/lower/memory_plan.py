@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from strataml.ir.dialects.graph import Graph
-from strataml.ir.sizes import Range, Size, ceildiv, is_symbolic, size_interval
 from strataml.runtime.hal import ALIGNMENT
+from strataml.sizes import Range, Size, ceildiv, is_symbolic, size_interval
 
 
 def _align(n: int) -> int:

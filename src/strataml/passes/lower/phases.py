@@ -25,7 +25,6 @@ from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOp
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
-from strataml.ir.sizes import Size
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
@@ -50,6 +49,7 @@ from strataml.runtime.hal import (
 )
 from strataml.schedule import Schedule
 from strataml.schedule.schedule import TILE_ROW_VECTORS, default_schedule
+from strataml.sizes import Size
 from strataml.target import Target
 
 

@@ -33,9 +33,9 @@ from strataml.ir.expr import (
 )
 from strataml.ir.index_simplify import affine_terms, build_affine
 from strataml.ir.size_exprs import size_to_expr
-from strataml.ir.sizes import Size
 from strataml.schedule.primitives import MAX_SCRATCH, ROOT, Loop, LoopNest, Primitive, apply_steps
 from strataml.schedule.schedule import stage_nest
+from strataml.sizes import Size
 
 if TYPE_CHECKING:
     from collections.abc import Callable

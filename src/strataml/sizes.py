@@ -11,6 +11,10 @@ shapes never meets a `SizeExpr`.
 Dims are positive (>= 1) unless a range says otherwise; `interval` uses that to decide
 comparisons the shape rules need (`seq + 1 > 0`), and refuses (`SymbolicSizeError`) when the
 answer would depend on the run-time value.
+
+A leaf module (numpy and the errors only), like `errors.py`: the compiler's levels compute
+shapes with it and the runtime binds a call's dims and evaluates a plan's formulas with it,
+so it lives beside them rather than in `ir/` (which the runtime never imports).
 """
 
 from __future__ import annotations
