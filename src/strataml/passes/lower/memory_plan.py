@@ -12,7 +12,7 @@ evaluates each offset from the dims table at run time (a few integer operations 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from strataml.ir.dialects.graph import Graph
@@ -142,39 +142,33 @@ def plan_arena(intervals: Sequence[Interval], steps: int,
     was; where some size is a formula, offsets and the arena size are formulas over the dims
     (`SymbolicArenaAllocator`, deciding reuse under `ranges`)."""
     if not any(is_symbolic(iv.size) for iv in intervals):
-        offsets, top = _plan_static(intervals, steps)
-        return dict(offsets), top
+        alloc = ArenaAllocator()
+        offsets = _place(intervals, steps, alloc, lambda i: -int(i.size))
+        return offsets, _align(alloc.top)
     symbolic = SymbolicArenaAllocator(ranges)
-    placed: dict[str, Size] = {}
-    by_start: dict[int, list[Interval]] = {}
-    by_end: dict[int, list[Interval]] = {}
-    for iv in intervals:
-        by_start.setdefault(iv.start, []).append(iv)
-        by_end.setdefault(iv.end, []).append(iv)
-    for step in range(-1, steps + 1):
-        # (sizes do not sort symbolically: the larger by the dims' lower bounds goes first)
-        for iv in sorted(by_start.get(step, []),
-                         key=lambda i: -size_interval(i.size, symbolic.ranges)[0]):
-            placed[iv.name] = symbolic.alloc(iv.size)
-        for iv in by_end.get(step, []):
-            symbolic.release(placed[iv.name], iv.size)
+    # (sizes do not sort symbolically: the larger by the dims' lower bounds goes first)
+    placed = _place(intervals, steps, symbolic,
+                    lambda i: -size_interval(i.size, symbolic.ranges)[0])
     return placed, align_size(symbolic.top)
 
 
-def _plan_static(intervals: Sequence[Interval], steps: int) -> tuple[dict[str, int], int]:
-    alloc = ArenaAllocator()
-    offsets: dict[str, int] = {}
+def _place(intervals: Sequence[Interval], steps: int,
+           alloc: ArenaAllocator | SymbolicArenaAllocator,
+           order: Callable[[Interval], int]) -> dict[str, Size]:
+    """The liveness walk both allocators share: at each step, place what starts there (in
+    `order`), then free what ends there."""
+    offsets: dict[str, Size] = {}
     by_start: dict[int, list[Interval]] = {}
     by_end: dict[int, list[Interval]] = {}
     for iv in intervals:
         by_start.setdefault(iv.start, []).append(iv)
         by_end.setdefault(iv.end, []).append(iv)
     for step in range(-1, steps + 1):
-        for iv in sorted(by_start.get(step, []), key=lambda i: -int(i.size)):
-            offsets[iv.name] = alloc.alloc(int(iv.size))
+        for iv in sorted(by_start.get(step, []), key=order):
+            offsets[iv.name] = alloc.alloc(iv.size)  # type: ignore[arg-type]
         for iv in by_end.get(step, []):
-            alloc.release(offsets[iv.name], int(iv.size))
-    return offsets, _align(alloc.top)
+            alloc.release(offsets[iv.name], iv.size)  # type: ignore[arg-type]
+    return offsets
 
 
 def pack_weights(sizes: Sequence[tuple[str, int]]) -> tuple[dict[str, int], int]:
