@@ -29,7 +29,7 @@ from strataml.ir.expr import (
 from strataml.ir.types import Dim, TensorType, broadcast_shapes
 from strataml.ops.common import normalize_axis, numel, out_shape, require_same_dtype
 from strataml.ops.lowering import LowerContext, TensorRef
-from strataml.sizes import ceildiv, is_symbolic, size_max, size_min
+from strataml.sizes import Size, ceildiv, is_symbolic, size_max, size_min
 
 # ---------------------------------------------------------------- Reshape and its kin
 # (Flatten, Squeeze and Unsqueeze are reshapes whose target shape follows from a rule)
@@ -83,14 +83,14 @@ def _reshape_to_inferred(node: Node, ins: list) -> list[np.ndarray]:
     return [ins[0].reshape(t.shape).copy()]
 
 
-def _flat(ix: tuple[Expr, ...], shape: tuple[int, ...]) -> Expr:
+def _flat(ix: tuple[Expr, ...], shape: tuple[Size, ...]) -> Expr:
     flat: Expr = idx(0)
     for i, d in zip(ix, shape, strict=True):
         flat = flat * d + i
     return flat
 
 
-def _unflat(flat: Expr, shape: tuple[int, ...]) -> tuple[Expr, ...]:
+def _unflat(flat: Expr, shape: tuple[Size, ...]) -> tuple[Expr, ...]:
     out: list[Expr] = []
     for d in reversed(shape):
         out.append(flat % d if d != 1 else idx(0))
@@ -176,8 +176,8 @@ def lower_concat(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     pieces = [r for r in refs if r.shape[axis] > 0]
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
-        starts: list[int] = []
-        offset = 0
+        starts: list[Size] = []
+        offset: Size = 0
         for r in pieces:
             starts.append(offset)
             offset += r.shape[axis]

@@ -3,8 +3,9 @@ shapes, then evaluate every formula the runtime needs (arena size, output shapes
 offsets of copied outputs and of each kernel call) once per distinct set of dims.
 
 The size algebra (`strataml.sizes`, a leaf module shared with the compiler) is imported
-here, and this module only for plans that have dims. Binding runs before any native code: a bad input raises `InputError` naming the
-input, the axis, the dim and the rule (`bind_input_dims`).
+here, and this module only for plans that have dims. Binding runs before any native code:
+a bad input raises `InputError` naming the input, the axis, the dim and the rule
+(`bind_input_dims`).
 """
 
 from __future__ import annotations
