@@ -26,6 +26,7 @@ from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOp
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
+from strataml.ir.size_exprs import dim_var
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
@@ -288,21 +289,26 @@ class LowerToLoops(LoweringPass):
         functions: list[str] = []
         pairs_of: dict[str, tuple[tuple[str, str], ...]] = {}
         chosen: dict[tuple, Schedule] = {}  # a fallback replacing a default schedule
+        ranges = graph_dim_ranges(state.options)
         for k in state.kernels:
+            # (the ranges of the kernel's own dims only: any other would become an argument)
+            proofs = {dim_var(d): ranges[d] for d in k.dims if d in ranges}
             key = (k.buffers, k.stages, state.schedules[k.name])
             if key not in function_of:
                 function_of[key] = k.name
                 prepared, schedule = state.prepared[k.name], state.schedules[k.name]
                 with blame(k.where, self.name):
                     try:
-                        fn = lower_kernel(prepared, schedule, target=state.target)
+                        fn = lower_kernel(prepared, schedule, target=state.target,
+                                          dim_ranges=proofs)
                     except ScheduleError:
                         if _given_schedule(state.options, k.name) is not None:
                             raise
                         schedule = default_schedule(prepared, state.options.threads(),
                                                     state.target,
                                                     compute_copies_at_consumers=False)
-                        fn = lower_kernel(prepared, schedule, target=state.target)
+                        fn = lower_kernel(prepared, schedule, target=state.target,
+                                          dim_ranges=proofs)
                         chosen[key] = schedule
                     pairs_of[k.name] = in_place_pairs(prepared, schedule)
                 loops.append(replace(fn, aliased=tuple(b for pair in pairs_of[k.name]
