@@ -6,7 +6,7 @@ flag; bad inputs and ops that cannot take a run-time size raise clear errors."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ SIZES = (1, 2, 7, 17)
 
 
 @pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the graphs the CPU backend compiles while the test runs."""
     seen: list[str] = []
     real = cpu.compile_graph
@@ -36,7 +36,7 @@ def compiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         return real(graph, *args, **kwargs)
 
     monkeypatch.setattr(cpu, "compile_graph", counted)
-    yield seen
+    return seen
 
 
 def rng() -> np.random.Generator:
