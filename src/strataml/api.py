@@ -140,7 +140,9 @@ def compile(model: Any, target: str | Target = "cpu", options: CompileOptions | 
     from strataml.frontends.onnx import import_model
 
     start = time.perf_counter()
-    return compile_graph_for(import_model(model, options), target, options, start)
+    graph = import_model(model, options, keep_symbolic=options.dynamic_dims,
+                         dim_ranges=options.dim_ranges if options.dynamic_dims else None)
+    return compile_graph_for(graph, target, options, start)
 
 
 def compile_graph_for(graph: Any, target: str | Target, options: CompileOptions,

@@ -21,6 +21,15 @@ class CompileOptions:
     # Values for symbolic dims, by dim name ("batch": 1) or by input name ({"x": (1, 3, 8, 8)}).
     dim_values: dict[str, int] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Keep the dims that `dim_values`/`input_shapes` do not bind as run-time sizes: the model
+    # compiles once and runs at any size within `dim_ranges` (docs/dynamic-shapes.md). Off,
+    # every unbound dim is 1, as before; a model without unbound dims compiles the same
+    # either way.
+    dynamic_dims: bool = False
+    # Bounds (inclusive) per dim name, as the model spells it: the bound proofs and memory
+    # plan may assume them, and each call's inputs are checked against them. Dims without
+    # one range over [1, 2**31).
+    dim_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     verify: bool = field(default_factory=config.debug_from_env)
     dump_ir_dir: str | None = None
     opt_level: int = 3

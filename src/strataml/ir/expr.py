@@ -11,6 +11,7 @@ import math
 import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from typing import TypeAlias
 
 from strataml.ir.types import FLOAT_DTYPES, is_float, is_int, split_vector
 from strataml.sizes import Size, SizeExpr, SymbolicSizeError
@@ -24,6 +25,8 @@ BINARY_OPS = frozenset({
     "add", "sub", "mul", "div", "floordiv", "truncdiv", "mod", "fmod", "min", "max", "pow",
     "and", "or", "xor", "shl", "shr",
 })
+# What an operator takes besides an expression: a number, or a run-time size (`SizeExpr`).
+Operand: TypeAlias = "Expr | int | float | SizeExpr"
 COMPARE_OPS = frozenset({"lt", "le", "gt", "ge", "eq", "ne"})
 REDUCE_COMBINERS = frozenset({"sum", "prod", "max", "min"})
 _COMPARE = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
@@ -52,31 +55,31 @@ class Expr:
             yield from c.walk()
 
     # Operator sugar so lowering rules read like maths.
-    def __add__(self, o: Expr | int | float) -> Expr:
+    def __add__(self, o: Operand) -> Expr:
         return binary("add", self, o)
 
-    def __radd__(self, o: int | float) -> Expr:
+    def __radd__(self, o: int | float | SizeExpr) -> Expr:
         return binary("add", o, self)
 
-    def __sub__(self, o: Expr | int | float) -> Expr:
+    def __sub__(self, o: Operand) -> Expr:
         return binary("sub", self, o)
 
-    def __rsub__(self, o: int | float) -> Expr:
+    def __rsub__(self, o: int | float | SizeExpr) -> Expr:
         return binary("sub", o, self)
 
-    def __mul__(self, o: Expr | int | float) -> Expr:
+    def __mul__(self, o: Operand) -> Expr:
         return binary("mul", self, o)
 
-    def __rmul__(self, o: int | float) -> Expr:
+    def __rmul__(self, o: int | float | SizeExpr) -> Expr:
         return binary("mul", o, self)
 
-    def __truediv__(self, o: Expr | int | float) -> Expr:
+    def __truediv__(self, o: Operand) -> Expr:
         return binary("div", self, o)
 
-    def __floordiv__(self, o: Expr | int) -> Expr:
+    def __floordiv__(self, o: Operand) -> Expr:
         return binary("floordiv", self, o)
 
-    def __mod__(self, o: Expr | int) -> Expr:
+    def __mod__(self, o: Operand) -> Expr:
         return binary("mod", self, o)
 
     def __neg__(self) -> Expr:
@@ -186,9 +189,17 @@ def var(name: str) -> Var:
     return Var("int64", name)
 
 
-def _lift(x: Expr | int | float | bool, like: Expr | None) -> Expr:
+def _lift(x: Operand, like: Expr | None) -> Expr:
     if isinstance(x, Expr):
         return x
+    if isinstance(x, SizeExpr):
+        # a run-time size read as data (a mean's count, a bound of an index): its int64
+        # expression over the kernel's `%dim` variables (`ir.size_exprs`, which builds on
+        # this module, hence the import here)
+        from strataml.ir.size_exprs import size_to_expr
+
+        e = size_to_expr(x)
+        return e if like is None else cast(e, like.dtype)
     if like is not None:
         return const(x, like.dtype)
     if isinstance(x, bool):
@@ -200,7 +211,7 @@ def _is(e: Expr, value: float) -> bool:
     return isinstance(e, Const) and e.value == value
 
 
-def binary(op: str, a: Expr | int | float, b: Expr | int | float) -> Expr:
+def binary(op: str, a: Operand, b: Operand) -> Expr:
     """Build a binary op, folding constants and identities (x+0, x*1, x*0 for ints)."""
     assert op in BINARY_OPS, op
     ea = _lift(a, b if isinstance(b, Expr) else None)
@@ -261,7 +272,7 @@ def unary(op: str, x: Expr) -> Expr:
     return Unary(x.dtype, op, x)
 
 
-def compare(op: str, a: Expr | int | float, b: Expr | int | float) -> Expr:
+def compare(op: str, a: Operand, b: Operand) -> Expr:
     assert op in COMPARE_OPS, op
     ea = _lift(a, b if isinstance(b, Expr) else None)
     eb = _lift(b, ea)
@@ -292,11 +303,11 @@ def cast(x: Expr, dtype: str) -> Expr:
     return Cast(dtype, x)
 
 
-def minimum(a: Expr, b: Expr | int | float) -> Expr:
+def minimum(a: Expr, b: Operand) -> Expr:
     return binary("min", a, b)
 
 
-def maximum(a: Expr, b: Expr | int | float) -> Expr:
+def maximum(a: Expr, b: Operand) -> Expr:
     return binary("max", a, b)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from strataml.errors import ShapeError
+from strataml.errors import ShapeError, UnsupportedOpError
 from strataml.ir.dialects.graph import Node
 from strataml.ir.expr import Const, Expr, binary, cast, compare, const, select, unary
 from strataml.ir.types import Dim, TensorType, broadcast_shapes, is_float
-from strataml.ops.lowering import LowerContext
+from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.sizes import Size, format_size
 
 
 def normalize_axis(axis: int, rank: int, node: Node) -> int:
@@ -39,8 +40,28 @@ def numel(shape: Sequence[Dim]) -> Dim:
     return out
 
 
-def out_shape(ctx: LowerContext, node: Node, i: int = 0) -> tuple[int, ...]:
-    return ctx.graph.types[node.outputs[i]].static_shape()
+def out_shape(ctx: LowerContext, node: Node, i: int = 0) -> tuple[Size, ...]:
+    """The output's shape; its dims may be run-time sizes (use `static_out_shape` in a rule
+    that needs integers)."""
+    return ctx.graph.types[node.outputs[i]].shape
+
+
+def static_out_shape(ctx: LowerContext, node: Node, i: int = 0) -> tuple[int, ...]:
+    """The output's shape as integers, for the rules that need them (loop in Python over a
+    dim, tile by it): a run-time dim is an UnsupportedOpError naming the op, node and dim."""
+    return static_dims(node, ctx.graph.types[node.outputs[i]].shape, f"output %{node.outputs[i]}")
+
+
+def static_dims(node: Node, shape: Sequence[Size], what: str) -> tuple[int, ...]:
+    """`shape` as integers, or an UnsupportedOpError saying which run-time size this op's
+    lowering cannot take (rather than binding it or failing deep inside the rule)."""
+    for axis, d in enumerate(shape):
+        if not isinstance(d, int):
+            raise UnsupportedOpError([
+                f"{node.where}: {node.op} cannot lower over the run-time size {format_size(d)} "
+                f"({what} axis {axis}); give the dim a value (dim_values) to compile it "
+                "statically"])
+    return tuple(int(d) for d in shape)
 
 
 def out_dtype(ctx: LowerContext, node: Node, i: int = 0) -> str:
@@ -76,3 +97,20 @@ def power(x: Expr, exponent: Expr) -> Expr:
         result = result * f
     minus_inf = compare("eq", x, const(float("-inf"), x.dtype))
     return select(minus_inf, const(float("inf"), x.dtype), result)
+
+
+def require_static(ctx: LowerContext, node: Node, inputs: Sequence[TensorRef | None]) -> None:
+    """For the rules written over integer shapes (convolutions, pooling: windows, im2col,
+    weight transforms chosen by size): a run-time dim in any input or output is an
+    UnsupportedOpError naming the op, the node and the size, before the rule starts."""
+    for k, ref in enumerate(inputs):
+        if ref is not None:
+            static_dims(node, ref.shape, f"input {k}")
+    for k in range(len(node.outputs)):
+        static_out_shape(ctx, node, k)
+
+
+def as_ints(shape: Sequence[Size]) -> tuple[int, ...]:
+    """A shape that `require_static` (or `static_dims`) has checked, typed as integers."""
+    assert all(isinstance(d, int) for d in shape), shape
+    return tuple(int(d) for d in shape)

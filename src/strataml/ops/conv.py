@@ -18,7 +18,12 @@ from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Attr, Node, declare_op
 from strataml.ir.expr import Expr, compare, const, idx, logical_and, select
 from strataml.ir.types import TensorType
-from strataml.ops.common import out_shape, require_same_dtype
+from strataml.ops.common import (
+    as_ints,
+    require_same_dtype,
+    require_static,
+    static_out_shape,
+)
 from strataml.ops.lowering import LowerContext, TensorRef
 from strataml.ops.window import (
     WINDOW_ATTRS,
@@ -92,7 +97,8 @@ def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
     taps_n = 1
     for k in kernel:
         taps_n *= k
-    shape = (x.shape[0], x.shape[1] * taps_n, *out_sp)
+    xs = as_ints(x.shape)
+    shape = (xs[0], xs[1] * taps_n, *out_sp)
     size = 1
     for d in shape:
         size *= d
@@ -102,7 +108,7 @@ def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
         return None  # a stride-1 1x1 convolution is a matrix product already
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
-        channel, *taps = _unflatten(ix[1], (x.shape[1], *kernel))
+        channel, *taps = _unflatten(ix[1], (xs[1], *kernel))
         # Padding is read as zeros here, so the input is copied only once.
         coords, inside = window_index(node, x, ix[2:], tuple(taps))
         return select(inside, x(ix[0], channel, *coords), const(0, x.dtype))
@@ -146,7 +152,7 @@ def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
     output [n, group, co / group, span] (see `_per_group`)."""
     group = node.attr("group")
     if x.rank != 4 or w.buffer is None or (group > 1 and not force and not _per_group_pays(
-            w.shape, group, shape, MIN_GROUP_PLANE_WORK)):
+            as_ints(w.shape), group, shape, MIN_GROUP_PLANE_WORK)):
         return None
     sh, sw = node.attr("strides")
     kh, kw = w.shape[2:]
@@ -155,7 +161,7 @@ def _shifted_plane_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
     s = sh
     dh, dw = node.attr("dilations")
     pt, pl, _, pr = node.attr("pads")
-    n, c, h, width = x.shape
+    n, c, h, width = as_ints(x.shape)
     oh = shape[2]
     wq = -(-(width + pl + pr) // s)
     if 2 * shape[3] < wq and not force:
@@ -239,7 +245,7 @@ def _winograd_rows_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRe
             or (x.shape[1] < WINOGRAD_MIN_CHANNELS and not force)):
         return None
     m, alpha = WINOGRAD_AT.shape
-    n, c, _, width = x.shape
+    n, c, _, width = as_ints(x.shape)
     cout, oh = shape[1], shape[2]
     pt, pl, _, pr = node.attr("pads")
     wq = width + pl + pr
@@ -350,8 +356,8 @@ def _banded_dilated_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorR
     pads = node.attr("pads")
     if max(dil) == 1 or any(s != 1 for s in node.attr("strides")):
         return None
-    n, c, h, width = x.shape
-    kh, kw = w.shape[2:]
+    n, c, h, width = as_ints(x.shape)
+    kh, kw = as_ints(w.shape[2:])
     rows = _tap_bands(h, shape[2], kh, dil[0], pads[0])
     cols = _tap_bands(width, shape[3], kw, dil[1], pads[1])
     useful = sum((y1 - y0) * (t1 - t0) for y0, y1, t0, t1 in rows) \
@@ -414,7 +420,7 @@ def _im2col_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRef,
     depth = col.shape[1]
     w2 = (ctx.input_ref(node.inputs[1], (w.shape[0], depth)) if w.buffer is not None
           else TensorRef(w.dtype, (w.shape[0], depth), lambda ix: w(
-              ix[0], *_unflatten(ix[1], w.shape[1:]))))
+              ix[0], *_unflatten(ix[1], as_ints(w.shape[1:])))))
 
     def gemm(ix: tuple[Expr, ...]) -> Expr:
         n, co = ix[0], ix[1]
@@ -443,7 +449,7 @@ def _direct_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRef,
 
         return ctx.reduce("sum", (cin_g, *kernel), body)
 
-    if _per_group_pays(w.shape, group, shape):
+    if _per_group_pays(as_ints(w.shape), group, shape):
         return _per_group(ctx, x.dtype, (shape[0], group, cout_g, *shape[2:]), bias,
                           lambda ix: window_sum(ix[0], ix[1], ix[1] * cout_g + ix[2],
                                                 ix[3:]), "grouped")
@@ -476,7 +482,8 @@ def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     assert x is not None
     assert w is not None
     bias = inputs[2] if len(inputs) > 2 else None
-    shape = out_shape(ctx, node)
+    require_static(ctx, node, inputs)
+    shape = static_out_shape(ctx, node)
     pinned = node.attr("algorithm")
     for name in (pinned,) if pinned else tuple(CONV_ALGORITHMS):
         ref = CONV_ALGORITHMS[name](ctx, node, x, w, bias, shape, pinned is not None)

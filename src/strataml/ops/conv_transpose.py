@@ -16,7 +16,12 @@ from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Attr, Node, declare_op
 from strataml.ir.expr import Expr, binary, compare, const, idx, logical_and, select
 from strataml.ir.types import TensorType
-from strataml.ops.common import out_shape, require_same_dtype
+from strataml.ops.common import (
+    as_ints,
+    require_same_dtype,
+    require_static,
+    static_out_shape,
+)
 from strataml.ops.lowering import LowerContext, TensorRef
 from strataml.ops.window import WINDOW_ATTRS
 
@@ -88,7 +93,7 @@ def _product_then_overlap_add(ctx: LowerContext, node: Node, x: TensorRef,
     kernel = tuple(weights.shape[2:])
     n, c_in = x.shape[:2]
     cin_g, cout_g = c_in // group, weights.shape[1]
-    taps, pixels = int(np.prod(kernel)), int(np.prod(x.shape[2:]))
+    taps, pixels = int(np.prod(kernel)), int(np.prod(as_ints(x.shape[2:])))
     # W^T[g, co * taps + t, ci] = W[g * cin_g + ci, co, *t]
     wt = np.ascontiguousarray(weights.reshape(group, cin_g, cout_g * taps).transpose(0, 2, 1))
     wref = ctx.derived_constant(f"{node.inputs[1]}.overlap_add", wt)
@@ -150,7 +155,8 @@ def lower_conv_transpose(ctx: LowerContext, node: Node, inputs: list[TensorRef |
     assert x is not None
     assert w is not None
     bias = inputs[2] if len(inputs) > 2 else None
-    shape = out_shape(ctx, node)
+    require_static(ctx, node, inputs)
+    shape = static_out_shape(ctx, node)
     overlap_add = _product_then_overlap_add(ctx, node, x, bias, shape)
     if overlap_add is not None:
         return [overlap_add]

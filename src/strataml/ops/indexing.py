@@ -35,8 +35,10 @@ from strataml.ops.common import (
     out_dtype,
     out_shape,
     require_same_dtype,
+    static_dims,
 )
 from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.sizes import Size
 
 _INDEX_DTYPES = ("int32", "int64")
 
@@ -51,7 +53,7 @@ def _wrap_array(ind: np.ndarray, dim: int | np.ndarray) -> np.ndarray:
     return np.where(ind < 0, ind + dim, ind)
 
 
-def _wrap_index(raw: Expr, dim: int) -> Expr:
+def _wrap_index(raw: Expr, dim: Size) -> Expr:
     """An index read from a tensor, with ONNX's negative-from-the-end rule."""
     i = cast(raw, "int64")
     return select(compare("lt", i, 0), i + dim, i)
@@ -209,9 +211,11 @@ def _scatter_nd(node: Node, ins: list) -> list[np.ndarray]:
     return [out]
 
 
-def _scatter(ctx: LowerContext, node: Node, x: TensorRef, extents: tuple[int, ...],
+def _scatter(ctx: LowerContext, node: Node, x: TensorRef, sizes: tuple[Size, ...],
              match: Callable[..., Expr], update: Callable[..., Expr]) -> TensorRef:
-    """out[ix] = x[ix] combined with every update p (over `extents`) where match(ix, p)."""
+    """out[ix] = x[ix] combined with every update p (over `sizes`) where match(ix, p)."""
+    static_dims(node, x.shape, "data")  # (the match compares update and data extents)
+    extents = static_dims(node, sizes, "updates")
     reduction = node.attr("reduction")
 
     if reduction == "none":

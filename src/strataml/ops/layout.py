@@ -30,7 +30,7 @@ from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Attr, Node, declare_op
 from strataml.ir.expr import Expr, compare, const, logical_and, reduce_identity, select
 from strataml.ir.types import Dim, TensorType
-from strataml.ops.common import numel
+from strataml.ops.common import numel, require_static
 from strataml.ops.conv import CONV_ATTRS, conv_reference, infer_conv
 from strataml.ops.lowering import LowerContext, TensorRef
 from strataml.ops.pool import POOL_ATTRS, infer_pool, max_pool_reference
@@ -171,6 +171,7 @@ def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorR
     x = inputs[0]
     bias = inputs[2] if len(inputs) > 2 else None
     assert x is not None
+    require_static(ctx, node, inputs)
     weights = ctx.constant_value(node.inputs[1])
     if weights is None:
         raise ValueError("the weights of a channels-last convolution must be constant")
@@ -236,6 +237,7 @@ def lower_max_pool_channels_last(ctx: LowerContext, node: Node,
     channels-first pool does), every step a vector of channels."""
     x = inputs[0]
     assert x is not None
+    require_static(ctx, node, inputs)
     kh, kw = node.attr("kernel_shape")
     sh, sw = node.attr("strides")
     dh, dw = node.attr("dilations")
@@ -265,6 +267,7 @@ def lower_channels_last_to_first(ctx: LowerContext, node: Node,
                                  inputs: list[TensorRef | None]) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
+    require_static(ctx, node, inputs)
     h, w = node.attr("spatial")
     n, _, c = x.shape
     return [TensorRef(x.dtype, (n, c, h, w), lambda ix: x(ix[0], ix[2] * w + ix[3], ix[1]))]

@@ -15,6 +15,7 @@ import numpy as np
 from strataml.ir.dialects.graph import Graph
 from strataml.ir.dialects.kernel import Buffer, Stage
 from strataml.ir.expr import Const, Expr, Load, Reduce, Var, const, idx, reduce
+from strataml.sizes import Size, format_size
 
 IndexFn = Callable[[tuple[Expr, ...]], Expr]
 
@@ -22,7 +23,7 @@ IndexFn = Callable[[tuple[Expr, ...]], Expr]
 @dataclass(frozen=True)
 class TensorRef:
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[Size, ...]  # a dim may be a run-time size (`batch`, `seq*4`)
     fn: IndexFn
     buffer: str | None = None  # set when the ref is a plain load of a kernel buffer
     scalar: Const | None = None  # set when every element is the same constant
@@ -37,21 +38,27 @@ class TensorRef:
         return self.fn(tuple(idx(i) if isinstance(i, int) else i for i in indices))
 
     @staticmethod
-    def load(name: str, dtype: str, shape: tuple[int, ...]) -> TensorRef:
+    def load(name: str, dtype: str, shape: tuple[Size, ...]) -> TensorRef:
         return TensorRef(dtype, shape, lambda ix: Load(dtype, name, ix), buffer=name)
 
     @staticmethod
-    def constant(value: float | int | bool, dtype: str, shape: tuple[int, ...]) -> TensorRef:
+    def constant(value: float | int | bool, dtype: str, shape: tuple[Size, ...]
+                 ) -> TensorRef:
         c = const(value, dtype)
         return TensorRef(dtype, shape, lambda ix: c, scalar=c)
 
-    def broadcast_to(self, shape: Sequence[int]) -> TensorRef:
+    def broadcast_to(self, shape: Sequence[Size]) -> TensorRef:
         """numpy broadcasting: leading axes dropped, size-1 axes read at index 0."""
         shape = tuple(shape)
         if shape == self.shape:
             return self
         lead = len(shape) - self.rank
         mine = self.shape
+        for d, want in zip(mine, shape[lead:], strict=True):
+            if d != 1 and d != want:  # (run-time sizes only: static shapes were checked)
+                raise ValueError(f"broadcasting a run-time size {format_size(d)} to "
+                                 f"{format_size(want)} is not supported (the inputs must "
+                                 "share the dim, or have 1 there)")
 
         def fn(ix: tuple[Expr, ...]) -> Expr:
             return self.fn(tuple(idx(0) if d == 1 else i
@@ -62,6 +69,16 @@ class TensorRef:
     def contains_reduce(self) -> bool:
         probe = self.fn(tuple(idx(0) for _ in self.shape))
         return any(isinstance(e, Reduce) for e in probe.walk())
+
+
+def size_expr(size: Size) -> Expr:
+    """A size as an int64 index expression: a constant, or one over the kernel's `%dim`
+    variables for a run-time size (an ArgMax's 'not found', a bound of an index)."""
+    if isinstance(size, int):
+        return idx(size)
+    from strataml.ir.size_exprs import size_to_expr
+
+    return size_to_expr(size)
 
 
 # Constants with at most this many elements are inlined into expressions as literals.
@@ -89,11 +106,12 @@ class LowerContext:
     def constant_value(self, value_name: str) -> np.ndarray | None:
         return self.graph.constants.get(value_name)
 
-    def input_ref(self, value_name: str, view: tuple[int, ...] | None = None) -> TensorRef:
+    def input_ref(self, value_name: str, view: tuple[Size, ...] | None = None) -> TensorRef:
         """A kernel input bound to a graph value; `view` reads its (flat) memory with another
-        shape of the same size, e.g. conv weights [co, ci, kh, kw] as [co, ci*kh*kw]."""
+        shape of the same size, e.g. conv weights [co, ci, kh, kw] as [co, ci*kh*kw]. Its dims
+        may be run-time sizes: the buffer then has them (`float32[batch,16]`)."""
         t = self.graph.types[value_name]
-        shape = t.static_shape() if view is None else view
+        shape = t.shape if view is None else view
         data = self.graph.constants.get(value_name)
         if data is not None and data.size <= INLINE_CONSTANT_LIMIT:
             flat = np.asarray(data).reshape(-1)
@@ -107,7 +125,7 @@ class LowerContext:
         self.derived[value_name] = data
         return self._bound_input(value_name, str(data.dtype), data.shape)
 
-    def _bound_input(self, value_name: str, dtype: str, shape: tuple[int, ...]) -> TensorRef:
+    def _bound_input(self, value_name: str, dtype: str, shape: tuple[Size, ...]) -> TensorRef:
         """A load of the kernel input bound to `value_name` in `shape`, added if new."""
         for buf in self.buffers:
             if self.values.get(buf.name) == value_name and buf.shape == shape \
@@ -131,16 +149,16 @@ class LowerContext:
         """Write `ref` to the kernel output bound to `value_name`; returns a load of it."""
         t = self.graph.types[value_name]
         name = f"out{len(self.buffers)}"
-        self.buffers.append(Buffer(name, t.dtype, t.static_shape(), "output"))
+        self.buffers.append(Buffer(name, t.dtype, t.shape, "output"))
         self.values[name] = value_name
         self._stage(name, ref)
-        return TensorRef.load(name, t.dtype, t.static_shape())
+        return TensorRef.load(name, t.dtype, t.shape)
 
     def _stage(self, name: str, ref: TensorRef) -> None:
         axes = self.fresh_vars(ref.rank, "i")
         self.stages.append(Stage(name, axes, ref(*axes)))
 
-    def reduce(self, combiner: str, extents: tuple[int, ...],
+    def reduce(self, combiner: str, extents: tuple[Size, ...],
                body: Callable[..., Expr], init: Expr | None = None) -> Expr:
         """Reduce `body(*reduction_vars)` over `extents` with `combiner`.
 

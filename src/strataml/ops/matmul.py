@@ -61,7 +61,7 @@ def lower_matmul(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     return [TensorRef(a.dtype, shape, fn)]
 
 
-def _bcast(batch: tuple[Expr, ...], dims: tuple[int, ...]) -> tuple[Expr, ...]:
+def _bcast(batch: tuple[Expr, ...], dims: tuple[Dim, ...]) -> tuple[Expr, ...]:
     """Index a (possibly shorter, size-1) batch shape with the output's batch indices."""
     lead = len(batch) - len(dims)
     return tuple(idx(0) if d == 1 else i for d, i in zip(dims, batch[lead:], strict=True))
@@ -182,7 +182,7 @@ def lower_einsum(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                  ) -> list[TensorRef]:
     refs = [r for r in inputs if r is not None]
     terms, out = parse_einsum(node.attr("equation"), [r.rank for r in refs])
-    sizes: dict[str, int] = {}
+    sizes: dict[str, Dim] = {}
     for term, r in zip(terms, refs, strict=True):
         for ch, d in zip(term, r.shape, strict=True):
             if d != 1 or ch not in sizes:

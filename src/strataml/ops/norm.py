@@ -12,8 +12,9 @@ from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Attr, Node, declare_op
 from strataml.ir.expr import Expr, cast, compare, const, idx, logical_and, select, unary
 from strataml.ir.types import TensorType
-from strataml.ops.common import broadcast_types, normalize_axis, power
-from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.ops.common import broadcast_types, normalize_axis, numel, power
+from strataml.ops.lowering import LowerContext, TensorRef, size_expr
+from strataml.sizes import Size
 
 # ---------------------------------------------------------------- Softmax, LogSoftmax, Hardmax
 
@@ -45,7 +46,7 @@ def _with_axis(ix: tuple[Expr, ...], axis: int, value: Expr) -> tuple[Expr, ...]
     return (*ix[:axis], value, *ix[axis + 1:])
 
 
-def _keep_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+def _keep_shape(shape: tuple[Size, ...], axes: tuple[int, ...]) -> tuple[Size, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
 
@@ -95,7 +96,7 @@ def lower_hardmax(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     # The first position holding the maximum wins ties, as ONNX's Hardmax says.
     first = ctx.materialize(TensorRef("int64", stat_shape, lambda ix: ctx.reduce(
         "min", (n,), lambda r: select(compare("eq", x(*_with_axis(ix, axis, r)), best.fn(ix)),
-                                      r, idx(n)), init=idx(n))), "first")
+                                      r, size_expr(n)), init=size_expr(n))), "first")
     one, zero = const(1, x.dtype), const(0, x.dtype)
     return [TensorRef(x.dtype, x.shape, lambda ix: select(
         compare("eq", ix[axis], first.fn(_with_axis(ix, axis, idx(0)))), one, zero))]
@@ -140,12 +141,11 @@ def lower_layernorm(ctx: LowerContext, node: Node, inputs: list[TensorRef | None
     axis = node.attr("axis") % x.rank
     axes = tuple(range(axis, x.rank))
     extents = x.shape[axis:]
-    count = 1
-    for d in extents:
-        count *= d
+    count = numel(extents)
     stat_shape = _keep_shape(x.shape, axes)
     eps = const(node.attr("epsilon"), x.dtype)
-    n = const(count, x.dtype)
+    # (a run-time row's count is read from the kernel's dims, as a float)
+    n = const(count, x.dtype) if isinstance(count, int) else cast(size_expr(count), x.dtype)
 
     def over(ix: tuple[Expr, ...], rs: tuple[Expr, ...]) -> tuple[Expr, ...]:
         return (*ix[:axis], *rs)

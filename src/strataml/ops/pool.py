@@ -10,7 +10,7 @@ from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Attr, Node, declare_op
 from strataml.ir.expr import Expr, const, reduce_identity
 from strataml.ir.types import TensorType, is_float
-from strataml.ops.common import out_shape
+from strataml.ops.common import as_ints, require_static, static_out_shape
 from strataml.ops.lowering import LowerContext, TensorRef
 from strataml.ops.window import (
     WINDOW_ATTRS,
@@ -103,8 +103,9 @@ def lower_max_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                    ) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
+    require_static(ctx, node, inputs)
     lowest = reduce_identity("max", x.dtype)
-    return [_window_reduce(ctx, node, x, "max", lowest, out_shape(ctx, node))]
+    return [_window_reduce(ctx, node, x, "max", lowest, static_out_shape(ctx, node))]
 
 
 def _window_counts(node: Node, in_sp: tuple[int, ...], out_sp: tuple[int, ...]) -> np.ndarray:
@@ -131,9 +132,10 @@ def lower_avg_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                    ) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
-    shape = out_shape(ctx, node)
+    require_static(ctx, node, inputs)
+    shape = static_out_shape(ctx, node)
     total = _window_reduce(ctx, node, x, "sum", const(0, x.dtype), shape)
-    counts = _window_counts(node, x.shape[2:], shape[2:])
+    counts = _window_counts(node, as_ints(x.shape[2:]), shape[2:])
     if np.all(counts == counts.flat[0]):
         scale = const(1 / counts.flat[0], x.dtype)
         return [TensorRef(x.dtype, shape, lambda ix: total.fn(ix) * scale)]
@@ -146,7 +148,8 @@ def lower_global_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | No
                       ) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
-    spatial = x.shape[2:]
+    require_static(ctx, node, inputs)
+    spatial = as_ints(x.shape[2:])
     size = 1
     for d in spatial:
         size *= d
@@ -156,7 +159,7 @@ def lower_global_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | No
         acc = ctx.reduce(combiner, spatial, lambda *sp: x(ix[0], ix[1], *sp))
         return acc / const(size, x.dtype) if combiner == "sum" else acc
 
-    return [TensorRef(x.dtype, out_shape(ctx, node), fn)]
+    return [TensorRef(x.dtype, static_out_shape(ctx, node), fn)]
 
 
 # ---------------------------------------------------------------- declarations

@@ -13,8 +13,9 @@ import numpy as np
 from strataml.ir.dialects.graph import Attr, Node, declare_op
 from strataml.ir.expr import Expr, compare, const, idx, reduce_identity, select, unary
 from strataml.ir.types import TensorType, is_float
-from strataml.ops.common import normalize_axis, out_shape
-from strataml.ops.lowering import LowerContext, TensorRef
+from strataml.ops.common import normalize_axis, numel, out_shape
+from strataml.ops.lowering import LowerContext, TensorRef, size_expr
+from strataml.sizes import Size
 
 # ---------------------------------------------------------------- shape rule
 
@@ -97,10 +98,17 @@ def _arg(node: Node, ins: list) -> list[np.ndarray]:
 # ---------------------------------------------------------------- lowering
 
 # op -> (combiner, map applied to each element, map applied to the result given the count)
-_REDUCTIONS: dict[str, tuple[str, Callable[[Expr], Expr], Callable[[Expr, int], Expr]]] = {
+def _mean(total: Expr, count: Size) -> Expr:
+    """total / count; a run-time count is read from the kernel's dims (it is >= 1)."""
+    if isinstance(count, int):
+        return total / const(max(count, 1), total.dtype) if count else total / const(
+            0, total.dtype)
+    return total / count
+
+
+_REDUCTIONS: dict[str, tuple[str, Callable[[Expr], Expr], Callable[[Expr, Size], Expr]]] = {
     "ReduceSum": ("sum", lambda x: x, lambda r, n: r),
-    "ReduceMean": ("sum", lambda x: x, lambda r, n: r / const(max(n, 1), r.dtype)
-                   if n else r / const(0, r.dtype)),
+    "ReduceMean": ("sum", lambda x: x, _mean),
     "ReduceMax": ("max", lambda x: x, lambda r, n: r),
     "ReduceMin": ("min", lambda x: x, lambda r, n: r),
     "ReduceProd": ("prod", lambda x: x, lambda r, n: r),
@@ -127,7 +135,7 @@ def _in_index(ix: tuple[Expr, ...], rs: tuple[Expr, ...], rank: int, axes: tuple
 
 def _reduce_ref(ctx: LowerContext, x: TensorRef, node: Node, combiner: str,
                 elem: Callable[[Expr], Expr], axes: tuple[int, ...], keepdims: bool,
-                shape: tuple[int, ...]) -> TensorRef:
+                shape: tuple[Size, ...]) -> TensorRef:
     extents = tuple(x.shape[a] for a in axes)
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
@@ -146,7 +154,7 @@ def lower_reduce(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     if not axes:
         return [x]
     combiner, elem, finish = _REDUCTIONS[node.op]
-    count = math.prod([x.shape[a] for a in axes])
+    count = numel([x.shape[a] for a in axes])
     raw = _reduce_ref(ctx, x, node, combiner, elem, axes, bool(node.attr("keepdims")), shape)
     return [TensorRef(x.dtype, shape, lambda ix: finish(raw.fn(ix), count))]
 
@@ -205,9 +213,10 @@ def lower_arg(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]) -> 
             return x(*_in_index(ix, (r,), x.rank, (axis,), keep))
 
         def body(r: Expr) -> Expr:
-            return select(compare("eq", at(r), target), r, idx(-1 if last else n))
+            return select(compare("eq", at(r), target), r, idx(-1) if last else size_expr(n))
 
-        found = ctx.reduce("max" if last else "min", (n,), body, init=idx(-1 if last else n))
+        found = ctx.reduce("max" if last else "min", (n,), body,
+                           init=idx(-1) if last else size_expr(n))
         if not floating or n == 0:
             return found
         first = at(idx(0))

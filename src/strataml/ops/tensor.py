@@ -29,7 +29,7 @@ from strataml.ir.expr import (
 from strataml.ir.types import Dim, TensorType, broadcast_shapes
 from strataml.ops.common import normalize_axis, numel, out_shape, require_same_dtype
 from strataml.ops.lowering import LowerContext, TensorRef
-from strataml.sizes import ceildiv, is_symbolic, size_max, size_min
+from strataml.sizes import Size, ceildiv, is_symbolic, size_max, size_min
 
 # ---------------------------------------------------------------- Reshape and its kin
 # (Flatten, Squeeze and Unsqueeze are reshapes whose target shape follows from a rule)
@@ -83,14 +83,14 @@ def _reshape_to_inferred(node: Node, ins: list) -> list[np.ndarray]:
     return [ins[0].reshape(t.shape).copy()]
 
 
-def _flat(ix: tuple[Expr, ...], shape: tuple[int, ...]) -> Expr:
+def _flat(ix: tuple[Expr, ...], shape: tuple[Size, ...]) -> Expr:
     flat: Expr = idx(0)
     for i, d in zip(ix, shape, strict=True):
         flat = flat * d + i
     return flat
 
 
-def _unflat(flat: Expr, shape: tuple[int, ...]) -> tuple[Expr, ...]:
+def _unflat(flat: Expr, shape: tuple[Size, ...]) -> tuple[Expr, ...]:
     out: list[Expr] = []
     for d in reversed(shape):
         out.append(flat % d if d != 1 else idx(0))
@@ -110,10 +110,68 @@ def lower_reshape(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
         def fn(ix: tuple[Expr, ...]) -> Expr:
             core = iter(i for i, d in zip(ix, shape, strict=True) if d != 1)
             return x(*(idx(0) if d == 1 else next(core) for d in x.shape))
+    elif (groups := _axis_groups(x.shape, shape)) is not None:
+        # Over run-time sizes: each group of axes maps to its own (a head split [s, 32] ->
+        # [s, 4, 8] divides by 8 only), never dividing by a run-time dim it need not.
+        def fn(ix: tuple[Expr, ...]) -> Expr:
+            out: list[Expr] = []
+            for ins, outs in groups:
+                flat = _flat(tuple(ix[k] for k in outs), tuple(shape[k] for k in outs))
+                out += _unflat_inside(flat, tuple(x.shape[k] for k in ins))
+            return x(*out)
     else:
         def fn(ix: tuple[Expr, ...]) -> Expr:
             return x(*_unflat(_flat(ix, shape), x.shape))
     return [TensorRef(x.dtype, shape, fn)]
+
+
+def _axis_groups(a: tuple[Size, ...], b: tuple[Size, ...]
+                 ) -> list[tuple[list[int], list[int]]] | None:
+    """For a reshape with run-time sizes, the runs of axes of `a` and `b` whose sizes
+    multiply to the same size ([b, s, 32] -> [b, s, 4, 8]: [b]-[b], [s]-[s], [32]-[4, 8]);
+    None where some run is not found by this greedy match, and for static reshapes (which
+    keep the flat index they always had)."""
+    if not (any(is_symbolic(d) for d in a) or any(is_symbolic(d) for d in b)):
+        return None
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        ga, gb, pa, pb = [i], [j], a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            # (an integer product can only grow into a run-time one; two run-time products
+            # that differ are left to the general flat index)
+            if isinstance(pa, int) and (not isinstance(pb, int) or pa < pb) and i < len(a):
+                pa, i = pa * a[i], i + 1
+                ga.append(i - 1)
+            elif isinstance(pb, int) and (not isinstance(pa, int) or pb < pa) and j < len(b):
+                pb, j = pb * b[j], j + 1
+                gb.append(j - 1)
+            else:
+                return None
+        groups.append((ga, gb))
+    rest_a, rest_b = list(range(i, len(a))), list(range(j, len(b)))
+    if any(a[k] != 1 for k in rest_a) or any(b[k] != 1 for k in rest_b):
+        return None
+    if groups:  # (trailing unit axes join the last run)
+        groups[-1][0].extend(rest_a)
+        groups[-1][1].extend(rest_b)
+    elif rest_a or rest_b:
+        groups.append((rest_a, rest_b))
+    return groups
+
+
+def _unflat_inside(flat: Expr, shape: tuple[Size, ...]) -> list[Expr]:
+    """Indices into `shape` of a flat index known to be inside it (the outermost is the
+    quotient itself: no modulo)."""
+    if not shape:
+        return []
+    out: list[Expr] = []
+    for d in reversed(shape[1:]):
+        out.append(flat % d if d != 1 else idx(0))
+        flat = flat // d if d != 1 else flat
+    out.append(flat if shape[0] != 1 else idx(0))
+    return list(reversed(out))
 
 
 # ---------------------------------------------------------------- Transpose
@@ -176,8 +234,8 @@ def lower_concat(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     pieces = [r for r in refs if r.shape[axis] > 0]
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
-        starts: list[int] = []
-        offset = 0
+        starts: list[Size] = []
+        offset: Size = 0
         for r in pieces:
             starts.append(offset)
             offset += r.shape[axis]

@@ -148,13 +148,19 @@ def verify_kernel(kernel: Kernel) -> None:
             raise VerifyError(f"{kernel.where}: output %{b.name} is never written")
 
 
+def _is_own_dim(kernel: Kernel, v: Var) -> bool:
+    """`%n` read as a value (a mean's run-time count): bound by the caller, as the kernel's
+    dims are, so only the dims its buffers name."""
+    return v.dtype == "int64" and v.name.startswith("%") and v.name[1:] in kernel.dims
+
+
 def _inputs(buffers: dict[str, Buffer]) -> set[str]:
     return {n for n, b in buffers.items() if b.role == "input"}
 
 
 def _check_expr(kernel: Kernel, e: Expr, bound: set[Var], buffers: dict[str, Buffer],
                 readable: set[str]) -> None:
-    if isinstance(e, Var) and e not in bound:
+    if isinstance(e, Var) and e not in bound and not _is_own_dim(kernel, e):
         raise VerifyError(f"{kernel.where}: variable {e.name} is not bound")
     if isinstance(e, Load):
         buf = buffers.get(e.buffer)

@@ -65,7 +65,7 @@ def lower_group(graph: Graph, node: Node, name: str
             raise PassError(f"lowering {inner.where}: {type(exc).__name__}: {exc}") from exc
         for value, ref in zip(inner.outputs, outs, strict=False):
             want = graph.types[value]
-            if ref.shape != want.static_shape() or ref.dtype != want.dtype:
+            if ref.shape != want.shape or ref.dtype != want.dtype:
                 raise PassError(f"lowering {inner.where}: rule produced {ref.dtype}"
                                 f"{list(ref.shape)} for %{value}, expected {want}")
             if value in node.outputs and uses.get(value, 0):

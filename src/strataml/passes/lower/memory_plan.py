@@ -197,6 +197,8 @@ def concats_by_placement(graph: Graph) -> dict[str, tuple[str, int]]:
         if node.op != "Concat" or node.body:
             continue
         out = node.outputs[0]
+        if not graph.types[out].is_static:
+            continue  # (a run-time size: byte offsets inside it would be formulas)
         shape = graph.types[out].static_shape()
         axis = node.attr("axis") % len(shape)
         inputs = list(node.inputs)

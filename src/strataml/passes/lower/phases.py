@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOp
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
+from strataml.ir.size_exprs import dim_var
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
@@ -49,7 +51,7 @@ from strataml.runtime.hal import (
 )
 from strataml.schedule import Schedule
 from strataml.schedule.schedule import TILE_ROW_VECTORS, default_schedule
-from strataml.sizes import Size
+from strataml.sizes import Size, numel, size_dims
 from strataml.target import Target
 
 
@@ -187,9 +189,6 @@ class LowerToKernels(LoweringPass):
     def lower(self, state: CompileState) -> CompileState:
         graph = state.graph
         check_supported(graph)
-        for name in graph.outputs:
-            if not graph.types[name].is_static:
-                raise StrataError(f"output %{name} has symbolic shape {graph.types[name]}")
         kernels: list[Kernel] = []
         nodes: list[Node] = []
         bindings: list[dict[str, str]] = []
@@ -290,21 +289,26 @@ class LowerToLoops(LoweringPass):
         functions: list[str] = []
         pairs_of: dict[str, tuple[tuple[str, str], ...]] = {}
         chosen: dict[tuple, Schedule] = {}  # a fallback replacing a default schedule
+        ranges = graph_dim_ranges(state.options)
         for k in state.kernels:
+            # (the ranges of the kernel's own dims only: any other would become an argument)
+            proofs = {dim_var(d): ranges[d] for d in k.dims if d in ranges}
             key = (k.buffers, k.stages, state.schedules[k.name])
             if key not in function_of:
                 function_of[key] = k.name
                 prepared, schedule = state.prepared[k.name], state.schedules[k.name]
                 with blame(k.where, self.name):
                     try:
-                        fn = lower_kernel(prepared, schedule, target=state.target)
+                        fn = lower_kernel(prepared, schedule, target=state.target,
+                                          dim_ranges=proofs)
                     except ScheduleError:
                         if _given_schedule(state.options, k.name) is not None:
                             raise
                         schedule = default_schedule(prepared, state.options.threads(),
                                                     state.target,
                                                     compute_copies_at_consumers=False)
-                        fn = lower_kernel(prepared, schedule, target=state.target)
+                        fn = lower_kernel(prepared, schedule, target=state.target,
+                                          dim_ranges=proofs)
                         chosen[key] = schedule
                     pairs_of[k.name] = in_place_pairs(prepared, schedule)
                 loops.append(replace(fn, aliased=tuple(b for pair in pairs_of[k.name]
@@ -332,7 +336,9 @@ class PlanMemory(LoweringPass):
         _needs_graph(state, self.name)
         plan, calls, weights = _plan(state.graph, state.kernels, state.bindings,
                                      state.functions, state.placed,
-                                     [state.pairs_of[f] for f in state.functions])
+                                     [state.pairs_of[f] for f in state.functions],
+                                     {fn.name: fn for fn in state.loops},
+                                     graph_dim_ranges(state.options))
         return replace(state, plan=replace(plan, num_threads=state.options.threads()),
                        calls=calls, weights=weights)
 
@@ -444,7 +450,7 @@ def _outputs_over_inputs(graph: Graph, bindings: list[dict[str, str]],
             if out is None or source is None or out in pinned or source in pinned \
                     or out in taken or first_write.get(out) != step \
                     or source not in first_write or last_read.get(source) != step \
-                    or graph.types[out].nbytes != graph.types[source].nbytes \
+                    or _nbytes(graph.types[out]) != _nbytes(graph.types[source]) \
                     or sum(v == source for v in values.values()) > 1:
                 continue  # (bound to two buffers, the other may be read anywhere)
             root = taken.get(source, source)
@@ -456,15 +462,59 @@ def _outputs_over_inputs(graph: Graph, bindings: list[dict[str, str]],
     return taken
 
 
+def graph_dim_ranges(options: CompileOptions) -> dict[str, tuple[int, int]]:
+    """`options.dim_ranges` by the graph's dim names: the ONNX importer makes a model's dim
+    name an identifier (`batch size` -> `batch_size`); an identifier is kept as it is."""
+    return {re.sub(r"\W", "_", name): (int(lo), int(hi))
+            for name, (lo, hi) in options.dim_ranges.items()}
+
+
+def _nbytes(t: TensorType) -> Size:
+    """A value's bytes: an int, or a formula over the dims for a run-time shape."""
+    return numel(t.shape) * np.dtype(t.dtype).itemsize
+
+
+def _plan_dims(graph: Graph, ranges: dict[str, tuple[int, int]]
+               ) -> tuple[tuple[str, ...], tuple[tuple[str, int, int], ...]]:
+    """The plan's dims table: every dim the inputs' shapes name, in the order they first
+    appear (the executor binds each from an input axis), and the ranges given for them."""
+    dims: list[str] = []
+    for v in graph.inputs:
+        for d in graph.types[v].shape:
+            for name in sorted(size_dims(d)):
+                if name not in dims:
+                    dims.append(name)
+    return tuple(dims), tuple((d, *ranges[d]) for d in dims if d in ranges)
+
+
+def _call_dims(kernel: Kernel, fn: LoopFunction, dims: tuple[str, ...]) -> tuple[int, ...]:
+    """For each dim the loop function takes (`fn.dims`, in its order), its index in the
+    plan's dims table."""
+    out = []
+    for d in fn.dims:
+        name = d.name.lstrip("%")
+        if name not in dims:
+            raise PassError(f"{kernel.where}: run-time size {name} is not a dim of the model's "
+                            f"inputs ({', '.join(dims) or 'none'}), so no call can bind it")
+        out.append(dims.index(name))
+    return tuple(out)
+
+
 def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
           functions: list[str], placed: dict[str, tuple[str, int]],
-          in_place: list[tuple[tuple[str, str], ...]]
+          in_place: list[tuple[tuple[str, str], ...]],
+          loops: dict[str, LoopFunction] | None = None,
+          ranges: dict[str, tuple[int, int]] | None = None
           ) -> tuple[ExecutionPlan, list[KernelCall], dict[str, np.ndarray]]:
     """Decide where every tensor lives. Graph inputs are read in place from the caller's
     arrays and kernel-produced outputs are written straight into fresh result arrays (the
     "io" region: a table of pointers passed per call); intermediates share the arena. A
     kernel that may write over an input (`in_place`: its (output, input) buffer pairs) gets
-    the input's bytes for its output when the input dies there."""
+    the input's bytes for its output when the input dies there. Over run-time dims, sizes
+    and arena offsets are formulas over the plan's `dims` (see `memory_plan.plan_arena`),
+    and each call maps its loop function's dims to the table."""
+    loops = loops or {}
+    dims, dim_ranges = _plan_dims(graph, ranges or {})
     steps = len(kernels)
     io_index = {v: k for k, v in enumerate(graph.inputs)}
     produced = {values[b.name] for kernel, values in zip(kernels, bindings, strict=True)
@@ -474,7 +524,7 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
         t = graph.types[v]
         if v in produced and v not in io_index:
             io_index[v] = len(graph.inputs) + len(outputs)
-        outputs.append(TensorSlot(v, t.dtype, t.static_shape(), "", 0))  # placed below
+        outputs.append(TensorSlot(v, t.dtype, t.shape, "", 0))  # placed below
 
     first_write: dict[str, int] = {}
     last_read: dict[str, int] = {}
@@ -482,7 +532,7 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     for s, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
         for buf in kernel.buffers:
             if buf.role == "temp":
-                temps.append(Interval(f"{kernel.name}/{buf.name}", buf.static_numel *
+                temps.append(Interval(f"{kernel.name}/{buf.name}", numel(buf.shape) *
                                       np.dtype(buf.dtype).itemsize, s, s))
                 continue
             value = values[buf.name]
@@ -503,9 +553,10 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     for out, root in same_bytes.items():  # one interval for both, the root's
         last_read[root] = max(last_read[root], last_read.pop(out))
         del first_write[out]
-    activations = [Interval(v, graph.types[v].nbytes, first_write[v], last_read[v])
+    activations = [Interval(v, _nbytes(graph.types[v]), first_write[v], last_read[v])
                    for v in first_write if v not in io_index and v not in placed]
-    offsets, arena_bytes = plan_arena(activations + temps, steps)
+    offsets, arena_bytes = plan_arena(activations + temps, steps,
+                                      {d: (lo, hi) for d, lo, hi in dim_ranges})
     for out, root in same_bytes.items():
         offsets[out] = offsets[root]
     for piece, (whole, at) in placed.items():
@@ -528,7 +579,7 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
             region, offset = "io", io_index[value]
         else:
             region, offset = "arena", offsets[value]
-        return TensorSlot(value, t.dtype, t.static_shape(), region, offset)
+        return TensorSlot(value, t.dtype, t.shape, region, offset)
 
     region_ids = {"arena": 0, "weights": 1, "io": 2}
     calls = []
@@ -540,12 +591,15 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
             else:
                 where = slot(values[buf.name])
                 args.append((region_ids[where.region], where.offset))
-        calls.append(KernelCall(kernel.name, function, tuple(args)))
+        fn = loops.get(function)
+        calls.append(KernelCall(kernel.name, function, tuple(args),
+                                _call_dims(kernel, fn, dims) if fn is not None else ()))
     plan = ExecutionPlan(
         entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
         inputs=tuple(slot(v) for v in graph.inputs),
         outputs=tuple(slot(o.name) for o in outputs),
         weights=tuple(slot(v) for v in used_weights),
-        kernels=tuple(k.name for k in kernels), calls=tuple(calls))
+        kernels=tuple(k.name for k in kernels), calls=tuple(calls), dims=dims,
+        dim_ranges=dim_ranges)
     weights = {v: np.ascontiguousarray(graph.constants[v]) for v in used_weights}
     return plan, calls, weights

@@ -39,6 +39,8 @@ def prepack_weights(kernel: Kernel, constants: set[str], nr: int
     """The kernel with each eligible constant B read from its panel layout, and for each new
     buffer the (constant buffer, panel width) it is packed from."""
     packed: dict[str, tuple[str, int]] = {}
+    if kernel.dims:  # (a kernel over run-time sizes takes the loops strategy: nothing to pack)
+        return kernel, packed
     stages = list(kernel.stages)
     buffers = list(kernel.buffers)
     for k, stage in enumerate(stages):
