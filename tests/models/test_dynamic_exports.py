@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 
+import strataml
 from strataml.frontends.onnx.importer import import_model
 from strataml.ir.dialects.graph import interpret, print_graph
 from strataml.options import CompileOptions
@@ -132,3 +133,26 @@ def test_graph_pipeline_decides_alike_with_a_symbolic_batch(exporter: str, tmp_p
             import_model(model, CompileOptions(dim_values=values)))
         assert sorted(print_graph(bind_dims(symbolic, values), weights={}).splitlines()) == \
             sorted(print_graph(static, weights={}).splitlines()), values
+
+
+@pytest.mark.parametrize(("case", "exporter"), [("bert", "classic"), ("bert", "dynamo"),
+                                                ("gpt2", "dynamo")])
+def test_transformer_compiles_once_and_runs_at_every_size(case: str, exporter: str,
+                                                          tmp_path: Path) -> None:
+    """A transformer exported with a dynamic sequence (and batch) compiles once with its
+    dims kept (`dynamic_dims`, sequence bounded by the position table) and matches ONNX
+    Runtime at sizes it was never built for: shape values read as data (a Range over
+    `seq`), a position table sliced to `seq`, attention over a run-time key axis."""
+    build, x, axes, _, _ = CASES[case]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = _export(_randomised(build()), x, axes, exporter, tmp_path / "m.onnx")
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
+                                dim_ranges={"batch": (1, 8), "seq": (1, 64)})
+    assert compiled.plan.dims
+    rng = np.random.default_rng(3)
+    for batch, seq in [(1, 1), (2, 5), (3, 17), (1, 64)]:
+        shape = (batch if 0 in axes else x.shape[0], seq)
+        feeds = {compiled.input_names[0]: rng.integers(0, 50, shape)}
+        for got, want in zip(compiled.run(feeds), ort_run(model, feeds), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -12,10 +12,12 @@ from itertools import count
 
 import numpy as np
 
+from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Graph
 from strataml.ir.dialects.kernel import Buffer, Stage
-from strataml.ir.expr import Const, Expr, Load, Reduce, Var, const, idx, reduce
-from strataml.sizes import Size, format_size
+from strataml.ir.expr import Const, Expr, Load, Reduce, Var, cast, const, idx, reduce
+from strataml.ir.size_exprs import size_to_expr
+from strataml.sizes import Size, format_size, is_symbolic
 
 IndexFn = Callable[[tuple[Expr, ...]], Expr]
 
@@ -58,7 +60,9 @@ class TensorRef:
             if d != 1 and d != want:  # (run-time sizes only: static shapes were checked)
                 raise ValueError(f"broadcasting a run-time size {format_size(d)} to "
                                  f"{format_size(want)} is not supported (the inputs must "
-                                 "share the dim, or have 1 there)")
+                                 "share the dim, or have 1 there; where they are equal for "
+                                 "every valid input, dim_ranges can show it: min(512, seq) "
+                                 "is seq for seq <= 512)")
 
         def fn(ix: tuple[Expr, ...]) -> Expr:
             return self.fn(tuple(idx(0) if d == 1 else i
@@ -83,6 +87,18 @@ def size_expr(size: Size) -> Expr:
 
 # Constants with at most this many elements are inlined into expressions as literals.
 INLINE_CONSTANT_LIMIT = 1
+
+
+def _size_value(name: str, data: np.ndarray, dtype: str, shape: tuple[Size, ...]
+                ) -> TensorRef:
+    """A one-element shape value (`seq`, `seq + 1`: a Range's limit, a count a model
+    computes with) as the kernel expression of its size, read from the kernel's dims."""
+    if data.size != 1:
+        raise ShapeError(f"value %{name}: a shape value of {data.size} run-time sizes used "
+                         "as data is not supported (only a single size is)")
+    size = data.reshape(-1)[0]
+    value = cast(size_to_expr(size), dtype) if is_symbolic(size) else const(int(size), dtype)
+    return TensorRef(dtype, shape, lambda ix: value)
 
 
 @dataclass
@@ -113,6 +129,8 @@ class LowerContext:
         t = self.graph.types[value_name]
         shape = t.shape if view is None else view
         data = self.graph.constants.get(value_name)
+        if data is not None and data.dtype == object:  # a shape value read as data
+            return _size_value(value_name, data, t.dtype, shape)
         if data is not None and data.size <= INLINE_CONSTANT_LIMIT:
             flat = np.asarray(data).reshape(-1)
             return TensorRef.constant(flat[0].item() if flat.size else 0, t.dtype, shape)

@@ -538,7 +538,20 @@ def lower_constant_of_shape(ctx: LowerContext, node: Node, inputs: list[TensorRe
                             ) -> list[TensorRef]:
     value = node.attr("value").reshape(-1)[0].item()
     t = ctx.graph.types[node.outputs[0]]
-    return [TensorRef.constant(value, t.dtype, t.static_shape())]
+    return [TensorRef.constant(value, t.dtype, t.shape)]
+
+
+def lower_range(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
+                ) -> list[TensorRef]:
+    """`start + i * delta` over a run-time count (a static Range always folds): the
+    positions `arange(seq)` of a model exported with a dynamic sequence."""
+    start, delta = (ctx.constant_value(node.inputs[k]) for k in (0, 2))
+    if start is None or delta is None or start.dtype == object or delta.dtype == object:
+        raise ShapeError(f"{node.where}: a Range kernel needs a constant start and delta")
+    t = ctx.graph.types[node.outputs[0]]
+    first, step = (v.reshape(-1)[0].item() for v in (start, delta))
+    return [TensorRef(t.dtype, t.shape, lambda ix: binary(
+        "add", const(first, t.dtype), binary("mul", cast(ix[0], t.dtype), const(step, t.dtype))))]
 
 
 # ---------------------------------------------------------------- declarations
@@ -574,7 +587,8 @@ declare_op("Pad", "movement",
 declare_op("Shape", "opaque", attrs={"start": Attr("int", 0), "end": Attr("int", None)},
            infer=_infer_shape, reference=_shape, lower=None)
 declare_op("Size", "opaque", infer=_infer_size, reference=_size, lower=None)
-declare_op("Range", "opaque", infer=_infer_range, reference=_range, lower=None, inputs=(3, 3))
+declare_op("Range", "opaque", infer=_infer_range, reference=_range, lower=lower_range,
+           inputs=(3, 3))
 declare_op("ConstantOfShape", "opaque", attrs={"shape": Attr("sizes"), "value": Attr("tensor")},
            infer=_infer_const_of_shape, reference=_const_of_shape,
            lower=lower_constant_of_shape, inputs=(0, 0))

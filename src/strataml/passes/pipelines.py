@@ -21,6 +21,7 @@ from strataml.passes.lower.phases import CompileState, check_supported
 from strataml.passes.manager import GraphPass, LoweringPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan
 from strataml.schedule import Schedule
+from strataml.sizes import assumed_ranges
 
 __all__ = ["CPU_GRAPH_PIPELINE", "CPU_LOWERING_PIPELINE", "CPU_PIPELINE", "CompiledProgram",
            "check_supported", "compile_graph", "cpu_pipeline"]
@@ -94,7 +95,10 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     decisions = {node: {**tuned.get(node, {}), **options.decisions.get(node, {})}
                  for node in {*tuned, *options.decisions}}
     graph = pin_decisions(graph, decisions)
-    state = manager.run(CompileState(graph, target, options))
+    # (every pass simplifies and compares run-time sizes within the declared ranges, as the
+    # importer did: `min(512, seq)` is `seq` for seq <= 512 in infer-shapes too)
+    with assumed_ranges(options.dim_ranges if options.dynamic_dims else {}):
+        state = manager.run(CompileState(graph, target, options))
     assert state.plan is not None
     assert state.executable is not None
     return CompiledProgram(state.plan, state.executable, state.weights, state.graph,
