@@ -29,9 +29,11 @@ RUNTIME = Path(strataml.__file__).parent / "runtime"
 COMPILER_PACKAGES = ("strataml.ir", "strataml.passes", "strataml.frontends",
                      "strataml.codegen")
 
-# Ops with no kernel because they never reach one: their result depends only on static
-# shapes or compile-time constants, so fold-constants (or the importer) always removes them.
-ALWAYS_FOLDED = frozenset({"Shape", "Size", "Range"})
+# Ops with no kernel because they never reach one: their result depends only on the shapes,
+# so fold-constants (or the importer) always removes them (to a shape value where a dim is a
+# run-time size). Range folds too when its operands are constants, but a Range up to a
+# run-time size (`arange(seq)`) is a kernel.
+ALWAYS_FOLDED = frozenset({"Shape", "Size"})
 
 
 def _all_subclasses(cls: type) -> list[type]:
