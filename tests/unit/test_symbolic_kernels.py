@@ -424,7 +424,12 @@ def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng
     _, run = _compiled(LINEAR, threads)
     w = rng.standard_normal((40, 192)).astype(np.float32)
     b = rng.standard_normal(192).astype(np.float32)
-    for batch, seq in [(1, 1), (2, 13), (1, 17), (3, 5)]:
+    fn = lower_kernel(kernel, threads=threads)
+    kinds = [(lp.var.name, lp.kind) for lp in _loops(fn.body)]
+    # the token loop register-blocked JAM_ROWS rows at a time, then the tail rows
+    assert ("j_2.i", "unroll") in kinds, kinds
+    assert ("j_2.t", "serial") in kinds, kinds
+    for batch, seq in [(1, 1), (2, 13), (1, 17), (3, 5), (2, 8), (1, 6), (1, 7), (1, 4)]:
         x = rng.standard_normal((batch, seq, 40)).astype(np.float32)
         arrays = {"x": x, "w": w, "b": b, **_outputs(kernel, {"batch": batch, "seq": seq})}
         run(arrays, batch=batch, seq=seq)
@@ -439,3 +444,23 @@ def test_contraction_with_a_narrow_static_row_vectorises_the_whole_row():
     kernel = parse_kernel(LINEAR.replace("192", "16"))
     (stage,) = default_schedule(kernel, threads=2).stages
     assert tuple(map(str, stage.steps)) == ("reorder(k, n)", "vectorize(n)", "parallel(j)")
+
+
+def test_a_reduction_over_a_run_time_axis_is_not_register_blocked(rng):
+    """P @ V's sum over the run-time key axis: the key loop carries the sum (not a row loop,
+    so no jam); the query rows, whose loop holds a run-time loop, stay as they were."""
+    text = """kernel @pv loc('pv') {
+  input %p: float32[seq,seq]
+  input %v: float32[seq,32]
+  output %y: float32[seq,32]
+  %y[i, n] = reduce_sum[r<seq](init=0.0:float32, (%p[i, r] * %v[r, n]))
+}"""
+    kernel, run = _compiled(text, 1)
+    assert not any(lp.kind == "unroll" for lp in _loops(lower_kernel(kernel).body))
+    for seq in (1, 5, 9):
+        p = rng.standard_normal((seq, seq)).astype(np.float32)
+        v = rng.standard_normal((seq, 32)).astype(np.float32)
+        arrays = {"p": p, "v": v, **_outputs(kernel, {"seq": seq})}
+        run(arrays, seq=seq)
+        np.testing.assert_allclose(arrays["y"][:-1].reshape(seq, 32), p @ v, rtol=1e-4,
+                                   atol=1e-4)
