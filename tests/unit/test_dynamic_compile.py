@@ -116,6 +116,20 @@ def test_matmul_with_run_time_rows_bias_relu(compiles):
     check_at_sizes(model, [{"x": (b, s, 32)} for b, s in pairs()], compiles)
 
 
+def test_linear_layers_over_run_time_tokens_in_blocked_rows(compiles):
+    """Static K and N several register tiles wide (the blocked row trace:
+    tests/unit/test_symbolic_kernels.py), rows = batch x seq at run time, two layers."""
+    model = onnx_model(
+        [helper.make_node("MatMul", ["x", "w1"], ["m"]),
+         helper.make_node("Add", ["m", "b1"], ["t"]),
+         helper.make_node("Relu", ["t"], ["h"]),
+         helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        {"x": (F32, ["batch", "seq", 48])}, {"y": (F32, None)},
+        {"w1": weights(48, 160, seed=5), "b1": weights(160, seed=6),
+         "w2": weights(160, 96, seed=7)})
+    check_at_sizes(model, [{"x": (b, s, 48)} for b, s in pairs()], compiles)
+
+
 def test_layernorm_over_a_static_hidden_axis(compiles):
     model = onnx_model(
         [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1,

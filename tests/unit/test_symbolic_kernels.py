@@ -28,9 +28,10 @@ from strataml.ir.size_exprs import expr_to_size, size_to_expr
 from strataml.passes.lower.kernel_to_loop import lower_kernel
 from strataml.schedule import Schedule, StageSchedule
 from strataml.schedule.primitives import Split, Vectorize
-from strataml.schedule.schedule import check_schedule, default_schedule
+from strataml.schedule.schedule import TILE_ROW_VECTORS, check_schedule, default_schedule
 from strataml.sizes import dim as size_dim
 from strataml.sizes import evaluate, floordiv, mod, parse_size, size_max, size_min
+from strataml.target import host_target
 from tests.unit.test_symbolic_loops import Compiled
 
 SIZES = [1, 2, 13, 17]  # 1, 2, primes; 13 and 17 are not multiples of any vector width
@@ -390,3 +391,76 @@ def test_indices_proven_against_derived_sizes(rng):
     assert _index_clamps(lower_kernel(last)) == []
     past = parse_kernel(ODD_LANES.replace("((2 * i) + 1)", "((2 * i) + 4)"))
     assert len(_index_clamps(lower_kernel(past))) == 1
+
+
+# ---------------------------------------------------------------- vectorised schedules
+
+# A linear layer over run-time tokens: K and N static (N = 6 register-tile widths of
+# AVX-512, 12 of AVX2), the rows (batch x seq) known only at run time.
+LINEAR = """kernel @linear loc('linear') {
+  input %x: float32[batch,seq,40]
+  input %w: float32[40,192]
+  input %b: float32[192]
+  output %y: float32[batch,seq,192]
+  %y[i, j, n] = (reduce_sum[k<40](init=0.0:float32, (%x[i, j, k] * %w[k, n])) + %b[n])
+}"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng):
+    """Static K and N, run-time rows: N in blocks of a register tile's width outermost,
+    the reduction inside the rows, each block vectorised (not the scalar canonical nest)."""
+    kernel = parse_kernel(LINEAR)
+    target = host_target()
+    block = TILE_ROW_VECTORS * target.vector_lanes_f32
+    (stage,) = default_schedule(kernel, threads=threads, target=target).stages
+    assert stage.strategy == "loops"
+    steps = tuple(map(str, stage.steps))
+    assert steps[:3] == (f"split(n, {block})", "reorder(n.o, i, j, k, n.i)",
+                         "vectorize(n.i)")
+    assert steps[3:] == (("parallel(n.o)",) if threads > 1 else ())
+    nest = check_schedule(kernel, Schedule((stage,)))["y"]
+    assert [lp.name for lp in nest.loops] == ["n.o", "i", "j", "k", "n.i"]
+    _, run = _compiled(LINEAR, threads)
+    w = rng.standard_normal((40, 192)).astype(np.float32)
+    b = rng.standard_normal(192).astype(np.float32)
+    fn = lower_kernel(kernel, threads=threads)
+    kinds = [(lp.var.name, lp.kind) for lp in _loops(fn.body)]
+    # the token loop register-blocked JAM_ROWS rows at a time, then the tail rows
+    assert ("j_2.i", "unroll") in kinds, kinds
+    assert ("j_2.t", "serial") in kinds, kinds
+    for batch, seq in [(1, 1), (2, 13), (1, 17), (3, 5), (2, 8), (1, 6), (1, 7), (1, 4)]:
+        x = rng.standard_normal((batch, seq, 40)).astype(np.float32)
+        arrays = {"x": x, "w": w, "b": b, **_outputs(kernel, {"batch": batch, "seq": seq})}
+        run(arrays, batch=batch, seq=seq)
+        np.testing.assert_allclose(arrays["y"][:-1].reshape(batch, seq, 192), x @ w + b,
+                                   rtol=1e-4, atol=1e-4)
+        _check_spare(arrays, ["y"])
+
+
+def test_contraction_with_a_narrow_static_row_vectorises_the_whole_row():
+    """N of one tile width: the row trace unblocked, parallel over the innermost run-time
+    row loop (tokens), never the vector loop."""
+    kernel = parse_kernel(LINEAR.replace("192", "16"))
+    (stage,) = default_schedule(kernel, threads=2).stages
+    assert tuple(map(str, stage.steps)) == ("reorder(k, n)", "vectorize(n)", "parallel(j)")
+
+
+def test_a_reduction_over_a_run_time_axis_is_not_register_blocked(rng):
+    """P @ V's sum over the run-time key axis: the key loop carries the sum (not a row loop,
+    so no jam); the query rows, whose loop holds a run-time loop, stay as they were."""
+    text = """kernel @pv loc('pv') {
+  input %p: float32[seq,seq]
+  input %v: float32[seq,32]
+  output %y: float32[seq,32]
+  %y[i, n] = reduce_sum[r<seq](init=0.0:float32, (%p[i, r] * %v[r, n]))
+}"""
+    kernel, run = _compiled(text, 1)
+    assert not any(lp.kind == "unroll" for lp in _loops(lower_kernel(kernel).body))
+    for seq in (1, 5, 9):
+        p = rng.standard_normal((seq, seq)).astype(np.float32)
+        v = rng.standard_normal((seq, 32)).astype(np.float32)
+        arrays = {"p": p, "v": v, **_outputs(kernel, {"seq": seq})}
+        run(arrays, seq=seq)
+        np.testing.assert_allclose(arrays["y"][:-1].reshape(seq, 32), p @ v, rtol=1e-4,
+                                   atol=1e-4)

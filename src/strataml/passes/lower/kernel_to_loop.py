@@ -53,6 +53,7 @@ from strataml.ir.index_simplify import affine_terms, simplify_indices
 from strataml.ir.size_exprs import dim_var, size_to_expr
 from strataml.ir.types import is_int
 from strataml.passes.lower.contraction import gemm_stage
+from strataml.passes.lower.row_jam import jam_rows
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.fuse_axes import fuse_trailing_axes
@@ -416,5 +417,9 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
             body.extend(scheduled.stage(st))
     params = tuple(Param(b.name, b.dtype, b.numel if isinstance(b.numel, int)
                          else size_to_expr(b.numel)) for b in kernel.params)
-    return LoopFunction(kernel.name, params, (*lowering.scratch, *body), kernel.source,
+    scratch = list(lowering.scratch)
+    if kernel.dims:  # (row loops over run-time sizes, register-blocked: see row_jam)
+        jammed, scratch = jam_rows(tuple(body), scratch)
+        body = list(jammed)
+    return LoopFunction(kernel.name, params, (*scratch, *body), kernel.source,
                         dims=tuple(dims))
