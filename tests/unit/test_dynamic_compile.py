@@ -190,6 +190,23 @@ def test_dim_ranges_reach_the_plan_and_check_inputs(compiles):
         compiled.run({"x": np.zeros((9, 16), np.float32)})
 
 
+def test_ranges_reserve_the_arena_once(compiles):
+    """With a range on every dim the arena is reserved at the largest the ranges allow, so
+    no call in range allocates another (a range-free plan grows its arena with the calls)."""
+    from strataml.sizes import evaluate
+
+    compiled = strataml.compile(attention(), dynamic_dims=True, num_threads=1,
+                                dim_ranges={"batch": (1, 3), "seq": (1, 40)})
+    executor = compiled._executor
+    arena = executor._arena
+    assert arena.nbytes == evaluate(compiled.plan.arena_bytes, {"batch": 3, "seq": 40})
+    for batch, seq in [(1, 1), (3, 40), (2, 7)]:
+        compiled.run({"x": np.zeros((batch, seq, 32), np.float32)})
+        assert executor._arena is arena
+    unbounded = strataml.compile(attention(), dynamic_dims=True, num_threads=1)
+    assert unbounded._executor._arena.nbytes <= 1  # (an empty allocation: it grows)
+
+
 def test_inputs_disagreeing_on_a_shared_dim_raise_before_native_code(compiles):
     model = onnx_model([helper.make_node("Add", ["x", "z"], ["y"])],
                        {"x": (F32, ["batch", 16]), "z": (F32, ["batch", 16])},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from strataml.sizes import (
 )
 
 MAX_LAYOUTS = 256  # distinct sizes remembered per model (a serving loop sees a few)
+# The most arena a plan with ranges on every dim reserves up front (above it, the arena
+# grows with the calls instead)
+MAX_RESERVED_BYTES = 1 << 30
 
 
 def plan_problems(plan: ExecutionPlan) -> list[str]:
@@ -97,6 +101,19 @@ class DimBinder:
         self.ranges: dict[str, Range] = {n: (lo, hi) for n, lo, hi in plan.dim_ranges}
         self.declared = {s.name: s.shape for s in plan.inputs}
         self._layouts: dict[tuple[int, ...], Layout] = {}
+
+    def reserved_bytes(self) -> int:
+        """The arena to reserve up front when each dim has a range: the largest the arena's
+        formula takes at the corners of the ranges (where a plan's arena, growing with its
+        dims, is largest; a call needing more still grows it), or 0 without ranges or above
+        MAX_RESERVED_BYTES. Reserved once, a call at a larger size then pays no new arena
+        (only the first touch of pages no smaller call used)."""
+        if not self.plan.dims or any(n not in self.ranges for n in self.plan.dims):
+            return 0
+        high = max(evaluate(self.plan.arena_bytes, dict(zip(self.plan.dims, corner,
+                                                           strict=True)))
+                   for corner in product(*(self.ranges[n] for n in self.plan.dims)))
+        return high if 0 < high <= MAX_RESERVED_BYTES else 0
 
     def bind(self, shapes: Mapping[str, tuple[int, ...]]) -> Layout:
         """The layout for these input shapes (InputError where they break a rule)."""

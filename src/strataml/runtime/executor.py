@@ -109,8 +109,11 @@ class Executor:
                                           "plans over run-time sizes run on synchronous "
                                           "devices only")
             self._dims = DimBinder(plan)
-        # (a plan over run-time sizes gets its arena at the first call's sizes)
-        self._arena = device.allocate(int(plan.arena_bytes) if self._dims is None else 0)
+        # (a plan over run-time sizes reserves the arena its ranges bound: address space,
+        # whose pages the calls touch once, not a new arena each time a size grows; without
+        # ranges the arena grows with the calls)
+        reserved = 0 if self._dims is None else self._dims.reserved_bytes()
+        self._arena = device.allocate(int(plan.arena_bytes) if self._dims is None else reserved)
         self._lock = threading.Lock()
         if (weights_region is not None and weights_region.nbytes == plan.weights_bytes
                 and weights_region.ctypes.data % ALIGNMENT == 0):
