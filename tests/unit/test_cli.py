@@ -61,6 +61,28 @@ def test_compile_then_run_with_npy_inputs(model_path, tmp_path, capsys):
                                atol=1e-6)
 
 
+def test_compile_with_dynamic_dims_runs_the_artifact_at_any_size(model_path, tmp_path,
+                                                                  capsys):
+    """`--dynamic-dims --dim-range N=1:64`: one artifact, run at several batch sizes (each
+    checked against ONNX Runtime), a size outside the range refused by name."""
+    out = tmp_path / "mlp.smod"
+    assert main(["compile", str(model_path), "-o", str(out), "--dynamic-dims",
+                 "--dim-range", "N=1:64"]) == 0
+    model = strataml.load(out)
+    assert model.plan.dims == ("N",)
+    for n in (1, 5, 64):
+        x = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+        (got,) = model.run({"x": x})
+        (want,) = ort_run(_model(), {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(strataml.InputError, match=r"dim 'N'\) is 65, outside its range"):
+        model.run({"x": np.zeros((65, 4), np.float32)})
+    assert main(["compile", str(model_path), "--dim-range", "N=1:64"]) != 0
+    assert "needs --dynamic-dims" in _errors(capsys)
+    with pytest.raises(SystemExit):
+        main(["compile", str(model_path), "--dynamic-dims", "--dim-range", "N=0:4"])
+
+
 def test_compile_default_output_name_and_input_shape(model_path, capsys):
     assert main(["compile", str(model_path), "--input-shape", "x=7,4"]) == 0
     smod = model_path.with_suffix(".smod")

@@ -84,11 +84,30 @@ def _positive(text: str) -> int:
     return value
 
 
+def _parse_dim_range(text: str) -> tuple[str, tuple[int, int]]:
+    name, sep, bounds = text.rpartition("=")
+    low, colon, high = bounds.partition(":")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = 0
+    if not sep or not name or not colon or not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected NAME=LOW:HIGH with 1 <= LOW <= HIGH, got "
+                                         f"{text!r}")
+    return name, (lo, hi)
+
+
 def _add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", type=_parse_shape, default=[],
                    metavar="NAME=D1,D2,...", help="compile input NAME for this shape")
     p.add_argument("--dim", action="append", type=_parse_dim, default=[],
                    metavar="NAME=VALUE", help="bind symbolic dim NAME (default 1)")
+    p.add_argument("--dynamic-dims", action="store_true",
+                   help="keep unbound dims as run-time sizes: one build runs at any size "
+                   "(correct, not yet as fast as a build per size; docs/dynamic-shapes.md)")
+    p.add_argument("--dim-range", action="append", type=_parse_dim_range, default=[],
+                   metavar="NAME=LOW:HIGH", help="with --dynamic-dims: the sizes dim NAME "
+                   "may take (a call outside is refused)")
     p.add_argument("--num-threads", type=_positive, default=None, metavar="N")
     p.add_argument("--target", default="cpu", metavar="TARGET",
                    help="a backend (`strataml backends` lists them) or a named machine: "
@@ -212,6 +231,10 @@ def _options(args: argparse.Namespace, dump_ir: str | None = None) -> CompileOpt
                               "num_threads": args.num_threads, "dump_ir_dir": dump_ir}
     if args.verify:
         fields["verify"] = True
+    if args.dim_range and not args.dynamic_dims:
+        raise CliError("--dim-range bounds run-time dims: it needs --dynamic-dims")
+    if args.dynamic_dims:
+        fields.update(dynamic_dims=True, dim_ranges=dict(args.dim_range))
     return CompileOptions(**fields)
 
 
