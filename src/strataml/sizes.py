@@ -595,11 +595,6 @@ def _leading(x: SizeExpr) -> tuple[Monomial, int]:
     return max(x.terms, key=lambda t: (sum(p for _, p in t[0]), _monomial_key(t[0])))
 
 
-def known_equal(a: Size, b: Size) -> bool:
-    """True when `a` and `b` are the same size for every value of the dims."""
-    return a == b
-
-
 def bind_input_dims(declared: Mapping[str, tuple[Size, ...]],
                     given: Mapping[str, tuple[int, ...]],
                     ranges: Mapping[str, Range] | None = None) -> dict[str, int]:
