@@ -88,6 +88,20 @@ def test_elementwise_and_broadcast_bias(compiles):
     assert [s.shape for s in compiled.plan.outputs] == [(strataml_size("batch"), 16)]
 
 
+def test_a_dim_read_as_data_where_no_buffer_names_it(compiles):
+    """`v * seq` over v: [batch] (an attention mask's offsets, `arange(batch) * seq`, as the
+    classic exporter writes them): the kernel's buffers name only batch, yet it reads seq,
+    which the kernel must then take as one of its dims."""
+    model = onnx_model([helper.make_node("Shape", ["ids"], ["shape"]),
+                        helper.make_node("Gather", ["shape", "one"], ["seq"], axis=0),
+                        helper.make_node("Cast", ["seq"], ["seq_f"], to=1),
+                        helper.make_node("Mul", ["v", "seq_f"], ["y"])],
+                       {"ids": (F32, ["batch", "seq"]), "v": (F32, ["batch"])},
+                       {"y": (F32, None)}, {"one": np.array(1, np.int64)})
+    check_at_sizes(model, [{"ids": (b, s), "v": (b,)} for b, s in [(1, 1), (3, 7), (2, 17)]],
+                   compiles)
+
+
 def strataml_size(name: str) -> Any:
     from strataml.sizes import dim
 

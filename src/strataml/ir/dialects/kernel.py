@@ -89,9 +89,14 @@ class Kernel:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        """The run-time dims its buffers name, sorted: the order in which the lowered loop
-        function takes them (`LoopFunction.dims`), so a caller maps them by name."""
-        return tuple(sorted({n for b in self.buffers for d in b.shape for n in size_dims(d)}))
+        """The run-time dims it reads, sorted: those its buffers name, and those its stages
+        read as values (`%seq` in `arange(batch) * seq`, where no buffer has a seq axis).
+        That is the order the lowered loop function takes them in (`LoopFunction.dims`), so
+        a caller maps them by name."""
+        named = {n for b in self.buffers for d in b.shape for n in size_dims(d)}
+        read = {e.name[1:] for st in self.stages for e in st.body.walk()
+                if isinstance(e, Var) and _is_dim_var(e)}
+        return tuple(sorted(named | read))
 
     @property
     def where(self) -> str:
@@ -148,10 +153,14 @@ def verify_kernel(kernel: Kernel) -> None:
             raise VerifyError(f"{kernel.where}: output %{b.name} is never written")
 
 
+def _is_dim_var(v: Var) -> bool:
+    """`%n` read as a value (a mean's run-time count): one of the kernel's dims, which the
+    caller binds (loop variables are never spelt with `%`)."""
+    return v.dtype == "int64" and v.name.startswith("%")
+
+
 def _is_own_dim(kernel: Kernel, v: Var) -> bool:
-    """`%n` read as a value (a mean's run-time count): bound by the caller, as the kernel's
-    dims are, so only the dims its buffers name."""
-    return v.dtype == "int64" and v.name.startswith("%") and v.name[1:] in kernel.dims
+    return _is_dim_var(v) and v.name[1:] in kernel.dims
 
 
 def _inputs(buffers: dict[str, Buffer]) -> set[str]:
