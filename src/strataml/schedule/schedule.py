@@ -26,6 +26,7 @@ from strataml.ir.expr import Load, Var, top_reduces
 from strataml.ir.index_simplify import linear_in
 from strataml.ir.types import itemsize
 from strataml.schedule.contraction import match_contraction
+from strataml.schedule.key_axis import heads_outermost
 from strataml.schedule.primitives import (
     ROOT,
     ComputeAt,
@@ -755,6 +756,9 @@ def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
             steps = (Reorder((*(lp.name for lp in nest.loops if lp.reduce), last)),
                      Vectorize(last))
             outputs = outputs[:-1]
+        if heads := heads_outermost(kernel, st, nest, threads, BALANCED_SHARES):
+            out.append(StageSchedule.loops(*steps, *heads))  # (attention: see key_axis)
+            continue
         outer = _symbolic_parallel(outputs if row else outputs[:-1] or outputs, threads)
         if threads > 1 and outer is not None:
             steps = (*steps, Parallel(outer.name))

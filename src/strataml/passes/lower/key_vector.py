@@ -1,0 +1,285 @@
+"""Vector lanes along a run-time innermost axis: a main loop of whole vectors, then a tail.
+
+Attention over a run-time sequence has the key axis, a run-time size, innermost in three
+shapes of loop that LLVM's vectoriser leaves scalar or vectorises badly when it cannot see
+the trip count (issue 17: `Q . K^T` ~3x and the softmax ~4x the static build at 128 keys):
+
+- a *map* over the keys (`exp(x - max)`, `e * inv_sum`, a transpose's copy): stores only;
+- a *reduction* over the keys into a scalar (`max` and `sum` of a softmax row);
+- a *column* of a contraction with a short static reduction inside (`Q . K^T`: per key,
+  `acc = 0; for r in 0..32 { acc += q[r] * kt[r, key] }; out[key] = acc * s + mask[key]`),
+  read down K^T's rows, one scalar dot product per key.
+
+Each becomes `split_with_tail`'s main loop over `n // W` blocks of W lanes (W a constant: a
+loop of kind "vector", which LLVM vectorises at its known width) plus the original body for
+the `n % W` keys past the last block, so nothing is computed into padding and every index
+stays the one the bound proofs saw (main-loop keys are `< (n // W) * W <= n`). In the
+reduction, the lanes keep W partial results in a stack scratch (vector registers once LLVM
+promotes it) folded into the scalar once per row; in the column, the lane loop moves inside
+the static reduction loops (as the row trace does for a static N), so each step of the
+reduction loads a vector of K^T's row and multiply-adds into W accumulators.
+"""
+
+from __future__ import annotations
+
+from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
+from strataml.ir.expr import Binary, Expr, Load, Var, binary, reduce_identity, rewrite
+from strataml.ir.index_simplify import linear_in
+from strataml.passes.lower.tail_split import split_with_tail
+
+# Lanes per block: two vectors, so a reduction keeps two chains of partial results in flight.
+VECTORS_PER_BLOCK = 2
+# Assignments whose lanes may combine in any order: (combiner, needs the reassociate mark).
+_COMBINERS = {"add": ("sum", True), "mul": ("prod", True), "max": ("max", False),
+              "min": ("min", False)}
+
+
+def _walk_stmt_exprs(body: tuple[Stmt, ...]) -> list[Expr]:
+    out: list[Expr] = []
+    for s in body:
+        if isinstance(s, For):
+            if not isinstance(s.extent, int):
+                out.append(s.extent)
+            out.extend(_walk_stmt_exprs(s.body))
+        elif isinstance(s, Store):
+            out += [s.index, s.value]
+        elif isinstance(s, Declare):
+            out.append(s.init)
+        elif isinstance(s, Assign):
+            out.append(s.value)
+    return out
+
+
+def _reads(e: Expr, v: Var) -> bool:
+    return any(x == v for x in e.walk())
+
+
+def _names(body: tuple[Stmt, ...]) -> set[str]:
+    names = {x.name for e in _walk_stmt_exprs(body) for x in e.walk() if isinstance(x, Var)}
+    stack = list(body)
+    while stack:
+        s = stack.pop()
+        if isinstance(s, For):
+            names.add(s.var.name)
+            stack.extend(s.body)
+        elif isinstance(s, Declare):
+            names.add(s.var.name)
+    return names
+
+
+class _Vectorizer:
+    def __init__(self, body: tuple[Stmt, ...], scratch: list[Allocate], width: int) -> None:
+        self.width = width
+        self.scratch = scratch
+        self.taken = _names(body) | {a.buffer for a in scratch}
+        self.fired = 0
+
+    def fresh(self, name: str) -> str:
+        k, out = 1, name
+        while out in self.taken:
+            k += 1
+            out = f"{name}{k}"
+        self.taken.add(out)
+        return out
+
+    def lanes_buffer(self, dtype: str) -> str:
+        name = self.fresh("lanes")
+        self.scratch.append(Allocate(name, dtype, self.width))
+        return name
+
+    # ------------------------------------------------------------ the walk
+
+    def visit(self, body: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
+        out: list[Stmt] = []
+        for s in body:
+            if not isinstance(s, For):
+                out.append(s)
+                continue
+            if s.kind == "serial" and not isinstance(s.extent, int):
+                done = self.loop(s)
+                if done is not None:
+                    self.fired += 1
+                    out.extend(done)
+                    continue
+            out.append(For(s.var, s.extent, self.visit(s.body), s.kind))
+        return tuple(out)
+
+    def loop(self, s: For) -> tuple[Stmt, ...] | None:
+        if _clamped(s.body):
+            return None  # (an index the proofs could not bound: left as it is)
+        if _is_map(s):
+            return split_with_tail(s, self.width, "vector")
+        if (found := _reduction(s)) is not None:
+            return self.reduction(s, *found)
+        if _is_column(s):
+            return self.column(s)
+        return None
+
+    # ------------------------------------------------------------ reductions
+
+    def reduction(self, s: For, acc: Var, combiner: str, step: Expr) -> tuple[Stmt, ...]:
+        """`for r { acc = acc (op) step(r) }` as W partial results over whole blocks, folded
+        into `acc`, then the tail into `acc` as before."""
+        main, *tail = split_with_tail(s, self.width, "vector")
+        assert isinstance(main, For)
+        assert isinstance(main.body[0], For)
+        lanes = main.body[0].var
+        buf = self.lanes_buffer(acc.dtype)
+        part = Load(acc.dtype, buf, (lanes,))
+        op = next(k for k, (c, _) in _COMBINERS.items() if c == combiner)
+        block_step = _subst(step, s.var, binary("add", binary("mul", main.var, self.width),
+                                                lanes))
+        init = reduce_identity(combiner, acc.dtype)
+        fold = self.fresh(f"{lanes.name}.f")
+        fold_var = Var("int64", fold)
+        return (
+            For(lanes, self.width, (Store(buf, lanes, init),), "vector"),
+            For(main.var, main.extent, (For(lanes, self.width, (
+                Store(buf, lanes, binary(op, part, block_step)),), "vector"),), main.kind),
+            For(fold_var, self.width, (Assign(acc, binary(
+                op, acc, Load(acc.dtype, buf, (fold_var,))), reassociate=op in ("add", "mul")),),
+                "serial"),
+            *tail)
+
+    # ------------------------------------------------------------ columns
+
+    def column(self, s: For) -> tuple[Stmt, ...]:
+        """`for key { var acc..; for r (static) { acc = .. }; out[key] = f(acc) }` with the
+        lane loop moved inside the static loops and each scalar local a row of W lanes."""
+        main, *tail = split_with_tail(s, self.width, "vector")
+        assert isinstance(main, For)
+        assert isinstance(main.body[0], For)
+        inner = main.body[0]
+        lanes = inner.var
+        locals_ = {st.var: Load(st.var.dtype, self.lanes_buffer(st.var.dtype), (lanes,))
+                   for st in inner.body if isinstance(st, Declare)}
+
+        def local(e: Expr) -> Expr | None:
+            return locals_.get(e) if isinstance(e, Var) else None
+
+        def lane_loop(stmts: tuple[Stmt, ...]) -> Stmt:
+            return For(lanes, self.width, stmts, "vector")
+
+        def place(st: Stmt) -> Stmt:
+            if isinstance(st, For):
+                return For(st.var, st.extent, tuple(place(c) for c in st.body), st.kind)
+            if isinstance(st, Assign):
+                slot = locals_[st.var]
+                assert isinstance(slot, Load)
+                return lane_loop((Store(slot.buffer, lanes, rewrite(st.value, local)),))
+            assert isinstance(st, Store)
+            return lane_loop((Store(st.buffer, rewrite(st.index, local),
+                                    rewrite(st.value, local)),))
+
+        body: list[Stmt] = []
+        for st in inner.body:
+            if isinstance(st, Declare):
+                slot = locals_[st.var]
+                assert isinstance(slot, Load)
+                body.append(lane_loop((Store(slot.buffer, lanes, rewrite(st.init, local)),)))
+            else:
+                body.append(place(st))
+        return (For(main.var, main.extent, tuple(body), main.kind), *tail)
+
+
+def _subst(e: Expr, v: Var, by: Expr) -> Expr:
+    return rewrite(e, lambda x: by if x == v else None)
+
+
+def _clamped(body: tuple[Stmt, ...]) -> bool:
+    """Some load or store index holds a min or max: a clamp where no proof held."""
+    def clamp(index: Expr) -> bool:
+        return any(isinstance(x, Binary) and x.op in ("min", "max") for x in index.walk())
+
+    for s in body:
+        if isinstance(s, For) and _clamped(s.body):
+            return True
+        if isinstance(s, Store) and clamp(s.index):
+            return True
+    return any(isinstance(x, Load) and any(clamp(i) for i in x.indices)
+               for e in _walk_stmt_exprs(body) for x in e.walk())
+
+
+def _is_map(s: For) -> bool:
+    """Stores only, each to consecutive elements along the loop (unit stride)."""
+    def unit(index: Expr) -> bool:
+        found = linear_in(index, [s.var])
+        return found is not None and found[0][s.var] == 1
+
+    return bool(s.body) and all(isinstance(st, Store) and unit(st.index) for st in s.body)
+
+
+def _reduction(s: For) -> tuple[Var, str, Expr] | None:
+    """`acc = acc (op) step` alone in the loop, with `step` free of `acc` and the
+    combiner one whose lanes may combine in any order (a sum only when marked so)."""
+    if len(s.body) != 1 or not isinstance(a := s.body[0], Assign):
+        return None
+    v = a.value
+    if not isinstance(v, Binary) or v.op not in _COMBINERS:
+        return None
+    combiner, needs_mark = _COMBINERS[v.op]
+    if needs_mark and not a.reassociate:
+        return None
+    if v.a == a.var and not _reads(v.b, a.var):
+        step = v.b
+    elif v.b == a.var and not _reads(v.a, a.var):
+        step = v.a
+    else:
+        return None
+    if not a.var.dtype.startswith("float"):
+        return None
+    return a.var, combiner, step
+
+
+def _is_column(s: For) -> bool:
+    """Declares, then static loops holding only assignments to them (nested static loops
+    allowed), then stores at indices reading the loop's variable: each iteration of `s`
+    computes one output of its own from locals of its own, and the loops read nothing the
+    stores write (so the lanes may run interleaved)."""
+    declared: set[Var] = set()
+    stored: set[str] = set()
+    k = 0
+    body = s.body
+    while k < len(body) and isinstance(body[k], Declare):
+        decl = body[k]
+        assert isinstance(decl, Declare)
+        if not decl.var.dtype.startswith("float") or _reads_any(decl.init, declared):
+            return False
+        declared.add(decl.var)
+        k += 1
+    loops = []
+    while k < len(body) and isinstance(body[k], For):
+        loops.append(body[k])
+        k += 1
+    stores = body[k:]
+    if not declared or not loops or not stores:
+        return False
+    if not all(isinstance(st, Store) and _reads(st.index, s.var) for st in stores):
+        return False
+    stored = {st.buffer for st in stores if isinstance(st, Store)}
+    return all(_only_assigns(lp, declared, stored) for lp in loops)
+
+
+def _reads_any(e: Expr, vs: set[Var]) -> bool:
+    return any(x in vs for x in e.walk() if isinstance(x, Var))
+
+
+def _only_assigns(st: Stmt, declared: set[Var], stored: set[str]) -> bool:
+    if isinstance(st, For):
+        return isinstance(st.extent, int) and st.kind in ("serial", "unroll") \
+            and bool(st.body) and all(_only_assigns(c, declared, stored) for c in st.body)
+    if isinstance(st, Assign):
+        return st.var in declared and not any(
+            isinstance(x, Load) and x.buffer in stored for x in st.value.walk())
+    return False
+
+
+def vectorize_key_loops(body: tuple[Stmt, ...], scratch: list[Allocate], lanes: int
+                        ) -> tuple[tuple[Stmt, ...], list[Allocate], int]:
+    """`body` with each innermost run-time serial loop of the three shapes above split into
+    whole vectors of `VECTORS_PER_BLOCK * lanes` plus a tail; the scratch it needs appended
+    to `scratch`; and how many loops it rewrote."""
+    vec = _Vectorizer(body, list(scratch), VECTORS_PER_BLOCK * lanes)
+    out = vec.visit(body)
+    return out, vec.scratch, vec.fired
+
