@@ -446,9 +446,10 @@ def test_contraction_with_a_narrow_static_row_vectorises_the_whole_row():
     assert tuple(map(str, stage.steps)) == ("reorder(k, n)", "vectorize(n)", "parallel(j)")
 
 
-def test_a_reduction_over_a_run_time_axis_is_not_register_blocked(rng):
+def test_a_reduction_over_a_run_time_axis_jams_the_query_rows(rng):
     """P @ V's sum over the run-time key axis: the key loop carries the sum (not a row loop,
-    so no jam); the query rows, whose loop holds a run-time loop, stay as they were."""
+    never the one jammed); the query rows around it are jammed 4 at a time (each V vector
+    loaded feeds 4 rows), the key loop inside them, with a tail for the last rows."""
     text = """kernel @pv loc('pv') {
   input %p: float32[seq,seq]
   input %v: float32[seq,32]
@@ -456,8 +457,12 @@ def test_a_reduction_over_a_run_time_axis_is_not_register_blocked(rng):
   %y[i, n] = reduce_sum[r<seq](init=0.0:float32, (%p[i, r] * %v[r, n]))
 }"""
     kernel, run = _compiled(text, 1)
-    assert not any(lp.kind == "unroll" for lp in _loops(lower_kernel(kernel).body))
-    for seq in (1, 5, 9):
+    loops = _loops(lower_kernel(kernel).body)
+    unrolled = [lp for lp in loops if lp.kind == "unroll"]
+    assert unrolled, "the query rows were not jammed"
+    assert all(lp.var.name.startswith("i") for lp in unrolled)
+    assert any(str(lp.extent) == "%seq" and lp.var.name.startswith("r") for lp in loops)
+    for seq in (1, 4, 5, 9):
         p = rng.standard_normal((seq, seq)).astype(np.float32)
         v = rng.standard_normal((seq, 32)).astype(np.float32)
         arrays = {"p": p, "v": v, **_outputs(kernel, {"seq": seq})}

@@ -25,6 +25,7 @@ from __future__ import annotations
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
 from strataml.ir.expr import Binary, Expr, Load, Var, binary, reduce_identity, rewrite
 from strataml.ir.index_simplify import linear_in
+from strataml.passes.lower.row_jam import jam_rows
 from strataml.passes.lower.tail_split import split_with_tail
 
 # Lanes per block: two vectors, so a reduction keeps two chains of partial results in flight.
@@ -94,6 +95,12 @@ class _Vectorizer:
         for s in body:
             if not isinstance(s, For):
                 out.append(s)
+                continue
+            if s.kind == "serial" and len(s.body) == 1 and isinstance(c := s.body[0], For) \
+                    and c.kind == "serial" and not isinstance(c.extent, int) \
+                    and not _clamped(c.body) and _is_column(c):
+                self.fired += 1
+                out.extend(self.columns_of_rows(s, c))
                 continue
             if s.kind == "serial" and not isinstance(s.extent, int):
                 done = self.loop(s)
@@ -180,6 +187,20 @@ class _Vectorizer:
             else:
                 body.append(place(st))
         return (For(main.var, main.extent, tuple(body), main.kind), *tail)
+
+
+    def columns_of_rows(self, rows: For, cols: For) -> tuple[Stmt, ...]:
+        """`for row { for key {..} }` (Q . K^T) as the column blocks outermost, then each
+        block's rows jammed (`row_jam`: each K^T vector loaded feeds `JAM_ROWS` rows), then
+        the tail keys of every row."""
+        main, *tail = self.column(cols)
+        assert isinstance(main, For)
+        inner = For(rows.var, rows.extent, main.body, rows.kind)
+        jammed, self.scratch = jam_rows((inner,), self.scratch)
+        out: list[Stmt] = [For(main.var, main.extent, jammed, main.kind)]
+        if tail:
+            out.append(For(rows.var, rows.extent, tuple(tail), rows.kind))
+        return tuple(out)
 
 
 def _subst(e: Expr, v: Var, by: Expr) -> Expr:

@@ -48,12 +48,14 @@ def _walk_exprs(body: tuple[Stmt, ...]) -> list[Expr]:
     return out
 
 
-def _shape_ok(body: tuple[Stmt, ...]) -> bool:
-    """Only static loops and stores, with a vector loop somewhere."""
+def _shape_ok(body: tuple[Stmt, ...], row: Var, accs: dict[str, int]) -> bool:
+    """Only loops and stores, with a vector loop somewhere; a loop over a run-time size
+    only where it sums into the accumulators alone over a trip count free of the row
+    (P . V's sum over the keys), so an outer row loop (a batch) is never the one jammed."""
     vector = False
     for s in body:
         if isinstance(s, For):
-            if not isinstance(s.extent, int) or not _shape_ok_inner(s.body):
+            if not _fixed_trips(s, row, accs) or not _shape_ok_inner(s.body, row, accs):
                 return False
             vector = vector or s.kind == "vector" or _has_vector(s.body)
         else:
@@ -61,8 +63,15 @@ def _shape_ok(body: tuple[Stmt, ...]) -> bool:
     return vector
 
 
-def _shape_ok_inner(body: tuple[Stmt, ...]) -> bool:
-    return all((isinstance(s, For) and isinstance(s.extent, int) and _shape_ok_inner(s.body))
+def _fixed_trips(s: For, row: Var, accs: dict[str, int]) -> bool:
+    return isinstance(s.extent, int) or (
+        s.kind == "serial" and not _reads(s.extent, row)
+        and all(st.buffer in accs for st in _stores(s.body)))
+
+
+def _shape_ok_inner(body: tuple[Stmt, ...], row: Var, accs: dict[str, int]) -> bool:
+    return all((isinstance(s, For) and _fixed_trips(s, row, accs)
+                and _shape_ok_inner(s.body, row, accs))
                or isinstance(s, Store) for s in body)
 
 
@@ -153,7 +162,7 @@ def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_RO
             accs = {st.buffer: sizes[st.buffer] for st in _stores(s.body)
                     if st.buffer in sizes}
             if not isinstance(s.extent, int) and s.kind == "serial" and accs \
-                    and not (accs.keys() & grown.keys()) and _shape_ok(s.body) \
+                    and not (accs.keys() & grown.keys()) and _shape_ok(s.body, s.var, accs) \
                     and _accs_free_of(s.body, accs, s.var) \
                     and _is_row_loop(s.body, accs, s.var):
                 grown.update(accs)
