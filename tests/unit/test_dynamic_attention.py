@@ -1,0 +1,215 @@
+"""Attention over a run-time key axis, compiled once (`dynamic_dims`) and run at key counts
+the vector width does and does not divide: softmax over a run-time row (with a mask added
+in the same kernel), Q . K^T and P . V over run-time keys, an attention block and a causal
+one, each against ONNX Runtime on the same model. The loop IR is checked for the vector
+main loop over the keys (`passes/lower/key_vector.py`) and the jammed rows, so a silent
+fallback to the scalar nest fails here rather than only in a benchmark."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import ModelProto, helper
+
+import strataml
+from strataml.passes.lower.key_vector import VECTORS_PER_BLOCK
+from strataml.target import host_target
+from tests.conftest import ort_run
+from tests.unit.graphs import dumped, onnx_model
+
+F32 = "float32"
+RTOL, ATOL = 1e-4, 1e-5
+# 1, 2, primes, one under / at / over a vector block (16 or 32 lanes), and past several
+KEYS = (1, 2, 7, 15, 16, 17, 33, 129)
+WIDTH = VECTORS_PER_BLOCK * host_target().vector_lanes_f32
+RANGES = {"batch": (1, 4), "seq": (1, 512)}
+
+
+def weights(*shape: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * 0.3).astype(F32)
+
+
+def compile_once(model: ModelProto, tmp_path: Path) -> tuple[Any, str]:
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2,
+                                dump_ir_dir=str(tmp_path))
+    assert compiled.plan.dims, "the plan has no run-time dims: they were bound"
+    return compiled, dumped(tmp_path, "loop")
+
+
+def check(compiled: Any, model: ModelProto, shapes: list[Mapping[str, tuple[int, ...]]],
+          feed: Any = None) -> None:
+    gen = np.random.default_rng(5)
+    for shape in shapes:
+        feeds = {name: (feed(name, s, gen) if feed else
+                        gen.standard_normal(s).astype(F32) * 2) for name, s in shape.items()}
+        got = compiled.run(feeds)
+        want = ort_run(model, feeds)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape, shape
+            np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=str(shape))
+
+
+def functions(loop_ir: str, name: str) -> list[str]:
+    """The loop functions whose name holds `name`, as text."""
+    parts = re.split(r"(?m)^(?=func @)", loop_ir)
+    return [p for p in parts if re.match(rf"func @k\d+_\w*{name}", p)]
+
+
+def vector_keys(fn: str, dim: str = "seq") -> bool:
+    """A main loop over whole blocks of the run-time keys holding a vector loop of the
+    block's width, and a tail loop for the rest."""
+    blocks = re.findall(rf"for (\S+)\.o in 0\.\.floordiv\(%{dim}, {WIDTH}\)", fn)
+    return any(f"for vector {v}.i in 0..{WIDTH}" in fn
+               and re.search(rf"for {re.escape(v)}\.t in 0\.\.mod\(%{dim}, {WIDTH}\)", fn)
+               for v in blocks)
+
+
+# ---------------------------------------------------------------- softmax
+
+
+def softmax_model(mask: bool) -> ModelProto:
+    """Scores [batch, 3, q, seq] (q static, so only the key axis is run-time), softmax over
+    the keys, optionally after adding a [batch, 1, 1, seq] mask."""
+    nodes = [helper.make_node("Add", ["s", "m"], ["t"])] if mask else []
+    nodes.append(helper.make_node("Softmax", ["t" if mask else "s"], ["y"], axis=-1))
+    inputs = {"s": (F32, ["batch", 3, 5, "seq"])}
+    if mask:
+        inputs["m"] = (F32, ["batch", 1, 1, "seq"])
+    return onnx_model(nodes, inputs, {"y": (F32, None)})
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["plain", "masked"])
+def test_softmax_over_a_run_time_key_row(tmp_path, mask):
+    model = softmax_model(mask)
+    compiled, loops = compile_once(model, tmp_path)
+    fns = functions(loops, "softmax")
+    assert len(fns) == 1, "the mask add is not in the softmax's kernel" if mask else ""
+    # the max, the exponentials, the sum and the scaling: each over whole vectors + a tail
+    assert len(re.findall(rf"in 0\.\.floordiv\(%seq, {WIDTH}\)", fns[0])) >= 4
+    assert vector_keys(fns[0])
+
+    def feed(name: str, s: tuple[int, ...], gen: np.random.Generator) -> np.ndarray:
+        if name == "m":  # a padding mask: 0 or -10000, as BERT's
+            return np.where(gen.random(s) < 0.3, -10000.0, 0.0).astype(F32)
+        return gen.standard_normal(s).astype(F32) * 4
+
+    shapes = [{"s": (b, 3, 5, n), **({"m": (b, 1, 1, n)} if mask else {})}
+              for b, n in [(1, n) for n in KEYS] + [(2, 17), (3, 129)]]
+    check(compiled, model, shapes, feed)
+
+
+def test_a_key_row_of_very_different_scores_keeps_its_maximum(tmp_path):
+    """The max over whole vectors and the tail both count: the row's largest score placed
+    in the first block, the last block and the tail in turn (exp overflows otherwise)."""
+    model = softmax_model(False)
+    compiled, _ = compile_once(model, tmp_path)
+    for n in (WIDTH + 3, 2 * WIDTH + 1):
+        for where in (0, WIDTH - 1, n - 1):
+            s = np.zeros((1, 3, 5, n), np.float32)
+            s[..., where] = 200.0
+            got = compiled.run({"s": s})[0]
+            want = ort_run(model, {"s": s})[0]
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+            assert np.isfinite(got).all()
+
+
+# ---------------------------------------------------------------- the two contractions
+
+
+def scores_model() -> ModelProto:
+    """Q . K^T scaled, plus a mask: [batch, 2, seq, 32] x [batch, 2, 32, seq]."""
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["raw"]),
+             helper.make_node("Mul", ["raw", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "m"], ["y"])]
+    return onnx_model(nodes, {"q": (F32, ["batch", 2, "seq", 32]),
+                              "kt": (F32, ["batch", 2, 32, "seq"]),
+                              "m": (F32, ["batch", 1, 1, "seq"])},
+                      {"y": (F32, None)}, {"scale": np.array(0.125, np.float32)})
+
+
+def test_scores_over_run_time_keys_in_vector_blocks_of_jammed_rows(tmp_path):
+    model = scores_model()
+    compiled, loops = compile_once(model, tmp_path)
+    (fn,) = functions(loops, "matmul")
+    assert vector_keys(fn)
+    assert "for unroll" in fn, "the query rows of a key block were not jammed"
+    check(compiled, model, [{"q": (b, 2, n, 32), "kt": (b, 2, 32, n), "m": (b, 1, 1, n)}
+                            for b, n in [(1, n) for n in KEYS] + [(2, 33), (4, 5)]])
+
+
+def test_context_sums_over_run_time_keys_with_jammed_rows(tmp_path):
+    """P . V: [batch, 2, seq, seq] x [batch, 2, seq, 32], the sum over the run-time keys."""
+    model = onnx_model([helper.make_node("MatMul", ["p", "v"], ["y"])],
+                       {"p": (F32, ["batch", 2, "seq", "seq"]),
+                        "v": (F32, ["batch", 2, "seq", 32])}, {"y": (F32, None)})
+    compiled, loops = compile_once(model, tmp_path)
+    (fn,) = functions(loops, "matmul")
+    assert re.search(r"for r\w* in 0\.\.%seq", fn)
+    assert "for unroll" in fn, "the query rows were not jammed"
+    check(compiled, model, [{"p": (b, 2, n, n), "v": (b, 2, n, 32)}
+                            for b, n in [(1, n) for n in KEYS] + [(3, 17), (2, 4)]])
+
+
+# ---------------------------------------------------------------- whole blocks
+
+
+def attention_model(causal: bool) -> ModelProto:
+    """Project, split 4 heads of 16, scores over the keys (a padding mask, or a causal one
+    built from the run-time size as GPT-2's exporters do: Range, compare, Where), softmax,
+    P . V, merge heads."""
+    hidden, heads, width = 64, 4, 16
+    nodes = [helper.make_node("MatMul", ["x", f"w{n}"], [n]) for n in "qkv"]
+    nodes += [helper.make_node("Reshape", [n, "split"], [f"{n}4"]) for n in "qkv"]
+    nodes += [helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["qh", "kt"], ["raw"]),
+              helper.make_node("Mul", ["raw", "scale"], ["scaled"])]
+    inputs = {"x": (F32, ["batch", "seq", hidden])}
+    if causal:
+        nodes += [helper.make_node("Shape", ["x"], ["shape"]),
+                  helper.make_node("Gather", ["shape", "one"], ["n"], axis=0),
+                  helper.make_node("Range", ["zero", "n", "step"], ["pos"]),
+                  helper.make_node("Unsqueeze", ["pos", "ax1"], ["col"]),
+                  helper.make_node("Unsqueeze", ["pos", "ax0"], ["row"]),
+                  helper.make_node("Greater", ["row", "col"], ["future"]),
+                  helper.make_node("Where", ["future", "neg", "scaled"], ["scores"])]
+    else:
+        inputs["m"] = (F32, ["batch", 1, 1, "seq"])
+        nodes.append(helper.make_node("Add", ["scaled", "m"], ["scores"]))
+    nodes += [helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["ctx"]),
+              helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctx_t", "merge"], ["y"])]
+    inits = {f"w{n}": weights(hidden, hidden, seed=3 + k) for k, n in enumerate("qkv")}
+    inits |= {"split": np.array([0, 0, heads, width], np.int64),
+              "merge": np.array([0, 0, hidden], np.int64),
+              "scale": np.array(1 / np.sqrt(width), np.float32)}
+    if causal:
+        inits |= {"one": np.array(1, np.int64), "zero": np.array(0, np.int64),
+                  "step": np.array(1, np.int64), "ax0": np.array([0], np.int64),
+                  "ax1": np.array([1], np.int64), "neg": np.array(-1e9, np.float32)}
+    return onnx_model(nodes, inputs, {"y": (F32, None)}, inits)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["padding-mask", "causal"])
+def test_attention_block_compiled_once(tmp_path, causal):
+    model = attention_model(causal)
+    compiled, loops = compile_once(model, tmp_path)
+    softmax = functions(loops, "softmax")
+    assert softmax
+    assert all(vector_keys(fn) for fn in softmax)
+    sizes = [(1, n) for n in KEYS] + [(2, 7), (4, 33), (3, 1)]
+
+    def feed(name: str, s: tuple[int, ...], gen: np.random.Generator) -> np.ndarray:
+        if name == "m":
+            return np.where(gen.random(s) < 0.25, -10000.0, 0.0).astype(F32)
+        return gen.standard_normal(s).astype(F32)
+
+    check(compiled, model, [{"x": (b, n, 64), **({} if causal else {"m": (b, 1, 1, n)})}
+                            for b, n in sizes], feed)
