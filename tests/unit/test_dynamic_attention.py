@@ -17,10 +17,15 @@ import pytest
 from onnx import ModelProto, helper
 
 import strataml
+from strataml.ir.dialects.loop import For
+from strataml.ir.parse import parse_kernel
+from strataml.passes.lower.kernel_to_loop import lower_kernel
 from strataml.passes.lower.key_vector import VECTORS_PER_BLOCK
+from strataml.sizes import evaluate
 from strataml.target import host_target
 from tests.conftest import ort_run
 from tests.unit.graphs import dumped, onnx_model
+from tests.unit.test_symbolic_loops import Compiled
 
 F32 = "float32"
 RTOL, ATOL = 1e-4, 1e-5
@@ -213,3 +218,83 @@ def test_attention_block_compiled_once(tmp_path, causal):
 
     check(compiled, model, [{"x": (b, n, 64), **({} if causal else {"m": (b, 1, 1, n)})}
                             for b, n in sizes], feed)
+
+
+# ---------------------------------------------------------------- row-by-row stages fused
+
+
+SOFTMAX_ROWS = """kernel @softmax loc('softmax') {
+  input %x: float32[batch,4,seq,seq]
+  temp %m: float32[batch,4,seq,1]
+  temp %e: float32[batch,4,seq,seq]
+  temp %s: float32[batch,4,seq,1]
+  output %y: float32[batch,4,seq,seq]
+  %m[a, h, i, z] = reduce_max[r<seq](init=-inf:float32, %x[a, h, i, r])
+  %e[a, h, i, j] = exp((%x[a, h, i, j] - %m[a, h, i, 0]))
+  %s[a, h, i, z] = reduce_sum[r<seq](init=0.0:float32, %e[a, h, i, r])
+  %y[a, h, i, j] = (%e[a, h, i, j] / %s[a, h, i, 0])
+}"""
+
+# the second stage reads the first one's *next* row (clamped to the buffer's last element
+# at the end): fused, row i would read a row that is not written yet
+NEXT_ROW = """kernel @next loc('next') {
+  input %x: float32[3,seq,8]
+  temp %t: float32[3,seq,8]
+  output %y: float32[3,seq,8]
+  %t[h, i, j] = (%x[h, i, j] * 2.0:float32)
+  %y[h, i, j] = %t[h, (i + 1), j]
+}"""
+
+
+def _run_kernel(text: str, sizes: list[dict[str, int]], inputs: Any, want: Any) -> Any:
+
+    kernel = parse_kernel(text)
+    fn = lower_kernel(kernel, threads=2)
+    run = Compiled(fn, 2)
+    gen = np.random.default_rng(2)
+    for dims in sizes:
+        arrays = inputs(dims, gen)
+        arrays |= {b.name: np.full(evaluate(b.numel, dims) + 1, 12345, np.float32)
+                   for b in kernel.buffers if b.role != "input"}
+        run(arrays, **dims)
+        got = arrays["y"][:-1]
+        np.testing.assert_allclose(got, want(arrays, dims).ravel(), rtol=1e-5, atol=1e-6,
+                                   err_msg=str(dims))
+        for b in kernel.buffers:
+            if b.role != "input":
+                assert arrays[b.name][-1] == 12345, f"%{b.name} written past its end"
+    return fn
+
+
+def test_softmax_stages_fused_into_one_loop_over_rows():
+    def inputs(dims: dict[str, int], gen: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"x": gen.standard_normal(
+            (dims["batch"], 4, dims["seq"], dims["seq"])).astype(F32) * 3}
+
+    def want(arrays: dict[str, np.ndarray], dims: dict[str, int]) -> np.ndarray:
+        b, n = dims["batch"], dims["seq"]
+        x = arrays["x"].reshape(b, 4, n, n)
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    fn = _run_kernel(SOFTMAX_ROWS, [{"batch": b, "seq": n} for b in (1, 2)
+                                    for n in (1, 2, 17, WIDTH, 2 * WIDTH + 5)],
+                     inputs, want)
+    nests = [s for s in fn.body if isinstance(s, For)]
+    assert len(nests) == 1, "the four stages were not fused over their rows"
+    assert nests[0].kind == "parallel"
+    assert nests[0].extent == 4  # the heads, outermost
+
+
+def test_stages_reading_another_row_are_not_fused():
+    def inputs(dims: dict[str, int], gen: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"x": gen.standard_normal((3, dims["seq"], 8)).astype(F32)}
+
+    def want(arrays: dict[str, np.ndarray], dims: dict[str, int]) -> np.ndarray:
+        n = dims["seq"]
+        t = arrays["x"].ravel() * 2
+        flat = np.arange(3 * n * 8) + 8  # (h, i + 1, j), as a flat index
+        return t[np.minimum(flat, t.size - 1)]
+
+    fn = _run_kernel(NEXT_ROW, [{"seq": n} for n in (1, 2, 7, 40)], inputs, want)
+    assert len([s for s in fn.body if isinstance(s, For)]) == 2

@@ -54,6 +54,7 @@ from strataml.ir.size_exprs import dim_var, size_to_expr
 from strataml.ir.types import is_int
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.passes.lower.key_vector import vectorize_key_loops
+from strataml.passes.lower.row_fuse import fuse_row_stages
 from strataml.passes.lower.row_jam import jam_rows
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
@@ -420,7 +421,8 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
                          else size_to_expr(b.numel)) for b in kernel.params)
     scratch = list(lowering.scratch)
     if kernel.dims:  # (row loops over run-time sizes, register-blocked: see row_jam)
-        jammed, scratch = jam_rows(tuple(body), scratch)
+        # (row-by-row stages in one loop over the rows: see row_fuse)
+        jammed, scratch = jam_rows(fuse_row_stages(kernel, nests, tuple(body)), scratch)
         # (and innermost run-time loops in whole vectors plus a tail: see key_vector)
         keyed, scratch, _ = vectorize_key_loops(jammed, scratch, target.vector_lanes_f32)
         body = list(keyed)
