@@ -266,20 +266,24 @@ def _run_kernel(text: str, sizes: list[dict[str, int]], inputs: Any, want: Any) 
     return fn
 
 
-def test_softmax_stages_fused_into_one_loop_over_rows():
+@pytest.mark.parametrize("batch", ["batch", "1"], ids=["run-time-batch", "batch-of-1"])
+def test_softmax_stages_fused_into_one_loop_over_rows(batch):
+    """Over [batch, 4, seq, seq] and over [1, 4, seq, seq] (GPT-2's export: a row axis of
+    one has no loop)."""
     def inputs(dims: dict[str, int], gen: np.random.Generator) -> dict[str, np.ndarray]:
         return {"x": gen.standard_normal(
-            (dims["batch"], 4, dims["seq"], dims["seq"])).astype(F32) * 3}
+            (dims.get("batch", 1), 4, dims["seq"], dims["seq"])).astype(F32) * 3}
 
     def want(arrays: dict[str, np.ndarray], dims: dict[str, int]) -> np.ndarray:
-        b, n = dims["batch"], dims["seq"]
+        b, n = dims.get("batch", 1), dims["seq"]
         x = arrays["x"].reshape(b, 4, n, n)
         e = np.exp(x - x.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
-    fn = _run_kernel(SOFTMAX_ROWS, [{"batch": b, "seq": n} for b in (1, 2)
-                                    for n in (1, 2, 17, WIDTH, 2 * WIDTH + 5)],
-                     inputs, want)
+    sizes = [{"seq": n} for n in (1, 2, 17, WIDTH, 2 * WIDTH + 5)]
+    if batch == "batch":
+        sizes = [{"batch": b, **n} for b in (1, 2) for n in sizes]
+    fn = _run_kernel(SOFTMAX_ROWS.replace("[batch,", f"[{batch},"), sizes, inputs, want)
     nests = [s for s in fn.body if isinstance(s, For)]
     assert len(nests) == 1, "the four stages were not fused over their rows"
     assert nests[0].kind == "parallel"

@@ -137,15 +137,23 @@ class _Vectorizer:
         block_step = _subst(step, s.var, binary("add", binary("mul", main.var, self.width),
                                                 lanes))
         init = reduce_identity(combiner, acc.dtype)
-        fold = self.fresh(f"{lanes.name}.f")
-        fold_var = Var("int64", fold)
+        # the lanes folded in halves, each half one vector operation, then into `acc`: a
+        # scalar fold of W lanes cost as much as a 32-key row itself
+        folds: list[Stmt] = []
+        half = self.width // 2
+        assert self.width & (self.width - 1) == 0, "the lanes fold in halves"
+        while half >= 1:
+            upper = Load(acc.dtype, buf, (binary("add", lanes, half),))
+            folds.append(For(lanes, half, (Store(buf, lanes, binary(op, part, upper)),),
+                             "vector"))
+            half //= 2
+        first = Load(acc.dtype, buf, (binary("mul", lanes, 0),))
         return (
             For(lanes, self.width, (Store(buf, lanes, init),), "vector"),
             For(main.var, main.extent, (For(lanes, self.width, (
                 Store(buf, lanes, binary(op, part, block_step)),), "vector"),), main.kind),
-            For(fold_var, self.width, (Assign(acc, binary(
-                op, acc, Load(acc.dtype, buf, (fold_var,))), reassociate=op in ("add", "mul")),),
-                "serial"),
+            *folds,
+            Assign(acc, binary(op, acc, first), reassociate=op in ("add", "mul")),
             *tail)
 
     # ------------------------------------------------------------ columns

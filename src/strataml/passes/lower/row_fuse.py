@@ -26,20 +26,25 @@ from strataml.schedule.primitives import LoopNest
 from strataml.schedule.schedule import reads_within_rows
 
 
-def _row_order(kernel: Kernel, nests: dict[str, LoopNest], depth: int) -> tuple[int, ...] | None:
-    """The axis positions of the first `depth` loops, the same in every stage, or None."""
+def _row_order(kernel: Kernel, nests: dict[str, LoopNest], rows: int
+               ) -> tuple[int, ...] | None:
+    """The axis positions of each stage's outer loops over its first `rows` axes, the
+    same in every stage, or None. Loops of one iteration are left out: the lowering emits
+    no loop for them (GPT-2's batch of 1)."""
     order: tuple[int, ...] | None = None
     for st in kernel.stages:
         nest = nests.get(st.buffer)
         if nest is None or nest.compute_at is not None or nest.inline or nest.packs:
             return None
         names = [a.name for a in st.axes]
-        loops = nest.loops[:depth]
-        if len(loops) < depth or any(lp.reduce or lp.name not in names or lp.extent == 1
-                                     for lp in loops):
+        shape = kernel.buffer(st.buffer).shape
+        wanted = {k for k in range(rows) if shape[k] != 1}
+        loops = [lp for lp in nest.loops if lp.extent != 1][:len(wanted)]
+        if len(loops) < len(wanted) or any(lp.reduce or lp.name not in names
+                                           for lp in loops):
             return None
         here = tuple(names.index(lp.name) for lp in loops)
-        if sorted(here) != list(range(depth)) or (order is not None and here != order):
+        if set(here) != wanted or (order is not None and here != order):
             return None
         order = here
     return order
@@ -83,10 +88,11 @@ def fuse_row_stages(kernel: Kernel, nests: dict[str, LoopNest], body: tuple[Stmt
                     ) -> tuple[Stmt, ...]:
     """`body` (one nest per stage, in stage order) as one nest over the rows, where that is
     valid (above); else `body` as it is."""
-    depth = _legal(kernel)
-    if not depth or len(body) != len(kernel.stages) \
-            or _row_order(kernel, nests, depth) is None:
+    rows = _legal(kernel)
+    order = _row_order(kernel, nests, rows) if rows else None
+    if not order or len(body) != len(kernel.stages):
         return body
+    depth = len(order)
     chains = [_chain(s, depth) for s in body]
     if any(c is None for c in chains):
         return body
