@@ -229,13 +229,16 @@ def _clamped(body: tuple[Stmt, ...]) -> bool:
                for e in _walk_stmt_exprs(body) for x in e.walk())
 
 
+def _unit_stride(index: Expr, v: Var) -> bool:
+    """Consecutive elements along `v`."""
+    found = linear_in(index, [v])
+    return found is not None and found[0][v] == 1
+
+
 def _is_map(s: For) -> bool:
     """Stores only, each to consecutive elements along the loop (unit stride)."""
-    def unit(index: Expr) -> bool:
-        found = linear_in(index, [s.var])
-        return found is not None and found[0][s.var] == 1
-
-    return bool(s.body) and all(isinstance(st, Store) and unit(st.index) for st in s.body)
+    return bool(s.body) and all(isinstance(st, Store) and _unit_stride(st.index, s.var)
+                                for st in s.body)
 
 
 def _reduction(s: For) -> tuple[Var, str, Expr] | None:
@@ -262,9 +265,10 @@ def _reduction(s: For) -> tuple[Var, str, Expr] | None:
 
 def _is_column(s: For) -> bool:
     """Declares, then static loops holding only assignments to them (nested static loops
-    allowed), then stores at indices reading the loop's variable: each iteration of `s`
-    computes one output of its own from locals of its own, and the loops read nothing the
-    stores write (so the lanes may run interleaved)."""
+    allowed), then stores at unit stride along the loop, one per buffer: each iteration of
+    `s` computes outputs of its own from locals of its own, and nothing it reads is what
+    the stores write (so the lanes may run interleaved, and blocks of keys may move
+    outside the rows around them)."""
     declared: set[Var] = set()
     stored: set[str] = set()
     k = 0
@@ -283,9 +287,18 @@ def _is_column(s: For) -> bool:
     stores = body[k:]
     if not declared or not loops or not stores:
         return False
-    if not all(isinstance(st, Store) and _reads(st.index, s.var) for st in stores):
+    if not all(isinstance(st, Store) and _unit_stride(st.index, s.var) for st in stores):
         return False
     stored = {st.buffer for st in stores if isinstance(st, Store)}
+    if len(stored) != len(stores):
+        return False  # (two stores into one buffer: their order across lanes would change)
+
+    def reads_stored(e: Expr) -> bool:
+        return any(isinstance(x, Load) and x.buffer in stored for x in e.walk())
+
+    if any(isinstance(st, Store) and reads_stored(st.value) for st in stores) \
+            or any(isinstance(d, Declare) and reads_stored(d.init) for d in body):
+        return False
     return all(_only_assigns(lp, declared, stored) for lp in loops)
 
 
