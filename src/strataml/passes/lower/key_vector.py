@@ -1,38 +1,38 @@
 """Vector lanes along a run-time innermost axis: a main loop of whole vectors, then a tail.
 
-Attention over a run-time sequence has the key axis, a run-time size, innermost in three
-shapes of loop that LLVM's vectoriser leaves scalar or vectorises badly when it cannot see
-the trip count (issue 17: `Q . K^T` ~3x and the softmax ~4x the static build at 128 keys):
+Attention over a run-time sequence has the key axis, a run-time size, innermost. Two
+shapes of loop over it are rewritten here:
 
-- a *map* over the keys (`exp(x - max)`, `e * inv_sum`, a transpose's copy): stores only;
-- a *reduction* over the keys into a scalar (`max` and `sum` of a softmax row);
 - a *column* of a contraction with a short static reduction inside (`Q . K^T`: per key,
   `acc = 0; for r in 0..32 { acc += q[r] * kt[r, key] }; out[key] = acc * s + mask[key]`),
-  read down K^T's rows, one scalar dot product per key.
+  which LLVM leaves as one scalar dot product per key read down K^T's rows (~2-3x the
+  static gemm at 128 keys);
+- a *map* over the keys (`exp(x - max)`, `e * inv_sum`, a transpose's copy): stores only.
 
 Each becomes `split_with_tail`'s main loop over `n // W` blocks of W lanes (W a constant: a
 loop of kind "vector", which LLVM vectorises at its known width) plus the original body for
 the `n % W` keys past the last block, so nothing is computed into padding and every index
 stays the one the bound proofs saw (main-loop keys are `< (n // W) * W <= n`). In the
-reduction, the lanes keep W partial results in a stack scratch (vector registers once LLVM
-promotes it) folded into the scalar once per row; in the column, the lane loop moves inside
-the static reduction loops (as the row trace does for a static N), so each step of the
-reduction loads a vector of K^T's row and multiply-adds into W accumulators.
+column, the lane loop moves inside the static reduction loops (as the row trace does for a
+static N), each scalar local a row of W lanes in a stack scratch, so each step of the
+reduction loads a vector of K^T's row and multiply-adds into W accumulators; the key
+blocks then go outside the query rows around them, which are jammed (`row_jam`).
+
+A softmax's max and sum over the keys are left to LLVM's vectoriser: W partial results in
+a scratch, folded per row, measured 25-35% slower at 32-128 keys than LLVM's own
+vectorised reduction over the run-time trip count (`reassoc` sums, `fmaximum`).
 """
 
 from __future__ import annotations
 
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
-from strataml.ir.expr import Binary, Expr, Load, Var, binary, reduce_identity, rewrite
+from strataml.ir.expr import Binary, Expr, Load, Var, rewrite
 from strataml.ir.index_simplify import linear_in
 from strataml.passes.lower.row_jam import jam_rows
 from strataml.passes.lower.tail_split import split_with_tail
 
-# Lanes per block: two vectors, so a reduction keeps two chains of partial results in flight.
+# Lanes per block: two vectors (Q . K^T: two accumulators a row, as the row trace's tile).
 VECTORS_PER_BLOCK = 2
-# Assignments whose lanes may combine in any order: (combiner, needs the reassociate mark).
-_COMBINERS = {"add": ("sum", True), "mul": ("prod", True), "max": ("max", False),
-              "min": ("min", False)}
 
 
 def _walk_stmt_exprs(body: tuple[Stmt, ...]) -> list[Expr]:
@@ -116,45 +116,9 @@ class _Vectorizer:
             return None  # (an index the proofs could not bound: left as it is)
         if _is_map(s):
             return split_with_tail(s, self.width, "vector")
-        if (found := _reduction(s)) is not None:
-            return self.reduction(s, *found)
         if _is_column(s):
             return self.column(s)
         return None
-
-    # ------------------------------------------------------------ reductions
-
-    def reduction(self, s: For, acc: Var, combiner: str, step: Expr) -> tuple[Stmt, ...]:
-        """`for r { acc = acc (op) step(r) }` as W partial results over whole blocks, folded
-        into `acc`, then the tail into `acc` as before."""
-        main, *tail = split_with_tail(s, self.width, "vector")
-        assert isinstance(main, For)
-        assert isinstance(main.body[0], For)
-        lanes = main.body[0].var
-        buf = self.lanes_buffer(acc.dtype)
-        part = Load(acc.dtype, buf, (lanes,))
-        op = next(k for k, (c, _) in _COMBINERS.items() if c == combiner)
-        block_step = _subst(step, s.var, binary("add", binary("mul", main.var, self.width),
-                                                lanes))
-        init = reduce_identity(combiner, acc.dtype)
-        # the lanes folded in halves, each half one vector operation, then into `acc`: a
-        # scalar fold of W lanes cost as much as a 32-key row itself
-        folds: list[Stmt] = []
-        half = self.width // 2
-        assert self.width & (self.width - 1) == 0, "the lanes fold in halves"
-        while half >= 1:
-            upper = Load(acc.dtype, buf, (binary("add", lanes, half),))
-            folds.append(For(lanes, half, (Store(buf, lanes, binary(op, part, upper)),),
-                             "vector"))
-            half //= 2
-        first = Load(acc.dtype, buf, (binary("mul", lanes, 0),))
-        return (
-            For(lanes, self.width, (Store(buf, lanes, init),), "vector"),
-            For(main.var, main.extent, (For(lanes, self.width, (
-                Store(buf, lanes, binary(op, part, block_step)),), "vector"),), main.kind),
-            *folds,
-            Assign(acc, binary(op, acc, first), reassociate=op in ("add", "mul")),
-            *tail)
 
     # ------------------------------------------------------------ columns
 
@@ -211,10 +175,6 @@ class _Vectorizer:
         return tuple(out)
 
 
-def _subst(e: Expr, v: Var, by: Expr) -> Expr:
-    return rewrite(e, lambda x: by if x == v else None)
-
-
 def _clamped(body: tuple[Stmt, ...]) -> bool:
     """Some load or store index holds a min or max: a clamp where no proof held."""
     def clamp(index: Expr) -> bool:
@@ -239,28 +199,6 @@ def _is_map(s: For) -> bool:
     """Stores only, each to consecutive elements along the loop (unit stride)."""
     return bool(s.body) and all(isinstance(st, Store) and _unit_stride(st.index, s.var)
                                 for st in s.body)
-
-
-def _reduction(s: For) -> tuple[Var, str, Expr] | None:
-    """`acc = acc (op) step` alone in the loop, with `step` free of `acc` and the
-    combiner one whose lanes may combine in any order (a sum only when marked so)."""
-    if len(s.body) != 1 or not isinstance(a := s.body[0], Assign):
-        return None
-    v = a.value
-    if not isinstance(v, Binary) or v.op not in _COMBINERS:
-        return None
-    combiner, needs_mark = _COMBINERS[v.op]
-    if needs_mark and not a.reassociate:
-        return None
-    if v.a == a.var and not _reads(v.b, a.var):
-        step = v.b
-    elif v.b == a.var and not _reads(v.a, a.var):
-        step = v.a
-    else:
-        return None
-    if not a.var.dtype.startswith("float"):
-        return None
-    return a.var, combiner, step
 
 
 def _is_column(s: For) -> bool:
@@ -318,7 +256,7 @@ def _only_assigns(st: Stmt, declared: set[Var], stored: set[str]) -> bool:
 
 def vectorize_key_loops(body: tuple[Stmt, ...], scratch: list[Allocate], lanes: int
                         ) -> tuple[tuple[Stmt, ...], list[Allocate], int]:
-    """`body` with each innermost run-time serial loop of the three shapes above split into
+    """`body` with each innermost run-time serial loop of the two shapes above split into
     whole vectors of `VECTORS_PER_BLOCK * lanes` plus a tail; the scratch it needs appended
     to `scratch`; and how many loops it rewrote."""
     vec = _Vectorizer(body, list(scratch), VECTORS_PER_BLOCK * lanes)
