@@ -127,6 +127,18 @@ class DimBinder:
                    for corner in product(*(self.ranges[n] for n in self.plan.dims)))
         return high if 0 < high <= MAX_RESERVED_BYTES else 0
 
+    def largest_outputs_bytes(self) -> int:
+        """The most bytes the outputs of one call take within the ranges (at their corners,
+        as `reserved_bytes`), 0 without a range on every dim."""
+        if not self.plan.dims or any(n not in self.ranges for n in self.plan.dims):
+            return 0
+        best = 0
+        for corner in product(*(self.ranges[n] for n in self.plan.dims)):
+            values = dict(zip(self.plan.dims, corner, strict=True))
+            best = max(best, sum(prod(evaluate(d, values) for d in s.shape)
+                                 * np.dtype(s.dtype).itemsize for s in self.plan.outputs))
+        return best
+
     def bind(self, shapes: Mapping[str, tuple[int, ...]]) -> Layout:
         """The layout for these input shapes (InputError where they break a rule)."""
         values = bind_input_dims(self.declared, shapes, self.ranges)
