@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     dynamic = strataml.compile(str(path), dynamic_dims=True, dim_ranges=RANGES,
                                num_threads=args.threads)
+    prefault = getattr(dynamic._executor, "_prefault", None)
+    if prefault is not None:  # (the arena's pages: a server loads before its first request)
+        prefault.join()
     print(f"dynamic: compiled once in {time.perf_counter() - start:.1f} s "
           f"(dims {', '.join(dynamic.plan.dims)}, {args.threads} threads)")
     session = ort_session(path, args.threads, spin=True)

@@ -114,6 +114,12 @@ class Executor:
         # ranges the arena grows with the calls)
         reserved = 0 if self._dims is None else self._dims.reserved_bytes()
         self._arena = device.allocate(int(plan.arena_bytes) if self._dims is None else reserved)
+        if reserved:  # (its pages faulted in off the calls' path: runtime/prefault.py)
+            from strataml.runtime.prefault import populate_in_background, warm_heap
+
+            assert self._dims is not None
+            self._prefault = populate_in_background(self._arena)
+            warm_heap(self._dims.largest_outputs_bytes())
         self._lock = threading.Lock()
         if (weights_region is not None and weights_region.nbytes == plan.weights_bytes
                 and weights_region.ctypes.data % ALIGNMENT == 0):
