@@ -6,8 +6,9 @@ time then cost that call a page fault each (with transparent huge pages, a 2 MiB
 zeroed per fault: milliseconds on a busy machine). A background thread asks the kernel to
 populate the pages (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+), which writes nothing, so
 calls may run meanwhile. The cost is resident memory: the whole reservation, as the
-largest call in range would touch anyway. `STRATAML_PREFAULT=0` turns it off; elsewhere
-(another OS, an older kernel) it does nothing.
+largest call in range would touch anyway, so only up to MAX_POPULATE_BYTES (a model
+declared for far larger sizes than it is called at should not hold them all resident).
+`STRATAML_PREFAULT=0` turns it off; elsewhere (another OS, an older kernel) it does nothing.
 
 The outputs are new arrays each call (the caller keeps them), from the C heap: a call at a
 larger size than any before faults in fresh heap pages for them (the rest of the first-call
@@ -30,6 +31,7 @@ import numpy as np
 MADV_POPULATE_WRITE = 23  # (linux/mman.h)
 CHUNK_BYTES = 8 << 20  # one madvise per chunk: the thread yields between them
 MAX_WARM_BYTES = 64 << 20  # the most heap warm_heap touches
+MAX_POPULATE_BYTES = 256 << 20  # the largest arena populated at load
 
 
 def enabled() -> bool:
@@ -39,7 +41,7 @@ def enabled() -> bool:
 def populate_in_background(buffer: np.ndarray) -> threading.Thread | None:
     """Start populating `buffer`'s whole pages; the thread (a daemon), or None where it
     does not apply."""
-    if not enabled() or buffer.nbytes < mmap.PAGESIZE:
+    if not enabled() or not mmap.PAGESIZE <= buffer.nbytes <= MAX_POPULATE_BYTES:
         return None
     thread = threading.Thread(target=populate, args=(buffer,), name="strataml-prefault",
                               daemon=True)
