@@ -59,6 +59,10 @@ def plan_problems(plan: ExecutionPlan) -> list[str]:
             sizes += [(f"{what} {s.name!r}", d) for d in (*s.shape, s.offset)]
     for call in plan.calls:
         sizes += [(f"kernel {call.kernel!r}", offset) for _, offset in call.args]
+        sizes.append((f"kernel {call.kernel!r} repeat", call.repeat))
+        if call.repeated and len(call.strides) != len(call.args):
+            problems.append(f"kernel {call.kernel!r} repeats with {len(call.strides)} strides "
+                            f"for {len(call.args)} arguments")
         if any(not 0 <= k < len(plan.dims) for k in call.dims):
             problems.append(f"kernel {call.kernel!r} passes dims {list(call.dims)}, outside "
                             f"the table of {len(plan.dims)}")
@@ -87,6 +91,7 @@ class Layout:
     output_shapes: tuple[tuple[int, ...], ...]
     output_offsets: tuple[int, ...]  # (of outputs copied out of the arena)
     call_offsets: tuple[tuple[int, ...], ...]  # each call's args, evaluated (for timeline)
+    call_repeats: tuple[int, ...] = ()  # each call's repeat count, evaluated (for timeline)
 
     @property
     def table_address(self) -> int:
@@ -148,14 +153,34 @@ class DimBinder:
                 raise ArtifactError(f"{where}: output {s.name!r} ({nbytes} bytes at {offset}) "
                                     f"overruns the arena ({arena} bytes)")
             output_offsets.append(offset)
+        io_slots = (*plan.inputs, *plan.outputs)
+
+        def io_bytes(k: int) -> int:
+            if not 0 <= k < len(io_slots):
+                return 0
+            slot = io_slots[k]
+            return int(np.prod(shape(slot), dtype=np.int64)) * np.dtype(slot.dtype).itemsize
+
         call_offsets = []
+        repeats = []
         for call in plan.calls:
             offsets = tuple(evaluate(o, values) for _, o in call.args)
-            for (region, _), offset in zip(call.args, offsets, strict=True):
-                if region == 0 and not 0 <= offset <= arena:
+            repeat = evaluate(call.repeat, values)
+            strides = call.strides or (0,) * len(offsets)
+            if repeat < 0:
+                raise ArtifactError(f"{where}: kernel {call.kernel!r} repeats {repeat} times")
+            for (region, _), offset, stride in zip(call.args, offsets, strides, strict=True):
+                # (a repeated call's last repetition starts `stride * (repeat - 1)` further on)
+                last = offset + stride * max(repeat - 1, 0)
+                if region == 0 and not 0 <= offset <= last <= arena:
                     raise ArtifactError(f"{where}: kernel {call.kernel!r} reads arena offset "
-                                        f"{offset}, outside the arena ({arena} bytes)")
+                                        f"{last}, outside the arena ({arena} bytes)")
+                if region == 2 and stride and stride * repeat > io_bytes(offset):
+                    raise ArtifactError(f"{where}: kernel {call.kernel!r} steps {repeat} "
+                                        f"times {stride} bytes through io entry {offset}, "
+                                        f"past its {io_bytes(offset)} bytes")
             call_offsets.append(offsets)
+            repeats.append(repeat)
         table = (ctypes.c_int64 * max(len(key), 1))(*key)
         return Layout(values, table, arena, output_shapes, tuple(output_offsets),
-                      tuple(call_offsets))
+                      tuple(call_offsets), tuple(repeats))
