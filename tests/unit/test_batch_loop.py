@@ -155,6 +155,52 @@ def test_a_cnn_compiles_once_and_loops_its_kernels_over_the_batch(compiles: list
         compiled.run({"x": np.zeros((2, 3, 12, 13), np.float32)})
 
 
+def test_conv_transpose_average_pool_and_a_row_softmax_loop_over_the_batch():
+    model = onnx_model([
+        helper.make_node("ConvTranspose", ["x", "w"], ["u"], name="up", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("AveragePool", ["u"], ["p"], name="pool", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Softmax", ["p"], ["y"], name="softmax", axis=1)],
+        {"x": (F32, ["batch", 3, 12, 12])}, {"y": (F32, None)}, {"w": weights(3, 4, 2, 2)})
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    assert all(c.repeated for c in compiled.plan.calls)
+    gen = np.random.default_rng(2)
+    for n in (1, 2, 5):
+        x = gen.standard_normal((n, 3, 12, 12)).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})[0], ort_run(model, {"x": x})[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=f"batch {n}")
+
+
+def test_a_torch_cnn_with_a_dynamic_batch_dim_loops_its_kernels():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: Any) -> Any:
+            y = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+            return self.fc(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+    torch.manual_seed(0)
+    module = Net().eval()
+    batch = torch.export.Dim("batch", min=1, max=8)
+    compiled = strataml.compile(module, example_inputs=(torch.randn(2, 3, 16, 16),),
+                                dynamic_shapes=({0: batch},), dynamic_dims=True,
+                                num_threads=2)
+    assert all(c.repeated for c in compiled.compiled.plan.calls)
+    for n in (1, 3, 8):
+        x = torch.randn(n, 3, 16, 16)
+        with torch.no_grad():
+            want = module(x).numpy()
+        np.testing.assert_allclose(np.asarray(compiled(x)), want, rtol=RTOL, atol=ATOL)
+
+
 def test_at_batch_one_the_looped_kernels_are_the_static_builds_code():
     model = _cnn()
     dynamic = strataml.compile(model, dynamic_dims=True, num_threads=2)
