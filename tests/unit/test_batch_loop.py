@@ -286,3 +286,20 @@ def test_a_static_plan_has_no_repeats():
     compiled = strataml.compile(_cnn(), dim_values={"batch": 2}, num_threads=1)
     assert not any(c.repeated for c in compiled.plan.calls)
     assert all("repeat" not in c.to_json() for c in compiled.plan.calls)
+
+
+def test_cli_compiles_a_cnn_over_a_run_time_batch(tmp_path: Path, capsys: Any):
+    """`strataml compile --dynamic-dims`: the summary prints the arena's formula (it grows
+    with the batch), and the artifact runs at any batch in range."""
+    import onnx
+
+    from strataml.cli.main import main
+
+    model = _cnn()
+    source = tmp_path / "cnn.onnx"
+    onnx.save(model, str(source))
+    out = tmp_path / "cnn.smod"
+    assert main(["compile", str(source), "-o", str(out), "--dynamic-dims",
+                 "--dim-range", "batch=1:8"]) == 0
+    assert "*batch" in capsys.readouterr().out
+    _check(strataml.load(out), model, [1, 6])
