@@ -76,6 +76,9 @@ def test_conv_pool_and_elementwise_over_the_batch_are_separable():
         == "batch"
     assert _one("MatMul", {"x": (F32, ["batch", 5, 8])}, {"w": weights(8, 4)}) == "batch"
     assert _one("Concat", {"x": X["x"], "z": X["x"]}, axis=1) == "batch"
+    # an embedding lookup: a static table's rows by each sample's token ids
+    assert _one("Gather", {"ids": ("int64", ["batch", 6])}, {"table": weights(10, 4)},
+                extra=["table", "ids"]) == "batch"
 
 
 def test_ops_that_mix_samples_are_not_separable():
@@ -88,6 +91,8 @@ def test_ops_that_mix_samples_are_not_separable():
     # (a contraction over the batch: [4, batch] x [batch, 2])
     assert _one("MatMul", {"x": (F32, [4, "batch"]), "z": (F32, ["batch", 2])}) is None
     assert _one("Flatten", X, axis=0) is None  # ([1, batch*192]: the batch is not first)
+    # rows of the batch picked by index: samples are mixed
+    assert _one("Gather", X, {"i": np.array([1, 0], np.int64)}, axis=0) is None
 
 
 def test_only_a_plain_leading_dim_with_static_sizes_elsewhere_is_a_batch():
@@ -303,3 +308,16 @@ def test_cli_compiles_a_cnn_over_a_run_time_batch(tmp_path: Path, capsys: Any):
                  "--dim-range", "batch=1:8"]) == 0
     assert "*batch" in capsys.readouterr().out
     _check(strataml.load(out), model, [1, 6])
+
+
+def test_an_embedding_lookup_loops_over_the_batch():
+    model = onnx_model([helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+                        helper.make_node("Softmax", ["e"], ["y"], name="softmax", axis=-1)],
+                       {"ids": ("int64", ["batch", 6])}, {"y": (F32, None)},
+                       {"table": weights(10, 4)})
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=1)
+    assert all(c.repeated for c in compiled.plan.calls)
+    for n in (1, 4):
+        ids = np.random.default_rng(n).integers(0, 10, (n, 6)).astype(np.int64)
+        np.testing.assert_allclose(compiled.run({"ids": ids})[0],
+                                   ort_run(model, {"ids": ids})[0], rtol=RTOL, atol=ATOL)

@@ -146,10 +146,16 @@ def _squeeze(node: Node, ins: Sequence[TensorType | None], outs: Sequence[Tensor
 
 
 def _gather(node: Node, ins: Sequence[TensorType | None], outs: Sequence[TensorType]) -> bool:
-    """Rows of each sample gathered by static indices."""
-    return ins[0] is not None and not _static(ins[0]) and \
-        _norm(int(node.attr("axis")), ins[0].rank) != 0 and \
-        ins[1] is not None and _static(ins[1])
+    """Each sample's rows gathered by static indices (not along the batch), or a static
+    table's rows gathered by each sample's indices (an embedding lookup: axis 0 of the
+    table, the indices' leading axis the batch)."""
+    data, indices = ins[0], ins[1]
+    if data is None or indices is None:
+        return False
+    axis = _norm(int(node.attr("axis")), data.rank)
+    if _static(data):
+        return axis == 0 and indices.rank >= 1
+    return axis != 0 and _static(indices)
 
 
 _ELEMENTWISE_EXCEPT = frozenset({"EyeLike", "Trilu"})  # (they index axes 0 and 1)
