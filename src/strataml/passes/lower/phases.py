@@ -29,7 +29,7 @@ from strataml.ir.dialects.loop import LoopFunction, print_function, verify_funct
 from strataml.ir.size_exprs import dim_var
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
-from strataml.passes.lower.batch_loop import lower_per_sample, sample_stride
+from strataml.passes.lower.batch_loop import lower_over_run_time_sizes, sample_stride
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
 from strataml.passes.lower.in_place import in_place_pairs
 from strataml.passes.lower.kernel_to_loop import lower_kernel, prepare_kernel
@@ -206,9 +206,10 @@ class LowerToKernels(LoweringPass):
                 continue  # its inputs' producers write it (see `concats_by_placement`)
             with blame(node.where, self.name):
                 name = f"k{i}_{_slug(node)}"
-                per_sample = lower_per_sample(graph, node, name) if symbolic else None
-                if per_sample is not None:  # (its static one-sample kernel, looped)
-                    kernel, values, made, repeats[kernel.name] = per_sample
+                if symbolic:  # (a conv over a run-time batch: one sample's, looped)
+                    kernel, values, made, repeat = lower_over_run_time_sizes(graph, node, name)
+                    if repeat != 1:
+                        repeats[kernel.name] = repeat
                 else:
                     kernel, values, made = lower_group(graph, node, name)
             kernels.append(kernel)
