@@ -116,10 +116,12 @@ def compile_module(module: Any, example_inputs: Sequence[Any], target: str | Tar
             f"torch.export cannot trace {type(module).__name__} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); torch.compile(module, "
             "backend='strataml') runs it, falling back to eager PyTorch op by op") from exc
-    # With `options.dynamic_dims`, torch.export's dims stay run-time sizes: one build runs
-    # at every size their ranges allow (the ranges torch proved, narrowed by dim_ranges).
-    symbolic = options.dynamic_dims and dynamic_shapes is not None
+    # Unless `options.dynamic_dims` is False, torch.export's dims stay run-time sizes: one
+    # build runs at every size their ranges allow (the ranges torch proved, narrowed by
+    # dim_ranges).
+    symbolic = options.dynamic_dims is not False and dynamic_shapes is not None
     imported = import_exported(ep, options, type(module).__name__, keep_symbolic=symbolic)
+    options = replace(options, dynamic_dims=symbolic)
     if symbolic:
         options = replace(options, dim_ranges={**imported.dim_ranges, **options.dim_ranges})
     assert compile_graph is not None

@@ -77,8 +77,13 @@ def test_compile_with_dynamic_dims_runs_the_artifact_at_any_size(model_path, tmp
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(strataml.InputError, match=r"dim 'N'\) is 65, outside its range"):
         model.run({"x": np.zeros((65, 4), np.float32)})
-    assert main(["compile", str(model_path), "--dim-range", "N=1:64"]) != 0
-    assert "needs --dynamic-dims" in _errors(capsys)
+    # (without a flag, dims are kept as run-time sizes too; --static-dims binds them)
+    assert main(["compile", str(model_path), "-o", str(out), "--dim-range", "N=1:64"]) == 0
+    assert strataml.load(out).plan.dims == ("N",)
+    assert main(["compile", str(model_path), "-o", str(out), "--static-dims"]) == 0
+    assert strataml.load(out).plan.dims == ()
+    assert main(["compile", str(model_path), "--static-dims", "--dim-range", "N=1:64"]) != 0
+    assert "--static-dims binds them all" in _errors(capsys)
     with pytest.raises(SystemExit):
         main(["compile", str(model_path), "--dynamic-dims", "--dim-range", "N=0:4"])
 

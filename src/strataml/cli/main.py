@@ -103,12 +103,15 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    metavar="NAME=D1,D2,...", help="compile input NAME for this shape")
     p.add_argument("--dim", action="append", type=_parse_dim, default=[],
                    metavar="NAME=VALUE", help="bind symbolic dim NAME (default 1)")
-    p.add_argument("--dynamic-dims", action="store_true",
-                   help="keep unbound dims as run-time sizes: one build runs at any size "
-                   "(correct, not yet as fast as a build per size; docs/dynamic-shapes.md)")
+    dims = p.add_mutually_exclusive_group()
+    dims.add_argument("--dynamic-dims", action="store_true",
+                      help="keep unbound dims as run-time sizes or fail (the default keeps "
+                      "them where every kernel can, else binds them with a warning)")
+    dims.add_argument("--static-dims", action="store_true",
+                      help="bind every unbound dim (--dim, else 1): a build for one size")
     p.add_argument("--dim-range", action="append", type=_parse_dim_range, default=[],
-                   metavar="NAME=LOW:HIGH", help="with --dynamic-dims: the sizes dim NAME "
-                   "may take (a call outside is refused)")
+                   metavar="NAME=LOW:HIGH", help="the sizes run-time dim NAME may take (a "
+                   "call outside is refused)")
     p.add_argument("--num-threads", type=_positive, default=None, metavar="N")
     p.add_argument("--target", default="cpu", metavar="TARGET",
                    help="a backend (`strataml backends` lists them) or a named machine: "
@@ -232,10 +235,11 @@ def _options(args: argparse.Namespace, dump_ir: str | None = None) -> CompileOpt
                               "num_threads": args.num_threads, "dump_ir_dir": dump_ir}
     if args.verify:
         fields["verify"] = True
-    if args.dim_range and not args.dynamic_dims:
-        raise CliError("--dim-range bounds run-time dims: it needs --dynamic-dims")
-    if args.dynamic_dims:
-        fields.update(dynamic_dims=True, dim_ranges=dict(args.dim_range))
+    if args.dim_range and args.static_dims:
+        raise CliError("--dim-range bounds run-time dims: --static-dims binds them all")
+    if args.dynamic_dims or args.static_dims:
+        fields["dynamic_dims"] = bool(args.dynamic_dims)
+    fields["dim_ranges"] = dict(args.dim_range)
     return CompileOptions(**fields)
 
 
