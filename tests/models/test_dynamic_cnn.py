@@ -118,8 +118,21 @@ def test_cnn_compiles_once_and_runs_at_every_batch(family: str, exporter: str,
     assert len(compiles) == 1
 
 
-def test_resnet18_at_224(tmp_path: Path):
+def test_resnet18_at_224_loops_the_static_batch_one_code(tmp_path: Path):
     model = _export("resnet18", "classic", 224, tmp_path / "m.onnx")
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
                                 dim_ranges={"batch": (1, 4)})
     _check(compiled, model, (1, 2), 224)
+    # each looped kernel's code is the static batch-1 build's, function for function
+    static = strataml.compile(model, dim_values={"batch": 1}, num_threads=2)
+    looped = _code(compiled, looped_only=True)
+    assert len(looped) >= 20  # (every conv, the pool and the layout changes)
+    assert looped == {k: v for k, v in _code(static).items() if k in looped}
+
+
+def _code(compiled: Any, looped_only: bool = False) -> dict[str, str]:
+    from strataml.ir.dialects.loop import print_function
+
+    functions = {f.name: print_function(f) for f in compiled.program.loops}
+    return {c.kernel: functions[c.function] for c in compiled.plan.calls
+            if c.repeated or not looped_only}
