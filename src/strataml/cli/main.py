@@ -21,6 +21,7 @@ import numpy as np
 
 from strataml.errors import InputError, StrataError, UnsupportedOpError
 from strataml.runtime.feeds import random_feeds
+from strataml.sizes import Size, format_size
 
 if TYPE_CHECKING:
     from strataml.api import CompiledModel
@@ -257,7 +258,11 @@ def _target(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- commands
 
 
-def _kib(n: int) -> str:
+def _kib(n: Size) -> str:
+    """A byte count in KiB; over run-time dims, its formula in bytes (a CNN's arena over a
+    run-time batch)."""
+    if not isinstance(n, int):
+        return f"{format_size(n)} bytes"
     return f"{n / 1024:.1f} KiB"
 
 

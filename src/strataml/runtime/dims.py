@@ -27,6 +27,7 @@ from strataml.sizes import (
     bind_input_dims,
     evaluate,
     format_size,
+    numel,
     size_dims,
 )
 
@@ -61,6 +62,10 @@ def plan_problems(plan: ExecutionPlan) -> list[str]:
             sizes += [(f"{what} {s.name!r}", d) for d in (*s.shape, s.offset)]
     for call in plan.calls:
         sizes += [(f"kernel {call.kernel!r}", offset) for _, offset in call.args]
+        sizes.append((f"kernel {call.kernel!r} repeat", call.repeat))
+        if call.repeated and len(call.strides) != len(call.args):
+            problems.append(f"kernel {call.kernel!r} repeats with {len(call.strides)} strides "
+                            f"for {len(call.args)} arguments")
         if any(not 0 <= k < len(plan.dims) for k in call.dims):
             problems.append(f"kernel {call.kernel!r} passes dims {list(call.dims)}, outside "
                             f"the table of {len(plan.dims)}")
@@ -90,6 +95,7 @@ class Layout:
     output_offsets: tuple[int, ...]  # (of outputs copied out of the arena)
     call_args: tuple[int, ...]  # every call's arg offsets, evaluated, in plan order
     call_spans: tuple[tuple[int, int], ...]  # each call's slice of call_args
+    call_repeats: tuple[int, ...] = ()  # each call's repeat count, evaluated (for timeline)
 
     @property
     def table_address(self) -> int:
@@ -112,6 +118,8 @@ class DimBinder:
         self._program: SizeProgram | None = None  # (built at the first layout)
         self._call_spans: tuple[tuple[int, int], ...] = ()
         self._arena_args: tuple[int, ...] = ()
+        self._arg_count = self._io_count = 0
+        self._repeated = False
         self.layouts_evaluated = 0  # (how many distinct sizes were planned: tests count)
 
     def reserved_bytes(self) -> int:
@@ -175,25 +183,46 @@ class DimBinder:
             if s.region == "arena" and not 0 <= offset <= offset + nbytes <= arena:
                 raise ArtifactError(f"{where}: output {s.name!r} ({nbytes} bytes at {offset}) "
                                     f"overruns the arena ({arena} bytes)")
-        if self._arena_args:  # (the program ends with their least and greatest)
-            flat, low, high = v[pos:-2], v[-2], v[-1]
-        else:
-            flat, low, high = v[pos:], 0, 0
-        if not 0 <= low <= high <= arena:
-            for call, (a, b) in zip(plan.calls, self._call_spans, strict=True):
-                for (region, _), offset in zip(call.args, flat[a:b], strict=True):
-                    if region == 0 and not 0 <= offset <= arena:
-                        raise ArtifactError(f"{where}: kernel {call.kernel!r} reads arena "
-                                            f"offset {offset}, outside the arena ({arena} "
-                                            "bytes)")
+        flat = v[pos:pos + self._arg_count]
+        pos += len(flat)
+        repeats = v[pos:pos + len(plan.calls)]
+        pos += len(repeats)
+        io_bytes = v[pos:pos + self._io_count]
+        pos += len(io_bytes)
+        low, high = (v[pos], v[pos + 1]) if self._arena_args else (0, 0)
+        if not 0 <= low <= high <= arena or self._repeated:
+            self._check_calls(where, arena, flat, repeats, io_bytes)
         table = (ctypes.c_int64 * max(len(key), 1))(*key)
         self.layouts_evaluated += 1
         return Layout(values, table, arena, tuple(output_shapes), output_offsets, flat,
-                      self._call_spans)
+                      self._call_spans, repeats)
+
+    def _check_calls(self, where: str, arena: int, flat: tuple[int, ...],
+                     repeats: tuple[int, ...], io_bytes: tuple[int, ...]) -> None:
+        """Every call's arena places inside the arena, and a repeated call's steps inside the
+        arena or the io array it walks, at these sizes (integers only: no formula walked)."""
+        for call, (a, b), repeat in zip(self.plan.calls, self._call_spans, repeats,
+                                        strict=True):
+            if repeat < 0:
+                raise ArtifactError(f"{where}: kernel {call.kernel!r} repeats {repeat} times")
+            strides = call.strides or (0,) * len(call.args)
+            for (region, _), offset, stride in zip(call.args, flat[a:b], strides, strict=True):
+                # (a repeated call's last repetition starts `stride * (repeat - 1)` further on)
+                last = offset + stride * max(repeat - 1, 0)
+                if region == 0 and not 0 <= offset <= last <= arena:
+                    raise ArtifactError(f"{where}: kernel {call.kernel!r} reads arena offset "
+                                        f"{last}, outside the arena ({arena} bytes)")
+                if region == 2 and stride:
+                    size = io_bytes[offset] if 0 <= offset < len(io_bytes) else 0
+                    if stride * repeat > size:
+                        raise ArtifactError(f"{where}: kernel {call.kernel!r} steps {repeat} "
+                                            f"times {stride} bytes through io entry {offset}, "
+                                            f"past its {size} bytes")
 
     def _compile(self) -> None:
         """The program of every formula a layout needs, in `_layout`'s order: the arena,
-        each output's dims, the outputs' offsets, each call's arena offsets."""
+        each output's dims, the outputs' offsets, each call's arena offsets, each call's
+        repeat count, each io slot's bytes."""
         plan = self.plan
         sizes: list[Size] = [plan.arena_bytes]
         for s in plan.outputs:
@@ -208,4 +237,10 @@ class DimBinder:
             sizes += [offset for _, offset in call.args]
         self._call_spans = tuple(spans)
         self._arena_args = tuple(arena_args)
+        self._arg_count = len(sizes) - base
+        sizes += [call.repeat for call in plan.calls]
+        io_slots = (*plan.inputs, *plan.outputs)
+        sizes += [numel(s.shape) * np.dtype(s.dtype).itemsize for s in io_slots]
+        self._io_count = len(io_slots)
+        self._repeated = any(call.strides for call in plan.calls)
         self._program = SizeProgram(sizes, plan.dims, [base + i for i in arena_args])

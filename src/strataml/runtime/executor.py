@@ -307,14 +307,19 @@ class Executor:
                 args: list[Any] = [
                     table[offset] if region == 2 else bases[region] + offset
                     for (region, _), offset in zip(call.args, offsets, strict=True)]
-                if layout is not None:
-                    args += [layout.table[d] for d in call.dims]
-                steps.append((call.kernel, fn, args))
+                extra = [layout.table[d] for d in call.dims] if layout is not None else []
+                # (a kernel built for one sample runs once per sample, its buffers advanced)
+                count = layout.call_repeats[k] if layout is not None else 1
+                strides = call.strides or (0,) * len(args)
+                runs = [[a + i * st for a, st in zip(args, strides, strict=True)] + extra
+                        for i in range(count)]
+                steps.append((call.kernel, fn, runs))
             origin = clock() if origin is None else origin
             for _ in range(repeats):
-                for name, fn, args in steps:
+                for name, fn, runs in steps:
                     start = clock()
-                    fn(*args)
+                    for args in runs:
+                        fn(*args)
                     spans.append((name, start - origin, clock() - origin))
         del arrays  # kept alive until the kernels have run
         return spans
