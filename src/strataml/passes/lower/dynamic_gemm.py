@@ -1,0 +1,195 @@
+"""The gemm micro-kernel over a run-time row count (a Linear layer's tokens).
+
+The static gemm (`passes.lower.contraction`) plans its row tiles from the row count; here
+the count is a run-time size `rows`, so the nest is
+
+    for jb in 0..N // nr (parallel: the threads share the column panels) {
+      for <other output axes: a batch> {
+        for io in 0..rows // mr { mr x nr register tile at row io * mr }
+        for t in 0..mod(rows, mr) // 4 { a 4-row tile }        (the tail, in tiles of
+        for t in 0..mod(mod(rows, mr), 4) { a 1-row tile }      4 rows, then single rows)
+      }
+    }
+    then the last N % nr columns (whole vectors) the same way with a narrower tile.
+
+Each tile accumulates the whole reduction in registers from B's panel (packed at compile
+time, `passes.lower.prepack`, as in the static build; else read in place), then runs the
+epilogue (bias, activation, residual) on the accumulators and stores the output once
+(`_Gemm.tile_epilogue`). Row indices are written over `rows // mr` and `mod(rows, mr)`, so
+the lowering's size proofs (`StageLowering.index_bounds`) show every access inside its
+buffer without a clamp. Loops of 0 or 1 iterations are the tail's run-time branches.
+"""
+
+from __future__ import annotations
+
+from math import prod
+from typing import TYPE_CHECKING
+
+from strataml.ir.bounds import Interval
+from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt
+from strataml.ir.expr import Broadcast, Expr, Load, Var, binary, idx, rewrite, substitute
+from strataml.ir.size_exprs import size_to_expr
+from strataml.ir.types import vector_dtype
+from strataml.passes.lower.contraction import (
+    Substitution,
+    _flattened_steps,
+    _Gemm,
+    micro_nest,
+)
+from strataml.schedule.contraction import Contraction
+from strataml.sizes import Size, floordiv, mod
+
+if TYPE_CHECKING:
+    from strataml.passes.lower.kernel_to_loop import StageLowering
+    from strataml.schedule.schedule import StageSchedule
+
+# The tail's rows go in tiles of this many rows, then one row at a time.
+TAIL_TILE_ROWS = 4
+
+
+class _RunTimeGemm:
+    """One gemm stage over run-time rows being lowered (see the module docstring)."""
+
+    def __init__(self, low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Expr,
+                 how: StageSchedule, c: Contraction) -> None:
+        self.low, self.c, self.how = low, c, how
+        shape = low.buffers[buffer].shape
+        self.rows: Size = shape[c.i_axis]
+        width = shape[-1]
+        assert isinstance(width, int)  # (run_time_contraction checked it)
+        self.width = width
+        self.i_var, self.j_var = axes[c.i_axis], axes[-1]
+        self.env: dict[Var, Interval] = {}
+        mapping: Substitution = {}
+        self.outer: list[tuple[Var, int | Expr]] = []  # the other output axes' loops
+        for k in range(len(axes) - 1):
+            if k == c.i_axis:
+                continue
+            n = shape[k]
+            if n == 1:
+                mapping[axes[k]] = idx(0)
+                continue
+            v = low.fresh("i")
+            mapping[axes[k]] = v
+            self.outer.append((v, self.loop(v, n)))
+        hole = low.fresh("reduced", c.reduce.dtype)
+        epilogue = rewrite(body, lambda x: hole if x == c.reduce else None)
+        tile = f"tile{next(low.names)}"
+        low.scratch.append(Allocate(tile, c.reduce.dtype, how.mr * how.nr))
+        self.g = _Gemm(low, buffer, axes, c, epilogue, hole, mapping, tile)
+        extents = c.reduce.static_extents
+        self.depth = prod(extents)
+        self.rs = [low.fresh("r") for _ in extents]
+        self.loops: list[tuple[Var, int]] = list(zip(self.rs, extents, strict=True))
+        self.rmap: Substitution = dict(zip(c.reduce.axes, self.rs, strict=True))
+        step: Expr = self.rs[0]
+        for v, e in zip(self.rs[1:], extents[1:], strict=True):
+            step = step * e + v
+        self.step = step  # the reduction step, row-major (a panel's row)
+        self.r_env: dict[Var, Interval] = {v: (0, e - 1) for v, e in self.loops}
+
+    def loop(self, v: Var, extent: Size) -> int | Expr:
+        """The extent of a loop over `0..extent`, noted for the proofs."""
+        if isinstance(extent, int):
+            self.env[v] = (0, extent - 1)
+            return extent
+        rng = self.low.symbolic_loop(v, extent)
+        if rng is not None:
+            self.env[v] = rng
+        return size_to_expr(extent)
+
+    def tile(self, row0: Expr, rows: int, panel: Expr, q_count: int,
+             env: dict[Var, Interval]) -> list[Stmt]:
+        """A `rows` x `q_count` vectors register tile at (row0, panel's first column): the
+        whole reduction in registers, then the epilogue into the output."""
+        low, c, g, how = self.low, self.c, self.g, self.how
+        lanes = how.lanes
+        vec = vector_dtype(c.reduce.dtype, lanes)
+        col0 = panel * how.nr
+        init = low.expr(c.reduce.init, env, [])
+        accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)] for ii in range(rows)]
+        out: list[Stmt] = [Declare(a, Broadcast(vec, init)) for row in accs for a in row]
+        renv = {**env, **self.r_env}
+        step: list[Stmt] = []
+        b_vecs = []
+        for q in range(q_count):
+            bv = low.fresh(f"b{q}_", vec)
+            if c.panel:  # P[panel, k, nr], packed at compile time
+                where: Expr = (panel * self.depth + self.step) * how.nr + q * lanes
+                step.append(Declare(bv, Load(vec, c.b.buffer, (where,))))
+            else:
+                first = low.expr(substitute(c.b, {**g.mapping, **self.rmap,
+                                                  self.j_var: col0 + q * lanes}), renv, step)
+                assert isinstance(first, Load)
+                step.append(Declare(bv, Load(vec, first.buffer, first.indices)))
+            b_vecs.append(bv)
+        for ii in range(rows):
+            a_elem = low.expr(substitute(c.a, {**g.mapping, **self.rmap,
+                                               self.i_var: row0 + ii}), renv, step)
+            a = low.fresh(f"a{ii}_", vec)
+            step.append(Declare(a, Broadcast(vec, a_elem)))
+            for q in range(q_count):
+                step.append(Assign(accs[ii][q], binary(
+                    "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
+        flat = _flattened_steps(step, self.loops, low.fresh("st"))
+        out.extend(flat if flat is not None else micro_nest(self.loops, step, rows))
+        out.extend(g.tile_epilogue(accs, env, row0, col0, lanes))
+        return out
+
+    def rows_of(self, panel: Expr, q_count: int, env: dict[Var, Interval]) -> list[Stmt]:
+        """Every row of one column panel: the whole tiles, then the tail's."""
+        mr, rows = self.how.mr, self.rows
+        io, t4, t1 = self.low.fresh("io"), self.low.fresh("it"), self.low.fresh("it")
+        whole, rem = floordiv(rows, mr), mod(rows, mr)
+        fours = floordiv(rem, TAIL_TILE_ROWS) if mr > TAIL_TILE_ROWS else 0
+        ones = mod(rem, TAIL_TILE_ROWS) if mr > TAIL_TILE_ROWS else rem
+        base = size_to_expr(mr * whole)
+        out: list[Stmt] = []
+        tiles = self.loop(io, whole)
+        if tiles != 0:
+            out.append(For(io, tiles, tuple(self.tile(io * mr, mr, panel, q_count, {
+                **env, **self.env})), self.row_kind))
+        if fours != 0:
+            extent = self.loop(t4, fours)
+            out.append(For(t4, extent, tuple(self.tile(
+                base + t4 * TAIL_TILE_ROWS, TAIL_TILE_ROWS, panel, q_count,
+                {**env, **self.env}))))
+        if ones != 0:
+            first = size_to_expr(mr * whole + TAIL_TILE_ROWS * fours)
+            extent = self.loop(t1, ones)
+            out.append(For(t1, extent, tuple(self.tile(first + t1, 1, panel, q_count,
+                                                       {**env, **self.env}))))
+        for v, n in reversed(self.outer):
+            out = [For(v, n, tuple(out))]
+        return out
+
+    @property
+    def row_kind(self) -> str:
+        """The whole row tiles run on the pool when the column panels are too few to share
+        (and no batch loop is around them)."""
+        return "parallel" if self.how.parallel and not self.by_panels and not self.outer \
+            else "serial"
+
+    @property
+    def by_panels(self) -> bool:
+        return self.width // self.how.nr >= 2
+
+    def build(self) -> list[Stmt]:
+        how = self.how
+        lanes, nr = how.lanes, how.nr
+        panels = self.width // nr
+        out: list[Stmt] = []
+        if panels:
+            jb = self.low.fresh("jb")
+            env = {jb: (0, panels - 1)}
+            kind = "parallel" if how.parallel and self.by_panels else "serial"
+            out.append(For(jb, panels, tuple(self.rows_of(jb, nr // lanes, env)), kind))
+        if self.width % nr:  # (whole vectors: run_time_contraction checked it)
+            out.extend(self.rows_of(idx(panels), self.width % nr // lanes, {}))
+        return out
+
+
+def run_time_gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Expr,
+                        how: StageSchedule, c: Contraction) -> tuple[Stmt, ...]:
+    """The loop nest of a gemm stage whose rows are a run-time size (see the module)."""
+    return tuple(_RunTimeGemm(low, buffer, axes, body, how, c).build())
