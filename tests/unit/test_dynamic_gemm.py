@@ -121,8 +121,8 @@ def test_narrow_output_reads_b_in_place():
 
 def test_a_schedule_the_run_time_gemm_cannot_take_is_refused_by_name():
     model = linear(32, 64, "bias")
-    bad = StageSchedule("gemm", (), False, MR, 32, 16, mc=0, kc=16)
-    with pytest.raises(ScheduleError, match=r"run-time dims.*kc=16"):
+    bad = StageSchedule("gemm", (), False, MR, 32, 16, mc=2)
+    with pytest.raises(ScheduleError, match=r"run-time dims takes .* not gemm .* mc=2"):
         strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES,
                          schedules={"k0_matmul_add": Schedule((bad,))})
 
@@ -137,3 +137,24 @@ def test_whole_blocks_and_tail_are_proven_inside_the_rows():
     assert size_interval(s - first) == (0, 3)
     assert size_interval(s - first - mod(rem, 4)) == (0, 0)
     assert size_interval(384 * s - 3072 * floordiv(s, 8), {"seq": (1, 512)}) == (0, 2688)
+
+
+@pytest.mark.parametrize("epilogue", ["gelu", "residual"])
+def test_reduction_in_blocks_with_partial_sums_in_the_output(epilogue):
+    """K = 768: the static rules' reduction blocks (kc = 256 on AVX-512), the earlier
+    blocks' partial sums kept in the output and the epilogue run by the last block only;
+    N = 48, one whole panel and a 16-column edge."""
+    k, n = 768, 48
+    model = linear(k, n, epilogue)
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2)
+    (how,) = [s for sched in compiled.program.schedules.values() for s in sched.stages
+              if s.strategy == "gemm"]
+    assert 0 < how.kc < k, how
+    gemm_fired(compiled)
+    gen = np.random.default_rng(6)
+    for b, s in [(1, 1), (1, MR - 1), (2, MR + 1), (1, 2 * MR + 3), (3, 127)]:
+        feeds = {"x": gen.standard_normal((b, s, k)).astype(F32)}
+        if epilogue == "residual":
+            feeds["r"] = gen.standard_normal((b, s, n)).astype(F32)
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=str((b, s)))

@@ -256,8 +256,8 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
 
 
 def _check_run_time_gemm(kernel: Kernel, stage: Stage, s: StageSchedule, where: str) -> None:
-    """A gemm over run-time rows (`schedule.dynamic_gemm`) takes a register tile and the
-    parallel flag only: one pass over the reduction, no shares of rows or panels."""
+    """A gemm over run-time rows (`schedule.dynamic_gemm`) takes a register tile, reduction
+    blocks and the parallel flag only: no row blocks, no shares of rows or panels."""
     found = run_time_contraction(kernel, stage, s.lanes) if s.lanes > 0 else "no lanes"
     if isinstance(found, str):
         raise ScheduleError(f"{where}: the gemm strategy over run-time dims "
@@ -265,9 +265,12 @@ def _check_run_time_gemm(kernel: Kernel, stage: Stage, s: StageSchedule, where: 
     if s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes or (found.panel and s.nr != found.panel):
         raise ScheduleError(f"{where}: run-time gemm tile {s.mr}x{s.nr}/{s.lanes} does not "
                             f"fit (B panels: {found.panel or 'none'})")
-    if s.kc or s.mc or s.rows_outer or s.column_chunks > 1 or s.keep_panels \
-            or s.row_chunks > 1:
-        raise ScheduleError(f"{where}: a gemm over run-time dims takes mr, nr, lanes and "
+    first = found.reduce.static_extents[0]
+    if s.kc < 0 or (s.kc and first % s.kc):
+        raise ScheduleError(f"{where}: kc={s.kc} does not divide the reduction's first axis "
+                            f"({first} steps)")
+    if s.mc or s.rows_outer or s.column_chunks > 1 or s.keep_panels or s.row_chunks > 1:
+        raise ScheduleError(f"{where}: a gemm over run-time dims takes mr, nr, lanes, kc and "
                             f"parallel only, not {s}")
 
 
@@ -747,7 +750,9 @@ def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
         gemm = run_time_contraction(kernel, st, lanes)
         if not isinstance(gemm, str):  # (a Linear layer over run-time rows: dynamic_gemm)
             mr, nr = gemm_tile(target, REPRESENTATIVE_ROWS, bool(gemm.panel))
-            out.append(StageSchedule("gemm", (), threads > 1, mr, nr, lanes))
+            kc = _pack_block(gemm.reduce.static_extents, REPRESENTATIVE_ROWS, mr,
+                             bool(gemm.panel), pack_depth(target, nr, 4))
+            out.append(StageSchedule("gemm", (), threads > 1, mr, nr, lanes, kc=kc))
             continue
         nest = stage_nest(kernel, st)
         outputs = [lp for lp in nest.loops if not lp.reduce]

@@ -26,8 +26,19 @@ from math import prod
 from typing import TYPE_CHECKING
 
 from strataml.ir.bounds import Interval
-from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt
-from strataml.ir.expr import Broadcast, Expr, Load, Var, binary, idx, rewrite, substitute
+from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
+from strataml.ir.expr import (
+    Broadcast,
+    Expr,
+    Load,
+    Var,
+    binary,
+    compare,
+    idx,
+    rewrite,
+    select,
+    substitute,
+)
 from strataml.ir.size_exprs import size_to_expr
 from strataml.ir.types import vector_dtype
 from strataml.passes.lower.contraction import (
@@ -78,15 +89,23 @@ class _RunTimeGemm:
         low.scratch.append(Allocate(tile, c.reduce.dtype, how.mr * how.nr))
         self.g = _Gemm(low, buffer, axes, c, epilogue, hole, mapping, tile)
         extents = c.reduce.static_extents
-        self.depth = prod(extents)
+        self.depth = prod(extents)  # a panel's rows
+        # reduction blocks: kc steps of the first axis (0: one block, the whole reduction)
+        kc = how.kc or extents[0]
+        self.k_blocks = extents[0] // kc
+        self.block_depth = self.depth // self.k_blocks
+        self.kb = low.fresh("kb")
         self.rs = [low.fresh("r") for _ in extents]
-        self.loops: list[tuple[Var, int]] = list(zip(self.rs, extents, strict=True))
-        self.rmap: Substitution = dict(zip(c.reduce.axes, self.rs, strict=True))
+        self.loops: list[tuple[Var, int]] = [(self.rs[0], kc),
+                                             *zip(self.rs[1:], extents[1:], strict=True)]
+        self.rmap: Substitution = {c.reduce.axes[0]: self.kb * kc + self.rs[0],
+                                   **dict(zip(c.reduce.axes[1:], self.rs[1:], strict=True))}
         step: Expr = self.rs[0]
         for v, e in zip(self.rs[1:], extents[1:], strict=True):
             step = step * e + v
-        self.step = step  # the reduction step, row-major (a panel's row)
+        self.step = step  # the step within a block, row-major (a panel's row in the block)
         self.r_env: dict[Var, Interval] = {v: (0, e - 1) for v, e in self.loops}
+        self.r_env[self.kb] = (0, self.k_blocks - 1)
 
     def loop(self, v: Var, extent: Size) -> int | Expr:
         """The extent of a loop over `0..extent`, noted for the proofs."""
@@ -99,33 +118,51 @@ class _RunTimeGemm:
         return size_to_expr(extent)
 
     def tile(self, row0: Expr, rows: int, panel: Expr, q_count: int,
-             env: dict[Var, Interval]) -> list[Stmt]:
-        """A `rows` x `q_count` vectors register tile at (row0, panel's first column): the
-        whole reduction in registers, then the epilogue into the output."""
+             env: dict[Var, Interval], final: bool) -> list[Stmt]:
+        """A `rows` x `q_count` vectors register tile at (row0, panel's first column) for
+        reduction block `self.kb`: its steps in registers, added to `init` (the first
+        block) or to the partial sums the earlier blocks left in the output; `final`: the
+        last block (`kb` then the constant k_blocks - 1), which runs the epilogue into the
+        output instead of storing a partial sum."""
         low, c, g, how = self.low, self.c, self.g, self.how
         lanes = how.lanes
         vec = vector_dtype(c.reduce.dtype, lanes)
         col0 = panel * how.nr
+        kb: Expr = idx(self.k_blocks - 1) if final else self.kb
         init = low.expr(c.reduce.init, env, [])
         accs = [[low.fresh(f"acc{ii}_{q}_", vec) for q in range(q_count)] for ii in range(rows)]
-        out: list[Stmt] = [Declare(a, Broadcast(vec, init)) for row in accs for a in row]
+        where_out = [[g.out_index({**g.mapping, self.i_var: row0 + ii,
+                                   self.j_var: col0 + q * lanes}, env)
+                      for q in range(q_count)] for ii in range(rows)]
+        out: list[Stmt] = []
+        for ii, row in enumerate(accs):
+            for q, a in enumerate(row):
+                start: Expr = Broadcast(vec, init)
+                if self.k_blocks > 1 and final:
+                    start = Load(vec, g.buffer, (where_out[ii][q],))
+                elif self.k_blocks > 1:
+                    start = select(compare("eq", kb, idx(0)), start,
+                                   Load(vec, g.buffer, (where_out[ii][q],)))
+                out.append(Declare(a, start))
         renv = {**env, **self.r_env}
         step: list[Stmt] = []
         b_vecs = []
+        steps: Substitution = {self.kb: kb}
         for q in range(q_count):
             bv = low.fresh(f"b{q}_", vec)
             if c.panel:  # P[panel, k, nr], packed at compile time
-                where: Expr = (panel * self.depth + self.step) * how.nr + q * lanes
+                where: Expr = (panel * self.depth + kb * self.block_depth + self.step) \
+                    * how.nr + q * lanes
                 step.append(Declare(bv, Load(vec, c.b.buffer, (where,))))
             else:
-                first = low.expr(substitute(c.b, {**g.mapping, **self.rmap,
-                                                  self.j_var: col0 + q * lanes}), renv, step)
+                first = low.expr(substitute(substitute(c.b, {
+                    **g.mapping, **self.rmap, self.j_var: col0 + q * lanes}), steps), renv, step)
                 assert isinstance(first, Load)
                 step.append(Declare(bv, Load(vec, first.buffer, first.indices)))
             b_vecs.append(bv)
         for ii in range(rows):
-            a_elem = low.expr(substitute(c.a, {**g.mapping, **self.rmap,
-                                               self.i_var: row0 + ii}), renv, step)
+            a_elem = low.expr(substitute(substitute(c.a, {
+                **g.mapping, **self.rmap, self.i_var: row0 + ii}), steps), renv, step)
             a = low.fresh(f"a{ii}_", vec)
             step.append(Declare(a, Broadcast(vec, a_elem)))
             for q in range(q_count):
@@ -133,11 +170,28 @@ class _RunTimeGemm:
                     "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
         flat = _flattened_steps(step, self.loops, low.fresh("st"))
         out.extend(flat if flat is not None else micro_nest(self.loops, step, rows))
-        out.extend(g.tile_epilogue(accs, env, row0, col0, lanes))
+        if final:
+            out.extend(g.tile_epilogue(accs, env, row0, col0, lanes))
+        else:
+            out.extend(Store(g.buffer, where_out[ii][q], accs[ii][q])
+                       for ii in range(rows) for q in range(q_count))
         return out
 
-    def rows_of(self, panel: Expr, q_count: int, env: dict[Var, Interval]) -> list[Stmt]:
-        """Every row of one column panel: the whole tiles, then the tail's."""
+    def blocks_of(self, panel: Expr, q_count: int, env: dict[Var, Interval]) -> list[Stmt]:
+        """Every reduction block over every row of one column panel: the blocks but the
+        last storing partial sums, the last running the epilogue (the panel's block of B
+        stays in L1 while all the rows sweep it)."""
+        out: list[Stmt] = []
+        if self.k_blocks > 1:
+            out.append(For(self.kb, self.k_blocks - 1, tuple(self.rows_of(
+                panel, q_count, {**env, self.kb: (0, self.k_blocks - 2)}, final=False))))
+        out.extend(self.rows_of(panel, q_count, env, final=True))
+        return out
+
+    def rows_of(self, panel: Expr, q_count: int, env: dict[Var, Interval], final: bool
+                ) -> list[Stmt]:
+        """Every row of one column panel for one reduction block: the whole tiles, then the
+        tail's."""
         mr, rows = self.how.mr, self.rows
         io, t4, t1 = self.low.fresh("io"), self.low.fresh("it"), self.low.fresh("it")
         whole, rem = floordiv(rows, mr), mod(rows, mr)
@@ -148,17 +202,17 @@ class _RunTimeGemm:
         tiles = self.loop(io, whole)
         if tiles != 0:
             out.append(For(io, tiles, tuple(self.tile(io * mr, mr, panel, q_count, {
-                **env, **self.env})), self.row_kind))
+                **env, **self.env}, final)), self.row_kind))
         if fours != 0:
             extent = self.loop(t4, fours)
             out.append(For(t4, extent, tuple(self.tile(
                 base + t4 * TAIL_TILE_ROWS, TAIL_TILE_ROWS, panel, q_count,
-                {**env, **self.env}))))
+                {**env, **self.env}, final))))
         if ones != 0:
             first = size_to_expr(mr * whole + TAIL_TILE_ROWS * fours)
             extent = self.loop(t1, ones)
             out.append(For(t1, extent, tuple(self.tile(first + t1, 1, panel, q_count,
-                                                       {**env, **self.env}))))
+                                                       {**env, **self.env}, final))))
         for v, n in reversed(self.outer):
             out = [For(v, n, tuple(out))]
         return out
@@ -183,9 +237,9 @@ class _RunTimeGemm:
             jb = self.low.fresh("jb")
             env = {jb: (0, panels - 1)}
             kind = "parallel" if how.parallel and self.by_panels else "serial"
-            out.append(For(jb, panels, tuple(self.rows_of(jb, nr // lanes, env)), kind))
+            out.append(For(jb, panels, tuple(self.blocks_of(jb, nr // lanes, env)), kind))
         if self.width % nr:  # (whole vectors: run_time_contraction checked it)
-            out.extend(self.rows_of(idx(panels), self.width % nr // lanes, {}))
+            out.extend(self.blocks_of(idx(panels), self.width % nr // lanes, {}))
         return out
 
 
