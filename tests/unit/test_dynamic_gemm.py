@@ -158,3 +158,25 @@ def test_reduction_in_blocks_with_partial_sums_in_the_output(epilogue):
             feeds["r"] = gen.standard_normal((b, s, n)).astype(F32)
         np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                    rtol=RTOL, atol=ATOL, err_msg=str((b, s)))
+
+
+def test_run_time_tokens_as_one_axis_and_static_rows_under_a_run_time_batch():
+    """[tokens, K] (rows the only axis before N) and [batch, 5, K] (5 static rows: a 4-row
+    tile and a single row, under a run-time batch loop)."""
+    k, n = 64, 32
+    w, b = weights(k, n, seed=3), weights(n, seed=4)
+    for rows, shapes in ((["tokens", k], [(t, k) for t in ROWS]),
+                         (["batch", 5, k], [(bt, 5, k) for bt in (1, 2, 4)])):
+        model = onnx_model([helper.make_node("MatMul", ["x", "w"], ["m"]),
+                            helper.make_node("Add", ["m", "b"], ["y"])],
+                           {"x": (F32, rows)}, {"y": (F32, None)}, {"w": w, "b": b})
+        compiled = strataml.compile(model, dynamic_dims=True,
+                                    dim_ranges={"tokens": (1, 512), "batch": (1, 4)},
+                                    num_threads=2)
+        assert any(s.strategy == "gemm" for sched in compiled.program.schedules.values()
+                   for s in sched.stages), compiled.program.schedules
+        gen = np.random.default_rng(7)
+        for shape in shapes:
+            feeds = {"x": gen.standard_normal(shape).astype(F32)}
+            np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                       rtol=RTOL, atol=ATOL, err_msg=str(shape))
