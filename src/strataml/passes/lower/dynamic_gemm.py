@@ -26,7 +26,7 @@ from math import prod
 from typing import TYPE_CHECKING
 
 from strataml.ir.bounds import Interval
-from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
+from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Prefetch, Stmt, Store
 from strataml.ir.expr import (
     Broadcast,
     Expr,
@@ -35,12 +35,13 @@ from strataml.ir.expr import (
     binary,
     compare,
     idx,
+    minimum,
     rewrite,
     select,
     substitute,
 )
 from strataml.ir.size_exprs import size_to_expr
-from strataml.ir.types import vector_dtype
+from strataml.ir.types import itemsize, vector_dtype
 from strataml.passes.lower.contraction import (
     Substitution,
     _flattened_steps,
@@ -48,6 +49,7 @@ from strataml.passes.lower.contraction import (
     micro_nest,
 )
 from strataml.schedule.contraction import Contraction
+from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS
 from strataml.sizes import Size, floordiv, mod
 
 if TYPE_CHECKING:
@@ -177,6 +179,24 @@ class _RunTimeGemm:
                        for ii in range(rows) for q in range(q_count))
         return out
 
+    def prefetch_next_block(self, panel: Expr, io: Var, final: bool) -> list[Stmt]:
+        """Weights packed at compile time stream from memory: each whole row tile asks
+        (into L2) for its share of the next block of B (the panel's next reduction block,
+        or the next panel's first), the share sized for the representative row count's
+        tiles, as the static gemm's `prefetch_next_panel` does."""
+        low, c, how = self.low, self.c, self.how
+        if not c.panel:
+            return []
+        per_line = low.target.line_bytes // itemsize(c.reduce.dtype)
+        tiles = max(1, REPRESENTATIVE_ROWS // how.mr)
+        share = -(-self.block_depth * how.nr // (per_line * tiles))
+        kb: Expr = idx(self.k_blocks - 1) if final else self.kb
+        start = (panel * self.depth + (kb + 1) * self.block_depth) * how.nr
+        last = low.buffers[c.b.buffer].static_numel - 1
+        pl = low.fresh("pl")
+        return [For(pl, share, (Prefetch(c.b.buffer, minimum(
+            start + (io * share + pl) * per_line, last), for_write=False),))]
+
     def blocks_of(self, panel: Expr, q_count: int, env: dict[Var, Interval]) -> list[Stmt]:
         """Every reduction block over every row of one column panel: the blocks but the
         last storing partial sums, the last running the epilogue (the panel's block of B
@@ -201,7 +221,8 @@ class _RunTimeGemm:
         out: list[Stmt] = []
         tiles = self.loop(io, whole)
         if tiles != 0:
-            out.append(For(io, tiles, tuple(self.tile(io * mr, mr, panel, q_count, {
+            ahead = self.prefetch_next_block(panel, io, final)
+            out.append(For(io, tiles, (*ahead, *self.tile(io * mr, mr, panel, q_count, {
                 **env, **self.env}, final)), self.row_kind))
         if fours != 0:
             extent = self.loop(t4, fours)
