@@ -139,12 +139,13 @@ def test_whole_blocks_and_tail_are_proven_inside_the_rows():
     assert size_interval(384 * s - 3072 * floordiv(s, 8), {"seq": (1, 512)}) == (0, 2688)
 
 
-@pytest.mark.parametrize("epilogue", ["gelu", "residual"])
-def test_reduction_in_blocks_with_partial_sums_in_the_output(epilogue):
-    """K = 768: the static rules' reduction blocks (kc = 256 on AVX-512), the earlier
-    blocks' partial sums kept in the output and the epilogue run by the last block only;
-    N = 48, one whole panel and a 16-column edge."""
-    k, n = 768, 48
+@pytest.mark.parametrize(("k", "n", "epilogue"), [(768, 48, "gelu"), (768, 48, "residual"),
+                                                 (512, 640, "gelu")])
+def test_reduction_in_blocks_with_partial_sums_in_the_output(k, n, epilogue):
+    """K = 768 or 512: the static rules' reduction blocks (kc = 256 on AVX-512), the earlier
+    blocks' partial sums kept in the output and the epilogue run by the last block only.
+    K > N (48: one whole panel and a 16-column edge) puts the blocks outermost; N = 640 (20
+    panels) > K the panels."""
     model = linear(k, n, epilogue)
     compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2)
     (how,) = [s for sched in compiled.program.schedules.values() for s in sched.stages

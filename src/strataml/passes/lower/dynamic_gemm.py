@@ -4,20 +4,24 @@ The static gemm (`passes.lower.contraction`) plans its row tiles from the row co
 the count is a run-time size `rows`, so the nest is
 
     for jb in 0..N // nr (parallel: the threads share the column panels) {
-      for <other output axes: a batch> {
-        for io in 0..rows // mr { mr x nr register tile at row io * mr }
-        for t in 0..mod(rows, mr) // 4 { a 4-row tile }        (the tail, in tiles of
-        for t in 0..mod(mod(rows, mr), 4) { a 1-row tile }      4 rows, then single rows)
+      for kb in 0..K // kc (reduction blocks: the panel's block of B stays in L1) {
+        for <other output axes: a batch> {
+          for io in 0..rows // mr { mr x nr register tile at row io * mr }
+          for t in 0..mod(rows, mr) // 4 { a 4-row tile }      (the tail, in tiles of
+          for t in 0..mod(mod(rows, mr), 4) { a 1-row tile }    4 rows, then single rows)
+        }
       }
     }
     then the last N % nr columns (whole vectors) the same way with a narrower tile.
 
-Each tile accumulates the whole reduction in registers from B's panel (packed at compile
-time, `passes.lower.prepack`, as in the static build; else read in place), then runs the
-epilogue (bias, activation, residual) on the accumulators and stores the output once
-(`_Gemm.tile_epilogue`). Row indices are written over `rows // mr` and `mod(rows, mr)`, so
-the lowering's size proofs (`StageLowering.index_bounds`) show every access inside its
-buffer without a clamp. Loops of 0 or 1 iterations are the tail's run-time branches.
+(With K > N the block loop goes outermost instead, see `blocks_outer`.) Each tile
+accumulates one block of the reduction in registers from B's panel (packed at compile time,
+`passes.lower.prepack`, as in the static build; else read in place), adds the partial sums
+earlier blocks left in the output, and stores them; the last block runs the epilogue (bias,
+activation, residual) on the accumulators instead (`_Gemm.tile_epilogue`). Row indices are
+written over `rows // mr` and `mod(rows, mr)`, so the lowering's size proofs
+(`StageLowering.index_bounds`) show every access inside its buffer without a clamp. Loops of
+0 or 1 iterations are the tail's run-time branches.
 """
 
 from __future__ import annotations
@@ -181,9 +185,10 @@ class _RunTimeGemm:
 
     def prefetch_next_block(self, panel: Expr, io: Var, final: bool) -> list[Stmt]:
         """Weights packed at compile time stream from memory: each whole row tile asks
-        (into L2) for its share of the next block of B (the panel's next reduction block,
-        or the next panel's first), the share sized for the representative row count's
-        tiles, as the static gemm's `prefetch_next_panel` does."""
+        (into L2) for its share of the next block of B to come (the next panel's same
+        reduction block with the blocks outermost, else this panel's next block or the next
+        panel's first), the share sized for the representative row count's tiles, as the
+        static gemm's `prefetch_next_panel` does."""
         low, c, how = self.low, self.c, self.how
         if not c.panel:
             return []
@@ -191,7 +196,8 @@ class _RunTimeGemm:
         tiles = max(1, REPRESENTATIVE_ROWS // how.mr)
         share = -(-self.block_depth * how.nr // (per_line * tiles))
         kb: Expr = idx(self.k_blocks - 1) if final else self.kb
-        start = (panel * self.depth + (kb + 1) * self.block_depth) * how.nr
+        start = ((panel + 1) * self.depth + kb * self.block_depth) * how.nr \
+            if self.blocks_outer else (panel * self.depth + (kb + 1) * self.block_depth) * how.nr
         last = low.buffers[c.b.buffer].static_numel - 1
         pl = low.fresh("pl")
         return [For(pl, share, (Prefetch(c.b.buffer, minimum(
@@ -249,7 +255,41 @@ class _RunTimeGemm:
     def by_panels(self) -> bool:
         return self.width // self.how.nr >= 2
 
+    def panels_of(self, final: bool) -> list[Stmt]:
+        """One reduction block (`self.kb`, or the last one when `final`) over every column
+        panel and every row."""
+        how = self.how
+        lanes, nr = how.lanes, how.nr
+        panels = self.width // nr
+        out: list[Stmt] = []
+        if panels:
+            jb = self.low.fresh("jb")
+            env = {jb: (0, panels - 1)}
+            kind = "parallel" if how.parallel and self.by_panels else "serial"
+            out.append(For(jb, panels, tuple(self.rows_of(jb, nr // lanes, env, final)),
+                           kind))
+        if self.width % nr:  # (whole vectors: run_time_contraction checked it)
+            out.extend(self.rows_of(idx(panels), self.width % nr // lanes, {}, final))
+        return out
+
+    @property
+    def blocks_outer(self) -> bool:
+        """The reduction blocks outside the column panels, where a row of A is longer than a
+        row of the output (K > N: BERT's 1536 -> 384 layer). Each block of A (rows x kc) then
+        stays in L2 while every panel sweeps it, where panels outermost stream all of A
+        once a panel (3 MB at 512 rows, past L2); the other way round (384 -> 1536) the
+        partial sums are what outgrows L2, and panels outermost keep them a panel at a
+        time. The two grow alike with the rows, so the static K and N decide."""
+        return self.k_blocks > 1 and self.depth > self.width
+
     def build(self) -> list[Stmt]:
+        if not self.blocks_outer:
+            return self.build_panels_outer()
+        return [For(self.kb, self.k_blocks - 1, tuple(self.panels_of(False))),
+                *self.panels_of(True)]
+
+    def build_panels_outer(self) -> list[Stmt]:
+        """Column panels outermost, each running its reduction blocks over all the rows."""
         how = self.how
         lanes, nr = how.lanes, how.nr
         panels = self.width // nr
