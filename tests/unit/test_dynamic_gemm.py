@@ -36,12 +36,13 @@ def weights(*shape: int, seed: int = 0) -> np.ndarray:
             ).astype(F32)
 
 
-def linear(k: int, n: int, epilogue: str) -> ModelProto:
+def linear(k: int, n: int, epilogue: str, rows: tuple[str, ...] = ("batch", "seq")
+           ) -> ModelProto:
     """x @ w + b, then the epilogue an exporter writes after a Linear layer."""
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
              helper.make_node("Add", ["m", "b"], ["t" if epilogue != "bias" else "y"])]
     consts: dict[str, Any] = {"w": weights(k, n, seed=1), "b": weights(n, seed=2)}
-    inputs = {"x": (F32, ["batch", "seq", k])}
+    inputs = {"x": (F32, [*rows, k])}
     if epilogue == "gelu":  # BERT's: 0.5 * t * (1 + erf(t / sqrt(2)))
         nodes += [helper.make_node("Div", ["t", "sqrt2"], ["u"]),
                   helper.make_node("Erf", ["u"], ["e"]),
@@ -64,7 +65,7 @@ def linear(k: int, n: int, epilogue: str) -> ModelProto:
                    "one": np.array(1, F32), "half": np.array(0.5, F32)}
     elif epilogue == "residual":
         nodes.append(helper.make_node("Add", ["t", "r"], ["y"]))
-        inputs["r"] = (F32, ["batch", "seq", n])
+        inputs["r"] = (F32, [*rows, n])
     return onnx_model(nodes, inputs, {"y": (F32, None)}, consts)
 
 
@@ -181,3 +182,20 @@ def test_run_time_tokens_as_one_axis_and_static_rows_under_a_run_time_batch():
             feeds = {"x": gen.standard_normal(shape).astype(F32)}
             np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                        rtol=RTOL, atol=ATOL, err_msg=str(shape))
+
+
+def test_one_panel_shares_its_row_tiles_between_threads():
+    """[tokens, 64] x [64, 32] + GELU: one column panel, so the whole row tiles are the
+    parallel loop (each thread with its own tile scratch for the epilogue); 4000 tokens
+    run on the pool."""
+    model = linear(64, 32, "gelu", rows=("tokens",))
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (1, 4096)},
+                                num_threads=2)
+    (text,) = [print_function(fn) for fn in compiled.program.loops]
+    assert "for parallel io" in text, text
+    gen = np.random.default_rng(8)
+    for tokens in (1, MR - 1, MR + 1, 300, 4000):
+        feeds = {"x": gen.standard_normal((tokens, 64)).astype(F32)}
+        for _ in range(3):  # (threads racing on one scratch would show as a flaky answer)
+            np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                       rtol=RTOL, atol=ATOL, err_msg=str(tokens))
