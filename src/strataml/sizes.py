@@ -550,6 +550,9 @@ def size_interval(x: Size, ranges: Mapping[str, Range] | None = None) -> Range:
         return (x, x)
     if ranges is None:
         ranges = _ASSUMED.get()
+    x = _folded_floordivs(x)
+    if isinstance(x, int):
+        return (x, x)
     lo = hi = 0
     for m, c in x.terms:
         mlo, mhi = 1, 1
@@ -560,6 +563,27 @@ def size_interval(x: Size, ranges: Mapping[str, Range] | None = None) -> Range:
         tlo, thi = sorted((c * mlo, c * mhi))
         lo, hi = lo + tlo, hi + thi
     return (lo, hi)
+
+
+def _folded_floordivs(x: SizeExpr) -> Size:
+    """`x` with `c*e - c*d*(e//d)` spelt `c*mod(e, d)` (equal for every value of the dims)
+    wherever that leaves fewer terms: the bounds of `seq - 8*(seq//8)` taken term by term
+    are [1 - 8*(DIM_MAX//8), DIM_MAX], those of `mod(seq, 8)` are [0, 7]. This is what proves
+    a loop over a run-time count's whole blocks and its tail (`8*(seq//8) + t`, t below
+    `mod(seq, 8)`) inside `seq` rows."""
+    for m, k in x.terms:
+        if len(m) != 1 or m[0][1] != 1 or m[0][0].op != "floordiv" \
+                or k % m[0][0].divisor:
+            continue
+        atom = m[0][0]
+        c = -k // atom.divisor
+        e = _from_expr(atom.args[0])
+        folded = x - (c * e + k * _atom_size(atom)) + c * mod(e, atom.divisor)
+        if isinstance(folded, int):
+            return folded
+        if len(folded.terms) < len(x.terms):
+            return _folded_floordivs(folded)
+    return x
 
 
 def _product_bounds(a: Range, b: Range) -> Range:
