@@ -19,7 +19,6 @@ import onnx
 import pytest
 
 import strataml
-from strataml.backends import cpu
 from strataml.errors import InputError
 from tests.conftest import ort_run
 from tests.models.architectures import calibrate_batchnorm
@@ -66,20 +65,6 @@ def _export(family: str, exporter: str, size: int, path: Path) -> onnx.ModelProt
             torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
                               dynamic_axes={"x": {0: "batch"}})
     return onnx.load(str(path))
-
-
-@pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the graphs the CPU backend compiles while the test runs."""
-    seen: list[str] = []
-    real = cpu.compile_graph
-
-    def counted(graph: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(graph.name)
-        return real(graph, *args, **kwargs)
-
-    monkeypatch.setattr(cpu, "compile_graph", counted)
-    return seen
 
 
 def _check(compiled: Any, model: onnx.ModelProto, batches: tuple[int, ...], size: int

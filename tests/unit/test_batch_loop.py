@@ -15,7 +15,6 @@ import pytest
 from onnx import ModelProto, helper
 
 import strataml
-from strataml.backends import cpu
 from strataml.errors import ArtifactError, InputError
 from strataml.frontends.onnx.importer import import_model
 from strataml.ir.dialects.loop import print_function
@@ -28,20 +27,6 @@ from tests.unit.test_dynamic_compile import weights
 F32 = "float32"
 RTOL, ATOL = 1e-4, 1e-5
 X = {"x": (F32, ["batch", 3, 8, 8])}
-
-
-@pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the graphs the CPU backend compiles while the test runs."""
-    seen: list[str] = []
-    real = cpu.compile_graph
-
-    def counted(graph: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(graph.name)
-        return real(graph, *args, **kwargs)
-
-    monkeypatch.setattr(cpu, "compile_graph", counted)
-    return seen
 
 
 def _verdicts(model: ModelProto) -> dict[str, str | None]:

@@ -14,7 +14,6 @@ import pytest
 from onnx import ModelProto, helper
 
 import strataml
-from strataml.backends import cpu
 from strataml.errors import InputError, UnsupportedOpError
 from tests.conftest import ort_run
 from tests.unit.graphs import onnx_model
@@ -23,20 +22,6 @@ F32 = "float32"
 RTOL, ATOL = 1e-4, 1e-5
 # 1, 2, a prime, and one past the widest vector (16 floats): each dim is varied on its own
 SIZES = (1, 2, 7, 17)
-
-
-@pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the graphs the CPU backend compiles while the test runs."""
-    seen: list[str] = []
-    real = cpu.compile_graph
-
-    def counted(graph: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(graph.name)
-        return real(graph, *args, **kwargs)
-
-    monkeypatch.setattr(cpu, "compile_graph", counted)
-    return seen
 
 
 def rng() -> np.random.Generator:
