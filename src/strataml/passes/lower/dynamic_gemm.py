@@ -26,6 +26,7 @@ written over `rows // mr` and `mod(rows, mr)`, so the lowering's size proofs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
 from typing import TYPE_CHECKING
 
@@ -258,18 +259,23 @@ class _RunTimeGemm:
     def panels_of(self, final: bool) -> list[Stmt]:
         """One reduction block (`self.kb`, or the last one when `final`) over every column
         panel and every row."""
+        return self.over_panels(lambda jb, q_count, env: self.rows_of(jb, q_count, env, final))
+
+    def over_panels(self, body: Callable[[Expr, int, dict[Var, Interval]], list[Stmt]]
+                    ) -> list[Stmt]:
+        """`body(panel, vectors, env)` for every whole column panel (a loop, parallel where
+        the panels are shared), then the edge panel of the remaining vectors."""
         how = self.how
         lanes, nr = how.lanes, how.nr
         panels = self.width // nr
         out: list[Stmt] = []
         if panels:
             jb = self.low.fresh("jb")
-            env = {jb: (0, panels - 1)}
             kind = "parallel" if how.parallel and self.by_panels else "serial"
-            out.append(For(jb, panels, tuple(self.rows_of(jb, nr // lanes, env, final)),
+            out.append(For(jb, panels, tuple(body(jb, nr // lanes, {jb: (0, panels - 1)})),
                            kind))
         if self.width % nr:  # (whole vectors: run_time_contraction checked it)
-            out.extend(self.rows_of(idx(panels), self.width % nr // lanes, {}, final))
+            out.extend(body(idx(panels), self.width % nr // lanes, {}))
         return out
 
     @property
@@ -290,19 +296,7 @@ class _RunTimeGemm:
 
     def build_panels_outer(self) -> list[Stmt]:
         """Column panels outermost, each running its reduction blocks over all the rows."""
-        how = self.how
-        lanes, nr = how.lanes, how.nr
-        panels = self.width // nr
-        out: list[Stmt] = []
-        if panels:
-            jb = self.low.fresh("jb")
-            env = {jb: (0, panels - 1)}
-            kind = "parallel" if how.parallel and self.by_panels else "serial"
-            out.append(For(jb, panels, tuple(self.blocks_of(jb, nr // lanes, env)), kind))
-        if self.width % nr:  # (whole vectors: run_time_contraction checked it)
-            out.extend(self.blocks_of(idx(panels), self.width % nr // lanes, {}))
-        return out
-
+        return self.over_panels(self.blocks_of)
 
 def run_time_gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Expr,
                         how: StageSchedule, c: Contraction) -> tuple[Stmt, ...]:
