@@ -19,6 +19,7 @@ from strataml.errors import ArtifactError, InputError
 from strataml.frontends.onnx.importer import import_model
 from strataml.ir.dialects.loop import print_function
 from strataml.ops.separable import separable_dim
+from strataml.perf.roofline import feed_dims, profile_rows
 from strataml.runtime.artifact import load_artifact
 from tests.conftest import ort_run
 from tests.unit.graphs import onnx_model
@@ -237,6 +238,13 @@ def test_profile_times_each_looped_kernel_over_the_batch():
     # (the timeline's calls leave the arena as `run` does: run again, same answer)
     np.testing.assert_allclose(compiled.run({"x": x})[0], ort_run(model, {"x": x})[0],
                                rtol=RTOL, atol=ATOL)
+    # the roofline counts a looped kernel's work once per sample: three at batch 3
+    one = {r.name: r.flops for r in profile_rows(compiled, times, 100.0, 10.0, {"batch": 1})}
+    three = {r.name: r.flops for r in profile_rows(compiled, times, 100.0, 10.0,
+                                                   feed_dims(compiled, {"x": x}))}
+    looped = {c.kernel for c in compiled.plan.calls if c.repeated}
+    assert any(one[k] > 0 for k in looped)
+    assert all(three[k] == 3 * one[k] for k in looped)
 
 
 def test_looped_calls_save_load_and_are_checked(tmp_path: Path):

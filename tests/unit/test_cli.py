@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -123,6 +124,22 @@ def test_run_onnx_with_random_inputs(model_path, capsys):
     out = capsys.readouterr().out
     assert "compiled" in out
     assert "output y: float32[2, 3]" in out
+
+
+def test_run_and_perf_of_a_model_with_run_time_dims(model_path, tmp_path, capsys):
+    """Without --dim the model keeps N as a run-time size: random inputs take its smallest
+    size (a given input's axis decides it otherwise), and the kernel table counts the work at
+    that size."""
+    assert main(["run", str(model_path), "--random-inputs", "--num-threads", "1",
+                 "--dim-range", "N=3:9", "--profile", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "output y: float32[3, 3]" in out
+    assert "kernel(s), run one at a time" in out
+    assert main(["inspect", "--perf", str(model_path), "--repeats", "1", "--threads", "1",
+                 "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    # one kernel, MatMul [1, 4] x [4, 3] at N = 1 (its bias and relu epilogue uncounted)
+    assert sum(r["flops"] for r in rows) == 2 * 4 * 3
 
 
 def test_run_without_inputs_is_a_one_line_error(model_path, capsys):

@@ -373,7 +373,7 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
     buffers): there those columns read '-'."""
     from strataml.config import num_threads_from_env
     from strataml.perf.peak import measure_bandwidth_gbs, measure_peak_gflops
-    from strataml.perf.roofline import KernelPerf, kernel_seconds, profile_rows
+    from strataml.perf.roofline import KernelPerf, feed_dims, kernel_seconds, profile_rows
     from strataml.perf.trace import chrome_trace
     from strataml.runtime.executor import kernel_medians
 
@@ -389,7 +389,8 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
     peak = 0.0
     if model.program is not None:
         peak, bandwidth = measure_peak_gflops(threads), measure_bandwidth_gbs(threads)
-        rows = [(r.name, r.seconds, r) for r in profile_rows(model, profile, peak, bandwidth)]
+        rows = [(r.name, r.seconds, r) for r in profile_rows(model, profile, peak, bandwidth,
+                                                             feed_dims(model, feeds))]
         machine = f", fp32 peak {peak:.1f} GFLOP/s, memory bandwidth {bandwidth:.1f} GB/s"
     else:
         rows = sorted(((name, t, None) for name, t in kernel_seconds(profile).items()),
