@@ -142,6 +142,18 @@ def test_run_and_perf_of_a_model_with_run_time_dims(model_path, tmp_path, capsys
     assert sum(r["flops"] for r in rows) == 2 * 4 * 3
 
 
+def test_fixed_size_outputs_bind_unbound_dims_unless_asked_not_to(model_path, tmp_path,
+                                                                  capsys):
+    """A C library's entry takes fixed sizes: N is bound (to 1) for it by default, and
+    --dynamic-dims there is the clear error."""
+    lib = tmp_path / "lib"
+    assert main(["compile", str(model_path), "--emit", "c-lib", "-o", str(lib)]) == 0
+    assert (lib / "libstrataml_model.so").is_file()
+    assert main(["compile", str(model_path), "--emit", "c-lib", "-o", str(lib),
+                 "--dynamic-dims"]) != 0
+    assert "runs plans of fixed sizes only" in _errors(capsys)
+
+
 def test_run_without_inputs_is_a_one_line_error(model_path, capsys):
     assert main(["run", str(model_path)]) == 2
     err = _errors(capsys)

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -269,7 +270,14 @@ def _kib(n: Size) -> str:
 def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     import strataml
 
-    model = strataml.compile(args.model, _target(args), options=_options(args, args.dump_ir))
+    target = _target(args)
+    options = _options(args, args.dump_ir)
+    if options.dynamic_dims is None and (args.emit in ("c-lib", "wasm") or (
+            args.emit is None and str(target).startswith("wasm32"))):
+        # (the C and wasm entry points take fixed sizes: unbound dims are bound, as asked
+        # of --dynamic-dims there is the clear error)
+        options = replace(options, dynamic_dims=False)
+    model = strataml.compile(args.model, target, options=options)
     if args.emit is None:
         args.emit = "wasm" if model.executable.triple.startswith("wasm32") else "smod"
     if args.emit == "wasm":
