@@ -1,13 +1,19 @@
-"""One dynamic BERT-style encoder compiled once vs compiled per size vs ONNX Runtime.
+"""Dynamic models compiled once vs compiled per size vs ONNX Runtime.
 
-Issue 17's numbers: a transformers BertModel (hidden 384, 6 layers, 12 heads, random
-weights) exported with dynamic batch and sequence axes, compiled ONCE by strataml with its
-dims kept (`dynamic_dims=True`), against strataml compiled statically for each size and
-ONNX Runtime running the same dynamic model. Per size: the three alternated (A B C, rotating,
-several rounds), the median of per-round ratios, ONNX Runtime against itself as the noise
-floor, and the dynamic model's first call at that size against its steady state. Usage:
+Issue 17's numbers, two sections (`--models`, each runs alone):
+- bert: a transformers BertModel (hidden 384, 6 layers, 12 heads, random weights) exported
+  with dynamic batch and sequence axes;
+- resnet18: torchvision's ResNet-18 (random weights, BatchNorm statistics from a seeded
+  pass) at 224x224 exported with a dynamic batch, whose conv/pool kernels run as the static
+  one-sample code looped over the batch (passes/lower/batch_loop.py).
+Each is compiled ONCE by strataml with its dims kept (`dynamic_dims=True`), against strataml
+compiled statically for each size and ONNX Runtime running the same dynamic model. Per size:
+the three alternated (A B C, rotating, several rounds), the median of per-round ratios, ONNX
+Runtime against itself as the noise floor, and the dynamic model's first call at that size
+against its steady state. Usage:
 
-    .venv/bin/python bench/dynamic.py [--threads 2] [--rounds 3] [--min-time 0.3]
+    .venv/bin/python bench/dynamic.py [--models bert,resnet18] [--threads 2] [--rounds 3]
+        [--min-time 0.3] [--sizes 1x128,4x32] [--batches 1,2,4]
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from models import alternate, max_rel_err, ort_session
 EXPORT = Path("build/dynamic/bert384.onnx")
 SIZES = [(1, 8), (1, 32), (1, 64), (1, 128), (1, 256), (1, 384), (4, 8), (4, 32), (4, 128)]
 RANGES = {"batch": (1, 4), "seq": (1, 512)}
+RESNET_EXPORT = Path("build/dynamic/resnet18_224.onnx")
+RESNET_BATCHES = [1, 2, 4]
+RESNET_RANGES = {"batch": (1, 4)}
 
 
 def export() -> Path:
@@ -62,17 +71,38 @@ def export() -> Path:
     return EXPORT
 
 
+def export_resnet18() -> Path:
+    """torchvision's ResNet-18 at 224x224 with a dynamic batch (the classic exporter's
+    dynamic axes), cached."""
+    if RESNET_EXPORT.exists():
+        return RESNET_EXPORT
+    import torch
+
+    from zoo import import_torchvision
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.models.architectures import calibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(import_torchvision().resnet18(weights=None), (2, 3, 224, 224))
+    RESNET_EXPORT.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 3, 224, 224),), str(RESNET_EXPORT),
+                          input_names=["x"], dynamo=False, dynamic_axes={"x": {0: "batch"}})
+    return RESNET_EXPORT
+
+
 def _row(path: Path, dynamic: strataml.CompiledModel,
          ort: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
-         feeds: dict[str, np.ndarray], args: argparse.Namespace) -> str:
+         feeds: dict[str, np.ndarray], dims: dict[str, int], args: argparse.Namespace
+         ) -> str:
     """One size: the dynamic model's first call there, a static build of that size, then
     the three (and ONNX Runtime twice) alternated."""
-    batch, seq = feeds["input_ids"].shape
     t0 = time.perf_counter()
     first_out = dynamic.run(feeds)  # the first call at this size
     first = time.perf_counter() - t0
-    static = strataml.compile(str(path), dim_values={"batch": batch, "seq": seq},
-                              num_threads=args.threads)
+    static = strataml.compile(str(path), dim_values=dims, num_threads=args.threads)
     want = ort(feeds)
     err = max(max_rel_err(first_out, want), max_rel_err(static.run(feeds), want))
     rounds = alternate({"dynamic": lambda: dynamic.run(feeds),
@@ -84,38 +114,64 @@ def _row(path: Path, dynamic: strataml.CompiledModel,
         return statistics.median(r[a] / r[b] for r in rounds)
 
     steady = statistics.median(r["dynamic"] for r in rounds)
-    return (f"{batch:>5} x {seq:<4}{ratio('dynamic', 'static'):>10.2f} "
+    size = " x ".join(str(v) for v in dims.values())
+    return (f"{size:>11} {ratio('dynamic', 'static'):>10.2f} "
             f"{ratio('dynamic', 'ort'):>8.2f} {ratio('static', 'ort'):>10.2f} "
             f"{ratio('ort again', 'ort'):>8.2f} {steady * 1e3:>8.2f} "
             f"{(first - steady) * 1e3:>+9.2f}ms {err:>8.1e}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--min-time", type=float, default=0.3)
-    p.add_argument("--sizes", default=None, help="e.g. 1x128,4x32 (batch x seq)")
-    args = p.parse_args(argv)
-    sizes = SIZES if args.sizes is None else [
-        tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    path = export()
+def _section(path: Path, ranges: dict[str, tuple[int, int]],
+             cases: list[tuple[dict[str, int], dict[str, np.ndarray]]],
+             args: argparse.Namespace) -> None:
+    """Compile `path` once with its dims kept, then a row per (dims, feeds) case."""
     start = time.perf_counter()
-    dynamic = strataml.compile(str(path), dynamic_dims=True, dim_ranges=RANGES,
+    dynamic = strataml.compile(str(path), dynamic_dims=True, dim_ranges=ranges,
                                num_threads=args.threads)
-    print(f"dynamic: compiled once in {time.perf_counter() - start:.1f} s "
+    prefault = getattr(dynamic._executor, "_prefault", None)
+    if prefault is not None:  # (the arena's pages: a server loads before its first request)
+        prefault.join()
+    print(f"{path.stem}: compiled once in {time.perf_counter() - start:.1f} s "
           f"(dims {', '.join(dynamic.plan.dims)}, {args.threads} threads)")
     session = ort_session(path, args.threads, spin=True)
 
     def ort(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return session.run(None, feeds)
 
-    print(f"{'batch x seq':>11} {'dyn/static':>10} {'dyn/ORT':>8} {'static/ORT':>10} "
-          f"{'ORT/ORT':>8} {'dyn ms':>8} {'first call':>11} {'err':>8}")
+    print(f"{' x '.join(dynamic.plan.dims):>11} {'dyn/static':>10} {'dyn/ORT':>8} "
+          f"{'static/ORT':>10} {'ORT/ORT':>8} {'dyn ms':>8} {'first call':>11} {'err':>8}")
+    for dims, feeds in cases:
+        print(_row(path, dynamic, ort, feeds, dims, args), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="bert,resnet18",
+                   help="comma-separated sections to run: bert, resnet18")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.3)
+    p.add_argument("--sizes", default=None, help="bert: e.g. 1x128,4x32 (batch x seq)")
+    p.add_argument("--batches", default=None, help="resnet18: e.g. 1,2,4")
+    args = p.parse_args(argv)
+    models = args.models.split(",")
+    unknown = sorted(set(models) - {"bert", "resnet18"})
+    if unknown:
+        p.error(f"unknown --models {unknown}: choose from bert, resnet18")
     rng = np.random.default_rng(0)
-    for batch, seq in sizes:
-        feeds = {"input_ids": rng.integers(0, 30000, (batch, seq)).astype(np.int64)}
-        print(_row(path, dynamic, ort, feeds, args), flush=True)
+    if "bert" in models:
+        sizes = SIZES if args.sizes is None else [
+            tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+        _section(export(), RANGES, [
+            ({"batch": b, "seq": s},
+             {"input_ids": rng.integers(0, 30000, (b, s)).astype(np.int64)})
+            for b, s in sizes], args)
+    if "resnet18" in models:
+        batches = RESNET_BATCHES if args.batches is None else [
+            int(b) for b in args.batches.split(",")]
+        _section(export_resnet18(), RESNET_RANGES, [
+            ({"batch": b}, {"x": rng.standard_normal((b, 3, 224, 224)).astype(np.float32)})
+            for b in batches], args)
     return 0
 
 

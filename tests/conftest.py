@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,6 +11,23 @@ import pytest
 # pytest-xdist already runs one worker per core: compiled models default to one thread each,
 # so the suite does not oversubscribe the cores. Tests of the thread pool pass num_threads.
 os.environ.setdefault("STRATAML_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the graphs the CPU backend compiles while the test runs (a model compiled
+    once and run at many sizes must show one)."""
+    from strataml.backends import cpu
+
+    seen: list[str] = []
+    real = cpu.compile_graph
+
+    def counted(graph: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(graph.name)
+        return real(graph, *args, **kwargs)
+
+    monkeypatch.setattr(cpu, "compile_graph", counted)
+    return seen
 
 
 @pytest.fixture

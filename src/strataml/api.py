@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +140,25 @@ def compile(model: Any, target: str | Target = "cpu", options: CompileOptions | 
     if example_inputs is not None or dynamic_shapes is not None:
         raise TypeError("example_inputs and dynamic_shapes are for torch.nn.Module models")
     from strataml.frontends.onnx import import_model
+    from strataml.passes.graph.bind_dims import graph_dims
 
     start = time.perf_counter()
-    graph = import_model(model, options, keep_symbolic=options.dynamic_dims,
-                         dim_ranges=options.dim_ranges if options.dynamic_dims else None)
-    return compile_graph_for(graph, target, options, start)
+    keep = options.dynamic_dims is not False
+    graph = import_model(model, options, keep_symbolic=keep,
+                         dim_ranges=options.dim_ranges if keep else None)
+    if not keep or not graph_dims(graph):
+        return compile_graph_for(graph, target, replace(options, dynamic_dims=False), start)
+    if options.dynamic_dims:
+        return compile_graph_for(graph, target, options, start)
+    try:  # (unset: run at any size where every kernel can, else bind as before, and say so)
+        return compile_graph_for(graph, target, replace(options, dynamic_dims=True), start)
+    except StrataError as exc:
+        static = import_model(model, options)
+        bound = ", ".join(f"{d}={options.dim_values.get(d, 1)}" for d in sorted(graph_dims(graph)))
+        warnings.warn(f"the model cannot be compiled to run at any size ({exc}); compiled "
+                      f"for {bound} instead (a call at another size is refused; dim_values "
+                      "or input_shapes choose the sizes)", stacklevel=2)
+        return compile_graph_for(static, target, replace(options, dynamic_dims=False), start)
 
 
 def compile_graph_for(graph: Any, target: str | Target, options: CompileOptions,

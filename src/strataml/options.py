@@ -22,10 +22,11 @@ class CompileOptions:
     dim_values: dict[str, int] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # Keep the dims that `dim_values`/`input_shapes` do not bind as run-time sizes: the model
-    # compiles once and runs at any size within `dim_ranges` (docs/dynamic-shapes.md). Off,
-    # every unbound dim is 1, as before; a model without unbound dims compiles the same
-    # either way.
-    dynamic_dims: bool = False
+    # compiles once and runs at any size within `dim_ranges` (docs/dynamic-shapes.md). None
+    # (the default): so where every kernel can take run-time sizes, else every unbound dim
+    # is bound (`dim_values`, else 1) with a warning saying why; True: so or an error; False:
+    # bound. A model without unbound dims compiles the same either way.
+    dynamic_dims: bool | None = None
     # Bounds (inclusive) per dim name, as the model spells it: the bound proofs and memory
     # plan may assume them, and each call's inputs are checked against them. Dims without
     # one range over [1, 2**31).

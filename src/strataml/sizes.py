@@ -480,6 +480,49 @@ def size_dims(x: Size) -> frozenset[str]:
     return frozenset(out)
 
 
+_NOTED: ContextVar[list[tuple[Size, Size]] | None] = ContextVar("noted_equal_sizes",
+                                                               default=None)
+
+
+@contextmanager
+def noted_equalities() -> Iterator[list[tuple[Size, Size]]]:
+    """Within the block, the pairs of different run-time sizes that a shape rule needs equal
+    (`note_equal`, e.g. broadcasting `min(512, seq)` against `seq`): where a model's shapes
+    hold only for some sizes, these say which (`equalizing_range`)."""
+    noted: list[tuple[Size, Size]] = []
+    token = _NOTED.set(noted)
+    try:
+        yield noted
+    finally:
+        _NOTED.reset(token)
+
+
+def note_equal(a: Size, b: Size) -> None:
+    """A shape rule's requirement that `a == b` at run time (kept only inside
+    `noted_equalities`)."""
+    noted = _NOTED.get()
+    if noted is not None:
+        noted.append((a, b))
+
+
+def equalizing_range(a: Size, b: Size) -> tuple[str, int, int] | None:
+    """(dim, 1, high): the range of one dim under which two sizes that must broadcast (be
+    equal, or one of them 1) do, where one is that dim and the other its `min` with constants:
+    a table of 512 rows sliced to `seq` rows is `min(512, seq)`, which broadcasts against
+    `seq` exactly for seq <= 512. None for any other pair. (Not `max(3, seq)`: it broadcasts
+    against seq = 1 too, so no range says when it does.)"""
+    for x, y in ((a, b), (b, a)):
+        atom, named = _single_atom(x), _single_atom(y)
+        if atom is None or atom.op != "min" or named is None or named.op != "dim":
+            continue
+        others = [z for z in map(_from_expr, atom.args) if z != y]
+        if len(others) == len(atom.args) - 1 and all(isinstance(z, int) for z in others):
+            high = min(int(z) for z in others)
+            if high >= 2:  # (min(1, seq) is 1, which broadcasts against anything)
+                return (named.name, 1, high)
+    return None
+
+
 _ASSUMED: ContextVar[Mapping[str, Range]] = ContextVar("assumed_dim_ranges",
                                                        default=MappingProxyType({}))
 
@@ -507,6 +550,9 @@ def size_interval(x: Size, ranges: Mapping[str, Range] | None = None) -> Range:
         return (x, x)
     if ranges is None:
         ranges = _ASSUMED.get()
+    x = _folded_floordivs(x)
+    if isinstance(x, int):
+        return (x, x)
     lo = hi = 0
     for m, c in x.terms:
         mlo, mhi = 1, 1
@@ -517,6 +563,27 @@ def size_interval(x: Size, ranges: Mapping[str, Range] | None = None) -> Range:
         tlo, thi = sorted((c * mlo, c * mhi))
         lo, hi = lo + tlo, hi + thi
     return (lo, hi)
+
+
+def _folded_floordivs(x: SizeExpr) -> Size:
+    """`x` with `c*e - c*d*(e//d)` spelt `c*mod(e, d)` (equal for every value of the dims)
+    wherever that leaves fewer terms: the bounds of `seq - 8*(seq//8)` taken term by term
+    are [1 - 8*(DIM_MAX//8), DIM_MAX], those of `mod(seq, 8)` are [0, 7]. This is what proves
+    a loop over a run-time count's whole blocks and its tail (`8*(seq//8) + t`, t below
+    `mod(seq, 8)`) inside `seq` rows."""
+    for m, k in x.terms:
+        if len(m) != 1 or m[0][1] != 1 or m[0][0].op != "floordiv" \
+                or k % m[0][0].divisor:
+            continue
+        atom = m[0][0]
+        c = -k // atom.divisor
+        e = _from_expr(atom.args[0])
+        folded = x - (c * e + k * _atom_size(atom)) + c * mod(e, atom.divisor)
+        if isinstance(folded, int):
+            return folded
+        if len(folded.terms) < len(x.terms):
+            return _folded_floordivs(folded)
+    return x
 
 
 def _product_bounds(a: Range, b: Range) -> Range:

@@ -10,7 +10,9 @@
 Tensors cross without copies where dtype and layout allow: a contiguous CPU tensor is read
 in place through numpy's view of it, and outputs come back as tensors over the arrays the
 runtime wrote (`torch.from_numpy`). Static shapes: a graph is built for the sizes it is
-called with; the Dynamo backend keeps one build per size it meets.
+called with; the Dynamo backend keeps one build per size it meets, except for a graph with
+symbolic sizes (`dynamic=True`, `mark_dynamic`), built once for every size
+(`torch_dynamic`).
 """
 
 from __future__ import annotations
@@ -116,10 +118,12 @@ def compile_module(module: Any, example_inputs: Sequence[Any], target: str | Tar
             f"torch.export cannot trace {type(module).__name__} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); torch.compile(module, "
             "backend='strataml') runs it, falling back to eager PyTorch op by op") from exc
-    # With `options.dynamic_dims`, torch.export's dims stay run-time sizes: one build runs
-    # at every size their ranges allow (the ranges torch proved, narrowed by dim_ranges).
-    symbolic = options.dynamic_dims and dynamic_shapes is not None
+    # Unless `options.dynamic_dims` is False, torch.export's dims stay run-time sizes: one
+    # build runs at every size their ranges allow (the ranges torch proved, narrowed by
+    # dim_ranges).
+    symbolic = options.dynamic_dims is not False and dynamic_shapes is not None
     imported = import_exported(ep, options, type(module).__name__, keep_symbolic=symbolic)
+    options = replace(options, dynamic_dims=symbolic)
     if symbolic:
         options = replace(options, dim_ranges={**imported.dim_ranges, **options.dim_ranges})
     assert compile_graph is not None
@@ -139,6 +143,8 @@ class _Partition:
         self.returns_tuple = returns_tuple
 
     def __call__(self, *args: Any) -> Any:
+        if self.runner.imported.size_args:  # sizes the tensors' shapes give (see import_fx)
+            args = tuple(a for a in args if not isinstance(a, int | _torch().SymInt))
         results = self.runner(args)
         return tuple(results) if self.returns_tuple else results[0]
 
@@ -149,17 +155,27 @@ def _returns_tuple(gm: Any) -> bool:
 
 
 def partition_and_compile(gm: Any, example_inputs: Sequence[Any], options: CompileOptions,
-                          compile_graph: Callable[..., Any]) -> Any:
+                          compile_graph: Callable[..., Any], dynamic_shapes: Any = None
+                          ) -> Any:
     """`gm` (a Dynamo graph) lowered to ATen for these inputs, its supported parts compiled,
-    the rest left to PyTorch; a GraphModule called like `gm`."""
+    the rest left to PyTorch; a GraphModule called like `gm`. With `dynamic_shapes` (and
+    `options.dynamic_dims`), torch.export's dims stay run-time sizes in every part: one
+    build for every size."""
     torch = _torch()
     from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
     from torch.fx.passes.operator_support import OperatorSupportBase
 
     from strataml.frontends.torch import import_fx, supported
+    from strataml.frontends.torch.sym_sizes import exported_dims
 
-    ep = torch.export.export(gm, tuple(example_inputs), strict=False)
-    aten = ep.run_decompositions().module(check_guards=False)
+    ep = torch.export.export(gm, tuple(example_inputs), dynamic_shapes=dynamic_shapes,
+                             strict=False)
+    decomposed = ep.run_decompositions()
+    dims = None
+    if dynamic_shapes is not None and options.dynamic_dims:
+        dims = exported_dims(decomposed, options.dim_values)
+        options = replace(options, dim_ranges={**dims.ranges, **options.dim_ranges})
+    aten = decomposed.module(check_guards=False)
 
     class _Support(OperatorSupportBase):
         def is_node_supported(self, submodules: Any, node: Any) -> bool:
@@ -176,7 +192,7 @@ def partition_and_compile(gm: Any, example_inputs: Sequence[Any], options: Compi
     for name, sub in list(fused.named_children()):
         if not name.startswith("fused_"):
             continue
-        imported = import_fx(sub, options, name)  # type: ignore[arg-type]
+        imported = import_fx(sub, options, name, dims)  # type: ignore[arg-type]
         part = _Partition(_Runner(imported, compile_graph(imported.graph, "cpu", options)),
                           _returns_tuple(sub))
         setattr(fused, name, _module_around(part))
@@ -253,9 +269,17 @@ def _frozen(gm: Any, args: Sequence[Any], frozen: Sequence[int]) -> Any:
     return Frozen()
 
 
+# How the backend says that a graph with symbolic sizes builds once per size instead.
+PER_SIZE_WARNING = "strataml: compiling this graph once per input size: {}"
+
+
 class _DynamoCompiled:
-    """What the backend gives Dynamo: the graph with its parameters frozen in, one strataml
-    build per tuple of the other inputs' sizes."""
+    """What the backend gives Dynamo: the graph with its parameters frozen in. A graph with
+    symbolic sizes (`dynamic=True`, `mark_dynamic`) builds once, its sizes run-time dims
+    (`torch_dynamic`); where that cannot be done, or a static graph, one strataml build
+    per tuple of the other inputs' sizes (a warning says why for a symbolic graph). Scalars
+    Dynamo passes as 0-d tensors (`SymbolicSignature.scalars`) are constants of a build,
+    one build per distinct value (a model's eps never changes)."""
 
     def __init__(self, gm: Any, example_inputs: Sequence[Any],
                  compile_graph: Callable[..., Any]) -> None:
@@ -265,17 +289,74 @@ class _DynamoCompiled:
         self.gm = _frozen(gm, example_inputs, self.frozen) if self.frozen else gm
         self.compile_graph = compile_graph
         self.builds: dict[tuple, Callable[..., Any]] = {}
+        self.per_size_reason: str | None = None  # why a symbolic graph builds per size
+        self.count = len(example_inputs)
+        self.signature = self._signature(gm, example_inputs)
+
+    def _signature(self, gm: Any, example_inputs: Sequence[Any]) -> Any:
+        """How the graph's arguments are tensors, sizes and scalars (None: only tensors and
+        static sizes, or a graph that cannot be called with its tensors alone)."""
+        from strataml.torch_dynamic import NotSymbolic, signature
+
+        try:
+            return signature(gm, example_inputs, self.frozen)
+        except NotSymbolic as exc:
+            self._per_size(str(exc))
+            return None
+
+    def _build(self, tensors: Sequence[Any], scalars: tuple[float, ...]
+               ) -> Callable[..., Any]:
+        """A build taking the call's tensors: over the dims unless that failed before (or
+        fails now, then per size, saying why)."""
+        from strataml.errors import StrataError
+        from strataml.torch_dynamic import NotSymbolic, TensorsOnly
+
+        sig = self.signature
+        module = TensorsOnly(self.gm, sig, self.count, self.frozen, scalars)
+        if sig.symbolic and self.per_size_reason is None:
+            try:
+                return partition_and_compile(module, tensors,
+                                             CompileOptions(dynamic_dims=True),
+                                             self.compile_graph, (sig.dynamic_shapes(),))
+            except (StrataError, NotSymbolic) as exc:
+                self._per_size(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 (torch.export raises many kinds; warned)
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                self._per_size(f"torch.export over the dims failed ({type(exc).__name__}: "
+                               f"{first})")
+        return partition_and_compile(module, tensors, CompileOptions(), self.compile_graph)
+
+    def _per_size(self, reason: str) -> None:
+        self.per_size_reason = reason
+        warnings.warn(PER_SIZE_WARNING.format(reason), stacklevel=3)
 
     def __call__(self, *args: Any) -> Any:
         torch = _torch()
-        live = [a for i, a in enumerate(args) if i not in self.frozen]
-        key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a
-                    for a in live)
+        sig = self.signature
+        if sig is None:
+            live = [a for i, a in enumerate(args) if i not in self.frozen]
+            key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a
+                        for a in live)
+            build = self.builds.get(key)
+            if build is None:
+                build = partition_and_compile(self.gm, live, CompileOptions(),
+                                              self.compile_graph)
+                self.builds[key] = build
+            return build(*live)
+        # (torch.export cannot run inside Dynamo's compile: the first call builds)
+        tensors = sig.live_tensors(args)
+        scalars = sig.scalar_values(args)
+        symbolic = sig.symbolic and self.per_size_reason is None
+        key = (scalars,) if symbolic else (
+            scalars, *((tuple(t.shape), t.dtype) for t in tensors))
         build = self.builds.get(key)
         if build is None:
-            build = partition_and_compile(self.gm, live, CompileOptions(), self.compile_graph)
+            build = self._build(tensors, scalars)
+            symbolic = sig.symbolic and self.per_size_reason is None
+            key = (scalars,) if symbolic else (
+                scalars, *((tuple(t.shape), t.dtype) for t in tensors))
             self.builds[key] = build
-        return build(*live)
+        return build(*tensors)
 
 
 def strataml_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -77,8 +78,13 @@ def test_compile_with_dynamic_dims_runs_the_artifact_at_any_size(model_path, tmp
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(strataml.InputError, match=r"dim 'N'\) is 65, outside its range"):
         model.run({"x": np.zeros((65, 4), np.float32)})
-    assert main(["compile", str(model_path), "--dim-range", "N=1:64"]) != 0
-    assert "needs --dynamic-dims" in _errors(capsys)
+    # (without a flag, dims are kept as run-time sizes too; --static-dims binds them)
+    assert main(["compile", str(model_path), "-o", str(out), "--dim-range", "N=1:64"]) == 0
+    assert strataml.load(out).plan.dims == ("N",)
+    assert main(["compile", str(model_path), "-o", str(out), "--static-dims"]) == 0
+    assert strataml.load(out).plan.dims == ()
+    assert main(["compile", str(model_path), "--static-dims", "--dim-range", "N=1:64"]) != 0
+    assert "--static-dims binds them all" in _errors(capsys)
     with pytest.raises(SystemExit):
         main(["compile", str(model_path), "--dynamic-dims", "--dim-range", "N=0:4"])
 
@@ -118,6 +124,34 @@ def test_run_onnx_with_random_inputs(model_path, capsys):
     out = capsys.readouterr().out
     assert "compiled" in out
     assert "output y: float32[2, 3]" in out
+
+
+def test_run_and_perf_of_a_model_with_run_time_dims(model_path, tmp_path, capsys):
+    """Without --dim the model keeps N as a run-time size: random inputs take its smallest
+    size (a given input's axis decides it otherwise), and the kernel table counts the work at
+    that size."""
+    assert main(["run", str(model_path), "--random-inputs", "--num-threads", "1",
+                 "--dim-range", "N=3:9", "--profile", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "output y: float32[3, 3]" in out
+    assert "kernel(s), run one at a time" in out
+    assert main(["inspect", "--perf", str(model_path), "--repeats", "1", "--threads", "1",
+                 "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    # one kernel, MatMul [1, 4] x [4, 3] at N = 1 (its bias and relu epilogue uncounted)
+    assert sum(r["flops"] for r in rows) == 2 * 4 * 3
+
+
+def test_fixed_size_outputs_bind_unbound_dims_unless_asked_not_to(model_path, tmp_path,
+                                                                  capsys):
+    """A C library's entry takes fixed sizes: N is bound (to 1) for it by default, and
+    --dynamic-dims there is the clear error."""
+    lib = tmp_path / "lib"
+    assert main(["compile", str(model_path), "--emit", "c-lib", "-o", str(lib)]) == 0
+    assert (lib / "libstrataml_model.so").is_file()
+    assert main(["compile", str(model_path), "--emit", "c-lib", "-o", str(lib),
+                 "--dynamic-dims"]) != 0
+    assert "runs plans of fixed sizes only" in _errors(capsys)
 
 
 def test_run_without_inputs_is_a_one_line_error(model_path, capsys):

@@ -14,7 +14,6 @@ import pytest
 from onnx import ModelProto, helper
 
 import strataml
-from strataml.backends import cpu
 from strataml.errors import InputError, UnsupportedOpError
 from tests.conftest import ort_run
 from tests.unit.graphs import onnx_model
@@ -23,20 +22,6 @@ F32 = "float32"
 RTOL, ATOL = 1e-4, 1e-5
 # 1, 2, a prime, and one past the widest vector (16 floats): each dim is varied on its own
 SIZES = (1, 2, 7, 17)
-
-
-@pytest.fixture
-def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the graphs the CPU backend compiles while the test runs."""
-    seen: list[str] = []
-    real = cpu.compile_graph
-
-    def counted(graph: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(graph.name)
-        return real(graph, *args, **kwargs)
-
-    monkeypatch.setattr(cpu, "compile_graph", counted)
-    return seen
 
 
 def rng() -> np.random.Generator:
@@ -232,20 +217,48 @@ def test_inputs_disagreeing_on_a_shared_dim_raise_before_native_code(compiles):
     np.testing.assert_allclose(compiled.run({"x": x, "z": x})[0], x + x)
 
 
-def test_a_conv_over_a_run_time_batch_is_refused_by_name():
+def test_a_conv_over_a_run_time_map_size_is_refused_by_name():
+    """(A run-time *batch* loops the static one-sample conv: tests/unit/test_batch_loop.py;
+    a run-time height is not the leading axis, so the conv rules still refuse it.)"""
     model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem/conv",
                                          kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
-                       {"x": (F32, ["batch", 3, 8, 8])}, {"y": (F32, None)},
+                       {"x": (F32, [1, 3, "h", 8])}, {"y": (F32, None)},
                        {"w": weights(4, 3, 3, 3)})
     with pytest.raises(UnsupportedOpError, match=r"stem/conv.*Conv cannot lower over the "
-                                                  r"run-time size batch"):
+                                                  r"run-time size h"):
         strataml.compile(model, dynamic_dims=True, num_threads=1)
 
 
-def test_without_the_flag_unbound_dims_are_bound_as_before(compiles):
-    compiled = strataml.compile(bias_relu(), num_threads=1)
+def test_by_default_unbound_dims_are_run_time_sizes(compiles):
+    """dynamic_dims unset keeps them (one build, any size); False binds them as before."""
+    model = bias_relu()
+    compiled = strataml.compile(model, num_threads=1)
+    assert compiled.plan.dims == ("batch",)
+    for n in (1, 5):
+        feeds = {"x": rng().standard_normal((n, 16)).astype(F32)}
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL)
+    assert len(compiles) == 1
+    bound = strataml.compile(model, dynamic_dims=False, num_threads=1)
+    assert not bound.plan.dims
+    assert bound.plan.inputs[0].shape == (1, 16)
+
+
+def test_by_default_a_model_no_build_runs_at_any_size_is_bound_with_a_warning():
+    """A convolution over run-time image sizes cannot lower: unset, the dims are bound (to 1)
+    and a warning says why; asked for (True), the same is an error."""
+    model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                       {"x": (F32, [1, 3, "h", "w"])}, {"y": (F32, None)},
+                       {"w": weights(4, 3, 3, 3)})
+    with pytest.warns(UserWarning, match=r"(?s)cannot be compiled to run at any size .*Conv.*"
+                                         r"compiled for h=1, w=1 instead"):
+        compiled = strataml.compile(model, num_threads=1)
     assert not compiled.plan.dims
-    assert compiled.plan.inputs[0].shape == (1, 16)
+    feeds = {"x": rng().standard_normal((1, 3, 1, 1)).astype(F32)}
+    np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                               rtol=RTOL, atol=ATOL)
+    with pytest.raises(UnsupportedOpError, match="Conv cannot lower over the run-time size"):
+        strataml.compile(model, dynamic_dims=True, num_threads=1)
 
 
 def test_a_static_model_compiles_identically_with_the_flag():

@@ -186,10 +186,10 @@ def test_schedule_primitives_needing_a_constant_extent_refuse_a_run_time_loop():
     check_schedule(kernel, Schedule((StageSchedule.loops(Split("j", 8), Vectorize("j.i")),)))
 
 
-def test_gemm_strategy_is_refused_over_run_time_dims():
+def test_gemm_strategy_is_refused_over_run_time_dims_where_no_contraction_is():
     kernel = parse_kernel(ELEMENTWISE)
     gemm = StageSchedule("gemm", (), False, 4, 16, 8, 0, 0, False, 0, False, 0)
-    with pytest.raises(ScheduleError, match="takes the loops strategy for now"):
+    with pytest.raises(ScheduleError, match="gemm strategy over run-time dims"):
         check_schedule(kernel, Schedule((gemm,)))
 
 
@@ -406,11 +406,38 @@ LINEAR = """kernel @linear loc('linear') {
 }"""
 
 
+# The same with B batched (one weight matrix per batch row, a run-time buffer): not the
+# run-time-rows gemm (tests/unit/test_dynamic_gemm.py), which takes static weights only.
+BATCHED_B = LINEAR.replace("input %w: float32[40,192]", "input %w: float32[batch,40,192]") \
+    .replace("%w[k, n]", "%w[i, k, n]")
+
+
+def test_contraction_over_run_time_rows_with_static_weights_takes_the_gemm(rng):
+    """Static K, N and B: the gemm strategy (register tiles over the run-time rows), B read
+    in place here (a kernel's input; the compiler packs constant weights first)."""
+    kernel = parse_kernel(LINEAR)
+    (stage,) = default_schedule(kernel, threads=2).stages
+    assert stage.strategy == "gemm"
+    fn = lower_kernel(kernel, threads=2)
+    assert _index_clamps(fn) == []
+    _, run = _compiled(LINEAR, 2)
+    w = rng.standard_normal((40, 192)).astype(np.float32)
+    b = rng.standard_normal(192).astype(np.float32)
+    for batch, seq in [(1, 1), (2, 13), (1, 17), (3, 5), (2, 8), (1, 7)]:
+        x = rng.standard_normal((batch, seq, 40)).astype(np.float32)
+        arrays = {"x": x, "w": w, "b": b, **_outputs(kernel, {"batch": batch, "seq": seq})}
+        run(arrays, batch=batch, seq=seq)
+        np.testing.assert_allclose(arrays["y"][:-1].reshape(batch, seq, 192), x @ w + b,
+                                   rtol=1e-4, atol=1e-4)
+        _check_spare(arrays, ["y"])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng):
-    """Static K and N, run-time rows: N in blocks of a register tile's width outermost,
-    the reduction inside the rows, each block vectorised (not the scalar canonical nest)."""
-    kernel = parse_kernel(LINEAR)
+    """Static K and N, run-time rows, B batched: N in blocks of a register tile's width
+    outermost, the reduction inside the rows, each block vectorised (not the scalar
+    canonical nest)."""
+    kernel = parse_kernel(BATCHED_B)
     target = host_target()
     block = TILE_ROW_VECTORS * target.vector_lanes_f32
     (stage,) = default_schedule(kernel, threads=threads, target=target).stages
@@ -421,8 +448,7 @@ def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng
     assert steps[3:] == (("parallel(n.o)",) if threads > 1 else ())
     nest = check_schedule(kernel, Schedule((stage,)))["y"]
     assert [lp.name for lp in nest.loops] == ["n.o", "i", "j", "k", "n.i"]
-    _, run = _compiled(LINEAR, threads)
-    w = rng.standard_normal((40, 192)).astype(np.float32)
+    _, run = _compiled(BATCHED_B, threads)
     b = rng.standard_normal(192).astype(np.float32)
     fn = lower_kernel(kernel, threads=threads)
     kinds = [(lp.var.name, lp.kind) for lp in _loops(fn.body)]
@@ -431,6 +457,7 @@ def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng
     assert ("j_2.t", "serial") in kinds, kinds
     for batch, seq in [(1, 1), (2, 13), (1, 17), (3, 5), (2, 8), (1, 6), (1, 7), (1, 4)]:
         x = rng.standard_normal((batch, seq, 40)).astype(np.float32)
+        w = rng.standard_normal((batch, 40, 192)).astype(np.float32)
         arrays = {"x": x, "w": w, "b": b, **_outputs(kernel, {"batch": batch, "seq": seq})}
         run(arrays, batch=batch, seq=seq)
         np.testing.assert_allclose(arrays["y"][:-1].reshape(batch, seq, 192), x @ w + b,
@@ -439,9 +466,10 @@ def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng
 
 
 def test_contraction_with_a_narrow_static_row_vectorises_the_whole_row():
-    """N of one tile width: the row trace unblocked, parallel over the innermost run-time
-    row loop (tokens), never the vector loop."""
-    kernel = parse_kernel(LINEAR.replace("192", "16"))
+    """N under one tile width and no whole number of vectors (20: not the run-time gemm):
+    the row trace unblocked, parallel over the innermost run-time row loop (tokens), never
+    the vector loop."""
+    kernel = parse_kernel(LINEAR.replace("192", "20"))
     (stage,) = default_schedule(kernel, threads=2).stages
     assert tuple(map(str, stage.steps)) == ("reorder(k, n)", "vectorize(n)", "parallel(j)")
 

@@ -32,6 +32,7 @@ from strataml.ir.dialects.loop import (
 )
 from strataml.ir.expr import Const, Expr, Load, Var, maximum, var
 from strataml.options import host_target
+from strataml.passes.lower import memory_plan
 from strataml.passes.lower.memory_plan import Interval, SymbolicArenaAllocator, plan_arena
 from strataml.runtime import artifact
 from strataml.runtime.artifact import load_artifact, save_artifact
@@ -45,7 +46,7 @@ from strataml.runtime.hal import (
     contract_digest,
     required_features,
 )
-from strataml.sizes import Size, evaluate, parse_size
+from strataml.sizes import Size, evaluate, is_symbolic, parse_size
 from strataml.sizes import dim as size_dim
 
 F32 = "float32"
@@ -179,7 +180,10 @@ def rng() -> np.random.Generator:
 # ---------------------------------------------------------------- the memory plan
 
 
-def test_offsets_are_formulas_and_reuse_only_what_is_proven_large_enough():
+def test_offsets_are_formulas_and_reuse_only_what_is_proven_large_enough(monkeypatch):
+    # (with every dim ranged the plan is made at the upper bounds, below; forced to formulas
+    # here to check the proofs of reuse under ranges)
+    monkeypatch.setattr(memory_plan, "BOUNDED_PLAN_MAX_BYTES", 0)
     _, offsets = build_plan()
     aligned_s = 64 * ((4 * n + 63) // 64)  # (the planner aligns every buffer to 64 bytes)
     assert offsets == {"t": 0, "u": 64 * n, "s": 0, "p": 128 * n}  # s in t's dead bytes
@@ -192,6 +196,20 @@ def test_offsets_are_formulas_and_reuse_only_what_is_proven_large_enough():
     assert build_plan({"n": (1, 100), "m": (1, 16)})[0].arena_bytes == 128 * n
     # ... but not when m may reach 17 (68 bytes > 64 at n = 1)
     assert build_plan({"n": (1, 100), "m": (1, 17)})[1]["p"] == 128 * n
+
+
+def test_with_every_dim_ranged_the_plan_is_static_at_the_upper_bounds():
+    """Each buffer gets the most bytes it takes over the ranges: integer offsets, the static
+    first-fit's reuse, and an arena no larger than the formula plan's at its largest."""
+    ranges = {"n": (1, 100), "m": (1, 17)}
+    plan, offsets = build_plan(ranges)
+    assert all(isinstance(o, int) for o in offsets.values())
+    # t, u: 64*n bytes each (6400 at n = 100); s (4*n) and then p (4*m <= 68) reuse t's
+    assert offsets == {"t": 0, "u": 6400, "s": 0, "p": 0}
+    assert plan.arena_bytes == 12800
+    formulas = build_plan({"n": (1, 100)})[0].arena_bytes  # m unranged: formulas
+    assert is_symbolic(formulas)
+    assert plan.arena_bytes <= evaluate(formulas, {"n": 100, "m": 17})
 
 
 def test_a_static_plan_is_planned_as_before():

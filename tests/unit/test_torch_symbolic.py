@@ -273,8 +273,8 @@ def test_dims_without_a_name_are_named_after_torchs_symbols() -> None:
     assert dict(tg.dim_ranges) == {str(symbol): (2, DIM_MAX)}  # torch keeps 0 and 1 apart
 
 
-def test_module_compiled_with_dynamic_dims_runs_at_every_size() -> None:
-    """`strataml.compile(module, example_inputs, dynamic_shapes, dynamic_dims=True)`: one
+def test_module_compiled_with_dynamic_shapes_runs_at_every_size() -> None:
+    """`strataml.compile(module, example_inputs, dynamic_shapes)`: one
     build from torch.export's dims (their ranges taken from torch) runs a BERT at batch and
     sequence sizes it never saw, matching eager PyTorch."""
     import strataml
@@ -283,7 +283,7 @@ def test_module_compiled_with_dynamic_dims_runs_at_every_size() -> None:
     example = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(1))
     shapes = ({0: Dim("batch", max=8), 1: Dim("seq", max=64)},)
     model = strataml.compile(module, example_inputs=(example,), dynamic_shapes=shapes,
-                             dynamic_dims=True, num_threads=2)
+                             num_threads=2)
     assert model.compiled.plan.dims == ("batch", "seq")
     for batch, seq in [(1, 1), (3, 5), (2, 17), (8, 64)]:
         ids = torch.randint(0, 50, (batch, seq), generator=torch.Generator().manual_seed(seq))

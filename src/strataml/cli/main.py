@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from strataml.errors import InputError, StrataError, UnsupportedOpError
 from strataml.runtime.feeds import random_feeds
+from strataml.sizes import Size, format_size
 
 if TYPE_CHECKING:
     from strataml.api import CompiledModel
@@ -102,12 +104,15 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
                    metavar="NAME=D1,D2,...", help="compile input NAME for this shape")
     p.add_argument("--dim", action="append", type=_parse_dim, default=[],
                    metavar="NAME=VALUE", help="bind symbolic dim NAME (default 1)")
-    p.add_argument("--dynamic-dims", action="store_true",
-                   help="keep unbound dims as run-time sizes: one build runs at any size "
-                   "(correct, not yet as fast as a build per size; docs/dynamic-shapes.md)")
+    dims = p.add_mutually_exclusive_group()
+    dims.add_argument("--dynamic-dims", action="store_true",
+                      help="keep unbound dims as run-time sizes or fail (the default keeps "
+                      "them where every kernel can, else binds them with a warning)")
+    dims.add_argument("--static-dims", action="store_true",
+                      help="bind every unbound dim (--dim, else 1): a build for one size")
     p.add_argument("--dim-range", action="append", type=_parse_dim_range, default=[],
-                   metavar="NAME=LOW:HIGH", help="with --dynamic-dims: the sizes dim NAME "
-                   "may take (a call outside is refused)")
+                   metavar="NAME=LOW:HIGH", help="the sizes run-time dim NAME may take (a "
+                   "call outside is refused)")
     p.add_argument("--num-threads", type=_positive, default=None, metavar="N")
     p.add_argument("--target", default="cpu", metavar="TARGET",
                    help="a backend (`strataml backends` lists them) or a named machine: "
@@ -231,10 +236,11 @@ def _options(args: argparse.Namespace, dump_ir: str | None = None) -> CompileOpt
                               "num_threads": args.num_threads, "dump_ir_dir": dump_ir}
     if args.verify:
         fields["verify"] = True
-    if args.dim_range and not args.dynamic_dims:
-        raise CliError("--dim-range bounds run-time dims: it needs --dynamic-dims")
-    if args.dynamic_dims:
-        fields.update(dynamic_dims=True, dim_ranges=dict(args.dim_range))
+    if args.dim_range and args.static_dims:
+        raise CliError("--dim-range bounds run-time dims: --static-dims binds them all")
+    if args.dynamic_dims or args.static_dims:
+        fields["dynamic_dims"] = bool(args.dynamic_dims)
+    fields["dim_ranges"] = dict(args.dim_range)
     return CompileOptions(**fields)
 
 
@@ -253,14 +259,25 @@ def _target(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- commands
 
 
-def _kib(n: int) -> str:
+def _kib(n: Size) -> str:
+    """A byte count in KiB; over run-time dims, its formula in bytes (a CNN's arena over a
+    run-time batch)."""
+    if not isinstance(n, int):
+        return f"{format_size(n)} bytes"
     return f"{n / 1024:.1f} KiB"
 
 
 def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
     import strataml
 
-    model = strataml.compile(args.model, _target(args), options=_options(args, args.dump_ir))
+    target = _target(args)
+    options = _options(args, args.dump_ir)
+    if options.dynamic_dims is None and (args.emit in ("c-lib", "wasm") or (
+            args.emit is None and str(target).startswith("wasm32"))):
+        # (the C and wasm entry points take fixed sizes: unbound dims are bound, as asked
+        # of --dynamic-dims there is the clear error)
+        options = replace(options, dynamic_dims=False)
+    model = strataml.compile(args.model, target, options=options)
     if args.emit is None:
         args.emit = "wasm" if model.executable.triple.startswith("wasm32") else "smod"
     if args.emit == "wasm":
@@ -364,7 +381,7 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
     buffers): there those columns read '-'."""
     from strataml.config import num_threads_from_env
     from strataml.perf.peak import measure_bandwidth_gbs, measure_peak_gflops
-    from strataml.perf.roofline import KernelPerf, kernel_seconds, profile_rows
+    from strataml.perf.roofline import KernelPerf, feed_dims, kernel_seconds, profile_rows
     from strataml.perf.trace import chrome_trace
     from strataml.runtime.executor import kernel_medians
 
@@ -380,7 +397,8 @@ def _profile(args: argparse.Namespace, model: CompiledModel, feeds: dict[str, np
     peak = 0.0
     if model.program is not None:
         peak, bandwidth = measure_peak_gflops(threads), measure_bandwidth_gbs(threads)
-        rows = [(r.name, r.seconds, r) for r in profile_rows(model, profile, peak, bandwidth)]
+        rows = [(r.name, r.seconds, r) for r in profile_rows(model, profile, peak, bandwidth,
+                                                             feed_dims(model, feeds))]
         machine = f", fp32 peak {peak:.1f} GFLOP/s, memory bandwidth {bandwidth:.1f} GB/s"
     else:
         rows = sorted(((name, t, None) for name, t in kernel_seconds(profile).items()),

@@ -29,6 +29,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from llvmlite.binding import ffi
 
+from strataml.codegen.repeat import emit_repeated_call
 from strataml.codegen.sizes import SizeEmitter
 from strataml.codegen.vector_math import VECTOR_MATH, MathFunction, vector_math
 from strataml.errors import CodegenError
@@ -790,6 +791,7 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
                                f"{len(types)} arguments, the call passes {len(call.args)} "
                                f"buffers and {len(call.dims)} dims")
         args = []
+        raws = []
         for (region, offset), ptype in zip(call.args, types, strict=False):
             if region == 2:
                 raw = b.load(b.gep(io_table, [ir.Constant(I64, offset)], inbounds=True))
@@ -803,11 +805,19 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
                        else "the plan has no dims table (build_module's dims)")
                 raise CodegenError(f"plan step {call.kernel}: offset {offset} in region "
                                    f"{region} is a run-time size, but {why}")
+            raws.append(raw)
             args.append(b.bitcast(raw, ptype))
+        extra = []
         for k in call.dims:
             assert dims_table is not None
-            args.append(b.load(b.gep(dims_table, [ir.Constant(I64, k)], inbounds=True)))
-        b.call(callee, args)
+            extra.append(b.load(b.gep(dims_table, [ir.Constant(I64, k)], inbounds=True)))
+        if call.repeated:
+            if sizes is None:
+                raise CodegenError(f"plan step {call.kernel}: repeats {call.repeat} times, "
+                                   "but the plan has no dims table (build_module's dims)")
+            emit_repeated_call(b, callee, raws, call.strides, extra, sizes.value(call.repeat))
+        else:
+            b.call(callee, args + extra)
     b.ret_void()
     return module
 

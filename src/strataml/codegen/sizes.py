@@ -21,7 +21,8 @@ I64 = ir.IntType(64)
 class SizeEmitter:
     """Emits sizes with one builder, at its insertion point, reading each dim through
     `dim_value(name)` (once). Values are cached by formula: the caller must keep emitting
-    into blocks the first use dominates (the plan entry is one basic block)."""
+    into blocks the first use dominates (the plan entry is straight-line code but for the
+    loops of repeated calls, whose operands are all emitted before the loop)."""
 
     def __init__(self, builder: ir.IRBuilder, dim_value: Callable[[str], ir.Value]) -> None:
         self.b = builder

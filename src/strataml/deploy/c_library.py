@@ -121,7 +121,8 @@ def static_only_reason(plan: ExecutionPlan, what: str) -> str:
     """Why `what` (an entry point of fixed sizes) cannot take a plan over run-time sizes."""
     return (f"{what} runs plans of fixed sizes only, and this plan's sizes are run-time dims "
             f"({', '.join(plan.dims) or 'its kernels take dims'}): its C API has no dims "
-            "table to pass yet; compile with fixed input shapes (dim_values) for it")
+            "table to pass yet; compile with dynamic_dims=False (unbound dims bound, 1 or "
+            "dim_values) or with fixed input_shapes for it")
 
 
 def emit_c_library(model: Any, out_dir: str | Path, name: str = "strataml_model",

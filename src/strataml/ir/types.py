@@ -7,7 +7,7 @@ from math import prod
 
 import numpy as np
 
-from strataml.sizes import SizeExpr, format_size, size_max
+from strataml.sizes import SizeExpr, format_size, note_equal, size_max
 
 DTYPES: tuple[str, ...] = (
     "float32", "float64", "float16",
@@ -115,6 +115,7 @@ def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
                 dim = d
             elif isinstance(d, SizeExpr) and isinstance(dim, SizeExpr):
                 # two different run-time sizes broadcast when equal or one is 1: the larger
+                note_equal(dim, d)
                 dim = size_max(dim, d)
             elif isinstance(d, SizeExpr) or isinstance(dim, SizeExpr):
                 # a symbolic dim meeting a concrete one (not 1) must be 1 or equal to it

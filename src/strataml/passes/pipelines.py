@@ -7,21 +7,23 @@ passes/lower/phases.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from strataml.errors import ShapeError
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Kernel
 from strataml.ir.dialects.loop import LoopFunction
 from strataml.options import CompileOptions, Target
 from strataml.passes.decisions import pin_decisions
-from strataml.passes.lower.phases import CompileState, check_supported
+from strataml.passes.graph.required_ranges import narrowed_ranges, required_dim_ranges
+from strataml.passes.lower.phases import CompileState, check_supported, graph_dim_ranges
 from strataml.passes.manager import GraphPass, LoweringPass, PassManager, parse_pipeline
 from strataml.runtime.hal import Executable, ExecutionPlan
 from strataml.schedule import Schedule
-from strataml.sizes import assumed_ranges
+from strataml.sizes import assumed_ranges, is_symbolic
 
 __all__ = ["CPU_GRAPH_PIPELINE", "CPU_LOWERING_PIPELINE", "CPU_PIPELINE", "CompiledProgram",
            "check_supported", "compile_graph", "cpu_pipeline"]
@@ -95,6 +97,8 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     decisions = {node: {**tuned.get(node, {}), **options.decisions.get(node, {})}
                  for node in {*tuned, *options.decisions}}
     graph = pin_decisions(graph, decisions)
+    if options.dynamic_dims:
+        options = replace(options, dim_ranges=_model_ranges(graph, options))
     # (every pass simplifies and compares run-time sizes within the declared ranges, as the
     # importer did: `min(512, seq)` is `seq` for seq <= 512 in infer-shapes too)
     with assumed_ranges(options.dim_ranges if options.dynamic_dims else {}):
@@ -107,3 +111,20 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
                            state.object_code or (state.executable.data
                                                  if state.executable.format == "object"
                                                  else b""), tuned, state.tuned_schedules)
+
+
+def _model_ranges(graph: Graph, options: CompileOptions) -> dict[str, tuple[int, int]]:
+    """The declared dim ranges (by the graph's dim names), narrowed to what the model's own
+    shapes require (`required_dim_ranges`); a declared range the model cannot run in at all
+    is an error naming the node."""
+    declared = graph_dim_ranges(options)
+    if not any(is_symbolic(d) for t in graph.types.values() for d in t.shape):
+        return declared
+    required = required_dim_ranges(graph)
+    narrowed = narrowed_ranges(declared, required)
+    for name, (lo, hi) in narrowed.items():
+        if lo > hi:
+            (_, high), where = required[name]
+            raise ShapeError(f"{where}: needs {name} <= {high}, but dim_ranges declares "
+                             f"{name} in {list(declared[name])}")
+    return narrowed

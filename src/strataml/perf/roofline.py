@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from math import prod
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from strataml.ir.dialects.kernel import Kernel
 from strataml.ir.expr import Binary, Expr, Load, Unary
 from strataml.schedule.schedule import Schedule, top_reduces
+from strataml.sizes import Size, bind_input_dims, evaluate
 
 if TYPE_CHECKING:
     from strataml.api import CompiledModel
@@ -61,31 +63,34 @@ def _computes(expr: Expr) -> bool:
     return any(_computes(c) for c in expr.children())
 
 
-def kernel_flops(kernel: Kernel) -> int:
+def kernel_flops(kernel: Kernel, dims: Mapping[str, int] | None = None) -> int:
     """FLOPs of a kernel: 2 x the multiply-adds of each stage's top-level reductions (the
     epilogue around a reduction is not counted: it is one op per output against `steps` per
     output), plus one FLOP per element written by a stage with no reduction that does float
     arithmetic (Relu, Add; data movement counts none). An estimate of the useful work, the
-    same for every schedule, which is what a roofline needs."""
+    same for every schedule, which is what a roofline needs. `dims`: the run-time sizes a
+    kernel over them is counted at."""
     flops = 0
     for stage in kernel.stages:
-        numel = kernel.buffer(stage.buffer).static_numel
+        numel = _count(kernel.buffer(stage.buffer).shape, dims)
         reduces = top_reduces(stage.body)
         for r in reduces:
-            steps = 1
-            for e in r.static_extents:
-                steps *= e
-            flops += 2 * numel * steps
+            flops += 2 * numel * _count(r.extents, dims)
         if not reduces and _computes(stage.body):
             flops += numel
     return flops
 
 
-def kernel_bytes(kernel: Kernel) -> int:
+def kernel_bytes(kernel: Kernel, dims: Mapping[str, int] | None = None) -> int:
     """Compulsory traffic: every input read once and every output written once. Temps are
     excluded: a good schedule keeps them in cache, and the bound must hold for any schedule."""
-    return sum(b.static_numel * np.dtype(b.dtype).itemsize for b in kernel.buffers
+    return sum(_count(b.shape, dims) * np.dtype(b.dtype).itemsize for b in kernel.buffers
                if b.role in ("input", "output"))
+
+
+def _count(sizes: Sequence[Size], dims: Mapping[str, int] | None) -> int:
+    """The product of `sizes` at `dims` (a run-time size without them: SymbolicSizeError)."""
+    return prod(evaluate(x, dims) if dims is not None else int(x) for x in sizes)
 
 
 def strategy_of(schedule: Schedule | None) -> str:
@@ -96,9 +101,11 @@ def strategy_of(schedule: Schedule | None) -> str:
 
 
 def kernel_perf(kernel: Kernel, seconds: float, strategy: str, peak_gflops: float,
-                bandwidth_gbs: float) -> KernelPerf:
-    """The roofline row of `kernel` measured at `seconds` (pure: no timing happens here)."""
-    flops, nbytes = kernel_flops(kernel), kernel_bytes(kernel)
+                bandwidth_gbs: float, dims: Mapping[str, int] | None = None,
+                runs: int = 1) -> KernelPerf:
+    """The roofline row of `kernel` measured at `seconds` for `runs` runs of it at `dims`
+    (pure: no timing happens here)."""
+    flops, nbytes = kernel_flops(kernel, dims) * runs, kernel_bytes(kernel, dims) * runs
     compute_s = flops / (peak_gflops * 1e9)
     memory_s = nbytes / (bandwidth_gbs * 1e9)
     bound_s = max(compute_s, memory_s)
@@ -127,7 +134,18 @@ def kernel_report(compiled: CompiledModel, feeds: Mapping[str, np.ndarray], repe
     threads = threads or compiled.plan.num_threads
     peak = peak_gflops if peak_gflops is not None else measure_peak_gflops(threads)
     bandwidth = bandwidth_gbs if bandwidth_gbs is not None else measure_bandwidth_gbs(threads)
-    return profile_rows(compiled, compiled.profile(feeds, repeats), peak, bandwidth)
+    return profile_rows(compiled, compiled.profile(feeds, repeats), peak, bandwidth,
+                        feed_dims(compiled, feeds))
+
+
+def feed_dims(compiled: CompiledModel, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The run-time dims of a plan over them, as these feeds bind them ({} for a static
+    plan)."""
+    if not compiled.plan.dims:
+        return {}
+    declared = {s.name: s.shape for s in compiled.plan.inputs}
+    ranges = {n: (lo, hi) for n, lo, hi in compiled.plan.dim_ranges}
+    return bind_input_dims(declared, {k: np.shape(v) for k, v in feeds.items()}, ranges)
 
 
 def kernel_seconds(profile: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -138,13 +156,19 @@ def kernel_seconds(profile: Sequence[tuple[str, float]]) -> dict[str, float]:
 
 
 def profile_rows(compiled: CompiledModel, profile: Sequence[tuple[str, float]],
-                 peak_gflops: float, bandwidth_gbs: float) -> list[KernelPerf]:
+                 peak_gflops: float, bandwidth_gbs: float,
+                 dims: Mapping[str, int] | None = None) -> list[KernelPerf]:
     """The rows of `kernel_report` for a profile already measured (`CompiledModel.profile`'s
-    list), slowest first; `compiled` must keep its kernel IR."""
+    list, at `dims` for a plan over run-time sizes), slowest first; `compiled` must keep its
+    kernel IR. A kernel's work counts each of its calls, and each sample of a call looped
+    over the batch."""
     kernels = {k.name: k for k in compiled.program.kernels}
     schedules = compiled.program.schedules
+    runs: Counter[str] = Counter()
+    for call in compiled.plan.calls:
+        runs[call.kernel] += evaluate(call.repeat, dims or {})
     rows = [kernel_perf(kernels[name], t, strategy_of(schedules.get(name)), peak_gflops,
-                        bandwidth_gbs)
+                        bandwidth_gbs, dims, runs[name] or 1)
             for name, t in kernel_seconds(profile).items()]
     return sorted(rows, key=lambda r: -r.seconds)
 

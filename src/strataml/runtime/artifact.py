@@ -328,9 +328,18 @@ def _call(d: Any, where: str) -> KernelCall:
     if not isinstance(dims, list) or not all(type(k) is int and k >= 0 for k in dims):
         raise ArtifactError(f"manifest check: {where}.dims must be indices into the dims "
                             "table")
+    # (a call looped over the batch: absent before calls could repeat)
+    repeat = d.get("repeat", 1)
+    strides = d.get("strides", [])
+    if not (type(repeat) is int or isinstance(repeat, str)) or not isinstance(strides, list) \
+            or not all(type(s) is int and 0 <= s <= MAX_REGION_BYTES for s in strides) \
+            or ("repeat" in d and len(strides) != len(args)):
+        raise ArtifactError(f"manifest check: {where}.repeat must be a size and "
+                            f"{where}.strides one byte count per argument")
     return KernelCall(_get(d, "kernel", str, where), function,
                       tuple((a[0], _size(a[1], f"{where}.args[{k}]"))
-                            for k, a in enumerate(args)), tuple(dims))
+                            for k, a in enumerate(args)), tuple(dims),
+                      _size(repeat, f"{where}.repeat"), tuple(strides))
 
 
 def _string(d: Any, where: str) -> str:
@@ -384,7 +393,14 @@ def _symbolic(plan: ExecutionPlan) -> bool:
     for slots in (plan.inputs, plan.outputs, plan.weights):
         sizes += [d for s in slots for d in (*s.shape, s.offset)]
     sizes += [offset for call in plan.calls for _, offset in call.args]
+    sizes += [call.repeat for call in plan.calls]
     return any(is_size_formula(x) for x in sizes)
+
+
+def _advances_weights(call: KernelCall) -> bool:
+    """Whether a repeated call advances a weights buffer (never: weights are per model)."""
+    return any(stride and region == 1
+               for (region, _), stride in zip(call.args, call.strides, strict=False))
 
 
 def _check_plan(plan: ExecutionPlan) -> None:
@@ -431,6 +447,11 @@ def _check_plan(plan: ExecutionPlan) -> None:
             raise ArtifactError(f"plan check: two {what}s share a name")
     limits = (plan.arena_bytes, plan.weights_bytes, n_io - 1)
     for call in plan.calls:
+        if call.repeated and (not is_size_formula(call.repeat) or _advances_weights(call)):
+            # (a call repeats over a run-time batch, and only arena and io buffers advance)
+            raise ArtifactError(f"plan check: kernel {call.kernel!r} repeats "
+                                f"{call.repeat} times with strides {list(call.strides)}; "
+                                "only a run-time count over arena and io buffers may")
         for region, offset in call.args:
             if 0 <= region <= 2 and (is_size_formula(offset) or is_size_formula(limits[region])):
                 continue  # (an arena offset over the dims: checked per call)

@@ -14,17 +14,20 @@ import ctypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product
+from math import prod
 
 import numpy as np
 
 from strataml.errors import ArtifactError
-from strataml.runtime.hal import ExecutionPlan, Size, TensorSlot
+from strataml.runtime.hal import ExecutionPlan, Size
+from strataml.runtime.size_program import SizeProgram
 from strataml.sizes import (
     DIM_MAX,
     Range,
     bind_input_dims,
     evaluate,
     format_size,
+    numel,
     size_dims,
 )
 
@@ -59,6 +62,10 @@ def plan_problems(plan: ExecutionPlan) -> list[str]:
             sizes += [(f"{what} {s.name!r}", d) for d in (*s.shape, s.offset)]
     for call in plan.calls:
         sizes += [(f"kernel {call.kernel!r}", offset) for _, offset in call.args]
+        sizes.append((f"kernel {call.kernel!r} repeat", call.repeat))
+        if call.repeated and len(call.strides) != len(call.args):
+            problems.append(f"kernel {call.kernel!r} repeats with {len(call.strides)} strides "
+                            f"for {len(call.args)} arguments")
         if any(not 0 <= k < len(plan.dims) for k in call.dims):
             problems.append(f"kernel {call.kernel!r} passes dims {list(call.dims)}, outside "
                             f"the table of {len(plan.dims)}")
@@ -86,11 +93,18 @@ class Layout:
     arena_bytes: int
     output_shapes: tuple[tuple[int, ...], ...]
     output_offsets: tuple[int, ...]  # (of outputs copied out of the arena)
-    call_offsets: tuple[tuple[int, ...], ...]  # each call's args, evaluated (for timeline)
+    call_args: tuple[int, ...]  # every call's arg offsets, evaluated, in plan order
+    call_spans: tuple[tuple[int, int], ...]  # each call's slice of call_args
+    call_repeats: tuple[int, ...] = ()  # each call's repeat count, evaluated (for timeline)
 
     @property
     def table_address(self) -> int:
         return ctypes.addressof(self.table)
+
+    @property
+    def call_offsets(self) -> tuple[tuple[int, ...], ...]:
+        """Each call's arg offsets (for timeline; a run needs none of them split)."""
+        return tuple(self.call_args[a:b] for a, b in self.call_spans)
 
 
 class DimBinder:
@@ -101,6 +115,12 @@ class DimBinder:
         self.ranges: dict[str, Range] = {n: (lo, hi) for n, lo, hi in plan.dim_ranges}
         self.declared = {s.name: s.shape for s in plan.inputs}
         self._layouts: dict[tuple[int, ...], Layout] = {}
+        self._program: SizeProgram | None = None  # (built at the first layout)
+        self._call_spans: tuple[tuple[int, int], ...] = ()
+        self._arena_args: tuple[int, ...] = ()
+        self._arg_count = self._io_count = 0
+        self._repeated = False
+        self.layouts_evaluated = 0  # (how many distinct sizes were planned: tests count)
 
     def reserved_bytes(self) -> int:
         """The arena to reserve up front when each dim has a range: the largest the arena's
@@ -115,6 +135,18 @@ class DimBinder:
                    for corner in product(*(self.ranges[n] for n in self.plan.dims)))
         return high if 0 < high <= MAX_RESERVED_BYTES else 0
 
+    def largest_outputs_bytes(self) -> int:
+        """The most bytes the outputs of one call take within the ranges (at their corners,
+        as `reserved_bytes`), 0 without a range on every dim."""
+        if not self.plan.dims or any(n not in self.ranges for n in self.plan.dims):
+            return 0
+        best = 0
+        for corner in product(*(self.ranges[n] for n in self.plan.dims)):
+            values = dict(zip(self.plan.dims, corner, strict=True))
+            best = max(best, sum(prod(evaluate(d, values) for d in s.shape)
+                                 * np.dtype(s.dtype).itemsize for s in self.plan.outputs))
+        return best
+
     def bind(self, shapes: Mapping[str, tuple[int, ...]]) -> Layout:
         """The layout for these input shapes (InputError where they break a rule)."""
         values = bind_input_dims(self.declared, shapes, self.ranges)
@@ -127,35 +159,88 @@ class DimBinder:
         return layout
 
     def _layout(self, values: dict[str, int], key: tuple[int, ...]) -> Layout:
-        """Evaluated, and checked as an artifact's static plan is: every arena place the plan
-        names lies inside the arena at these sizes (the formulas come from the manifest)."""
+        """Evaluated (every formula at once, `SizeProgram`), and checked as an artifact's
+        static plan is: every arena place the plan names lies inside the arena at these
+        sizes (the formulas come from the manifest)."""
+        if self._program is None:
+            self._compile()
+        assert self._program is not None
+        v = self._program(*key)
         plan = self.plan
-        arena = evaluate(plan.arena_bytes, values)
-        where = f"plan check at {', '.join(f'{n}={v}' for n, v in values.items())}"
-
-        def shape(slot: TensorSlot) -> tuple[int, ...]:
-            dims = tuple(evaluate(d, values) for d in slot.shape)
-            if any(d < 0 for d in dims):
+        arena, pos = v[0], 1
+        where = f"plan check at {', '.join(f'{n}={x}' for n, x in values.items())}"
+        output_shapes = []
+        for slot in plan.outputs:
+            dims = v[pos:pos + len(slot.shape)]
+            pos += len(slot.shape)
+            if dims and min(dims) < 0:
                 raise ArtifactError(f"{where}: {slot.name!r} has shape {list(dims)}")
-            return dims
-
-        output_shapes = tuple(shape(s) for s in plan.outputs)
-        output_offsets = []
-        for s, dims in zip(plan.outputs, output_shapes, strict=True):
-            offset = evaluate(s.offset, values)
-            nbytes = int(np.prod(dims, dtype=np.int64)) * np.dtype(s.dtype).itemsize
+            output_shapes.append(dims)
+        output_offsets = v[pos:pos + len(plan.outputs)]
+        pos += len(plan.outputs)
+        for s, dims, offset in zip(plan.outputs, output_shapes, output_offsets, strict=True):
+            nbytes = prod(dims) * np.dtype(s.dtype).itemsize
             if s.region == "arena" and not 0 <= offset <= offset + nbytes <= arena:
                 raise ArtifactError(f"{where}: output {s.name!r} ({nbytes} bytes at {offset}) "
                                     f"overruns the arena ({arena} bytes)")
-            output_offsets.append(offset)
-        call_offsets = []
-        for call in plan.calls:
-            offsets = tuple(evaluate(o, values) for _, o in call.args)
-            for (region, _), offset in zip(call.args, offsets, strict=True):
-                if region == 0 and not 0 <= offset <= arena:
-                    raise ArtifactError(f"{where}: kernel {call.kernel!r} reads arena offset "
-                                        f"{offset}, outside the arena ({arena} bytes)")
-            call_offsets.append(offsets)
+        flat = v[pos:pos + self._arg_count]
+        pos += len(flat)
+        repeats = v[pos:pos + len(plan.calls)]
+        pos += len(repeats)
+        io_bytes = v[pos:pos + self._io_count]
+        pos += len(io_bytes)
+        low, high = (v[pos], v[pos + 1]) if self._arena_args else (0, 0)
+        if not 0 <= low <= high <= arena or self._repeated:
+            self._check_calls(where, arena, flat, repeats, io_bytes)
         table = (ctypes.c_int64 * max(len(key), 1))(*key)
-        return Layout(values, table, arena, output_shapes, tuple(output_offsets),
-                      tuple(call_offsets))
+        self.layouts_evaluated += 1
+        return Layout(values, table, arena, tuple(output_shapes), output_offsets, flat,
+                      self._call_spans, repeats)
+
+    def _check_calls(self, where: str, arena: int, flat: tuple[int, ...],
+                     repeats: tuple[int, ...], io_bytes: tuple[int, ...]) -> None:
+        """Every call's arena places inside the arena, and a repeated call's steps inside the
+        arena or the io array it walks, at these sizes (integers only: no formula walked)."""
+        for call, (a, b), repeat in zip(self.plan.calls, self._call_spans, repeats,
+                                        strict=True):
+            if repeat < 0:
+                raise ArtifactError(f"{where}: kernel {call.kernel!r} repeats {repeat} times")
+            strides = call.strides or (0,) * len(call.args)
+            for (region, _), offset, stride in zip(call.args, flat[a:b], strides, strict=True):
+                # (a repeated call's last repetition starts `stride * (repeat - 1)` further on)
+                last = offset + stride * max(repeat - 1, 0)
+                if region == 0 and not 0 <= offset <= last <= arena:
+                    raise ArtifactError(f"{where}: kernel {call.kernel!r} reads arena offset "
+                                        f"{last}, outside the arena ({arena} bytes)")
+                if region == 2 and stride:
+                    size = io_bytes[offset] if 0 <= offset < len(io_bytes) else 0
+                    if stride * repeat > size:
+                        raise ArtifactError(f"{where}: kernel {call.kernel!r} steps {repeat} "
+                                            f"times {stride} bytes through io entry {offset}, "
+                                            f"past its {size} bytes")
+
+    def _compile(self) -> None:
+        """The program of every formula a layout needs, in `_layout`'s order: the arena,
+        each output's dims, the outputs' offsets, each call's arena offsets, each call's
+        repeat count, each io slot's bytes."""
+        plan = self.plan
+        sizes: list[Size] = [plan.arena_bytes]
+        for s in plan.outputs:
+            sizes += s.shape
+        sizes += [s.offset for s in plan.outputs]
+        spans, arena_args = [], []
+        base = len(sizes)  # (the calls' offsets are indexed from here)
+        for call in plan.calls:
+            start = len(sizes) - base
+            spans.append((start, start + len(call.args)))
+            arena_args += [start + k for k, (region, _) in enumerate(call.args) if region == 0]
+            sizes += [offset for _, offset in call.args]
+        self._call_spans = tuple(spans)
+        self._arena_args = tuple(arena_args)
+        self._arg_count = len(sizes) - base
+        sizes += [call.repeat for call in plan.calls]
+        io_slots = (*plan.inputs, *plan.outputs)
+        sizes += [numel(s.shape) * np.dtype(s.dtype).itemsize for s in io_slots]
+        self._io_count = len(io_slots)
+        self._repeated = any(call.strides for call in plan.calls)
+        self._program = SizeProgram(sizes, plan.dims, [base + i for i in arena_args])

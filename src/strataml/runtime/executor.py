@@ -114,6 +114,12 @@ class Executor:
         # ranges the arena grows with the calls)
         reserved = 0 if self._dims is None else self._dims.reserved_bytes()
         self._arena = device.allocate(int(plan.arena_bytes) if self._dims is None else reserved)
+        if reserved:  # (its pages faulted in off the calls' path: runtime/prefault.py)
+            from strataml.runtime.prefault import populate_in_background, warm_heap
+
+            assert self._dims is not None
+            self._prefault = populate_in_background(self._arena)
+            warm_heap(self._dims.largest_outputs_bytes())
         self._lock = threading.Lock()
         if (weights_region is not None and weights_region.nbytes == plan.weights_bytes
                 and weights_region.ctypes.data % ALIGNMENT == 0):
@@ -301,14 +307,19 @@ class Executor:
                 args: list[Any] = [
                     table[offset] if region == 2 else bases[region] + offset
                     for (region, _), offset in zip(call.args, offsets, strict=True)]
-                if layout is not None:
-                    args += [layout.table[d] for d in call.dims]
-                steps.append((call.kernel, fn, args))
+                extra = [layout.table[d] for d in call.dims] if layout is not None else []
+                # (a kernel built for one sample runs once per sample, its buffers advanced)
+                count = layout.call_repeats[k] if layout is not None else 1
+                strides = call.strides or (0,) * len(args)
+                runs = [[a + i * st for a, st in zip(args, strides, strict=True)] + extra
+                        for i in range(count)]
+                steps.append((call.kernel, fn, runs))
             origin = clock() if origin is None else origin
             for _ in range(repeats):
-                for name, fn, args in steps:
+                for name, fn, runs in steps:
                     start = clock()
-                    fn(*args)
+                    for args in runs:
+                        fn(*args)
                     spans.append((name, start - origin, clock() - origin))
         del arrays  # kept alive until the kernels have run
         return spans

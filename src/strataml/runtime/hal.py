@@ -99,27 +99,44 @@ class KernelCall:
     arena offset may be a formula over the model's dims, which the entry evaluates), region 2
     the io table (offset = index of the pointer). `kernel` names the step. `dims`: for each
     run-time size the function takes (after its buffers), the index of its value in the
-    model's dims table (the entry's fourth argument)."""
+    model's dims table (the entry's fourth argument).
+
+    `repeat` (a size over the dims, 1 by default) runs the call that many times, the k-th
+    with each buffer advanced by k times its `strides` entry (bytes; 0 for a buffer every
+    repetition shares): a batch-separable kernel compiled for one sample, looped over the
+    batch (passes/lower/batch_loop.py)."""
 
     kernel: str
     function: str
     args: tuple[tuple[int, Size], ...]
     dims: tuple[int, ...] = ()
+    repeat: Size = 1
+    strides: tuple[int, ...] = ()
+
+    @property
+    def repeated(self) -> bool:
+        return self.repeat != 1 or bool(self.strides)
 
     def to_json(self) -> dict[str, Any]:
-        """Without dims, exactly the object a plan held before calls had any (so a static
-        plan, and the contract digest over it, are what they were)."""
+        """Without dims or a repeat, exactly the object a plan held before calls had any (so
+        a static plan, and the contract digest over it, are what they were)."""
         d = asdict(self)
         d["args"] = [[region, _size_json(offset)] for region, offset in self.args]
         if not self.dims:
             del d["dims"]
+        if self.repeated:
+            d["repeat"] = _size_json(self.repeat)
+            d["strides"] = list(self.strides)
+        else:
+            del d["repeat"], d["strides"]
         return d
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> KernelCall:
         return KernelCall(d["kernel"], d["function"],
                           tuple((int(a[0]), size_from_json(a[1])) for a in d["args"]),
-                          tuple(d.get("dims", ())))
+                          tuple(d.get("dims", ())), size_from_json(d.get("repeat", 1)),
+                          tuple(int(s) for s in d.get("strides", ())))
 
 
 @dataclass(frozen=True)

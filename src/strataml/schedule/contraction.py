@@ -56,11 +56,28 @@ def _reads_inside(kernel: Kernel, stage: Stage, r: Reduce, b: Load) -> bool:
     whole output row and reduction: B's rows may be views that run past their own last
     dimension (a plane walked as one row), never past the buffer."""
     buf = kernel.buffer(b.buffer)
-    if kernel.dims:  # (the gemm generator takes static sizes only, for now)
-        return False
+    if kernel.dims:
+        return _static_b_inside(kernel, stage, r, b)
     shape = kernel.buffer(stage.buffer).static_shape
     env = {**{a: (0, n - 1) for a, n in zip(stage.axes, shape, strict=True)},
            **{a: (0, n - 1) for a, n in zip(r.axes, r.static_extents, strict=True)}}
+    whole = flat_interval(buf.static_shape, b.indices, env)
+    return whole is not None and whole[0] >= 0 and whole[1] <= buf.static_numel - 1
+
+
+def _static_b_inside(kernel: Kernel, stage: Stage, r: Reduce, b: Load) -> bool:
+    """Over run-time dims: B is a static buffer (weights) read at the output's last axis
+    (static) and the reduction's (static) alone, and every vector of it lies inside. A B
+    with run-time dims or read along other axes (attention's keys and values) is not one
+    the run-time-rows gemm takes."""
+    buf, width = kernel.buffer(b.buffer), kernel.buffer(stage.buffer).shape[-1]
+    if not buf.is_static or not isinstance(width, int) \
+            or not all(isinstance(e, int) for e in r.extents):
+        return False
+    env = {stage.axes[-1]: (0, width - 1),
+           **{a: (0, n - 1) for a, n in zip(r.axes, r.static_extents, strict=True)}}
+    if any(isinstance(x, Var) and x not in env for i in b.indices for x in i.walk()):
+        return False
     whole = flat_interval(buf.static_shape, b.indices, env)
     return whole is not None and whole[0] >= 0 and whole[1] <= buf.static_numel - 1
 
@@ -95,6 +112,8 @@ def match_contraction(kernel: Kernel, stage: Stage) -> Contraction | str:
             # the innermost row axis that is not a unit one: [seq, 1, hidden] @ W (a
             # sequence-first attention projection) has its rows on the outer axis
             extent = kernel.buffer(stage.buffer).shape
-            pos = next((p for p in rows if extent[p] > 1), rows[0])
+            # (a run-time extent counts as more than one: it is the usual row axis)
+            pos = next((p for p in rows
+                        if not isinstance(extent[p], int) or extent[p] > 1), rows[0])
             return Contraction(r, a, b, pos, panel)
     return "no operand is contiguous along the output's last axis with the other row-wise"

@@ -26,6 +26,7 @@ from strataml.ir.expr import Load, Var, top_reduces
 from strataml.ir.index_simplify import linear_in
 from strataml.ir.types import itemsize
 from strataml.schedule.contraction import match_contraction
+from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS, run_time_contraction
 from strataml.schedule.key_axis import heads_outermost
 from strataml.schedule.primitives import (
     ROOT,
@@ -186,9 +187,7 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
         if s.strategy not in STRATEGIES:
             raise ScheduleError(f"{where}: unknown strategy {s.strategy!r}")
         if s.strategy == "gemm" and kernel.dims:
-            raise ScheduleError(f"{where}: the gemm strategy needs static sizes; a kernel "
-                                f"over run-time dims ({', '.join(kernel.dims)}) takes the "
-                                "loops strategy for now")
+            _check_run_time_gemm(kernel, stage, s, where)
         if s.strategy == "gemm":
             found = match_contraction(kernel, stage)
             if isinstance(found, str):
@@ -255,6 +254,25 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
             except ScheduleError as exc:
                 raise ScheduleError(f"{where}: compute_at(%{consumer}, {at}): {exc}") from None
     return nests
+
+
+def _check_run_time_gemm(kernel: Kernel, stage: Stage, s: StageSchedule, where: str) -> None:
+    """A gemm over run-time rows (`schedule.dynamic_gemm`) takes a register tile, reduction
+    blocks and the parallel flag only: no row blocks, no shares of rows or panels."""
+    found = run_time_contraction(kernel, stage, s.lanes) if s.lanes > 0 else "no lanes"
+    if isinstance(found, str):
+        raise ScheduleError(f"{where}: the gemm strategy over run-time dims "
+                            f"({', '.join(kernel.dims)}): {found}")
+    if s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes or (found.panel and s.nr != found.panel):
+        raise ScheduleError(f"{where}: run-time gemm tile {s.mr}x{s.nr}/{s.lanes} does not "
+                            f"fit (B panels: {found.panel or 'none'})")
+    first = found.reduce.static_extents[0]
+    if s.kc < 0 or (s.kc and first % s.kc):
+        raise ScheduleError(f"{where}: kc={s.kc} does not divide the reduction's first axis "
+                            f"({first} steps)")
+    if s.mc or s.rows_outer or s.column_chunks > 1 or s.keep_panels or s.row_chunks > 1:
+        raise ScheduleError(f"{where}: a gemm over run-time dims takes mr, nr, lanes, kc and "
+                            f"parallel only, not {s}")
 
 
 def _work(kernel: Kernel, stage: Stage) -> int:
@@ -726,9 +744,17 @@ def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
     the innermost run-time output loop outside the row (tokens, not a batch that is often
     1), else the outermost non-unit output loop; a run-time extent goes to the pool as it
     is. No primitive here needs a constant trip count on a run-time loop."""
-    lanes = (target or host_target()).vector_lanes_f32
+    target = target or host_target()
+    lanes = target.vector_lanes_f32
     out = []
     for st in kernel.stages:
+        gemm = run_time_contraction(kernel, st, lanes)
+        if not isinstance(gemm, str):  # (a Linear layer over run-time rows: dynamic_gemm)
+            mr, nr = gemm_tile(target, REPRESENTATIVE_ROWS, bool(gemm.panel))
+            kc = _pack_block(gemm.reduce.static_extents, REPRESENTATIVE_ROWS, mr,
+                             bool(gemm.panel), pack_depth(target, nr, 4))
+            out.append(StageSchedule("gemm", (), threads > 1, mr, nr, lanes, kc=kc))
+            continue
         nest = stage_nest(kernel, st)
         outputs = [lp for lp in nest.loops if not lp.reduce]
         steps: tuple[Primitive, ...] = ()

@@ -695,7 +695,12 @@ def convert_center_crop_pad(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
 def convert_conv_transpose(ctx: ConvertContext, n: OnnxNode) -> list[Node]:
     _check_attrs(n, {"auto_pad", "dilations", "group", "kernel_shape", "output_padding",
                      "output_shape", "pads", "strides"})
-    x_shape = ctx.static_shape(n.inputs[0], "ConvTranspose's input")
+    # (the maps' sizes pick the output's; the batch may be a run-time size)
+    x_type = ctx.type(n.inputs[0])
+    if not TensorType(x_type.dtype, x_type.shape[1:]).is_static:
+        raise Unsupported(f"ConvTranspose's input needs static channels and map sizes, got "
+                          f"{x_type}")
+    x_shape = (1, *(int(d) for d in x_type.shape[1:]))
     w = ctx.type(n.inputs[1])
     w_shape = ctx.static_shape(n.inputs[1], "ConvTranspose's weight")
     nsp = len(x_shape) - 2

@@ -57,18 +57,21 @@ from strataml.sizes import (
 class TorchGraph:
     """An imported FX graph and how torch's tensors map onto it.
 
-    `inputs`: the graph's input values, one per placeholder, in placeholder order.
+    `inputs`: the graph's input values, one per tensor placeholder, in placeholder order.
     `outputs`: one entry per result of the FX graph (its output list, flattened), in order:
     the graph output that holds it, or None where the FX graph returns None. The graph's
     own outputs are the entries that are not None, each a distinct value made by a node.
     `dim_ranges`: with `keep_symbolic`, each run-time dim's inclusive range as torch.export
     recorded it (its `range_constraints`, within [1, DIM_MAX]); empty for a static graph.
+    `size_args`: with dims, the placeholders that are sizes (`SymInt`s) rather than tensors:
+    not inputs (the tensors' shapes give their dims), left out of `inputs`.
     """
 
     graph: Graph
     inputs: tuple[str, ...]
     outputs: tuple[str | None, ...]
     dim_ranges: Mapping[str, Range] = field(default_factory=dict)
+    size_args: tuple[str, ...] = ()
 
     def feeds(self, args: Sequence[Any]) -> dict[str, np.ndarray]:
         """The run() feeds for the FX graph's positional arguments (tensors or arrays)."""
@@ -148,6 +151,7 @@ class _Importer:
         self.constants: dict[str, np.ndarray] = {}
         self.nodes: list[Node] = []
         self.inputs: list[str] = []
+        self.size_args: list[str] = []  # placeholders that are sizes (with dims), not inputs
         self.problems: list[str] = []
         self.unknown: set[torch.fx.Node] = set()  # downstream of an unsupported node
         # Results are checked against torch's traced types unless shapes were overridden.
@@ -188,13 +192,23 @@ class _Importer:
         graph = Graph(self.name, tuple(self.inputs), tuple(o for o in slots if o is not None),
                       tuple(self.nodes), self.types, self.constants)
         ranges = dict(self.dims.ranges) if self.dims is not None else {}
-        return TorchGraph(graph, tuple(self.inputs), slots, ranges)
+        return TorchGraph(graph, tuple(self.inputs), slots, ranges, tuple(self.size_args))
 
     # ------------------------------------------------------------ inputs and weights
 
     def _placeholder(self, node: torch.fx.Node) -> None:
         val = node.meta.get("val", node.meta.get("example_value"))
         where = f"input '{node.name}'"
+        if isinstance(val, torch.SymInt) and self.dims is not None:
+            # A size handed in (a partition reading a size computed outside it): the size
+            # over the dims, which the tensor inputs bind; not an input of the graph.
+            try:
+                self.values[node] = self.dims.size(val, where)
+            except Unsupported as exc:
+                self.problems.append(str(exc))
+                self.unknown.add(node)
+            self.size_args.append(node.name)
+            return
         try:
             t = tensor_type(val, where, self.dims)
         except Unsupported as exc:

@@ -36,41 +36,64 @@ def bind_dims(graph: Graph, values: Mapping[str, int]) -> Graph:
     values, fused groups' bodies), then what became constant folded (a Range up to `seq`).
     Types are substituted, not re-inferred, so a graph after fusion binds too; that the
     two agree is what tests/unit/test_symbolic_shapes.py checks."""
-    for name, v in values.items():
-        if not isinstance(v, int | np.integer) or v < 0:
-            raise ShapeError(f"dim {name!r}: size {v!r} must be a non-negative integer")
-    env: dict[str, Size] = {k: int(v) for k, v in values.items()}
+    binder = _Binder(graph, values)
+    types: dict[str, TensorType] = {k: binder.type(t) for k, t in graph.types.items()}
+    constants = {k: binder.constant(k, v) for k, v in graph.constants.items()}
+    bound = Graph(graph.name, graph.inputs, graph.outputs,
+                  tuple(binder.node(n) for n in graph.nodes), types, constants)
+    return fold_graph(bound)
 
-    def bind_type(t: TensorType) -> TensorType:
-        return TensorType(t.dtype, tuple(substitute(d, env) for d in t.shape))
 
-    def bind_attr(v: AttrValue) -> AttrValue:
+def bind_group(graph: Graph, node: Node, values: Mapping[str, int]) -> tuple[Graph, Node]:
+    """One node (a fused group) with the named dims bound, and a graph holding just what its
+    lowering reads: the bound types of the values it names and the constants it reads. No
+    folding: the node stays the one given (a batch-separable group at one sample,
+    `passes/lower/batch_loop.py`)."""
+    binder = _Binder(graph, values)
+    body = node.body if node.op == "fused" else (node,)
+    names = {v for n in (node, *body) for v in (*n.inputs, *n.outputs) if v}
+    types = {v: binder.type(graph.types[v]) for v in names}
+    constants = {v: binder.constant(v, graph.constants[v]) for v in names
+                 if v in graph.constants}
+    inputs = tuple(v for v in node.inputs if v and v not in constants)
+    bound = binder.node(node)
+    return Graph(graph.name, inputs, node.outputs, (bound,), types, constants), bound
+
+
+class _Binder:
+    """The substitution of some dims by integers, for each kind of thing that names sizes."""
+
+    def __init__(self, graph: Graph, values: Mapping[str, int]) -> None:
+        for name, v in values.items():
+            if not isinstance(v, int | np.integer) or v < 0:
+                raise ShapeError(f"dim {name!r}: size {v!r} must be a non-negative integer")
+        self.graph = graph
+        self.env: dict[str, Size] = {k: int(v) for k, v in values.items()}
+
+    def type(self, t: TensorType) -> TensorType:
+        return TensorType(t.dtype, tuple(substitute(d, self.env) for d in t.shape))
+
+    def attr(self, v: AttrValue) -> AttrValue:
         if is_symbolic(v):
-            return substitute(v, env)
+            return substitute(v, self.env)
         if isinstance(v, tuple):
-            return tuple(bind_attr(x) for x in v)
+            return tuple(self.attr(x) for x in v)
         if isinstance(v, Node):
-            return bind_node(v)
+            return self.node(v)
         return v
 
-    def bind_node(n: Node) -> Node:
-        return replace(n, attrs=make_attrs({k: bind_attr(v) for k, v in n.attrs}))
+    def node(self, n: Node) -> Node:
+        return replace(n, attrs=make_attrs({k: self.attr(v) for k, v in n.attrs}))
 
-    def bind_constant(name: str, v: np.ndarray) -> np.ndarray:
+    def constant(self, name: str, v: np.ndarray) -> np.ndarray:
         if v.dtype != object:
             return v
-        flat = [substitute(x, env) for x in v.ravel().tolist()]
+        flat = [substitute(x, self.env) for x in v.ravel().tolist()]
         if any(is_symbolic(x) for x in flat):
             out = np.empty(len(flat), dtype=object)
             out[:] = flat
             return out.reshape(v.shape)
-        return np.array(flat, dtype=graph.types[name].dtype).reshape(v.shape)
-
-    types: dict[str, TensorType] = {k: bind_type(t) for k, t in graph.types.items()}
-    constants = {k: bind_constant(k, v) for k, v in graph.constants.items()}
-    bound = Graph(graph.name, graph.inputs, graph.outputs,
-                  tuple(bind_node(n) for n in graph.nodes), types, constants)
-    return fold_graph(bound)
+        return np.array(flat, dtype=self.graph.types[name].dtype).reshape(v.shape)
 
 
 @register_pass

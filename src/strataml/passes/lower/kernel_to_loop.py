@@ -50,14 +50,16 @@ from strataml.ir.expr import (
     substitute,
 )
 from strataml.ir.index_simplify import affine_terms, simplify_indices
-from strataml.ir.size_exprs import dim_var, size_to_expr
+from strataml.ir.size_exprs import dim_var, expr_to_size, size_to_expr
 from strataml.ir.types import is_int
 from strataml.passes.lower.contraction import gemm_stage
+from strataml.passes.lower.dynamic_gemm import run_time_gemm_stage
 from strataml.passes.lower.key_vector import vectorize_key_loops
 from strataml.passes.lower.row_fuse import fuse_row_stages
 from strataml.passes.lower.row_jam import jam_rows
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
+from strataml.schedule.dynamic_gemm import run_time_contraction
 from strataml.schedule.fuse_axes import fuse_trailing_axes
 from strataml.schedule.primitives import LoopNest
 from strataml.schedule.schedule import (
@@ -186,6 +188,9 @@ class StageLowering:
         ranges = {d.name[1:]: r for d, r in self.dims.items()}
         return size_interval(size, ranges)[0] >= 0
 
+    def _over_dims(self, size: Size) -> bool:
+        return isinstance(size, int) or all(dim_var(d) in self.dims for d in size.dims)
+
     def index_bounds(self, index: Expr, env: dict[Var, Interval]) -> tuple[Size, Size] | None:
         """Bounds of an affine index as sizes, true for every value of the dims: a loop
         variable over `0..E` adds `c * (E - 1)` at one end (E a size: this is what relates a
@@ -201,6 +206,9 @@ class StageLowering:
             elif isinstance(atom, Var) and atom in self.dims:
                 value = c * size_dim(atom.name[1:])
                 lo, hi = lo + value, hi + value
+            elif (size := expr_to_size(atom)) is not None and self._over_dims(size):
+                # (a size computed from the dims, a tail's first row `8 * (seq // 8)`)
+                lo, hi = lo + c * size, hi + c * size
             else:
                 rng = interval(atom, env)
                 if rng is None:
@@ -411,7 +419,12 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
         st.buffer: how.steps for st, how in zip(kernel.stages, schedule.stages, strict=True)})
     body: list[Stmt] = []
     for st, how in zip(kernel.stages, schedule.stages, strict=True):
-        if how.strategy == "gemm":
+        if how.strategy == "gemm" and kernel.dims:  # (rows at run time: dynamic_gemm)
+            found = run_time_contraction(kernel, st, how.lanes)
+            assert not isinstance(found, str)  # check_schedule proved it
+            body.extend(run_time_gemm_stage(lowering, st.buffer, st.axes, st.body, how,
+                                            found))
+        elif how.strategy == "gemm":
             found = match_contraction(kernel, st)
             assert not isinstance(found, str)  # check_schedule proved it
             body.extend(gemm_stage(lowering, st.buffer, st.axes, st.body, how, found))

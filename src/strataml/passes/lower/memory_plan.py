@@ -5,9 +5,13 @@ Activations share one arena: a buffer's bytes are reused once its last reader ha
 whose pieces are contiguous blocks of its result costs no copy: each piece is placed inside
 the result, where its producer writes it (see `concats_by_placement`).
 
-Where a buffer's size is a run-time `Size` (`%n*64` bytes), its offset is a formula over the
-dims too (`SymbolicArenaAllocator`): the plan is made once, at compile time, and the entry
-evaluates each offset from the dims table at run time (a few integer operations per call).
+Where a buffer's size is a run-time `Size` (`%n*64` bytes) and every dim it names has a
+declared range, each buffer is planned at the most bytes it takes over those ranges: the static
+first-fit, with integer offsets (reuse as good as a static build's at the largest sizes, and
+nothing for the entry to compute). Without ranges (or where that plan would pass
+BOUNDED_PLAN_MAX_BYTES), offsets are formulas over the dims (`SymbolicArenaAllocator`): the
+plan is still made once, at compile time, and the entry evaluates each offset from the dims
+table at run time (a few integer operations per call).
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ from dataclasses import dataclass
 
 from strataml.ir.dialects.graph import Graph
 from strataml.runtime.hal import ALIGNMENT
-from strataml.sizes import Range, Size, ceildiv, is_symbolic, size_interval
+from strataml.sizes import Range, Size, ceildiv, is_symbolic, size_dims, size_interval
+
+# The largest arena planned at the ranges' upper bounds; above it the offsets stay formulas,
+# so the arena grows with the sizes actually called rather than being reserved whole.
+BOUNDED_PLAN_MAX_BYTES = 1 << 30
 
 
 def _align(n: int) -> int:
@@ -142,14 +150,35 @@ def plan_arena(intervals: Sequence[Interval], steps: int,
     was; where some size is a formula, offsets and the arena size are formulas over the dims
     (`SymbolicArenaAllocator`, deciding reuse under `ranges`)."""
     if not any(is_symbolic(iv.size) for iv in intervals):
-        alloc = ArenaAllocator()
-        offsets = _place(intervals, steps, alloc, lambda i: -int(i.size))
-        return offsets, _align(alloc.top)
+        return _static_plan(intervals, steps)
+    bounded = _at_upper_bounds(intervals, ranges or {})
+    if bounded is not None:
+        offsets, top = _static_plan(bounded, steps)
+        if top <= BOUNDED_PLAN_MAX_BYTES:
+            return offsets, top
     symbolic = SymbolicArenaAllocator(ranges)
     # (sizes do not sort symbolically: the larger by the dims' lower bounds goes first)
     placed = _place(intervals, steps, symbolic,
                     lambda i: -size_interval(i.size, symbolic.ranges)[0])
     return placed, align_size(symbolic.top)
+
+
+def _static_plan(intervals: Sequence[Interval], steps: int) -> tuple[dict[str, Size], int]:
+    alloc = ArenaAllocator()
+    offsets = _place(intervals, steps, alloc, lambda i: -int(i.size))
+    return offsets, _align(alloc.top)
+
+
+def _at_upper_bounds(intervals: Sequence[Interval], ranges: Mapping[str, Range]
+                     ) -> list[Interval] | None:
+    """Each interval at the most bytes its size takes over `ranges` (a sound bound), or None
+    where a size names a dim without a declared range."""
+    out = []
+    for iv in intervals:
+        if any(d not in ranges for d in size_dims(iv.size)):
+            return None
+        out.append(Interval(iv.name, max(size_interval(iv.size, ranges)[1], 0), iv.start, iv.end))
+    return out
 
 
 def _place(intervals: Sequence[Interval], steps: int,

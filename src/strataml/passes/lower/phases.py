@@ -29,6 +29,7 @@ from strataml.ir.dialects.loop import LoopFunction, print_function, verify_funct
 from strataml.ir.size_exprs import dim_var
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
+from strataml.passes.lower.batch_loop import lower_over_run_time_sizes, sample_stride
 from strataml.passes.lower.graph_to_kernel import load_rules, lower_group
 from strataml.passes.lower.in_place import in_place_pairs
 from strataml.passes.lower.kernel_to_loop import lower_kernel, prepare_kernel
@@ -80,6 +81,9 @@ class CompileState:
     prepared: dict[str, Kernel] = field(default_factory=dict)
     # kernel name -> "tuned" or "transferred": schedules a tuning database gave
     tuned_schedules: dict[str, str] = field(default_factory=dict)
+    # kernel name -> its repeat count: a batch-separable kernel built for one sample, which
+    # the plan calls once per sample (passes/lower/batch_loop.py)
+    repeats: dict[str, Size] = field(default_factory=dict)
     done: frozenset[str] = frozenset()  # the lowering passes that have run
 
     def need(self, what: str, made_by: str, pass_name: str) -> None:
@@ -195,17 +199,25 @@ class LowerToKernels(LoweringPass):
         placed = concats_by_placement(graph)
         made_by_placement = {out for out, _ in placed.values()}
         derived: dict[str, np.ndarray] = {}
+        repeats: dict[str, Size] = {}
+        symbolic = any(not t.is_static for t in graph.types.values())
         for i, node in enumerate(graph.nodes):
             if node.outputs[0] in made_by_placement:
                 continue  # its inputs' producers write it (see `concats_by_placement`)
             with blame(node.where, self.name):
-                kernel, values, made = lower_group(graph, node, f"k{i}_{_slug(node)}")
+                name = f"k{i}_{_slug(node)}"
+                if symbolic:  # (a conv over a run-time batch: one sample's, looped)
+                    kernel, values, made, repeat = lower_over_run_time_sizes(graph, node, name)
+                    if repeat != 1:
+                        repeats[kernel.name] = repeat
+                else:
+                    kernel, values, made = lower_group(graph, node, name)
             kernels.append(kernel)
             nodes.append(node)
             bindings.append(values)
             derived.update(made)
         return replace(state, graph=_with_constants(graph, derived), kernels=kernels,
-                       nodes=nodes, bindings=bindings, placed=placed)
+                       nodes=nodes, bindings=bindings, placed=placed, repeats=repeats)
 
 
 @register_pass
@@ -338,7 +350,7 @@ class PlanMemory(LoweringPass):
                                      state.functions, state.placed,
                                      [state.pairs_of[f] for f in state.functions],
                                      {fn.name: fn for fn in state.loops},
-                                     graph_dim_ranges(state.options))
+                                     graph_dim_ranges(state.options), state.repeats)
         return replace(state, plan=replace(plan, num_threads=state.options.threads()),
                        calls=calls, weights=weights)
 
@@ -504,7 +516,8 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
           functions: list[str], placed: dict[str, tuple[str, int]],
           in_place: list[tuple[tuple[str, str], ...]],
           loops: dict[str, LoopFunction] | None = None,
-          ranges: dict[str, tuple[int, int]] | None = None
+          ranges: dict[str, tuple[int, int]] | None = None,
+          repeats: dict[str, Size] | None = None
           ) -> tuple[ExecutionPlan, list[KernelCall], dict[str, np.ndarray]]:
     """Decide where every tensor lives. Graph inputs are read in place from the caller's
     arrays and kernel-produced outputs are written straight into fresh result arrays (the
@@ -512,8 +525,10 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     kernel that may write over an input (`in_place`: its (output, input) buffer pairs) gets
     the input's bytes for its output when the input dies there. Over run-time dims, sizes
     and arena offsets are formulas over the plan's `dims` (see `memory_plan.plan_arena`),
-    and each call maps its loop function's dims to the table."""
+    and each call maps its loop function's dims to the table; a kernel in `repeats` (built
+    for one sample) is called that many times, each buffer a sample further on."""
     loops = loops or {}
+    repeats = repeats or {}
     dims, dim_ranges = _plan_dims(graph, ranges or {})
     steps = len(kernels)
     io_index = {v: k for k, v in enumerate(graph.inputs)}
@@ -585,15 +600,20 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     calls = []
     for kernel, values, function in zip(kernels, bindings, functions, strict=True):
         args = []
+        repeat = repeats.get(kernel.name, 1)
+        strides = []  # (bytes per sample: 0 for temps, weights and values without the batch)
         for buf in kernel.params:
             if buf.role == "temp":
                 args.append((0, offsets[f"{kernel.name}/{buf.name}"]))
+                strides.append(0)
             else:
                 where = slot(values[buf.name])
                 args.append((region_ids[where.region], where.offset))
+                strides.append(sample_stride(graph.types[values[buf.name]], repeat))
         fn = loops.get(function)
         calls.append(KernelCall(kernel.name, function, tuple(args),
-                                _call_dims(kernel, fn, dims) if fn is not None else ()))
+                                _call_dims(kernel, fn, dims) if fn is not None else (),
+                                repeat, tuple(strides) if repeat != 1 else ()))
     plan = ExecutionPlan(
         entry="strataml_entry", arena_bytes=arena_bytes, weights_bytes=weights_bytes,
         inputs=tuple(slot(v) for v in graph.inputs),

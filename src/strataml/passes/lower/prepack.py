@@ -18,7 +18,8 @@ from strataml.ir.dialects.kernel import Buffer, Kernel, Stage, read_inputs_only
 from strataml.ir.expr import Const, Expr, Load, Reduce, Var, binary, idx, rewrite
 from strataml.ir.index_simplify import linear_in, row_major_strides
 from strataml.schedule.contraction import match_contraction
-from strataml.schedule.schedule import MIN_GEMM_ROWS
+from strataml.schedule.dynamic_gemm import run_time_contraction
+from strataml.schedule.schedule import MIN_GEMM_ROWS, TILE_ROW_VECTORS
 
 
 def _row_major(index: Expr, reduce: Reduce) -> bool:
@@ -39,23 +40,26 @@ def prepack_weights(kernel: Kernel, constants: set[str], nr: int
     """The kernel with each eligible constant B read from its panel layout, and for each new
     buffer the (constant buffer, panel width) it is packed from."""
     packed: dict[str, tuple[str, int]] = {}
-    if kernel.dims:  # (a kernel over run-time sizes takes the loops strategy: nothing to pack)
-        return kernel, packed
     stages = list(kernel.stages)
     buffers = list(kernel.buffers)
     for k, stage in enumerate(stages):
-        found = match_contraction(kernel, stage)
+        # (over run-time dims: only where the run-time-rows gemm takes the stage; its rows
+        # count as the representative row count, many enough)
+        found = run_time_contraction(kernel, stage, nr // TILE_ROW_VECTORS) \
+            if kernel.dims else match_contraction(kernel, stage)
         if isinstance(found, str) or found.panel:
             continue
         b, reduce = found.b, found.reduce
         shape = kernel.buffer(stage.buffer).shape
         j = stage.axes[-1]
         source = kernel.buffer(b.buffer)
+        rows = shape[found.i_axis]
         # (the row strategy, taken below MIN_GEMM_ROWS rows, wants B row-major)
         if (b.buffer not in constants or len(source.shape) != 2 or len(b.indices) != 2
                 or b.indices[1] != j or not _row_major(b.indices[0], reduce)
                 or shape[-1] < nr
-                or shape[found.i_axis] < MIN_GEMM_ROWS or source.dtype != "float32"):
+                or (isinstance(rows, int) and rows < MIN_GEMM_ROWS)
+                or source.dtype != "float32"):
             continue
         name = packed_name(b.buffer, nr)
         depth, width = source.shape

@@ -1,0 +1,123 @@
+"""CNNs exported with a dynamic batch compile once and run at any batch (issue 17, step d):
+torchvision's ResNet-18 and MobileNetV2 (random weights, BatchNorm statistics from a seeded
+pass so activations stay O(1)), from both torch exporters, at batches 1, 2, 3, 5 against ONNX
+Runtime on the same dynamic model (rtol 1e-3, atol 1e-4). Every conv/pool kernel is built for
+one sample and looped over the batch (`passes/lower/batch_loop.py`)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+import strataml
+from strataml.errors import InputError
+from tests.conftest import ort_run
+from tests.models.architectures import calibrate_batchnorm
+
+torch = pytest.importorskip("torch")
+
+RTOL, ATOL = 1e-3, 1e-4
+SIZE = 64
+BATCHES = (1, 2, 3, 5)
+
+
+def _torchvision_models() -> Any:
+    """torchvision's pure-Python model code, without its C extension (a CUDA build that does
+    not load beside CPU torch; bench/zoo.py's `import_torchvision` does the same)."""
+    if "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None or spec.origin is None:
+            pytest.skip("torchvision is not installed")
+        package = types.ModuleType("torchvision")
+        package.__path__ = [str(Path(spec.origin).parent)]
+        package.__spec__ = spec
+        package.__version__ = importlib.metadata.version("torchvision")  # type: ignore
+        sys.modules["torchvision"] = package
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType(
+            "torchvision._meta_registrations")
+    import torchvision.models
+
+    return torchvision.models
+
+
+def _export(family: str, exporter: str, size: int, path: Path) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    module = getattr(_torchvision_models(), family)(weights=None)
+    module = calibrate_batchnorm(module, (4, 3, size, size), seed=1)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            pytest.importorskip("onnxscript")
+            batch = torch.export.Dim("batch", min=1, max=64)
+            torch.onnx.export(module, (x,), str(path), dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: batch},))
+        else:
+            torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "batch"}})
+    return onnx.load(str(path))
+
+
+def _check(compiled: Any, model: onnx.ModelProto, batches: tuple[int, ...], size: int
+           ) -> None:
+    gen = np.random.default_rng(3)
+    for n in batches:
+        x = gen.standard_normal((n, 3, size, size)).astype(np.float32)
+        got, = compiled.run({"x": x})
+        want, = ort_run(model, {"x": x})
+        assert got.shape == want.shape == (n, 1000)
+        assert np.abs(want).max() > 0.1  # (the comparison means something)
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"batch {n}")
+
+
+@pytest.mark.parametrize("exporter", ["classic", "dynamo"])
+@pytest.mark.parametrize("family", ["resnet18", "mobilenet_v2"])
+def test_cnn_compiles_once_and_runs_at_every_batch(family: str, exporter: str,
+                                                  tmp_path: Path, compiles: list[str]):
+    model = _export(family, exporter, SIZE, tmp_path / "m.onnx")
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
+                                dim_ranges={"batch": (1, 8)})
+    assert compiled.plan.dims == ("batch",)
+    # every conv and pool kernel loops the one-sample code (the classifier's kernels take
+    # the run-time rows as they are)
+    assert all(c.repeated for c in compiled.plan.calls if "conv" in c.kernel or "pool" in c.kernel)
+    executor = compiled._executor
+    _check(compiled, model, BATCHES, SIZE)
+    assert compiled._executor is executor
+    assert len(compiles) == 1, "a batch recompiled the model"
+    with pytest.raises(InputError, match="batch"):
+        compiled.run({"x": np.zeros((9, 3, SIZE, SIZE), np.float32)})
+    path = tmp_path / "m.smod"
+    compiled.save(path)
+    loaded = strataml.load(path)
+    _check(loaded, model, (1, 3), SIZE)
+    assert len(compiles) == 1
+
+
+def test_resnet18_at_224_loops_the_static_batch_one_code(tmp_path: Path):
+    model = _export("resnet18", "classic", 224, tmp_path / "m.onnx")
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
+                                dim_ranges={"batch": (1, 4)})
+    _check(compiled, model, (1, 2), 224)
+    # each looped kernel's code is the static batch-1 build's, function for function
+    static = strataml.compile(model, dim_values={"batch": 1}, num_threads=2)
+    looped = _code(compiled, looped_only=True)
+    assert len(looped) >= 20  # (every conv, the pool and the layout changes)
+    assert looped == {k: v for k, v in _code(static).items() if k in looped}
+
+
+def _code(compiled: Any, looped_only: bool = False) -> dict[str, str]:
+    from strataml.ir.dialects.loop import print_function
+
+    functions = {f.name: print_function(f) for f in compiled.program.loops}
+    return {c.kernel: functions[c.function] for c in compiled.plan.calls
+            if c.repeated or not looped_only}

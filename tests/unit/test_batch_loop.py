@@ -1,0 +1,333 @@
+"""Batch-separable kernels over a run-time batch (issue 17, step d): the separability rule
+(`ops/separable.py`) per op, and compiled models whose conv/pool kernels are built for one
+sample and looped over the batch by the plan entry (`passes/lower/batch_loop.py`), checked
+against ONNX Runtime (rtol 1e-4, atol 1e-5), at batch 1 against the static build's code, and
+through save/load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import ModelProto, helper
+
+import strataml
+from strataml.errors import ArtifactError, InputError
+from strataml.frontends.onnx.importer import import_model
+from strataml.ir.dialects.loop import print_function
+from strataml.ops.separable import separable_dim
+from strataml.perf.roofline import feed_dims, profile_rows
+from strataml.runtime.artifact import load_artifact
+from tests.conftest import ort_run
+from tests.unit.graphs import onnx_model
+from tests.unit.test_dynamic_compile import weights
+
+F32 = "float32"
+RTOL, ATOL = 1e-4, 1e-5
+X = {"x": (F32, ["batch", 3, 8, 8])}
+
+
+def _verdicts(model: ModelProto) -> dict[str, str | None]:
+    """Node name -> the dim it is batch-separable over (None: not separable)."""
+    g = import_model(model, keep_symbolic=True)
+    return {n.name: separable_dim(g, n) for n in g.nodes}
+
+
+def _one(op: str, inputs: dict[str, tuple[str, list[Any]]], inits: dict[str, np.ndarray]
+         | None = None, extra: list[str] | None = None, **attrs: Any) -> str | None:
+    names = [*inputs, *(inits or {})] if extra is None else extra
+    model = onnx_model([helper.make_node(op, names, ["y"], name="n", **attrs)], inputs,
+                       {"y": (F32, None)}, inits)
+    return _verdicts(model)["n"]
+
+
+# ---------------------------------------------------------------- the rule, per op
+
+
+def test_conv_pool_and_elementwise_over_the_batch_are_separable():
+    assert _one("Conv", X, {"w": weights(4, 3, 3, 3)}, kernel_shape=[3, 3]) == "batch"
+    assert _one("MaxPool", X, kernel_shape=[2, 2], strides=[2, 2]) == "batch"
+    assert _one("GlobalAveragePool", X) == "batch"
+    assert _one("Relu", X) == "batch"
+    assert _one("Add", X, {"b": weights(1, 3, 1, 1)}) == "batch"  # (broadcast: 1 on batch)
+    assert _one("Add", {"x": X["x"], "z": X["x"]}) == "batch"
+    assert _one("Softmax", X, axis=1) == "batch"
+    assert _one("ReduceMean", X, axes=[2, 3]) == "batch"
+    assert _one("Transpose", X, perm=[0, 2, 3, 1]) == "batch"
+    assert _one("Flatten", X, axis=1) == "batch"
+    assert _one("Gemm", {"x": (F32, ["batch", 8])}, {"w": weights(8, 4), "c": weights(4)}) \
+        == "batch"
+    assert _one("MatMul", {"x": (F32, ["batch", 5, 8])}, {"w": weights(8, 4)}) == "batch"
+    assert _one("Concat", {"x": X["x"], "z": X["x"]}, axis=1) == "batch"
+    # an embedding lookup: a static table's rows by each sample's token ids
+    assert _one("Gather", {"ids": ("int64", ["batch", 6])}, {"table": weights(10, 4)},
+                extra=["table", "ids"]) == "batch"
+
+
+def test_ops_that_mix_samples_are_not_separable():
+    assert _one("Softmax", X, axis=0) is None
+    assert _one("ReduceMax", X, axes=[0]) is None  # (rank 4 in, [1, 3, 8, 8] out)
+    assert _one("ReduceMean", X, axes=[0, 1], keepdims=0) is None
+    assert _one("Transpose", X, perm=[1, 0, 2, 3]) is None
+    assert _one("Concat", {"x": X["x"], "z": X["x"]}, axis=0) is None
+    assert _one("Gemm", {"x": (F32, [8, "batch"])}, {"w": weights(8, 4)}, transA=1) is None
+    # (a contraction over the batch: [4, batch] x [batch, 2])
+    assert _one("MatMul", {"x": (F32, [4, "batch"]), "z": (F32, ["batch", 2])}) is None
+    assert _one("Flatten", X, axis=0) is None  # ([1, batch*192]: the batch is not first)
+    # rows of the batch picked by index: samples are mixed
+    assert _one("Gather", X, {"i": np.array([1, 0], np.int64)}, axis=0) is None
+
+
+def test_only_a_plain_leading_dim_with_static_sizes_elsewhere_is_a_batch():
+    assert _one("Relu", {"x": (F32, [3, "batch"])}) is None
+    assert _one("Relu", {"x": (F32, ["batch", "seq"])}) is None
+    assert _one("Relu", {"x": (F32, [4, 8])}) is None  # (static: the ordinary path)
+    # a formula leading the shape (Reshape [batch, 2, 4] -> [2*batch, 4]) is not one sample
+    model = onnx_model([helper.make_node("Relu", ["x"], ["t"], name="a"),
+                        helper.make_node("Reshape", ["t", "s"], ["y"], name="n")],
+                       {"x": (F32, ["batch", 2, 4])}, {"y": (F32, None)},
+                       {"s": np.array([-1, 4], np.int64)})
+    verdicts = _verdicts(model)
+    assert verdicts["a"] == "batch"
+    assert verdicts["n"] is None
+
+
+# ---------------------------------------------------------------- compiled, looped
+
+
+def _cnn(axis0_softmax: bool = False) -> ModelProto:
+    """Conv + Relu, a max pool, a global pool, a classifier; optionally a Softmax over the
+    batch axis at the end (not separable: it keeps the symbolic lowering)."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y" if not axis0_softmax else "z"],
+                              name="fc", transB=1)]
+    if axis0_softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["y"], name="batch_softmax", axis=0))
+    return onnx_model(nodes, {"x": (F32, ["batch", 3, 12, 12])}, {"y": (F32, None)},
+                      {"w": weights(8, 3, 3, 3), "b": weights(8, seed=1),
+                       "fw": weights(5, 8, seed=2), "fb": weights(5, seed=3)})
+
+
+def _check(compiled: Any, model: ModelProto, batches: list[int]) -> None:
+    gen = np.random.default_rng(5)
+    for n in batches:
+        x = gen.standard_normal((n, 3, 12, 12)).astype(np.float32)
+        got, = compiled.run({"x": x})
+        want, = ort_run(model, {"x": x})
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"batch {n}")
+
+
+def test_a_cnn_compiles_once_and_loops_its_kernels_over_the_batch(compiles: list[str]):
+    model = _cnn()
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
+                                dim_ranges={"batch": (1, 8)})
+    # (conv and pool loop the one-sample kernel; the classifier's rules take the run-time
+    # rows, so it stays one symbolic call)
+    looped = {c.kernel: c.repeated for c in compiled.plan.calls}
+    assert looped == {k: "conv" in k or "pool" in k for k in looped}, looped
+    assert all(str(c.repeat) == "batch" for c in compiled.plan.calls if c.repeated)
+    assert all(c.dims for c in compiled.plan.calls if not c.repeated)
+    # (the input's per-sample stride is one image; the weights are shared)
+    first = compiled.plan.calls[0]
+    assert 3 * 12 * 12 * 4 in first.strides
+    assert 0 in first.strides
+    _check(compiled, model, [1, 2, 3, 5, 8])
+    assert len(compiles) == 1
+    with pytest.raises(InputError, match="batch"):
+        compiled.run({"x": np.zeros((9, 3, 12, 12), np.float32)})
+    with pytest.raises(InputError, match="x"):
+        compiled.run({"x": np.zeros((2, 3, 12, 13), np.float32)})
+
+
+def test_conv_transpose_average_pool_and_a_row_softmax_loop_over_the_batch():
+    model = onnx_model([
+        helper.make_node("ConvTranspose", ["x", "w"], ["u"], name="up", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("AveragePool", ["u"], ["p"], name="pool", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Softmax", ["p"], ["y"], name="softmax", axis=1)],
+        {"x": (F32, ["batch", 3, 12, 12])}, {"y": (F32, None)}, {"w": weights(3, 4, 2, 2)})
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    assert [c.repeated for c in compiled.plan.calls] == [True, True, False]
+    gen = np.random.default_rng(2)
+    for n in (1, 2, 5):
+        x = gen.standard_normal((n, 3, 12, 12)).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})[0], ort_run(model, {"x": x})[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=f"batch {n}")
+
+
+def test_a_torch_cnn_with_a_dynamic_batch_dim_loops_its_kernels():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: Any) -> Any:
+            y = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+            return self.fc(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+    torch.manual_seed(0)
+    module = Net().eval()
+    batch = torch.export.Dim("batch", min=1, max=8)
+    compiled = strataml.compile(module, example_inputs=(torch.randn(2, 3, 16, 16),),
+                                dynamic_shapes=({0: batch},), dynamic_dims=True,
+                                num_threads=2)
+    assert any(c.repeated for c in compiled.compiled.plan.calls)
+    for n in (1, 3, 8):
+        x = torch.randn(n, 3, 16, 16)
+        with torch.no_grad():
+            want = module(x).numpy()
+        np.testing.assert_allclose(np.asarray(compiled(x)), want, rtol=RTOL, atol=ATOL)
+
+
+def test_at_batch_one_the_looped_kernels_are_the_static_builds_code():
+    model = _cnn()
+    dynamic = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    static = strataml.compile(model, dim_values={"batch": 1}, num_threads=2)
+    assert _looped_code(dynamic) == _static_code(static, _looped_code(dynamic))
+
+
+def _looped_code(compiled: Any) -> dict[str, str]:
+    """Kernel name -> the loop function text of each call repeated over the batch."""
+    functions = {f.name: print_function(f) for f in compiled.program.loops}
+    out = {c.kernel: functions[c.function] for c in compiled.plan.calls if c.repeated}
+    assert out
+    return out
+
+
+def _static_code(compiled: Any, names: dict[str, str]) -> dict[str, str]:
+    functions = {f.name: print_function(f) for f in compiled.program.loops}
+    return {c.kernel: functions[c.function] for c in compiled.plan.calls if c.kernel in names}
+
+
+def test_a_kernel_mixing_samples_keeps_the_symbolic_lowering(compiles: list[str]):
+    model = _cnn(axis0_softmax=True)
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
+                                dim_ranges={"batch": (1, 8)})
+    kinds = {c.kernel: c.repeated for c in compiled.plan.calls}
+    assert any(kinds.values()), kinds
+    assert not all(kinds.values()), kinds
+    softmax = [c for c in compiled.plan.calls if not c.repeated]
+    assert all(c.dims for c in softmax)  # (it takes the batch as a run-time size)
+    _check(compiled, model, [1, 2, 7])
+    assert len(compiles) == 1
+
+
+def test_profile_times_each_looped_kernel_over_the_batch():
+    model = _cnn()
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=1)
+    x = np.random.default_rng(0).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    times = compiled.profile({"x": x}, repeats=2)
+    assert [k for k, _ in times] == [c.kernel for c in compiled.plan.calls]
+    assert all(t > 0 for _, t in times)
+    # (the timeline's calls leave the arena as `run` does: run again, same answer)
+    np.testing.assert_allclose(compiled.run({"x": x})[0], ort_run(model, {"x": x})[0],
+                               rtol=RTOL, atol=ATOL)
+    # the roofline counts a looped kernel's work once per sample: three at batch 3
+    one = {r.name: r.flops for r in profile_rows(compiled, times, 100.0, 10.0, {"batch": 1})}
+    three = {r.name: r.flops for r in profile_rows(compiled, times, 100.0, 10.0,
+                                                   feed_dims(compiled, {"x": x}))}
+    looped = {c.kernel for c in compiled.plan.calls if c.repeated}
+    assert any(one[k] > 0 for k in looped)
+    assert all(three[k] == 3 * one[k] for k in looped)
+
+
+def test_looped_calls_save_load_and_are_checked(tmp_path: Path):
+    model = _cnn()
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
+                                dim_ranges={"batch": (1, 8)})
+    path = tmp_path / "cnn.smod"
+    compiled.save(path)
+    loaded = strataml.load(path)
+    assert loaded.plan == compiled.plan
+    _check(loaded, model, [1, 4])
+    plan, *_ = load_artifact(path)
+    assert plan.calls[0].repeated
+    assert plan.calls[0].strides == compiled.plan.calls[0].strides
+
+
+def test_a_manifest_with_a_looped_call_past_its_buffer_is_refused(tmp_path: Path):
+    from strataml.runtime.artifact import _check_plan
+    from strataml.runtime.dims import DimBinder
+
+    compiled = strataml.compile(_cnn(), dynamic_dims=True, num_threads=1)
+    plan = compiled.plan
+    call = plan.calls[0]
+    weights_arg = next(k for k, (region, _) in enumerate(call.args) if region == 1)
+    bad_strides = list(call.strides)
+    bad_strides[weights_arg] = 4
+    bad = _replace_call(plan, 0, strides=tuple(bad_strides))
+    with pytest.raises(ArtifactError, match="repeats"):
+        _check_plan(bad)
+    io_arg = next(k for k, (region, _) in enumerate(call.args) if region == 2)
+    past = list(call.strides)
+    past[io_arg] += 4  # (a sample and a float further each time)
+    with pytest.raises(ArtifactError, match="io entry"):
+        DimBinder(_replace_call(plan, 0, strides=tuple(past))).bind({"x": (2, 3, 12, 12)})
+    as_json = json.loads(json.dumps(plan.to_json()))
+    as_json["calls"][0]["strides"] = as_json["calls"][0]["strides"][:-1]
+    from strataml.runtime.artifact import _plan
+
+    with pytest.raises(ArtifactError, match="strides"):
+        _plan(as_json)
+
+
+def _replace_call(plan: Any, k: int, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    calls = list(plan.calls)
+    calls[k] = replace(calls[k], **changes)
+    return replace(plan, calls=tuple(calls))
+
+
+def test_a_static_plan_has_no_repeats():
+    compiled = strataml.compile(_cnn(), dim_values={"batch": 2}, num_threads=1)
+    assert not any(c.repeated for c in compiled.plan.calls)
+    assert all("repeat" not in c.to_json() for c in compiled.plan.calls)
+
+
+def test_cli_compiles_a_cnn_over_a_run_time_batch(tmp_path: Path, capsys: Any):
+    """`strataml compile --dynamic-dims`: without a range the summary prints the arena's
+    formula (it grows with the batch), and the artifact runs at any batch."""
+    import onnx
+
+    from strataml.cli.main import main
+
+    model = _cnn()
+    source = tmp_path / "cnn.onnx"
+    onnx.save(model, str(source))
+    out = tmp_path / "cnn.smod"
+    assert main(["compile", str(source), "-o", str(out), "--dynamic-dims"]) == 0
+    assert "*batch" in capsys.readouterr().out
+    _check(strataml.load(out), model, [1, 6])
+
+
+def test_a_separable_group_the_symbolic_rules_take_stays_one_call():
+    """An embedding lookup is batch-separable, but its rules take the run-time batch: it
+    keeps the one symbolic call (looping is for the groups whose rules refuse run-time
+    sizes)."""
+    model = onnx_model([helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+                        helper.make_node("Softmax", ["e"], ["y"], name="softmax", axis=-1)],
+                       {"ids": ("int64", ["batch", 6])}, {"y": (F32, None)},
+                       {"table": weights(10, 4)})
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=1)
+    assert not any(c.repeated for c in compiled.plan.calls)
+    for n in (1, 4):
+        ids = np.random.default_rng(n).integers(0, 10, (n, 6)).astype(np.int64)
+        np.testing.assert_allclose(compiled.run({"ids": ids})[0],
+                                   ort_run(model, {"ids": ids})[0], rtol=RTOL, atol=ATOL)

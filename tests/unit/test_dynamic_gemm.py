@@ -1,0 +1,201 @@
+"""The gemm strategy over a run-time row count (schedule/dynamic_gemm.py,
+passes/lower/dynamic_gemm.py): Linear layers `[batch, seq, K] x [K, N]` with fused
+epilogues, compiled once and run at row counts around the register tile (1, 2, 3, MR - 1,
+MR, MR + 1, 2 MR + 3, 127, 300) against ONNX Runtime; each test also checks that the gemm
+strategy fired (a `gemm` schedule, B read from its compile-time panels, no clamped index),
+so a silent fallback to the row trace fails."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import ModelProto, helper
+
+import strataml
+from strataml.errors import ScheduleError
+from strataml.ir.dialects.loop import print_function
+from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS
+from strataml.schedule.schedule import Schedule, StageSchedule, gemm_tile
+from strataml.sizes import dim, floordiv, mod, size_interval
+from strataml.target import host_target
+from tests.conftest import ort_run
+from tests.unit.graphs import onnx_model
+
+F32 = "float32"
+RTOL, ATOL = 1e-3, 1e-4
+MR = gemm_tile(host_target(), REPRESENTATIVE_ROWS, True)[0]
+ROWS = sorted({1, 2, 3, MR - 1, MR, MR + 1, 2 * MR + 3, 127, 300})
+RANGES = {"batch": (1, 4), "seq": (1, 512)}
+
+
+def weights(*shape: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) / math.sqrt(shape[0])
+            ).astype(F32)
+
+
+def linear(k: int, n: int, epilogue: str, rows: tuple[str, ...] = ("batch", "seq")
+           ) -> ModelProto:
+    """x @ w + b, then the epilogue an exporter writes after a Linear layer."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["t" if epilogue != "bias" else "y"])]
+    consts: dict[str, Any] = {"w": weights(k, n, seed=1), "b": weights(n, seed=2)}
+    inputs = {"x": (F32, [*rows, k])}
+    if epilogue == "gelu":  # BERT's: 0.5 * t * (1 + erf(t / sqrt(2)))
+        nodes += [helper.make_node("Div", ["t", "sqrt2"], ["u"]),
+                  helper.make_node("Erf", ["u"], ["e"]),
+                  helper.make_node("Add", ["e", "one"], ["e1"]),
+                  helper.make_node("Mul", ["t", "e1"], ["te"]),
+                  helper.make_node("Mul", ["te", "half"], ["y"])]
+        consts |= {"sqrt2": np.array(math.sqrt(2), F32), "one": np.array(1, F32),
+                   "half": np.array(0.5, F32)}
+    elif epilogue == "gelu_tanh":  # GPT-2's: 0.5 t (1 + tanh(sqrt(2/pi) (t + 0.044715 t^3)))
+        nodes += [helper.make_node("Mul", ["t", "t"], ["t2"]),
+                  helper.make_node("Mul", ["t2", "t"], ["t3"]),
+                  helper.make_node("Mul", ["t3", "c"], ["ct3"]),
+                  helper.make_node("Add", ["t", "ct3"], ["inner"]),
+                  helper.make_node("Mul", ["inner", "s"], ["scaled"]),
+                  helper.make_node("Tanh", ["scaled"], ["th"]),
+                  helper.make_node("Add", ["th", "one"], ["th1"]),
+                  helper.make_node("Mul", ["t", "th1"], ["tt"]),
+                  helper.make_node("Mul", ["tt", "half"], ["y"])]
+        consts |= {"c": np.array(0.044715, F32), "s": np.array(math.sqrt(2 / math.pi), F32),
+                   "one": np.array(1, F32), "half": np.array(0.5, F32)}
+    elif epilogue == "residual":
+        nodes.append(helper.make_node("Add", ["t", "r"], ["y"]))
+        inputs["r"] = (F32, [*rows, n])
+    return onnx_model(nodes, inputs, {"y": (F32, None)}, consts)
+
+
+def gemm_fired(compiled: strataml.CompiledModel, packed: bool = True) -> None:
+    """The matmul's kernel took the run-time gemm: a gemm schedule over run-time dims, its
+    B from the compile-time panels (where N holds a whole panel), no index clamped."""
+    program = compiled.program
+    gemms = [(name, s) for name, sched in program.schedules.items()
+             for s in sched.stages if s.strategy == "gemm"]
+    assert gemms, f"no gemm stage: {program.schedules}"
+    texts = [print_function(fn) for fn in program.loops]
+    (text,) = [t for t in texts if "matmul" in t.split("(")[0]]
+    assert "%seq" in text.split("(")[0], "the matmul's function takes no run-time dims"
+    assert ("panels" in text) == packed, text
+    assert "min(max(" not in text, text
+    assert f"0..floordiv(%seq, {MR})" in text, text
+
+
+def check(model: ModelProto, shapes: list[dict[str, tuple[int, ...]]], packed: bool = True
+          ) -> None:
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2)
+    gemm_fired(compiled, packed)
+    gen = np.random.default_rng(5)
+    for shape in shapes:
+        feeds = {name: gen.standard_normal(s).astype(F32) for name, s in shape.items()}
+        (got,) = compiled.run(feeds)
+        (want,) = ort_run(model, feeds)
+        assert got.shape == want.shape, shape
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=str(shape))
+
+
+@pytest.mark.parametrize("epilogue", ["bias", "gelu", "gelu_tanh", "residual"])
+def test_each_epilogue_at_rows_around_the_tile(epilogue):
+    k, n = 96, 64
+    shapes = [{"x": (1, s, k)} for s in ROWS]
+    if epilogue == "residual":
+        shapes = [{**sh, "r": (*sh["x"][:2], n)} for sh in shapes]
+    check(linear(k, n, epilogue), shapes)
+
+
+def test_batched_rows_and_an_edge_panel():
+    """[batch, seq, K] with batch > 1 (the batch loop around the row tiles), N = 80: two
+    whole 32-column panels and a 16-column edge read from the zero-padded last panel."""
+    k, n = 72, 80
+    check(linear(k, n, "bias"), [{"x": (b, s, k)} for b, s in
+                                 [(1, 1), (2, MR + 1), (3, 2 * MR + 3), (4, 127), (2, 300)]])
+
+
+def test_narrow_output_reads_b_in_place():
+    """N = 16, narrower than a panel: not packed, B read in place, one vector a row."""
+    k, n = 40, 16
+    check(linear(k, n, "bias"), [{"x": (1, s, k)} for s in ROWS], packed=False)
+
+
+def test_a_schedule_the_run_time_gemm_cannot_take_is_refused_by_name():
+    model = linear(32, 64, "bias")
+    bad = StageSchedule("gemm", (), False, MR, 32, 16, mc=2)
+    with pytest.raises(ScheduleError, match=r"run-time dims takes .* not gemm .* mc=2"):
+        strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES,
+                         schedules={"k0_matmul_add": Schedule((bad,))})
+
+
+def test_whole_blocks_and_tail_are_proven_inside_the_rows():
+    """`seq - d*(seq//d)` is bounded as `mod(seq, d)`: what proves `d*(seq//d) + t`, t below
+    `mod(seq, d)`, a row of `seq` (the term-by-term bounds would be -2^31..2^31)."""
+    s = dim("seq")
+    assert size_interval(s - 8 * floordiv(s, 8)) == (0, 7)
+    rem = mod(s, 8)
+    first = 8 * floordiv(s, 8) + 4 * floordiv(rem, 4)
+    assert size_interval(s - first) == (0, 3)
+    assert size_interval(s - first - mod(rem, 4)) == (0, 0)
+    assert size_interval(384 * s - 3072 * floordiv(s, 8), {"seq": (1, 512)}) == (0, 2688)
+
+
+@pytest.mark.parametrize(("k", "n", "epilogue"), [(768, 48, "gelu"), (768, 48, "residual"),
+                                                 (512, 640, "gelu")])
+def test_reduction_in_blocks_with_partial_sums_in_the_output(k, n, epilogue):
+    """K = 768 or 512: the static rules' reduction blocks (kc = 256 on AVX-512), the earlier
+    blocks' partial sums kept in the output and the epilogue run by the last block only.
+    K > N (48: one whole panel and a 16-column edge) puts the blocks outermost; N = 640 (20
+    panels) > K the panels."""
+    model = linear(k, n, epilogue)
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2)
+    (how,) = [s for sched in compiled.program.schedules.values() for s in sched.stages
+              if s.strategy == "gemm"]
+    assert 0 < how.kc < k, how
+    gemm_fired(compiled)
+    gen = np.random.default_rng(6)
+    for b, s in [(1, 1), (1, MR - 1), (2, MR + 1), (1, 2 * MR + 3), (3, 127)]:
+        feeds = {"x": gen.standard_normal((b, s, k)).astype(F32)}
+        if epilogue == "residual":
+            feeds["r"] = gen.standard_normal((b, s, n)).astype(F32)
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=str((b, s)))
+
+
+def test_run_time_tokens_as_one_axis_and_static_rows_under_a_run_time_batch():
+    """[tokens, K] (rows the only axis before N) and [batch, 5, K] (5 static rows: a 4-row
+    tile and a single row, under a run-time batch loop)."""
+    k, n = 64, 32
+    w, b = weights(k, n, seed=3), weights(n, seed=4)
+    for rows, shapes in ((["tokens", k], [(t, k) for t in ROWS]),
+                         (["batch", 5, k], [(bt, 5, k) for bt in (1, 2, 4)])):
+        model = onnx_model([helper.make_node("MatMul", ["x", "w"], ["m"]),
+                            helper.make_node("Add", ["m", "b"], ["y"])],
+                           {"x": (F32, rows)}, {"y": (F32, None)}, {"w": w, "b": b})
+        compiled = strataml.compile(model, dynamic_dims=True,
+                                    dim_ranges={"tokens": (1, 512), "batch": (1, 4)},
+                                    num_threads=2)
+        assert any(s.strategy == "gemm" for sched in compiled.program.schedules.values()
+                   for s in sched.stages), compiled.program.schedules
+        gen = np.random.default_rng(7)
+        for shape in shapes:
+            feeds = {"x": gen.standard_normal(shape).astype(F32)}
+            np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                       rtol=RTOL, atol=ATOL, err_msg=str(shape))
+
+
+def test_one_panel_shares_its_row_tiles_between_threads():
+    """[tokens, 64] x [64, 32] + GELU: one column panel, so the whole row tiles are the
+    parallel loop (each thread with its own tile scratch for the epilogue); 4000 tokens
+    run on the pool."""
+    model = linear(64, 32, "gelu", rows=("tokens",))
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (1, 4096)},
+                                num_threads=2)
+    (text,) = [print_function(fn) for fn in compiled.program.loops]
+    assert "for parallel io" in text, text
+    gen = np.random.default_rng(8)
+    for tokens in (1, MR - 1, MR + 1, 300, 4000):
+        feeds = {"x": gen.standard_normal((tokens, 64)).astype(F32)}
+        for _ in range(3):  # (threads racing on one scratch would show as a flaky answer)
+            np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                       rtol=RTOL, atol=ATOL, err_msg=str(tokens))

@@ -1,0 +1,89 @@
+"""Dim ranges a model's own shapes require (passes/graph/required_ranges.py): a position
+table of 16 rows sliced to `seq` rows and added to `seq` tokens runs only for seq <= 16, so a
+dynamic compile without declared ranges assumes it (and compiles), and a call past it is
+refused by name, as ONNX Runtime refuses it at run time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import ModelProto, helper
+
+import strataml
+from strataml.errors import InputError, StrataError
+from strataml.frontends.onnx import import_model
+from strataml.options import CompileOptions
+from strataml.passes.graph.required_ranges import narrowed_ranges, required_dim_ranges
+from strataml.sizes import dim, equalizing_range, size_max, size_min
+from tests.conftest import ort_run
+from tests.unit.graphs import onnx_model
+
+ROWS = 16
+
+
+def positions(add_to_tokens: bool = True) -> ModelProto:
+    """y = x + table[0:seq] (the BERT/GPT-2 position embedding, as the exporters spell it),
+    or just the sliced table when `add_to_tokens` is False (no equality needed)."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["seq"], axis=0),
+             helper.make_node("Unsqueeze", ["seq", "zero"], ["end"]),
+             helper.make_node("Slice", ["table", "zero", "end", "zero"], ["rows"])]
+    if add_to_tokens:
+        nodes.append(helper.make_node("Add", ["x", "rows"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["rows"], ["y"]))
+    table = np.random.default_rng(3).standard_normal((ROWS, 8)).astype(np.float32)
+    return onnx_model(nodes, {"x": ("float32", ["batch", "seq", 8])}, {"y": ("float32", None)},
+                      {"table": table, "one": np.array(1, np.int64),
+                       "zero": np.array([0], np.int64)})
+
+
+def test_a_min_with_constants_against_its_dim_gives_an_upper_bound():
+    seq, b = dim("seq"), dim("b")
+    assert equalizing_range(size_min(512, seq), seq) == ("seq", 1, 512)
+    assert equalizing_range(seq, size_min(size_min(512, seq), 64)) == ("seq", 1, 64)
+    assert equalizing_range(size_min(512, seq), b) is None  # another dim: no range says it
+    assert equalizing_range(size_min(seq, b), seq) is None  # not a constant bound
+    assert equalizing_range(size_max(3, seq), seq) is None  # broadcasts at seq = 1 as well
+
+
+def test_the_graph_requires_seq_at_most_the_table_rows():
+    graph = import_model(positions(), CompileOptions(), keep_symbolic=True)
+    required = required_dim_ranges(graph)
+    assert list(required) == ["seq"]
+    (lo, hi), where = required["seq"]
+    assert (lo, hi) == (1, ROWS)
+    assert "Add" in where
+    assert required_dim_ranges(import_model(positions(False), CompileOptions(),
+                                            keep_symbolic=True)) == {}
+    assert narrowed_ranges({"seq": (4, 100), "batch": (1, 8)}, required) == {
+        "seq": (4, ROWS), "batch": (1, 8)}
+
+
+def test_compiles_without_ranges_and_refuses_a_longer_sequence_by_name():
+    model = positions()
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    assert ("seq", 1, ROWS) in compiled.plan.dim_ranges
+    gen = np.random.default_rng(0)
+    for shape in [(1, 1), (2, 5), (3, ROWS)]:
+        feeds = {"x": gen.standard_normal((*shape, 8)).astype(np.float32)}
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=1e-6, atol=1e-6)
+    with pytest.raises(InputError, match=r"dim 'seq'\) is 17, outside its range \[1, 16\]"):
+        compiled.run({"x": np.zeros((1, ROWS + 1, 8), np.float32)})
+
+
+def test_without_the_broadcast_every_length_runs():
+    model = positions(False)
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    assert not any(name == "seq" for name, _, _ in compiled.plan.dim_ranges)
+    feeds = {"x": np.zeros((1, ROWS + 4, 8), np.float32)}
+    got = compiled.run(feeds)[0]
+    assert got.shape == (ROWS, 8)
+    np.testing.assert_array_equal(got, ort_run(model, feeds)[0])
+
+
+def test_a_declared_range_the_model_cannot_run_in_is_an_error_naming_the_node():
+    # (seq >= 20 makes the slice 16 rows at import, which no seq in the range broadcasts to)
+    with pytest.raises(StrataError, match=r"Add.*seq to 16"):
+        strataml.compile(positions(), dynamic_dims=True, dim_ranges={"seq": (20, 30)})
