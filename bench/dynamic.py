@@ -10,7 +10,7 @@ Each is compiled ONCE by strataml with its dims kept (`dynamic_dims=True`), agai
 compiled statically for each size and ONNX Runtime running the same dynamic model. Per size:
 the three alternated (A B C, rotating, several rounds), the median of per-round ratios, ONNX
 Runtime against itself as the noise floor, and the dynamic model's first call at that size
-against its steady state. Usage:
+(right after a call at the previous row's size) against its steady state. Usage:
 
     .venv/bin/python bench/dynamic.py [--models bert,resnet18] [--threads 2] [--rounds 3]
         [--min-time 0.3] [--sizes 1x128,4x32] [--batches 1,2,4]
@@ -95,10 +95,16 @@ def export_resnet18() -> Path:
 
 def _row(path: Path, dynamic: strataml.CompiledModel,
          ort: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
-         feeds: dict[str, np.ndarray], dims: dict[str, int], args: argparse.Namespace
-         ) -> str:
+         feeds: dict[str, np.ndarray], dims: dict[str, int], args: argparse.Namespace,
+         warm: dict[str, np.ndarray] | None) -> str:
     """One size: the dynamic model's first call there, a static build of that size, then
-    the three (and ONNX Runtime twice) alternated."""
+    the three (and ONNX Runtime twice) alternated. The first call comes right after a call
+    at a size already seen (`warm`, the previous row's): what it costs beyond steady state is
+    the new size's, not a thread pool woken from sleep (as a serving loop would have it), nor
+    ONNX Runtime's threads still spinning beside it."""
+    time.sleep(0.1)  # (ONNX Runtime's spinning threads, from the previous row, settle)
+    if warm is not None:
+        dynamic.run(warm)
     t0 = time.perf_counter()
     first_out = dynamic.run(feeds)  # the first call at this size
     first = time.perf_counter() - t0
@@ -140,8 +146,10 @@ def _section(path: Path, ranges: dict[str, tuple[int, int]],
 
     print(f"{' x '.join(dynamic.plan.dims):>11} {'dyn/static':>10} {'dyn/ORT':>8} "
           f"{'static/ORT':>10} {'ORT/ORT':>8} {'dyn ms':>8} {'first call':>11} {'err':>8}")
+    warm = None  # (the first row's first call comes straight after the compile)
     for dims, feeds in cases:
-        print(_row(path, dynamic, ort, feeds, dims, args), flush=True)
+        print(_row(path, dynamic, ort, feeds, dims, args, warm), flush=True)
+        warm = feeds
 
 
 def main(argv: list[str] | None = None) -> int:
