@@ -33,7 +33,7 @@ _LIGHT_FILES = {"alexnet": "light_bvlc_alexnet.onnx"}
 # ------------------------------------------------------------------ torchvision architectures
 
 
-def _torch_modules() -> Any:
+def torchvision_modules() -> Any:
     """torch.nn definitions of ResNet-18 and MobileNetV2, built only when torch is present."""
     import torch
     from torch import nn
@@ -195,7 +195,7 @@ def resnet18(image_size: int = 224, seed: int = 0) -> onnx.ModelProto:
     import torch
 
     torch.manual_seed(seed)
-    resnet, _ = _torch_modules()
+    resnet, _ = torchvision_modules()
     return _calibrate_and_export(resnet(), image_size, seed)
 
 
@@ -204,7 +204,7 @@ def mobilenet_v2(image_size: int = 224, seed: int = 0) -> onnx.ModelProto:
     import torch
 
     torch.manual_seed(seed)
-    _, mobilenet = _torch_modules()
+    _, mobilenet = torchvision_modules()
     return _calibrate_and_export(mobilenet(), image_size, seed)
 
 

@@ -1,15 +1,12 @@
 """CNNs exported with a dynamic batch compile once and run at any batch (issue 17, step d):
-torchvision's ResNet-18 and MobileNetV2 (random weights, BatchNorm statistics from a seeded
+torchvision's ResNet-18 and MobileNetV2 (their architectures as tests/models/architectures.py
+defines them, so CI needs no torchvision; random weights, BatchNorm statistics from a seeded
 pass so activations stay O(1)), from both torch exporters, at batches 1, 2, 3, 5 against ONNX
 Runtime on the same dynamic model (rtol 1e-3, atol 1e-4). Every conv/pool kernel is built for
 one sample and looped over the batch (`passes/lower/batch_loop.py`)."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import sys
-import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ import pytest
 import strataml
 from strataml.errors import InputError
 from tests.conftest import ort_run
-from tests.models.architectures import calibrate_batchnorm
+from tests.models.architectures import calibrate_batchnorm, torchvision_modules
 
 torch = pytest.importorskip("torch")
 
@@ -30,28 +27,10 @@ SIZE = 64
 BATCHES = (1, 2, 3, 5)
 
 
-def _torchvision_models() -> Any:
-    """torchvision's pure-Python model code, without its C extension (a CUDA build that does
-    not load beside CPU torch; bench/zoo.py's `import_torchvision` does the same)."""
-    if "torchvision" not in sys.modules:
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None or spec.origin is None:
-            pytest.skip("torchvision is not installed")
-        package = types.ModuleType("torchvision")
-        package.__path__ = [str(Path(spec.origin).parent)]
-        package.__spec__ = spec
-        package.__version__ = importlib.metadata.version("torchvision")  # type: ignore
-        sys.modules["torchvision"] = package
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType(
-            "torchvision._meta_registrations")
-    import torchvision.models
-
-    return torchvision.models
-
-
 def _export(family: str, exporter: str, size: int, path: Path) -> onnx.ModelProto:
     torch.manual_seed(0)
-    module = getattr(_torchvision_models(), family)(weights=None)
+    resnet, mobilenet = torchvision_modules()  # (torchvision's architectures, defined in code)
+    module = {"resnet18": resnet, "mobilenet_v2": mobilenet}[family]()
     module = calibrate_batchnorm(module, (4, 3, size, size), seed=1)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     with warnings.catch_warnings(), torch.no_grad():
