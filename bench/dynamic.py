@@ -19,6 +19,7 @@ Runtime against itself as the noise floor, and the dynamic model's first call at
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -35,6 +36,7 @@ from models import alternate, max_rel_err, ort_session
 
 EXPORT = Path("build/dynamic/bert384.onnx")
 SIZES = [(1, 8), (1, 32), (1, 64), (1, 128), (1, 256), (1, 384), (4, 8), (4, 32), (4, 128)]
+WARM_CALLS = 8  # calls at a seen size before a new size's first call
 RANGES = {"batch": (1, 4), "seq": (1, 512)}
 RESNET_EXPORT = Path("build/dynamic/resnet18_224.onnx")
 RESNET_BATCHES = [1, 2, 4]
@@ -98,13 +100,18 @@ def _row(path: Path, dynamic: strataml.CompiledModel,
          feeds: dict[str, np.ndarray], dims: dict[str, int], args: argparse.Namespace,
          warm: dict[str, np.ndarray] | None) -> str:
     """One size: the dynamic model's first call there, a static build of that size, then
-    the three (and ONNX Runtime twice) alternated. The first call comes right after a call
-    at a size already seen (`warm`, the previous row's): what it costs beyond steady state is
-    the new size's, not a thread pool woken from sleep (as a serving loop would have it), nor
-    ONNX Runtime's threads still spinning beside it."""
-    time.sleep(0.1)  # (ONNX Runtime's spinning threads, from the previous row, settle)
-    if warm is not None:
-        dynamic.run(warm)
+    the three (and ONNX Runtime twice) alternated. The first call comes right after calls
+    at a size already seen (`warm`, the previous row's), as in a serving loop: what it costs
+    beyond steady state is the new size's, not a thread pool woken from sleep (after an idle
+    gap the first ~5 calls at any size run slower while the workers wake), nor ONNX
+    Runtime's threads still spinning beside it."""
+    # (the previous row's static compile leaves Python's collector a debt that some later
+    # allocation pays, several ms: paid here, not by whichever call allocates next; and ONNX
+    # Runtime's spinning threads settle)
+    gc.collect()
+    time.sleep(0.1)
+    for _ in range(WARM_CALLS if warm is not None else 0):
+        dynamic.run(warm)  # (the pool's threads awake and spinning, as in a serving loop)
     t0 = time.perf_counter()
     first_out = dynamic.run(feeds)  # the first call at this size
     first = time.perf_counter() - t0
