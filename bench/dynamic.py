@@ -9,8 +9,9 @@ Issue 17's numbers, two sections (`--models`, each runs alone):
 Each is compiled ONCE by strataml with its dims kept (`dynamic_dims=True`), against strataml
 compiled statically for each size and ONNX Runtime running the same dynamic model. Per size:
 the three alternated (A B C, rotating, several rounds), the median of per-round ratios, ONNX
-Runtime against itself as the noise floor, and the dynamic model's first call at that size
-(right after a call at the previous row's size) against its steady state. Usage:
+Runtime against itself as the noise floor, and what the dynamic model's first call at that
+size costs beyond a call at a size it has seen, both right after calls at the previous row's
+size (see `_row`). Usage:
 
     .venv/bin/python bench/dynamic.py [--models bert,resnet18] [--threads 2] [--rounds 3]
         [--min-time 0.3] [--sizes 1x128,4x32] [--batches 1,2,4]
@@ -100,21 +101,14 @@ def _row(path: Path, dynamic: strataml.CompiledModel,
          feeds: dict[str, np.ndarray], dims: dict[str, int], args: argparse.Namespace,
          warm: dict[str, np.ndarray] | None) -> str:
     """One size: the dynamic model's first call there, a static build of that size, then
-    the three (and ONNX Runtime twice) alternated. The first call comes right after calls
-    at a size already seen (`warm`, the previous row's), as in a serving loop: what it costs
-    beyond steady state is the new size's, not a thread pool woken from sleep (after an idle
-    gap the first ~5 calls at any size run slower while the workers wake), nor ONNX
-    Runtime's threads still spinning beside it."""
-    # (the previous row's static compile leaves Python's collector a debt that some later
-    # allocation pays, several ms: paid here, not by whichever call allocates next; and ONNX
-    # Runtime's spinning threads settle)
-    gc.collect()
-    time.sleep(0.1)
-    for _ in range(WARM_CALLS if warm is not None else 0):
-        dynamic.run(warm)  # (the pool's threads awake and spinning, as in a serving loop)
-    t0 = time.perf_counter()
-    first_out = dynamic.run(feeds)  # the first call at this size
-    first = time.perf_counter() - t0
+    the three (and ONNX Runtime twice) alternated, then the same call again once the size is
+    known. Both single calls come right after WARM_CALLS calls at the previous row's size
+    (`warm`), as in a serving loop that switches sizes: switching alone costs a call a few ms
+    (the caches hold the other size's data; measured: the same at a size seen before), so the
+    first call's own cost is its time minus that of a call at a seen size after the same
+    switch (median of 3). The first row, straight after the compile, shows first minus
+    steady instead (marked *)."""
+    first_out, first = _after_switch(dynamic, feeds, warm)
     static = strataml.compile(str(path), dim_values=dims, num_threads=args.threads)
     want = ort(feeds)
     err = max(max_rel_err(first_out, want), max_rel_err(static.run(feeds), want))
@@ -127,11 +121,31 @@ def _row(path: Path, dynamic: strataml.CompiledModel,
         return statistics.median(r[a] / r[b] for r in rounds)
 
     steady = statistics.median(r["dynamic"] for r in rounds)
+    if warm is None:
+        extra, mark = first - steady, "*"
+    else:
+        seen = statistics.median(_after_switch(dynamic, feeds, warm)[1] for _ in range(3))
+        extra, mark = first - seen, " "
     size = " x ".join(str(v) for v in dims.values())
     return (f"{size:>11} {ratio('dynamic', 'static'):>10.2f} "
             f"{ratio('dynamic', 'ort'):>8.2f} {ratio('static', 'ort'):>10.2f} "
             f"{ratio('ort again', 'ort'):>8.2f} {steady * 1e3:>8.2f} "
-            f"{(first - steady) * 1e3:>+9.2f}ms {err:>8.1e}")
+            f"{extra * 1e3:>+9.2f}ms{mark} {err:>8.1e}")
+
+
+def _after_switch(dynamic: strataml.CompiledModel, feeds: dict[str, np.ndarray],
+                  warm: dict[str, np.ndarray] | None) -> tuple[list[np.ndarray], float]:
+    """One call at `feeds` right after WARM_CALLS calls at `warm`: its outputs and seconds."""
+    # (a static compile leaves Python's collector a debt that some later allocation pays,
+    # several ms: paid here, not by the timed call; and ONNX Runtime's spinning threads
+    # settle)
+    gc.collect()
+    time.sleep(0.1)
+    for _ in range(WARM_CALLS if warm is not None else 0):
+        dynamic.run(warm)  # (the pool's threads awake and spinning, as in a serving loop)
+    t0 = time.perf_counter()
+    out = dynamic.run(feeds)
+    return out, time.perf_counter() - t0
 
 
 def _section(path: Path, ranges: dict[str, tuple[int, int]],
@@ -152,7 +166,7 @@ def _section(path: Path, ranges: dict[str, tuple[int, int]],
         return session.run(None, feeds)
 
     print(f"{' x '.join(dynamic.plan.dims):>11} {'dyn/static':>10} {'dyn/ORT':>8} "
-          f"{'static/ORT':>10} {'ORT/ORT':>8} {'dyn ms':>8} {'first call':>11} {'err':>8}")
+          f"{'static/ORT':>10} {'ORT/ORT':>8} {'dyn ms':>8} {'first-seen':>12} {'err':>8}")
     warm = None  # (the first row's first call comes straight after the compile)
     for dims, feeds in cases:
         print(_row(path, dynamic, ort, feeds, dims, args, warm), flush=True)
