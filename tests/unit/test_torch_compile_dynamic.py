@@ -18,7 +18,7 @@ from strataml.torch_compile import FALLBACK_WARNING, PER_SIZE_WARNING
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from tests.unit.test_torch_frontend import _import_transformers  # noqa: E402
+from tests.unit.test_torch_frontend import LastHidden, _import_transformers  # noqa: E402
 
 SEQ_LENGTHS = (3, 5, 8, 13, 2, 21, 32, 7)  # 8 sizes, >= 2 (Dynamo specialises 0 and 1)
 
@@ -47,15 +47,6 @@ def compilations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(strataml.api, "compile_graph_for", counting)
     return calls
-
-
-class LastHidden(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).last_hidden_state
 
 
 def _run_at_sizes(model: nn.Module, batch: int, vocab: int) -> None:
@@ -131,14 +122,20 @@ EAGER = FALLBACK_WARNING.split("{")[0]
 PER_SIZE = PER_SIZE_WARNING.split("{")[0]
 
 
-def test_partitions_keep_working_with_symbolic_sizes(compilations: list[int]) -> None:
-    model = WithRareOp()
+def _three_sizes(model: nn.Module) -> list[warnings.WarningMessage]:
+    """`model` through torch.compile(dynamic=True) at three sizes, each checked against
+    eager; the warnings it gave."""
     compiled = torch.compile(model, backend="strataml", dynamic=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for rows in (2, 5, 11):
             x = torch.randn(rows, 3, 4 + rows)
             _close(compiled(x), model(x))
+    return caught
+
+
+def test_partitions_keep_working_with_symbolic_sizes(compilations: list[int]) -> None:
+    caught = _three_sizes(WithRareOp())
     eager = _messages(caught, EAGER)
     assert len(eager) == 1
     assert "erfcx" in eager[0]
@@ -155,13 +152,7 @@ class Flattened(WithRareOp):
 
 
 def test_a_part_that_cannot_bind_its_dims_builds_per_size(compilations: list[int]) -> None:
-    model = Flattened()
-    compiled = torch.compile(model, backend="strataml", dynamic=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for rows in (2, 5, 11):
-            x = torch.randn(rows, 3, 4 + rows)
-            _close(compiled(x), model(x))
+    caught = _three_sizes(Flattened())
     per_size = _messages(caught, PER_SIZE)
     assert len(per_size) == 1
     assert "no input has it as an axis of its own" in per_size[0]

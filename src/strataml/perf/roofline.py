@@ -18,6 +18,7 @@ import numpy as np
 
 from strataml.ir.dialects.kernel import Kernel
 from strataml.ir.expr import Binary, Expr, Load, Unary
+from strataml.runtime.dims import DimBinder
 from strataml.schedule.schedule import Schedule, top_reduces
 from strataml.sizes import Size, bind_input_dims, evaluate
 
@@ -143,9 +144,9 @@ def feed_dims(compiled: CompiledModel, feeds: Mapping[str, np.ndarray]) -> dict[
     plan)."""
     if not compiled.plan.dims:
         return {}
-    declared = {s.name: s.shape for s in compiled.plan.inputs}
-    ranges = {n: (lo, hi) for n, lo, hi in compiled.plan.dim_ranges}
-    return bind_input_dims(declared, {k: np.shape(v) for k, v in feeds.items()}, ranges)
+    binder = DimBinder(compiled.plan)
+    return bind_input_dims(binder.declared, {k: np.shape(v) for k, v in feeds.items()},
+                           binder.ranges)
 
 
 def kernel_seconds(profile: Sequence[tuple[str, float]]) -> dict[str, float]:
