@@ -11,6 +11,7 @@ tile; columns past the last full tile use the elementwise nest.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from math import prod
 from typing import TYPE_CHECKING
@@ -477,21 +478,14 @@ class _PackedNest:
                 step.append(Declare(bv, Load(vec, p.panel, (
                     self.panel_base(slot) + self.step_index * p.nr + q * lanes,))))
             b_vecs.append(bv)
-        for ii in range(rows):
+        def a_elem(ii: int) -> Expr:
             if a_tile is not None:
-                a_elem: Expr = Load(c.a.dtype, self.apack, (
+                return Load(c.a.dtype, self.apack, (
                     (a_tile * self.depth + self.step_index) * p.mr + ii,))
-            else:
-                a_elem = low.expr(substitute(c.a, {**g.mapping, **self.rmap,
-                                                   self.i_var: row0 + ii}),
-                                  {**self.r_env, **tile_env}, step)
-            a = low.fresh(f"a{ii}_", vec)
-            step.append(Declare(a, Broadcast(vec, a_elem)))
-            for q in range(q_count):
-                step.append(Assign(accs[ii][q], binary(
-                    "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
-        flat = _flattened_steps(step, self.loops, low.fresh("st"))
-        stmts.extend(flat if flat is not None else micro_nest(self.loops, step, rows))
+            return low.expr(substitute(c.a, {**g.mapping, **self.rmap, self.i_var: row0 + ii}),
+                            {**self.r_env, **tile_env}, step)
+
+        stmts.extend(register_tile_steps(low, step, accs, b_vecs, a_elem, self.loops, vec))
         if self.one_pass and edge is None and g.epilogue != g.hole:
             return stmts + g.tile_epilogue(accs, tile_env, row0, self.col0, lanes)
         # The first reduction block adds to `init`, later ones to the partial sums: the
@@ -691,6 +685,23 @@ UNROLLED_INNER_STEPS = 25
 # steps): LLVM computes their addresses ahead of the loop, and ResNet-50's channels-last
 # stride-2 conv (14 rows x 9 taps, each row a pixel of its own) spilled them: 0.86 -> 1.34 ms.
 UNROLLED_MAX_BROADCASTS = 80
+
+
+def register_tile_steps(low: StageLowering, step: list[Stmt], accs: list[list[Var]],
+                        b_vecs: list[Var], a_elem: Callable[[int], Expr],
+                        loops: list[tuple[Var, int]], vec: str) -> Sequence[Stmt]:
+    """The micro-kernel over the reduction `loops`: `step` (which already loads the B
+    vectors `b_vecs`) gets, per row `ii` of the register tile, A's element `a_elem(ii)`
+    broadcast and multiplied into that row's accumulators `accs[ii]`; the steps then run
+    flattened into one loop where they can be, else nested."""
+    for ii in range(len(accs)):
+        elem = a_elem(ii)  # (lowered first: it may declare what it reads)
+        a = low.fresh(f"a{ii}_", vec)
+        step.append(Declare(a, Broadcast(vec, elem)))
+        for q, b in enumerate(b_vecs):
+            step.append(Assign(accs[ii][q], binary("add", accs[ii][q], binary("mul", a, b))))
+    flat = _flattened_steps(step, loops, low.fresh("st"))
+    return flat if flat is not None else micro_nest(loops, step, len(accs))
 
 
 def micro_nest(loops: list[tuple[Var, int]], step: list[Stmt], rows: int

@@ -31,13 +31,12 @@ from math import prod
 from typing import TYPE_CHECKING
 
 from strataml.ir.bounds import Interval
-from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Prefetch, Stmt, Store
+from strataml.ir.dialects.loop import Allocate, Declare, For, Prefetch, Stmt, Store
 from strataml.ir.expr import (
     Broadcast,
     Expr,
     Load,
     Var,
-    binary,
     compare,
     idx,
     minimum,
@@ -49,9 +48,8 @@ from strataml.ir.size_exprs import size_to_expr
 from strataml.ir.types import itemsize, vector_dtype
 from strataml.passes.lower.contraction import (
     Substitution,
-    _flattened_steps,
     _Gemm,
-    micro_nest,
+    register_tile_steps,
 )
 from strataml.schedule.contraction import Contraction
 from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS
@@ -167,16 +165,11 @@ class _RunTimeGemm:
                 assert isinstance(first, Load)
                 step.append(Declare(bv, Load(vec, first.buffer, first.indices)))
             b_vecs.append(bv)
-        for ii in range(rows):
-            a_elem = low.expr(substitute(substitute(c.a, {
+        def a_elem(ii: int) -> Expr:
+            return low.expr(substitute(substitute(c.a, {
                 **g.mapping, **self.rmap, self.i_var: row0 + ii}), steps), renv, step)
-            a = low.fresh(f"a{ii}_", vec)
-            step.append(Declare(a, Broadcast(vec, a_elem)))
-            for q in range(q_count):
-                step.append(Assign(accs[ii][q], binary(
-                    "add", accs[ii][q], binary("mul", a, b_vecs[q]))))
-        flat = _flattened_steps(step, self.loops, low.fresh("st"))
-        out.extend(flat if flat is not None else micro_nest(self.loops, step, rows))
+
+        out.extend(register_tile_steps(low, step, accs, b_vecs, a_elem, self.loops, vec))
         if final:
             out.extend(g.tile_epilogue(accs, env, row0, col0, lanes))
         else:
