@@ -363,12 +363,12 @@ def _extremum(op: str, a: Size, b: Size) -> Size:
 def _beats(op: str, y: Size, x: Size, y_first: bool) -> bool:
     """Whether keeping `y` makes `x` redundant in `op(..., x, y, ...)` (ties: the first)."""
     small, large = (x, y) if op == "max" else (y, x)
-    if not _known_le(small, large):
+    if not known_le(small, large):
         return False
-    return y_first or not _known_le(large, small)
+    return y_first or not known_le(large, small)
 
 
-def _known_le(a: Size, b: Size, depth: int = 4) -> bool:
+def known_le(a: Size, b: Size, depth: int = 4) -> bool:
     """`a <= b` for every value of the dims, by intervals and through min/max arguments
     (`max(0, x - 1) <= x` for x >= 0; `min(512, seq) <= seq`)."""
     if size_interval(b - a)[0] >= 0:
@@ -377,13 +377,13 @@ def _known_le(a: Size, b: Size, depth: int = 4) -> bool:
         return False
     ta, tb = _single_atom(a), _single_atom(b)
     if ta is not None and ta.op == "max":
-        return all(_known_le(_from_expr(z), b, depth - 1) for z in ta.args)
+        return all(known_le(_from_expr(z), b, depth - 1) for z in ta.args)
     if tb is not None and tb.op == "min":
-        return all(_known_le(a, _from_expr(z), depth - 1) for z in tb.args)
+        return all(known_le(a, _from_expr(z), depth - 1) for z in tb.args)
     if ta is not None and ta.op == "min":
-        return any(_known_le(_from_expr(z), b, depth - 1) for z in ta.args)
+        return any(known_le(_from_expr(z), b, depth - 1) for z in ta.args)
     if tb is not None and tb.op == "max":
-        return any(_known_le(a, _from_expr(z), depth - 1) for z in tb.args)
+        return any(known_le(a, _from_expr(z), depth - 1) for z in tb.args)
     return False
 
 

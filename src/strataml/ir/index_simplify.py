@@ -8,6 +8,7 @@ Run before the loop nests are built, so a channel shuffle becomes plain row copi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from strataml.ir.bounds import Interval, interval
@@ -40,23 +41,27 @@ def simplify_expr(e: Expr, env: dict[Var, Interval]) -> Expr:
                           simplify_expr(x.init, env))
         if isinstance(x, Binary) and x.op in ("floordiv", "mod") and is_int(x.dtype) \
                 and isinstance(x.b, Const) and int(x.b.value) > 0:
-            return _divide(x.op, simplify_expr(x.a, env), int(x.b.value), env)
+            def fits(rest: Expr, c: int) -> bool:
+                rng = interval(rest, env)
+                return rng is not None and rng[0] >= 0 and rng[1] < c
+
+            return divide(x.op, simplify_expr(x.a, env), int(x.b.value), fits)
         return None
 
     return rewrite(e, visit)
 
 
-def _divide(op: str, x: Expr, c: int, env: dict[Var, Interval]) -> Expr:
-    """x // c or x % c, split into the multiples of c and a remainder known to be in [0, c)."""
+def divide(op: str, x: Expr, c: int, fits: Callable[[Expr, int], bool]) -> Expr:
+    """x // c or x % c, split into the multiples of c and a remainder `fits` shows to be in
+    [0, c)."""
     if op == "floordiv" and isinstance(x, Binary) and x.op == "floordiv" \
             and isinstance(x.b, Const) and int(x.b.value) > 0:
-        return _divide(op, x.a, int(x.b.value) * c, env)  # (y // a) // c == y // (a * c)
+        return divide(op, x.a, int(x.b.value) * c, fits)  # (y // a) // c == y // (a * c)
     terms, k = affine_terms(x)
     whole = {a: n // c for a, n in terms.items() if n % c == 0}
     part = {a: n for a, n in terms.items() if n % c}
     rest = build_affine(part, k % c, x.dtype)
-    rng = interval(rest, env)
-    if rng is not None and rng[0] >= 0 and rng[1] < c:
+    if fits(rest, c):
         return build_affine(whole, k // c, x.dtype) if op == "floordiv" else rest
     if not whole and k // c == 0:
         return binary(op, x, Const(x.dtype, c))

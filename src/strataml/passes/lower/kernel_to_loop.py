@@ -16,7 +16,7 @@ only what that cannot prove is clamped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import count
 
@@ -47,10 +47,17 @@ from strataml.ir.expr import (
     maximum,
     minimum,
     rewrite,
+    select,
     substitute,
 )
 from strataml.ir.index_simplify import affine_terms, simplify_indices
+from strataml.ir.size_bounds import SizeInterval, size_bounds
 from strataml.ir.size_exprs import dim_var, expr_to_size, size_to_expr
+from strataml.ir.symbolic_index_simplify import (
+    ConditionFact,
+    condition_facts,
+    simplify_symbolic_indices,
+)
 from strataml.ir.types import is_int
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.passes.lower.dynamic_gemm import run_time_gemm_stage
@@ -67,7 +74,7 @@ from strataml.schedule.schedule import (
     check_schedule,
     default_schedule,
 )
-from strataml.sizes import Size, size_interval
+from strataml.sizes import Size, known_le, size_interval, size_max, size_min
 from strataml.sizes import dim as size_dim
 from strataml.target import Target, host_target
 
@@ -78,10 +85,13 @@ def _conjuncts(cond: Expr) -> list[Expr]:
     return [cond]
 
 
-def _guarded_loads(s: Select, buffers: dict[str, Buffer], env: dict[Var, Interval]) -> bool:
+def _guarded_loads(s: Select, buffers: dict[str, Buffer], env: dict[Var, Interval],
+                   within: Callable[[Expr, Size], bool] | None = None) -> bool:
     """Whether `s.cond` bounds every index of the loads in `s.a` that may leave its
     dimension, by conjuncts `index >= 0` and `index < dim` (and the arm has loads and no
-    reduction, whose loops would run whatever the condition)."""
+    reduction, whose loops would run whatever the condition). A run-time dim's index must
+    be proven inside it by `within` (a padded window over `[batch, 56, 56, 96]`: its batch
+    index lies in its dim, the pixel's the condition bounds)."""
     loads = [x for x in s.a.walk() if isinstance(x, Load)]
     if not loads or any(isinstance(x, Reduce) for x in s.a.walk()):
         return False
@@ -89,11 +99,13 @@ def _guarded_loads(s: Select, buffers: dict[str, Buffer], env: dict[Var, Interva
     facts = {(c.op, _affine_key(binary("sub", c.a, c.b))) for c in _conjuncts(s.cond)
              if isinstance(c, Compare) and c.op in ("ge", "lt") and is_int(c.a.dtype)}
     for load in loads:
-        if not buffers[load.buffer].is_static:
-            return False  # (its loads take the symbolic proofs of `flat_index`)
-        for dim, index in zip(buffers[load.buffer].static_shape, load.indices, strict=True):
+        for dim, index in zip(buffers[load.buffer].shape, load.indices, strict=True):
             if any(isinstance(x, Load) for x in index.walk()):
                 return False  # (a gather: its indices are data)
+            if not isinstance(dim, int):
+                if within is None or not within(index, dim):
+                    return False
+                continue
             low, high = interval(index, env) or (-1, dim)
             below = low < 0 and ("ge", _affine_key(index)) not in facts
             above = high > dim - 1 and \
@@ -148,6 +160,11 @@ def _affine_key(e: Expr) -> tuple[frozenset[tuple[Expr, int]], int]:
     return frozenset(terms.items()), k
 
 
+def _terms_key(e: Expr) -> frozenset[tuple[Expr, int]]:
+    """An affine form's terms without its constant: `t + 3` and `t - 25` share one."""
+    return frozenset(affine_terms(e)[0].items())
+
+
 def clamp_flat_index(flat: Expr, numel: Extent, env: dict[Var, Interval],
                      rng: Interval | None = None) -> Expr:
     """`flat` itself where `env`'s ranges (loop variables, dims) prove it inside a buffer of
@@ -174,6 +191,9 @@ class StageLowering:
     dims: dict[Var, Interval] = field(default_factory=dict)
     # the extent of each loop over a run-time size, as a size (for `index_bounds`)
     loop_extents: dict[Var, Size] = field(default_factory=dict)
+    # bounds the enclosing selects' conditions give affine forms (`narrowed_select`)
+    facts: dict[frozenset[tuple[Expr, int]], tuple[Size | None, Size | None]] = field(
+        default_factory=dict)
 
     def fresh(self, prefix: str, dtype: str = "int64") -> Var:
         return Var(dtype, f"{prefix}{next(self.names)}")
@@ -197,6 +217,19 @@ class StageLowering:
         loop over `0..%n` to a buffer of `n` elements), a dim `c * dim` at both, any other
         term its interval. None when some term has none (a gather's loaded index)."""
         terms, k = affine_terms(index)
+        bounds = self._term_bounds(terms, k, env)
+        fact_lo, fact_hi = self.facts.get(_terms_key(index), (None, None))
+        if fact_lo is None and fact_hi is None:
+            return bounds
+        lo = fact_lo + k if fact_lo is not None else None if bounds is None else bounds[0]
+        hi = fact_hi + k if fact_hi is not None else None if bounds is None else bounds[1]
+        if bounds is not None:  # (both known: the tighter, where the sizes decide it)
+            lo = bounds[0] if fact_lo is None or known_le(fact_lo + k, bounds[0]) else lo
+            hi = bounds[1] if fact_hi is None or known_le(bounds[1], fact_hi + k) else hi
+        return None if lo is None or hi is None else (lo, hi)
+
+    def _term_bounds(self, terms: dict[Expr, int], k: int, env: dict[Var, Interval]
+                     ) -> tuple[Size, Size] | None:
         lo: Size = k
         hi: Size = k
         for atom, c in terms.items():
@@ -209,6 +242,11 @@ class StageLowering:
             elif (size := expr_to_size(atom)) is not None and self._over_dims(size):
                 # (a size computed from the dims, a tail's first row `8 * (seq // 8)`)
                 lo, hi = lo + c * size, hi + c * size
+            elif (sized := self.sized_bounds(atom, env)) is not None:
+                # (a division of a loop variable over a run-time size: floordiv(i, 64)
+                # for i in 0..64*%batch lies in [0, batch - 1])
+                a, b = (c * sized[0], c * sized[1]) if c > 0 else (c * sized[1], c * sized[0])
+                lo, hi = lo + a, hi + b
             else:
                 rng = interval(atom, env)
                 if rng is None:
@@ -216,6 +254,68 @@ class StageLowering:
                 a, b = sorted((c * rng[0], c * rng[1]))
                 lo, hi = lo + a, hi + b
         return lo, hi
+
+    def within(self, index: Expr, size: Size, env: dict[Var, Interval]) -> bool:
+        """`index` lies in [0, size - 1] for every value of the dims."""
+        bounds = self.index_bounds(index, {**self.dims, **env})
+        return bounds is not None and self._nonnegative(bounds[0]) \
+            and self._nonnegative(size - 1 - bounds[1])
+
+    def sized_bounds(self, e: Expr, env: dict[Var, Interval]) -> SizeInterval | None:
+        """`size_bounds` of `e` with the loops over run-time sizes as [0, extent - 1] and
+        the static ones as their intervals (the dims stay symbolic)."""
+        sized: dict[Var, SizeInterval] = {v: r for v, r in env.items()
+                                          if not v.name.startswith("%")}
+        sized.update({v: (0, n - 1) for v, n in self.loop_extents.items()})
+        return size_bounds(e, sized)
+
+    def narrowed_select(self, s: Select, env: dict[Var, Interval], out: list[Stmt]
+                        ) -> Expr | None:
+        """Over run-time sizes, a select whose condition bounds loop variables or affine
+        forms of them (a roll's wrapped rows: `i < 3`, `7*mod(w, 8) + r < 53`) lowers each
+        arm knowing it (`facts`, and the static loops' intervals narrowed), as a guarded
+        select (only the chosen arm runs), where that proves loads the arms would otherwise
+        clamp: a clamped index gathers, a proven one vectorises. None where the condition
+        bounds nothing (the caller lowers it as usual)."""
+        if any(isinstance(x, Reduce) for x in s.walk()):
+            return None  # (its loops would be lowered twice)
+        facts = [condition_facts(s.cond, holds) for holds in (True, False)]
+        if not facts[0] and not facts[1]:
+            return None
+        plain = (self.expr(s.a, env, out), self.expr(s.b, env, out))
+        arms = (self.arm_under(s.a, facts[0], env, out), self.arm_under(s.b, facts[1], env, out))
+        cond = self.expr(s.cond, env, out)
+        if arms == plain:
+            return select(cond, *plain)
+        return Select(s.dtype, cond, arms[0], arms[1], True)
+
+    def arm_under(self, arm: Expr, facts: list[ConditionFact], env: dict[Var, Interval],
+                  out: list[Stmt]) -> Expr:
+        """`arm` lowered with `facts` added to the enclosing ones."""
+        saved = dict(self.facts)
+        for t, lo, hi in facts:
+            key = _terms_key(t)
+            old_lo, old_hi = self.facts.get(key, (None, None))
+            self.facts[key] = (lo if old_lo is None else old_lo if lo is None
+                               else size_max(old_lo, lo),
+                               hi if old_hi is None else old_hi if hi is None
+                               else size_min(old_hi, hi))
+        try:
+            return self.expr(arm, self.narrowed_env(facts, env), out)
+        finally:
+            self.facts = saved
+
+    def narrowed_env(self, facts: list[ConditionFact], env: dict[Var, Interval]
+                     ) -> dict[Var, Interval]:
+        """`env` with the static loop variables `facts` bound to constants narrowed."""
+        out = dict(env)
+        for v, lo, hi in facts:
+            if not isinstance(v, Var) or v not in env or v in self.loop_extents:
+                continue
+            old_lo, old_hi = out[v]
+            out[v] = (max(old_lo, lo) if isinstance(lo, int) else old_lo,
+                      min(old_hi, hi) if isinstance(hi, int) else old_hi)
+        return out
 
     def symbolic_flat_index(self, buf: Buffer, indices: tuple[Expr, ...],
                             env: dict[Var, Interval], clamp: bool) -> Expr:
@@ -289,8 +389,12 @@ class StageLowering:
         def visit(x: Expr) -> Expr | None:
             if isinstance(x, Reduce):
                 return self.reduction(x, env, out)
+            if isinstance(x, Select) and not x.guarded and self.dims \
+                    and (narrowed := self.narrowed_select(x, env, out)) is not None:
+                return narrowed
             if isinstance(x, Select) and not x.guarded and _guarded_loads(
-                    x, self.buffers, {**self.dims, **env} if self.dims else env):
+                    x, self.buffers, {**self.dims, **env} if self.dims else env,
+                    lambda i, d: self.within(i, d, env)):
                 return Select(x.dtype, self.expr(x.cond, env, out),
                               self.expr(x.a, env, out, clamp=False),
                               self.expr(x.b, env, out), True)
@@ -370,8 +474,9 @@ def prepare_kernel(kernel: Kernel) -> Kernel:
     """The kernel as default schedules see it: index arithmetic simplified, trailing axes
     fused where every access allows (not yet over run-time dims: a fused axis of `batch*16`
     would need its index split by a run-time stride)."""
-    simplified = simplify_indices(kernel)
-    return simplified if kernel.dims else fuse_trailing_axes(simplified)
+    if kernel.dims:
+        return simplify_symbolic_indices(kernel)
+    return fuse_trailing_axes(simplify_indices(kernel))
 
 
 def lower_with_default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None,
