@@ -111,3 +111,27 @@ def test_condition_facts_bound_affine_forms(holds: bool) -> None:
     # against the run-time size: `i < %batch` gives i <= batch - 1
     (t2, lo2, hi2), = condition_facts(compare("lt", ROW, BATCH), True)
     assert (t2, lo2, hi2) == (ROW, None, B - 1)
+
+
+SEQ = Var("int64", "%seq")
+S = dim("seq")
+
+
+def test_rows_of_batch_times_seq_split_by_seq_and_flattened_back() -> None:
+    """A reshape of `[batch*seq]` rows into (sample, token) and back: the token's remainder
+    and the sample's quotient recombine to the row; a multiple of %seq leaves the division."""
+    row, d = Var("int64", "r"), Var("int64", "d")
+    env = {row: (0, B * S - 1), d: (0, 63)}
+    sample = binary("mod", binary("floordiv", row, SEQ), BATCH)
+    flat = binary("add", binary("mul", sample, SEQ), binary("mod", row, SEQ))
+    assert simplify_sized(flat, env) == row
+    assert size_bounds(binary("floordiv", row, SEQ), env) == (0, B - 1)
+    # (d*seq + t) // seq is d, and its remainder t, for a token t below seq
+    t = Var("int64", "t")
+    env2 = {t: (0, S - 1), d: (0, 63)}
+    x = binary("add", binary("mul", d, SEQ), t)
+    assert simplify_sized(binary("floordiv", x, SEQ), env2) == d
+    assert simplify_sized(binary("mod", x, SEQ), env2) == t
+    # not below seq: kept
+    y = binary("add", binary("mul", d, SEQ), binary("add", t, idx(1)))
+    assert simplify_sized(binary("floordiv", y, SEQ), env2).op == "floordiv"  # type: ignore[attr-defined]

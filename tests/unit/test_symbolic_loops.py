@@ -455,3 +455,23 @@ def test_static_code_is_what_it_was(name, build):
     had dims (`tests/unit/static_codegen.py` regenerates the files: only after a deliberate
     change to static code generation, reviewing the diff)."""
     assert build() == (GOLDEN / f"{name}.ll").read_text()
+
+
+@pytest.mark.parametrize("op", ["floordiv", "mod"])
+def test_floor_division_by_a_run_time_size(op, rng):
+    """A divisor that is a run-time size (at least 1) takes no zero or -1 guard
+    (`codegen.sizes.floor_divide_by_size`); negative dividends still round down."""
+    m = dim("m")
+    store = Store("c", i, binary(op, Load("int64", "a", (i,)), m))
+    fn = LoopFunction(f"divide_{op}", tuple(Param(p, "int64", N) for p in "ac"),
+                      (For(i, N, (store,)),), ("divide",), dims=(N, m))
+    run = Compiled(fn)
+    a = rng.integers(-1000, 1000, 97).astype(np.int64)
+    for divisor in (1, 2, 7, 64):
+        c = np.full(98, 12345, dtype=np.int64)
+        run({"a": a, "c": c}, n=97, m=divisor)
+        want = np.floor_divide(a, divisor) if op == "floordiv" else np.mod(a, divisor)
+        np.testing.assert_array_equal(c[:97], want)
+        assert c[97] == 12345
+    call = KernelCall(fn.name, fn.name, ((2, 0), (2, 1)), (1, 0))
+    assert "atomicrmw" not in str(build_module([fn], [call], "entry"))  # (no fault flag)

@@ -30,7 +30,7 @@ from llvmlite import ir
 from llvmlite.binding import ffi
 
 from strataml.codegen.repeat import emit_repeated_call
-from strataml.codegen.sizes import SizeEmitter
+from strataml.codegen.sizes import SizeEmitter, floor_divide_by_size
 from strataml.codegen.vector_math import VECTOR_MATH, MathFunction, vector_math
 from strataml.errors import CodegenError
 from strataml.ir.dialects.loop import (
@@ -57,6 +57,7 @@ from strataml.ir.expr import (
     Var,
     binary,
 )
+from strataml.ir.size_exprs import expr_to_size
 from strataml.ir.types import (
     FLOAT_DTYPES,
     UNSIGNED_DTYPES,
@@ -67,6 +68,7 @@ from strataml.ir.types import (
 )
 from strataml.options import Target
 from strataml.runtime.hal import CONTRACT_SECTION, KernelCall
+from strataml.sizes import SizeExpr, size_interval
 
 _INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16,
              "uint32": 32, "uint64": 64}
@@ -366,6 +368,8 @@ class _FunctionEmitter:
         if isinstance(e, Unary):
             return self.unary(e.op, e.x.dtype, self.expr(e.x))
         if isinstance(e, Binary):
+            if e.op in ("floordiv", "mod") and _positive_size(e.b):
+                return floor_divide_by_size(b, e.op, self.expr(e.a), self.expr(e.b))
             return self.binary(e.op, e.a.dtype, self.expr(e.a), self.expr(e.b))
         if isinstance(e, Compare):
             a, c = self.expr(e.a), self.expr(e.b)
@@ -577,6 +581,12 @@ class _FunctionEmitter:
         if t.width > x.type.width:
             return b.zext(x, t) if src in UNSIGNED_DTYPES or src == "bool" else b.sext(x, t)
         return x
+
+
+def _positive_size(e: Expr) -> bool:
+    """A divisor computed from the run-time dims alone and at least 1 for all of them."""
+    size = expr_to_size(e)
+    return isinstance(size, SizeExpr) and size_interval(size)[0] >= 1
 
 
 def _divides_safely(divisor: int, width: int, unsigned: bool) -> bool:

@@ -84,3 +84,17 @@ def _size(x: SizeExpr) -> Size:
     if len(x.terms) == 1 and x.terms[0][0] == ():
         return x.terms[0][1]
     return x
+
+
+def floor_divide_by_size(b: ir.IRBuilder, op: str, a: ir.Value, size: ir.Value) -> ir.Value:
+    """`floordiv(a, size)` or `mod(a, size)` where `size` is a run-time size (at least 1:
+    the runtime checks every dim before the call): no zero or -1 divisor to guard, so no
+    fault flag to set per element, and the loop around it still vectorises (a reshape of
+    `batch*seq` rows into (sample, token) divides every element's row by `seq`)."""
+    zero = ir.Constant(a.type, 0)
+    quotient, rest = b.sdiv(a, size), b.srem(a, size)
+    negative = b.icmp_signed("<", rest, zero)  # (floor: a negative rest moves down one)
+    if op == "mod":
+        return b.select(negative, b.add(rest, size), rest)
+    return b.select(negative, b.sub(quotient, ir.Constant(a.type, 1)), quotient)
+

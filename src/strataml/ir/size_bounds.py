@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from strataml.ir.expr import Binary, Cast, Const, Expr, Select, Var
 from strataml.ir.size_exprs import expr_to_size
 from strataml.ir.types import is_int
-from strataml.sizes import Size, dim, floordiv, known_le, size_max, size_min
+from strataml.sizes import Size, dim, exact_quotient, floordiv, known_le, size_max, size_min
 
 SizeInterval = tuple[Size, Size]
 """Inclusive [lo, hi], each a size over the dims."""
@@ -86,7 +86,11 @@ def _bounds(e: Expr, env: Mapping[Var, SizeInterval],
         if isinstance(divisor, int) and divisor > 0:
             return (floordiv(a[0], divisor), floordiv(a[1], divisor))
         if nonnegative(a[0]) and nonnegative(b[0] - 1):
-            return (0, 0) if below(a[1], b[0]) else (0, a[1])
+            if below(a[1], b[0]):
+                return (0, 0)
+            # (rows of `batch*seq` split by `seq`: the quotient is below `batch`)
+            whole = exact_quotient(a[1] + 1, b[0]) if b[0] == b[1] else None
+            return (0, a[1] if whole is None else whole - 1)
         return None
     if e.op == "min":
         return (size_min(a[0], b[0]), size_min(a[1], b[1]))

@@ -110,6 +110,8 @@ class _Simplifier:
             return _logical(e.op, a, b)
         if is_int(e.dtype) and e.op in ("floordiv", "mod"):
             return self._divide(e.op, a, b)
+        if is_int(e.dtype) and e.op in ("add", "sub"):
+            return recombined(binary(e.op, a, b))
         if is_int(e.dtype) and e.op in ("min", "max"):
             ra, rb = self.bounds(a), self.bounds(b)
             if ra is not None and rb is not None:
@@ -125,10 +127,23 @@ class _Simplifier:
         if isinstance(b, Const) and isinstance(b.value, int) and b.value > 0:
             return divide(op, a, b.value, self.fits)
         divisor = expr_to_size(b)
-        rng = self.bounds(a)
-        if divisor is not None and rng is not None and nonnegative(divisor - 1) \
-                and nonnegative(rng[0]) and below(rng[1], divisor):
-            return a if op == "mod" else const(0, a.dtype)
+        if divisor is None or not nonnegative(divisor - 1):
+            return binary(op, a, b)
+        # the terms that are multiples of the divisor (`y * %seq`) leave it whole, where
+        # the rest lies in [0, divisor): (y*seq + s) // seq is y for s below seq
+        terms, k = affine_terms(a)
+        whole: dict[Expr, int] = {}
+        rest: dict[Expr, int] = {}
+        for atom, c in terms.items():
+            factor = _multiple_of(atom, b)
+            if factor is None:
+                rest[atom] = c
+            else:
+                whole[factor] = whole.get(factor, 0) + c
+        remainder = build_affine(rest, k, a.dtype) if whole else a
+        rng = self.bounds(remainder)
+        if rng is not None and nonnegative(rng[0]) and below(rng[1], divisor):
+            return remainder if op == "mod" else build_affine(whole, 0, a.dtype)
         return binary(op, a, b)
 
     def _select(self, e: Select) -> Expr:
@@ -204,6 +219,46 @@ def condition_facts(cond: Expr, holds: bool) -> list[ConditionFact]:
     if op == "gt":
         return [(t, rest + 1, None)]
     return [(t, rest, None)]
+
+
+def _multiple_of(atom: Expr, m: Expr) -> Expr | None:
+    """y where `atom` is `y * m` or `m * y`, else None."""
+    if isinstance(atom, Binary) and atom.op == "mul":
+        if atom.b == m:
+            return atom.a
+        if atom.a == m:
+            return atom.b
+    return None
+
+
+def recombined(e: Expr) -> Expr:
+    """`e` with each `floordiv(x, m)*m + mod(x, m)` (times the same k) spelt `x`: a row of
+    `batch*seq` split into (sample, token) by a reshape and flattened back by the next
+    (m a constant or a run-time size). `e` itself where there is none."""
+    terms, k = affine_terms(e)
+    found = False
+    for atom, c in list(terms.items()):
+        if not (isinstance(atom, Binary) and atom.op == "mod") or atom not in terms:
+            continue
+        x, m = atom.a, atom.b
+        quotient = binary("floordiv", x, m)
+        if isinstance(m, Const):
+            partner, need = quotient, c * int(m.value)
+        else:
+            partner = next((t for t in (binary("mul", quotient, m), binary("mul", m, quotient))
+                            if t in terms), binary("mul", quotient, m))
+            need = c
+        if terms.get(partner) != need:
+            continue
+        found = True
+        del terms[atom], terms[partner]
+        inner, kx = affine_terms(x)
+        for t, n in inner.items():
+            terms[t] = terms.get(t, 0) + c * n
+        k += c * kx
+    if not found:
+        return e
+    return build_affine({t: n for t, n in terms.items() if n}, k, e.dtype)
 
 
 def _logical(op: str, a: Expr, b: Expr) -> Expr:

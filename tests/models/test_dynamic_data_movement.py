@@ -1,14 +1,17 @@
-"""Window attention's data movement over a run-time batch (Swin-style), from both torch
-exporters, compiled once: a cyclic shift (`torch.roll`), windows partitioned into
-`[batch*nW, 49, C]` rows and reversed back, against ONNX Runtime at batches 1, 2, 3, 5 (rtol
-1e-3, atol 1e-4).
+"""Data movement over run-time sizes, compiled once, against ONNX Runtime (rtol 1e-3, atol
+1e-4): window attention's (Swin-style, both torch exporters: a cyclic shift, `torch.roll`,
+windows partitioned into `[batch*nW, 49, C]` rows and reversed back) at batches 1, 2, 3, 5,
+and a GPT-2 from the dynamo exporter with dynamic batch and sequence (its `[batch, seq, C]`
+activations viewed as `[batch*seq, C]` rows around every Linear layer).
 
 The reshapes of `[batch*nW, ...]` back into `[batch, ...]` leave `mod(floordiv(i, nW),
 %batch)` in every index, and the roll's pieces select between shifted reads. Unless the
 bounds relate `i in 0..nW*batch` to `batch` (`ir/symbolic_index_simplify.py`) and the
 lowering proves each arm's reads under its select's condition, every element divides by a
 run-time value and reads through a clamp that stops the copy from vectorising (Swin-T ran
-6.5x its static build). The loop IR is checked for both, so a fallback fails here rather
+6.5x its static build; GPT-2's GELU between `[batch*seq]` views 220x). The loop IR is
+checked for both, and the LLVM IR for a division by a run-time size that is guarded against
+zero per element (the sizes are checked before the call), so a fallback fails here rather
 than only in a benchmark.
 """
 
@@ -26,8 +29,9 @@ import pytest
 
 import strataml
 from strataml.ir.dialects.loop import For, LoopFunction, Stmt
-from strataml.ir.expr import Binary, Const, Expr
+from strataml.ir.expr import Binary, Const, Expr, Unary
 from tests.conftest import ort_run
+from tests.unit.test_torch_frontend import LastHidden, _import_transformers
 
 torch = pytest.importorskip("torch")
 
@@ -114,4 +118,36 @@ def test_shifted_windows_over_a_run_time_batch(exporter: str, tmp_path: Path,
         w in f.name for w in ("matmul", "gemm", "normalization"))]
     assert moving, "no data-movement kernel over the run-time batch"
     slow = {f.name: d for f in moving if (d := _run_time_divisions(f))}
+    assert not slow, f"run-time divisions or clamps left: {slow}"
+
+
+def test_gpt2_rows_over_a_run_time_batch_and_sequence(tmp_path: Path,
+                                                      compiles: list[str]) -> None:
+    pytest.importorskip("onnxscript")
+    tf = _import_transformers()
+    torch.manual_seed(0)
+    module = LastHidden(tf.GPT2Model(tf.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=64,
+        use_cache=False))).eval()
+    path = tmp_path / "gpt2.onnx"
+    dims = ({0: torch.export.Dim("batch", max=8), 1: torch.export.Dim("seq", max=64)},)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(2, 16, dtype=torch.int64),), str(path),
+                          input_names=["input_ids"], dynamo=True, dynamic_shapes=dims)
+    model = onnx.load(str(path))
+    compiled = strataml.compile(model)
+    assert set(compiled.plan.dims) == {"batch", "seq"}
+    gen = np.random.default_rng(2)
+    for n, seq in ((1, 8), (2, 13), (3, 5), (1, 64)):
+        ids = gen.integers(0, 50, (n, seq)).astype(np.int64)
+        got, = compiled.run({"input_ids": ids})
+        want, = ort_run(model, {"input_ids": ids})
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"{n}x{seq}")
+    assert len(compiles) == 1
+    assert "atomicrmw" not in compiled.program.llvm_ir  # (no guarded run-time division)
+    gelu = [f for f in compiled.program.loops if any(
+        isinstance(e, Unary) and e.op == "tanh" for e in _exprs(f.body))]
+    assert gelu, "no GELU kernel found"
+    slow = {f.name: d for f in gelu if (d := _run_time_divisions(f))}
     assert not slow, f"run-time divisions or clamps left: {slow}"
