@@ -664,13 +664,15 @@ def _leading(x: SizeExpr) -> tuple[Monomial, int]:
 
 def bind_input_dims(declared: Mapping[str, tuple[Size, ...]],
                     given: Mapping[str, tuple[int, ...]],
-                    ranges: Mapping[str, Range] | None = None) -> dict[str, int]:
+                    ranges: Mapping[str, Range] | None = None,
+                    reasons: Mapping[str, str] | None = None) -> dict[str, int]:
     """Each dim's size from the shapes of the inputs a call gives, checked: every input's
     rank and static dims, one size per dim across inputs (two inputs sharing `batch`), each
     dim in its range (default `[1, DIM_MAX]`: a dim is never 0), and every derived dim
     (`seq + 1`) equal to its formula. Raises `InputError` naming the input, the axis, the dim
-    and the rule."""
+    and the rule (`reasons`: why a dim has its range, where the model gave it one)."""
     ranges = ranges or {}
+    reasons = reasons or {}
     values: dict[str, int] = {}
     source: dict[str, str] = {}
     derived: list[tuple[str, int, Size, int]] = []
@@ -689,8 +691,9 @@ def bind_input_dims(declared: Mapping[str, tuple[Size, ...]],
             elif atom is not None and atom.op == "dim":
                 lo, hi = ranges.get(atom.name, (1, DIM_MAX))
                 if not lo <= v <= hi:
+                    why = f" ({reasons[atom.name]})" if atom.name in reasons else ""
                     raise InputError(f"input '{name}': axis {axis} (dim '{atom.name}') is {v}, "
-                                   f"outside its range [{lo}, {hi}]")
+                                   f"outside its range [{lo}, {hi}]{why}")
                 if atom.name in values and values[atom.name] != v:
                     raise InputError(f"input '{name}': axis {axis} (dim '{atom.name}') is {v}, "
                                    f"but {source[atom.name]} gave {atom.name} = "

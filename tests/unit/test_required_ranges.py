@@ -5,6 +5,8 @@ refused by name, as ONNX Runtime refuses it at run time."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from onnx import ModelProto, helper
@@ -60,7 +62,7 @@ def test_the_graph_requires_seq_at_most_the_table_rows():
         "seq": (4, ROWS), "batch": (1, 8)}
 
 
-def test_compiles_without_ranges_and_refuses_a_longer_sequence_by_name():
+def test_compiles_without_ranges_and_refuses_a_longer_sequence_by_name(tmp_path: Path):
     model = positions()
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
     assert ("seq", 1, ROWS) in compiled.plan.dim_ranges
@@ -69,8 +71,18 @@ def test_compiles_without_ranges_and_refuses_a_longer_sequence_by_name():
         feeds = {"x": gen.standard_normal((*shape, 8)).astype(np.float32)}
         np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                    rtol=1e-6, atol=1e-6)
-    with pytest.raises(InputError, match=r"dim 'seq'\) is 17, outside its range \[1, 16\]"):
+    # (the refusal says why the range exists: the node whose shapes require it)
+    why = r"dim 'seq'\) is 17, outside its range \[1, 16\] \(Add node .* needs seq <= 16\)"
+    with pytest.raises(InputError, match=why):
         compiled.run({"x": np.zeros((1, ROWS + 1, 8), np.float32)})
+    compiled.save(tmp_path / "positions")
+    with pytest.raises(InputError, match=why):
+        strataml.load(tmp_path / "positions").run({"x": np.zeros((1, ROWS + 1, 8), np.float32)})
+    # a range the user declares needs no reason
+    declared = strataml.compile(model, dim_ranges={"seq": (1, 8)}, num_threads=1)
+    assert declared.plan.dim_range_reasons == ()
+    with pytest.raises(InputError, match=r"outside its range \[1, 8\]$"):
+        declared.run({"x": np.zeros((1, 9, 8), np.float32)})
 
 
 def test_without_the_broadcast_every_length_runs():

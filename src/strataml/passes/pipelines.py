@@ -97,12 +97,14 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     decisions = {node: {**tuned.get(node, {}), **options.decisions.get(node, {})}
                  for node in {*tuned, *options.decisions}}
     graph = pin_decisions(graph, decisions)
+    reasons: dict[str, str] = {}
     if options.dynamic_dims:
-        options = replace(options, dim_ranges=_model_ranges(graph, options))
+        ranges, reasons = _model_ranges(graph, options)
+        options = replace(options, dim_ranges=ranges)
     # (every pass simplifies and compares run-time sizes within the declared ranges, as the
     # importer did: `min(512, seq)` is `seq` for seq <= 512 in infer-shapes too)
     with assumed_ranges(options.dim_ranges if options.dynamic_dims else {}):
-        state = manager.run(CompileState(graph, target, options))
+        state = manager.run(CompileState(graph, target, options, range_reasons=reasons))
     assert state.plan is not None
     assert state.executable is not None
     return CompiledProgram(state.plan, state.executable, state.weights, state.graph,
@@ -113,18 +115,25 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
                                                  else b""), tuned, state.tuned_schedules)
 
 
-def _model_ranges(graph: Graph, options: CompileOptions) -> dict[str, tuple[int, int]]:
+def _model_ranges(graph: Graph, options: CompileOptions
+                  ) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
     """The declared dim ranges (by the graph's dim names), narrowed to what the model's own
-    shapes require (`required_dim_ranges`); a declared range the model cannot run in at all
-    is an error naming the node."""
+    shapes require (`required_dim_ranges`), and why, for each dim the model bounds tighter
+    than declared (the node that requires it); a declared range the model cannot run in at
+    all is an error naming the node."""
     declared = graph_dim_ranges(options)
     if not any(is_symbolic(d) for t in graph.types.values() for d in t.shape):
-        return declared
+        return declared, {}
     required = required_dim_ranges(graph)
     narrowed = narrowed_ranges(declared, required)
+    reasons: dict[str, str] = {}
     for name, (lo, hi) in narrowed.items():
+        if name not in required:
+            continue
+        (_, high), where = required[name]
         if lo > hi:
-            (_, high), where = required[name]
             raise ShapeError(f"{where}: needs {name} <= {high}, but dim_ranges declares "
                              f"{name} in {list(declared[name])}")
-    return narrowed
+        if name not in declared or declared[name][1] > high:
+            reasons[name] = f"{where} needs {name} <= {high}"
+    return narrowed, reasons

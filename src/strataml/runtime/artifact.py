@@ -366,6 +366,11 @@ def _plan(d: dict[str, Any]) -> ExecutionPlan:
     if not all(isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
                and type(r[1]) is int and type(r[2]) is int for r in ranges):
         raise ArtifactError("manifest check: plan.dim_ranges must be [name, low, high] lists")
+    reasons = _get(d, "dim_range_reasons", list, where) if "dim_range_reasons" in d else []
+    if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r)
+               for r in reasons):
+        raise ArtifactError("manifest check: plan.dim_range_reasons must be [name, reason] "
+                            "lists")
     return ExecutionPlan(
         entry=entry, arena_bytes=(_size(d["arena_bytes"], "plan.arena_bytes")
                                   if isinstance(d.get("arena_bytes"), str)
@@ -377,7 +382,8 @@ def _plan(d: dict[str, Any]) -> ExecutionPlan:
         calls=_items(d, "calls", where, _call),
         num_threads=max(1, _nat(d, "num_threads", where, 1 << 16)),
         native_libs=libs, abi_version=_nat(d, "abi_version", where), dims=dims,
-        dim_ranges=tuple((r[0], r[1], r[2]) for r in ranges))
+        dim_ranges=tuple((r[0], r[1], r[2]) for r in ranges),
+        dim_range_reasons=tuple((r[0], r[1]) for r in reasons))
 
 
 def _count(shape: tuple[Size, ...]) -> int:

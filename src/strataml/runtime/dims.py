@@ -113,6 +113,7 @@ class DimBinder:
     def __init__(self, plan: ExecutionPlan) -> None:
         self.plan = plan
         self.ranges: dict[str, Range] = {n: (lo, hi) for n, lo, hi in plan.dim_ranges}
+        self.reasons = dict(plan.dim_range_reasons)
         self.declared = {s.name: s.shape for s in plan.inputs}
         self._layouts: dict[tuple[int, ...], Layout] = {}
         self._program: SizeProgram | None = None  # (built at the first layout)
@@ -149,7 +150,7 @@ class DimBinder:
 
     def bind(self, shapes: Mapping[str, tuple[int, ...]]) -> Layout:
         """The layout for these input shapes (InputError where they break a rule)."""
-        values = bind_input_dims(self.declared, shapes, self.ranges)
+        values = bind_input_dims(self.declared, shapes, self.ranges, self.reasons)
         key = tuple(values[name] for name in self.plan.dims)
         layout = self._layouts.get(key)
         if layout is None:

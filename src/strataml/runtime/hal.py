@@ -162,6 +162,9 @@ class ExecutionPlan:
     abi_version: int = KERNEL_ABI_VERSION
     dims: tuple[str, ...] = ()
     dim_ranges: tuple[tuple[str, int, int], ...] = ()
+    # (name, why) for a range the model's own shapes require, which the user did not give:
+    # a call outside it is refused with the reason (`seq <= 512`: the position table)
+    dim_range_reasons: tuple[tuple[str, str], ...] = ()
 
     @property
     def takes_dims(self) -> bool:
@@ -183,6 +186,10 @@ class ExecutionPlan:
             del d["dim_ranges"]
         else:
             d["dim_ranges"] = [list(r) for r in self.dim_ranges]
+        if not self.dim_range_reasons:
+            del d["dim_range_reasons"]
+        else:
+            d["dim_range_reasons"] = [list(r) for r in self.dim_range_reasons]
         return d
 
     @staticmethod
@@ -198,7 +205,9 @@ class ExecutionPlan:
             num_threads=d.get("num_threads", 1),
             native_libs=tuple(d.get("native_libs", ())), abi_version=d["abi_version"],
             dims=tuple(d.get("dims", ())),
-            dim_ranges=tuple((str(n), int(lo), int(hi)) for n, lo, hi in d.get("dim_ranges", ())))
+            dim_ranges=tuple((str(n), int(lo), int(hi)) for n, lo, hi in d.get("dim_ranges", ())),
+            dim_range_reasons=tuple((str(n), str(why))
+                                    for n, why in d.get("dim_range_reasons", ())))
 
 
 @dataclass(frozen=True)

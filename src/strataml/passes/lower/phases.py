@@ -84,6 +84,8 @@ class CompileState:
     # kernel name -> its repeat count: a batch-separable kernel built for one sample, which
     # the plan calls once per sample (passes/lower/batch_loop.py)
     repeats: dict[str, Size] = field(default_factory=dict)
+    # dim -> why the model's own shapes bound it (passes/graph/required_ranges.py)
+    range_reasons: dict[str, str] = field(default_factory=dict)
     done: frozenset[str] = frozenset()  # the lowering passes that have run
 
     def need(self, what: str, made_by: str, pass_name: str) -> None:
@@ -351,7 +353,10 @@ class PlanMemory(LoweringPass):
                                      [state.pairs_of[f] for f in state.functions],
                                      {fn.name: fn for fn in state.loops},
                                      graph_dim_ranges(state.options), state.repeats)
-        return replace(state, plan=replace(plan, num_threads=state.options.threads()),
+        reasons = tuple(sorted((n, why) for n, why in state.range_reasons.items()
+                               if n in plan.dims))
+        return replace(state, plan=replace(plan, num_threads=state.options.threads(),
+                                           dim_range_reasons=reasons),
                        calls=calls, weights=weights)
 
 
