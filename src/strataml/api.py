@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from strataml.errors import InputError, StrataError
+from strataml.errors import InputError, StrataError, UnsupportedOpError
 from strataml.options import CompileOptions, Target
 from strataml.runtime.artifact import load_artifact, save_artifact
 from strataml.runtime.devices import get_device
@@ -153,12 +153,22 @@ def compile(model: Any, target: str | Target = "cpu", options: CompileOptions | 
     try:  # (unset: run at any size where every kernel can, else bind as before, and say so)
         return compile_graph_for(graph, target, replace(options, dynamic_dims=True), start)
     except StrataError as exc:
+        dynamic_error = exc
+    bound = ", ".join(f"{d}={options.dim_values.get(d, 1)}" for d in sorted(graph_dims(graph)))
+    try:
         static = import_model(model, options)
-        bound = ", ".join(f"{d}={options.dim_values.get(d, 1)}" for d in sorted(graph_dims(graph)))
-        warnings.warn(f"the model cannot be compiled to run at any size ({exc}); compiled "
-                      f"for {bound} instead (a call at another size is refused; dim_values "
-                      "or input_shapes choose the sizes)", stacklevel=2)
-        return compile_graph_for(static, target, replace(options, dynamic_dims=False), start)
+        compiled = compile_graph_for(static, target, replace(options, dynamic_dims=False), start)
+    except StrataError as exc:
+        # (an audio model's samples bound to 1 leave its first conv no window: say both)
+        message = (f"the model cannot be compiled to run at any size ({dynamic_error}), "
+                   f"nor for {bound} ({exc}): give the sizes to compile for (dim_values or "
+                   "input_shapes)")
+        raise (UnsupportedOpError([message]) if isinstance(exc, UnsupportedOpError)
+               else type(exc)(message)) from exc
+    warnings.warn(f"the model cannot be compiled to run at any size ({dynamic_error}); "
+                  f"compiled for {bound} instead (a call at another size is refused; "
+                  "dim_values or input_shapes choose the sizes)", stacklevel=2)
+    return compiled
 
 
 def compile_graph_for(graph: Any, target: str | Target, options: CompileOptions,

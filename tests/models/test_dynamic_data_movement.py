@@ -94,8 +94,8 @@ def _run_time_divisions(fn: LoopFunction) -> list[str]:
     for e in _exprs(fn.body):
         if isinstance(e, Binary) and e.op in ("floordiv", "mod") and not isinstance(e.b, Const):
             found.append(f"{e.op} by {e.b}")
-        if isinstance(e, Binary) and e.op == "min" and isinstance(e.a, Binary) \
-                and e.a.op == "max" and not isinstance(e.b, Const):
+        if isinstance(e, Binary) and e.op == "min" and e.dtype == "int64" \
+                and isinstance(e.a, Binary) and e.a.op == "max" and not isinstance(e.b, Const):
             found.append(f"clamp to {e.b}")
     return found
 

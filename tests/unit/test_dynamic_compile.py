@@ -14,7 +14,7 @@ import pytest
 from onnx import ModelProto, helper
 
 import strataml
-from strataml.errors import InputError, UnsupportedOpError
+from strataml.errors import InputError, ShapeError, UnsupportedOpError
 from tests.conftest import ort_run
 from tests.unit.graphs import onnx_model
 
@@ -259,6 +259,25 @@ def test_by_default_a_model_no_build_runs_at_any_size_is_bound_with_a_warning():
                                rtol=RTOL, atol=ATOL)
     with pytest.raises(UnsupportedOpError, match="Conv cannot lower over the run-time size"):
         strataml.compile(model, dynamic_dims=True, num_threads=1)
+
+
+def test_a_model_that_neither_builds_at_any_size_nor_at_size_1_says_both():
+    """A 1-D conv with a window of 10 over run-time samples (an audio front end): no build
+    runs at any size, and samples = 1 leaves it no window. The error gives both reasons and
+    asks for the sizes; given samples, it compiles over the run-time batch."""
+    model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], strides=[5])],
+                       {"x": (F32, ["batch", 1, "samples"])}, {"y": (F32, None)},
+                       {"w": weights(4, 1, 10)})
+    with pytest.raises(ShapeError, match=r"(?s)cannot be compiled to run at any size .*Conv.*"
+                                         r"nor for batch=1, samples=1 .*window 10 is larger.*"
+                                         r"give the sizes to compile for"):
+        strataml.compile(model, num_threads=1)
+    compiled = strataml.compile(model, dim_values={"samples": 400}, num_threads=1)
+    assert compiled.plan.dims == ("batch",)
+    for n in (1, 3):
+        feeds = {"x": rng().standard_normal((n, 1, 400)).astype(F32)}
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL)
 
 
 def test_a_static_model_compiles_identically_with_the_flag():
