@@ -494,11 +494,11 @@ def test_a_reduction_of_long_steps_still_goes_in_blocks():
     """A 3x3 conv's reduction over 256 channels per tap row (768 steps a row) goes in blocks
     of one tap row, not unblocked (its pre-packed panel, 2304 x 32 floats, would leave L2
     between row tiles); 1024 steps is the longest step blocked."""
-    from strataml.schedule.schedule import _pack_block
+    from strataml.schedule.schedule import pack_block
 
-    assert _pack_block((3, 3, 256), 400, 12, True, 256) == 1
-    assert _pack_block((2304,), 400, 12, True, 256) == 256
-    assert _pack_block((3, 3, 512), 400, 12, True, 256) == 0
+    assert pack_block((3, 3, 256), 400, 12, True, 256) == 1
+    assert pack_block((2304,), 400, 12, True, 256) == 256
+    assert pack_block((3, 3, 512), 400, 12, True, 256) == 0
 
 
 def test_kept_panels_are_swept_row_tile_by_row_tile_when_the_output_is_big():

@@ -2,7 +2,7 @@
 
 Attention's kernels over a run-time sequence (`Q . K^T` into `[batch, heads, seq, seq]`,
 the softmax over a row of keys, `P . V` summing over the keys) have a static head axis
-behind the run-time batch. The general symbolic rule (`schedule._symbolic_parallel`) then
+behind the run-time batch. The general symbolic rule (`schedule.symbolic._symbolic_parallel`) then
 runs the *query rows* on the pool, inside the batch and head loops: one fork and join per
 (batch, head), each sharing a few rows (and, under `RUN_TIME_PARALLEL_MIN_WORK`, often none
 at all: BERT's softmax at 128 tokens ran on one thread). Here the head axis, which the

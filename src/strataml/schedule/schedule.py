@@ -26,13 +26,11 @@ from strataml.ir.expr import Load, Var, top_reduces
 from strataml.ir.index_simplify import linear_in
 from strataml.ir.types import itemsize
 from strataml.schedule.contraction import match_contraction
-from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS, run_time_contraction
-from strataml.schedule.key_axis import heads_outermost
+from strataml.schedule.dynamic_gemm import run_time_contraction
 from strataml.schedule.primitives import (
     ROOT,
     ComputeAt,
     Fuse,
-    Loop,
     LoopNest,
     Parallel,
     Primitive,
@@ -369,7 +367,7 @@ def pack_depth(target: Target, nr: int, item: int) -> int:
     return l1_share(target, PACK_L1_SHARE) // (nr * item)
 
 
-def _pack_block(extents: tuple[int, ...], rows: int, mr: int, panel: bool, limit: int
+def pack_block(extents: tuple[int, ...], rows: int, mr: int, panel: bool, limit: int
                 ) -> int:
     """Blocks of the first reduction axis for the packed gemm (at most `limit` steps, see
     `pack_depth`), or 0 when packing cannot pay for itself (few row tiles reuse each packed
@@ -557,7 +555,7 @@ KEEP_PANELS_MIN_ROWS = 256
 # MB out, 0.8 MB of panels a thread: 0.99 -> 0.84 ms; with 1.6 MB of panels the sweeps
 # evicted them: 1.51 -> 1.79 ms).
 KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S = 1
-# A reduction shorter than packing's own minimum (`_pack_block`) is still packed whole
+# A reduction shorter than packing's own minimum (`pack_block`) is still packed whole
 # into kept panels from this many steps, for a big output (see default_schedule).
 SHORT_KEPT_MIN_STEPS = 32
 
@@ -696,102 +694,6 @@ def _rows_computed_at_final(kernel: Kernel, stages: list[StageSchedule],
                                           if not isinstance(p, Parallel)), step)
 
 
-def _static_row(kernel: Kernel, stage: Stage, lanes: int) -> bool:
-    """The row trace fits a stage over run-time dims: its output's last axis is static
-    (a contraction's N, a normalisation's hidden axis) and a reduction feeds it (see
-    `row_applicable`), and it is no short sum over a row narrower than a vector."""
-    shape = kernel.buffer(stage.buffer).shape
-    if not shape or not isinstance(shape[-1], int) or row_applicable(kernel, stage) is not None:
-        return False
-    window = top_reduces(stage.body)[0]
-    extents = window.extents
-    short = all(isinstance(e, int) for e in extents) \
-        and prod(int(e) for e in extents) <= NARROW_ROW_MAX_REDUCTION
-    return not (shape[-1] < lanes and window.combiner == "sum" and short)
-
-
-def _symbolic_parallel(loops: list[Loop], threads: int) -> Loop | None:
-    """The loop of `loops` (output loops, outermost first) to run on the pool: a static
-    one outside every run-time loop that the threads share evenly (a head axis), else the
-    innermost run-time one (tokens rather than a batch that is often 1), else the first
-    non-unit one."""
-    for lp in loops:
-        if not isinstance(lp.extent, int):
-            break
-        if lp.extent > 1 and (lp.extent % threads == 0
-                              or lp.extent >= BALANCED_SHARES * threads):
-            return lp
-    run_time = [lp for lp in loops if not isinstance(lp.extent, int)]
-    if run_time:
-        return run_time[-1]
-    return next((lp for lp in loops if lp.extent != 1), None)
-
-
-def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
-                              target: Target | None = None) -> Schedule:
-    """The schedule of a kernel whose buffers have run-time dims. A stage whose output's
-    last axis is static and fed by a reduction (a contraction over run-time rows with
-    static K and N, a normalisation over a static hidden axis) takes the static rules' row
-    trace: the reduction loops outside the last axis, which is vectorised, so each output
-    row accumulates in vector lanes (B streamed along N) instead of one scalar dot product
-    per element read down B's columns; a last axis of several register-tile widths
-    (TILE_ROW_VECTORS vectors) goes in blocks of one, outermost (and parallel where the
-    threads share the blocks evenly), each block's sums in registers through the whole
-    reduction while its strip of B stays in cache for every row (BERT's [tokens, 384] x
-    [384, 1536] at 128 tokens: 6.5 -> 2.8 ms, against 1.0 for the static gemm; rows
-    unblocked streamed all of B for every row). Every other stage takes the canonical nest (LLVM's
-    loop vectoriser takes the innermost loop whatever its trip count). The parallel loop is
-    the innermost run-time output loop outside the row (tokens, not a batch that is often
-    1), else the outermost non-unit output loop; a run-time extent goes to the pool as it
-    is. No primitive here needs a constant trip count on a run-time loop."""
-    target = target or host_target()
-    lanes = target.vector_lanes_f32
-    out = []
-    for st in kernel.stages:
-        gemm = run_time_contraction(kernel, st, lanes)
-        if not isinstance(gemm, str):  # (a Linear layer over run-time rows: dynamic_gemm)
-            mr, nr = gemm_tile(target, REPRESENTATIVE_ROWS, bool(gemm.panel))
-            kc = _pack_block(gemm.reduce.static_extents, REPRESENTATIVE_ROWS, mr,
-                             bool(gemm.panel), pack_depth(target, nr, 4))
-            out.append(StageSchedule("gemm", (), threads > 1, mr, nr, lanes, kc=kc))
-            continue
-        nest = stage_nest(kernel, st)
-        outputs = [lp for lp in nest.loops if not lp.reduce]
-        steps: tuple[Primitive, ...] = ()
-        row = _static_row(kernel, st, lanes)
-        if row:
-            last = outputs[-1].name
-            block = TILE_ROW_VECTORS * lanes
-            width = int(outputs[-1].extent)
-            if width > block and width % block == 0:
-                # columns in blocks of a register tile's width, outermost: a block's sums
-                # stay in registers through the whole reduction, and its strip of B stays
-                # in cache while every row streams past it
-                steps = (Split(last, block),
-                         Reorder((f"{last}.o", *(lp.name for lp in outputs[:-1]),
-                                  *(lp.name for lp in nest.loops if lp.reduce), f"{last}.i")),
-                         Vectorize(f"{last}.i"))
-                blocks = width // block
-                if threads > 1 and (blocks % threads == 0
-                                    or blocks >= BALANCED_SHARES * threads):
-                    steps = (*steps, Parallel(f"{last}.o"))
-                elif threads > 1 and (inner := _symbolic_parallel(outputs[:-1], threads)):
-                    steps = (*steps, Parallel(inner.name))
-                out.append(StageSchedule.loops(*steps))
-                continue
-            steps = (Reorder((*(lp.name for lp in nest.loops if lp.reduce), last)),
-                     Vectorize(last))
-            outputs = outputs[:-1]
-        if heads := heads_outermost(kernel, st, nest, threads, BALANCED_SHARES):
-            out.append(StageSchedule.loops(*steps, *heads))  # (attention: see key_axis)
-            continue
-        outer = _symbolic_parallel(outputs if row else outputs[:-1] or outputs, threads)
-        if threads > 1 and outer is not None:
-            steps = (*steps, Parallel(outer.name))
-        out.append(StageSchedule.loops(*steps))
-    return Schedule(tuple(out))
-
-
 def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None,
                      compute_copies_at_consumers: bool = True) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
@@ -801,6 +703,8 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
     by default): its vector width and registers, its L1 and L2."""
     target = target or host_target()
     if kernel.dims:
+        from strataml.schedule.symbolic import symbolic_default_schedule  # (it builds on these)
+
         return symbolic_default_schedule(kernel, threads, target)
     vector_lanes, l2_bytes = target.vector_lanes_f32, target.l2_bytes
     out = []
@@ -818,7 +722,7 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
             depth = 1
             for e in found.reduce.static_extents:
                 depth *= e
-            kc = _pack_block(found.reduce.static_extents, rows, mr, bool(found.panel),
+            kc = pack_block(found.reduce.static_extents, rows, mr, bool(found.panel),
                              pack_depth(target, nr, item))
             if not kc and not found.panel and big and depth >= SHORT_KEPT_MIN_STEPS \
                     and rows >= KEEP_PANELS_MIN_ROWS \

@@ -1,7 +1,7 @@
 """Register blocking over a run-time row loop: unroll-and-jam with a tail.
 
 A schedule cannot split a loop over a run-time size (`Split` needs a dividing factor), so a
-contraction over run-time rows takes the row trace (`schedule.symbolic_default_schedule`):
+contraction over run-time rows takes the row trace (`schedule.symbolic.symbolic_default_schedule`):
 per row, a vector accumulator row (a stack scratch) through the whole reduction. Each step
 then loads a B vector for one multiply-add. Here, on loop statements, the innermost run-time
 row loop
