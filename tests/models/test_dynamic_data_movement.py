@@ -31,7 +31,7 @@ import strataml
 from strataml.ir.dialects.loop import For, LoopFunction, Stmt
 from strataml.ir.expr import Binary, Const, Expr, Unary
 from tests.conftest import ort_run
-from tests.unit.test_torch_frontend import LastHidden, _import_transformers
+from tests.models.test_dynamic_sizes import _gpt2
 
 torch = pytest.importorskip("torch")
 
@@ -123,19 +123,7 @@ def test_shifted_windows_over_a_run_time_batch(exporter: str, tmp_path: Path,
 
 def test_gpt2_rows_over_a_run_time_batch_and_sequence(tmp_path: Path,
                                                       compiles: list[str]) -> None:
-    pytest.importorskip("onnxscript")
-    tf = _import_transformers()
-    torch.manual_seed(0)
-    module = LastHidden(tf.GPT2Model(tf.GPT2Config(
-        n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=64,
-        use_cache=False))).eval()
-    path = tmp_path / "gpt2.onnx"
-    dims = ({0: torch.export.Dim("batch", max=8), 1: torch.export.Dim("seq", max=64)},)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(2, 16, dtype=torch.int64),), str(path),
-                          input_names=["input_ids"], dynamo=True, dynamic_shapes=dims)
-    model = onnx.load(str(path))
+    model = _gpt2(tmp_path / "gpt2.onnx", dynamic_batch=True)
     compiled = strataml.compile(model)
     assert set(compiled.plan.dims) == {"batch", "seq"}
     gen = np.random.default_rng(2)

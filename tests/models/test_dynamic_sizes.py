@@ -38,19 +38,22 @@ def _bert(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
-def _gpt2(path: Path) -> onnx.ModelProto:
+def _gpt2(path: Path, dynamic_batch: bool = False) -> onnx.ModelProto:
+    """GPT-2 from the dynamo exporter, its sequence dynamic (and its batch: `dynamic_batch`)."""
     pytest.importorskip("onnxscript")
     tf = _import_transformers()
     torch.manual_seed(0)
     model = LastHidden(tf.GPT2Model(tf.GPT2Config(
         n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=512,
         use_cache=False))).eval()
-    seq = torch.export.Dim("seq", min=1, max=512)
+    dims = {1: torch.export.Dim("seq", min=1, max=512)}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=8)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 16, dtype=torch.int64),), str(path),
-                          input_names=["input_ids"], dynamo=True,
-                          dynamic_shapes=({1: seq},))
+        torch.onnx.export(model, (torch.zeros(2 if dynamic_batch else 1, 16, dtype=torch.int64),),
+                          str(path), input_names=["input_ids"], dynamo=True,
+                          dynamic_shapes=(dims,))
     return onnx.load(str(path))
 
 
