@@ -131,10 +131,10 @@ def test_a_cnn_compiles_once_and_loops_its_kernels_over_the_batch(compiles: list
     model = _cnn()
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
                                 dim_ranges={"batch": (1, 8)})
-    # (conv and pool loop the one-sample kernel; the classifier's rules take the run-time
-    # rows, so it stays one symbolic call)
+    # (conv, pools and flatten loop the one-sample kernel; the classifier is a product
+    # over the samples as rows, which the run-time-rows gemm takes: one symbolic call)
     looped = {c.kernel: c.repeated for c in compiled.plan.calls}
-    assert looped == {k: "conv" in k or "pool" in k for k in looped}, looped
+    assert looped == {k: "gemm" not in k for k in looped}, looped
     assert all(str(c.repeat) == "batch" for c in compiled.plan.calls if c.repeated)
     assert all(c.dims for c in compiled.plan.calls if not c.repeated)
     # (the input's per-sample stride is one image; the weights are shared)
@@ -158,7 +158,7 @@ def test_conv_transpose_average_pool_and_a_row_softmax_loop_over_the_batch():
         helper.make_node("Softmax", ["p"], ["y"], name="softmax", axis=1)],
         {"x": (F32, ["batch", 3, 12, 12])}, {"y": (F32, None)}, {"w": weights(3, 4, 2, 2)})
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
-    assert [c.repeated for c in compiled.plan.calls] == [True, True, False]
+    assert [c.repeated for c in compiled.plan.calls] == [True, True, True]
     gen = np.random.default_rng(2)
     for n in (1, 2, 5):
         x = gen.standard_normal((n, 3, 12, 12)).astype(np.float32)
@@ -317,16 +317,16 @@ def test_cli_compiles_a_cnn_over_a_run_time_batch(tmp_path: Path, capsys: Any):
     _check(strataml.load(out), model, [1, 6])
 
 
-def test_a_separable_group_the_symbolic_rules_take_stays_one_call():
-    """An embedding lookup is batch-separable, but its rules take the run-time batch: it
-    keeps the one symbolic call (looping is for the groups whose rules refuse run-time
-    sizes)."""
+def test_a_separable_group_without_a_product_over_the_samples_loops():
+    """An embedding lookup is batch-separable and its rules would take the run-time batch
+    too, but the one-sample kernel is the static build's (the symbolic schedule would
+    share the batch, often 1, between the threads): it loops."""
     model = onnx_model([helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
                         helper.make_node("Softmax", ["e"], ["y"], name="softmax", axis=-1)],
                        {"ids": ("int64", ["batch", 6])}, {"y": (F32, None)},
                        {"table": weights(10, 4)})
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=1)
-    assert not any(c.repeated for c in compiled.plan.calls)
+    assert all(c.repeated for c in compiled.plan.calls)
     for n in (1, 4):
         ids = np.random.default_rng(n).integers(0, 10, (n, 6)).astype(np.int64)
         np.testing.assert_allclose(compiled.run({"ids": ids})[0],
