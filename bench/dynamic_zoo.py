@@ -7,6 +7,7 @@ same file, alternated rounds, medians of per-round ratios, ONNX Runtime against 
 noise floor. Usage:
 
     .venv/bin/python bench/dynamic_zoo.py [--models swin_t.dynamo,llama.classic] [--seq 64]
+        [--batch 1]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=DEFAULT)
     p.add_argument("--seq", type=int, default=64, help="the sequence length of text models")
+    p.add_argument("--batch", type=int, default=1, help="the batch (every other dim)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-time", type=float, default=0.3)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 def _row(name: str, path: Path, args: argparse.Namespace) -> str:
     """One model: compiled with its dims kept and for one size, alternated with ORT."""
     dynamic = strataml.compile(str(path), num_threads=args.threads)
-    values = {d: (args.seq if d == "seq" else 1) for d in dynamic.plan.dims}
+    values = {d: (args.seq if d == "seq" else args.batch) for d in dynamic.plan.dims}
     static = strataml.compile(str(path), dim_values=values, num_threads=args.threads)
     session = ort_session(path, args.threads, spin=True)
     rng = np.random.default_rng(0)

@@ -100,3 +100,72 @@ def _code(compiled: Any, looped_only: bool = False) -> dict[str, str]:
     functions = {f.name: print_function(f) for f in compiled.program.loops}
     return {c.kernel: functions[c.function] for c in compiled.plan.calls
             if c.repeated or not looped_only}
+
+
+def _se_net() -> Any:
+    """EfficientNet's / MobileNetV3's block shapes: a stem conv, an inverted residual with a
+    depthwise conv, SiLU and a squeeze-excitation (global pool -> 1x1 -> SiLU -> 1x1 ->
+    sigmoid -> scale), a hard-swish, then pooling and a 1000-class Linear."""
+    from torch import nn
+
+    class SqueezeExcite(nn.Module):
+        def __init__(self, c: int, squeezed: int) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, squeezed, 1), nn.Conv2d(squeezed, c, 1)
+
+        def forward(self, x: Any) -> Any:
+            s = nn.functional.adaptive_avg_pool2d(x, 1)
+            return x * torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(s))))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.SiLU())
+            self.expand = nn.Sequential(nn.Conv2d(32, 96, 1), nn.BatchNorm2d(96), nn.SiLU())
+            self.depthwise = nn.Sequential(nn.Conv2d(96, 96, 3, 1, 1, groups=96),
+                                           nn.BatchNorm2d(96), nn.SiLU())
+            self.se = SqueezeExcite(96, 8)
+            self.project = nn.Sequential(nn.Conv2d(96, 32, 1), nn.BatchNorm2d(32))
+            self.head = nn.Sequential(nn.Conv2d(32, 64, 1), nn.Hardswish())
+            self.fc = nn.Linear(64, 1000)
+
+        def forward(self, x: Any) -> Any:
+            x = self.stem(x)
+            x = x + self.project(self.se(self.depthwise(self.expand(x))))
+            x = nn.functional.adaptive_avg_pool2d(self.head(x), 1).flatten(1)
+            return self.fc(x)
+
+    return Net()
+
+
+@pytest.mark.parametrize("exporter", ["classic", "dynamo"])
+def test_squeeze_excite_and_depthwise_blocks_loop_the_static_code(exporter: str,
+                                                                  tmp_path: Path):
+    """Every kernel but the classifier loops the static one-sample code (the depthwise
+    conv, SiLU, the SE block's pool, 1x1 convs, sigmoid and scale: at batch 1 exactly the
+    static build's functions); the 1000-class Linear over the batch rows takes the run-time
+    gemm (its last 8 columns row by row); against ONNX Runtime at batches 1, 2, 3, 5."""
+    torch.manual_seed(0)
+    module = calibrate_batchnorm(_se_net(), (4, 3, SIZE, SIZE), seed=1)
+    path = tmp_path / "se.onnx"
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            pytest.importorskip("onnxscript")
+            torch.onnx.export(module, (x,), str(path), dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+        else:
+            torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "batch"}})
+    model = onnx.load(str(path))
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    (classifier,) = [c for c in compiled.plan.calls if not c.repeated]
+    assert "gemm" in classifier.kernel or "matmul" in classifier.kernel, classifier
+    assert any(s.strategy == "gemm" for s in compiled.program.schedules[
+        classifier.kernel].stages), compiled.program.schedules[classifier.kernel]
+    assert len(compiled.plan.calls) >= 8
+    _check(compiled, model, (1, 2, 3, 5), SIZE)
+    static = strataml.compile(model, dim_values={"batch": 1}, num_threads=2)
+    looped = _code(compiled, looped_only=True)
+    assert looped == {k: v for k, v in _code(static).items() if k in looped}

@@ -131,10 +131,10 @@ def test_a_cnn_compiles_once_and_loops_its_kernels_over_the_batch(compiles: list
     model = _cnn()
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
                                 dim_ranges={"batch": (1, 8)})
-    # (conv and pool loop the one-sample kernel; the classifier's rules take the run-time
-    # rows, so it stays one symbolic call)
+    # (conv, pools and flatten loop the one-sample kernel; the classifier is a product
+    # over the samples as rows, which the run-time-rows gemm takes: one symbolic call)
     looped = {c.kernel: c.repeated for c in compiled.plan.calls}
-    assert looped == {k: "conv" in k or "pool" in k for k in looped}, looped
+    assert looped == {k: "gemm" not in k for k in looped}, looped
     assert all(str(c.repeat) == "batch" for c in compiled.plan.calls if c.repeated)
     assert all(c.dims for c in compiled.plan.calls if not c.repeated)
     # (the input's per-sample stride is one image; the weights are shared)
@@ -158,7 +158,7 @@ def test_conv_transpose_average_pool_and_a_row_softmax_loop_over_the_batch():
         helper.make_node("Softmax", ["p"], ["y"], name="softmax", axis=1)],
         {"x": (F32, ["batch", 3, 12, 12])}, {"y": (F32, None)}, {"w": weights(3, 4, 2, 2)})
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
-    assert [c.repeated for c in compiled.plan.calls] == [True, True, False]
+    assert [c.repeated for c in compiled.plan.calls] == [True, True, True]
     gen = np.random.default_rng(2)
     for n in (1, 2, 5):
         x = gen.standard_normal((n, 3, 12, 12)).astype(np.float32)
@@ -317,17 +317,112 @@ def test_cli_compiles_a_cnn_over_a_run_time_batch(tmp_path: Path, capsys: Any):
     _check(strataml.load(out), model, [1, 6])
 
 
-def test_a_separable_group_the_symbolic_rules_take_stays_one_call():
-    """An embedding lookup is batch-separable, but its rules take the run-time batch: it
-    keeps the one symbolic call (looping is for the groups whose rules refuse run-time
-    sizes)."""
+def test_a_separable_group_without_a_product_over_the_samples_loops():
+    """An embedding lookup is batch-separable and its rules would take the run-time batch
+    too, but the one-sample kernel is the static build's (the symbolic schedule would
+    share the batch, often 1, between the threads): it loops."""
     model = onnx_model([helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
                         helper.make_node("Softmax", ["e"], ["y"], name="softmax", axis=-1)],
                        {"ids": ("int64", ["batch", 6])}, {"y": (F32, None)},
                        {"table": weights(10, 4)})
     compiled = strataml.compile(model, dynamic_dims=True, num_threads=1)
-    assert not any(c.repeated for c in compiled.plan.calls)
+    assert all(c.repeated for c in compiled.plan.calls)
     for n in (1, 4):
         ids = np.random.default_rng(n).integers(0, 10, (n, 6)).astype(np.int64)
         np.testing.assert_allclose(compiled.run({"ids": ids})[0],
                                    ort_run(model, {"ids": ids})[0], rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------- samples on the threads
+
+
+def _winograd_cnn() -> ModelProto:
+    """Two 3x3 convs (Winograd: scratch buffers per call) + SiLU between them, a global
+    pool and a 1000-class classifier (N not a whole number of vectors)."""
+    return onnx_model([
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig"),
+        helper.make_node("Mul", ["c1", "s1"], ["a1"], name="silu"),
+        helper.make_node("Conv", ["a1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)],
+        {"x": (F32, ["batch", 16, 24, 24])}, {"y": (F32, None)},
+        {"w1": weights(32, 16, 3, 3), "b1": weights(32, seed=1),
+         "w2": weights(32, 32, 3, 3, seed=2), "fw": weights(1000, 32, seed=3),
+         "fb": weights(1000, seed=4)})
+
+
+def test_looped_samples_run_on_the_thread_pool_with_a_scratch_each():
+    """With 2 threads the entry hands a looped kernel's samples to the pool (a worker that
+    calls the one-sample kernel per sample, one parallel region a kernel, as the static
+    batch-N build's batch-outer schedule); each sample gets its own scratch (temps advance
+    per sample, so samples side by side never share one), and the answers match ONNX
+    Runtime at every batch, run after run."""
+    model = _winograd_cnn()
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2,
+                                dim_ranges={"batch": (1, 8)})
+    ir_text = compiled.program.llvm_ir
+    workers = [line for line in ir_text.splitlines()
+               if line.startswith("define") and ".samples.worker" in line]
+    looped = [c for c in compiled.plan.calls if c.repeated]
+    assert len(workers) == len(looped) >= 4, (workers, looped)
+    lines = ir_text.splitlines()
+    start = next(k for k, line in enumerate(lines)
+                 if line.startswith("define") and "strataml_entry" in line)
+    entry = "\n".join(lines[start:lines.index("}", start)])
+    assert entry.count("@strataml_parallel_for") >= len(looped), entry
+    functions = {f.name: f for f in compiled.program.loops}
+    with_temps = 0
+    for call in looped:
+        fn = functions[call.function]
+        kernel = next(k for k in compiled.program.kernels if k.name == call.kernel)
+        roles = {b.name: b.role for b in kernel.buffers}
+        for p, stride in zip(fn.params, call.strides, strict=True):
+            if roles.get(p.name) == "temp":
+                with_temps += 1
+                assert stride == p.size * 4, (call.kernel, p.name, stride)
+    assert with_temps, "no looped kernel with scratch: the model no longer tests it"
+    gen = np.random.default_rng(12)
+    for n in (1, 2, 3, 5, 8):
+        x = gen.standard_normal((n, 16, 24, 24)).astype(np.float32)
+        want, = ort_run(model, {"x": x})
+        for _ in range(3):  # (samples racing on a scratch would show as a flaky answer)
+            np.testing.assert_allclose(compiled.run({"x": x})[0], want, rtol=1e-3,
+                                       atol=1e-4, err_msg=f"batch {n}")
+
+
+def test_the_sample_rule_needs_work_and_buffers_of_their_own():
+    """`min_samples`: 2 where the one-sample kernel has a parallel loop; else as many
+    samples as make the static rules' parallel work; never where a buffer every sample
+    shares is written."""
+    from strataml.codegen.repeat import SAMPLES_MIN_WORK, min_samples
+    from strataml.ir.dialects.loop import For, LoopFunction, Param, Store
+    from strataml.ir.expr import Load, var
+
+    i = var("i")
+    copy = (Store("y", i, Load(F32, "x", (i,))),)
+
+    def fn(kind: str, n: int) -> LoopFunction:
+        return LoopFunction("k", (Param("x", F32, n), Param("y", F32, n)),
+                            (For(i, n, copy, kind),))
+
+    assert min_samples(fn("parallel", 64), [256, 256]) == 2
+    assert min_samples(fn("serial", 1024), [4096, 4096]) == SAMPLES_MIN_WORK // 1024
+    assert min_samples(fn("serial", 1 << 16), [4, 4]) == 2
+    assert min_samples(fn("parallel", 64), [256, 0]) == 0  # (y shared and written)
+    assert min_samples(fn("parallel", 64), [0, 256]) == 2  # (x shared, read only)
+
+
+def test_one_thread_keeps_the_plain_sample_loop():
+    """One thread: the same code, the samples one after another (the pool's branch is not
+    taken), matching ONNX Runtime."""
+    model = _winograd_cnn()
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=1)
+    gen = np.random.default_rng(13)
+    for n in (1, 3):
+        x = gen.standard_normal((n, 16, 24, 24)).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})[0], ort_run(model, {"x": x})[0],
+                                   rtol=1e-3, atol=1e-4, err_msg=f"batch {n}")

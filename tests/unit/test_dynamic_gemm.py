@@ -199,3 +199,65 @@ def test_one_panel_shares_its_row_tiles_between_threads():
         for _ in range(3):  # (threads racing on one scratch would show as a flaky answer)
             np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                        rtol=RTOL, atol=ATOL, err_msg=str(tokens))
+
+
+@pytest.mark.parametrize(("k", "n", "epilogue", "packed"),
+                         [(512, 1000, "bias", True), (64, 17, "gelu", False),
+                          (96, 40, "residual", True), (768, 1000, "bias", True)])
+def test_columns_past_the_last_whole_vector_go_row_by_row(k, n, epilogue, packed):
+    """N = 1000 (a classifier: 31 panels, then 8 columns), 17 (a vector, then 1), 40 (a
+    panel, then 8 with a residual), and 768 x 1000 (reduction blocks, the tail outside
+    them): the register tiles take the whole vectors, the last N % 16 columns a small row
+    per run-time row (B from the zero-padded last panel where packed), as in the static
+    gemm; the tail's row loop is the run-time row count and nothing is clamped."""
+    model = linear(k, n, epilogue)
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2)
+    gemm_fired(compiled, packed)
+    (text,) = [print_function(fn) for fn in compiled.program.loops if "matmul" in fn.name]
+    assert "tailrow" in text, text
+    assert "0..%seq" in text, text
+    gen = np.random.default_rng(9)
+    for b, s in [(1, 1), (1, 2), (1, 3), (3, 5), (1, MR + 1), (2, 2 * MR + 3), (1, 127)]:
+        feeds = {"x": gen.standard_normal((b, s, k)).astype(F32)}
+        if epilogue == "residual":
+            feeds["r"] = gen.standard_normal((b, s, n)).astype(F32)
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=str((b, s)))
+
+
+def test_a_classifier_over_the_batch_takes_the_run_time_gemm():
+    """Gemm [batch, 512] x [512, 1000]^T + bias (ResNet's fc; the flatten before it) at
+    batch 1, 2, 3, 5: the run-time gemm with its 8-column tail, not the row trace."""
+    fw, fb = weights(1000, 512, seed=5), weights(1000, seed=6)
+    model = onnx_model([helper.make_node("Flatten", ["x"], ["f"]),
+                        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1)],
+                       {"x": (F32, ["batch", 512, 1, 1])}, {"y": (F32, None)},
+                       {"fw": fw, "fb": fb})
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    (text,) = [print_function(fn) for fn in compiled.program.loops if "gemm" in fn.name]
+    assert "panels" in text, text
+    assert "tailrow" in text, text
+    assert "min(max(" not in text, text
+    assert any(s.strategy == "gemm" for sched in compiled.program.schedules.values()
+               for s in sched.stages)
+    gen = np.random.default_rng(10)
+    for n in (1, 2, 3, 5):
+        feeds = {"x": gen.standard_normal((n, 512, 1, 1)).astype(F32)}
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=f"batch {n}")
+
+
+def test_fewer_columns_than_a_vector_keep_the_symbolic_nest():
+    """N = 10 is narrower than an AVX-512 vector: no register tile; the symbolic nest
+    computes it over the run-time rows, against ONNX Runtime (with 8 lanes the gemm takes
+    it: a vector and a 2-column tail)."""
+    model = linear(48, 10, "bias")
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2)
+    gemm = any(s.strategy == "gemm" for sched in compiled.program.schedules.values()
+               for s in sched.stages)
+    assert gemm == (10 >= host_target().vector_lanes_f32)
+    gen = np.random.default_rng(11)
+    for b, s in [(1, 1), (2, 3), (3, 5), (1, 17)]:
+        feeds = {"x": gen.standard_normal((b, s, 48)).astype(F32)}
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=str((b, s)))

@@ -465,13 +465,15 @@ def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng
         _check_spare(arrays, ["y"])
 
 
-def test_contraction_with_a_narrow_static_row_vectorises_the_whole_row():
-    """N under one tile width and no whole number of vectors (20: not the run-time gemm):
-    the row trace unblocked, parallel over the innermost run-time row loop (tokens), never
-    the vector loop."""
-    kernel = parse_kernel(LINEAR.replace("192", "20"))
-    (stage,) = default_schedule(kernel, threads=2).stages
-    assert tuple(map(str, stage.steps)) == ("reorder(k, n)", "vectorize(n)", "parallel(j)")
+def test_contraction_with_a_narrow_static_row_takes_the_gemm_or_the_plain_nest():
+    """N of a vector or more but no whole number of them (20) takes the run-time gemm (the
+    columns past the last whole vector row by row); N narrower than a vector (6) the
+    canonical nest, parallel over the innermost run-time row loop (tokens)."""
+    (wide,) = default_schedule(parse_kernel(LINEAR.replace("192", "20")), threads=2).stages
+    assert wide.strategy == "gemm"
+    (narrow,) = default_schedule(parse_kernel(LINEAR.replace("192", "6")), threads=2).stages
+    assert narrow.strategy != "gemm"
+    assert tuple(map(str, narrow.steps)) == ("parallel(j)",)
 
 
 def test_a_reduction_over_a_run_time_axis_jams_the_query_rows(rng):

@@ -29,7 +29,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from llvmlite.binding import ffi
 
-from strataml.codegen.repeat import emit_repeated_call
+from strataml.codegen.repeat import emit_repeated_call, min_samples
 from strataml.codegen.sizes import SizeEmitter, floor_divide_by_size
 from strataml.codegen.vector_math import VECTOR_MATH, MathFunction, vector_math
 from strataml.errors import CodegenError
@@ -779,6 +779,7 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
     if contract:
         _contract_global(module, contract)
     emitted: dict[str, ir.Function] = {}
+    loop_fns = {fn.name: fn for fn in functions}
     for fn in functions:
         emitter = _FunctionEmitter(module, fn, flush_denormals=flush_denormals, math=math)
         emitter.emit()
@@ -825,7 +826,11 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
             if sizes is None:
                 raise CodegenError(f"plan step {call.kernel}: repeats {call.repeat} times, "
                                    "but the plan has no dims table (build_module's dims)")
-            emit_repeated_call(b, callee, raws, call.strides, extra, sizes.value(call.repeat))
+            pool = _declare(module, POOL_ENTRY, ir.VoidType(),
+                            [ir.PointerType(WORKER_TYPE), PTR, I64, I32])
+            emit_repeated_call(b, callee, raws, call.strides, extra, sizes.value(call.repeat),
+                               b.load(_threads_global(module)), pool,
+                               min_samples(loop_fns[call.function], call.strides))
         else:
             b.call(callee, args + extra)
     b.ret_void()

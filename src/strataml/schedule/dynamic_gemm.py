@@ -1,7 +1,8 @@
 """Which stages over run-time dims take the gemm strategy: a Linear layer with run-time rows.
 
 A contraction `[.., rows, K] x [K, N]` whose rows (tokens, batch x tokens) are known only at
-run time but whose K and N are static, with B a static buffer (weights, packed into panels
+run time but whose K and N are static (N at least a vector; the columns past its last whole
+vector go row by row), with B a static buffer (weights, packed into panels
 at compile time as in the static build), gets the static micro-kernel: register tiles of
 `mr` rows over the run-time row count's whole tiles, then its tail in smaller tiles
 (`passes.lower.dynamic_gemm`). Tile sizes are the static rules' for `REPRESENTATIVE_ROWS`
@@ -32,8 +33,8 @@ def run_time_contraction(kernel: Kernel, stage: Stage, lanes: int) -> Contractio
     if isinstance(found, str):
         return found
     width, rows = shape[-1], shape[found.i_axis]
-    if not isinstance(width, int) or width < lanes or width % lanes:
-        return f"the output's last axis ({width}) is not a multiple of {lanes} lanes"
+    if not isinstance(width, int) or width < lanes:
+        return f"the output's last axis ({width}) is narrower than {lanes} lanes"
     if isinstance(rows, int) and rows < MIN_STATIC_ROWS:
         return f"{rows} rows"
     return found

@@ -29,12 +29,20 @@ def lower_over_run_time_sizes(graph: Graph, node: Node, name: str
                               ) -> tuple[Kernel, dict[str, str], dict[str, np.ndarray], Size]:
     """The group's kernel, its bindings, derived constants and repeat count (1: one call).
 
-    The symbolic lowering where the group's rules take run-time sizes; where they refuse one
-    (UnsupportedOpError: conv, pooling, the channels-last ops) and the group is
-    batch-separable, its one-sample kernel and the batch as the repeat count. The symbolic
-    kernel is preferred where both exist: a Linear layer over batch rows streams its weights
-    once per 4 rows there (`row_jam`), once per sample looped (MatMul 512x1024x1000 at batch
-    16: 8.4 ms looped against ~6.8 symbolic); at batch 1 the two are within noise."""
+    A batch-separable group runs its one-sample kernel over the batch, unless it holds a
+    product whose rows are the samples (a Linear layer over `[batch, K]`): that one keeps
+    the symbolic kernel, whose run-time-rows gemm reads the weights once for all the rows
+    (`dynamic_gemm`), where the loop reads them once per sample (MatMul 512x1024x1000 at
+    batch 16: 8.4 ms looped against ~6.8 symbolic). Every other separable group is
+    faster looped: the symbolic schedule's parallel loop is the run-time batch, so at batch
+    1 an elementwise map (EfficientNet's x * sigmoid(x)) or a pooled reduction ran on one
+    thread (2x the static build's time on 2), where the one-sample kernel is the static
+    build's and the entry shares the samples between the threads (codegen/repeat.py).
+    A group that is not separable takes the symbolic lowering (or its clear error)."""
+    if not _rows_are_samples(graph, node):
+        per_sample = lower_per_sample(graph, node, name)
+        if per_sample is not None:
+            return per_sample
     try:
         kernel, values, made = lower_group(graph, node, name)
         return kernel, values, made, 1
@@ -43,6 +51,17 @@ def lower_over_run_time_sizes(graph: Graph, node: Node, name: str
         if per_sample is None:
             raise
         return per_sample
+
+
+def _rows_are_samples(graph: Graph, node: Node) -> bool:
+    """The group holds a Gemm or a MatMul whose A is `[batch, K]`: a product over the
+    samples as rows, which the run-time-rows gemm takes."""
+    body = node.body if node.op == "fused" else (node,)
+    for n in body:
+        if n.op == "Gemm" or (n.op == "MatMul" and graph.types[n.inputs[0]].rank == 2):
+            if not graph.types[n.inputs[0]].is_static:
+                return True
+    return False
 
 
 def lower_per_sample(graph: Graph, node: Node, name: str

@@ -21,6 +21,7 @@ from strataml.ir.dialects.loop import (
     Allocate,
     Assign,
     Declare,
+    Extent,
     For,
     Prefetch,
     Stmt,
@@ -268,12 +269,19 @@ class _Gemm:
                  ) -> list[Stmt]:
         """The last `width` (< one vector) columns: per row, the reduction loops outside and
         the columns innermost, accumulating a small stack row (vectorises across columns)."""
+        i = self.low.fresh("i")
+        return self.columns_past(i, m, {**env, i: (0, m - 1)}, col0, width)
+
+    def columns_past(self, i: Var, m: Extent, env: dict[Var, Interval], col0: int,
+                     width: int) -> list[Stmt]:
+        """`row_tail`'s loop over rows `i` in 0..m (a run-time count, too: `env` holds the
+        interval of `i`)."""
         low, c = self.low, self.c
         i_var, j_var = self.axes[c.i_axis], self.axes[-1]
-        i, jt = low.fresh("i"), low.fresh("jt")
+        jt = low.fresh("jt")
         row = f"tailrow{next(low.names)}"
         low.scratch.append(Allocate(row, c.reduce.dtype, width))
-        row_env = {**env, i: (0, m - 1), jt: (0, width - 1)}
+        row_env = {**env, jt: (0, width - 1)}
         point = {**self.mapping, i_var: i, j_var: jt + col0}
         rs = [low.fresh("r") for _ in c.reduce.axes]
         r_env = {**row_env, **{v: (0, e - 1)

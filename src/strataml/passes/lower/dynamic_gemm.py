@@ -12,7 +12,8 @@ the count is a run-time size `rows`, so the nest is
         }
       }
     }
-    then the last N % nr columns (whole vectors) the same way with a narrower tile.
+    then the last N % nr columns (whole vectors) the same way with a narrower tile,
+    then the last N % lanes columns row by row (`column_tail`).
 
 (With K > N the block loop goes outermost instead, see `blocks_outer`.) Each tile
 accumulates one block of the reduction in registers from B's panel (packed at compile time,
@@ -73,7 +74,10 @@ class _RunTimeGemm:
         self.rows: Size = shape[c.i_axis]
         width = shape[-1]
         assert isinstance(width, int)  # (run_time_contraction checked it)
-        self.width = width
+        # the register tiles take the whole vectors; the last width % lanes columns are
+        # the column tail's (`column_tail`)
+        self.width = width - width % how.lanes
+        self.tail_width = width % how.lanes
         self.i_var, self.j_var = axes[c.i_axis], axes[-1]
         self.env: dict[Var, Interval] = {}
         mapping: Substitution = {}
@@ -267,8 +271,22 @@ class _RunTimeGemm:
             kind = "parallel" if how.parallel and self.by_panels else "serial"
             out.append(For(jb, panels, tuple(body(jb, nr // lanes, {jb: (0, panels - 1)})),
                            kind))
-        if self.width % nr:  # (whole vectors: run_time_contraction checked it)
+        if self.width % nr:  # (whole vectors)
             out.extend(body(idx(panels), self.width % nr // lanes, {}))
+        return out
+
+    def column_tail(self) -> list[Stmt]:
+        """The last N % lanes columns (fewer than a vector: N = 1000 leaves 8), as the
+        static gemm's `row_tail`: per run-time row, the whole reduction into a small stack
+        row across the columns, then the epilogue; B from its panels (packed with zeros
+        past N) or in place."""
+        if not self.tail_width:
+            return []
+        i = self.low.fresh("i")
+        extent = self.loop(i, self.rows)
+        out = self.g.columns_past(i, extent, dict(self.env), self.width, self.tail_width)
+        for v, n in reversed(self.outer):
+            out = [For(v, n, tuple(out))]
         return out
 
     @property
@@ -283,9 +301,9 @@ class _RunTimeGemm:
 
     def build(self) -> list[Stmt]:
         if not self.blocks_outer:
-            return self.build_panels_outer()
+            return [*self.build_panels_outer(), *self.column_tail()]
         return [For(self.kb, self.k_blocks - 1, tuple(self.panels_of(False))),
-                *self.panels_of(True)]
+                *self.panels_of(True), *self.column_tail()]
 
     def build_panels_outer(self) -> list[Stmt]:
         """Column panels outermost, each running its reduction blocks over all the rows."""

@@ -24,7 +24,7 @@ from strataml.codegen.link import host_linker, model_library, runtime_library
 from strataml.codegen.llvm import build_module, compile_module
 from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, Node
-from strataml.ir.dialects.kernel import Kernel, print_kernel, verify_kernel
+from strataml.ir.dialects.kernel import Buffer, Kernel, print_kernel, verify_kernel
 from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
 from strataml.ir.size_exprs import dim_var
 from strataml.ir.types import TensorType
@@ -517,6 +517,11 @@ def _call_dims(kernel: Kernel, fn: LoopFunction, dims: tuple[str, ...]) -> tuple
     return tuple(out)
 
 
+def _temp_bytes(buf: Buffer) -> Size:
+    """A scratch buffer's bytes (static in a one-sample kernel)."""
+    return numel(buf.shape) * np.dtype(buf.dtype).itemsize
+
+
 def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
           functions: list[str], placed: dict[str, tuple[str, int]],
           in_place: list[tuple[tuple[str, str], ...]],
@@ -552,8 +557,10 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     for s, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
         for buf in kernel.buffers:
             if buf.role == "temp":
-                temps.append(Interval(f"{kernel.name}/{buf.name}", numel(buf.shape) *
-                                      np.dtype(buf.dtype).itemsize, s, s))
+                # (one per sample where the kernel repeats: its samples may run side by
+                # side, codegen/repeat.py)
+                temps.append(Interval(f"{kernel.name}/{buf.name}", repeats.get(
+                    kernel.name, 1) * _temp_bytes(buf), s, s))
                 continue
             value = values[buf.name]
             if buf.role == "output":
@@ -606,11 +613,11 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     for kernel, values, function in zip(kernels, bindings, functions, strict=True):
         args = []
         repeat = repeats.get(kernel.name, 1)
-        strides = []  # (bytes per sample: 0 for temps, weights and values without the batch)
+        strides = []  # (bytes per sample: 0 for weights and values without the batch)
         for buf in kernel.params:
             if buf.role == "temp":
                 args.append((0, offsets[f"{kernel.name}/{buf.name}"]))
-                strides.append(0)
+                strides.append(int(_temp_bytes(buf)) if repeat != 1 else 0)
             else:
                 where = slot(values[buf.name])
                 args.append((region_ids[where.region], where.offset))
