@@ -82,7 +82,7 @@ def compare(name: str, dbs: dict[str, Path | None], args: argparse.Namespace
     return out
 
 
-def cost_model_check(dbs: list[Path], folds: int = 5, seed: int = 0) -> None:
+def cost_model_check(dbs: list[Path], folds: int = 5, seed: int = 0, seeds: int = 1) -> None:
     """How well the cost model ranks measurements it was not trained on: every successful
     trial of the databases (features, measured ratio), k-fold by workload (a workload's
     trials are all held out together, as a new kernel's would be) and at random.
@@ -91,9 +91,11 @@ def cost_model_check(dbs: list[Path], folds: int = 5, seed: int = 0) -> None:
     (the score printed before; it also credits telling workloads apart). Per workload:
     Spearman within each held-out workload of at least 5 trials, mean and median over the
     workloads of all folds: what the search needs, as it ranks one kernel's candidates.
-    Each model is scored on the stored vectors as inputs (the model before) and on the
-    inputs relative to the default (`tuning.model_inputs`, what the tuner feeds it now),
-    with the regression and the rank objective."""
+    Each model is scored on the stored vectors as inputs (what the tuner feeds it) and on
+    the inputs relative to the default (`tuning.model_inputs`), with the regression and
+    the rank objective. `seeds` > 1 repeats the k folds with other
+    shuffles (fold scores vary by +-0.15 with which workloads fall together) and prints the
+    median over all folds."""
     import json
     import random
     import sqlite3
@@ -115,20 +117,22 @@ def cost_model_check(dbs: list[Path], folds: int = 5, seed: int = 0) -> None:
     if len(keys) < folds:
         print(f"cost model: too few workloads ({len(keys)}) to hold any out")
         return
-    random.Random(seed).shuffle(keys)
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    splits = {
+    splits: dict[str, list[list[int]]] = {"by workload": [], "random": []}
+    for repeat in range(seeds):  # (seed 0 alone: the folds printed before)
+        shuffled = list(keys)
+        random.Random(seed + repeat).shuffle(shuffled)
+        order = list(range(len(rows)))
+        random.Random(seed + repeat).shuffle(order)
         # a new kernel's candidates: none of its workload's trials were seen
-        "by workload": [[i for i, (k, _, _, _) in enumerate(rows) if k in set(keys[f::folds])]
-                        for f in range(folds)],
+        splits["by workload"] += [
+            [i for i, (k, _, _, _) in enumerate(rows) if k in set(shuffled[f::folds])]
+            for f in range(folds)]
         # the search's case: other candidates of the same workloads were seen
-        "random": [order[f::folds] for f in range(folds)],
-    }
+        splits["random"] += [order[f::folds] for f in range(folds)]
     vectors = [v for _, _, v, _ in rows]
-    inputs = {"stored vectors": np.asarray(vectors),
-              "relative inputs": model_inputs(vectors, [picks_of_choice(c)
-                                                        for _, c, _, _ in rows])}
+    picks = [picks_of_choice(c) for _, c, _, _ in rows]
+    inputs = {"stored vectors": model_inputs(vectors, picks, "stored"),
+              "relative inputs": model_inputs(vectors, picks, "relative")}
     targets = np.log([r for _, _, _, r in rows])
     groups = np.asarray([k for k, _, _, _ in rows])
     configs = [("stored vectors", "regression"), ("relative inputs", "regression"),
@@ -152,11 +156,13 @@ def cost_model_check(dbs: list[Path], folds: int = 5, seed: int = 0) -> None:
                     within += grouped_spearman(predicted, targets[test], groups[test]).values()
                 per = [s for s, _ in within]
                 sizes = [n for _, n in within]
+                each = f"per fold {' '.join(f'{s:.2f}' for s in scores)}" if seeds == 1 \
+                    else f"over {len(scores)} folds ({seeds} shuffles)"
                 print(f"cost model ({kind}, {features}, {objective}), held out {how}: "
-                      f"Spearman per fold {' '.join(f'{s:.2f}' for s in scores)}, median "
+                      f"Spearman {each}, median "
                       f"{statistics.median(scores):.2f} ({len(rows)} trials, {len(keys)} "
                       f"workloads); per workload mean {statistics.mean(per):.2f}, median "
-                      f"{statistics.median(per):.2f} ({len(per)} workloads of "
+                      f"{statistics.median(per):.2f} ({len(per)} held-out workloads of "
                       f"{min(sizes)}-{max(sizes)} trials, median {statistics.median(sizes):g})",
                       flush=True)
 
@@ -171,6 +177,8 @@ def main() -> int:
     parser.add_argument("--work", default="build/tuning", help="where the databases go")
     parser.add_argument("--cost-model-only", action="store_true",
                         help="only the cost model's held-out ranking on --work's databases")
+    parser.add_argument("--cv-seeds", type=int, default=1,
+                        help="cost model check: repeat its folds with this many shuffles")
     parser.add_argument("--patience", type=int, default=24,
                         help="trials without a better schedule before a kernel's search stops")
     parser.add_argument("--transfer-from", default="",
@@ -179,7 +187,7 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.cost_model_only:
-        cost_model_check(sorted(work.glob("*.db")))
+        cost_model_check(sorted(work.glob("*.db")), seeds=args.cv_seeds)
         return 0
     sources = [s for s in args.transfer_from.split(",") if s]
     for name in sources:
@@ -212,7 +220,7 @@ def main() -> int:
               f"{result['tuned/default']:.3f}, default/ORT {result['default/ort']:.3f}, "
               f"tuned/ORT {result['tuned/ort']:.3f}, noise ORT/ORT {result['noise']:.3f}",
               flush=True)
-    cost_model_check(sorted(work.glob("*.db")))
+    cost_model_check(sorted(work.glob("*.db")), seeds=args.cv_seeds)
     return 0
 
 

@@ -228,10 +228,11 @@ def test_grouped_spearman_matches_scipy_per_group() -> None:
         grouped_spearman(predicted, actual, groups[:-1])
 
 
-def test_model_inputs_are_the_differences_and_the_changed_fields() -> None:
+def test_model_inputs_stored_or_the_differences_and_the_changed_fields() -> None:
     from strataml.tuning.features import FEATURE_NAMES, LOOP_FEATURE_NAMES
     from strataml.tuning.model_inputs import (
-        MODEL_FEATURE_NAMES,
+        RELATIVE_FEATURE_NAMES,
+        TUNER_INPUTS,
         model_inputs,
         picks_of_choice,
     )
@@ -240,12 +241,17 @@ def test_model_inputs_are_the_differences_and_the_changed_fields() -> None:
     vectors = np.arange(2 * len(FEATURE_NAMES), dtype=np.float64).reshape(2, -1)
     choices = ['{"picks": "{\\"stage1.mr\\": 4, \\"stage1.mc\\": 8, \\"stage0.steps\\": []}"}',
                "{}"]
-    x = model_inputs(vectors, [picks_of_choice(c) for c in choices])
-    assert x.shape == (2, len(MODEL_FEATURE_NAMES))
+    picks = [picks_of_choice(c) for c in choices]
+    assert TUNER_INPUTS == "stored"
+    np.testing.assert_array_equal(model_inputs(vectors, picks), vectors)
+    x = model_inputs(vectors, picks, "relative")
+    assert x.shape == (2, len(RELATIVE_FEATURE_NAMES))
     np.testing.assert_array_equal(x[:, :n], vectors[:, n:])
-    named = dict(zip(MODEL_FEATURE_NAMES, x[0], strict=True))
+    named = dict(zip(RELATIVE_FEATURE_NAMES, x[0], strict=True))
     assert (named["changed_mr"], named["changed_mc"], named["changed_steps"]) == (1, 1, 1)
     assert (named["changed_kc"], named["changed_picks"], named["changed_stages"]) == (0, 3, 2)
     assert not x[1, n:].any()  # the default changes nothing
     with pytest.raises(ValueError, match=f"expected {len(FEATURE_NAMES)}"):
         model_inputs(vectors[:, :-1], [{}, {}])
+    with pytest.raises(ValueError, match="stored, relative"):
+        model_inputs(vectors, picks, "absolute")
