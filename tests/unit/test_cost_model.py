@@ -181,19 +181,20 @@ def _offset_groups(groups: int, size: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 @pytest.mark.parametrize("kind", ["numpy", "lightgbm"])
-def test_rank_objective_orders_within_groups_where_regression_does_not(kind: str) -> None:
+def test_group_objectives_order_within_groups_where_regression_does_not(kind: str) -> None:
     if kind == "lightgbm":
         pytest.importorskip("lightgbm")
     x, y, group = _offset_groups(40, 20, seed=0)
     x_new, y_new, group_new = _offset_groups(20, 20, seed=1)  # workloads never seen
     within = {}
-    for objective in ("regression", "rank"):
+    for objective in ("regression", "percentile", "rank"):
         model = make_cost_model(kind, objective)
         model.fit(x, y, group)
         scores = grouped_spearman(model.predict(x_new), y_new, group_new)
         assert len(scores) == 20
         within[objective] = statistics.mean(s for s, _ in scores.values())
     assert within["rank"] >= 0.9
+    assert within["percentile"] >= 0.9
     assert within["regression"] < 0.4
 
 
@@ -205,10 +206,20 @@ def test_rank_objective_without_groups_ranks_everything_together() -> None:
 
 
 def test_unknown_objective_and_mismatched_groups_are_refused() -> None:
-    with pytest.raises(ValueError, match="regression, rank"):
+    with pytest.raises(ValueError, match="regression, percentile, rank"):
         make_cost_model("numpy", "listwise")
     with pytest.raises(ValueError, match="3 groups for 4 targets"):
         GradientBoostedTrees().fit(np.zeros((4, 2)), np.zeros(4), np.zeros(3))
+
+
+def test_percentile_targets_are_places_within_each_group() -> None:
+    from strataml.tuning.cost_model import _group_percentiles
+
+    y = np.array([5.0, 1.0, 3.0, 100.0, -2.0, 7.0, 7.0])
+    groups = np.array([0, 0, 0, 1, 2, 2, 2])
+    # places 3, 1, 2 of three; a lone row; places 1, 2.5, 2.5 (a tie): (place - 0.5) / n - 0.5
+    np.testing.assert_allclose(_group_percentiles(y, groups),
+                               [1 / 3, -1 / 3, 0.0, 0.0, -1 / 3, 1 / 6, 1 / 6])
 
 
 def test_grouped_spearman_matches_scipy_per_group() -> None:

@@ -31,7 +31,7 @@ from strataml.ir.dialects.kernel import Kernel
 from strataml.schedule.schedule import Schedule
 from strataml.schedule.space import ScheduleSpace, schedule_space, structure_key, workload_key
 from strataml.target import Target
-from strataml.tuning.cost_model import CostModel, make_cost_model
+from strataml.tuning.cost_model import TUNER_OBJECTIVE, CostModel, make_cost_model
 from strataml.tuning.database import MIN_GAIN, TuningDatabase
 from strataml.tuning.features import FEATURE_NAMES, candidate_features, schedule_features
 from strataml.tuning.model_inputs import model_inputs, picks_of_choice
@@ -183,7 +183,7 @@ class ScheduleSearch:
         self.target, self.threads = target, threads
         self.rng = random.Random(seed)
         self.patience, self.max_trials, self.pool = patience, max_trials, pool
-        self.model: CostModel = make_cost_model(cost_model)
+        self.model: CostModel = make_cost_model(cost_model, TUNER_OBJECTIVE)
         self.trained = 0
         self.trials = self.builds = self.failures = 0
         self.curve: list[tuple[int, float]] = []  # (trials, estimated model ratio)
