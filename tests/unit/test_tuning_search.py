@@ -222,6 +222,9 @@ def test_the_database_round_trips_and_merges_the_search_tables(tmp_path: Path) -
         vectors, ratios = out.training_data()
         assert sorted(ratios) == [0.8, 1.0]
         assert len(vectors) == 2
+        # what the search retrains on: each trial with its workload and choice
+        assert sorted((k, c, r) for k, c, _, r in out.training_rows()) == [
+            ("k", '{"picks": "{\\"y\\": 2}"}', 0.8), ("k", '{"picks": "{}"}', 1.0)]
         assert out.trial_rows("k")['{"picks": "{\\"x\\": 1}"}'] == (None, "wrong answer")
 
 

@@ -140,6 +140,15 @@ class TuningDatabase:
             ratios.append(float(ratio))
         return vectors, ratios
 
+    def training_rows(self) -> list[tuple[str, str, list[float], float]]:
+        """Every successful trial as (workload key, choice JSON, features, measured ratio):
+        the cost model's inputs are computed from the vector and the choice, and the key
+        groups a workload's candidates (what the model ranks against each other)."""
+        rows = self._db.execute("SELECT key, choice, vector, ratio FROM trials "
+                                "WHERE ratio IS NOT NULL ORDER BY measured")
+        return [(key, choice, json.loads(vector), float(ratio))
+                for key, choice, vector, ratio in rows]
+
     def trial_rows(self, key: str) -> dict[str, tuple[float | None, str | None]]:
         """Every trial of `key`: choice JSON -> (its first timing's ratio or None, error)."""
         rows = self._db.execute("SELECT choice, ratio, error FROM trials WHERE key = ?",

@@ -31,9 +31,10 @@ from strataml.ir.dialects.kernel import Kernel
 from strataml.schedule.schedule import Schedule
 from strataml.schedule.space import ScheduleSpace, schedule_space, structure_key, workload_key
 from strataml.target import Target
-from strataml.tuning.cost_model import CostModel, make_cost_model
+from strataml.tuning.cost_model import TUNER_OBJECTIVE, CostModel, make_cost_model
 from strataml.tuning.database import MIN_GAIN, TuningDatabase
 from strataml.tuning.features import FEATURE_NAMES, candidate_features, schedule_features
+from strataml.tuning.model_inputs import model_inputs, picks_of_choice
 from strataml.tuning.runner import Outcome, Runner, default_spread, task_ratio
 from strataml.tuning.transfer import nearest_picks
 
@@ -182,7 +183,7 @@ class ScheduleSearch:
         self.target, self.threads = target, threads
         self.rng = random.Random(seed)
         self.patience, self.max_trials, self.pool = patience, max_trials, pool
-        self.model: CostModel = make_cost_model(cost_model)
+        self.model: CostModel = make_cost_model(cost_model, TUNER_OBJECTIVE)
         self.trained = 0
         self.trials = self.builds = self.failures = 0
         self.curve: list[tuple[int, float]] = []  # (trials, estimated model ratio)
@@ -256,7 +257,8 @@ class ScheduleSearch:
         if not vectors:
             return None
         ranked = list(vectors)
-        predicted = self.model.predict(np.asarray([vectors[n] for n in ranked]))
+        predicted = self.model.predict(model_inputs([vectors[n] for n in ranked],
+                                                    [json.loads(n) for n in ranked]))
         return ranked[int(np.argmin(predicted))]
 
     # ---------------------------------------------------------------- one round
@@ -367,11 +369,13 @@ class ScheduleSearch:
                               self.target.features, __version__, task.trials, task.done)
 
     def _retrain(self) -> None:
-        vectors, ratios = self.db.training_data()
-        rows = [(v, math.log(r)) for v, r in zip(vectors, ratios, strict=True)
+        rows = [(key, choice, v, math.log(r)) for key, choice, v, r in self.db.training_rows()
                 if len(v) == len(FEATURE_NAMES) and r > 0]  # (another version's features: no)
         if len(rows) >= 8 and len(rows) != self.trained:
-            self.model.fit(np.asarray([v for v, _ in rows]), np.asarray([t for _, t in rows]))
+            inputs = model_inputs([v for _, _, v, _ in rows],
+                                  [picks_of_choice(c) for _, c, _, _ in rows])
+            self.model.fit(inputs, np.asarray([t for _, _, _, t in rows]),
+                           np.asarray([key for key, _, _, _ in rows]))
             self.trained = len(rows)
 
     def model_ratio(self) -> float:
