@@ -116,14 +116,21 @@ def _shift(body: tuple[Stmt, ...], accs: dict[str, int], lane: Var) -> tuple[Stm
     return tuple(out)
 
 
-def _push(s: Stmt, lane: Var, rows: int, accs: dict[str, int]) -> Stmt:
-    """The unrolled row loop moved inside `s`'s serial loops, around what they hold."""
+def _push(s: Stmt, lane: Var, rows: int, accs: dict[str, int], into_vector: bool,
+          nested: bool = False) -> Stmt:
+    """The unrolled row loop moved inside `s`'s serial loops, around what they hold (and,
+    `into_vector`, inside a vector loop within such a loop too)."""
     if isinstance(s, For) and s.kind == "serial" and all(isinstance(c, For) for c in s.body):
-        return For(s.var, s.extent, tuple(_push(c, lane, rows, accs) for c in s.body), s.kind)
+        return For(s.var, s.extent, tuple(_push(c, lane, rows, accs, into_vector, True)
+                                          for c in s.body), s.kind)
+    if isinstance(s, For) and into_vector and nested and s.kind == "vector":
+        return For(s.var, s.extent, (For(lane, rows, _shift(s.body, accs, lane), "unroll"),),
+                   s.kind)
     return For(lane, rows, _shift((s,), accs, lane), "unroll")
 
 
-def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str]) -> tuple[Stmt, ...]:
+def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str], into_vector: bool
+         ) -> tuple[Stmt, ...]:
     def fresh(name: str) -> Var:
         k, out = 1, name
         while out in taken:
@@ -136,7 +143,7 @@ def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str]) -> tuple[S
     n = loop.extent
     assert not isinstance(n, int)
     row = binary("add", binary("mul", outer, rows), lane)
-    main = tuple(_push(s, lane, rows, accs)
+    main = tuple(_push(s, lane, rows, accs, into_vector)
                  for s in substitute_stmts(loop.body, {loop.var: row}))
     start = binary("mul", binary("floordiv", n, rows), rows)
     rest = substitute_stmts(loop.body, {loop.var: binary("add", start, tail)})
@@ -144,8 +151,8 @@ def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str]) -> tuple[S
             For(tail, binary("mod", n, rows), rest, "serial"))
 
 
-def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_ROWS
-             ) -> tuple[tuple[Stmt, ...], list[Allocate]]:
+def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_ROWS,
+             into_vector: bool = False) -> tuple[tuple[Stmt, ...], list[Allocate]]:
     """`body` with each innermost run-time row loop of the shape above jammed `rows` rows at
     a time, and `scratch` (the function's allocations) with those accumulators lengthened."""
     sizes = {s.buffer: s.size for s in scratch if not s.shared}
@@ -166,7 +173,7 @@ def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_RO
                     and _accs_free_of(s.body, accs, s.var) \
                     and _is_row_loop(s.body, accs, s.var):
                 grown.update(accs)
-                out.extend(_jam(s, accs, rows, taken))
+                out.extend(_jam(s, accs, rows, taken, into_vector))
             else:
                 out.append(For(s.var, s.extent, visit(s.body), s.kind))
         return tuple(out)
