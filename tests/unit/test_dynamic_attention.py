@@ -214,6 +214,10 @@ def test_context_sums_over_run_time_keys_with_jammed_rows(tmp_path):
     (fn,) = functions(loops, "matmul")
     assert re.search(r"for r\w* in 0\.\.%seq", fn)
     assert "for unroll" in fn, "the query rows were not jammed"
+    # as many rows as the registers hold, inside the lanes of each step over the keys
+    rows = column_rows(host_target().vector_registers)
+    assert re.search(rf"for r\w* in 0\.\.%seq \{{\n\s*for vector \S+ in 0\.\.32 \{{\n"
+                     rf"\s*for unroll \S+ in 0\.\.{rows} \{{", fn), "V loaded once a row"
     check(compiled, model, [{"p": (b, 2, n, n), "v": (b, 2, n, 32)}
                             for b, n in [(1, n) for n in KEYS] + [(3, 17), (2, 4)]])
 

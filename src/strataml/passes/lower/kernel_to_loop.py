@@ -542,7 +542,8 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
         # (row-by-row stages in one loop over the rows: see row_fuse)
         # (their temporaries in a row scratch where the dims' ranges bound it: row_scratch)
         fused, scratch = fuse_rows_into_scratch(kernel, nests, tuple(body), scratch, dims)
-        jammed, scratch = jam_rows(fused, scratch)
+        jammed, scratch = jam_rows(fused, scratch, into_vector=True, registers=(
+            target.vector_registers, target.vector_lanes_f32))
         # (and innermost run-time loops in whole vectors plus a tail: see key_vector)
         keyed, scratch, _ = vectorize_key_loops(jammed, scratch, target.vector_lanes_f32,
                                                 target.vector_registers)

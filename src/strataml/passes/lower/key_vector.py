@@ -28,13 +28,11 @@ from __future__ import annotations
 from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Prefetch, Stmt, Store
 from strataml.ir.expr import Binary, Expr, Load, Var, idx, rewrite, substitute
 from strataml.ir.index_simplify import linear_in
-from strataml.passes.lower.row_jam import jam_rows
+from strataml.passes.lower.row_jam import jam_rows, rows_in_registers
 from strataml.passes.lower.tail_split import split_with_tail
 
 # Lanes per block: two vectors (Q . K^T: two accumulators a row, as the row trace's tile).
 VECTORS_PER_BLOCK = 2
-# Query rows a block of keys may jam, most preferred first (see `column_rows`).
-COLUMN_ROWS = (8, 4, 2)
 # A jammed tile prefetches the output lines it will store before its reduction.
 PREFETCH_TILE_OUTPUT = True
 
@@ -73,12 +71,10 @@ def _names(body: tuple[Stmt, ...]) -> set[str]:
 
 
 def column_rows(registers: int) -> int:
-    """Query rows jammed around a block of keys: the most of COLUMN_ROWS whose accumulators
-    (`VECTORS_PER_BLOCK` a row), one broadcast of A a row (LLVM loads them all before the
-    multiply-adds) and the block's vectors of K^T fit the target's vector registers."""
-    return next((r for r in COLUMN_ROWS
-                 if (VECTORS_PER_BLOCK + 1) * r + VECTORS_PER_BLOCK
-                 <= registers), 1)
+    """Query rows jammed around a block of keys: as many as the accumulators
+    (`VECTORS_PER_BLOCK` a row), a broadcast a row and the block's K^T vectors fit in
+    `registers` (`row_jam.rows_in_registers`)."""
+    return rows_in_registers(registers, VECTORS_PER_BLOCK)
 
 
 class _Vectorizer:
