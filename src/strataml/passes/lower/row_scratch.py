@@ -42,6 +42,8 @@ def _split(index: Expr, rows: set[Var]) -> tuple[frozenset[tuple[Expr, int]], Ex
     base: set[tuple[Expr, int]] = set()
     rest: dict[Expr, int] = {}
     for atom, n in terms.items():
+        if any(isinstance(x, Load) for x in atom.walk()):
+            return None  # (an index read from memory: nothing to prove it by)
         names = {x for x in atom.walk() if isinstance(x, Var)}
         if names & rows:
             if any(not x.name.startswith("%") and x not in rows for x in names):
