@@ -6,6 +6,7 @@ compiled once, each size against ONNX Runtime on the same model (rtol 1e-3 / ato
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 import strataml
 from tests.conftest import ort_run
+from tests.unit.graphs import dumped
 from tests.unit.test_torch_frontend import LastHidden, _import_transformers
 
 torch = pytest.importorskip("torch")
@@ -61,9 +63,17 @@ def _gpt2(path: Path, dynamic_batch: bool = False) -> onnx.ModelProto:
 def test_compiled_once_by_default_and_right_at_every_size(family: str, tmp_path: Path,
                                                           compiles: list[str]) -> None:
     model = (_bert if family == "bert" else _gpt2)(tmp_path / f"{family}.onnx")
-    compiled = strataml.compile(model, num_threads=2)
+    compiled = strataml.compile(model, num_threads=2, dump_ir_dir=str(tmp_path / "ir"))
     assert len(compiles) == 1
     assert "seq" in compiled.plan.dims
+    # attention's run-time key paths fired (a silent fallback fails here): Q . K^T's query
+    # rows jammed inside its key lanes; BERT's softmax keeps its exponentials in a row
+    # scratch of the derived range's 512 keys (GPT-2's range is not derived: no scratch)
+    loops = re.split(r"(?m)^(?=func @)", dumped(tmp_path / "ir", "loop"))
+    assert any(re.search(r"for vector \S+ in 0\.\.32 \{\n\s*for unroll", f)
+               and "prefetch %" in f for f in loops if re.match(r"func @k\d+_matmul", f))
+    if family == "bert":
+        assert any(re.search(r"alloc %exp\d+_row: float32\[512\]", f) for f in loops)
     batches = BATCHES if family == "bert" else (1,)
     rng = np.random.default_rng(0)
     for batch in batches:

@@ -17,10 +17,13 @@ import pytest
 from onnx import ModelProto, helper
 
 import strataml
-from strataml.ir.dialects.loop import For
+from strataml.errors import InputError
+from strataml.ir.dialects.loop import Allocate, For
 from strataml.ir.parse import parse_kernel
+from strataml.ir.size_exprs import dim_var
 from strataml.passes.lower.kernel_to_loop import lower_kernel
-from strataml.passes.lower.key_vector import VECTORS_PER_BLOCK
+from strataml.passes.lower.key_vector import VECTORS_PER_BLOCK, column_rows
+from strataml.passes.lower.row_scratch import ROW_SCRATCH_MAX
 from strataml.sizes import evaluate
 from strataml.target import host_target
 from tests.conftest import ort_run
@@ -90,6 +93,16 @@ def vector_keys(fn: str, dim: str = "seq") -> bool:
                for v in blocks)
 
 
+def in_row_scratch(fn: str, most: int) -> bool:
+    """The softmax's exponentials in a row scratch of `most` elements (the key range's
+    upper bound), its max and sum in one element each, and no full-size temporary read or
+    written (each stage's temporaries are the function's params `%max..`, `%exp..`, ...)."""
+    temps = re.findall(r"%((?:max|exp|sum|inv_sum)\d+): float32\[", fn.split("{")[0])
+    body = fn.split("{", 1)[1]
+    return bool(temps) and f"_row: float32[{most}]" in body \
+        and all(f"alloc %{t}_row:" in body and f"%{t}[" not in body for t in temps)
+
+
 # ---------------------------------------------------------------- softmax
 
 
@@ -114,6 +127,7 @@ def test_softmax_over_a_run_time_key_row(tmp_path, mask):
     # vectorised by LLVM (see key_vector)
     assert len(re.findall(rf"in 0\.\.floordiv\(%seq, {WIDTH}\)", fns[0])) >= 2
     assert vector_keys(fns[0])
+    assert in_row_scratch(fns[0], RANGES["seq"][1])
     assert reductions_vectorised(llvm_function(tmp_path, "softmax"))
 
     def feed(name: str, s: tuple[int, ...], gen: np.random.Generator) -> np.ndarray:
@@ -124,6 +138,16 @@ def test_softmax_over_a_run_time_key_row(tmp_path, mask):
     shapes = [{"s": (b, 3, 5, n), **({"m": (b, 1, 1, n)} if mask else {})}
               for b, n in [(1, n) for n in KEYS] + [(2, 17), (3, 129)]]
     check(compiled, model, shapes, feed)
+
+
+def test_a_key_row_past_the_range_is_refused_before_the_row_scratch(tmp_path):
+    """The scratch holds the range's most keys (512); the call checks the range first, so
+    513 keys never reach it."""
+    compiled, loops = compile_once(softmax_model(False), tmp_path)
+    assert in_row_scratch(functions(loops, "softmax")[0], 512)
+    with pytest.raises(InputError, match="seq"):
+        compiled.run({"s": np.zeros((1, 3, 5, 513), np.float32)})
+    compiled.run({"s": np.zeros((1, 3, 5, 512), np.float32)})  # (the largest: fine)
 
 
 def test_a_key_row_of_very_different_scores_keeps_its_maximum(tmp_path):
@@ -161,8 +185,24 @@ def test_scores_over_run_time_keys_in_vector_blocks_of_jammed_rows(tmp_path):
     (fn,) = functions(loops, "matmul")
     assert vector_keys(fn)
     assert "for unroll" in fn, "the query rows of a key block were not jammed"
+    rows = column_rows(host_target().vector_registers)
+    # the block's rows jammed inside its key lanes, in the reduction (one K^T vector load
+    # feeds every row), and the tile's output lines prefetched before it
+    assert re.search(rf"for vector (\S+) in 0\.\.{WIDTH} \{{\n\s*for unroll (\S+) in "
+                     rf"0\.\.{rows} \{{", fn), "the rows are not inside the key lanes"
+    assert re.search(rf"for (\S+)\.o in 0\.\.floordiv\(%seq, {rows}\)", fn)
+    assert re.search(rf"for unroll \S+ in 0\.\.{rows} \{{\n\s*prefetch %", fn)
+    # query rows one under / at / over the jammed block, and past two blocks
+    sizes = [(1, n) for n in KEYS] + [(2, 33), (4, 5)] \
+        + [(1, n) for n in (rows - 1, rows, rows + 1, 2 * rows + 3)]
     check(compiled, model, [{"q": (b, 2, n, 32), "kt": (b, 2, 32, n), "m": (b, 1, 1, n)}
-                            for b, n in [(1, n) for n in KEYS] + [(2, 33), (4, 5)]])
+                            for b, n in sizes])
+
+
+def test_rows_jammed_in_a_key_block_fit_the_registers():
+    """Accumulators (2 vectors a row), one broadcast a row and the block's 2 K^T vectors:
+    AVX-512's 32 registers hold 8 rows, AVX2's 16 hold 4, 8 registers hold 2."""
+    assert [column_rows(n) for n in (32, 16, 8, 4)] == [8, 4, 2, 1]
 
 
 def test_context_sums_over_run_time_keys_with_jammed_rows(tmp_path):
@@ -174,6 +214,10 @@ def test_context_sums_over_run_time_keys_with_jammed_rows(tmp_path):
     (fn,) = functions(loops, "matmul")
     assert re.search(r"for r\w* in 0\.\.%seq", fn)
     assert "for unroll" in fn, "the query rows were not jammed"
+    # as many rows as the registers hold, inside the lanes of each step over the keys
+    rows = column_rows(host_target().vector_registers)
+    assert re.search(rf"for r\w* in 0\.\.%seq \{{\n\s*for vector \S+ in 0\.\.32 \{{\n"
+                     rf"\s*for unroll \S+ in 0\.\.{rows} \{{", fn), "V loaded once a row"
     check(compiled, model, [{"p": (b, 2, n, n), "v": (b, 2, n, 32)}
                             for b, n in [(1, n) for n in KEYS] + [(3, 17), (2, 4)]])
 
@@ -307,6 +351,34 @@ def test_softmax_stages_fused_into_one_loop_over_rows(batch):
     assert len(nests) == 1, "the four stages were not fused over their rows"
     assert nests[0].kind == "parallel"
     assert nests[0].extent == 4  # the heads, outermost
+
+
+def test_fused_softmax_temporaries_in_a_row_scratch_sized_by_the_range():
+    """With `seq <= 40` the exponentials take a 40-element scratch, right at sizes up to
+    the bound; without a bound (the default range) they stay in their full-size buffer. The
+    max and the sum take one element each either way."""
+    kernel = parse_kernel(SOFTMAX_ROWS)
+    for ranges, scratch in (({dim_var("seq"): (1, 40)}, {"e_row": 40, "m_row": 1, "s_row": 1}),
+                            (None, {"m_row": 1, "s_row": 1})):
+        fn = lower_kernel(kernel, threads=2, dim_ranges=ranges)
+        allocs = {a.buffer: a.size for a in fn.body if isinstance(a, Allocate)}
+        assert {b: n for b, n in allocs.items() if b.endswith("_row")} == scratch
+        run = Compiled(fn, 2)
+        gen = np.random.default_rng(4)
+        for b, n in ((1, 1), (2, 2), (1, 17), (2, WIDTH + 1), (1, 40)):
+            x = gen.standard_normal((b, 4, n, n)).astype(F32) * 3
+            arrays = {"x": x.ravel()}
+            arrays |= {t.name: np.full(evaluate(t.numel, {"batch": b, "seq": n}) + 1, 7.0,
+                                       np.float32) for t in kernel.buffers if t.role != "input"}
+            run(arrays, batch=b, seq=n)
+            e = np.exp(x - x.max(-1, keepdims=True))
+            np.testing.assert_allclose(arrays["y"][:-1], (e / e.sum(-1, keepdims=True)).ravel(),
+                                       rtol=1e-5, atol=1e-6, err_msg=str((b, n)))
+            assert arrays["y"][-1] == 7.0
+            # (the full-size temporaries in a scratch are never touched)
+            assert all((arrays[t[:-4]] == 7.0).all() for t in scratch)
+            assert ("e_row" in scratch) != (arrays["e"][:-1] != 7.0).all()
+    assert ROW_SCRATCH_MAX >= 512
 
 
 def test_stages_reading_another_row_are_not_fused():

@@ -452,7 +452,8 @@ def test_contraction_over_run_time_rows_takes_the_blocked_row_trace(threads, rng
     b = rng.standard_normal(192).astype(np.float32)
     fn = lower_kernel(kernel, threads=threads)
     kinds = [(lp.var.name, lp.kind) for lp in _loops(fn.body)]
-    # the token loop register-blocked JAM_ROWS rows at a time, then the tail rows
+    # the token loop register-blocked (row_jam.rows_in_registers rows at a time), then the
+    # tail rows
     assert ("j_2.i", "unroll") in kinds, kinds
     assert ("j_2.t", "serial") in kinds, kinds
     for batch, seq in [(1, 1), (2, 13), (1, 17), (3, 5), (2, 8), (1, 6), (1, 7), (1, 4)]:

@@ -62,7 +62,7 @@ from strataml.ir.types import is_int
 from strataml.passes.lower.contraction import gemm_stage
 from strataml.passes.lower.dynamic_gemm import run_time_gemm_stage
 from strataml.passes.lower.key_vector import vectorize_key_loops
-from strataml.passes.lower.row_fuse import fuse_row_stages
+from strataml.passes.lower.row_fuse import fuse_rows_into_scratch
 from strataml.passes.lower.row_jam import jam_rows
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
@@ -540,9 +540,13 @@ def lower_kernel(kernel: Kernel, schedule: Schedule | None = None, threads: int 
     scratch = list(lowering.scratch)
     if kernel.dims:  # (row loops over run-time sizes, register-blocked: see row_jam)
         # (row-by-row stages in one loop over the rows: see row_fuse)
-        jammed, scratch = jam_rows(fuse_row_stages(kernel, nests, tuple(body)), scratch)
+        # (their temporaries in a row scratch where the dims' ranges bound it: row_scratch)
+        fused, scratch = fuse_rows_into_scratch(kernel, nests, tuple(body), scratch, dims)
+        jammed, scratch = jam_rows(fused, scratch, into_vector=True, registers=(
+            target.vector_registers, target.vector_lanes_f32))
         # (and innermost run-time loops in whole vectors plus a tail: see key_vector)
-        keyed, scratch, _ = vectorize_key_loops(jammed, scratch, target.vector_lanes_f32)
+        keyed, scratch, _ = vectorize_key_loops(jammed, scratch, target.vector_lanes_f32,
+                                                target.vector_registers)
         body = list(keyed)
     return LoopFunction(kernel.name, params, (*scratch, *body), kernel.source,
                         dims=tuple(dims))

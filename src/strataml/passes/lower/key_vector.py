@@ -25,14 +25,16 @@ vectorised reduction over the run-time trip count (`reassoc` sums, `fmaximum`).
 
 from __future__ import annotations
 
-from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Stmt, Store
-from strataml.ir.expr import Binary, Expr, Load, Var, rewrite
+from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Prefetch, Stmt, Store
+from strataml.ir.expr import Binary, Expr, Load, Var, idx, rewrite, substitute
 from strataml.ir.index_simplify import linear_in
-from strataml.passes.lower.row_jam import jam_rows
+from strataml.passes.lower.row_jam import jam_rows, rows_in_registers
 from strataml.passes.lower.tail_split import split_with_tail
 
 # Lanes per block: two vectors (Q . K^T: two accumulators a row, as the row trace's tile).
 VECTORS_PER_BLOCK = 2
+# A jammed tile prefetches the output lines it will store before its reduction.
+PREFETCH_TILE_OUTPUT = True
 
 
 def _walk_stmt_exprs(body: tuple[Stmt, ...]) -> list[Expr]:
@@ -68,9 +70,19 @@ def _names(body: tuple[Stmt, ...]) -> set[str]:
     return names
 
 
+def column_rows(registers: int) -> int:
+    """Query rows jammed around a block of keys: as many as the accumulators
+    (`VECTORS_PER_BLOCK` a row), a broadcast a row and the block's K^T vectors fit in
+    `registers` (`row_jam.rows_in_registers`)."""
+    return rows_in_registers(registers, VECTORS_PER_BLOCK)
+
+
 class _Vectorizer:
-    def __init__(self, body: tuple[Stmt, ...], scratch: list[Allocate], width: int) -> None:
-        self.width = width
+    def __init__(self, body: tuple[Stmt, ...], scratch: list[Allocate], lanes: int,
+                 registers: int) -> None:
+        self.lanes = lanes
+        self.width = VECTORS_PER_BLOCK * lanes
+        self.rows = column_rows(registers)
         self.scratch = scratch
         self.taken = _names(body) | {a.buffer for a in scratch}
         self.fired = 0
@@ -168,11 +180,31 @@ class _Vectorizer:
         main, *tail = self.column(cols)
         assert isinstance(main, For)
         inner = For(rows.var, rows.extent, main.body, rows.kind)
-        jammed, self.scratch = jam_rows((inner,), self.scratch)
+        jammed, self.scratch = jam_rows((inner,), self.scratch, self.rows, into_vector=True)
+        if PREFETCH_TILE_OUTPUT:
+            jammed = tuple(_with_output_prefetch(s, self.width, self.lanes) for s in jammed)
         out: list[Stmt] = [For(main.var, main.extent, jammed, main.kind)]
         if tail:
             out.append(For(rows.var, rows.extent, tuple(tail), rows.kind))
         return tuple(out)
+
+
+def _with_output_prefetch(s: Stmt, width: int, lanes: int) -> Stmt:
+    """A jammed tile (`for rows.o { init; reduction; stores }`) with the lines its stores
+    will write prefetched before its reduction, as the static gemm's tiles do: the rows
+    are a key row apart, too many streams for the hardware prefetcher."""
+    if not isinstance(s, For) or not s.body:
+        return s
+    last = s.body[-1]
+    if not (isinstance(last, For) and last.kind == "unroll" and len(last.body) == 1
+            and isinstance(vec := last.body[0], For) and vec.kind == "vector"
+            and all(isinstance(st, Store) for st in vec.body)):
+        return s
+    fetches = tuple(Prefetch(st.buffer, substitute(st.index, {vec.var: idx(c)}))
+                    for st in vec.body if isinstance(st, Store)
+                    for c in range(0, width, lanes))
+    return For(s.var, s.extent, (For(last.var, last.extent, fetches, "unroll"), *s.body),
+               s.kind)
 
 
 def _clamped(body: tuple[Stmt, ...]) -> bool:
@@ -254,12 +286,14 @@ def _only_assigns(st: Stmt, declared: set[Var], stored: set[str]) -> bool:
     return False
 
 
-def vectorize_key_loops(body: tuple[Stmt, ...], scratch: list[Allocate], lanes: int
+def vectorize_key_loops(body: tuple[Stmt, ...], scratch: list[Allocate], lanes: int,
+                        registers: int = 16
                         ) -> tuple[tuple[Stmt, ...], list[Allocate], int]:
     """`body` with each innermost run-time serial loop of the two shapes above split into
-    whole vectors of `VECTORS_PER_BLOCK * lanes` plus a tail; the scratch it needs appended
-    to `scratch`; and how many loops it rewrote."""
-    vec = _Vectorizer(body, list(scratch), VECTORS_PER_BLOCK * lanes)
+    whole vectors of `VECTORS_PER_BLOCK * lanes` plus a tail (`registers`: the target's
+    vector registers, which bound the rows jammed in a column); the scratch it needs
+    appended to `scratch`; and how many loops it rewrote."""
+    vec = _Vectorizer(body, list(scratch), lanes, registers)
     out = vec.visit(body)
     return out, vec.scratch, vec.fired
 

@@ -19,9 +19,13 @@ stages wrote at `row` in the same fused iteration, and nothing a later row write
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from strataml.ir.bounds import Interval
 from strataml.ir.dialects.kernel import Kernel
-from strataml.ir.dialects.loop import For, Stmt, substitute_stmts
-from strataml.ir.expr import Expr, Load
+from strataml.ir.dialects.loop import Allocate, For, Stmt, substitute_stmts
+from strataml.ir.expr import Expr, Load, Var
+from strataml.passes.lower.row_scratch import temps_in_row_scratch
 from strataml.schedule.primitives import LoopNest
 from strataml.schedule.schedule import reads_within_rows
 
@@ -84,18 +88,33 @@ def _chain(loop: Stmt, depth: int) -> list[For] | None:
     return out
 
 
-def fuse_row_stages(kernel: Kernel, nests: dict[str, LoopNest], body: tuple[Stmt, ...]
-                    ) -> tuple[Stmt, ...]:
-    """`body` (one nest per stage, in stage order) as one nest over the rows, where that is
-    valid (above); else `body` as it is."""
+def fuse_rows_into_scratch(kernel: Kernel, nests: dict[str, LoopNest],
+                           body: tuple[Stmt, ...], scratch: list[Allocate],
+                           dims: Mapping[Var, Interval]
+                           ) -> tuple[tuple[Stmt, ...], list[Allocate]]:
+    """`body` (one nest per stage, in stage order) as one nest over the rows where that is
+    valid (above), its temporaries in a row scratch of their own where they fit
+    (`row_scratch`, sized by the dims' ranges `dims`) with `scratch` grown by them; else
+    `body` and `scratch` as they are."""
+    fused = _fused(kernel, nests, body)
+    if fused is None:
+        return body, scratch
+    nest, depth = fused
+    nest, scratch = temps_in_row_scratch(kernel, nest, depth, dims, scratch)
+    return (nest,), scratch
+
+
+def _fused(kernel: Kernel, nests: dict[str, LoopNest], body: tuple[Stmt, ...]
+           ) -> tuple[For, int] | None:
+    """The one nest over the rows and its number of row loops, or None (not valid)."""
     rows = _legal(kernel)
     order = _row_order(kernel, nests, rows) if rows else None
     if not order or len(body) != len(kernel.stages):
-        return body
+        return None
     depth = len(order)
     chains = [_chain(s, depth) for s in body]
     if any(c is None for c in chains):
-        return body
+        return None
     first = chains[0]
     assert first is not None
     inner: list[Stmt] = []
@@ -103,10 +122,12 @@ def fuse_row_stages(kernel: Kernel, nests: dict[str, LoopNest], body: tuple[Stmt
         assert chain is not None
         if any(a.kind != b.kind or a.extent != b.extent for a, b in zip(chain, first,
                                                                           strict=True)):
-            return body
+            return None
         mapping: dict[Expr, Expr] = {a.var: b.var for a, b in zip(chain, first, strict=True)}
         inner.extend(substitute_stmts(chain[-1].body, mapping))
     fused: tuple[Stmt, ...] = tuple(inner)
     for lp in reversed(first):
         fused = (For(lp.var, lp.extent, fused, lp.kind),)
-    return fused
+    (nest,) = fused
+    assert isinstance(nest, For)
+    return nest, depth

@@ -34,6 +34,16 @@ from strataml.ir.expr import Expr, Load, Var, binary, rewrite
 # Rows per block: with a 2-vector accumulator row (TILE_ROW_VECTORS), 8 accumulators, 2 B
 # vectors and a broadcast in registers, which even AVX2's 16 hold.
 JAM_ROWS = 4
+# Rows per block where the registers are known (`rows_in_registers`), most preferred first.
+JAM_ROW_CHOICES = (8, 4, 2)
+
+
+def rows_in_registers(registers: int, vectors: int) -> int:
+    """Rows to jam whose accumulators (`vectors` a row), one broadcast of A a row (with the
+    rows inside the vector loop, LLVM loads them all before the multiply-adds) and a row
+    of B vectors fit `registers` vector registers: 8 on AVX-512 (32) and 4 on AVX2 (16)
+    for 2-vector rows."""
+    return next((r for r in JAM_ROW_CHOICES if (vectors + 1) * r + vectors <= registers), 1)
 
 
 def _walk_exprs(body: tuple[Stmt, ...]) -> list[Expr]:
@@ -116,14 +126,21 @@ def _shift(body: tuple[Stmt, ...], accs: dict[str, int], lane: Var) -> tuple[Stm
     return tuple(out)
 
 
-def _push(s: Stmt, lane: Var, rows: int, accs: dict[str, int]) -> Stmt:
-    """The unrolled row loop moved inside `s`'s serial loops, around what they hold."""
+def _push(s: Stmt, lane: Var, rows: int, accs: dict[str, int], into_vector: bool,
+          nested: bool = False) -> Stmt:
+    """The unrolled row loop moved inside `s`'s serial loops, around what they hold (and,
+    `into_vector`, inside a vector loop within such a loop too)."""
     if isinstance(s, For) and s.kind == "serial" and all(isinstance(c, For) for c in s.body):
-        return For(s.var, s.extent, tuple(_push(c, lane, rows, accs) for c in s.body), s.kind)
+        return For(s.var, s.extent, tuple(_push(c, lane, rows, accs, into_vector, True)
+                                          for c in s.body), s.kind)
+    if isinstance(s, For) and into_vector and nested and s.kind == "vector":
+        return For(s.var, s.extent, (For(lane, rows, _shift(s.body, accs, lane), "unroll"),),
+                   s.kind)
     return For(lane, rows, _shift((s,), accs, lane), "unroll")
 
 
-def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str]) -> tuple[Stmt, ...]:
+def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str], into_vector: bool
+         ) -> tuple[Stmt, ...]:
     def fresh(name: str) -> Var:
         k, out = 1, name
         while out in taken:
@@ -136,7 +153,7 @@ def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str]) -> tuple[S
     n = loop.extent
     assert not isinstance(n, int)
     row = binary("add", binary("mul", outer, rows), lane)
-    main = tuple(_push(s, lane, rows, accs)
+    main = tuple(_push(s, lane, rows, accs, into_vector)
                  for s in substitute_stmts(loop.body, {loop.var: row}))
     start = binary("mul", binary("floordiv", n, rows), rows)
     rest = substitute_stmts(loop.body, {loop.var: binary("add", start, tail)})
@@ -144,12 +161,19 @@ def _jam(loop: For, accs: dict[str, int], rows: int, taken: set[str]) -> tuple[S
             For(tail, binary("mod", n, rows), rest, "serial"))
 
 
-def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_ROWS
+def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_ROWS,
+             into_vector: bool = False, registers: tuple[int, int] | None = None
              ) -> tuple[tuple[Stmt, ...], list[Allocate]]:
     """`body` with each innermost run-time row loop of the shape above jammed `rows` rows at
-    a time, and `scratch` (the function's allocations) with those accumulators lengthened."""
+    a time, and `scratch` (the function's allocations) with those accumulators lengthened.
+    `into_vector`: the unrolled rows go inside the vector loops of the loops they are moved
+    into (a reduction step: each B vector loaded once for every row; LLVM vectorises each
+    row's lanes on its own otherwise, loading B again per row), not inside the first and
+    last ones (setting and storing the accumulators, which LLVM then left scalar).
+    `registers` (the target's vector registers, float lanes): the rows of each loop from
+    `rows_in_registers` for its accumulators' vectors instead, where more than one fits."""
     sizes = {s.buffer: s.size for s in scratch if not s.shared}
-    grown: dict[str, int] = {}
+    grown: dict[str, int] = {}  # (each accumulator jammed: its rows)
     taken = {str(v.name) for e in _walk_exprs(body) for v in e.walk() if isinstance(v, Var)}
 
     def visit(stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
@@ -165,14 +189,19 @@ def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_RO
                     and not (accs.keys() & grown.keys()) and _shape_ok(s.body, s.var, accs) \
                     and _accs_free_of(s.body, accs, s.var) \
                     and _is_row_loop(s.body, accs, s.var):
-                grown.update(accs)
-                out.extend(_jam(s, accs, rows, taken))
+                count = rows
+                if registers is not None:
+                    regs, lanes = registers
+                    fit = rows_in_registers(regs, -(-sum(accs.values()) // lanes))
+                    count = fit if fit > 1 else rows  # (wide rows: B reused from L1 still)
+                grown.update(dict.fromkeys(accs, count))
+                out.extend(_jam(s, accs, count, taken, into_vector))
             else:
                 out.append(For(s.var, s.extent, visit(s.body), s.kind))
         return tuple(out)
 
     new_body = visit(body)
-    new_scratch = [Allocate(s.buffer, s.dtype, s.size * rows, s.shared)
+    new_scratch = [Allocate(s.buffer, s.dtype, s.size * grown[s.buffer], s.shared)
                    if s.buffer in grown else s for s in scratch]
     return new_body, new_scratch
 
