@@ -1,7 +1,8 @@
 """The first call at a new size is cheap: its layout comes from one compiled program of all
-the plan's formulas (`runtime/size_program.py`), never from walking the formulas
-(`sizes.evaluate`), and no arena is allocated within the ranges (reserved once, its pages
-faulted in off the call's path, `runtime/prefault.py`). Counted, not timed."""
+the plan's formulas (`runtime/size_program.py`, built when the model loads, not by its first
+call), never from walking the formulas (`sizes.evaluate`), and no arena is allocated within
+the ranges (reserved once, its pages faulted in off the call's path, `runtime/prefault.py`).
+Counted, not timed."""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ def test_a_first_call_at_a_new_size_does_not_re_plan(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(strataml.sizes, "evaluate", counting)
     monkeypatch.setattr(strataml.runtime.dims, "evaluate", counting)
+    built: list[int] = []
+
+    class CountingProgram(SizeProgram):
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(strataml.runtime.dims, "SizeProgram", CountingProgram)
     gen = np.random.default_rng(3)
     sizes = [(1, 5), (2, 17), (4, 48), (3, 1), (2, 17), (1, 5)]
     for k, (batch, seq) in enumerate(sizes):
@@ -53,6 +62,7 @@ def test_a_first_call_at_a_new_size_does_not_re_plan(monkeypatch: pytest.MonkeyP
         assert binder.layouts_evaluated - before == (1 if new else 0)
         assert executor._arena is arena  # reserved once, at the ranges' upper bounds
     assert walks == []  # every layout from the compiled program
+    assert built == []  # (built at load, before the first call)
 
 
 def _combine(op: str, x: Size, y: Size, c: int) -> Size:

@@ -109,6 +109,7 @@ class Executor:
                                           "plans over run-time sizes run on synchronous "
                                           "devices only")
             self._dims = DimBinder(plan)
+            self._dims.prepare()  # (its layout program: not on the first call's path)
         # (a plan over run-time sizes reserves the arena its ranges bound: address space,
         # whose pages the calls touch once, not a new arena each time a size grows; without
         # ranges the arena grows with the calls)
