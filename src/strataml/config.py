@@ -28,3 +28,9 @@ def pin_threads_from_env() -> bool:
     """STRATAML_PIN_THREADS=0 leaves the thread pool's workers free to move between cores
     (by default each keeps to one: see runtime/thread_pool.py)."""
     return os.environ.get("STRATAML_PIN_THREADS", "1").strip() not in ("0", "false", "no")
+
+
+def keep_warm_from_env() -> bool:
+    """STRATAML_KEEP_WARM=0 stops the thread that keeps dynamic models' memory warm (see
+    runtime/keep_warm.py)."""
+    return os.environ.get("STRATAML_KEEP_WARM", "1").strip() not in ("0", "false", "no")

@@ -130,6 +130,11 @@ class Executor:
             for slot in plan.weights:
                 value = np.asarray(weights[slot.name], dtype=slot.dtype).reshape(slot.shape)
                 device.copy_in(self._weights, int(slot.offset), value)
+        if self._dims is not None:  # (a new size's first call: no region gone cold)
+            from strataml.runtime.keep_warm import keep_warm
+
+            keep_warm(self._arena)
+            keep_warm(self._weights)
         n_in = len(plan.inputs)
         self._io_size = n_in + len(plan.outputs)
         # Outputs written by kernels own an io entry; the rest copy an input or a weight.
@@ -282,8 +287,11 @@ class Executor:
         """Grow the arena to what these sizes need (under the lock: no call is using it);
         a smaller call reuses the larger arena."""
         if layout.arena_bytes > self._arena.nbytes:
+            from strataml.runtime.keep_warm import keep_warm
+
             self._arena = self._device.allocate(layout.arena_bytes)
             self._bases = (self._arena.ctypes.data, self._weights.ctypes.data)
+            keep_warm(self._arena)
 
     def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10,
                  origin: int | None = None) -> list[tuple[str, int, int]]:
