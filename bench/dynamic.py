@@ -207,7 +207,7 @@ def _section(path: Path, ranges: dict[str, tuple[int, int]],
     def ort(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return session.run(None, feeds)
 
-    print(f"{'':>58} {'(med, min)':>16}")
+    print(f"{'':>58} {'(med, min)':>17}")
     print(f"{' x '.join(dynamic.plan.dims):>11} {'dyn/static':>10} {'dyn/ORT':>8} "
           f"{'static/ORT':>10} {'ORT/ORT':>8} {'dyn ms':>8} {'first-seen ms':>16} "
           f"{'faults':>6} "
