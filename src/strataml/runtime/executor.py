@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
@@ -294,12 +294,14 @@ class Executor:
             keep_warm(self._arena)
 
     def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10,
-                 origin: int | None = None) -> list[tuple[str, int, int]]:
+                 origin: int | None = None, clock: Callable[[], int] = time.perf_counter_ns
+                 ) -> list[tuple[str, int, int]]:
         """(kernel, start, end) of every kernel call, in nanoseconds from when timing began:
         the plan's calls in order, `repeats` times over, one at a time on this thread. Apart
-        from `run`, whose single native entry leaves no seam to time between kernels."""
+        from `run`, whose single native entry leaves no seam to time between kernels. With
+        `clock=time.thread_time_ns` (one thread), the CPU time each kernel took: what a
+        shared machine's waits for a core leave out."""
         arrays, table, layout = self._bind(feeds)
-        clock = time.perf_counter_ns
         spans: list[tuple[str, int, int]] = []
         with self._lock:
             if layout is not None:
