@@ -9,8 +9,9 @@ A dynamic model's arena and weights are prefaulted at load (runtime/prefault.py)
 call at a new size touches regions no recent call did (with a plan at the ranges' upper
 bounds a larger size reaches further into each buffer, and its new token ids read embedding
 rows no recent call read), and the first call after load touches every weight: those calls
-paid the traps (BERT 384, per kernel, 1 thread: the embedding gather alone +0.6-1.1 ms at
-a new size).
+paid the traps when the host set them (BERT 384, per kernel, CPU time on 1 thread: the
+embedding gather +0.6-1.1 ms at 1x32 after 1x8; the FFN matmuls +1.4 ms at 4x128 after
+1x8, -0.9 with this thread; how often the host traps varies with its load).
 
 One daemon thread per process reads a byte in each 2 MiB of every registered buffer each
 0.5 s, so the host's traps land on it, off the calls' path. It only reads (calls may run
