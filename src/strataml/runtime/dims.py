@@ -116,7 +116,7 @@ class DimBinder:
         self.reasons = dict(plan.dim_range_reasons)
         self.declared = {s.name: s.shape for s in plan.inputs}
         self._layouts: dict[tuple[int, ...], Layout] = {}
-        self._program: SizeProgram | None = None  # (built at the first layout)
+        self._program: SizeProgram | None = None  # (built by `prepare` or the first layout)
         self._call_spans: tuple[tuple[int, int], ...] = ()
         self._arena_args: tuple[int, ...] = ()
         self._arg_count = self._io_count = 0
@@ -148,6 +148,12 @@ class DimBinder:
                                  * np.dtype(s.dtype).itemsize for s in self.plan.outputs))
         return best
 
+    def prepare(self) -> None:
+        """Build the layout program now (a few ms for BERT's 328 formulas), so that no call
+        pays for it: the executor does at load, as a server loads before its first call."""
+        if self._program is None:
+            self._compile()
+
     def bind(self, shapes: Mapping[str, tuple[int, ...]]) -> Layout:
         """The layout for these input shapes (InputError where they break a rule)."""
         values = bind_input_dims(self.declared, shapes, self.ranges, self.reasons)
@@ -163,8 +169,7 @@ class DimBinder:
         """Evaluated (every formula at once, `SizeProgram`), and checked as an artifact's
         static plan is: every arena place the plan names lies inside the arena at these
         sizes (the formulas come from the manifest)."""
-        if self._program is None:
-            self._compile()
+        self.prepare()
         assert self._program is not None
         v = self._program(*key)
         plan = self.plan

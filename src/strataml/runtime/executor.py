@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
@@ -109,6 +109,7 @@ class Executor:
                                           "plans over run-time sizes run on synchronous "
                                           "devices only")
             self._dims = DimBinder(plan)
+            self._dims.prepare()  # (its layout program: not on the first call's path)
         # (a plan over run-time sizes reserves the arena its ranges bound: address space,
         # whose pages the calls touch once, not a new arena each time a size grows; without
         # ranges the arena grows with the calls)
@@ -129,6 +130,11 @@ class Executor:
             for slot in plan.weights:
                 value = np.asarray(weights[slot.name], dtype=slot.dtype).reshape(slot.shape)
                 device.copy_in(self._weights, int(slot.offset), value)
+        if self._dims is not None:  # (a new size's first call: no region gone cold)
+            from strataml.runtime.keep_warm import keep_warm
+
+            keep_warm(self._arena)
+            keep_warm(self._weights)
         n_in = len(plan.inputs)
         self._io_size = n_in + len(plan.outputs)
         # Outputs written by kernels own an io entry; the rest copy an input or a weight.
@@ -281,16 +287,21 @@ class Executor:
         """Grow the arena to what these sizes need (under the lock: no call is using it);
         a smaller call reuses the larger arena."""
         if layout.arena_bytes > self._arena.nbytes:
+            from strataml.runtime.keep_warm import keep_warm
+
             self._arena = self._device.allocate(layout.arena_bytes)
             self._bases = (self._arena.ctypes.data, self._weights.ctypes.data)
+            keep_warm(self._arena)
 
     def timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10,
-                 origin: int | None = None) -> list[tuple[str, int, int]]:
+                 origin: int | None = None, clock: Callable[[], int] = time.perf_counter_ns
+                 ) -> list[tuple[str, int, int]]:
         """(kernel, start, end) of every kernel call, in nanoseconds from when timing began:
         the plan's calls in order, `repeats` times over, one at a time on this thread. Apart
-        from `run`, whose single native entry leaves no seam to time between kernels."""
+        from `run`, whose single native entry leaves no seam to time between kernels. With
+        `clock=time.thread_time_ns` (one thread), the CPU time each kernel took: what a
+        shared machine's waits for a core leave out."""
         arrays, table, layout = self._bind(feeds)
-        clock = time.perf_counter_ns
         spans: list[tuple[str, int, int]] = []
         with self._lock:
             if layout is not None:
