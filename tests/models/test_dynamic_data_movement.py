@@ -28,7 +28,7 @@ import onnx
 import pytest
 
 import strataml
-from strataml.ir.dialects.loop import For, LoopFunction, Stmt
+from strataml.ir.dialects.loop import For, LoopFunction, Stmt, print_function
 from strataml.ir.expr import Binary, Const, Expr, Unary
 from tests.conftest import ort_run
 from tests.models.test_dynamic_sizes import _gpt2
@@ -139,3 +139,41 @@ def test_gpt2_rows_over_a_run_time_batch_and_sequence(tmp_path: Path,
     assert gelu, "no GELU kernel found"
     slow = {f.name: d for f in gelu if (d := _run_time_divisions(f))}
     assert not slow, f"run-time divisions or clamps left: {slow}"
+
+
+def test_sequence_first_attention_over_a_run_time_batch(tmp_path: Path,
+                                                        compiles: list[str]) -> None:
+    """nn.MultiheadAttention's default layout, `[seq, batch, C]` (torchvision's ViT): its
+    in-projection's rows are seq x batch, fused into one gemm row axis of `10*batch` (a view:
+    no division), and the heads split from `[seq, batch, 3*C]` without dividing by %batch."""
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(32, 4)
+
+        def forward(self, x: Any) -> Any:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    torch.manual_seed(0)
+    path = tmp_path / "attention.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SelfAttention().eval(), (torch.randn(10, 2, 32),), str(path),
+                          dynamo=False, input_names=["x"], dynamic_axes={"x": {1: "batch"}})
+    model = onnx.load(str(path))
+    compiled = strataml.compile(model)
+    assert compiled.plan.dims == ("batch",)
+    gen = np.random.default_rng(4)
+    for n in BATCHES:
+        x = gen.standard_normal((10, n, 32)).astype(np.float32)
+        got, = compiled.run({"x": x})
+        want, = ort_run(model, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"batch {n}")
+    assert len(compiles) == 1
+    projection = print_function(next(f for f in compiled.program.loops if f.dims
+                                     and "matmul" in f.name))
+    assert "in 0..10 {" not in projection  # (not 10 gemms of `batch` rows)
+    heads = [f for f in compiled.program.loops if f.dims and "matmul" not in f.name
+             and any(d.endswith("%batch") for d in _run_time_divisions(f))]
+    assert len(heads) <= 1, [f.name for f in heads]  # (merging the heads back: one)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from math import gcd
 
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import (
@@ -112,6 +113,9 @@ class _Simplifier:
             return self._divide(e.op, a, b)
         if is_int(e.dtype) and e.op in ("add", "sub"):
             return recombined(binary(e.op, a, b))
+        if is_int(e.dtype) and e.op == "mul" and not isinstance(a, Const) \
+                and not isinstance(b, Const):
+            return _factored_product(a, b)
         if is_int(e.dtype) and e.op in ("min", "max"):
             ra, rb = self.bounds(a), self.bounds(b)
             if ra is not None and rb is not None:
@@ -219,6 +223,25 @@ def condition_facts(cond: Expr, holds: bool) -> list[ConditionFact]:
     if op == "gt":
         return [(t, rest + 1, None)]
     return [(t, rest, None)]
+
+
+def _factored_product(a: Expr, b: Expr) -> Expr:
+    """`a * b` with the constant factors of both outside: `(i * (12*%batch)) * 64` is
+    `768 * (i * %batch)`, a multiple of the 768 a reshape divides by (sequence-first
+    attention's heads split from `[seq, batch, 768]`)."""
+    (ka, a2), (kb, b2) = _content(a), _content(b)
+    if ka * kb == 1:
+        return binary("mul", a, b)
+    return binary("mul", binary("mul", a2, b2), Const(a.dtype, ka * kb))
+
+
+def _content(e: Expr) -> tuple[int, Expr]:
+    """(g, e / g) for g the greatest common divisor of `e`'s affine coefficients."""
+    terms, k = affine_terms(e)
+    g = gcd(k, *terms.values())
+    if g <= 1 or not terms:
+        return 1, e
+    return g, build_affine({t: n // g for t, n in terms.items()}, k // g, e.dtype)
 
 
 def _multiple_of(atom: Expr, m: Expr) -> Expr | None:

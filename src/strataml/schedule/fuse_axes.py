@@ -20,6 +20,7 @@ from dataclasses import replace
 from strataml.ir.dialects.kernel import Buffer, Kernel, Stage
 from strataml.ir.expr import Binary, Const, Expr, Load, Var, idx, rewrite
 from strataml.schedule.contraction import match_contraction
+from strataml.sizes import Size
 
 
 def _mentions(e: Expr, v: Var) -> bool:
@@ -32,14 +33,18 @@ def fuse_trailing_axes(kernel: Kernel) -> Kernel:
     while True:
         fused = _fuse_once(kernel, -2)
         if fused is None:
-            fused = _fuse_contraction_rows(kernel)
+            fused = fuse_contraction_rows(kernel)
         if fused is None:
             return kernel
         kernel = fused
 
 
-def _fuse_contraction_rows(kernel: Kernel) -> Kernel | None:
-    """The contraction's row axis fused with the (non-unit) output axis just outside it."""
+def fuse_contraction_rows(kernel: Kernel) -> Kernel | None:
+    """The contraction's row axis fused with the (non-unit) output axis just outside it.
+    Over run-time sizes too, where every access reads the two axes as a pair (a view, no
+    division): the queries of a sequence-first attention, `[197, batch, 768] x [768, 2304]`,
+    are one gemm of 197*batch rows, not 197 gemms of `batch` rows that each stream all the
+    weights (ViT-B/16's QKV at batch 1: 197 one-row tiles)."""
     if not kernel.stages:
         return None
     stage = kernel.stages[-1]
@@ -49,7 +54,7 @@ def _fuse_contraction_rows(kernel: Kernel) -> Kernel | None:
     return _fuse_once(kernel, found.i_axis - 1)
 
 
-def _is_flat_pair(e: Expr, u: Var, v: Var, width: int) -> bool:
+def _is_flat_pair(e: Expr, u: Var, v: Var, width: Size) -> bool:
     """e is `u * width + v`, as the expression constructors build it."""
     return (isinstance(e, Binary) and e.op == "add" and e.b == v
             and isinstance(e.a, Binary) and e.a.op == "mul" and e.a.a == u
@@ -66,7 +71,7 @@ def _pair_at(indices: tuple[Expr, ...], u: Var, v: Var) -> int | None:
     return None
 
 
-def _flat_at(indices: tuple[Expr, ...], u: Var, v: Var, width: int) -> int | None:
+def _flat_at(indices: tuple[Expr, ...], u: Var, v: Var, width: Size) -> int | None:
     """Where one index is `u * width + v` and no other mentions u or v."""
     for q, x in enumerate(indices):
         if _is_flat_pair(x, u, v, width) and not any(
@@ -83,8 +88,7 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
     out = kernel.buffer(stage.buffer)
     rank = len(out.shape)
     k = k % rank if rank else 0
-    if rank < 2 or k + 1 >= rank or out.shape[k] == 1 or out.shape[k + 1] == 1 \
-            or kernel.dims:  # (a run-time width would need a run-time division)
+    if rank < 2 or k + 1 >= rank or out.shape[k] == 1 or out.shape[k + 1] == 1:
         return None
     earlier = {st.buffer for st in kernel.stages[:-1]}
     earlier_reads = {e.buffer for st in kernel.stages[:-1] for e in st.body.walk()
@@ -92,7 +96,7 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
     if out.name in earlier | earlier_reads:
         return None
     u, v = stage.axes[k], stage.axes[k + 1]
-    height, width = out.static_shape[k:k + 2]
+    height, width = out.shape[k:k + 2]
     reshaped: dict[str, int] = {out.name: k}  # buffer -> the position of its merged dims
     other: set[str] = set()
     flat: set[str] = set()
@@ -105,7 +109,7 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
         if q is not None and shape[q:q + 2] == (height, width) \
                 and reshaped.setdefault(e.buffer, q) == q:
             continue
-        if fq is not None and shape[fq] == height * width:
+        if fq is not None and shape[fq] == height * width and not kernel.dims:
             flat.add(e.buffer)
         elif any(_mentions(i, u) or _mentions(i, v) for i in e.indices):
             return None
@@ -115,8 +119,8 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
     # and is read as [.., 0, p, ..]: the flat index is the same, and the lowering's bounds
     # analysis lets an index run past its dimension while the flat one stays inside.
     walked = {b: q for b, q in reshaped.items() if b in other | flat | earlier | earlier_reads}
-    if out.name in walked:
-        return None
+    if out.name in walked or (walked and kernel.dims):
+        return None  # (over run-time sizes only pure views: an index past its dim unproven)
     for b in walked:
         del reshaped[b]
     p = Var("int64", f"{u.name}_{v.name}")
