@@ -81,7 +81,10 @@ def gemm_fired(compiled: strataml.CompiledModel, packed: bool = True) -> None:
     assert "%seq" in text.split("(")[0], "the matmul's function takes no run-time dims"
     assert ("panels" in text) == packed, text
     assert "min(max(" not in text, text
-    assert f"0..floordiv(%seq, {MR})" in text, text
+    # (the row tiles over the tokens, or over batch x tokens where the batch axis fuses
+    # with them: `fuse_axes.fuse_contraction_rows`)
+    assert f"0..floordiv(%seq, {MR})" in text or f"0..floordiv((%batch * %seq), {MR})" in text, \
+        text
 
 
 def check(model: ModelProto, shapes: list[dict[str, tuple[int, ...]]], packed: bool = True
@@ -215,7 +218,7 @@ def test_columns_past_the_last_whole_vector_go_row_by_row(k, n, epilogue, packed
     gemm_fired(compiled, packed)
     (text,) = [print_function(fn) for fn in compiled.program.loops if "matmul" in fn.name]
     assert "tailrow" in text, text
-    assert "0..%seq" in text, text
+    assert "0..%seq" in text or "0..(%batch * %seq)" in text, text
     gen = np.random.default_rng(9)
     for b, s in [(1, 1), (1, 2), (1, 3), (3, 5), (1, MR + 1), (2, 2 * MR + 3), (1, 127)]:
         feeds = {"x": gen.standard_normal((b, s, k)).astype(F32)}
