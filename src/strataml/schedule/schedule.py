@@ -25,7 +25,7 @@ from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import Load, Var, top_reduces
 from strataml.ir.index_simplify import linear_in
 from strataml.ir.types import itemsize
-from strataml.schedule.contraction import match_contraction
+from strataml.schedule.contraction import Contraction, match_contraction
 from strataml.schedule.dynamic_gemm import run_time_contraction
 from strataml.schedule.primitives import (
     ROOT,
@@ -193,10 +193,7 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
             if found.panel and s.nr != found.panel:
                 raise ScheduleError(f"{where}: B is packed in panels of {found.panel} columns; "
                                     f"the gemm tile must be {found.panel} wide, not {s.nr}")
-            first = found.reduce.static_extents[0]
-            if s.kc < 0 or (s.kc and first % s.kc):
-                raise ScheduleError(f"{where}: kc={s.kc} does not divide the reduction's "
-                                    f"first axis ({first} steps)")
+            _check_kc(s, found, where)
             if s.rows_outer and not s.kc:
                 raise ScheduleError(f"{where}: rows_outer needs a packed gemm (kc > 0)")
             if s.column_chunks < 0 or (s.column_chunks > 1 and not (
@@ -254,6 +251,14 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
     return nests
 
 
+def _check_kc(s: StageSchedule, found: Contraction, where: str) -> None:
+    """The reduction block `kc` divides the reduction's first axis (0: unblocked)."""
+    first = found.reduce.static_extents[0]
+    if s.kc < 0 or (s.kc and first % s.kc):
+        raise ScheduleError(f"{where}: kc={s.kc} does not divide the reduction's first axis "
+                            f"({first} steps)")
+
+
 def _check_run_time_gemm(kernel: Kernel, stage: Stage, s: StageSchedule, where: str) -> None:
     """A gemm over run-time rows (`schedule.dynamic_gemm`) takes a register tile, reduction
     blocks and the parallel flag only: no row blocks, no shares of rows or panels."""
@@ -264,10 +269,7 @@ def _check_run_time_gemm(kernel: Kernel, stage: Stage, s: StageSchedule, where: 
     if s.mr < 1 or s.nr < s.lanes or s.nr % s.lanes or (found.panel and s.nr != found.panel):
         raise ScheduleError(f"{where}: run-time gemm tile {s.mr}x{s.nr}/{s.lanes} does not "
                             f"fit (B panels: {found.panel or 'none'})")
-    first = found.reduce.static_extents[0]
-    if s.kc < 0 or (s.kc and first % s.kc):
-        raise ScheduleError(f"{where}: kc={s.kc} does not divide the reduction's first axis "
-                            f"({first} steps)")
+    _check_kc(s, found, where)
     if s.mc or s.rows_outer or s.column_chunks > 1 or s.keep_panels or s.row_chunks > 1:
         raise ScheduleError(f"{where}: a gemm over run-time dims takes mr, nr, lanes, kc and "
                             f"parallel only, not {s}")

@@ -172,6 +172,22 @@ def substitute_stmts(body: tuple[Stmt, ...], mapping: dict[Expr, Expr]) -> tuple
     return tuple(out)
 
 
+def statement_exprs(body: Sequence[Stmt], declares: bool = True) -> list[Expr]:
+    """The expressions of `body`'s statements, nested loops included: run-time loop extents,
+    stores' indices and values, and (with `declares`) declarations' initial values."""
+    out: list[Expr] = []
+    for s in body:
+        if isinstance(s, For):
+            if not isinstance(s.extent, int):
+                out.append(s.extent)
+            out.extend(statement_exprs(s.body, declares))
+        elif isinstance(s, Store):
+            out += [s.index, s.value]
+        elif isinstance(s, Declare) and declares:
+            out.append(s.init)
+    return out
+
+
 def nest(loops: Sequence[tuple[Var, Extent]], body: list[Stmt], parallel: bool = False,
          kind: str = "serial") -> tuple[Stmt, ...]:
     """Wrap `body` in loops of `kind`, outermost first; the outermost parallel if asked."""

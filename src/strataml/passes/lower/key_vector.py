@@ -25,7 +25,16 @@ vectorised reduction over the run-time trip count (`reassoc` sums, `fmaximum`).
 
 from __future__ import annotations
 
-from strataml.ir.dialects.loop import Allocate, Assign, Declare, For, Prefetch, Stmt, Store
+from strataml.ir.dialects.loop import (
+    Allocate,
+    Assign,
+    Declare,
+    For,
+    Prefetch,
+    Stmt,
+    Store,
+    statement_exprs,
+)
 from strataml.ir.expr import Binary, Expr, Load, Var, idx, rewrite, substitute
 from strataml.ir.index_simplify import linear_in
 from strataml.passes.lower.row_jam import jam_rows, rows_in_registers
@@ -37,28 +46,12 @@ VECTORS_PER_BLOCK = 2
 PREFETCH_TILE_OUTPUT = True
 
 
-def _walk_stmt_exprs(body: tuple[Stmt, ...]) -> list[Expr]:
-    out: list[Expr] = []
-    for s in body:
-        if isinstance(s, For):
-            if not isinstance(s.extent, int):
-                out.append(s.extent)
-            out.extend(_walk_stmt_exprs(s.body))
-        elif isinstance(s, Store):
-            out += [s.index, s.value]
-        elif isinstance(s, Declare):
-            out.append(s.init)
-        elif isinstance(s, Assign):
-            out.append(s.value)
-    return out
-
-
 def _reads(e: Expr, v: Var) -> bool:
     return any(x == v for x in e.walk())
 
 
 def _names(body: tuple[Stmt, ...]) -> set[str]:
-    names = {x.name for e in _walk_stmt_exprs(body) for x in e.walk() if isinstance(x, Var)}
+    names = {x.name for e in statement_exprs(body) for x in e.walk() if isinstance(x, Var)}
     stack = list(body)
     while stack:
         s = stack.pop()
@@ -218,7 +211,7 @@ def _clamped(body: tuple[Stmt, ...]) -> bool:
         if isinstance(s, Store) and clamp(s.index):
             return True
     return any(isinstance(x, Load) and any(clamp(i) for i in x.indices)
-               for e in _walk_stmt_exprs(body) for x in e.walk())
+               for e in statement_exprs(body) for x in e.walk())
 
 
 def _unit_stride(index: Expr, v: Var) -> bool:

@@ -28,7 +28,7 @@ touched.
 
 from __future__ import annotations
 
-from strataml.ir.dialects.loop import Allocate, For, Stmt, Store, substitute_stmts
+from strataml.ir.dialects.loop import Allocate, For, Stmt, Store, statement_exprs, substitute_stmts
 from strataml.ir.expr import Expr, Load, Var, binary, rewrite
 
 # Rows per block: with a 2-vector accumulator row (TILE_ROW_VECTORS), 8 accumulators, 2 B
@@ -44,18 +44,6 @@ def rows_in_registers(registers: int, vectors: int) -> int:
     of B vectors fit `registers` vector registers: 8 on AVX-512 (32) and 4 on AVX2 (16)
     for 2-vector rows."""
     return next((r for r in JAM_ROW_CHOICES if (vectors + 1) * r + vectors <= registers), 1)
-
-
-def _walk_exprs(body: tuple[Stmt, ...]) -> list[Expr]:
-    out: list[Expr] = []
-    for s in body:
-        if isinstance(s, For):
-            if not isinstance(s.extent, int):
-                out.append(s.extent)
-            out.extend(_walk_exprs(s.body))
-        elif isinstance(s, Store):
-            out += [s.index, s.value]
-    return out
 
 
 def _shape_ok(body: tuple[Stmt, ...], row: Var, accs: dict[str, int]) -> bool:
@@ -174,7 +162,8 @@ def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_RO
     `rows_in_registers` for its accumulators' vectors instead, where more than one fits."""
     sizes = {s.buffer: s.size for s in scratch if not s.shared}
     grown: dict[str, int] = {}  # (each accumulator jammed: its rows)
-    taken = {str(v.name) for e in _walk_exprs(body) for v in e.walk() if isinstance(v, Var)}
+    taken = {str(v.name) for e in statement_exprs(body, declares=False) for v in e.walk()
+             if isinstance(v, Var)}
 
     def visit(stmts: tuple[Stmt, ...]) -> tuple[Stmt, ...]:
         out: list[Stmt] = []
@@ -208,7 +197,7 @@ def jam_rows(body: tuple[Stmt, ...], scratch: list[Allocate], rows: int = JAM_RO
 
 def _accs_free_of(body: tuple[Stmt, ...], accs: dict[str, int], v: Var) -> bool:
     """Every access of an accumulator is one index that does not read the row `v`."""
-    for e in _walk_exprs(body):
+    for e in statement_exprs(body, declares=False):
         for x in e.walk():
             if isinstance(x, Load) and x.buffer in accs and (
                     len(x.indices) != 1 or _reads(x.indices[0], v)):
