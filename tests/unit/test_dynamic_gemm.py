@@ -264,3 +264,57 @@ def test_fewer_columns_than_a_vector_keep_the_symbolic_nest():
         feeds = {"x": gen.standard_normal((b, s, 48)).astype(F32)}
         np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                    rtol=RTOL, atol=ATOL, err_msg=str((b, s)))
+
+
+def _gemm_schedule(compiled: strataml.CompiledModel) -> StageSchedule:
+    (how,) = [s for sched in compiled.program.schedules.values() for s in sched.stages
+              if s.strategy == "gemm"]
+    return how
+
+
+@pytest.mark.parametrize(("k", "n", "epilogue"), [(384, 384, "bias"), (384, 1536, "gelu"),
+                                                 (1536, 384, "residual")])
+def test_many_rows_take_the_static_rules_tiles_from_a_run_time_switch(k, n, epilogue):
+    """BERT-sized Linear layers: the run-time gemm's tile and reduction blocks are the static
+    build's at REPRESENTATIVE_ROWS tokens and, from TALL_SWITCH_ROWS rows on, at TALL_ROWS
+    (the static rules go in one pass and take the widest tile for many rows); both nests are
+    in the kernel, each behind a loop the row count runs once or not at all, and rows on
+    either side of the switch (and over batch x tokens) match ONNX Runtime."""
+    from strataml.schedule.dynamic_gemm import TALL_ROWS, TALL_SWITCH_ROWS
+
+    model = linear(k, n, epilogue, rows=("tokens",))
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (1, 1024)},
+                                num_threads=2)
+    how = _gemm_schedule(compiled)
+    for rows, got in ((REPRESENTATIVE_ROWS, how), (TALL_ROWS, how.tall or how)):
+        static = _gemm_schedule(strataml.compile(model, dim_values={"tokens": rows},
+                                                 num_threads=2))
+        assert (got.mr, got.nr, got.kc) == (static.mr, static.nr, static.kc), (rows, how,
+                                                                                static)
+    (text,) = [print_function(fn) for fn in compiled.program.loops if "matmul" in fn.name]
+    if how.tall is not None:
+        assert how.tall_rows == TALL_SWITCH_ROWS
+        assert text.count("variant") >= 2, text
+    gen = np.random.default_rng(12)
+    for tokens in (1, TALL_SWITCH_ROWS - 1, TALL_SWITCH_ROWS, TALL_SWITCH_ROWS + 1, 389, 1024):
+        feeds = {"x": gen.standard_normal((tokens, k)).astype(F32)}
+        if epilogue == "residual":
+            feeds["r"] = gen.standard_normal((tokens, n)).astype(F32)
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=RTOL, atol=ATOL, err_msg=str(tokens))
+
+
+def test_a_tall_variant_round_trips_and_is_refused_where_rows_are_static():
+    tall = StageSchedule("gemm", (), True, 12, 32, 16, kc=0)
+    how = StageSchedule("gemm", (), True, MR, 32, 16, kc=0, tall=tall, tall_rows=256)
+    schedule = Schedule((how,))
+    assert Schedule.from_json(schedule.to_json()) == schedule
+    assert "rows>=256: gemm 12x32/16" in str(how)
+    model = linear(32, 64, "bias", rows=("tokens",))
+    with pytest.raises(ScheduleError, match="tall variant is for rows known at run time"):
+        strataml.compile(model, dim_values={"tokens": 64},
+                         schedules={"k0_matmul_add": schedule})
+    nested = StageSchedule("gemm", (), True, MR, 32, 16, tall=how, tall_rows=256)
+    with pytest.raises(ScheduleError, match="no tall variant of its own"):
+        strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (1, 512)},
+                         schedules={"k0_matmul_add": Schedule((nested,))})

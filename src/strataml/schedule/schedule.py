@@ -89,6 +89,10 @@ class StageSchedule:
     # packed gemm, parallel: the rows cut into this many shares, each a serial nest over
     # every column panel run by one thread (0 or 1: no row shares)
     row_chunks: int = 0
+    # gemm over run-time rows only: the schedule for a row count of at least `tall_rows`,
+    # chosen at run time (the static rules pick other tiles and blocks for many rows)
+    tall: StageSchedule | None = None
+    tall_rows: int = 0
 
     @staticmethod
     def loops(*steps: Primitive) -> StageSchedule:
@@ -97,6 +101,7 @@ class StageSchedule:
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["steps"] = [step_to_dict(s) for s in self.steps]
+        data["tall"] = self.tall.to_dict() if self.tall else None
         return data
 
     @staticmethod
@@ -105,8 +110,10 @@ class StageSchedule:
         raw_steps = data.pop("steps", [])
         steps = tuple(step_from_dict(d) for d in raw_steps) \
             if isinstance(raw_steps, list) else ()
+        tall = data.pop("tall", None)
         try:
-            return StageSchedule(steps=steps, **data)  # type: ignore[arg-type]
+            return StageSchedule(steps=steps, tall=StageSchedule.from_dict(tall) if isinstance(
+                tall, dict) else None, **data)  # type: ignore[arg-type]
         except TypeError as exc:
             raise ScheduleError(f"bad stage schedule: {exc}") from None
 
@@ -117,7 +124,8 @@ class StageSchedule:
             text += f" chunks={self.column_chunks}" if self.column_chunks > 1 else ""
             text += " keep-panels" if self.keep_panels else ""
             text += f" row-chunks={self.row_chunks}" if self.row_chunks > 1 else ""
-            return text + (" parallel" if self.parallel else "")
+            text += " parallel" if self.parallel else ""
+            return text + (f"; rows>={self.tall_rows}: {self.tall}" if self.tall else "")
         return " ".join(str(s) for s in self.steps) or "(canonical loops)"
 
 
@@ -190,6 +198,9 @@ def check_schedule(kernel: Kernel, schedule: Schedule) -> dict[str, LoopNest]:
             found = match_contraction(kernel, stage)
             if isinstance(found, str):
                 raise ScheduleError(f"{where}: gemm strategy: {found}")
+            if s.tall is not None and not kernel.dims:
+                raise ScheduleError(f"{where}: a tall variant is for rows known at run time; "
+                                    f"this kernel's are static")
             if found.panel and s.nr != found.panel:
                 raise ScheduleError(f"{where}: B is packed in panels of {found.panel} columns; "
                                     f"the gemm tile must be {found.panel} wide, not {s.nr}")
@@ -261,7 +272,13 @@ def _check_kc(s: StageSchedule, found: Contraction, where: str) -> None:
 
 def _check_run_time_gemm(kernel: Kernel, stage: Stage, s: StageSchedule, where: str) -> None:
     """A gemm over run-time rows (`schedule.dynamic_gemm`) takes a register tile, reduction
-    blocks and the parallel flag only: no row blocks, no shares of rows or panels."""
+    blocks and the parallel flag only (no row blocks, no shares of rows or panels), and
+    optionally another such schedule for tall row counts."""
+    if s.tall is not None:
+        if s.tall_rows < 2 or s.tall.tall is not None:
+            raise ScheduleError(f"{where}: a tall variant needs tall_rows >= 2 and no tall "
+                                f"variant of its own, not {s}")
+        _check_run_time_gemm(kernel, stage, s.tall, f"{where} (rows >= {s.tall_rows})")
     found = run_time_contraction(kernel, stage, s.lanes) if s.lanes > 0 else "no lanes"
     if isinstance(found, str):
         raise ScheduleError(f"{where}: the gemm strategy over run-time dims "
@@ -696,6 +713,102 @@ def _rows_computed_at_final(kernel: Kernel, stages: list[StageSchedule],
                                           if not isinstance(p, Parallel)), step)
 
 
+def gemm_stage_schedule(kernel: Kernel, st: Stage, found: Contraction,
+                        shape: tuple[int, ...], threads: int, target: Target
+                        ) -> StageSchedule | None:
+    """The gemm strategy's schedule for a contraction stage whose output has the static
+    `shape` (the stage's own, or a run-time one at a representative size), or None where the
+    output is too narrow or too short for the register tile."""
+    vector_lanes, l2_bytes = target.vector_lanes_f32, target.l2_bytes
+    item = itemsize(kernel.buffer(st.buffer).dtype)
+    mr, nr = gemm_tile(target, shape[found.i_axis], bool(found.panel))
+    if shape[-1] < nr or shape[found.i_axis] < MIN_GEMM_ROWS:
+        return None
+    work = prod(shape)
+    for n in found.reduce.static_extents:
+        work *= n
+    big = threads > 1 and work >= PARALLEL_MIN_WORK
+    rows = shape[found.i_axis]
+    unbatched = prod(shape) == rows * shape[-1]  # no batch loop around the nest
+    depth = 1
+    for e in found.reduce.static_extents:
+        depth *= e
+    kc = pack_block(found.reduce.static_extents, rows, mr, bool(found.panel),
+                     pack_depth(target, nr, item))
+    if not kc and not found.panel and big and depth >= SHORT_KEPT_MIN_STEPS \
+            and rows >= KEEP_PANELS_MIN_ROWS \
+            and rows * shape[-1] * item > l2_bytes \
+            and unbatched:
+        # A short reduction packed whole, its panels kept (below): B read in place
+        # walks `depth` rows a page apart for every tile; packed once, every row tile
+        # streams it (ResNet-50's 64 -> 256 1x1 convs on 56x56: 0.57 -> 0.48 ms). Not
+        # under a batch loop: Whisper's [1500, 64] x [64, 1500] attention scores a
+        # head keep their unpacked row sweep (6.9 ms; packed, 13.3).
+        kc = found.reduce.static_extents[0]
+    if kc and found.panel and (rows * depth * item <= l2_bytes // 2
+                               or mr * depth * item <= a_tile_bytes(target)) \
+            and rows * shape[-1] * item > l2_bytes // 2:
+        # B pre-packed needs no panel copy, and A fits in L2: one pass keeps the
+        # partial sums in registers and runs the epilogue on them, where reduction
+        # blocks would add into an output too big to stay in L2 once per block and
+        # sweep it again for the epilogue (GPT-2's LM head streamed its 26 MB output
+        # per block; its 128x3072 layers: GPT-2 2.5% faster). A smaller output stays
+        # in L2 and the shorter panels in L1 (BERT's layers: 10% slower in one pass).
+        # An A too big for L2 still goes in one pass when a row tile's whole
+        # reduction fits the A tile budget (L1): Whisper's [1500, 384] x [384, 1536]
+        # + GELU, 7.1-7.6 -> 6.1-6.2 ms.
+        kc = found.reduce.static_extents[0]
+    rows_outer = False
+    if kc and not found.panel:
+        kc, rows_outer = _rows_outer_block(found.reduce.static_extents, rows,
+                                           -(-shape[-1] // nr), mr, nr, kc, target,
+                                           item)
+    if kc:  # A rows of one packed reduction block per row block
+        depth = kc * depth // found.reduce.static_extents[0]
+    mc = _row_block(rows, mr, depth, l2_bytes, item) if kc else \
+        _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes, item)
+    part_tiles = rows // threads // mr
+    panels = shape[-1] // nr
+    if rows_outer and big and part_tiles >= MIN_ROWS_PER_CHUNK:
+        # A contiguous share of the rows a thread, one row block each: a thread
+        # packs the panels once. Row blocks dealt out had to divide the tiles
+        # evenly: SqueezeNet's 1000-channel classifier conv (125 tiles = 25 blocks
+        # of 5) packed its panels 25 times, 0.94 ms (ORT 0.58).
+        mc = part_tiles
+    elif rows_outer and big:
+        mc = _balanced_row_block(rows // mr, threads, mc)
+    # Threads share out the longer side: a tall A (rows >= columns) by rows, so each
+    # thread reads its part of A once and its row blocks stay in its own L2; shares
+    # of the column panels would have each thread stream all of A (MLAS splits the
+    # same way). [1024, 2304] x [2304, 256]: 4.3 -> 3.7 ms.
+    # A wide A with too few column panels to deal out (MobileNetV2's and
+    # DenseNet's 1x1 convs at 14x14, channels first: 196 columns, 6 panels) is
+    # shared by rows too; the panels then stay in each thread's L2. The tuner found
+    # it (0.68-0.79 of those kernels' time); whole models 0.97-0.99, alternated.
+    few_panels = unbatched and panels < MIN_PANELS_PER_CHUNK * threads
+    row_chunks = threads if big and kc and (rows >= shape[-1] or rows_outer
+                                            or few_panels) \
+        and part_tiles >= MIN_ROWS_PER_CHUNK else 0
+    if row_chunks and not rows_outer:
+        mc = _row_block(rows // threads, mr, depth, l2_bytes, item)
+    chunks = threads if big and kc and not rows_outer and not row_chunks \
+        and panels >= MIN_PANELS_PER_CHUNK * threads else 0
+    keep = bool(kc) and not rows_outer and not found.panel and not row_chunks \
+        and rows >= KEEP_PANELS_MIN_ROWS and (not big or chunks > 1) \
+        and unbatched
+    shares = _kept_panels(panels, chunks, depth, nr, l2_bytes, item) if keep else None
+    if shares is not None:  # the kept panels share L2 with A's row block
+        chunks = shares
+        mc = _row_block(rows, mr, depth, l2_bytes // 2, item)
+        kept_bytes = -(-panels // max(shares, 1)) * depth * nr * item
+        if rows * shape[-1] * item > l2_bytes * KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S \
+                and kept_bytes <= l2_bytes // 2:
+            mc = 1
+    keep = shares is not None
+    return StageSchedule("gemm", (), big, mr, nr, vector_lanes, mc, kc,
+                         rows_outer, chunks, keep, row_chunks)
+
+
 def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = None,
                      compute_copies_at_consumers: bool = True) -> Schedule:
     """gemm where the stage is a contraction wide enough for the register tile, else the row
@@ -708,97 +821,17 @@ def default_schedule(kernel: Kernel, threads: int = 1, target: Target | None = N
         from strataml.schedule.symbolic import symbolic_default_schedule  # (it builds on these)
 
         return symbolic_default_schedule(kernel, threads, target)
-    vector_lanes, l2_bytes = target.vector_lanes_f32, target.l2_bytes
+    vector_lanes = target.vector_lanes_f32
     out = []
     for st in kernel.stages:
         shape = kernel.buffer(st.buffer).static_shape
-        item = itemsize(kernel.buffer(st.buffer).dtype)
         found = match_contraction(kernel, st) if len(shape) >= 2 else "rank < 2"
-        mr, nr = gemm_tile(target, shape[found.i_axis] if not isinstance(
-            found, str) else 1, not isinstance(found, str) and bool(found.panel))
-        big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
-        if not isinstance(found, str) and shape[-1] >= nr \
-                and shape[found.i_axis] >= MIN_GEMM_ROWS:
-            rows = shape[found.i_axis]
-            unbatched = prod(shape) == rows * shape[-1]  # no batch loop around the nest
-            depth = 1
-            for e in found.reduce.static_extents:
-                depth *= e
-            kc = pack_block(found.reduce.static_extents, rows, mr, bool(found.panel),
-                             pack_depth(target, nr, item))
-            if not kc and not found.panel and big and depth >= SHORT_KEPT_MIN_STEPS \
-                    and rows >= KEEP_PANELS_MIN_ROWS \
-                    and rows * shape[-1] * item > l2_bytes \
-                    and unbatched:
-                # A short reduction packed whole, its panels kept (below): B read in place
-                # walks `depth` rows a page apart for every tile; packed once, every row tile
-                # streams it (ResNet-50's 64 -> 256 1x1 convs on 56x56: 0.57 -> 0.48 ms). Not
-                # under a batch loop: Whisper's [1500, 64] x [64, 1500] attention scores a
-                # head keep their unpacked row sweep (6.9 ms; packed, 13.3).
-                kc = found.reduce.static_extents[0]
-            if kc and found.panel and (rows * depth * item <= l2_bytes // 2
-                                       or mr * depth * item <= a_tile_bytes(target)) \
-                    and rows * shape[-1] * item > l2_bytes // 2:
-                # B pre-packed needs no panel copy, and A fits in L2: one pass keeps the
-                # partial sums in registers and runs the epilogue on them, where reduction
-                # blocks would add into an output too big to stay in L2 once per block and
-                # sweep it again for the epilogue (GPT-2's LM head streamed its 26 MB output
-                # per block; its 128x3072 layers: GPT-2 2.5% faster). A smaller output stays
-                # in L2 and the shorter panels in L1 (BERT's layers: 10% slower in one pass).
-                # An A too big for L2 still goes in one pass when a row tile's whole
-                # reduction fits the A tile budget (L1): Whisper's [1500, 384] x [384, 1536]
-                # + GELU, 7.1-7.6 -> 6.1-6.2 ms.
-                kc = found.reduce.static_extents[0]
-            rows_outer = False
-            if kc and not found.panel:
-                kc, rows_outer = _rows_outer_block(found.reduce.static_extents, rows,
-                                                   -(-shape[-1] // nr), mr, nr, kc, target,
-                                                   item)
-            if kc:  # A rows of one packed reduction block per row block
-                depth = kc * depth // found.reduce.static_extents[0]
-            mc = _row_block(rows, mr, depth, l2_bytes, item) if kc else \
-                _unpacked_row_block(rows, shape[-1], mr, depth, l2_bytes, item)
-            part_tiles = rows // threads // mr
-            panels = shape[-1] // nr
-            if rows_outer and big and part_tiles >= MIN_ROWS_PER_CHUNK:
-                # A contiguous share of the rows a thread, one row block each: a thread
-                # packs the panels once. Row blocks dealt out had to divide the tiles
-                # evenly: SqueezeNet's 1000-channel classifier conv (125 tiles = 25 blocks
-                # of 5) packed its panels 25 times, 0.94 ms (ORT 0.58).
-                mc = part_tiles
-            elif rows_outer and big:
-                mc = _balanced_row_block(rows // mr, threads, mc)
-            # Threads share out the longer side: a tall A (rows >= columns) by rows, so each
-            # thread reads its part of A once and its row blocks stay in its own L2; shares
-            # of the column panels would have each thread stream all of A (MLAS splits the
-            # same way). [1024, 2304] x [2304, 256]: 4.3 -> 3.7 ms.
-            # A wide A with too few column panels to deal out (MobileNetV2's and
-            # DenseNet's 1x1 convs at 14x14, channels first: 196 columns, 6 panels) is
-            # shared by rows too; the panels then stay in each thread's L2. The tuner found
-            # it (0.68-0.79 of those kernels' time); whole models 0.97-0.99, alternated.
-            few_panels = unbatched and panels < MIN_PANELS_PER_CHUNK * threads
-            row_chunks = threads if big and kc and (rows >= shape[-1] or rows_outer
-                                                    or few_panels) \
-                and part_tiles >= MIN_ROWS_PER_CHUNK else 0
-            if row_chunks and not rows_outer:
-                mc = _row_block(rows // threads, mr, depth, l2_bytes, item)
-            chunks = threads if big and kc and not rows_outer and not row_chunks \
-                and panels >= MIN_PANELS_PER_CHUNK * threads else 0
-            keep = bool(kc) and not rows_outer and not found.panel and not row_chunks \
-                and rows >= KEEP_PANELS_MIN_ROWS and (not big or chunks > 1) \
-                and unbatched
-            shares = _kept_panels(panels, chunks, depth, nr, l2_bytes, item) if keep else None
-            if shares is not None:  # the kept panels share L2 with A's row block
-                chunks = shares
-                mc = _row_block(rows, mr, depth, l2_bytes // 2, item)
-                kept_bytes = -(-panels // max(shares, 1)) * depth * nr * item
-                if rows * shape[-1] * item > l2_bytes * KEPT_PANELS_ROW_SWEEP_OUTPUT_L2S \
-                        and kept_bytes <= l2_bytes // 2:
-                    mc = 1
-            keep = shares is not None
-            out.append(StageSchedule("gemm", (), big, mr, nr, vector_lanes, mc, kc,
-                                     rows_outer, chunks, keep, row_chunks))
+        gemm = gemm_stage_schedule(kernel, st, found, shape, threads, target) \
+            if not isinstance(found, str) else None
+        if gemm is not None:
+            out.append(gemm)
             continue
+        big = threads > 1 and _work(kernel, st) >= PARALLEL_MIN_WORK
         nest = stage_nest(kernel, st)
         # A short sum over rows narrower than a vector (a depthwise conv at 7x7 or 14x14,
         # channels first; a Winograd transform) keeps the canonical nest: the row trace's

@@ -9,11 +9,18 @@ count on a run-time loop.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from math import prod
 
 from strataml.ir.dialects.kernel import Kernel, Stage
 from strataml.ir.expr import top_reduces
-from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS, run_time_contraction
+from strataml.schedule.contraction import Contraction
+from strataml.schedule.dynamic_gemm import (
+    REPRESENTATIVE_ROWS,
+    TALL_ROWS,
+    TALL_SWITCH_ROWS,
+    run_time_contraction,
+)
 from strataml.schedule.key_axis import heads_outermost
 from strataml.schedule.primitives import Loop, Parallel, Primitive, Reorder, Split, Vectorize
 from strataml.schedule.schedule import (
@@ -22,6 +29,7 @@ from strataml.schedule.schedule import (
     TILE_ROW_VECTORS,
     Schedule,
     StageSchedule,
+    gemm_stage_schedule,
     gemm_tile,
     pack_block,
     pack_depth,
@@ -62,6 +70,35 @@ def _symbolic_parallel(loops: list[Loop], threads: int) -> Loop | None:
     return next((lp for lp in loops if lp.extent != 1), None)
 
 
+def run_time_gemm_schedule(kernel: Kernel, stage: Stage, gemm: Contraction, threads: int,
+                           target: Target) -> StageSchedule:
+    """The static rules' register tile and reduction blocks for the stage at
+    REPRESENTATIVE_ROWS rows and, where they choose otherwise at TALL_ROWS, those for a
+    run-time row count of at least TALL_SWITCH_ROWS. The static rules decide by the row
+    count: past the rows whose output outgrows half of L2 the reduction goes in one pass
+    (its partial sums stay in registers), and many rows take the widest tile (BERT's
+    384-wide layers at 384 and 512 tokens, whose 128-token blocks added partial sums into
+    an output bigger than L2 three times over). The run-time gemm takes the tile, the
+    blocks and the parallel flag; the static rules' row blocks and shares stay static."""
+    def at(rows: int) -> StageSchedule:
+        shape = tuple(rows if k == gemm.i_axis else n if isinstance(n, int) else 1
+                      for k, n in enumerate(kernel.buffer(stage.buffer).shape))
+        rules = gemm_stage_schedule(kernel, stage, gemm, shape, threads, target)
+        lanes = target.vector_lanes_f32
+        if rules is None:  # (narrower than the static register tile: one vector's tile)
+            mr, nr = gemm_tile(target, rows, bool(gemm.panel))
+            kc = pack_block(gemm.reduce.static_extents, rows, mr, bool(gemm.panel),
+                            pack_depth(target, nr, 4))
+            return StageSchedule("gemm", (), threads > 1, mr, nr, lanes, kc=kc)
+        return StageSchedule("gemm", (), threads > 1, rules.mr, rules.nr, lanes, kc=rules.kc)
+
+    short = at(REPRESENTATIVE_ROWS)
+    if isinstance(kernel.buffer(stage.buffer).shape[gemm.i_axis], int):
+        return short
+    tall = at(TALL_ROWS)
+    return short if tall == short else replace(short, tall=tall, tall_rows=TALL_SWITCH_ROWS)
+
+
 def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
                               target: Target | None = None) -> Schedule:
     """The schedule of a kernel whose buffers have run-time dims. A stage whose output's
@@ -85,10 +122,7 @@ def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
     for st in kernel.stages:
         gemm = run_time_contraction(kernel, st, lanes)
         if not isinstance(gemm, str):  # (a Linear layer over run-time rows: dynamic_gemm)
-            mr, nr = gemm_tile(target, REPRESENTATIVE_ROWS, bool(gemm.panel))
-            kc = pack_block(gemm.reduce.static_extents, REPRESENTATIVE_ROWS, mr,
-                             bool(gemm.panel), pack_depth(target, nr, 4))
-            out.append(StageSchedule("gemm", (), threads > 1, mr, nr, lanes, kc=kc))
+            out.append(run_time_gemm_schedule(kernel, st, gemm, threads, target))
             continue
         nest = stage_nest(kernel, st)
         outputs = [lp for lp in nest.loops if not lp.reduce]

@@ -28,6 +28,7 @@ written over `rows // mr` and `mod(rows, mr)`, so the lowering's size proofs
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from math import prod
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,7 @@ from strataml.passes.lower.contraction import (
 )
 from strataml.schedule.contraction import Contraction
 from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS
-from strataml.sizes import Size, floordiv, mod
+from strataml.sizes import Size, floordiv, mod, size_min
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -311,5 +312,16 @@ class _RunTimeGemm:
 
 def run_time_gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], body: Expr,
                         how: StageSchedule, c: Contraction) -> tuple[Stmt, ...]:
-    """The loop nest of a gemm stage whose rows are a run-time size (see the module)."""
-    return tuple(_RunTimeGemm(low, buffer, axes, body, how, c).build())
+    """The loop nest of a gemm stage whose rows are a run-time size (see the module); with a
+    tall variant (`StageSchedule.tall`), both nests, each behind a loop of one iteration
+    or none that the row count decides."""
+    if how.tall is None:
+        return tuple(_RunTimeGemm(low, buffer, axes, body, how, c).build())
+    rows = low.buffers[buffer].shape[c.i_axis]
+    tall = size_min(floordiv(rows, how.tall_rows), 1)  # (1 from tall_rows rows on)
+    out: list[Stmt] = []
+    for variant, taken in ((replace(how, tall=None), 1 - tall), (how.tall, tall)):
+        v = low.fresh("variant")
+        out.append(For(v, size_to_expr(taken), tuple(
+            _RunTimeGemm(low, buffer, axes, body, variant, c).build())))
+    return tuple(out)
