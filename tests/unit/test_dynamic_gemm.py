@@ -318,3 +318,27 @@ def test_a_tall_variant_round_trips_and_is_refused_where_rows_are_static():
     with pytest.raises(ScheduleError, match="no tall variant of its own"):
         strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (1, 512)},
                          schedules={"k0_matmul_add": Schedule((nested,))})
+
+
+def test_a_variant_the_rows_range_never_reaches_is_left_out():
+    """tokens in 1..200 never reach the tall variant and 300..1024 never leave it: one nest,
+    no run-time switch, the short or the tall tile (right at either end of the range)."""
+    from strataml.schedule.dynamic_gemm import TALL_SWITCH_ROWS
+
+    model = linear(384, 384, "bias", rows=("tokens",))
+    for (lo, hi), tile in (((1, 200), "short"), ((300, 1024), "tall")):
+        compiled = strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (lo, hi)},
+                                    num_threads=2)
+        how = _gemm_schedule(compiled)
+        if how.tall is None:
+            pytest.skip("the static rules pick one tile for every row count on this target")
+        chosen = how.tall if tile == "tall" else how
+        (text,) = [print_function(fn) for fn in compiled.program.loops if "matmul" in fn.name]
+        assert "variant" not in text, text
+        assert f"floordiv(%tokens, {chosen.mr})" in text, (tile, text)
+        gen = np.random.default_rng(13)
+        for tokens in (lo, hi, (lo + hi) // 2):
+            assert (tokens >= TALL_SWITCH_ROWS) == (tile == "tall")
+            feeds = {"x": gen.standard_normal((tokens, 384)).astype(F32)}
+            np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                       rtol=RTOL, atol=ATOL, err_msg=str(tokens))

@@ -73,8 +73,9 @@ def _symbolic_parallel(loops: list[Loop], threads: int) -> Loop | None:
 def run_time_gemm_schedule(kernel: Kernel, stage: Stage, gemm: Contraction, threads: int,
                            target: Target) -> StageSchedule:
     """The static rules' register tile and reduction blocks for the stage at
-    REPRESENTATIVE_ROWS rows and, where they choose otherwise at TALL_ROWS, those for a
-    run-time row count of at least TALL_SWITCH_ROWS. The static rules decide by the row
+    REPRESENTATIVE_ROWS rows (at its own static row count under a run-time batch) and,
+    where they choose otherwise at TALL_ROWS, those for a run-time row count of at least
+    TALL_SWITCH_ROWS. The static rules decide by the row
     count: past the rows whose output outgrows half of L2 the reduction goes in one pass
     (its partial sums stay in registers), and many rows take the widest tile (BERT's
     384-wide layers at 384 and 512 tokens, whose 128-token blocks added partial sums into
@@ -92,9 +93,10 @@ def run_time_gemm_schedule(kernel: Kernel, stage: Stage, gemm: Contraction, thre
             return StageSchedule("gemm", (), threads > 1, mr, nr, lanes, kc=kc)
         return StageSchedule("gemm", (), threads > 1, rules.mr, rules.nr, lanes, kc=rules.kc)
 
+    rows = kernel.buffer(stage.buffer).shape[gemm.i_axis]
+    if isinstance(rows, int):  # (static rows under a run-time batch)
+        return at(rows)
     short = at(REPRESENTATIVE_ROWS)
-    if isinstance(kernel.buffer(stage.buffer).shape[gemm.i_axis], int):
-        return short
     tall = at(TALL_ROWS)
     return short if tall == short else replace(short, tall=tall, tall_rows=TALL_SWITCH_ROWS)
 

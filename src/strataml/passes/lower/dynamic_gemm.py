@@ -55,7 +55,7 @@ from strataml.passes.lower.contraction import (
 )
 from strataml.schedule.contraction import Contraction
 from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS
-from strataml.sizes import Size, floordiv, mod, size_min
+from strataml.sizes import Size, floordiv, mod, size_interval, size_min
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -315,9 +315,15 @@ def run_time_gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], 
     """The loop nest of a gemm stage whose rows are a run-time size (see the module); with a
     tall variant (`StageSchedule.tall`), both nests, each behind a loop of one iteration
     or none that the row count decides."""
+    rows = low.buffers[buffer].shape[c.i_axis]
+    if how.tall is not None:  # (a variant the rows' range never reaches is left out)
+        least, most = size_interval(rows, {d.name[1:]: r for d, r in low.dims.items()})
+        if least >= how.tall_rows:
+            how = how.tall
+        elif most < how.tall_rows:
+            how = replace(how, tall=None)
     if how.tall is None:
         return tuple(_RunTimeGemm(low, buffer, axes, body, how, c).build())
-    rows = low.buffers[buffer].shape[c.i_axis]
     tall = size_min(floordiv(rows, how.tall_rows), 1)  # (1 from tall_rows rows on)
     out: list[Stmt] = []
     for variant, taken in ((replace(how, tall=None), 1 - tall), (how.tall, tall)):
