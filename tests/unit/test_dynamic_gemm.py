@@ -276,11 +276,12 @@ def _gemm_schedule(compiled: strataml.CompiledModel) -> StageSchedule:
                                                  (1536, 384, "residual")])
 def test_many_rows_take_the_static_rules_tiles_from_a_run_time_switch(k, n, epilogue):
     """BERT-sized Linear layers: the run-time gemm's tile and reduction blocks are the static
-    build's at REPRESENTATIVE_ROWS tokens and, from TALL_SWITCH_ROWS rows on, at TALL_ROWS
-    (the static rules go in one pass and take the widest tile for many rows); both nests are
-    in the kernel, each behind a loop the row count runs once or not at all, and rows on
-    either side of the switch (and over batch x tokens) match ONNX Runtime."""
-    from strataml.schedule.dynamic_gemm import TALL_ROWS, TALL_SWITCH_ROWS
+    build's at REPRESENTATIVE_ROWS tokens and at TALL_ROWS (the static rules go in one pass
+    and take the widest tile for many rows), the tall ones from the row count where the
+    static rules settle on them; both nests are in the kernel, each behind a loop the row
+    count runs once or not at all, and rows on either side of the switch match ONNX
+    Runtime."""
+    from strataml.schedule.dynamic_gemm import TALL_ROWS
 
     model = linear(k, n, epilogue, rows=("tokens",))
     compiled = strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (1, 1024)},
@@ -292,11 +293,15 @@ def test_many_rows_take_the_static_rules_tiles_from_a_run_time_switch(k, n, epil
         assert (got.mr, got.nr, got.kc) == (static.mr, static.nr, static.kc), (rows, how,
                                                                                 static)
     (text,) = [print_function(fn) for fn in compiled.program.loops if "matmul" in fn.name]
+    switch = how.tall_rows or TALL_ROWS
     if how.tall is not None:
-        assert how.tall_rows == TALL_SWITCH_ROWS
+        assert REPRESENTATIVE_ROWS < switch <= TALL_ROWS, how
+        static = _gemm_schedule(strataml.compile(model, dim_values={"tokens": switch},
+                                                 num_threads=2))
+        assert (static.mr, static.kc) == (how.tall.mr, how.tall.kc), (how, static)
         assert text.count("variant") >= 2, text
     gen = np.random.default_rng(12)
-    for tokens in (1, TALL_SWITCH_ROWS - 1, TALL_SWITCH_ROWS, TALL_SWITCH_ROWS + 1, 389, 1024):
+    for tokens in (1, switch - 1, switch, switch + 1, 389, 1024):
         feeds = {"x": gen.standard_normal((tokens, k)).astype(F32)}
         if epilogue == "residual":
             feeds["r"] = gen.standard_normal((tokens, n)).astype(F32)
@@ -321,12 +326,10 @@ def test_a_tall_variant_round_trips_and_is_refused_where_rows_are_static():
 
 
 def test_a_variant_the_rows_range_never_reaches_is_left_out():
-    """tokens in 1..200 never reach the tall variant and 300..1024 never leave it: one nest,
+    """tokens in 1..200 never reach the tall variant and 400..1024 never leave it: one nest,
     no run-time switch, the short or the tall tile (right at either end of the range)."""
-    from strataml.schedule.dynamic_gemm import TALL_SWITCH_ROWS
-
     model = linear(384, 384, "bias", rows=("tokens",))
-    for (lo, hi), tile in (((1, 200), "short"), ((300, 1024), "tall")):
+    for (lo, hi), tile in (((1, 200), "short"), ((400, 1024), "tall")):
         compiled = strataml.compile(model, dynamic_dims=True, dim_ranges={"tokens": (lo, hi)},
                                     num_threads=2)
         how = _gemm_schedule(compiled)
@@ -338,7 +341,7 @@ def test_a_variant_the_rows_range_never_reaches_is_left_out():
         assert f"floordiv(%tokens, {chosen.mr})" in text, (tile, text)
         gen = np.random.default_rng(13)
         for tokens in (lo, hi, (lo + hi) // 2):
-            assert (tokens >= TALL_SWITCH_ROWS) == (tile == "tall")
+            assert (tokens >= how.tall_rows) == (tile == "tall")
             feeds = {"x": gen.standard_normal((tokens, 384)).astype(F32)}
             np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                        rtol=RTOL, atol=ATOL, err_msg=str(tokens))

@@ -17,11 +17,11 @@ from strataml.schedule.contraction import Contraction, match_contraction
 # The row count the tile sizes are chosen for (a typical sequence; the static rules pick an
 # 8-row tile there on AVX-512, which divides it).
 REPRESENTATIVE_ROWS = 128
-# Many rows (four sequences of 128, one of 512) and the row count from which the run-time
-# gemm takes the static rules' tiles and blocks for them, where they differ (halfway
-# between the two representatives, geometrically).
+# Many rows (four sequences of 128, one of 512), whose static rules' tiles and blocks the
+# run-time gemm takes from the row count where the rules settle on them, looked for in
+# steps of SWITCH_STEP_ROWS (`symbolic.run_time_gemm_schedule`).
 TALL_ROWS = 512
-TALL_SWITCH_ROWS = 256
+SWITCH_STEP_ROWS = 64
 # Static rows fewer than this keep the row trace (the static rules' MIN_GEMM_ROWS).
 MIN_STATIC_ROWS = 4
 

@@ -17,8 +17,8 @@ from strataml.ir.expr import top_reduces
 from strataml.schedule.contraction import Contraction
 from strataml.schedule.dynamic_gemm import (
     REPRESENTATIVE_ROWS,
+    SWITCH_STEP_ROWS,
     TALL_ROWS,
-    TALL_SWITCH_ROWS,
     run_time_contraction,
 )
 from strataml.schedule.key_axis import heads_outermost
@@ -74,13 +74,14 @@ def run_time_gemm_schedule(kernel: Kernel, stage: Stage, gemm: Contraction, thre
                            target: Target) -> StageSchedule:
     """The static rules' register tile and reduction blocks for the stage at
     REPRESENTATIVE_ROWS rows (at its own static row count under a run-time batch) and,
-    where they choose otherwise at TALL_ROWS, those for a run-time row count of at least
-    TALL_SWITCH_ROWS. The static rules decide by the row
-    count: past the rows whose output outgrows half of L2 the reduction goes in one pass
-    (its partial sums stay in registers), and many rows take the widest tile (BERT's
-    384-wide layers at 384 and 512 tokens, whose 128-token blocks added partial sums into
-    an output bigger than L2 three times over). The run-time gemm takes the tile, the
-    blocks and the parallel flag; the static rules' row blocks and shares stay static."""
+    where they choose otherwise at TALL_ROWS, those for a run-time row count from which
+    they settle on that choice (checked every SWITCH_STEP_ROWS rows down from TALL_ROWS).
+    The static rules decide by the row count: past the rows whose output outgrows half of
+    L2 the reduction goes in one pass (its partial sums stay in registers), and many rows
+    take the widest tile (BERT's 384-wide layers at 384 and 512 tokens, whose 128-token
+    blocks added partial sums into an output bigger than L2 three times over). The run-time
+    gemm takes the tile, the blocks and the parallel flag; the static rules' row blocks
+    and shares stay static."""
     def at(rows: int) -> StageSchedule:
         shape = tuple(rows if k == gemm.i_axis else n if isinstance(n, int) else 1
                       for k, n in enumerate(kernel.buffer(stage.buffer).shape))
@@ -96,9 +97,14 @@ def run_time_gemm_schedule(kernel: Kernel, stage: Stage, gemm: Contraction, thre
     rows = kernel.buffer(stage.buffer).shape[gemm.i_axis]
     if isinstance(rows, int):  # (static rows under a run-time batch)
         return at(rows)
-    short = at(REPRESENTATIVE_ROWS)
-    tall = at(TALL_ROWS)
-    return short if tall == short else replace(short, tall=tall, tall_rows=TALL_SWITCH_ROWS)
+    short, tall = at(REPRESENTATIVE_ROWS), at(TALL_ROWS)
+    if tall == short:
+        return short
+    switch = TALL_ROWS  # (the row count from which the rules settle on the tall choice)
+    while switch - SWITCH_STEP_ROWS > REPRESENTATIVE_ROWS \
+            and at(switch - SWITCH_STEP_ROWS) == tall:
+        switch -= SWITCH_STEP_ROWS
+    return replace(short, tall=tall, tall_rows=switch)
 
 
 def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
