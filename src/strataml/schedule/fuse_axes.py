@@ -150,3 +150,70 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
     axes = (*stage.axes[:k], p, *stage.axes[k + 2:])
     return replace(kernel, buffers=buffers,
                    stages=(*kernel.stages[:-1], Stage(stage.buffer, axes, body)))
+
+
+def fuse_run_time_rows(kernel: Kernel) -> Kernel | None:
+    """Two adjacent run-time output axes (a batch and a sequence) fused into one in every
+    stage of a kernel over run-time dims, where every access to them in every stage is a
+    pure view of the pair: the kernel then runs one parallel loop over batch*seq rows instead
+    of a parallel loop over the tokens for each sample (BERT's LayerNorm at batch 4: four
+    parallel regions of its mean, variance and output rows, one barrier each). The last
+    stage's last axis is never in the pair (the row a normalisation or a row trace
+    vectorises)."""
+    if not kernel.dims or not kernel.stages:
+        return None
+    last = kernel.buffer(kernel.stages[-1].buffer).shape
+    for k in range(len(last) - 2):
+        height, width = last[k], last[k + 1]
+        if isinstance(height, int) or isinstance(width, int):
+            continue
+        fused = _fuse_in_every_stage(kernel, k, height, width)
+        if fused is not None:
+            return fused
+    return None
+
+
+def _fuse_in_every_stage(kernel: Kernel, k: int, height: Size, width: Size) -> Kernel | None:
+    """Every stage's output axes k, k + 1 (all over [height, width]) fused, or None where a
+    stage or an access does not read them as that pair."""
+    reshaped: dict[str, int] = {}  # buffer -> the position of its merged dims
+    other: set[str] = set()
+    for st in kernel.stages:
+        shape = kernel.buffer(st.buffer).shape
+        if len(shape) < k + 2 or shape[k:k + 2] != (height, width) \
+                or reshaped.setdefault(st.buffer, k) != k:
+            return None
+        u, v = st.axes[k], st.axes[k + 1]
+        for e in st.body.walk():
+            if not isinstance(e, Load):
+                continue
+            q = _pair_at(e.indices, u, v)
+            if q is not None and kernel.buffer(e.buffer).shape[q:q + 2] == (height, width):
+                if reshaped.setdefault(e.buffer, q) != q:
+                    return None
+            else:  # (a gather's index may read the pair: `table[ids[b, s], c]`)
+                other.add(e.buffer)
+    if reshaped.keys() & other:
+        return None
+    stages = []
+    for st in kernel.stages:
+        u, v = st.axes[k], st.axes[k + 1]
+        p = Var("int64", f"{u.name}_{v.name}")
+
+        def visit(e: Expr, u: Var = u, v: Var = v, p: Var = p) -> Expr | None:
+            if isinstance(e, Load) and e.buffer in reshaped:
+                q = reshaped[e.buffer]
+                ix = tuple(rewrite(i, visit) for i in e.indices)
+                return Load(e.dtype, e.buffer, (*ix[:q], p, *ix[q + 2:]))
+            return None
+
+        body = rewrite(st.body, visit)
+        if _mentions(body, u) or _mentions(body, v):
+            return None  # (read some other way, or used as values: not a pure view)
+        stages.append(Stage(st.buffer, (*st.axes[:k], p, *st.axes[k + 2:]), body))
+    buffers = tuple(
+        Buffer(b.name, b.dtype, (*b.shape[:reshaped[b.name]],
+                                 b.shape[reshaped[b.name]] * b.shape[reshaped[b.name] + 1],
+                                 *b.shape[reshaped[b.name] + 2:]), b.role)
+        if b.name in reshaped else b for b in kernel.buffers)
+    return replace(kernel, buffers=buffers, stages=tuple(stages))

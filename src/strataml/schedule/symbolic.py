@@ -2,8 +2,9 @@
 
 Built from the static rules' pieces (`schedule.schedule`): the row trace where a reduction
 feeds a static last axis, the gemm strategy for a contraction over run-time rows
-(`schedule.dynamic_gemm`), attention's heads outermost (`schedule.key_axis`), and a parallel
-loop chosen without knowing the run-time extents. No primitive here needs a constant trip
+(`schedule.dynamic_gemm`), a static axis the threads share evenly moved outside the run-time
+ones (attention's heads, `static_loop_outermost`), and a parallel loop chosen without
+knowing the run-time extents. No primitive here needs a constant trip
 count on a run-time loop.
 """
 
@@ -21,8 +22,15 @@ from strataml.schedule.dynamic_gemm import (
     TALL_ROWS,
     run_time_contraction,
 )
-from strataml.schedule.key_axis import heads_outermost
-from strataml.schedule.primitives import Loop, Parallel, Primitive, Reorder, Split, Vectorize
+from strataml.schedule.primitives import (
+    Loop,
+    LoopNest,
+    Parallel,
+    Primitive,
+    Reorder,
+    Split,
+    Vectorize,
+)
 from strataml.schedule.schedule import (
     BALANCED_SHARES,
     NARROW_ROW_MAX_REDUCTION,
@@ -107,6 +115,34 @@ def run_time_gemm_schedule(kernel: Kernel, stage: Stage, gemm: Contraction, thre
     return replace(short, tall=tall, tall_rows=switch)
 
 
+def static_loop_outermost(nest: LoopNest, threads: int) -> tuple[Primitive, ...] | None:
+    """Steps moving the first static output loop (the last output loop aside) that `threads`
+    share evenly, or that has BALANCED_SHARES times as many iterations as threads, outside
+    the run-time output loops before it, and making it parallel; None where no such loop
+    sits behind a run-time one (then `_symbolic_parallel` decides). A static head axis
+    behind a run-time batch (attention's `[batch, heads, seq, seq]` scores, softmax and
+    `P . V`; a head split's `[batch, heads, seq, 64]` copy) otherwise leaves the pool the
+    rows inside the batch and head loops: one fork and join per (batch, head), each sharing
+    a few rows (BERT's three head splits at batch 4: 48 parallel regions a call). Outermost,
+    it is one region a kernel, each thread a contiguous share of whole heads, and the row
+    loop inside stays serial, which `passes.lower.row_jam` can register-block; the vector
+    work over a run-time key axis is done on loop statements (`passes.lower.key_vector`),
+    since a schedule cannot split a run-time loop."""
+    outputs = [lp for lp in nest.loops if not lp.reduce]
+    before: list[str] = []
+    for lp in outputs[:-1]:
+        if not isinstance(lp.extent, int):
+            before.append(lp.name)
+            continue
+        if lp.extent > 1 and (lp.extent % threads == 0
+                              or lp.extent >= BALANCED_SHARES * threads):
+            if not before:
+                return None  # already outermost: the general rule picks it
+            return (Reorder((lp.name, *before)), Parallel(lp.name))
+        before.append(lp.name)
+    return None
+
+
 def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
                               target: Target | None = None) -> Schedule:
     """The schedule of a kernel whose buffers have run-time dims. A stage whose output's
@@ -159,8 +195,8 @@ def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
             steps = (Reorder((*(lp.name for lp in nest.loops if lp.reduce), last)),
                      Vectorize(last))
             outputs = outputs[:-1]
-        if heads := heads_outermost(kernel, st, nest, threads, BALANCED_SHARES):
-            out.append(StageSchedule.loops(*steps, *heads))  # (attention: see key_axis)
+        if threads > 1 and (hoisted := static_loop_outermost(nest, threads)):
+            out.append(StageSchedule.loops(*steps, *hoisted))
             continue
         outer = _symbolic_parallel(outputs if row else outputs[:-1] or outputs, threads)
         if threads > 1 and outer is not None:

@@ -67,7 +67,11 @@ from strataml.passes.lower.row_jam import jam_rows
 from strataml.passes.lower.scheduled_nest import NestLowering, combine
 from strataml.schedule.contraction import match_contraction
 from strataml.schedule.dynamic_gemm import run_time_contraction
-from strataml.schedule.fuse_axes import fuse_contraction_rows, fuse_trailing_axes
+from strataml.schedule.fuse_axes import (
+    fuse_contraction_rows,
+    fuse_run_time_rows,
+    fuse_trailing_axes,
+)
 from strataml.schedule.primitives import LoopNest
 from strataml.schedule.schedule import (
     Schedule,
@@ -474,9 +478,10 @@ def prepare_kernel(kernel: Kernel) -> Kernel:
     """The kernel as default schedules see it: index arithmetic simplified, trailing axes
     fused where every access allows (not yet over run-time dims: a fused axis of `batch*16`
     would need its index split by a run-time stride)."""
-    if kernel.dims:  # (only a contraction's rows: no fusion here needs a run-time division)
+    if kernel.dims:  # (only pure views of run-time rows: no fusion needing a run-time division)
         simplified = simplify_symbolic_indices(kernel)
-        while (fused := fuse_contraction_rows(simplified)) is not None:
+        while (fused := fuse_contraction_rows(simplified)
+               or fuse_run_time_rows(simplified)) is not None:
             simplified = fused
         return simplified
     return fuse_trailing_axes(simplify_indices(kernel))
