@@ -83,3 +83,18 @@ def test_a_table_broadcast_over_the_batch_keeps_its_batch_loop():
                        {"y": (F32, None)}, {})
     check(model, "add", [{"x": (b, s, 64), "t": (1, s, 64)} for b, s in SIZES],
           one_region=False)
+
+
+def test_attention_values_of_wide_heads_share_heads_not_column_blocks():
+    """P . V with heads of 64 columns (BERT-base's): two register-tile column blocks a head.
+    The threads take whole heads, outside the batch (not the two blocks of every head,
+    each then reading every head's V), with the blocks inside."""
+    model = onnx_model([helper.make_node("MatMul", ["p", "v"], ["y"])],
+                       {"p": (F32, ["batch", 12, "seq", "seq"]),
+                        "v": (F32, ["batch", 12, "seq", 64])}, {"y": (F32, None)}, {})
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges=RANGES, num_threads=2)
+    (text,) = [print_function(fn) for fn in compiled.program.loops if "matmul" in fn.name]
+    first = next(line.strip() for line in text.splitlines() if "for " in line)
+    assert first.startswith("for parallel"), text
+    assert "0..12" in first, text
+    check(model, "matmul", [{"p": (b, 12, s, s), "v": (b, 12, s, 64)} for b, s in SIZES])

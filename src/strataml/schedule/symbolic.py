@@ -128,17 +128,28 @@ def static_loop_outermost(nest: LoopNest, threads: int) -> tuple[Primitive, ...]
     loop inside stays serial, which `passes.lower.row_jam` can register-block; the vector
     work over a run-time key axis is done on loop statements (`passes.lower.key_vector`),
     since a schedule cannot split a run-time loop."""
-    outputs = [lp for lp in nest.loops if not lp.reduce]
+    found = _static_behind_run_time([lp for lp in nest.loops if not lp.reduce][:-1], threads)
+    if found is None:
+        return None
+    hoisted, before = found
+    return (Reorder((hoisted, *before)), Parallel(hoisted))
+
+
+def _static_behind_run_time(loops: list[Loop], threads: int
+                            ) -> tuple[str, list[str]] | None:
+    """The first static loop of `loops` (outermost first) that `threads` share evenly and
+    the loops before it, where a run-time one is among them (None where there is no such
+    loop, or it is already outside every run-time loop)."""
     before: list[str] = []
-    for lp in outputs[:-1]:
+    run_time = False
+    for lp in loops:
         if not isinstance(lp.extent, int):
             before.append(lp.name)
+            run_time = True
             continue
         if lp.extent > 1 and (lp.extent % threads == 0
                               or lp.extent >= BALANCED_SHARES * threads):
-            if not before:
-                return None  # already outermost: the general rule picks it
-            return (Reorder((lp.name, *before)), Parallel(lp.name))
+            return (lp.name, before) if run_time else None
         before.append(lp.name)
     return None
 
@@ -180,9 +191,24 @@ def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
                 # columns in blocks of a register tile's width, outermost: a block's sums
                 # stay in registers through the whole reduction, and its strip of B stays
                 # in cache while every row streams past it
+                rows = [lp.name for lp in outputs[:-1]]
+                reduces = [lp.name for lp in nest.loops if lp.reduce]
+                heads = _static_behind_run_time(outputs[:-1], threads) if threads > 1 \
+                    else None
+                if heads is not None:
+                    # a static axis behind run-time ones (attention's P . V over run-time
+                    # keys, heads of 64 columns) outermost and parallel, the column blocks
+                    # inside it: the threads share whole heads, not the two blocks of
+                    # every head (one region a call instead of a strip of V per block)
+                    head = heads[0]
+                    steps = (Split(last, block),
+                             Reorder((head, f"{last}.o", *(r for r in rows if r != head),
+                                      *reduces, f"{last}.i")),
+                             Vectorize(f"{last}.i"), Parallel(head))
+                    out.append(StageSchedule.loops(*steps))
+                    continue
                 steps = (Split(last, block),
-                         Reorder((f"{last}.o", *(lp.name for lp in outputs[:-1]),
-                                  *(lp.name for lp in nest.loops if lp.reduce), f"{last}.i")),
+                         Reorder((f"{last}.o", *rows, *reduces, f"{last}.i")),
                          Vectorize(f"{last}.i"))
                 blocks = width // block
                 if threads > 1 and (blocks % threads == 0
