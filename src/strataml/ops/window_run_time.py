@@ -53,6 +53,13 @@ def has_run_time_spatial(*shapes: tuple[Size, ...]) -> bool:
     return any(not isinstance(d, int) for shape in shapes for d in shape[2:])
 
 
+def _static_channels(node: Node, x: TensorRef) -> None:
+    """The channels pick the weights' layout and the product's width: a run-time channel
+    count is an UnsupportedOpError naming the node and the size."""
+    static_dims(node, tuple(d if axis == 1 else 1 for axis, d in enumerate(x.shape)),
+                "input 0")
+
+
 def _padded(ctx: LowerContext, node: Node, x: TensorRef, fill: Expr) -> TensorRef:
     """x with the node's pads around each spatial axis (channels-first, `fill` outside):
     a copy when there are pads, so the product reads plain loads; x itself without."""
@@ -81,7 +88,7 @@ def _positions(node: Node, out_sp: tuple[Expr, ...], taps: tuple[Expr, ...]
 def lower_conv_run_time(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRef,
                         bias: TensorRef | None) -> list[TensorRef]:
     """A Conv over run-time spatial sizes (see the module docstring)."""
-    static_dims(node, (x.shape[1],), "input 0 channels")
+    _static_channels(node, x)
     wshape = static_dims(node, w.shape, "weights")
     shape = out_shape(ctx, node)
     cout, cin_g, kernel = wshape[0], wshape[1], wshape[2:]
@@ -141,7 +148,7 @@ def lower_pool_run_time(ctx: LowerContext, node: Node, x: TensorRef, combiner: s
                         ) -> list[TensorRef]:
     """MaxPool ("max") or AveragePool ("sum", then / the window's count) over run-time
     spatial sizes: each window reduced with guarded reads."""
-    static_dims(node, (x.shape[1],), "input 0 channels")
+    _static_channels(node, x)
     shape = out_shape(ctx, node)
     kernel = tuple(node.attr("kernel_shape"))
     pads = node.attr("pads")
