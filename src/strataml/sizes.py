@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from math import prod
+from math import gcd, prod
 from types import MappingProxyType
 from typing import Union
 
@@ -629,13 +629,22 @@ def _folded_floordivs(x: SizeExpr) -> Size:
     a loop over a run-time count's whole blocks and its tail (`8*(seq//8) + t`, t below
     `mod(seq, 8)`) inside `seq` rows."""
     for m, k in x.terms:
-        if len(m) != 1 or m[0][1] != 1 or m[0][0].op != "floordiv" \
-                or k % m[0][0].divisor:
+        if len(m) != 1 or m[0][1] != 1 or m[0][0].op != "floordiv":
             continue
         atom = m[0][0]
-        c = -k // atom.divisor
         e = _from_expr(atom.args[0])
-        folded = x - (c * e + k * _atom_size(atom)) + c * mod(e, atom.divisor)
+        if k % atom.divisor == 0:
+            c = -k // atom.divisor
+            folded = x - (c * e + k * _atom_size(atom)) + c * mod(e, atom.divisor)
+        elif (c := gcd(k, atom.divisor)) > 1:
+            # k*(e//(q*c)) with c dividing k is (k/c)*(c*(E//c)) = (k/c)*(E - mod(E, c)),
+            # E = e//q: the whole row tiles of a run-time count that is itself a quotient (a
+            # convolution's `samples//5 - 1` output positions in tiles of 8,
+            # 8*((samples + 35)//40), against samples//5 + 7)
+            big = floordiv(e, atom.divisor // c)
+            folded = x - k * _atom_size(atom) + (k // c) * (big - mod(big, c))
+        else:
+            continue
         if isinstance(folded, int):
             return folded
         if len(folded.terms) < len(x.terms):
