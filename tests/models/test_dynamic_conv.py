@@ -43,6 +43,7 @@ class FeatureExtractor(nn.Module):
         self.depthwise = nn.Conv1d(c, c, 5, padding=2, groups=c)
         self.max = nn.MaxPool1d(3, stride=2, padding=1)
         self.avg = nn.AvgPool1d(3, stride=1, padding=1, count_include_pad=False)
+        self.halve = nn.AvgPool1d(2, stride=2, ceil_mode=True)  # (an odd length's last: 1)
         self.norm = nn.LayerNorm(c)
 
     def forward(self, x: Any) -> Any:
@@ -52,7 +53,7 @@ class FeatureExtractor(nn.Module):
         h = gelu(self.conv2(h))
         h = h + gelu(self.dilated(h))
         h = h + gelu(self.pos(h)[:, :, :-1])
-        h = self.avg(self.max(self.depthwise(h)))
+        h = self.halve(self.avg(self.max(self.depthwise(h))))
         return self.norm(h.transpose(1, 2))
 
 
@@ -69,7 +70,7 @@ def least_samples() -> int:
 
 class ImageNet(nn.Module):
     """A CNN whose height and width are run-time sizes: strided, padded, dilated and
-    depthwise convs, a padded max pool, an average pool and the global pool."""
+    depthwise convs, a padded max pool, an average pool and the global pools."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,6 +80,7 @@ class ImageNet(nn.Module):
         self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
         self.wide = nn.Conv2d(16, 32, (1, 3), stride=(1, 2))
         self.avg = nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False)
+        self.mean, self.max = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)  # (global)
         self.fc = nn.Linear(32, 10)
 
     def forward(self, x: Any) -> Any:
@@ -86,7 +88,7 @@ class ImageNet(nn.Module):
         h = torch.relu(self.dilated(h)) + h
         h = self.depthwise(self.pool(h))
         h = self.avg(torch.relu(self.wide(h)))
-        return self.fc(h.mean(dim=(2, 3)))
+        return self.fc((self.mean(h) + self.max(h)).flatten(1))
 
 
 def _export(module: Any, example: Any, axes: dict[int, str], path: Path) -> onnx.ModelProto:

@@ -149,8 +149,8 @@ def symbolic_default_schedule(kernel: Kernel, threads: int = 1,
             steps = (Reorder((*(lp.name for lp in nest.loops if lp.reduce), last)),
                      Vectorize(last))
             outputs = outputs[:-1]
-        if not row and (block := _transposed_read(kernel, st, outputs, lanes, threads)):
-            out.append(StageSchedule.loops(*block))
+        if not row and (blocked := _transposed_read(kernel, st, outputs, lanes, threads)):
+            out.append(StageSchedule.loops(*blocked))
             continue
         if heads := heads_outermost(kernel, st, nest, threads, BALANCED_SHARES):
             out.append(StageSchedule.loops(*steps, *heads))  # (attention: see key_axis)
