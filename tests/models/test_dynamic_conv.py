@@ -147,3 +147,22 @@ def test_image_cnn_compiles_once_and_runs_at_every_height_and_width(tmp_path: Pa
     assert len(compiles) == 1, "a size recompiled the model"
     with pytest.raises(InputError, match=r"dim 'width'\) is 8, outside its range"):
         compiled.run({"x": np.zeros((1, 3, 16, 8), np.float32)})
+
+
+def test_the_torch_frontend_compiles_the_audio_features_once(compiles: list[str]):
+    """`strataml.compile(module, example_inputs=..., dynamic_shapes=...)` with the length
+    dynamic: torch.export's size of each conv output is the same window formula, one build,
+    vs eager PyTorch at the least length and two others."""
+    torch.manual_seed(0)
+    module = FeatureExtractor().eval()
+    compiled = strataml.compile(module, example_inputs=(torch.randn(2, 800),),
+                                dynamic_shapes=({1: torch.export.Dim.AUTO},),
+                                dynamic_dims=True, num_threads=2)
+    for n in (least_samples(), 333, 2001):
+        x = torch.randn(2, n)
+        with torch.no_grad():
+            want = module(x).numpy()
+        got = compiled(x).detach().numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"length {n}")
+    assert len(compiles) == 1
