@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from math import prod
+from math import gcd, prod
 from types import MappingProxyType
 from typing import Union
 
@@ -523,6 +523,58 @@ def equalizing_range(a: Size, b: Size) -> tuple[str, int, int] | None:
     return None
 
 
+_POSITIVE: ContextVar[list[Size] | None] = ContextVar("noted_positive_sizes", default=None)
+
+
+@contextmanager
+def noted_positive() -> Iterator[list[Size]]:
+    """Within the block, the run-time sizes a shape rule needs at least 1 (`note_positive`:
+    a window's output count, which a window longer than the padded input makes 0 or
+    less): `least_dim_value` says from which size of its dim each holds."""
+    noted: list[Size] = []
+    token = _POSITIVE.set(noted)
+    try:
+        yield noted
+    finally:
+        _POSITIVE.reset(token)
+
+
+def note_positive(x: Size) -> None:
+    """A shape rule's requirement that `x >= 1` at run time (kept only inside
+    `noted_positive`)."""
+    noted = _POSITIVE.get()
+    if noted is not None and not isinstance(x, int):
+        noted.append(x)
+
+
+def least_dim_value(x: Size) -> tuple[str, int] | None:
+    """(dim, low): the least size of the one dim `x` names from which `x >= 1`, for a size
+    that does not decrease as its dim grows (a window's output count `(L - 10)//5 + 1`:
+    L >= 10). None where `x` names several dims, holds for every size, or for none up to
+    DIM_MAX, or is seen to decrease (then no single bound says when it holds)."""
+    names = size_dims(x)
+    if len(names) != 1:
+        return None
+    (name,) = names
+
+    def holds(v: int) -> bool:
+        return evaluate(x, {name: v}) >= 1
+
+    if holds(1) or not holds(DIM_MAX):
+        return None
+    lo, hi = 1, DIM_MAX  # holds(hi), not holds(lo)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    # (a spot check of monotony: it keeps holding above the bound)
+    if not all(holds(v) for v in (hi + 1, 2 * hi, hi + 1000)):
+        return None
+    return name, hi
+
+
 _ASSUMED: ContextVar[Mapping[str, Range]] = ContextVar("assumed_dim_ranges",
                                                        default=MappingProxyType({}))
 
@@ -540,6 +592,11 @@ def assumed_ranges(ranges: Mapping[str, Range]) -> Iterator[None]:
         yield
     finally:
         _ASSUMED.reset(token)
+
+
+def assumed_range(name: str) -> Range:
+    """The range the enclosing `assumed_ranges` give dim `name` (else [1, DIM_MAX])."""
+    return _ASSUMED.get().get(name, (1, DIM_MAX))
 
 
 def size_interval(x: Size, ranges: Mapping[str, Range] | None = None) -> Range:
@@ -572,13 +629,22 @@ def _folded_floordivs(x: SizeExpr) -> Size:
     a loop over a run-time count's whole blocks and its tail (`8*(seq//8) + t`, t below
     `mod(seq, 8)`) inside `seq` rows."""
     for m, k in x.terms:
-        if len(m) != 1 or m[0][1] != 1 or m[0][0].op != "floordiv" \
-                or k % m[0][0].divisor:
+        if len(m) != 1 or m[0][1] != 1 or m[0][0].op != "floordiv":
             continue
         atom = m[0][0]
-        c = -k // atom.divisor
         e = _from_expr(atom.args[0])
-        folded = x - (c * e + k * _atom_size(atom)) + c * mod(e, atom.divisor)
+        if k % atom.divisor == 0:
+            c = -k // atom.divisor
+            folded = x - (c * e + k * _atom_size(atom)) + c * mod(e, atom.divisor)
+        elif (c := gcd(k, atom.divisor)) > 1:
+            # k*(e//(q*c)) with c dividing k is (k/c)*(c*(E//c)) = (k/c)*(E - mod(E, c)),
+            # E = e//q: the whole row tiles of a run-time count that is itself a quotient (a
+            # convolution's `samples//5 - 1` output positions in tiles of 8,
+            # 8*((samples + 35)//40), against samples//5 + 7)
+            big = floordiv(e, atom.divisor // c)
+            folded = x - k * _atom_size(atom) + (k // c) * (big - mod(big, c))
+        else:
+            continue
         if isinstance(folded, int):
             return folded
         if len(folded.terms) < len(x.terms):

@@ -217,15 +217,15 @@ def test_inputs_disagreeing_on_a_shared_dim_raise_before_native_code(compiles):
     np.testing.assert_allclose(compiled.run({"x": x, "z": x})[0], x + x)
 
 
-def test_a_conv_over_a_run_time_map_size_is_refused_by_name():
-    """(A run-time *batch* loops the static one-sample conv: tests/unit/test_batch_loop.py;
-    a run-time height is not the leading axis, so the conv rules still refuse it.)"""
+def test_a_conv_over_run_time_channels_is_refused_by_name():
+    """(A run-time batch or map size lowers: tests/unit/test_batch_loop.py and
+    tests/models/test_dynamic_conv.py; the channels pick the weights' layout.)"""
     model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem/conv",
                                          kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
-                       {"x": (F32, [1, 3, "h", 8])}, {"y": (F32, None)},
+                       {"x": (F32, [1, "c", "h", 8])}, {"y": (F32, None)},
                        {"w": weights(4, 3, 3, 3)})
     with pytest.raises(UnsupportedOpError, match=r"stem/conv.*Conv cannot lower over the "
-                                                  r"run-time size h"):
+                                                  r"run-time size c \(input 0 axis 1\)"):
         strataml.compile(model, dynamic_dims=True, num_threads=1)
 
 
@@ -245,39 +245,50 @@ def test_by_default_unbound_dims_are_run_time_sizes(compiles):
 
 
 def test_by_default_a_model_no_build_runs_at_any_size_is_bound_with_a_warning():
-    """A convolution over run-time image sizes cannot lower: unset, the dims are bound (to 1)
-    and a warning says why; asked for (True), the same is an error."""
-    model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
-                       {"x": (F32, [1, 3, "h", "w"])}, {"y": (F32, None)},
-                       {"w": weights(4, 3, 3, 3)})
-    with pytest.warns(UserWarning, match=r"(?s)cannot be compiled to run at any size .*Conv.*"
-                                         r"compiled for h=1, w=1 instead"):
+    """A scatter into data of a run-time length cannot lower (its rule compares static
+    extents): unset, the dims are bound (to 1) and a warning says why; asked for (True),
+    the same is an error."""
+    model = onnx_model([helper.make_node("ScatterElements", ["x", "i", "u"], ["y"], axis=1,
+                                         reduction="add")],
+                       {"x": (F32, [1, "h"]), "u": (F32, [1, 2])}, {"y": (F32, None)},
+                       {"i": np.zeros((1, 2), np.int64)})
+    with pytest.warns(UserWarning, match=r"(?s)cannot be compiled to run at any size "
+                                         r".*ScatterElements.*compiled for h=1 instead"):
         compiled = strataml.compile(model, num_threads=1)
     assert not compiled.plan.dims
-    feeds = {"x": rng().standard_normal((1, 3, 1, 1)).astype(F32)}
+    feeds = {"x": rng().standard_normal((1, 1)).astype(F32),
+             "u": rng().standard_normal((1, 2)).astype(F32)}
     np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                rtol=RTOL, atol=ATOL)
-    with pytest.raises(UnsupportedOpError, match="Conv cannot lower over the run-time size"):
+    with pytest.raises(UnsupportedOpError, match="ScatterElements cannot lower over the "
+                                                 "run-time size"):
         strataml.compile(model, dynamic_dims=True, num_threads=1)
 
 
-def test_a_model_that_neither_builds_at_any_size_nor_at_size_1_says_both():
-    """A 1-D conv with a window of 10 over run-time samples (an audio front end): no build
-    runs at any size, and samples = 1 leaves it no window. The error gives both reasons and
-    asks for the sizes; given samples, it compiles over the run-time batch."""
-    model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], strides=[5])],
+def test_an_audio_front_end_runs_at_any_length_from_its_least_window(compiles):
+    """A 1-D conv with a window of 10 over run-time samples (an audio front end): it builds
+    once for any batch and length (ops/window_run_time.py); samples = 1 would leave it no
+    window, so the model's range starts at 10, and a shorter input is refused by name."""
+    model = onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], strides=[5],
+                                         name="front/conv")],
                        {"x": (F32, ["batch", 1, "samples"])}, {"y": (F32, None)},
                        {"w": weights(4, 1, 10)})
-    with pytest.raises(ShapeError, match=r"(?s)cannot be compiled to run at any size .*Conv.*"
-                                         r"nor for batch=1, samples=1 .*window 10 is larger.*"
-                                         r"give the sizes to compile for"):
-        strataml.compile(model, num_threads=1)
-    compiled = strataml.compile(model, dim_values={"samples": 400}, num_threads=1)
-    assert compiled.plan.dims == ("batch",)
-    for n in (1, 3):
-        feeds = {"x": rng().standard_normal((n, 1, 400)).astype(F32)}
+    compiled = strataml.compile(model, num_threads=1)
+    assert compiled.plan.dims == ("batch", "samples")
+    assert ("samples", 10, 2**31 - 1) in compiled.plan.dim_ranges
+    for n, samples in [(1, 10), (3, 14), (2, 15), (1, 401)]:
+        feeds = {"x": rng().standard_normal((n, 1, samples)).astype(F32)}
         np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
                                    rtol=RTOL, atol=ATOL)
+    assert len(compiles) == 1
+    with pytest.raises(InputError, match=r"dim 'samples'\) is 9, outside its range \[10, "
+                                         r"\d+\] \(Conv node 'front/conv' needs samples >= 10"):
+        compiled.run({"x": np.zeros((1, 1, 9), F32)})
+    # a declared range the window cannot take is an error naming the conv
+    with pytest.raises(ShapeError, match=r"front/conv' needs samples >= 10, but dim_ranges "
+                                         r"declares samples in \[1, 8\]"):
+        strataml.compile(model, dim_ranges={"samples": (1, 8)}, dynamic_dims=True,
+                         num_threads=1)
 
 
 def test_a_static_model_compiles_identically_with_the_flag():

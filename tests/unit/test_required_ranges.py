@@ -16,7 +16,16 @@ from strataml.errors import InputError, StrataError
 from strataml.frontends.onnx import import_model
 from strataml.options import CompileOptions
 from strataml.passes.graph.required_ranges import narrowed_ranges, required_dim_ranges
-from strataml.sizes import dim, equalizing_range, size_max, size_min
+from strataml.sizes import (
+    dim,
+    equalizing_range,
+    floordiv,
+    least_dim_value,
+    mod,
+    size_interval,
+    size_max,
+    size_min,
+)
 from tests.conftest import ort_run
 from tests.unit.graphs import onnx_model
 
@@ -99,3 +108,25 @@ def test_a_declared_range_the_model_cannot_run_in_is_an_error_naming_the_node():
     # (seq >= 20 makes the slice 16 rows at import, which no seq in the range broadcasts to)
     with pytest.raises(StrataError, match=r"Add.*seq to 16"):
         strataml.compile(positions(), dynamic_dims=True, dim_ranges={"seq": (20, 30)})
+
+
+def test_a_window_count_gives_the_least_size_of_its_dim():
+    """A conv's output count `(L - 10)//5 + 1` is >= 1 from L = 10 (`least_dim_value`):
+    the lower bound a model of convolutions over a run-time length requires."""
+    samples, b = dim("samples"), dim("b")
+    assert least_dim_value(floordiv(samples - 10, 5) + 1) == ("samples", 10)
+    frames = floordiv(floordiv(samples - 10, 5) + 1 - 3, 2) + 1  # (two convs)
+    assert least_dim_value(frames) == ("samples", 20)
+    assert least_dim_value(samples + 1) is None  # (holds at every size)
+    assert least_dim_value(samples * b - 3) is None  # (two dims: no single bound)
+    assert least_dim_value(mod(samples, 7) - 7) is None  # (never holds)
+
+
+def test_whole_tiles_of_a_quotient_are_bounded_by_it():
+    """The gemm's row tiles over a conv's `samples//5 - 1` output positions: 8 rows a tile,
+    `8*((samples//5 - 1)//8)` canonicalised to `8*((samples + 35)//40) - 8`, never past the
+    rows (the fold through gcd(k, d) proves it; before, the interval was unbounded)."""
+    rows = floordiv(dim("samples"), 5) - 1
+    tail = rows - 8 * floordiv(rows, 8)
+    assert size_interval(tail) == (0, 7)
+    assert size_interval(512 * tail) == (0, 512 * 7)

@@ -41,8 +41,9 @@ def size_to_expr(size: Size) -> Expr:
             for _ in range(power):
                 term = binary("mul", term, factor)
         out = term if out is None else binary("sub" if negative else "add", out, term)
-    assert out is not None  # (a SizeExpr has a non-constant term)
-    return out
+    # (a min/max atom keeps a constant argument as a term-less SizeExpr when it is 0:
+    # `max(0, (samples + 240)//320 - 1)`)
+    return idx(0) if out is None else out
 
 
 def _atom_expr(atom: Atom) -> Expr:

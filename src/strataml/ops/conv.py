@@ -20,6 +20,7 @@ from strataml.ir.expr import Expr, compare, const, idx, logical_and, select
 from strataml.ir.types import TensorType
 from strataml.ops.common import (
     as_ints,
+    out_shape,
     require_same_dtype,
     require_static,
     static_out_shape,
@@ -33,6 +34,7 @@ from strataml.ops.window import (
     windows,
     zero_padded,
 )
+from strataml.ops.window_run_time import has_run_time_spatial, lower_conv_run_time
 
 # ---------------------------------------------------------------- shape rule
 
@@ -482,6 +484,8 @@ def lower_conv(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
     assert x is not None
     assert w is not None
     bias = inputs[2] if len(inputs) > 2 else None
+    if has_run_time_spatial(x.shape, out_shape(ctx, node)):
+        return lower_conv_run_time(ctx, node, x, w, bias)
     require_static(ctx, node, inputs)
     shape = static_out_shape(ctx, node)
     pinned = node.attr("algorithm")

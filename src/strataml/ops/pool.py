@@ -20,6 +20,11 @@ from strataml.ops.window import (
     windows,
     zero_padded,
 )
+from strataml.ops.window_run_time import (
+    has_run_time_spatial,
+    lower_global_pool_run_time,
+    lower_pool_run_time,
+)
 
 # ---------------------------------------------------------------- shape rule
 
@@ -103,6 +108,8 @@ def lower_max_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                    ) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
+    if has_run_time_spatial(x.shape):
+        return lower_pool_run_time(ctx, node, x, "max")
     require_static(ctx, node, inputs)
     lowest = reduce_identity("max", x.dtype)
     return [_window_reduce(ctx, node, x, "max", lowest, static_out_shape(ctx, node))]
@@ -132,6 +139,8 @@ def lower_avg_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | None]
                    ) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
+    if has_run_time_spatial(x.shape):
+        return lower_pool_run_time(ctx, node, x, "sum")
     require_static(ctx, node, inputs)
     shape = static_out_shape(ctx, node)
     total = _window_reduce(ctx, node, x, "sum", const(0, x.dtype), shape)
@@ -148,6 +157,8 @@ def lower_global_pool(ctx: LowerContext, node: Node, inputs: list[TensorRef | No
                       ) -> list[TensorRef]:
     x = inputs[0]
     assert x is not None
+    if has_run_time_spatial(x.shape):
+        return lower_global_pool_run_time(ctx, node, x)
     require_static(ctx, node, inputs)
     spatial = as_ints(x.shape[2:])
     size = 1

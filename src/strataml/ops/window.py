@@ -21,7 +21,7 @@ from strataml.ir.expr import Expr, compare, const, logical_and, select
 from strataml.ir.types import Dim, TensorType
 from strataml.ops.common import out_shape
 from strataml.ops.lowering import LowerContext, TensorRef
-from strataml.sizes import SizeExpr, SymbolicSizeError, ceildiv, floordiv
+from strataml.sizes import SizeExpr, SymbolicSizeError, ceildiv, floordiv, note_positive
 
 # The window attributes of every convolution and pool (their sizes depend on the rank, so
 # the frontend always sets them).
@@ -54,13 +54,17 @@ def window_out_dim(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end:
     total = size + pad_begin + pad_end - span
     if isinstance(total, SizeExpr):
         if not ceil_mode:
-            return floordiv(total, stride) + 1
+            out = floordiv(total, stride) + 1
+            note_positive(out)  # (a window longer than the padded input: no output)
+            return out
         # The last window starts at most `pad_end - span + stride - 1` past the input's
         # end: when that is negative it always starts inside, whatever the size.
         if pad_end - span + stride - 1 >= 0:
             raise SymbolicSizeError(f"a ceil_mode window over the run-time size {size} may "
                                     "start in the end padding: bind the size")
-        return ceildiv(total, stride) + 1
+        out = ceildiv(total, stride) + 1
+        note_positive(out)
+        return out
     if total < 0:
         padded = size + pad_begin + pad_end
         raise ValueError(f"window {span} is larger than the padded input {padded}")

@@ -18,6 +18,7 @@ from strataml.ir.dialects.kernel import Kernel
 from strataml.ir.dialects.loop import LoopFunction
 from strataml.options import CompileOptions, Target
 from strataml.passes.decisions import pin_decisions
+from strataml.passes.graph.bind_dims import bind_dims
 from strataml.passes.graph.required_ranges import narrowed_ranges, required_dim_ranges
 from strataml.passes.lower.phases import CompileState, check_supported, graph_dim_ranges
 from strataml.passes.manager import GraphPass, LoweringPass, PassManager, parse_pipeline
@@ -104,6 +105,11 @@ def compile_graph(graph: Graph, target: Target, options: CompileOptions,
     # (every pass simplifies and compares run-time sizes within the declared ranges, as the
     # importer did: `min(512, seq)` is `seq` for seq <= 512 in infer-shapes too)
     with assumed_ranges(options.dim_ranges if options.dynamic_dims else {}):
+        if reasons:
+            # sizes the importer built before the model's own ranges were known, simplified
+            # under them: wav2vec2's frame count after a Slice, `max(0, (samples + 240)//320
+            # - 1)`, is the convolutions' `(samples + 240)//320 - 1` for samples >= 400
+            graph = bind_dims(graph, {})
         state = manager.run(CompileState(graph, target, options, range_reasons=reasons))
     assert state.plan is not None
     assert state.executable is not None
@@ -130,10 +136,10 @@ def _model_ranges(graph: Graph, options: CompileOptions
     for name, (lo, hi) in narrowed.items():
         if name not in required:
             continue
-        (_, high), where = required[name]
+        (low, high), why = required[name]
         if lo > hi:
-            raise ShapeError(f"{where}: needs {name} <= {high}, but dim_ranges declares "
-                             f"{name} in {list(declared[name])}")
-        if name not in declared or declared[name][1] > high:
-            reasons[name] = f"{where} needs {name} <= {high}"
+            raise ShapeError(f"{why}, but dim_ranges declares {name} in "
+                             f"{list(declared[name])}")
+        if name not in declared or declared[name][1] > high or declared[name][0] < low:
+            reasons[name] = why
     return narrowed, reasons

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ from strataml.frontends.onnx.converters import (
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.types import DTYPES, Dim, TensorType
 from strataml.options import CompileOptions
-from strataml.sizes import assumed_ranges, dim
+from strataml.sizes import (
+    Size,
+    assumed_range,
+    assumed_ranges,
+    dim,
+    least_dim_value,
+    noted_positive,
+)
 
 MIN_OPSET = 7
 
@@ -199,8 +207,13 @@ class _Importer:
                 continue  # an initializer listed as an input (IR < 4 style): a constant
             self.types[vi.name] = self._input_type(vi)
             inputs.append(vi.name)
-        for index, proto in enumerate(g.node):
-            self._convert(proto, index)
+        with noted_positive() as positive, ExitStack() as assumed:
+            seen = 0
+            for index, proto in enumerate(g.node):
+                self._convert(proto, index)
+                if len(positive) > seen:
+                    assumed.enter_context(assumed_ranges(_raised_lows(positive[seen:])))
+                    seen = len(positive)
         if self.problems:
             raise UnsupportedOpError(self.problems)
         outputs = tuple(o.name for o in g.output)
@@ -298,6 +311,23 @@ class _Importer:
 
     def _add(self, node: Node) -> None:
         admit_node(node, self.types, self.constants, self.nodes)
+
+
+def _raised_lows(positive: list[Size]) -> dict[str, tuple[int, int]]:
+    """The dims whose least size the sizes a shape rule needs positive raise above the
+    assumed range (a convolution's window: samples >= 400), for the rest of the import:
+    the dynamo exporter spells a frame count after it as `max(0, frames - 1)`, which is
+    `frames - 1` only once the frames are known to be at least 1, and reshapes by it."""
+    out: dict[str, tuple[int, int]] = {}
+    for x in positive:
+        least = least_dim_value(x)
+        if least is None:
+            continue
+        name, low = least
+        lo, hi = out.get(name, assumed_range(name))
+        if lo < low <= hi:
+            out[name] = (low, hi)
+    return out
 
 
 def import_model(model: Any, options: CompileOptions | None = None,
