@@ -575,6 +575,25 @@ def least_dim_value(x: Size) -> tuple[str, int] | None:
     return name, hi
 
 
+def nonpositive_range(x: Size) -> tuple[str, int, int] | None:
+    """(dim, 1, high): the range of one dim under which `x <= 0`, where `x` is `a*dim + b`
+    with `a > 0` (an index `seq - 1` into a table of 64 rows needs `seq - 1 - 63 <= 0`:
+    seq <= 64). None for any other size, or where no dim >= 1 satisfies it."""
+    if isinstance(x, int):
+        return None
+    name, a, b = "", 0, 0
+    for m, c in x.terms:
+        if not m:
+            b = c
+        elif len(m) == 1 and m[0][0].op == "dim" and m[0][1] == 1 and not name:
+            name, a = m[0][0].name, c
+        else:
+            return None
+    if a <= 0 or a + b > 0:
+        return None
+    return (name, 1, -b // a)
+
+
 _ASSUMED: ContextVar[Mapping[str, Range]] = ContextVar("assumed_dim_ranges",
                                                        default=MappingProxyType({}))
 

@@ -379,6 +379,36 @@ def test_fuse_never_pulls_a_producer_into_an_anchor(rng):
     _same(g, out, {"x": rng.standard_normal((4, 4)).astype(np.float32)}, rtol=1e-5)
 
 
+def test_fuse_a_softmax_takes_the_nan_guard_that_reads_it_twice(rng):
+    """`Where(IsNaN(p), 0, p)` after a softmax (the dynamo exporter's attention) reads p
+    twice: a diamond, which joins the softmax's kernel as a product's epilogue would, so
+    the scores are not written and read once more by a kernel of their own."""
+    g = graph({"x": (F32, (2, 4, 6))}, [
+        node("Softmax", ["x"], "p", axis=-1),
+        node("IsNaN", ["p"], "nan"),
+        node("Where", ["nan", "zero", "p"], "y"),
+    ], ["y"], {"zero": np.zeros((), np.float32)})
+    out = fuse_graph(g)
+    assert _fused_bodies(out) == [["Softmax", "IsNaN", "Where"]]
+    x = rng.standard_normal((2, 4, 6)).astype(np.float32)
+    x[0, 1] = -np.inf  # (a fully masked row: NaN from the softmax, 0 after the guard)
+    with np.errstate(invalid="ignore"):
+        _same(g, out, {"x": x}, rtol=1e-6)
+        assert not np.isnan(interpret(out, {"x": x})[0]).any()
+    # compiled, over a run-time row too: one kernel, the masked row 0
+    model = onnx_model([helper.make_node("Softmax", ["x"], ["p"], axis=-1),
+                        helper.make_node("IsNaN", ["p"], ["nan"]),
+                        helper.make_node("Where", ["nan", "zero", "p"], ["y"])],
+                       {"x": (F32, ["b", 4, "s"])}, {"y": (F32, None)},
+                       {"zero": np.zeros((), np.float32)})
+    compiled = strataml.compile(model, dynamic_dims=True, dim_ranges={"s": (1, 64)})
+    assert len(compiled.plan.calls) == 1
+    got = compiled.run({"x": x})[0]
+    with np.errstate(invalid="ignore"):
+        want = np.nan_to_num(interpret(g, {"x": x})[0], nan=0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_fuse_refuses_a_merge_that_makes_a_cycle(rng):
     """Add(a, MatMul(a)) may not join a's group: that group would both feed and follow the
     MatMul's group."""

@@ -22,6 +22,7 @@ from strataml.sizes import (
     floordiv,
     least_dim_value,
     mod,
+    nonpositive_range,
     size_interval,
     size_max,
     size_min,
@@ -130,3 +131,55 @@ def test_whole_tiles_of_a_quotient_are_bounded_by_it():
     tail = rows - 8 * floordiv(rows, 8)
     assert size_interval(tail) == (0, 7)
     assert size_interval(512 * tail) == (0, 512 * 7)
+
+
+def positions_gathered(offset: int = 0, from_range: bool = True) -> ModelProto:
+    """y = x + table[Range(0, seq) + offset] (the dynamo exporter's position embedding: an
+    arange gathered from the table), or the table gathered by a model input."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["seq"], axis=0)]
+    if from_range:
+        nodes += [helper.make_node("Range", ["zero0", "seq", "one"], ["arange"]),
+                  helper.make_node("Add", ["arange", "offset"], ["shifted"]),
+                  helper.make_node("Unsqueeze", ["shifted", "zero"], ["ids"])]
+    nodes += [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0),
+              helper.make_node("Add", ["x", "rows"], ["y"])]
+    table = np.random.default_rng(3).standard_normal((ROWS, 8)).astype(np.float32)
+    inputs = {"x": ("float32", ["batch", "seq", 8])}
+    if not from_range:
+        inputs["ids"] = ("int64", [1, "seq"])
+    return onnx_model(nodes, inputs, {"y": ("float32", None)},
+                      {"table": table, "one": np.array(1, np.int64),
+                       "zero0": np.array(0, np.int64), "zero": np.array([0], np.int64),
+                       "offset": np.array(offset, np.int64)})
+
+
+def test_an_index_into_a_table_bounds_its_size():
+    seq = dim("seq")
+    assert nonpositive_range(seq - 1 - 15) == ("seq", 1, 16)
+    assert nonpositive_range(2 * seq + 3 - 15) == ("seq", 1, 6)
+    assert nonpositive_range(seq + 20 - 15) is None  # (no seq >= 1 keeps it inside)
+    assert nonpositive_range(seq * seq - 15) is None  # (not linear in the dim)
+    assert nonpositive_range(seq - dim("b")) is None
+    for offset, high in [(0, ROWS), (3, ROWS - 3)]:
+        graph = import_model(positions_gathered(offset), CompileOptions(), keep_symbolic=True)
+        (lo, hi), where = required_dim_ranges(graph)["seq"]
+        assert (lo, hi) == (1, high)
+        assert where.startswith("Gather"), where
+    # ids from the caller: nothing bounds them at compile time
+    graph = import_model(positions_gathered(from_range=False), CompileOptions(),
+                         keep_symbolic=True)
+    assert required_dim_ranges(graph) == {}
+
+
+def test_a_gathered_range_compiles_without_ranges_and_refuses_past_the_table():
+    model = positions_gathered(2)
+    compiled = strataml.compile(model, dynamic_dims=True, num_threads=2)
+    assert ("seq", 1, ROWS - 2) in compiled.plan.dim_ranges
+    gen = np.random.default_rng(1)
+    for shape in [(1, 1), (3, ROWS - 2)]:
+        feeds = {"x": gen.standard_normal((*shape, 8)).astype(np.float32)}
+        np.testing.assert_allclose(compiled.run(feeds)[0], ort_run(model, feeds)[0],
+                                   rtol=1e-6, atol=1e-6)
+    with pytest.raises(InputError, match=rf"is {ROWS - 1}, .*Gather node .* needs seq <= 14"):
+        compiled.run({"x": np.zeros((1, ROWS - 1, 8), np.float32)})

@@ -497,3 +497,27 @@ def test_c_library_and_wasm_refuse_a_plan_over_run_time_sizes(plan, executable, 
     with pytest.raises(WasmError, match=r"the wasm loader runs plans of fixed sizes only"):
         emit_wasm(model, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_moved_to_a_row_scratch_takes_no_arena():
+    """A softmax over a run-time row bounded by a range keeps its max, exponentials and sum
+    in a row scratch (passes/lower/row_scratch.py): the kernel's temporaries are then never
+    touched, and the plan gives them no arena (before: 4*b*s + 8*b bytes of it). Without a
+    bound the exponentials stay in their buffer, which the arena holds."""
+    from onnx import helper
+
+    import strataml
+    from tests.unit.graphs import onnx_model
+
+    model = onnx_model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
+                       {"x": ("float32", ["b", "s"])}, {"y": ("float32", None)}, {})
+    bounded = strataml.compile(model, dynamic_dims=True, dim_ranges={"s": (1, 64)})
+    assert bounded.plan.arena_bytes == 0
+    assert [a for a in bounded.plan.calls[0].args if a[0] == 0] == [(0, 0)] * 3
+    unbounded = strataml.compile(model, dynamic_dims=True)
+    assert evaluate(unbounded.plan.arena_bytes, {"b": 2, "s": 100}) >= 4 * 2 * 100
+    x = np.random.default_rng(2).standard_normal((3, 50)).astype(np.float32)
+    want = np.exp(x - x.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    for compiled in (bounded, unbounded):
+        np.testing.assert_allclose(compiled.run({"x": x})[0], want, rtol=1e-5, atol=1e-6)

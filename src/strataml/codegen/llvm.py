@@ -67,7 +67,7 @@ from strataml.ir.types import (
     split_vector,
 )
 from strataml.options import Target
-from strataml.runtime.hal import CONTRACT_SECTION, KernelCall
+from strataml.runtime.hal import CONTRACT_SECTION, KernelCall, step_function_name
 from strataml.sizes import SizeExpr, size_interval
 
 _INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16,
@@ -794,7 +794,7 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
     io_table = b.bitcast(io, ir.PointerType(PTR))
     dims_table = b.bitcast(entry.args[3], ir.PointerType(I64)) if with_dims else None
     sizes = _entry_sizes(b, dims_table, dims)
-    for call in plan:
+    for index, call in enumerate(plan):
         callee = emitted[call.function]
         types = callee.function_type.args
         if len(call.args) + len(call.dims) != len(types):
@@ -829,8 +829,8 @@ def build_module(functions: Sequence[LoopFunction], plan: Sequence[KernelCall],
             pool = _declare(module, POOL_ENTRY, ir.VoidType(),
                             [ir.PointerType(WORKER_TYPE), PTR, I64, I32])
             emit_repeated_call(b, callee, raws, call.strides, extra, sizes.value(call.repeat),
-                               b.load(_threads_global(module)), pool,
-                               min_samples(loop_fns[call.function], call.strides))
+                               step_function_name(entry_name, index), _threads_global(module),
+                               pool, min_samples(loop_fns[call.function], call.strides))
         else:
             b.call(callee, args + extra)
     b.ret_void()

@@ -30,6 +30,8 @@ I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.IntType(8).as_pointer()
 WORKER_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64, I64])
+# A repeated plan step: (context, sample count); see `step_function`.
+STEP_TYPE = ir.FunctionType(ir.VoidType(), [PTR, I64])
 
 # The innermost iterations a parallel loop of a static kernel needs before the pool pays
 # (the static rules' PARALLEL_MIN_WORK): a one-sample kernel too small for its own parallel
@@ -57,39 +59,55 @@ def min_samples(fn: LoopFunction, strides: Sequence[int]) -> int:
 
 def emit_repeated_call(b: ir.IRBuilder, callee: ir.Function, pointers: Sequence[ir.Value],
                        strides: Sequence[int], extra: Sequence[ir.Value], count: ir.Value,
-                       threads: ir.Value | None = None, pool: ir.Function | None = None,
-                       least: int = 0) -> None:
+                       step_name: str, threads: ir.GlobalVariable | None = None,
+                       pool: ir.Function | None = None, least: int = 0) -> None:
     """`callee(pointers[k] + i * strides[k] ..., *extra)` for i in [0, count), with `b`
-    left at the block after the loop. With `threads` and `pool` and `least` >= 2, the
-    samples go to the thread pool (`pool(worker, ctx, count, threads)`) when there are at
-    least `least` of them and more than one thread. Every operand is computed before the
-    loop (in blocks that dominate the one after it), so values cached by the caller stay
-    usable there."""
-    if threads is None or pool is None or least < 2:
-        _sample_loop(b, callee, pointers, strides, extra, ir.Constant(I64, 0), count)
-        return
-    fn = b.block.function
-    worker = _worker(b.module, callee, strides, len(pointers), len(extra))
-    # (the context: every pointer, then every extra i64, as pointers)
-    ctx = b.alloca(PTR, size=len(pointers) + len(extra), name="samples")
+    left after the call. The entry fills a context (the pointers, then the extra i64s) and
+    calls the step function `step_name(ctx, count)` (`step_function`), which a profile
+    calls too: it then times the samples exactly as `run` runs them. Every operand is
+    computed before the call, so values cached by the caller stay usable after it."""
+    step = step_function(b.module, callee, strides, len(pointers), len(extra), step_name,
+                         threads, pool, least)
+    ctx = b.alloca(PTR, size=max(1, len(pointers) + len(extra)), name="samples")
     for k, p in enumerate(pointers):
         b.store(b.bitcast(p, PTR), b.gep(ctx, [ir.Constant(I32, k)], inbounds=True))
     for k, v in enumerate(extra):
         b.store(b.inttoptr(v, PTR), b.gep(ctx, [ir.Constant(I32, len(pointers) + k)],
                                           inbounds=True))
-    shared = b.and_(b.icmp_signed(">", threads, ir.Constant(I32, 1)),
+    b.call(step, [b.bitcast(ctx, PTR), count])
+
+
+def step_function(module: ir.Module, callee: ir.Function, strides: Sequence[int],
+                  n_pointers: int, n_extra: int, name: str,
+                  threads: ir.GlobalVariable | None = None, pool: ir.Function | None = None,
+                  least: int = 0) -> ir.Function:
+    """`void <name>(ptr ctx, i64 count)`: one repeated plan step, with external linkage so
+    `Executor.timeline` can call it. With `threads` and `pool` and `least` >= 2, the
+    samples go to the thread pool (`pool(worker, ctx, count, threads)`) when there are at
+    least `least` of them and more than one thread; otherwise (and always without a pool)
+    they run one after another on the calling thread."""
+    step = ir.Function(module, STEP_TYPE, name=name)
+    step.attributes.add("nounwind")
+    ctx, count = step.args
+    worker = _worker(module, callee, strides, n_pointers, n_extra)
+    b = ir.IRBuilder(step.append_basic_block("entry"))
+    if threads is None or pool is None or least < 2:
+        b.call(worker, [ctx, ir.Constant(I64, 0), count])
+        b.ret_void()
+        return step
+    n = b.load(threads)
+    shared = b.and_(b.icmp_signed(">", n, ir.Constant(I32, 1)),
                     b.icmp_signed(">=", count, ir.Constant(I64, least)))
-    on_pool = fn.append_basic_block(f"{callee.name}.samples")
-    serial = fn.append_basic_block(f"{callee.name}.serial")
-    done = fn.append_basic_block(f"{callee.name}.after")
+    on_pool = step.append_basic_block("samples")
+    serial = step.append_basic_block("serial")
     b.cbranch(shared, on_pool, serial)
     b.position_at_end(on_pool)
-    b.call(pool, [worker, b.bitcast(ctx, PTR), count, threads])
-    b.branch(done)
+    b.call(pool, [worker, ctx, count, n])
+    b.ret_void()
     b.position_at_end(serial)
-    _sample_loop(b, callee, pointers, strides, extra, ir.Constant(I64, 0), count)
-    b.branch(done)
-    b.position_at_end(done)
+    b.call(worker, [ctx, ir.Constant(I64, 0), count])
+    b.ret_void()
+    return step
 
 
 def _sample_loop(b: ir.IRBuilder, callee: ir.Function, pointers: Sequence[ir.Value],

@@ -24,7 +24,13 @@ import numpy as np
 
 from strataml.config import num_threads_from_env
 from strataml.errors import InputError
-from strataml.runtime.hal import ALIGNMENT, Device, Executable, ExecutionPlan
+from strataml.runtime.hal import (
+    ALIGNMENT,
+    Device,
+    Executable,
+    ExecutionPlan,
+    step_function_name,
+)
 
 if TYPE_CHECKING:
     from strataml.runtime.dims import DimBinder, Layout
@@ -64,6 +70,9 @@ def kernel_medians(spans: Sequence[tuple[str, int, int]], plan: ExecutionPlan
     return [(call.kernel, float(np.median(times.get(call.kernel, []))) / 1e9)
             for call in plan.calls]
 
+
+# A repeated plan step's function (codegen/repeat.py): (context, sample count).
+_STEP_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 
 _char_over = ctypes.c_char.from_buffer
 _address_of = ctypes.addressof
@@ -298,7 +307,9 @@ class Executor:
                  ) -> list[tuple[str, int, int]]:
         """(kernel, start, end) of every kernel call, in nanoseconds from when timing began:
         the plan's calls in order, `repeats` times over, one at a time on this thread. Apart
-        from `run`, whose single native entry leaves no seam to time between kernels. With
+        from `run`, whose single native entry leaves no seam to time between kernels, but
+        each step as the entry runs it: a kernel looped over the samples through the step
+        function the entry calls (its samples on the pool where `run`'s are). With
         `clock=time.thread_time_ns` (one thread), the CPU time each kernel took: what a
         shared machine's waits for a core leave out."""
         arrays, table, layout = self._bind(feeds)
@@ -307,7 +318,7 @@ class Executor:
             if layout is not None:
                 self._fit_arena(layout)
             bases = (self._arena.ctypes.data, self._weights.ctypes.data)
-            steps = []
+            steps: list[tuple[str, Callable[..., None], list[Any]]] = []
             for k, call in enumerate(self.plan.calls):
                 # (a kernel over run-time sizes takes its dims after its buffers, as int64)
                 fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * len(call.args)),
@@ -319,21 +330,46 @@ class Executor:
                     table[offset] if region == 2 else bases[region] + offset
                     for (region, _), offset in zip(call.args, offsets, strict=True)]
                 extra = [layout.table[d] for d in call.dims] if layout is not None else []
-                # (a kernel built for one sample runs once per sample, its buffers advanced)
-                count = layout.call_repeats[k] if layout is not None else 1
-                strides = call.strides or (0,) * len(args)
-                runs = [[a + i * st for a, st in zip(args, strides, strict=True)] + extra
-                        for i in range(count)]
-                steps.append((call.kernel, fn, runs))
+                if call.repeated and layout is not None:
+                    steps.append(self._repeated_step(k, fn, args, extra,
+                                                     layout.call_repeats[k]))
+                else:
+                    steps.append((call.kernel, fn, [*args, *extra]))
             origin = clock() if origin is None else origin
             for _ in range(repeats):
-                for name, fn, runs in steps:
+                for name, step, step_args in steps:
                     start = clock()
-                    for args in runs:
-                        fn(*args)
+                    step(*step_args)
                     spans.append((name, start - origin, clock() - origin))
-        del arrays  # kept alive until the kernels have run
+        del arrays, steps  # kept alive until the kernels have run
         return spans
+
+    def _repeated_step(self, k: int, fn: Callable[..., None], args: Sequence[int],
+                       extra: Sequence[int], count: int
+                       ) -> tuple[str, Callable[..., None], list[Any]]:
+        """(kernel, function, arguments) that run plan step `k`, a kernel built for one
+        sample repeated `count` times, as the entry does: its step function with a context
+        of the pointers and dims (on the thread pool where the entry would be). Code built
+        before steps had functions gets the samples one at a time from here."""
+        call = self.plan.calls[k]
+        try:
+            address = self._entry.function_address(step_function_name(self.plan.entry, k))
+        except AttributeError:  # (a shared library without the symbol)
+            address = 0
+        if not address:
+            strides = call.strides or (0,) * len(args)
+            runs = [[a + i * st for a, st in zip(args, strides, strict=True)] + list(extra)
+                    for i in range(count)]
+
+            def samples() -> None:
+                for run in runs:
+                    fn(*run)
+
+            return call.kernel, samples, []
+        ctx = (ctypes.c_void_p * max(1, len(args) + len(extra)))(*args, *extra)
+        step = _STEP_TYPE(address)
+        # (ctx travels with the arguments, so it lives as long as the step is timed)
+        return call.kernel, lambda ctx=ctx: step(ctypes.addressof(ctx), count), []
 
     def thread_timeline(self, feeds: Mapping[str, np.ndarray], repeats: int = 10,
                         capacity: int = 1 << 18

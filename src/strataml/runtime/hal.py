@@ -139,6 +139,14 @@ class KernelCall:
                           tuple(int(s) for s in d.get("strides", ())))
 
 
+def step_function_name(entry: str, index: int) -> str:
+    """The symbol of plan step `index`'s own function, `void (ptr ctx, i64 count)`, which a
+    repeated call has (codegen/repeat.py): the entry calls it with the step's pointers and
+    dims in `ctx`, and `Executor.timeline` calls it the same way, so a profile times the
+    samples as `run` runs them (on the thread pool, where the entry hands them to it)."""
+    return f"{entry}_step{index}"
+
+
 @dataclass(frozen=True)
 class ExecutionPlan:
     """The plan decided at compile time: the runtime only binds and launches.

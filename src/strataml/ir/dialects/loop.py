@@ -188,6 +188,27 @@ def statement_exprs(body: Sequence[Stmt], declares: bool = True) -> list[Expr]:
     return out
 
 
+def buffers_used(body: Sequence[Stmt]) -> set[str]:
+    """The buffers `body` loads, stores or prefetches (a parameter outside it is passed but
+    never touched: a temporary a later pass moved into a scratch, passes/lower/row_scratch)."""
+    out: set[str] = set()
+    exprs: list[Expr] = []
+    for s in body:
+        if isinstance(s, For):
+            out |= buffers_used(s.body)
+            if not isinstance(s.extent, int):
+                exprs.append(s.extent)
+        elif isinstance(s, Store | Prefetch):
+            out.add(s.buffer)
+            exprs += [s.index, s.value] if isinstance(s, Store) else [s.index]
+        elif isinstance(s, Declare):
+            exprs.append(s.init)
+        elif isinstance(s, Assign):
+            exprs.append(s.value)
+    out |= {x.buffer for e in exprs for x in e.walk() if isinstance(x, Load)}
+    return out
+
+
 def nest(loops: Sequence[tuple[Var, Extent]], body: list[Stmt], parallel: bool = False,
          kind: str = "serial") -> tuple[Stmt, ...]:
     """Wrap `body` in loops of `kind`, outermost first; the outermost parallel if asked."""

@@ -34,6 +34,13 @@ class _Group:
     pending: set[int] = field(default_factory=set)
 
 
+# Reductions whose last stage is a map over the row they normalise: a diamond joins that
+# map as a product's joins its accumulators. The dynamo exporter's attention ends its
+# softmax with `Where(IsNaN(p), 0, p)` (a fully masked row gives 0, not NaN), which read p
+# twice and so ran as a kernel of its own: one more [batch, heads, seq, seq] pass over
+# memory, and a third buffer of that size in the arena.
+ROW_MAPS = ("Softmax", "LogSoftmax")
+
 # Longest chain of single-use elementwise nodes in one arm of an epilogue's diamond.
 MAX_DIAMOND_ARM = 12
 
@@ -43,7 +50,7 @@ def _runs_on_accumulators(anchor: Node) -> bool:
     (the gemm strategy runs it on the registers). A depthwise convolution's window loop
     computed its reduction inside SiLU's diamond at 20 GFLOP/s where the separate pass had
     cost less (EfficientNet-B0 0.87x -> 1.04x ORT), so grouped convolutions keep theirs."""
-    return anchor.op in ("MatMul", "Gemm", "Einsum") or (
+    return anchor.op in ("MatMul", "Gemm", "Einsum", *ROW_MAPS) or (
         anchor.op == "Conv" and anchor.attr("group") == 1)
 
 

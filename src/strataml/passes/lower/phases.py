@@ -25,7 +25,12 @@ from strataml.codegen.llvm import build_module, compile_module
 from strataml.errors import PassError, ScheduleError, StrataError, UnsupportedOpError
 from strataml.ir.dialects.graph import Graph, Node
 from strataml.ir.dialects.kernel import Buffer, Kernel, print_kernel, verify_kernel
-from strataml.ir.dialects.loop import LoopFunction, print_function, verify_function
+from strataml.ir.dialects.loop import (
+    LoopFunction,
+    buffers_used,
+    print_function,
+    verify_function,
+)
 from strataml.ir.size_exprs import dim_var
 from strataml.ir.types import TensorType
 from strataml.options import CompileOptions
@@ -517,6 +522,11 @@ def _call_dims(kernel: Kernel, fn: LoopFunction, dims: tuple[str, ...]) -> tuple
     return tuple(out)
 
 
+def _untouched_params(fn: LoopFunction) -> set[str]:
+    used = buffers_used(fn.body)
+    return {p.name for p in fn.params if p.name not in used}
+
+
 def _temp_bytes(buf: Buffer) -> Size:
     """A scratch buffer's bytes (static in a one-sample kernel)."""
     return numel(buf.shape) * np.dtype(buf.dtype).itemsize
@@ -554,9 +564,16 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
     first_write: dict[str, int] = {}
     last_read: dict[str, int] = {}
     temps: list[Interval] = []
+    # (a temporary the loop function no longer touches, moved into a stack scratch, takes
+    # no arena: a softmax's [batch, heads, seq, seq] exponentials, passes/lower/row_scratch)
+    untouched = {(kernel.name, name) for kernel, function in zip(kernels, functions,
+                                                                 strict=True)
+                 if function in loops for name in _untouched_params(loops[function])}
     for s, (kernel, values) in enumerate(zip(kernels, bindings, strict=True)):
         for buf in kernel.buffers:
             if buf.role == "temp":
+                if (kernel.name, buf.name) in untouched:
+                    continue
                 # (one per sample where the kernel repeats: its samples may run side by
                 # side, codegen/repeat.py)
                 temps.append(Interval(f"{kernel.name}/{buf.name}", repeats.get(
@@ -616,8 +633,11 @@ def _plan(graph: Graph, kernels: list[Kernel], bindings: list[dict[str, str]],
         strides = []  # (bytes per sample: 0 for weights and values without the batch)
         for buf in kernel.params:
             if buf.role == "temp":
-                args.append((0, offsets[f"{kernel.name}/{buf.name}"]))
-                strides.append(int(_temp_bytes(buf)) if repeat != 1 else 0)
+                untouched_temp = (kernel.name, buf.name) in untouched
+                args.append((0, 0 if untouched_temp
+                             else offsets[f"{kernel.name}/{buf.name}"]))
+                strides.append(int(_temp_bytes(buf)) if repeat != 1 and not untouched_temp
+                               else 0)
             else:
                 where = slot(values[buf.name])
                 args.append((region_ids[where.region], where.offset))
