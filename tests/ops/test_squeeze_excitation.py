@@ -147,3 +147,13 @@ def test_constant_scale_folds_at_compile_time() -> None:
                 if n.op == "Conv")
     assert conv.inputs[0] == "x"
     assert conv.inputs[1] in m.program.graph.constants
+
+
+def test_projection_wider_than_the_map_keeps_the_scale() -> None:
+    """40 output channels from a 6x6 map: the weights (40 x 64) outnumber the activations
+    a channel (36), so scaling them would cost more than the scale it saves."""
+    c, e, hw = 40, 64, 6
+    m = _compile_and_check(_se_block(c, e, hw, 1, "GlobalAveragePool"), 1, c, hw)
+    x_in, w_in, *_ = _projection(m)
+    assert w_in in m.program.graph.constants
+    assert "Mul" in _producer_ops(m, x_in)

@@ -9,8 +9,10 @@ and write) that the projection then reads again. Since
 
 the scale goes on the weights instead: `Conv1x1(z, Mul(W, s))`, a [C_out, C] product per
 call rather than [C, H, W], and the projection reads z directly (EfficientNet-B0's
-[144, 56, 56] -> 24 projection: 288 -> 145 us with its scale). One weight tensor serves one
-sample, so the rule needs a batch of 1. It runs after `channels-last`: a convolution that
+[144, 56, 56] -> 24 projection: 288 -> 145 us with its scale). That pays while C_out is
+below the pixels H * W (on a 14x14 map, a projection to 320 channels would scale more
+weights than activations). One weight tensor serves one sample, so the rule needs a batch
+of 1. It runs after `channels-last`: a convolution that
 pass takes reads its weights packed at compile time, which run-time weights would undo.
 """
 
@@ -44,7 +46,8 @@ def _channel_scale(view: GraphView, mul: Node, channels: int) -> tuple[str, str]
 
 def fold_scale_into_weights(view: GraphView, node: Node) -> Rewrite | None:
     """Conv(Mul(z, s), W, b) -> Conv(z, W * s, b) for a group-1 1x1 convolution without
-    padding, z of batch 1 and s one value a channel (see the module)."""
+    padding to fewer channels than z has pixels, z of batch 1 and s one value a channel
+    (see the module)."""
     x = node.inputs[0]
     mul = view.producer.get(x)
     w_type = view.type(node.inputs[1])
@@ -56,9 +59,16 @@ def fold_scale_into_weights(view: GraphView, node: Node) -> Rewrite | None:
     if found is None:
         return None
     z, s = found
+    weights, scale = view.const(node.inputs[1]), view.const(s)
+    pixels = 1
+    for d in view.type(z).shape[2:]:
+        pixels = pixels * d if isinstance(d, int) else 0
+    cout = w_type.shape[0]
+    if (weights is None or scale is None) and (
+            not pixels or not isinstance(cout, int) or cout >= pixels):
+        return None  # the weights outnumber the pixels: scaling them costs more
     # s as [1, C, 1, ...] (the weights' rank), broadcast along the weights' rows
     shape = (1, channels, *([1] * (w_type.rank - 2)))
-    weights, scale = view.const(node.inputs[1]), view.const(s)
     scaled = view.fresh(f"{node.inputs[1]}_scaled")
     rewrite = Rewrite()
     if weights is not None and scale is not None:
