@@ -207,19 +207,21 @@ def test_a_depthwise_conv_between_channels_last_convs_runs_channels_last(
                    for buf in k_.buffers)
 
 
-def test_a_depthwise_conv_onto_a_larger_map_after_a_channels_first_one_stays_so(rng):
-    g = graph({"x": (F32, (1, 16, 14, 14))}, [
-        node("Conv", ["x", "wd"], "y", **{**_conv_attrs(3), "group": 16})],
+@pytest.mark.parametrize(("size", "stride"), [(14, 1), (7, 1), (20, 2)])
+def test_a_depthwise_conv_after_a_channels_first_one_stays_so(rng, size, stride):
+    """Unless it is strided onto a small map: stride 1 (7x7 or 14x14), or onto 10x10."""
+    g = graph({"x": (F32, (1, 16, size, size))}, [
+        node("Conv", ["x", "wd"], "y", **{**_conv_attrs(3, stride), "group": 16})],
         ["y"], {"wd": rng.standard_normal((16, 1, 3, 3)).astype(np.float32)})
     assert ops(to_channels_last(g)) == ["Conv"]
 
 
 @pytest.mark.parametrize(("k", "stride", "size"), [(5, 2, 14), (3, 2, 13), (7, 2, 12)])
 def test_a_depthwise_conv_onto_a_small_map_runs_channels_last(rng, k, stride, size):
-    """From a channels-first input (a 1x1 conv on a larger map before it), a depthwise conv
-    onto a map of at most 49 pixels copies its input channels-last once and runs with
-    vectors along its 96 channels, its sums in registers three vectors at a time (96 is no
-    multiple of four), where channels-first its 7-column rows ran on scalars."""
+    """From a channels-first input (a 1x1 conv on a larger map before it), a strided
+    depthwise conv onto a map of at most 49 pixels copies its input channels-last once and
+    runs with vectors along its 96 channels, its sums in registers three vectors at a time
+    (96 is no multiple of four), where channels-first its 7-column rows ran on scalars."""
     c = 96
     consts = {"w0": _weights(rng, c, 16, 1),
               "wd": (rng.standard_normal((c, 1, k, k)) / k).astype(np.float32),
