@@ -25,7 +25,7 @@ from strataml.target import Target  # noqa: E402
 
 F = TensorProto.FLOAT
 GRAPH = ("infer-shapes,fold-constants,simplify,fold-batchnorm,fold-constants,conv3d-as-2d,"
-         "simplify,cse,dce,channels-last,fuse")
+         "simplify,cse,dce,channels-last,fold-channel-scale,fuse")
 
 
 def _model(nodes, inputs, outputs, weights=None):
@@ -84,6 +84,12 @@ def cases():
                          helper.make_node("Transpose", ["t"], ["u"], perm=[1, 0, 2]),
                          helper.make_node("Identity", ["u"], ["y"])],
                         [("x", [2, 3, 4])], ["y"])
+    squeeze_excite = _model([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                             helper.make_node("Sigmoid", ["p"], ["s"]),
+                             helper.make_node("Mul", ["x", "s"], ["h"]),
+                             helper.make_node("Conv", ["h", "w"], ["y"])],
+                            [("x", [1, 8, 6, 6])], ["y"],
+                            {"w": (rng.standard_normal((4, 8, 1, 1)) * 0.1).astype(np.float32)})
     return {
         # name: (model, passes run before the input is printed, passes under test)
         "infer-shapes": (mlp, "", "infer-shapes"),
@@ -94,12 +100,14 @@ def cases():
         "cse": (twice, "infer-shapes", "cse"),
         "dce": (twice, "infer-shapes,cse", "dce"),
         "channels-last": (small_map, "infer-shapes,fold-constants", "channels-last"),
+        "fold-channel-scale": (squeeze_excite, "infer-shapes,fold-constants",
+                               "fold-channel-scale"),
         "fuse": (conv_bn, "infer-shapes,fold-constants,fold-batchnorm,fold-constants",
                  "fuse"),
         "fuse-mlp": (mlp, "infer-shapes,fold-constants,simplify", "fuse"),
         "cpu-graph-pipeline": (small_map, "", "infer-shapes,fold-constants,simplify,"
                                "fold-batchnorm,fold-constants,conv3d-as-2d,simplify,cse,dce,"
-                               "channels-last,fuse"),
+                               "channels-last,fold-channel-scale,fuse"),
         # below the graph: the input is graph text, the output the level the last pass leaves
         "winograd": (winograd, GRAPH, "lower-to-kernels"),
         "gemm-lowering": (two_layers, GRAPH, "lower-to-kernels,prepack-weights,schedule,"

@@ -59,6 +59,8 @@ CASES = [
      {"plane"}),
     ((1, 8, 11, 11), (8, 1, 5, 5), {"pads": [2, 2, 2, 2], "group": 8, "strides": [2, 2]},
      {"pad"}),  # 6 columns out: narrower than PHASE_MIN_COLUMNS, gathers stay
+    ((1, 8, 64, 64), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 8, "strides": [2, 2]},
+     {"pad"}),  # 32 columns out: PHASE_MAX_COLUMNS, strided vector loads
     ((1, 8, 12, 12), (8, 4, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"pad"}),
     ((1, 32, 48, 48), (64, 16, 3, 3), {"pads": [1, 1, 1, 1], "group": 2}, {"plane", "wide"}),
     # ResNeXt-style: 4 channels per group, 0.1 M multiply-adds each, one product per group

@@ -207,11 +207,42 @@ def test_a_depthwise_conv_between_channels_last_convs_runs_channels_last(
                    for buf in k_.buffers)
 
 
-def test_a_depthwise_conv_after_a_channels_first_one_stays_channels_first(rng):
-    g = graph({"x": (F32, (1, 16, 7, 7))}, [
-        node("Conv", ["x", "wd"], "y", **{**_conv_attrs(3), "group": 16})],
+@pytest.mark.parametrize(("size", "stride"), [(14, 1), (7, 1), (20, 2)])
+def test_a_depthwise_conv_after_a_channels_first_one_stays_so(rng, size, stride):
+    """Unless it is strided onto a small map: stride 1 (7x7 or 14x14), or onto 10x10."""
+    g = graph({"x": (F32, (1, 16, size, size))}, [
+        node("Conv", ["x", "wd"], "y", **{**_conv_attrs(3, stride), "group": 16})],
         ["y"], {"wd": rng.standard_normal((16, 1, 3, 3)).astype(np.float32)})
     assert ops(to_channels_last(g)) == ["Conv"]
+
+
+@pytest.mark.parametrize(("k", "stride", "size"), [(5, 2, 14), (3, 2, 13), (7, 2, 12)])
+def test_a_depthwise_conv_onto_a_small_map_runs_channels_last(rng, k, stride, size):
+    """From a channels-first input (a 1x1 conv on a larger map before it), a strided
+    depthwise conv onto a map of at most 49 pixels copies its input channels-last once and
+    runs with vectors along its 96 channels, its sums in registers three vectors at a time
+    (96 is no multiple of four), where channels-first its 7-column rows ran on scalars."""
+    c = 96
+    consts = {"w0": _weights(rng, c, 16, 1),
+              "wd": (rng.standard_normal((c, 1, k, k)) / k).astype(np.float32),
+              "bd": rng.standard_normal(c).astype(np.float32)}
+    g = graph({"x": (F32, (1, 16, size, size))}, [
+        node("Conv", ["x", "w0"], "a", **_conv_attrs(1)),
+        node("Conv", ["a", "wd", "bd"], "b", **{**_conv_attrs(k, stride), "group": c}),
+        node("Relu", ["b"], "y"),
+    ], ["y"], consts)
+    assert ops(to_channels_last(g)) == ["Conv", "ConvChannelsLast", "Relu",
+                                        "ChannelsLastToFirst"]
+    model = _as_onnx(g)
+    feeds = {"x": rng.standard_normal((1, 16, size, size)).astype(np.float32)}
+    compiled = strataml.compile(model, num_threads=2)
+    (want,), (got,) = ort_run(model, feeds), compiled.run(feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    (depthwise,) = [k_ for k_ in compiled.program.kernels
+                    if any(buf.name.startswith("channels_last") for buf in k_.buffers)]
+    schedule = str(compiled.program.schedules[depthwise.name])
+    assert "split(" in schedule
+    assert ", 48) reorder(" in schedule
 
 
 def test_conversions_sink_through_constants_but_not_computed_broadcasts(rng):

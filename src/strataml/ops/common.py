@@ -114,3 +114,13 @@ def as_ints(shape: Sequence[Size]) -> tuple[int, ...]:
     """A shape that `require_static` (or `static_dims`) has checked, typed as integers."""
     assert all(isinstance(d, int) for d in shape), shape
     return tuple(int(d) for d in shape)
+
+
+def unflatten(flat: Expr, dims: tuple[int, ...]) -> list[Expr]:
+    """Row-major indices of `flat` over `dims` (the last len(dims) digits)."""
+    out: list[Expr] = []
+    for d in reversed(dims):
+        out.append(flat % d)
+        flat = flat // d
+    out.reverse()
+    return out

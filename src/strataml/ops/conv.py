@@ -24,6 +24,7 @@ from strataml.ops.common import (
     require_same_dtype,
     require_static,
     static_out_shape,
+    unflatten,
 )
 from strataml.ops.lowering import LowerContext, TensorRef
 from strataml.ops.window import (
@@ -110,22 +111,12 @@ def _im2col(ctx: LowerContext, node: Node, x: TensorRef, out_sp: tuple[int, ...]
         return None  # a stride-1 1x1 convolution is a matrix product already
 
     def fn(ix: tuple[Expr, ...]) -> Expr:
-        channel, *taps = _unflatten(ix[1], (xs[1], *kernel))
+        channel, *taps = unflatten(ix[1], (xs[1], *kernel))
         # Padding is read as zeros here, so the input is copied only once.
         coords, inside = window_index(node, x, ix[2:], tuple(taps))
         return select(inside, x(ix[0], channel, *coords), const(0, x.dtype))
 
     return ctx.materialize(TensorRef(x.dtype, shape, fn), "col")
-
-
-def _unflatten(flat: Expr, dims: tuple[int, ...]) -> list[Expr]:
-    """Row-major indices of `flat` over `dims` (the last len(dims) digits)."""
-    out: list[Expr] = []
-    for d in reversed(dims):
-        out.append(flat % d)
-        flat = flat // d
-    out.reverse()
-    return out
 
 
 # Columns a gemm may read past the last output column (its widest register tile), covered
@@ -422,7 +413,7 @@ def _im2col_conv(ctx: LowerContext, node: Node, x: TensorRef, w: TensorRef,
     depth = col.shape[1]
     w2 = (ctx.input_ref(node.inputs[1], (w.shape[0], depth)) if w.buffer is not None
           else TensorRef(w.dtype, (w.shape[0], depth), lambda ix: w(
-              ix[0], *_unflatten(ix[1], as_ints(w.shape[1:])))))
+              ix[0], *unflatten(ix[1], as_ints(w.shape[1:])))))
 
     def gemm(ix: tuple[Expr, ...]) -> Expr:
         n, co = ix[0], ix[1]

@@ -193,11 +193,26 @@ def lower_conv_channels_last(ctx: LowerContext, node: Node, inputs: list[TensorR
         # test is the pixel's alone, and a copy would cost as much as the conv (see
         # `lower_max_pool_channels_last`).
         h = node.attr("spatial")[0]
+        read: Callable[[Expr, Expr, Expr, Expr], Expr]  # (n, row, col, channel) inside x
+        if last:
+            xl = x
+
+            def read(batch: Expr, r: Expr, q: Expr, ch: Expr) -> Expr:
+                return xl(batch, r * width + q, ch)
+        else:
+            # A channels-first input (a depthwise conv onto a small map, see the
+            # channels-last pass) copied channels-last once, [N, H, W, C]: each tap then
+            # loads a vector of channels where it would gather one from C planes.
+            xf = x
+            xt = ctx.materialize(TensorRef(x.dtype, (n, h, width, cout), lambda ix: xf(
+                ix[0], ix[3], ix[1], ix[2])), "channels_last")
+
+            def read(batch: Expr, r: Expr, q: Expr, ch: Expr) -> Expr:
+                return xt(batch, r, q, ch)
 
         def guarded(batch: Expr, row: Expr, col: Expr, ch: Expr) -> Expr:
             r, q = row - pt, col - pl
-            return select(_inside(r, q, h, width), x(batch, r * width + q, ch) if last
-                          else x(batch, ch, r, q), const(0, x.dtype))
+            return select(_inside(r, q, h, width), read(batch, r, q, ch), const(0, x.dtype))
 
         tap = guarded
     elif any((pt, pl, pb, pr)):

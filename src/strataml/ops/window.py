@@ -170,6 +170,12 @@ def _unpadded(node: Node, nsp: int) -> Node:
 # gather it saves (MNASNet's 5x5 stride-2 depthwise conv to 7x7: 0.060 -> 0.088 ms split;
 # to 14x14: 0.080 -> 0.064 ms).
 PHASE_MIN_COLUMNS = 8
+# ... and narrower than this: two or more whole vectors of output columns read their taps as
+# strided loads (two vectors and a permute each) faster than the split copies them once more
+# with a bounds test per element (stride-2 3x3 depthwise convs, one thread: 112x112 -> 56x56,
+# 96 channels 610 -> 334 us, 64 channels 321 -> 225 us; 64x64 -> 32x32 257 -> 106 us;
+# 56x56 -> 28x28 the same either way; 28x28 -> 14x14 45 us split, 181 us strided).
+PHASE_MAX_COLUMNS = 32
 
 
 def zero_padded(ctx: LowerContext, node: Node, x: TensorRef,
@@ -188,7 +194,7 @@ def zero_padded(ctx: LowerContext, node: Node, x: TensorRef,
     kernel, strides = node.attr("kernel_shape"), node.attr("strides")
     out_sp = out_shape(ctx, node)[2:]
     phased = by_phase and fill is None and nsp == 2 and strides[0] == strides[1] > 1 \
-        and out_sp[1] >= PHASE_MIN_COLUMNS
+        and PHASE_MIN_COLUMNS <= out_sp[1] < PHASE_MAX_COLUMNS
     if not any(pads) and not ceil and not phased:
         return x, node
     dil = node.attr("dilations")

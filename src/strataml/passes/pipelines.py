@@ -32,9 +32,11 @@ __all__ = ["CPU_GRAPH_PIPELINE", "CPU_LOWERING_PIPELINE", "CPU_PIPELINE", "Compi
 # Order matters: simplification exposes constants (fold again after it), BatchNorm folding
 # needs constant conv weights (after the first fold) and a 3-D conv's own (so 3-D convs
 # become 2-D ones after it; simplify then merges the frame transposes between them), and
-# fusion must come last, when the graph no longer changes shape.
+# a channel scale folds into a convolution's weights only where channels-last (before it) left
+# the convolution channels-first, and fusion must come last, when the graph no longer changes
+# shape.
 CPU_GRAPH_PIPELINE = ("infer-shapes,fold-constants,simplify,fold-batchnorm,fold-constants,"
-                      "conv3d-as-2d,simplify,cse,dce,channels-last,fuse")
+                      "conv3d-as-2d,simplify,cse,dce,channels-last,fold-channel-scale,fuse")
 # Below the graph (passes/lower/phases.py), each level built from the one before.
 CPU_LOWERING_PIPELINE = ("lower-to-kernels,prepack-weights,schedule,lower-to-loops,"
                          "plan-memory,emit-llvm,link-shared")

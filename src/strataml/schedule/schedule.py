@@ -425,9 +425,11 @@ def row_steps(nest: LoopNest, parallel: bool, split: int, lanes: int = 16
     reduce_names = [lp.name for lp in nest.loops if lp.reduce]
     last = outputs[-1].name
     steps: list[Primitive] = []
-    block = ROW_BLOCK_VECTORS * lanes
-    if split <= 1 and reduce_names and outputs[-1].extent > block \
-            and outputs[-1].extent % block == 0 \
+    # (the most whole vectors, up to ROW_BLOCK_VECTORS, that divide the row: 672 channels
+    # go in blocks of 3)
+    block = next((k * lanes for k in range(ROW_BLOCK_VECTORS, 1, -1)
+                  if outputs[-1].extent % (k * lanes) == 0), 0)
+    if split <= 1 and reduce_names and block and outputs[-1].extent > block \
             and prod(lp.extent for lp in nest.loops if lp.reduce) <= ROW_BLOCK_MAX_STEPS:
         steps += [Split(last, block), Reorder((f"{last}.o", *reduce_names, f"{last}.i")),
                   Vectorize(f"{last}.i")]

@@ -6,6 +6,7 @@ from strataml.passes.graph import (  # noqa: F401
     cse,
     dce,
     fold_batchnorm,
+    fold_channel_scale,
     fold_constants,
     fuse,
     infer_shapes,

@@ -89,6 +89,20 @@ def _depthwise_after_channels_last(view: GraphView, node: Node, x: tuple[Dim, ..
         and is_depthwise(node.attr("group"), x[1], weights)
 
 
+def _depthwise_to_small_map(node: Node, x: tuple[Dim, ...], out: tuple[Dim, ...],
+                            weights: tuple[int, ...]) -> bool:
+    """A strided depthwise conv onto a small map (CHANNELS_LAST_MAX_PIXELS) from a
+    channels-first input: channels-first, its rows are too short for a vector (7 columns)
+    and, strided, it ran on scalars (MobileNetV3's 5x5 stride-2 conv 14x14 -> 7x7, 672
+    channels: 3 GFLOP/s); channels-last, each tap is a vector of channels, after one
+    transposing copy of its input, and the small-map convs after it read it channels-last
+    (that conv 333 -> 170 us on one thread; MobileNetV3-Large and EfficientNet-B0 1-2% less
+    CPU time, alternated). A stride-1 one (ShuffleNet's at 7x7, between grouped 1x1 convs
+    that stay channels-first) keeps the canonical nest the tuner found for it."""
+    return is_depthwise(node.attr("group"), x[1], weights) \
+        and max(node.attr("strides")) > 1 and out[2] * out[3] <= CHANNELS_LAST_MAX_PIXELS
+
+
 # The layouts a Conv node's `layout` attribute may pin (absent: the rules above decide).
 LAYOUTS = ("channels-first", "channels-last")
 
@@ -103,7 +117,8 @@ def _conv_shapes(view: GraphView, node: Node
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2])
     if (x is None or out is None or len(x) != 4 or weights is None or weights.ndim != 4
             or not (node.attr("group") == 1 or _depthwise_after_channels_last(
-                view, node, x, weights.shape))
+                view, node, x, weights.shape) or _depthwise_to_small_map(
+                    node, x, out, weights.shape))
             or (has_bias and view.const(node.inputs[2]) is None)
             or out[1] % CHANNELS_LAST_CHANNEL_MULTIPLE):
         return None
