@@ -101,7 +101,10 @@ class StageSchedule:
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["steps"] = [step_to_dict(s) for s in self.steps]
-        data["tall"] = self.tall.to_dict() if self.tall else None
+        if self.tall is None:  # (no variant: the fields are left out, as before they were)
+            del data["tall"], data["tall_rows"]
+        else:
+            data["tall"] = self.tall.to_dict()
         return data
 
     @staticmethod
