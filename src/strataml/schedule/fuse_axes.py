@@ -142,11 +142,7 @@ def _fuse_once(kernel: Kernel, k: int) -> Kernel | None:
     body = rewrite(stage.body, visit)
     if _mentions(body, u) or _mentions(body, v):
         return None  # the axes are also used as values (Trilu's j - i): not a pure view
-    buffers = tuple(
-        Buffer(b.name, b.dtype, (*b.shape[:reshaped[b.name]],
-                                 b.shape[reshaped[b.name]] * b.shape[reshaped[b.name] + 1],
-                                 *b.shape[reshaped[b.name] + 2:]), b.role)
-        if b.name in reshaped else b for b in kernel.buffers)
+    buffers = _merged_buffers(kernel, reshaped)
     axes = (*stage.axes[:k], p, *stage.axes[k + 2:])
     return replace(kernel, buffers=buffers,
                    stages=(*kernel.stages[:-1], Stage(stage.buffer, axes, body)))
@@ -211,9 +207,17 @@ def _fuse_in_every_stage(kernel: Kernel, k: int, height: Size, width: Size) -> K
         if _mentions(body, u) or _mentions(body, v):
             return None  # (read some other way, or used as values: not a pure view)
         stages.append(Stage(st.buffer, (*st.axes[:k], p, *st.axes[k + 2:]), body))
-    buffers = tuple(
-        Buffer(b.name, b.dtype, (*b.shape[:reshaped[b.name]],
-                                 b.shape[reshaped[b.name]] * b.shape[reshaped[b.name] + 1],
-                                 *b.shape[reshaped[b.name] + 2:]), b.role)
-        if b.name in reshaped else b for b in kernel.buffers)
+    buffers = _merged_buffers(kernel, reshaped)
     return replace(kernel, buffers=buffers, stages=tuple(stages))
+
+
+def _merged_buffers(kernel: Kernel, reshaped: dict[str, int]) -> tuple[Buffer, ...]:
+    """The kernel's buffers, each in `reshaped` viewed with its two dims from the given
+    position merged into one (buffers are flat: only the shape changes)."""
+    out = []
+    for b in kernel.buffers:
+        q = reshaped.get(b.name)
+        out.append(b if q is None else Buffer(
+            b.name, b.dtype, (*b.shape[:q], b.shape[q] * b.shape[q + 1], *b.shape[q + 2:]),
+            b.role))
+    return tuple(out)

@@ -55,7 +55,7 @@ from strataml.passes.lower.contraction import (
 )
 from strataml.schedule.contraction import Contraction
 from strataml.schedule.dynamic_gemm import REPRESENTATIVE_ROWS
-from strataml.sizes import Size, floordiv, mod, size_interval, size_min
+from strataml.sizes import Size, floordiv, mod, size_min
 
 if TYPE_CHECKING:
     from strataml.passes.lower.kernel_to_loop import StageLowering
@@ -317,7 +317,7 @@ def run_time_gemm_stage(low: StageLowering, buffer: str, axes: tuple[Var, ...], 
     or none that the row count decides."""
     rows = low.buffers[buffer].shape[c.i_axis]
     if how.tall is not None:  # (a variant the rows' range never reaches is left out)
-        least, most = size_interval(rows, {d.name[1:]: r for d, r in low.dims.items()})
+        least, most = low.size_range(rows)
         if least >= how.tall_rows:
             how = how.tall
         elif most < how.tall_rows:

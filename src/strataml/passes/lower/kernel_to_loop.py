@@ -208,9 +208,12 @@ class StageLowering:
         self.loop_extents[v] = extent
         return loop_interval(size_to_expr(extent), self.dims)
 
+    def size_range(self, size: Size) -> tuple[int, int]:
+        """Inclusive bounds of a size over the dims' ranges."""
+        return size_interval(size, {d.name[1:]: r for d, r in self.dims.items()})
+
     def _nonnegative(self, size: Size) -> bool:
-        ranges = {d.name[1:]: r for d, r in self.dims.items()}
-        return size_interval(size, ranges)[0] >= 0
+        return self.size_range(size)[0] >= 0
 
     def _over_dims(self, size: Size) -> bool:
         return isinstance(size, int) or all(dim_var(d) in self.dims for d in size.dims)
